@@ -1,0 +1,1 @@
+"""The numba backend: an ONNX graph executor in numpy + numba (no onnxruntime, no torch)."""

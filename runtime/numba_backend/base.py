@@ -1,0 +1,88 @@
+"""Contracts shared by every op of the numba backend.
+
+An op is a class registered under its ``(domain, op_type)``.  It is built once per node
+at load time with the node and the values of those inputs that are constant
+(initializers), so it can check its attributes and pre-pack weights (transpose, make
+contiguous, keep int8) before the first run; it is then called with the runtime values
+of all its inputs (``None`` for an omitted optional input) and returns a tuple with one
+array per node output.
+
+Unsupported ops or attributes raise ``UnsupportedError`` at construction, naming the node
+and the op, so nothing ever runs wrongly.
+
+Must not import torch or onnxruntime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..errors import UnsupportedError
+
+
+@dataclass
+class QuantizedWeight:
+    """An int8/uint8 constant and how to read it: value = (q - zero_point) * scale.
+
+    ``scale``/``zero_point`` are scalars (per tensor) or 1-D along ``axis`` (per channel).
+    The graph loader hands these to ops in ``consts`` in place of a float array when an
+    input is ``DequantizeLinear(int8 initializer, scale, zero_point)``, so kernels can run
+    on the int8 weights themselves (a quarter of the memory traffic).
+    """
+
+    q: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray | None
+    axis: int = 1
+
+    def dequantize(self) -> np.ndarray:
+        q = self.q.astype(np.float32)
+        scale = np.asarray(self.scale, dtype=np.float32)
+        zp = None if self.zero_point is None else np.asarray(self.zero_point).astype(np.float32)
+        if scale.ndim == 1 and scale.size > 1 or (scale.ndim == 1 and q.ndim > 1):
+            shape = [1] * q.ndim
+            shape[self.axis] = -1
+            scale = scale.reshape(shape)
+            if zp is not None:
+                zp = zp.reshape(shape)
+        return ((q - zp) * scale if zp is not None else q * scale).astype(np.float32)
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    """How errors name a node: ``node 'gru_0' (GRU)``."""
+    name = node.name or (node.output[0] if node.output else "?")
+    return f"node '{name}' ({node.domain + '.' if node.domain else ''}{node.op_type})"
+
+
+class Op:
+    """Base class of numba-backend ops (see the module docstring)."""
+
+    #: attributes this implementation understands; anything else is refused at load.
+    supported_attributes: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, node: onnx.NodeProto, consts: dict[int, np.ndarray | QuantizedWeight]):
+        self.node = node
+        self.consts = consts
+        self.attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        unknown = set(self.attrs) - set(self.supported_attributes)
+        if unknown:
+            self.refuse(f"attribute(s) {sorted(unknown)} are not supported")
+
+    def refuse(self, why: str) -> None:
+        raise UnsupportedError(f"{node_label(self.node)}: {why}; the numba backend cannot run this graph "
+                               f"(use --backend onnxruntime, or re-export with rnnkit)")
+
+    def attr(self, name: str, default=None):
+        value = self.attrs.get(name, default)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def __call__(self, *inputs):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+OpFactory = Callable[[onnx.NodeProto, dict], Op]

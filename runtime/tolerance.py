@@ -1,0 +1,31 @@
+"""Named tolerance levels, in one place (after tract's ``Approximation``).
+
+EXACT is for labels and token ids; FP32 for torch vs onnxruntime vs numba on the same
+fp32 weights; INT8 for one quantized backend against another (about one quantization
+step, as onnxruntime's own ``test/python/quantization/test_op_lstm.py``).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    name: str
+    atol: float
+    rtol: float
+
+    def close(self, actual: np.ndarray, expected: np.ndarray) -> bool:
+        return bool(np.allclose(actual, expected, atol=self.atol, rtol=self.rtol))
+
+    def worst(self, actual: np.ndarray, expected: np.ndarray) -> float:
+        """Largest absolute difference (0.0 for empty arrays)."""
+        a = np.asarray(actual, dtype=np.float64)
+        e = np.asarray(expected, dtype=np.float64)
+        return float(np.max(np.abs(a - e))) if a.size else 0.0
+
+
+EXACT = Tolerance("EXACT", 0.0, 0.0)
+FP32 = Tolerance("FP32", 1e-5, 1e-4)
+INT8 = Tolerance("INT8", 0.05, 1e-2)  # onnxruntime test_op_lstm.py
