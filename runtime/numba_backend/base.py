@@ -29,8 +29,10 @@ from ..errors import UnsupportedError
 class QuantizedWeight:
     """An int8/uint8 constant and how to read it: value = (q - zero_point) * scale.
 
-    ``scale``/``zero_point`` are scalars (per tensor) or 1-D along ``axis`` (per channel).
-    The graph loader hands these to ops in ``consts`` in place of a float array when an
+    ``scale``/``zero_point`` are scalars (per tensor), 1-D along ``axis`` (per channel), or,
+    for the ``W``/``R`` inputs of RNN/GRU/LSTM, of shape ``q.shape[:-1]`` = ``[num_directions,
+    gates*hidden]`` (one scale per output row of each direction; ``axis`` is then -1 and
+    means "broadcast over the last axis").  The graph loader hands these to ops in ``consts`` in place of a float array when an
     input is ``DequantizeLinear(int8 initializer, scale, zero_point)``, so kernels can run
     on the int8 weights themselves (a quarter of the memory traffic).
     """
@@ -44,7 +46,10 @@ class QuantizedWeight:
         q = self.q.astype(np.float32)
         scale = np.asarray(self.scale, dtype=np.float32)
         zp = None if self.zero_point is None else np.asarray(self.zero_point).astype(np.float32)
-        if scale.ndim == 1 and scale.size > 1 or (scale.ndim == 1 and q.ndim > 1):
+        if self.axis == -1:  # one scale per row of the last axis (RNN-family W/R)
+            scale = scale[..., None]
+            zp = None if zp is None else zp[..., None]
+        elif scale.ndim == 1 and q.ndim > 1:
             shape = [1] * q.ndim
             shape[self.axis] = -1
             scale = scale.reshape(shape)
