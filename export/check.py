@@ -1,0 +1,177 @@
+"""Check a written classifier graph instead of trusting it: op types, symbolic axes, attributes.
+
+Each check targets a trap we measured in ``torch.onnx.export`` (torch 2.13): recurrent cells
+unrolled into MatMul chains with a frozen time axis, a fixed ``time`` dim on a second export,
+``initial_h``/``initial_c`` read from one tensor, GRU with ``linear_before_reset`` other than 1,
+and recurrent nodes that ignore ``sequence_lens`` (so a bidirectional pass reads padding).
+``check_graph`` collects every problem and raises one ``UnsupportedError`` listing them all.
+Works on fp32 graphs and on the int8 graphs of ``rnnkit.export.quantize``.
+
+Imports onnx only (no torch, no onnxruntime).
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import TensorProto, helper
+
+from rnnkit.runtime.errors import UnsupportedError
+from rnnkit.runtime.manifest import ClassifierIO
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # toolkit.models imports torch; only the dataclass fields are read here
+    from rnnkit.toolkit.models import ClassifierConfig
+
+MS_DOMAIN = "com.microsoft"
+RECURRENT = {"RNN", "LSTM", "GRU", "DynamicQuantizeLSTM"}
+ALLOWED_RECURRENT = {"rnn": {"RNN"}, "lstm": {"LSTM", "DynamicQuantizeLSTM"}, "gru": {"GRU"}}
+MATMULS = {"MatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+CONTROL_FLOW = {"Loop", "Scan", "If"}
+# ONNX defaults, i.e. what torch computes (Operators.md: RNN f=Tanh, GRU f,g, LSTM f,g,h)
+DEFAULT_ACTIVATIONS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"],
+                       "LSTM": ["Sigmoid", "Tanh", "Tanh"], "DynamicQuantizeLSTM": ["Sigmoid", "Tanh", "Tanh"]}
+# ops that pass one tensor through unchanged in value, for tracing where an input comes from
+PASS_THROUGH = {"Identity", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Transpose"}
+EXPECTED_INPUTS = {ClassifierIO.input_ids: (TensorProto.INT64, ("batch", "time")),
+                   ClassifierIO.sequence_lens: (TensorProto.INT32, ("batch",))}
+
+
+def expected_matmuls(config: ClassifierConfig) -> int:
+    """MatMul-like nodes outside the recurrent ops: the head, plus proj and v for attention."""
+    return 1 + (2 if config.pooling == "attention" else 0)
+
+
+def _root(name: str, producers: dict[str, onnx.NodeProto]) -> str:
+    """Follow pass-through ops back to the tensor a value comes from."""
+    seen = set()
+    while name in producers and producers[name].op_type in PASS_THROUGH and name not in seen:
+        seen.add(name)
+        name = producers[name].input[0]
+    return name
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[onnx.TensorShapeProto.Dimension]:
+    return list(vi.type.tensor_type.shape.dim)
+
+
+def _dim_text(d) -> str:
+    return repr(d.dim_param) if d.dim_param else (str(d.dim_value) if d.HasField("dim_value") else "?")
+
+
+def _check_io(graph: onnx.GraphProto, config: ClassifierConfig, problems: list[str]) -> None:
+    inits = {t.name for t in graph.initializer}
+    inputs = [vi for vi in graph.input if vi.name not in inits]
+    names = [vi.name for vi in inputs]
+    if names != list(ClassifierIO.inputs):
+        problems.append(f"graph inputs are {names}, expected {list(ClassifierIO.inputs)} (ClassifierIO)")
+    outputs = [vi.name for vi in graph.output]
+    if outputs != list(ClassifierIO.outputs):
+        problems.append(f"graph outputs are {outputs}, expected {list(ClassifierIO.outputs)} (ClassifierIO)")
+    expected = dict(EXPECTED_INPUTS)
+    expected[ClassifierIO.logits] = (TensorProto.FLOAT, ("batch", config.num_labels))
+    for vi in list(inputs) + list(graph.output):
+        if vi.name not in expected:
+            continue
+        dtype, axes = expected[vi.name]
+        got = vi.type.tensor_type.elem_type
+        if got != dtype:
+            problems.append(f"'{vi.name}' has dtype {TensorProto.DataType.Name(got)}, "
+                            f"expected {TensorProto.DataType.Name(dtype)}")
+        dims = _dims(vi)
+        if len(dims) != len(axes):
+            problems.append(f"'{vi.name}' has rank {len(dims)}, expected {len(axes)} {axes}")
+            continue
+        for d, want in zip(dims, axes):
+            if isinstance(want, int):
+                if d.dim_value != want:
+                    problems.append(f"'{vi.name}' has dim {_dim_text(d)} where num_labels={want} is expected")
+            elif d.dim_param != want:
+                problems.append(f"'{vi.name}' axis '{want}' is {_dim_text(d)}, expected the symbolic "
+                                f"dim_param '{want}' (a fixed value freezes the shape)")
+
+
+def _attr(node: onnx.NodeProto, name: str):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return None
+
+
+def _check_recurrent(node: onnx.NodeProto, config: ClassifierConfig,
+                     producers: dict[str, onnx.NodeProto], problems: list[str]) -> None:
+    where = f"{node.op_type} node '{node.name}'"
+    if node.op_type == "DynamicQuantizeLSTM" and node.domain != MS_DOMAIN:
+        problems.append(f"{where} has domain {node.domain!r}, expected {MS_DOMAIN!r}")
+    hidden = _attr(node, "hidden_size")
+    if hidden != config.hidden:
+        problems.append(f"{where}: hidden_size={hidden}, expected {config.hidden}")
+    direction = _attr(node, "direction")
+    direction = "forward" if direction is None else direction.decode()
+    want = "bidirectional" if config.bidirectional else "forward"
+    if direction != want:
+        problems.append(f"{where}: direction={direction!r}, expected {want!r}")
+    if (_attr(node, "layout") or 0) != 0:
+        problems.append(f"{where}: layout={_attr(node, 'layout')}, expected 0 (time-major)")
+    if node.op_type == "GRU" and _attr(node, "linear_before_reset") != 1:
+        problems.append(f"{where}: linear_before_reset={_attr(node, 'linear_before_reset')}, expected 1 "
+                        "(torch applies the reset gate after the hidden matmul)")
+    if _attr(node, "clip") is not None:
+        problems.append(f"{where}: clip={_attr(node, 'clip')} set; torch never clips")
+    if _attr(node, "input_forget"):
+        problems.append(f"{where}: input_forget=1; torch has no coupled gates")
+    acts = _attr(node, "activations")
+    if acts is not None:
+        acts = [a.decode() for a in acts]
+        default = DEFAULT_ACTIVATIONS[node.op_type] * config.directions
+        if acts != default:
+            problems.append(f"{where}: activations={acts}, expected the defaults {default}")
+    for extra in ("activation_alpha", "activation_beta"):
+        if _attr(node, extra) is not None:
+            problems.append(f"{where}: unexpected attribute {extra}")
+    ins = list(node.input) + [""] * 8
+    if not ins[4] or _root(ins[4], producers) != ClassifierIO.sequence_lens:
+        problems.append(f"{where} does not read '{ClassifierIO.sequence_lens}' (input 4 is {ins[4]!r}); "
+                        "padding would be read as tokens")
+    h0, c0 = ins[5], ins[6] if node.op_type in ("LSTM", "DynamicQuantizeLSTM") else ""
+    if h0 and c0 and _root(h0, producers) == _root(c0, producers):
+        problems.append(f"{where}: initial_h {h0!r} and initial_c {c0!r} are the same tensor "
+                        f"{_root(h0, producers)!r}")
+    if node.op_type in ("LSTM", "DynamicQuantizeLSTM") and ins[7]:
+        problems.append(f"{where}: peephole input P {ins[7]!r}; torch LSTM has no peepholes")
+
+
+def check_graph(model: onnx.ModelProto, config: ClassifierConfig) -> None:
+    """Raise one ``UnsupportedError`` listing every way ``model`` breaks the classifier contract."""
+    problems: list[str] = []
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        problems.append(f"onnx.checker.check_model failed: {str(exc).splitlines()[0]}")
+    graph = model.graph
+    _check_io(graph, config, problems)
+
+    nodes = list(graph.node)
+    producers = {out: n for n in nodes for out in n.output}
+    flow = sorted({n.op_type for n in nodes if n.op_type in CONTROL_FLOW})
+    if flow:
+        problems.append(f"control flow {flow} in the graph; rnnkit expects native recurrent ops, no loops")
+    rec = [n for n in nodes if n.op_type in RECURRENT]
+    allowed = ALLOWED_RECURRENT[config.cell]
+    wrong = [f"{n.op_type} '{n.name}'" for n in rec if n.op_type not in allowed]
+    if wrong:
+        problems.append(f"recurrent nodes {wrong} do not match cell={config.cell!r} "
+                        f"(expected {sorted(allowed)})")
+    if len(rec) != config.layers:
+        problems.append(f"{len(rec)} recurrent nodes ({'/'.join(sorted(allowed))}), expected "
+                        f"{config.layers} (one per layer); an unrolled cell has none")
+    mm = [n for n in nodes if n.op_type in MATMULS]
+    if len(mm) != expected_matmuls(config):
+        problems.append(f"{len(mm)} MatMul/Gemm nodes, expected {expected_matmuls(config)} "
+                        f"(head{' + attention' if config.pooling == 'attention' else ''}); "
+                        "more means the recurrence was unrolled")
+    for n in rec:
+        if n.op_type in allowed:
+            _check_recurrent(n, config, producers, problems)
+    if problems:
+        raise UnsupportedError(f"ONNX graph for a {config.cell} classifier has {len(problems)} "
+                               "problem(s):\n  - " + "\n  - ".join(problems))
