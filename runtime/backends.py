@@ -1,0 +1,68 @@
+"""Choosing and opening a backend: onnxruntime or the numba ONNX executor.
+
+Both sessions answer ``run(output_names, feeds) -> list[np.ndarray]`` (onnxruntime's own
+call shape), so everything above this module is backend-agnostic.  A backend's package
+is imported only when that backend is chosen, and a missing package is reported by
+name with the pip command that installs it.
+
+Must not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import onnx
+
+from .errors import BackendUnavailableError, InputError
+
+BACKENDS = ("onnxruntime", "numba")
+PACKAGES = {"onnxruntime": "onnxruntime", "numba": "numba"}
+
+
+def available(backend: str) -> bool:
+    try:
+        importlib.import_module(PACKAGES[backend])
+    except ImportError:
+        return False
+    return True
+
+
+def resolve(backend: str) -> str:
+    """'auto' -> onnxruntime if installed, else numba; a named backend must be installed."""
+    if backend == "auto":
+        for name in BACKENDS:
+            if available(name):
+                return name
+        raise BackendUnavailableError("no backend is installed: rnnkit needs onnxruntime or numba; "
+                                      "run `pip install onnxruntime` (or `pip install numba`)")
+    if backend not in BACKENDS:
+        raise InputError(f"backend {backend!r} is unknown; choose one of auto, {', '.join(BACKENDS)}")
+    if not available(backend):
+        raise BackendUnavailableError(f"backend {backend!r} needs the package {PACKAGES[backend]!r}, which is "
+                                      f"not installed; run `pip install {PACKAGES[backend]}` or use "
+                                      f"--backend {'numba' if backend == 'onnxruntime' else 'onnxruntime'}")
+    return backend
+
+
+def open_session(model: onnx.ModelProto, path: Path, backend: str, threads: int | None = None):
+    """A session over a verified graph (``path`` is the file it came from, for onnxruntime)."""
+    backend = resolve(backend)
+    if backend == "onnxruntime":
+        return _onnxruntime_session(path, threads)
+    from .numba_backend import load_session
+
+    return load_session(model, threads=threads)
+
+
+def _onnxruntime_session(path: Path, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # One request at a time on a small device: intra-op threads only, no inter-op pool.
+    options.intra_op_num_threads = int(threads or 0)  # 0 = onnxruntime's default (all cores)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])

@@ -1,0 +1,207 @@
+"""Opening a bundle directory and refusing anything corrupted, tampered with or unsafe.
+
+A bundle is a folder: ``manifest.json`` (task, architecture, tokenizer, labels, graph
+contract, sha256 of every file, validation and quantization results) and the ONNX
+files it lists.  ``open_bundle`` checks, before any backend sees a byte of the graph:
+the manifest parses and has every key with the right type; every listed file exists
+with the recorded size and sha256; no ONNX tensor points at external data outside the
+bundle folder (path traversal); declared shapes and sizes are sane; the tokenizer
+agrees with the architecture and the embedding.
+
+Must not import torch, onnxruntime or numba.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from .errors import BundleError
+from .manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FP32, MODEL_INT8, ClassifierIO
+from .tokenizer import WordTokenizer
+
+TASKS = ("classify",)
+MAX_DIM = 1 << 24  # no declared size in an rnnkit graph comes near 16 M; larger is corruption
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+    tokenizer: WordTokenizer
+    labels: list[str]
+    graphs: dict[str, onnx.ModelProto] = field(default_factory=dict, repr=False)
+
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
+
+    @property
+    def has_int8(self) -> bool:
+        return MODEL_INT8 in self.manifest["files"]
+
+    def model_path(self, int8: bool = False) -> Path:
+        name = MODEL_INT8 if int8 else MODEL_FP32
+        if name not in self.manifest["files"]:
+            raise BundleError(f"{self.path / MANIFEST_FILE}: this bundle has no int8 model ('files' lists "
+                              f"{sorted(self.manifest['files'])}); re-export with --int8 or drop --int8")
+        return self.path / name
+
+    def graph(self, int8: bool = False) -> onnx.ModelProto:
+        """The verified ModelProto (external data already checked to stay inside the bundle)."""
+        name = MODEL_INT8 if int8 else MODEL_FP32
+        if name not in self.graphs:
+            self.graphs[name] = _load_graph(self.model_path(int8), self.path)
+        return self.graphs[name]
+
+
+def _require(manifest: dict, key: str, kind, where: Path):
+    value = manifest
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise BundleError(f"{where}: missing key '{key}'; the bundle is incomplete, re-export it")
+        value = value[part]
+    if not isinstance(value, kind):
+        raise BundleError(f"{where}: '{key}' must be {getattr(kind, '__name__', kind)}, "
+                          f"got {type(value).__name__}; re-export the bundle")
+    return value
+
+
+def open_bundle(path: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"{path}: no such bundle; create one with `rnnkit export CKPT --out {path}`")
+    if not path.is_dir():
+        raise BundleError(f"{path}: a bundle is a directory with {MANIFEST_FILE} and model.onnx; "
+                          f"pass the directory, not a file")
+    where = path / MANIFEST_FILE
+    if not where.is_file():
+        raise BundleError(f"{where}: missing; this is not an rnnkit bundle (or the export was interrupted)")
+    try:
+        manifest = json.loads(where.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{where}: not valid JSON ({exc}); the bundle is corrupted, re-export it") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "rnnkit-bundle":
+        raise BundleError(f"{where}: 'format' must be 'rnnkit-bundle'; this is not an rnnkit bundle")
+    version = _require(manifest, "format_version", int, where)
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{where}: 'format_version' is {version} but this rnnkit reads {FORMAT_VERSION}; "
+                          f"upgrade rnnkit or re-export the bundle")
+    task = _require(manifest, "task", str, where)
+    if task not in TASKS:
+        raise BundleError(f"{where}: 'task' is {task!r}; this rnnkit runs {list(TASKS)}")
+    files = _require(manifest, "files", dict, where)
+    if MODEL_FP32 not in files:
+        raise BundleError(f"{where}: 'files' does not list {MODEL_FP32}; re-export the bundle")
+    for name, entry in files.items():
+        _check_file(path, name, entry, where, verify_hashes)
+    _check_graph_contract(manifest, where)
+    labels = _require(manifest, "labels", list, where)
+    if not labels or not all(isinstance(x, str) for x in labels) or len(set(labels)) != len(labels):
+        raise BundleError(f"{where}: 'labels' must be a non-empty list of distinct strings; re-export the bundle")
+    arch = _require(manifest, "architecture", dict, where)
+    tokenizer = WordTokenizer.from_dict(_require(manifest, "tokenizer", dict, where), source=str(where))
+    vocab_size = _require(manifest, "architecture.vocab_size", int, where)
+    if tokenizer.vocab_size != vocab_size:
+        raise BundleError(f"{where}: 'tokenizer.vocab' has {tokenizer.vocab_size} entries but "
+                          f"'architecture.vocab_size' is {vocab_size}; re-export the bundle")
+    if arch.get("num_labels") != len(labels):
+        raise BundleError(f"{where}: 'architecture.num_labels' is {arch.get('num_labels')} but 'labels' has "
+                          f"{len(labels)} entries; re-export the bundle")
+    bundle = Bundle(path, manifest, tokenizer, labels)
+    _check_embedding(bundle, vocab_size, where)
+    return bundle
+
+
+def _check_file(root: Path, name: str, entry, where: Path, verify_hashes: bool) -> None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not isinstance(entry.get("bytes"), int):
+        raise BundleError(f"{where}: 'files.{name}' must be {{'sha256': str, 'bytes': int}}; re-export the bundle")
+    target = (root / name).resolve()
+    if root.resolve() not in target.parents:
+        raise BundleError(f"{where}: 'files' names {name!r}, which is outside the bundle directory; refusing it")
+    if not target.is_file():
+        raise BundleError(f"{root / name}: listed in {MANIFEST_FILE} but missing; the bundle is incomplete, re-export it")
+    size = target.stat().st_size
+    if size != entry["bytes"]:
+        raise BundleError(f"{root / name}: {size} bytes but {MANIFEST_FILE} records {entry['bytes']}; the file is "
+                          f"truncated or was changed, re-export or re-copy the bundle")
+    if verify_hashes and sha256_file(target) != entry["sha256"]:
+        raise BundleError(f"{root / name}: sha256 does not match 'files.{name}.sha256' in {MANIFEST_FILE}; "
+                          f"the file is corrupted or was modified, re-export or re-copy the bundle")
+
+
+def _check_graph_contract(manifest: dict, where: Path) -> None:
+    graph = _require(manifest, "graph", dict, where)
+    for side, expected in (("inputs", ClassifierIO.inputs), ("outputs", ClassifierIO.outputs)):
+        declared = _require(manifest, f"graph.{side}", list, where)
+        names = [d.get("name") for d in declared if isinstance(d, dict)]
+        if names != list(expected):
+            raise BundleError(f"{where}: 'graph.{side}' names {names} but a {manifest['task']} bundle has "
+                              f"{list(expected)}; re-export the bundle")
+        for d in declared:
+            for dim in d.get("shape", []):
+                if isinstance(dim, int) and not 0 < dim <= MAX_DIM or not isinstance(dim, (int, str)):
+                    raise BundleError(f"{where}: 'graph.{side}' declares {d['name']!r} with dimension {dim!r}; "
+                                      f"dimensions are names or 1..{MAX_DIM}; the manifest is corrupted")
+    max_length = graph.get("max_length")
+    if not isinstance(max_length, int) or not 0 < max_length <= MAX_DIM:
+        raise BundleError(f"{where}: 'graph.max_length' is {max_length!r}; expected an integer in 1..{MAX_DIM}")
+
+
+def _load_graph(model_path: Path, root: Path) -> onnx.ModelProto:
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # protobuf raises its own DecodeError family
+        raise BundleError(f"{model_path}: not a readable ONNX file ({type(exc).__name__}); "
+                          f"the bundle is corrupted, re-export it") from None
+    external = [t for t in _all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+    for tensor in external:
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (root / location).resolve()
+        if os.path.isabs(location) or root.resolve() not in target.parents:
+            raise BundleError(f"{model_path}: tensor {tensor.name!r} points at external data {location!r} "
+                              f"outside the bundle directory; refusing to read it (path traversal)")
+        if not target.is_file():
+            raise BundleError(f"{model_path}: tensor {tensor.name!r} needs external data {location!r}, "
+                              f"which is missing; re-copy the whole bundle directory")
+    if external:
+        onnx.load_external_data_for_model(model, str(root))
+    for tensor in _all_tensors(model):
+        if any(d < 0 or d > MAX_DIM for d in tensor.dims):
+            raise BundleError(f"{model_path}: initializer {tensor.name!r} declares shape {list(tensor.dims)}; "
+                              f"the file is corrupted, re-export the bundle")
+    return model
+
+
+def _all_tensors(model: onnx.ModelProto):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+
+
+def _check_embedding(bundle: Bundle, vocab_size: int, where: Path) -> None:
+    """The graph's embedding table must have one row per vocabulary entry."""
+    graph = bundle.graph(int8=False)
+    for tensor in graph.graph.initializer:
+        if tensor.name == "embedding.weight":
+            rows = tensor.dims[0] if tensor.dims else None
+            if rows != vocab_size:
+                raise BundleError(f"{bundle.path / MODEL_FP32}: embedding has {rows} rows but "
+                                  f"{where.name} 'architecture.vocab_size' is {vocab_size}; the model and its "
+                                  f"vocabulary do not belong together, re-export the bundle")
+            return

@@ -1,0 +1,124 @@
+"""The runtime's public object: a loaded bundle plus a backend session, with task methods.
+
+``load(bundle, backend="auto", int8=False, threads=None) -> Model``;
+``Model.predict(texts)`` for classification bundles.  Batches are formed by length
+bucketing (texts sorted by token count, so little padding is computed) and results come
+back in the caller's order.
+
+Must not import torch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from . import backends
+from .bundle import Bundle, open_bundle
+from .errors import InputError
+from .manifest import ClassifierIO
+
+
+@dataclass
+class Prediction:
+    text: str
+    label: str
+    score: float                 # probability of `label`
+    scores: dict[str, float]     # probability of every label, in the bundle's label order
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "label": self.label, "score": self.score, "scores": self.scores}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class Model:
+    def __init__(self, bundle: Bundle, backend: str = "auto", int8: bool = False, threads: int | None = None):
+        self.bundle = bundle
+        self.backend = backends.resolve(backend)
+        self.int8 = int8
+        self.threads = threads
+        self.tokenizer = bundle.tokenizer
+        self.labels = bundle.labels
+        self.max_length = int(bundle.manifest["graph"]["max_length"])
+        self.session = backends.open_session(bundle.graph(int8), bundle.model_path(int8), self.backend, threads)
+
+    def __repr__(self) -> str:
+        return (f"Model({str(self.bundle.path)!r}, task={self.bundle.task!r}, backend={self.backend!r}, "
+                f"int8={self.int8})")
+
+    # -- low level -----------------------------------------------------------------------
+    def logits(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """(B, T) int64 ids padded with 0, (B,) lengths >= 1 -> (B, num_labels) float32."""
+        feeds = {ClassifierIO.input_ids: np.ascontiguousarray(input_ids, dtype=np.int64),
+                 ClassifierIO.sequence_lens: np.ascontiguousarray(lengths, dtype=np.int32)}
+        return self.session.run([ClassifierIO.logits], feeds)[0]
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        encoded = []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InputError(f"text #{i} is {type(text).__name__}, expected str")
+            ids = self.tokenizer.encode(text)[: self.max_length]
+            if not ids:
+                raise InputError(f"text #{i} ({text!r}) has no tokens; empty or whitespace-only texts "
+                                 f"cannot be classified, drop them from the input")
+            encoded.append(ids)
+        return encoded
+
+    # -- classification ------------------------------------------------------------------
+    def predict(self, texts: Sequence[str] | str, batch_size: int = 32,
+                progress: Callable[[int], None] | None = None) -> list[Prediction]:
+        """Classify texts; ``progress(n)`` is called after each batch with its size."""
+        if self.bundle.task != "classify":
+            raise InputError(f"{self.bundle.path}: a {self.bundle.task} bundle has no predict(); see its task methods")
+        if isinstance(texts, str):
+            texts = [texts]
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        encoded = self.encode(texts)
+        probs = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        for rows in length_buckets([len(ids) for ids in encoded], batch_size):
+            ids, lengths = pad([encoded[r] for r in rows])
+            probs[rows] = softmax(self.logits(ids, lengths))
+            if progress:
+                progress(len(rows))
+        best = probs.argmax(axis=1)
+        return [Prediction(text, self.labels[b], float(p[b]), {l: float(x) for l, x in zip(self.labels, p)})
+                for text, b, p in zip(texts, best, probs)]
+
+    def warmup(self) -> float:
+        """Run one tiny batch (compiles numba kernels or fills caches); returns seconds taken."""
+        start = time.perf_counter()
+        ids, lengths = pad([[1, 1, 1], [1]])
+        self.logits(ids, lengths)
+        return time.perf_counter() - start
+
+
+def pad(sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad with <pad> = 0 -> ((B, T) int64, (B,) int32)."""
+    lengths = np.array([len(s) for s in sequences], dtype=np.int32)
+    ids = np.zeros((len(sequences), int(lengths.max())), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = seq
+    return ids, lengths
+
+
+def length_buckets(lengths: Sequence[int], batch_size: int) -> Iterable[np.ndarray]:
+    """Row indices in batches of similar length (stable sort keeps equal lengths in order)."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+def load(path: str | os.PathLike, backend: str = "auto", int8: bool = False, threads: int | None = None) -> Model:
+    """Open and verify a bundle, then start a session on the chosen backend."""
+    return Model(open_bundle(path), backend=backend, int8=int8, threads=threads)

@@ -1,0 +1,78 @@
+"""Seeded fixtures: tiny tokenizers, checkpoints and bundles built in the test session (never downloaded)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+
+POSITIVE = "good great fine superb lovely wonderful brilliant moving".split()
+NEGATIVE = "bad awful dull boring terrible weak poor tedious".split()
+FILLER = "the film movie plot was is a an and very quite it story acting".split()
+
+
+def synthetic_texts(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """A separable two-class corpus: the label is which sentiment words dominate."""
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        words = list(rng.choice(FILLER, size=rng.integers(2, 12)))
+        cue = POSITIVE if label == "pos" else NEGATIVE
+        for _ in range(rng.integers(1, 3)):
+            words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(cue)))
+        texts.append(" ".join(words))
+        labels.append(label)
+    return texts, labels
+
+
+def make_checkpoint(out: Path, cell: str = "gru", bidirectional: bool = False, pooling: str = "last",
+                    layers: int = 1, seed: int = 0) -> Path:
+    """An untrained but seeded classifier saved as an rnnkit checkpoint (export/runtime tests need no training)."""
+    import torch
+
+    from rnnkit.runtime.tokenizer import WordTokenizer
+    from rnnkit.toolkit.checkpoint import save_checkpoint
+    from rnnkit.toolkit.models import ClassifierConfig, RecurrentClassifier
+
+    texts, _ = synthetic_texts(200, seed)
+    tokenizer = WordTokenizer.build(texts)
+    torch.manual_seed(seed)
+    config = ClassifierConfig(vocab_size=tokenizer.vocab_size, num_labels=2, cell=cell, embed=8, hidden=6,
+                              layers=layers, bidirectional=bidirectional, pooling=pooling, dropout=0.0)
+    model = RecurrentClassifier(config).eval()
+    return save_checkpoint(out, model, tokenizer, ["neg", "pos"], training={}, plot=False)
+
+
+def write_dev(path: Path, n: int = 60, seed: int = 1) -> Path:
+    texts, labels = synthetic_texts(n, seed)
+    path.write_text("text\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in zip(texts, labels)), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gru_bundle(tmp_path_factory) -> Path:
+    """A validated fp32 + int8 GRU bundle (built once per session)."""
+    pytest.importorskip("torch")
+    from rnnkit.export.exporter import DevSet, export_checkpoint
+
+    root = tmp_path_factory.mktemp("bundle")
+    ckpt = make_checkpoint(root / "ckpt", cell="gru", bidirectional=True, pooling="max")
+    texts, labels = synthetic_texts(60, 1)
+    result = export_checkpoint(ckpt, root / "gru.bundle", int8=True, dev=DevSet(texts, labels, "synthetic"),
+                               min_agreement=0.0, log=lambda m: None)
+    return Path(result["path"])
+
+
+def run_python(code: str, *args: str, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    """Run code in a fresh interpreter (import-isolation tests)."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env)

@@ -1,0 +1,108 @@
+"""The CLI: help everywhere, exit codes (1 runtime error, 2 usage), exact Error lines, atomic outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from rnnkit.toolkit.cli import cli
+
+COMMANDS = [[], ["train"], ["train", "classify"], ["export"], ["predict"], ["inspect"], ["warmup"], ["demo"]]
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a) or "rnnkit")
+def test_help(args):
+    result = CliRunner().invoke(cli, args + ["--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_predict_arguments_to_stdout(gru_bundle):
+    result = CliRunner().invoke(cli, ["predict", str(gru_bundle), "good film", "awful plot", "--backend", "numba"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert [r["text"] for r in rows] == ["good film", "awful plot"]
+
+
+def test_predict_file_to_file_same_on_both_backends(gru_bundle, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"review": f"good film number {i}"}) + "\n" for i in range(30)))
+    outputs = {}
+    for backend in ("onnxruntime", "numba"):
+        out = tmp_path / f"{backend}.jsonl"
+        result = CliRunner().invoke(cli, ["predict", str(gru_bundle), "--input", str(src), "--text-field", "review",
+                                          "--output", str(out), "--backend", backend, "--batch-size", "7"])
+        assert result.exit_code == 0, result.output
+        outputs[backend] = [json.loads(line)["label"] for line in out.read_text().splitlines()]
+    assert len(outputs["numba"]) == 30 and outputs["numba"] == outputs["onnxruntime"]
+
+
+def test_missing_bundle_exit_1(tmp_path):
+    result = CliRunner().invoke(cli, ["predict", str(tmp_path / "nope"), "hi"])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {tmp_path / 'nope'}: no such bundle")
+
+
+def test_usage_error_exit_2(gru_bundle):
+    result = CliRunner().invoke(cli, ["predict", str(gru_bundle), "hi", "--backend", "tpu"])
+    assert result.exit_code == 2 and "Invalid value for '--backend'" in result.output
+    result = CliRunner().invoke(cli, ["predict", str(gru_bundle), "hi", "--input", "x.txt"])
+    assert result.exit_code == 2 and "give TEXTS or --input, not both" in result.output
+
+
+def test_invalid_utf8_input_names_line(gru_bundle, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"fine line\nbad \xff line\n")
+    result = CliRunner().invoke(cli, ["predict", str(gru_bundle), "--input", str(src)])
+    assert result.exit_code == 1
+    assert f"Error: {src}:2: invalid utf-8 at byte 4" in result.output
+
+
+def test_empty_text_in_csv_names_line(gru_bundle, tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text("text,id\nfine,1\n   ,2\n")
+    result = CliRunner().invoke(cli, ["predict", str(gru_bundle), "--input", str(src)])
+    assert result.exit_code == 1 and f"Error: {src}:3: empty text" in result.output
+
+
+def test_failed_prediction_leaves_previous_output(gru_bundle, tmp_path, monkeypatch):
+    out = tmp_path / "out.jsonl"
+    out.write_text("previous\n")
+    from rnnkit.runtime.model import Model
+
+    def boom(self, *a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Model, "predict", boom)
+    CliRunner().invoke(cli, ["predict", str(gru_bundle), "hi", "--output", str(out)])
+    assert out.read_text() == "previous\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]  # no partial file left behind
+
+
+def test_kill_9_leaves_no_output(gru_bundle, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("".join(f"a good film with a plot number {i}\n" for i in range(200_000)))
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "rnnkit.toolkit", "predict", str(gru_bundle), "--input", str(src),
+                             "--output", str(out), "--backend", "onnxruntime"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".out.jsonl.*.partial")):
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".out.jsonl.*.partial")), "prediction never started writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+
+
+def test_inspect(gru_bundle):
+    result = CliRunner().invoke(cli, ["inspect", str(gru_bundle)])
+    assert result.exit_code == 0, result.output
+    assert "task=classify" in result.output and "model.int8.onnx" in result.output
+    result = CliRunner().invoke(cli, ["inspect", str(gru_bundle), "--json"])
+    assert json.loads(result.output)["format"] == "rnnkit-bundle"

@@ -1,0 +1,5 @@
+"""``python -m rnnkit.toolkit`` == ``rnnkit``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,184 @@
+"""The ``rnnkit`` command line: thin commands that parse, call one API function, format.
+
+Heavy imports (torch, the exporter) happen inside the commands that need them, so
+``rnnkit predict`` / ``inspect`` / ``warmup`` never import torch.  ``RnnkitError``
+becomes ``Error: ...`` with exit code 1; argument problems are click's usage errors
+(exit code 2).  Nobody sees a traceback for an expected failure.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ..runtime.errors import RnnkitError
+
+BACKEND = click.Choice(["auto", "onnxruntime", "numba"])
+
+
+def _fail(exc: RnnkitError):
+    raise click.ClickException(str(exc))
+
+
+class RnnkitGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except RnnkitError as exc:
+            _fail(exc)
+
+
+@click.group(cls=RnnkitGroup)
+@click.version_option(package_name="rnnkit")
+def cli():
+    """Train recurrent NLP models, export them to ONNX, run them anywhere."""
+
+
+@cli.group()
+def train():
+    """Train a model (needs torch)."""
+
+
+@train.command("classify")
+@click.option("--train", "train_path", required=True, type=click.Path(), help="CSV/TSV/JSONL file or folder of per-label text files.")
+@click.option("--dev", "dev_path", type=click.Path(), help="Dev set (same formats). Default: hold out --dev-split of TRAIN.")
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Checkpoint directory to write.")
+@click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="lstm", show_default=True)
+@click.option("--layers", type=click.IntRange(1, 8), default=1, show_default=True)
+@click.option("--hidden", type=click.IntRange(1, 4096), default=256, show_default=True)
+@click.option("--embed", type=click.IntRange(1, 4096), default=128, show_default=True)
+@click.option("--bidirectional/--unidirectional", default=False, show_default=True)
+@click.option("--pooling", type=click.Choice(["last", "mean", "max", "attention"]), default="last", show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 0.95), default=0.3, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--clip", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True, help="Gradient-norm clipping.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dev-split", type=click.FloatRange(0, 0.9, min_open=True), default=0.1, show_default=True)
+@click.option("--lowercase/--keep-case", default=True, show_default=True)
+@click.option("--max-vocab", type=click.IntRange(3), default=20000, show_default=True)
+@click.option("--min-freq", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--label-field", default="label", show_default=True)
+@click.option("--encoding", default="utf-8", show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None, help="torch threads (default: all cores).")
+def train_classify(train_path, dev_path, out_dir, threads, **options):
+    """Train a text classifier (sentiment, topics, ...)."""
+    from .train import TrainConfig, train_classifier
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    result = train_classifier(train_path, out_dir, TrainConfig(**options), dev_path=dev_path)
+    click.echo(f"best dev accuracy {result.best_dev_accuracy:.4f} (epoch {result.best_epoch}); "
+               f"checkpoint: {out_dir}")
+
+
+@cli.command("export")
+@click.argument("checkpoint", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Bundle directory to write (replaced atomically).")
+@click.option("--int8", is_flag=True, help="Also write model.int8.onnx (dynamic int8 weights).")
+@click.option("--dev", "dev_path", type=click.Path(), help="Labelled dev file for the int8 agreement check "
+              "(default: the checkpoint's own dev data, if it is still on disk).")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
+              help="Fail the export if int8 labels agree with fp32 on less than this share of dev.")
+@click.option("--max-length", type=click.IntRange(1, 1 << 24), default=10_000, show_default=True,
+              help="Tokens kept per text at run time.")
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--label-field", default="label", show_default=True)
+def export_cmd(checkpoint, out, int8, dev_path, min_agreement, max_length, text_field, label_field):
+    """Export CHECKPOINT to a validated ONNX bundle."""
+    from ..export.exporter import export_checkpoint
+    from .devset import dev_set_for
+
+    dev = dev_set_for(checkpoint, dev_path, text_field, label_field)
+    result = export_checkpoint(checkpoint, out, int8=int8, dev=dev, min_agreement=min_agreement,
+                               max_length=max_length, log=lambda m: click.echo(m, err=True))
+    click.echo(summary(result["manifest"], result["path"]))
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path())
+@click.argument("texts", nargs=-1)
+@click.option("--input", "input_path", type=click.Path(), help="txt (one text per line), CSV/TSV or JSONL file.")
+@click.option("--output", "output_path", type=click.Path(), help="JSON-lines output (written atomically). Default: stdout.")
+@click.option("--backend", type=BACKEND, default="auto", show_default=True)
+@click.option("--int8", is_flag=True, help="Use the bundle's int8 model.")
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=64, show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None, help="Backend threads (default: backend's own).")
+@click.option("--text-field", default="text", show_default=True, help="Column/key of CSV/TSV/JSONL input.")
+@click.option("--encoding", default="utf-8", show_default=True)
+def predict(bundle, texts, input_path, output_path, backend, int8, batch_size, threads, text_field, encoding):
+    """Classify TEXTS (or --input FILE, or stdin lines) with BUNDLE. Never imports torch."""
+    from ..runtime import load
+    from .predict import read_texts, write_predictions
+
+    if texts and input_path:
+        raise click.UsageError("give TEXTS or --input, not both")
+    if not texts and not input_path and sys.stdin.isatty():
+        raise click.UsageError("no input: give TEXTS, --input FILE, or pipe lines on stdin")
+    model = load(bundle, backend=backend, int8=int8, threads=threads)
+    sources, items = read_texts(texts, input_path, text_field, encoding)
+    write_predictions(model, sources, items, output_path, batch_size, show_progress=input_path is not None)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest.")
+def inspect(bundle, as_json):
+    """Print a bundle's manifest summary (verifies every file's sha256)."""
+    from ..runtime.bundle import open_bundle
+
+    b = open_bundle(bundle)
+    click.echo(json.dumps(b.manifest, indent=2) if as_json else summary(b.manifest, bundle))
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--backend", type=BACKEND, default="numba", show_default=True)
+@click.option("--int8", is_flag=True)
+def warmup(bundle, backend, int8):
+    """Compile and cache the backend's kernels for BUNDLE (numba: on-disk JIT cache)."""
+    from ..runtime import load
+
+    model = load(bundle, backend=backend, int8=int8, threads=1)
+    click.echo(f"{model.backend}{' int8' if int8 else ''}: first run {model.warmup():.2f} s")
+
+
+@cli.command()
+@click.option("--out", default="rnnkit-demo", show_default=True, type=click.Path(), help="Working directory.")
+def demo(out):
+    """Export the embedded sentiment model, quantize it, predict on both backends, compare."""
+    from .demo import run_demo
+
+    run_demo(out, echo=click.echo)
+
+
+def summary(manifest: dict, path) -> str:
+    a = manifest["architecture"]
+    lines = [f"bundle {path}: task={manifest['task']} labels={manifest['labels']}",
+             f"  model: {a['cell']} x{a['layers']}{' bidirectional' if a['bidirectional'] else ''} "
+             f"embed={a['embed']} hidden={a['hidden']} pooling={a['pooling']} vocab={a['vocab_size']}"]
+    for name, entry in manifest["files"].items():
+        lines.append(f"  {name}: {entry['bytes'] / 1e6:.2f} MB sha256={entry['sha256'][:12]}")
+    v = manifest.get("validation", {})
+    if "fp32" in v:
+        lines.append(f"  parity fp32 vs torch: max|diff| {v['fp32']['max_abs_diff']} over {v['fp32']['cases']} cases")
+    if "int8" in v:
+        lines.append(f"  parity int8 numba vs onnxruntime: max|diff| {v['int8']['max_abs_diff']}")
+    if "dev" in v:
+        d = v["dev"]
+        lines.append("  dev: " + ", ".join(f"{k}={d[k]}" for k in d if k not in ("source",)) + f" ({d['source']})")
+    q = manifest.get("quantization")
+    if q:
+        lines.append(f"  int8 size ratio: {q.get('size_ratio')}")
+    return "\n".join(lines)
+
+
+def main():
+    cli(prog_name="rnnkit")
