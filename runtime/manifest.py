@@ -28,3 +28,16 @@ class ClassifierIO:
 
 # Keys mirrored into the ONNX file's metadata_props, so a stray .onnx identifies itself.
 METADATA_KEYS = ("rnnkit.task", "rnnkit.format_version", "rnnkit.architecture")
+
+
+class TaggerIO:
+    """Graph contract of a many-to-many (sequence labelling) bundle."""
+
+    input_ids = "input_ids"          # int64 (batch, time), padded with <pad> = 0
+    sequence_lens = "sequence_lens"  # int32 (batch,)
+    char_ids = "char_ids"            # int64 (batch, time, chars), only with character features; 0 = padding
+    logits = "logits"                # float32 (batch, time, num_tags); rows past a sentence's length are 0
+
+    inputs = (input_ids, sequence_lens)
+    inputs_with_chars = (input_ids, sequence_lens, char_ids)
+    outputs = (logits,)
