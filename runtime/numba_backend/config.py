@@ -17,7 +17,7 @@ if "NUMBA_CACHE_DIR" not in os.environ:
 
 # Every fast-math flag except nnan/ninf: a NaN or inf must still propagate (so a leak of
 # padding shows up in tests) and comparisons with -inf (masked max pooling) stay exact.
-FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # numba wants a set, not a frozenset
 
 # Common @njit keyword arguments.  error_model='numpy' drops the division-by-zero checks
 # that block vectorisation of the gate loops.

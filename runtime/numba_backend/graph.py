@@ -1,0 +1,329 @@
+"""Load an ONNX graph into a precomputed plan and run it: the numba backend's session.
+
+At load: initializers and ``Constant`` nodes become numpy arrays; nodes are put in
+topological order; every node's ``(domain, op_type)`` must be in ``OPS`` (the whole graph is
+refused with one error listing every unsupported node otherwise); nodes whose inputs are
+all constant are folded; the rest become a plan of ``(op, argument template, input slots,
+output slots, slots to free)``, so a run is one short Python loop.
+
+int8 weights stay int8: ``DequantizeLinear(int8|uint8 constant, scale, zero_point)``,
+optionally followed by ``Reshape`` to a constant shape, is not folded into a float array
+but handed to the consuming op as a ``QuantizedWeight`` -- if, and only if, the op's class
+lists that input index in its ``quantized_inputs`` class attribute (a ``frozenset[int]``;
+absent means none).  Other consumers get the dequantized float array.  rnnkit's int8
+RNN graphs write ``DequantizeLinear(W_q [D*G*H, I], scale [D*G*H], zp zeros, axis=0) ->
+Reshape([D, G*H, I]) -> GRU.W``; GRU then receives ``QuantizedWeight(q [D, G*H, I],
+scale [D, G*H], zero_point=None, axis=-1)`` (``zero_point`` is None whenever it is all 0).
+
+Ops are called with every input positionally: runtime values, the constant (array or
+``QuantizedWeight``, the same object as in the op's ``consts``) where the input is
+constant, ``None`` where an optional input is omitted.  Initializers that are also listed
+as graph inputs are treated as constants (not overridable by feeds).
+
+Must not import torch or onnxruntime.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import BundleError, InputError, RnnkitError, UnsupportedError
+from . import config
+from . import ops as _ops
+from . import quant_ops as _quant_ops
+from .base import QuantizedWeight, node_label
+from .ops import numpy_dtype
+
+
+def _rnn_ops() -> dict:
+    try:
+        from . import rnn_ops
+    except ModuleNotFoundError as e:  # the RNN kernels are not installed / written yet
+        if e.name and e.name.endswith("rnn_ops"):
+            return {}
+        raise
+    return rnn_ops.OPS
+
+
+OPS = {**_ops.OPS, **_quant_ops.OPS, **_rnn_ops()}
+"""Every op the numba backend runs, keyed by ``(domain, op_type)``; the claimed set."""
+
+_DOMAINS = {"": "", "ai.onnx": "", "com.microsoft": "com.microsoft"}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A graph input or output, like onnxruntime's ``NodeArg``."""
+
+    name: str
+    type: str  # onnxruntime spelling, e.g. 'tensor(float)'
+    dtype: np.dtype | None  # None when the graph does not say
+    shape: list | None  # ints, dim_param strings, None for unknown dims; None if rank unknown
+
+
+def unsupported_types(model: onnx.ModelProto) -> list[str]:
+    """Graph inputs/outputs/initializers whose type numpy cannot hold (``'x: BFLOAT16'``)."""
+    g = model.graph
+    problems = []
+    for vi in list(g.input) + list(g.output):
+        kind = vi.type.WhichOneof("value")
+        if kind is None:
+            continue  # untyped output: fine
+        if kind != "tensor_type":
+            problems.append(f"{vi.name}: {kind}")
+        elif vi.type.tensor_type.elem_type and numpy_dtype(vi.type.tensor_type.elem_type) is None:
+            problems.append(f"{vi.name}: {onnx.TensorProto.DataType.Name(vi.type.tensor_type.elem_type)}")
+    for t in g.initializer:
+        if numpy_dtype(t.data_type) is None:
+            problems.append(f"{t.name}: {onnx.TensorProto.DataType.Name(t.data_type)}")
+    return problems
+
+
+def _tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo:
+    tt = vi.type.tensor_type
+    dtype = numpy_dtype(tt.elem_type) if tt.elem_type else None
+    shape = None
+    if tt.HasField("shape"):
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+    type_name = onnx.helper.tensor_dtype_to_string(tt.elem_type).replace("TensorProto.", "").lower() \
+        if tt.elem_type else "unknown"
+    return TensorInfo(vi.name, f"tensor({type_name})", dtype, shape)
+
+
+def _load_model(model) -> tuple[onnx.ModelProto, str]:
+    if isinstance(model, onnx.ModelProto):
+        return model, "<model>"
+    if isinstance(model, bytes):
+        try:
+            return onnx.load_from_string(model), "<bytes>"
+        except Exception as e:
+            raise BundleError(f"<bytes>: not an ONNX model ({e})") from e
+    path = os.fspath(model)
+    if not os.path.isfile(path):
+        raise BundleError(f"{path}: no such ONNX file -- check the bundle path")
+    try:
+        return onnx.load(path), path
+    except Exception as e:
+        raise BundleError(f"{path}: cannot read the ONNX model ({e}) -- re-export the bundle") from e
+
+
+def _topological(graph: onnx.GraphProto, available: set[str], where: str) -> list[onnx.NodeProto]:
+    available = set(available) | {""}
+    pending, order = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            missing = sorted({i for n in pending for i in n.input if i not in available})
+            raise BundleError(f"{where}: tensor(s) {missing} are used but produced by no node, "
+                              "input or initializer (or the graph has a cycle)")
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+        for n in ready:
+            order.append(n)
+            available.update(n.output)
+    return order
+
+
+def _quantized_constant(node, x, scale, zero_point) -> QuantizedWeight | None:
+    """The ``QuantizedWeight`` of ``DequantizeLinear(x int8|uint8, scale, zp)``, or None."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if x.dtype not in (np.int8, np.uint8) or scale.dtype != np.float32 or attrs.get("block_size", 0) \
+            or attrs.get("output_dtype", 0):
+        return None
+    zp = None if zero_point is None or not np.any(zero_point) else zero_point
+    if scale.size == 1 and scale.ndim <= 1:
+        return QuantizedWeight(x, scale.reshape(()), None if zp is None else zp.reshape(()), axis=1)
+    if scale.ndim != 1 or x.ndim == 0:
+        return None
+    axis = attrs.get("axis", 1) % x.ndim
+    return QuantizedWeight(x, scale, zp, axis=axis)
+
+
+def _reshape_quantized(w: QuantizedWeight, node, shape: np.ndarray) -> QuantizedWeight | None:
+    """Reshape keeps a weight int8 when the scales still map to whole rows of the last axis."""
+    allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
+    dims = [int(d) for d in shape]
+    if not allowzero:
+        dims = [w.q.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+    try:
+        q = np.ascontiguousarray(w.q.reshape(dims))
+    except ValueError:
+        return None
+    scale = np.asarray(w.scale)
+    if scale.ndim == 0:
+        return QuantizedWeight(q, w.scale, w.zero_point, axis=w.axis)
+    rows = w.q.ndim == 2 and w.axis == 0 or w.axis == -1  # one scale per row of the last axis
+    if rows and q.ndim >= 2 and q.shape[-1] == w.q.shape[-1]:
+        lead = q.shape[:-1]
+        zp = None if w.zero_point is None else np.asarray(w.zero_point).reshape(lead)
+        return QuantizedWeight(q, scale.reshape(lead), zp, axis=-1)
+    return None
+
+
+class NumbaSession:
+    """An ONNX model loaded for the numba backend; ``run`` has onnxruntime's call shape."""
+
+    def __init__(self, model, threads: int | None = None):
+        model, self.path = _load_model(model)
+        config.set_threads(threads)
+        self.opsets = {_DOMAINS.get(o.domain, o.domain): o.version for o in model.opset_import}
+        g = model.graph
+        bad_types = unsupported_types(model)
+        if bad_types:
+            raise UnsupportedError(f"{self.path}: the numba backend supports numpy tensor types only; "
+                                   f"unsupported: {', '.join(bad_types)} (use the onnxruntime backend)")
+        unsupported = [node_label(n) for n in g.node
+                       if (_DOMAINS.get(n.domain, n.domain), n.op_type) not in OPS]
+        if unsupported:
+            opsets = ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in sorted(self.opsets.items()))
+            raise UnsupportedError(f"{self.path}: the numba backend has no implementation for "
+                                   f"{len(unsupported)} node(s): {', '.join(unsupported)} (opsets: {opsets}); "
+                                   "use the onnxruntime backend or re-export with rnnkit")
+        consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        inputs = [vi for vi in g.input if vi.name not in consts]
+        self._inputs = [_tensor_info(vi) for vi in inputs]
+        self._outputs = [_tensor_info(vi) for vi in g.output]
+        self.input_names = [i.name for i in self._inputs]
+        self.output_names = [o.name for o in self._outputs]
+        order = _topological(g, set(consts) | set(self.input_names), self.path)
+        self._build(order, consts)
+
+    # ---------------------------------------------------------------- load
+    def _build(self, order, consts: dict) -> None:
+        quant: dict[str, QuantizedWeight] = {}
+
+        def const(name):
+            if name not in consts:
+                consts[name] = quant[name].dequantize()
+            return consts[name]
+
+        slots = {name: i for i, name in enumerate(self.input_names)}
+        steps = []
+        for node in order:
+            key = (_DOMAINS.get(node.domain, node.domain), node.op_type)
+            ins = list(node.input)
+            const_at = [i for i, n in enumerate(ins) if n and (n in consts or n in quant)]
+            folded = len(const_at) == sum(1 for n in ins if n)
+            if folded and key == ("", "DequantizeLinear"):
+                args = [const(n) if n else None for n in ins] + [None] * (3 - len(ins))
+                w = _quantized_constant(node, *args[:3])
+                if w is not None:
+                    quant[node.output[0]] = w  # dequantized only if a consumer needs floats
+                    continue
+            if folded and key == ("", "Reshape") and ins[0] in quant:
+                w = _reshape_quantized(quant[ins[0]], node, const(ins[1]))
+                if w is not None:
+                    quant[node.output[0]] = w
+                    continue
+            accepts = getattr(OPS[key], "quantized_inputs", frozenset())
+            op_consts = {i: quant[ins[i]] if ins[i] in quant and i in accepts else const(ins[i])
+                         for i in const_at}
+            op = OPS[key](node, dict(op_consts))
+            try:
+                op.opset = self.opsets.get(key[0], 0)
+            except AttributeError:
+                pass
+            if folded:
+                try:
+                    outs = op(*[op_consts.get(i) for i in range(len(ins))])
+                except RnnkitError:
+                    raise
+                except Exception as e:
+                    raise BundleError(f"{self.path}: constant folding of {node_label(node)} failed: {e}") from e
+                for name, value in zip(node.output, outs):
+                    if name:
+                        consts[name] = np.asarray(value)
+                continue
+            template = [op_consts.get(i) for i in range(len(ins))]
+            dynamic = [(i, slots[n]) for i, n in enumerate(ins) if n and i not in op_consts]
+            outs = []
+            for name in node.output:
+                if name:
+                    slots[name] = len(slots)
+                outs.append(slots[name] if name else -1)
+            steps.append((op, template, dynamic, outs))
+
+        # Graph outputs that are constants (or int8 weights) are materialised once here.
+        self._const_outputs = {n: const(n) for n in self.output_names if n not in slots}
+        keep = {slots[n] for n in self.output_names if n in slots}
+        last_use = {}
+        for k, (_, _, dynamic, _) in enumerate(steps):
+            for _, s in dynamic:
+                last_use[s] = k
+        frees = [[] for _ in steps]
+        for s, k in last_use.items():
+            if s not in keep:
+                frees[k].append(s)
+        self._plan = [(op, template, dynamic, outs, frees[k])
+                      for k, (op, template, dynamic, outs) in enumerate(steps)]
+        self._slots = slots
+        self._n_slots = len(slots)
+
+    # ---------------------------------------------------------------- run
+    def get_inputs(self) -> list[TensorInfo]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[TensorInfo]:
+        return list(self._outputs)
+
+    def _check_feeds(self, feeds: dict) -> list:
+        problems = []
+        unknown = sorted(set(feeds) - set(self.input_names))
+        if unknown:
+            problems.append(f"unknown input(s) {unknown}")
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            problems.append(f"missing input(s) {missing}")
+        values = [None] * self._n_slots
+        for k, info in enumerate(self._inputs):
+            if info.name not in feeds:
+                continue
+            x = feeds[info.name]
+            x = x if isinstance(x, np.ndarray) else np.asarray(x)
+            if info.dtype is not None and x.dtype != info.dtype:
+                problems.append(f"input '{info.name}' has dtype {x.dtype}, expected {info.dtype}")
+            if info.shape is not None:
+                if x.ndim != len(info.shape):
+                    problems.append(f"input '{info.name}' has shape {list(x.shape)} (rank {x.ndim}), "
+                                    f"expected rank {len(info.shape)} {info.shape}")
+                elif any(isinstance(d, int) and d and d != s for d, s in zip(info.shape, x.shape)):
+                    problems.append(f"input '{info.name}' has shape {list(x.shape)}, expected {info.shape}")
+            values[k] = x
+        if problems:
+            raise InputError(f"{self.path}: bad feed: " + "; ".join(problems) +
+                             f" (the graph's inputs: {[(i.name, str(i.dtype), i.shape) for i in self._inputs]})")
+        return values
+
+    def run(self, output_names: list[str] | None, input_feed: dict, run_options=None) -> list[np.ndarray]:
+        """Run the graph: ``output_names`` (None = all graph outputs) from ``input_feed``."""
+        names = self.output_names if output_names is None else list(output_names)
+        unknown = [n for n in names if n not in self.output_names]
+        if unknown:
+            raise InputError(f"{self.path}: unknown output(s) {unknown}; the graph's outputs are {self.output_names}")
+        values = self._check_feeds(input_feed)
+        for op, template, dynamic, outs, free in self._plan:
+            args = list(template)
+            for i, s in dynamic:
+                args[i] = values[s]
+            try:
+                result = op(*args)
+            except (ValueError, IndexError) as e:  # numpy's shape/index errors: bad feed shapes
+                raise InputError(f"{self.path}: {node_label(op.node)} failed on the given inputs "
+                                 f"({type(e).__name__}: {e}); check the input shapes") from e
+            for s, v in zip(outs, result):
+                if s >= 0:
+                    values[s] = v
+            for s in free:
+                values[s] = None
+        return [np.asarray(self._const_outputs[n]) if n in self._const_outputs else np.asarray(values[self._slots[n]])
+                for n in names]
+
+
+def load_session(model_or_path, threads: int | None = None) -> NumbaSession:
+    """Load an ONNX model (``ModelProto``, path or bytes) for the numba backend."""
+    return NumbaSession(model_or_path, threads=threads)
