@@ -19,8 +19,8 @@ from rnnkit.runtime.errors import UnsupportedError
 from rnnkit.runtime.manifest import ClassifierIO
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # toolkit.models imports torch; only the dataclass fields are read here
-    from rnnkit.toolkit.models import ClassifierConfig
+if TYPE_CHECKING:  # only the dataclass fields are read here
+    from rnnkit.toolkit.configs import ClassifierConfig
 
 MS_DOMAIN = "com.microsoft"
 RECURRENT = {"RNN", "LSTM", "GRU", "DynamicQuantizeLSTM"}

@@ -30,7 +30,7 @@ from ..runtime.manifest import FORMAT_VERSION, MODEL_FP32, MODEL_INT8, OPSET, Cl
 from ..runtime.model import length_buckets, pad
 from ..runtime.tokenizer import WordTokenizer
 from ..runtime.tolerance import FP32, INT8
-from ..toolkit.models import ClassifierConfig
+from ..toolkit.configs import ClassifierConfig
 from .bundle import BundleWriter
 from .check import check_graph
 from .graph import build_classifier_graph

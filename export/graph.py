@@ -34,8 +34,8 @@ from rnnkit.runtime.errors import UnsupportedError
 from rnnkit.runtime.manifest import FORMAT_VERSION, METADATA_KEYS, OPSET, ClassifierIO
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # toolkit.models imports torch; only the dataclass fields are read here
-    from rnnkit.toolkit.models import ClassifierConfig
+if TYPE_CHECKING:  # only the dataclass fields are read here
+    from rnnkit.toolkit.configs import ClassifierConfig
 
 RECURRENT_OPS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}

@@ -14,6 +14,7 @@ import sys
 import click
 
 from ..runtime.errors import RnnkitError
+from .configs import CELL_TYPES, POOLINGS, TrainConfig
 
 BACKEND = click.Choice(["auto", "onnxruntime", "numba"])
 
@@ -41,42 +42,45 @@ def train():
     """Train a model (needs torch)."""
 
 
+_T = TrainConfig()  # the defaults live in one place: the dataclass
+
+
 @train.command("classify")
 @click.option("--train", "train_path", required=True, type=click.Path(), help="CSV/TSV/JSONL file or folder of per-label text files.")
 @click.option("--dev", "dev_path", type=click.Path(), help="Dev set (same formats). Default: hold out --dev-split of TRAIN.")
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Checkpoint directory to write.")
-@click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="lstm", show_default=True)
-@click.option("--layers", type=click.IntRange(1, 8), default=1, show_default=True)
-@click.option("--hidden", type=click.IntRange(1, 4096), default=256, show_default=True)
-@click.option("--embed", type=click.IntRange(1, 4096), default=128, show_default=True)
-@click.option("--bidirectional/--unidirectional", default=False, show_default=True)
-@click.option("--pooling", type=click.Choice(["last", "mean", "max", "attention"]), default="last", show_default=True)
-@click.option("--dropout", type=click.FloatRange(0, 0.95), default=0.3, show_default=True)
-@click.option("--epochs", type=click.IntRange(1, 1000), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
-@click.option("--clip", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True, help="Gradient-norm clipping.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--dev-split", type=click.FloatRange(0, 0.9, min_open=True), default=0.1, show_default=True)
-@click.option("--lowercase/--keep-case", default=True, show_default=True)
-@click.option("--max-vocab", type=click.IntRange(3), default=20000, show_default=True)
-@click.option("--min-freq", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--text-field", default="text", show_default=True)
-@click.option("--label-field", default="label", show_default=True)
-@click.option("--encoding", default="utf-8", show_default=True)
-@click.option("--threads", type=click.IntRange(1), default=None, help="torch threads (default: all cores).")
-def train_classify(train_path, dev_path, out_dir, threads, **options):
+@click.option("--cell", type=click.Choice(list(CELL_TYPES)), default=_T.cell, show_default=True)
+@click.option("--layers", type=click.IntRange(1, 8), default=_T.layers, show_default=True)
+@click.option("--hidden", type=click.IntRange(1, 4096), default=_T.hidden, show_default=True)
+@click.option("--embed", type=click.IntRange(1, 4096), default=_T.embed, show_default=True)
+@click.option("--bidirectional/--unidirectional", default=_T.bidirectional, show_default=True)
+@click.option("--pooling", type=click.Choice(list(POOLINGS)), default=_T.pooling, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 0.95), default=_T.dropout, show_default=True)
+@click.option("--word-dropout", type=click.FloatRange(0, 0.95), default=_T.word_dropout, show_default=True,
+              help="Training only: replace this share of tokens by <unk> (helps unseen words).")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=_T.epochs, show_default=True)
+@click.option("--patience", type=click.IntRange(0), default=_T.patience, show_default=True,
+              help="Stop after this many epochs without a better dev accuracy (0: never).")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=_T.batch_size, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_T.lr, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=_T.weight_decay, show_default=True)
+@click.option("--clip", type=click.FloatRange(min=0), default=_T.clip, show_default=True, help="Gradient-norm clipping (0: off).")
+@click.option("--seed", type=int, default=_T.seed, show_default=True)
+@click.option("--dev-split", type=click.FloatRange(0, 0.9, min_open=True), default=_T.dev_split, show_default=True)
+@click.option("--lowercase/--keep-case", default=_T.lowercase, show_default=True)
+@click.option("--max-vocab", type=click.IntRange(3), default=_T.max_vocab, show_default=True)
+@click.option("--min-freq", type=click.IntRange(1), default=_T.min_freq, show_default=True)
+@click.option("--max-length", type=click.IntRange(0), default=_T.max_length, show_default=True, help="Truncate texts to this many tokens (0: no limit).")
+@click.option("--text-field", default=_T.text_field, show_default=True)
+@click.option("--label-field", default=_T.label_field, show_default=True)
+@click.option("--encoding", default=_T.encoding, show_default=True)
+@click.option("--threads", type=click.IntRange(0), default=_T.threads, show_default=True, help="torch threads (0: min(4, cores)).")
+def train_classify(train_path, dev_path, out_dir, **options):
     """Train a text classifier (sentiment, topics, ...)."""
-    from .train import TrainConfig, train_classifier
+    from .train import train_classifier
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     result = train_classifier(train_path, out_dir, TrainConfig(**options), dev_path=dev_path)
-    click.echo(f"best dev accuracy {result.best_dev_accuracy:.4f} (epoch {result.best_epoch}); "
-               f"checkpoint: {out_dir}")
+    click.echo(f"best dev accuracy {result.dev_accuracy:.4f} (epoch {result.best_epoch}); checkpoint: {result.out_dir}")
 
 
 @cli.command("export")

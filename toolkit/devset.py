@@ -25,14 +25,16 @@ def dev_set_for(checkpoint, dev_path=None, text_field="text", label_field="label
         training = json.loads(config_path.read_text(encoding="utf-8")).get("training", {})
     except (OSError, ValueError) as exc:
         raise BundleError(f"{config_path}: cannot read the checkpoint config ({exc}); is {checkpoint} a checkpoint?") from None
-    data = training.get("data", {})
-    fields = dict(text_field=data.get("text_field", "text"), label_field=data.get("label_field", "label"),
-                  encoding=data.get("encoding", "utf-8"))
-    if data.get("dev_path") and Path(data["dev_path"]).exists():
-        examples = read_examples(data["dev_path"], **fields)
-        return DevSet([e.text for e in examples], [e.label for e in examples], data["dev_path"])
-    if data.get("train_path") and Path(data["train_path"]).exists() and data.get("dev_split"):
-        _, dev = split_dev(read_examples(data["train_path"], **fields), data["dev_split"], data.get("seed", 0))
+    config = training.get("config", {})
+    fields = dict(text_field=config.get("text_field", "text"), label_field=config.get("label_field", "label"),
+                  encoding=config.get("encoding", "utf-8"))
+    if training.get("dev_path") and Path(training["dev_path"]).exists():
+        examples = read_examples(training["dev_path"], **fields)
+        return DevSet([e.text for e in examples], [e.label for e in examples], training["dev_path"])
+    split = training.get("split", {})
+    train_path = training.get("train_path")
+    if train_path and Path(train_path).exists() and split.get("dev_split"):
+        _, dev = split_dev(read_examples(train_path, **fields), split["dev_split"], split.get("split_seed", 0))
         return DevSet([e.text for e in dev], [e.label for e in dev],
-                      f"{data['train_path']} (dev split {data['dev_split']}, seed {data.get('seed', 0)})")
+                      f"{train_path} (dev split {split['dev_split']}, seed {split.get('split_seed', 0)})")
     return None

@@ -10,41 +10,13 @@ Imports torch; never imported by ``rnnkit.runtime`` or at CLI import time.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .configs import POOLINGS as POOLINGS, ClassifierConfig as ClassifierConfig
+
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-POOLINGS = ("last", "mean", "max", "attention")
-
-
-@dataclass
-class ClassifierConfig:
-    vocab_size: int            # rows of the embedding, <pad>=0 and <unk>=1 included
-    num_labels: int            # classes of the head
-    cell: str = "lstm"         # rnn | lstm | gru
-    embed: int = 128           # embedding width
-    hidden: int = 256          # recurrent state width per direction
-    layers: int = 1            # stacked recurrent layers
-    bidirectional: bool = False
-    pooling: str = "last"      # last | mean | max | attention: how T states become one vector
-    dropout: float = 0.3       # on embeddings, between layers and before the head (training only)
-    padding_idx: int = 0       # the tokenizer's <pad> id
-
-    def __post_init__(self):
-        if self.cell not in CELLS:
-            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {self.cell!r}")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
-
-    @property
-    def directions(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class AttentionPooling(nn.Module):

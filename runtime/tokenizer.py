@@ -1,0 +1,196 @@
+"""Word tokenizer shared by training (``rnnkit.toolkit``) and serving (``rnnkit.runtime``).
+
+Text -> NFKC-normalised (optionally lower-cased) string -> words and single punctuation
+marks by one Unicode-aware regex -> ids, with ``<pad>`` = 0 and ``<unk>`` = 1.  The
+vocabulary is built deterministically (frequency, then alphabetical order) so the same
+corpus gives the same ids on every platform.  ``to_dict`` / ``from_dict`` is the JSON form
+stored in checkpoints and bundle manifests; ``from_dict`` validates every key and raises
+``BundleError`` naming the file and key.  The ``level`` field leaves room for a
+character-level tokenizer beside this one.
+
+Pure stdlib + numpy: must not import torch, onnxruntime or numba.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import BundleError, InputError
+
+PAD, UNK = "<pad>", "<unk>"
+PAD_ID, UNK_ID = 0, 1
+SPECIALS = (PAD, UNK)
+
+# Words (letters/digits/underscore in any script, with inner apostrophes: "it's", "don’t")
+# or any single non-space, non-word character (punctuation, symbols).
+DEFAULT_PATTERN = r"\w+(?:['’]\w+)*|[^\w\s]"
+TOKENIZER_KEYS = {"level", "lowercase", "normalization", "pattern", "vocab"}
+
+
+class WordTokenizer:
+    """Word-level tokenizer; ``vocab[i]`` is the token with id ``i``."""
+
+    level = "word"
+
+    def __init__(self, vocab: Sequence[str] = SPECIALS, lowercase: bool = True,
+                 pattern: str = DEFAULT_PATTERN, normalization: str = "NFKC"):
+        self.vocab = list(vocab)
+        self.lowercase = bool(lowercase)
+        self.pattern = pattern
+        self.normalization = normalization
+        self._regex = re.compile(pattern)
+        self._index = {tok: i for i, tok in enumerate(self.vocab)}
+
+    # -- building ---------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, texts: Iterable[str], lowercase: bool = True, max_size: int | None = 20000,
+              min_freq: int = 1) -> "WordTokenizer":
+        """Vocabulary of the ``max_size`` most frequent tokens (specials included) seen
+        at least ``min_freq`` times; ties broken alphabetically (by code point)."""
+        if max_size is not None and max_size < len(SPECIALS):
+            raise ValueError(f"max_size must be >= {len(SPECIALS)} (<pad>, <unk>), got {max_size}")
+        if min_freq < 1:
+            raise ValueError(f"min_freq must be >= 1, got {min_freq}")
+        tok = cls(lowercase=lowercase)
+        counts: Counter[str] = Counter()
+        for text in texts:
+            counts.update(tok.tokenize(text))
+        for special in SPECIALS:
+            counts.pop(special, None)
+        ranked = sorted((t for t, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t))
+        if max_size is not None:
+            ranked = ranked[: max_size - len(SPECIALS)]
+        return cls(list(SPECIALS) + ranked, lowercase=lowercase)
+
+    # -- text <-> ids -----------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def normalize(self, text: str) -> str:
+        text = unicodedata.normalize(self.normalization, text)
+        return text.lower() if self.lowercase else text
+
+    def tokenize(self, text: str) -> list[str]:
+        return self._regex.findall(self.normalize(text))
+
+    def encode(self, text: str) -> list[int]:
+        index = self._index
+        return [index.get(t, UNK_ID) for t in self.tokenize(text)]
+
+    def encode_tokens(self, tokens: Sequence[str]) -> list[int]:
+        """Ids of already-split tokens (e.g. CoNLL words): each is normalised like a text
+        (NFKC, optional lower-casing) and looked up whole, never re-split by the regex."""
+        index = self._index
+        return [index.get(self.normalize(t), UNK_ID) for t in tokens]
+
+    def token_id(self, token: str) -> int:
+        """Id of one vocabulary entry as stored (no normalisation); <unk> if absent."""
+        return self._index.get(token, UNK_ID)
+
+    def encode_batch(self, texts: Sequence[str], max_length: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """-> ids int64 (B, T) padded with <pad>=0, lengths int32 (B,); rows longer than
+        ``max_length`` are truncated (their first ``max_length`` tokens are kept)."""
+        if isinstance(texts, str):
+            raise InputError("encode_batch expects a list of texts, got one string -- wrap it in a list")
+        if max_length is not None and max_length < 1:
+            raise InputError(f"max_length must be >= 1, got {max_length}")
+        rows = []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InputError(f"text #{i} is {type(text).__name__}, expected str")
+            ids = self.encode(text)
+            if not ids:
+                raise InputError(f"text #{i} has no tokens ({text!r}) -- "
+                                 "remove empty or whitespace-only texts")
+            rows.append(ids[:max_length] if max_length is not None else ids)
+        lengths = np.array([len(r) for r in rows], dtype=np.int32)
+        ids = np.full((len(rows), int(lengths.max(initial=0))), PAD_ID, dtype=np.int64)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = r
+        return ids, lengths
+
+    def decode(self, ids: Iterable[int], skip_pad: bool = True) -> str:
+        """Tokens joined by spaces (tokenization is lossy: spacing is not restored)."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if skip_pad and i == PAD_ID:
+                continue
+            out.append(self.vocab[i] if 0 <= i < len(self.vocab) else UNK)
+        return " ".join(out)
+
+    # -- serialisation ----------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {"level": self.level, "lowercase": self.lowercase, "normalization": self.normalization,
+                "pattern": self.pattern, "vocab": list(self.vocab)}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "manifest.json") -> "WordTokenizer":
+        """Validate every key (all problems reported at once) and rebuild the tokenizer."""
+        if not isinstance(d, dict):
+            raise BundleError(f"{source}: 'tokenizer' is {type(d).__name__}, expected an object "
+                              "-- re-export the bundle")
+        problems = []
+        key = lambda k: f"'tokenizer.{k}'"  # noqa: E731
+        missing = sorted(TOKENIZER_KEYS - d.keys())
+        if missing:
+            problems.append(f"'tokenizer' lacks key(s) {', '.join(map(repr, missing))}")
+        unknown = sorted(d.keys() - TOKENIZER_KEYS)
+        if unknown:
+            problems.append(f"'tokenizer' has unknown key(s) {', '.join(map(repr, unknown))} "
+                            f"(expected {sorted(TOKENIZER_KEYS)})")
+        if "level" in d and d["level"] != cls.level:
+            problems.append(f"{key('level')} is {d['level']!r}, expected {cls.level!r}")
+        if "lowercase" in d and not isinstance(d["lowercase"], bool):
+            problems.append(f"{key('lowercase')} is {d['lowercase']!r}, expected true or false")
+        if "normalization" in d and d["normalization"] not in ("NFC", "NFKC", "NFD", "NFKD"):
+            problems.append(f"{key('normalization')} is {d['normalization']!r}, "
+                            "expected one of NFC, NFKC, NFD, NFKD")
+        if "pattern" in d:
+            try:
+                re.compile(d["pattern"])
+            except (re.error, TypeError) as e:
+                problems.append(f"{key('pattern')} is not a valid regular expression ({e})")
+        if "vocab" in d:
+            problems += _vocab_problems(d["vocab"], "tokenizer.vocab")
+        if problems:
+            raise BundleError(f"{source}: " + "; ".join(problems) + " -- re-export the bundle "
+                              "or retrain; the tokenizer section must come from WordTokenizer.to_dict()")
+        return cls(d["vocab"], lowercase=d["lowercase"], pattern=d["pattern"],
+                   normalization=d["normalization"])
+
+
+def _vocab_problems(vocab, name: str) -> list[str]:
+    if not isinstance(vocab, list):
+        return [f"'{name}' is {type(vocab).__name__}, expected a list of strings"]
+    problems = []
+    if len(vocab) < len(SPECIALS):
+        problems.append(f"'{name}' has {len(vocab)} entries, expected at least {len(SPECIALS)} "
+                        f"({', '.join(SPECIALS)} first)")
+    bad = [i for i, t in enumerate(vocab) if not isinstance(t, str) or not t]
+    if bad:
+        problems.append(f"'{name}' has non-string or empty entries at index {bad[:5]}")
+    for i, special in enumerate(SPECIALS[: len(vocab)]):
+        if vocab[i] != special:
+            problems.append(f"'{name}[{i}]' is {vocab[i]!r}, expected {special!r}")
+    seen: set[str] = set()
+    dups = []
+    for t in vocab:
+        if isinstance(t, str):
+            if t in seen and t not in dups:
+                dups.append(t)
+            seen.add(t)
+    if dups:
+        problems.append(f"'{name}' has duplicate entr{'y' if len(dups) == 1 else 'ies'} "
+                        + ", ".join(repr(t) for t in dups[:5]))
+    return problems

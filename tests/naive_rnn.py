@@ -1,0 +1,74 @@
+"""Plain-numpy oracle for the ONNX RNN, GRU and LSTM ops (float64, one step at a time).
+
+Follows the ONNX operator spec (gate orders LSTM i,o,f,c; GRU z,r,h) with onnxruntime's
+``sequence_lens`` semantics: ``Y`` is zero at and after a row's length, ``Y_h``/``Y_c`` are the
+state after the last step read (forward: t = len-1, reverse: t = 0); a row of length 0 keeps
+its initial state.  Deliberately naive: no packing, no fusion, exact np.tanh / exp.
+"""
+
+import numpy as np
+
+
+def _sig(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _clip(x, clip):
+    return x if clip is None else np.clip(x, -clip, clip)
+
+
+def _cell(kind, x, h, c, W, R, Wb, Rb, P, clip, lbr, input_forget):
+    """One step of one direction for one batch row; returns (h, c)."""
+    H = h.shape[0]
+    if kind == "RNN":
+        return np.tanh(_clip(W @ x + Wb + R @ h + Rb, clip)), c
+    if kind == "GRU":
+        z = _sig(_clip(W[:H] @ x + Wb[:H] + R[:H] @ h + Rb[:H], clip))
+        r = _sig(_clip(W[H:2 * H] @ x + Wb[H:2 * H] + R[H:2 * H] @ h + Rb[H:2 * H], clip))
+        if lbr:
+            n = W[2 * H:] @ x + Wb[2 * H:] + r * (R[2 * H:] @ h + Rb[2 * H:])
+        else:
+            n = W[2 * H:] @ x + Wb[2 * H:] + R[2 * H:] @ (r * h) + Rb[2 * H:]
+        n = np.tanh(_clip(n, clip))
+        return (1 - z) * n + z * h, c
+    a = W @ x + Wb + R @ h + Rb  # i, o, f, c
+    pi, po, pf = P[:H], P[H:2 * H], P[2 * H:]
+    i = _sig(_clip(a[:H] + pi * c, clip))
+    f = 1 - i if input_forget else _sig(_clip(a[2 * H:3 * H] + pf * c, clip))
+    g = np.tanh(_clip(a[3 * H:], clip))
+    c = f * c + i * g
+    o = _sig(_clip(a[H:2 * H] + po * c, clip))
+    return o * np.tanh(c), c
+
+
+def naive_rnn(kind, X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, *,
+              direction="forward", layout=0, clip=None, linear_before_reset=0, input_forget=0):
+    """kind in {"RNN", "GRU", "LSTM"}; arguments as the ONNX op; returns (Y, Y_h, Y_c) float32."""
+    X = np.asarray(X, np.float64)
+    if layout:
+        X = X.transpose(1, 0, 2)
+        initial_h = None if initial_h is None else np.asarray(initial_h).transpose(1, 0, 2)
+        initial_c = None if initial_c is None else np.asarray(initial_c).transpose(1, 0, 2)
+    T, Bn, _ = X.shape
+    nd, GH, _ = W.shape
+    H = R.shape[2]
+    B = np.zeros((nd, 2 * GH)) if B is None else np.asarray(B, np.float64)
+    P = np.zeros((nd, 3 * H)) if P is None else np.asarray(P, np.float64)
+    lens = np.full(Bn, T) if sequence_lens is None else np.asarray(sequence_lens)
+    Y = np.zeros((T, nd, Bn, H))
+    Yh = np.zeros((nd, Bn, H))
+    Yc = np.zeros((nd, Bn, H))
+    for d in range(nd):
+        reverse = direction == "reverse" or (direction == "bidirectional" and d == 1)
+        for b in range(Bn):
+            h = np.zeros(H) if initial_h is None else np.asarray(initial_h[d, b], np.float64)
+            c = np.zeros(H) if initial_c is None else np.asarray(initial_c[d, b], np.float64)
+            steps = range(lens[b] - 1, -1, -1) if reverse else range(lens[b])
+            for t in steps:
+                h, c = _cell(kind, X[t, b], h, c, np.asarray(W[d], np.float64), np.asarray(R[d], np.float64),
+                             B[d, :GH], B[d, GH:], P[d], clip, linear_before_reset, input_forget)
+                Y[t, d, b] = h
+            Yh[d, b], Yc[d, b] = h, c
+    if layout:
+        Y, Yh, Yc = Y.transpose(2, 0, 1, 3), Yh.transpose(1, 0, 2), Yc.transpose(1, 0, 2)
+    return Y.astype(np.float32), Yh.astype(np.float32), Yc.astype(np.float32)

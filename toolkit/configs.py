@@ -1,0 +1,95 @@
+"""Configuration dataclasses of rnnkit's models and training runs (torch-free).
+
+Kept apart from ``models.py`` / ``train.py`` so the CLI can show defaults and the
+exporter can read a configuration without importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..runtime.errors import InputError
+
+CELL_TYPES = ("rnn", "lstm", "gru")
+POOLINGS = ("last", "mean", "max", "attention")
+
+
+@dataclass
+class ClassifierConfig:
+    vocab_size: int            # rows of the embedding, <pad>=0 and <unk>=1 included
+    num_labels: int            # classes of the head
+    cell: str = "lstm"         # rnn | lstm | gru
+    embed: int = 128           # embedding width
+    hidden: int = 256          # recurrent state width per direction
+    layers: int = 1            # stacked recurrent layers
+    bidirectional: bool = False
+    pooling: str = "last"      # last | mean | max | attention: how T states become one vector
+    dropout: float = 0.3       # on embeddings, between layers and before the head (training only)
+    padding_idx: int = 0       # the tokenizer's <pad> id
+
+    def __post_init__(self):
+        if self.cell not in CELL_TYPES:
+            raise ValueError(f"cell must be one of {list(CELL_TYPES)}, got {self.cell!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+
+@dataclass
+class TrainConfig:
+    # model
+    cell: str = "gru"              # rnn | lstm | gru
+    layers: int = 1                # stacked recurrent layers
+    hidden: int = 128              # recurrent state width per direction
+    embed: int = 128               # word embedding width (trained from scratch, no pretrained vectors)
+    bidirectional: bool = True     # read the sentence both ways (doubles the pooled width)
+    pooling: str = "max"           # last | mean | max | attention: how T states become one vector
+    dropout: float = 0.5           # on embeddings, between layers and before the head
+    word_dropout: float = 0.0      # training only: replace this fraction of tokens by <unk>
+    # optimisation
+    epochs: int = 10               # maximum number of passes over the training set
+    patience: int = 0              # stop after this many epochs without a better dev accuracy (0: never)
+    batch_size: int = 32
+    lr: float = 1e-3               # Adam learning rate
+    weight_decay: float = 0.0      # Adam L2 penalty
+    clip: float = 5.0              # max gradient L2 norm (RNNs' exploding gradients, Pascanu et al. 2013); 0: off
+    seed: int = 0                  # seeds python, numpy, torch, the dev split and the batch order
+    threads: int = 0               # torch CPU threads; 0: min(4, cpu count)
+    # data and vocabulary
+    lowercase: bool = True         # tokenizer lower-cases (after NFKC)
+    max_vocab: int = 20000         # vocabulary size including <pad> and <unk>
+    min_freq: int = 1              # drop tokens seen fewer times in the training split
+    dev_split: float = 0.1         # fraction of TRAIN held out (stratified) when no dev file is given
+    text_field: str = "text"       # CSV/TSV column or JSONL key of the text
+    label_field: str = "label"     # CSV/TSV column or JSONL key of the label
+    encoding: str = "utf-8"        # text encoding of the data files
+    max_length: int = 0            # truncate longer texts to this many tokens (0: no limit)
+
+    def __post_init__(self):
+        problems = []
+        if self.cell not in CELL_TYPES:
+            problems.append(f"cell must be one of {list(CELL_TYPES)}, got {self.cell!r}")
+        if self.pooling not in POOLINGS:
+            problems.append(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
+        for name in ("layers", "hidden", "embed", "epochs", "batch_size", "min_freq"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("dropout", "word_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("patience", "threads", "max_length", "clip", "weight_decay"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.max_vocab < 3:
+            problems.append(f"max_vocab must be >= 3 (<pad>, <unk> and one word), got {self.max_vocab}")
+        if problems:
+            raise InputError("invalid training configuration: " + "; ".join(problems))

@@ -1,0 +1,36 @@
+"""Training-curve PNG: train and dev loss (left axis) and dev accuracy (right axis) per epoch.
+
+matplotlib is imported lazily with the non-interactive Agg backend, so training works on
+headless machines and importing rnnkit never pulls matplotlib in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot_curves(history: list[dict], path, title: str = "") -> Path:
+    """``history``: one dict per epoch with ``epoch``, ``train_loss``, ``dev_loss``, ``dev_accuracy``."""
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+    ax.plot(epochs, [h["dev_loss"] for h in history], "s-", label="dev loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy loss")
+    ax2 = ax.twinx()
+    ax2.plot(epochs, [h["dev_accuracy"] for h in history], "^-", color="tab:green", label="dev accuracy")
+    ax2.set_ylabel("dev accuracy")
+    best = max(history, key=lambda h: h["dev_accuracy"])
+    ax2.axvline(best["epoch"], color="gray", linestyle=":", linewidth=1, label="best epoch")
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="center right", fontsize=8)
+    ax.set_title(title or f"best dev accuracy {best['dev_accuracy']:.4f} (epoch {best['epoch']})", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
