@@ -15,9 +15,11 @@ int8 wins once the fp32 weights spill out of L2 (H=512: 4 MB fp32 vs 1 MB int8).
 """
 
 import argparse
+import logging
 import os
 import tempfile
 import time
+import warnings
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -52,8 +54,9 @@ def session(m):
 
 
 def time_ms(fns, reps, alone=False):
-    """(median, min) ms of each callable: round-robin (fair on a shared, noisy machine, but each run
-    starts with the other's weights in L2), or ``alone``: each in its own block of runs (warm)."""
+    """Per callable, the list of its run times in ms: round-robin (fair on a shared, noisy machine,
+    but each run starts with the other's weights in L2; rounds give paired ratios), or ``alone``:
+    each in its own block of runs (warm caches)."""
     for f in fns:
         f()
     ts = [[] for _ in fns]
@@ -61,13 +64,21 @@ def time_ms(fns, reps, alone=False):
         for _ in range(reps if alone else 0):
             t0 = time.perf_counter()
             f()
-            t.append(time.perf_counter() - t0)
+            t.append(1e3 * (time.perf_counter() - t0))
     for _ in range(0 if alone else reps):
         for f, t in zip(fns, ts):
             t0 = time.perf_counter()
             f()
-            t.append(time.perf_counter() - t0)
-    return [(1e3 * float(np.median(t)), 1e3 * min(t)) for t in ts]
+            t.append(1e3 * (time.perf_counter() - t0))
+    return [np.asarray(t) for t in ts]
+
+
+def ratio(a, b):
+    """median of a / median of b, and the 25-75% range of the per-round ratios a_i / b_i."""
+    if a is None or b is None:
+        return "       -        "
+    r = a / b
+    return f"{np.median(a) / np.median(b):4.2f} [{np.percentile(r, 25):4.2f}-{np.percentile(r, 75):4.2f}]"
 
 
 def quantize_rows(w):
@@ -78,40 +89,52 @@ def quantize_rows(w):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--hidden", type=int, nargs="+", default=[256, 512])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--ops", nargs="+", default=["LSTM", "GRU"])
     ap.add_argument("--input", type=int, default=128)
     ap.add_argument("--steps", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--reps", type=int, default=50, help="runs per case at batch 1 (fewer for larger batches)")
     ap.add_argument("--alone", action="store_true", help="time each runtime in its own block, not round-robin")
     a = ap.parse_args()
     numba.set_num_threads(1)
-    rng = np.random.default_rng(0)
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     mode = "each alone" if a.alone else "round-robin"
-    print(f"T={a.steps} input={a.input} batch={a.batch}, 1 thread, {mode}, median (min) of {a.reps} runs, ms")
-    print(f"{'op':5} {'H':>4} {'ort fp32':>15} {'numba fp32':>15} {'ratio':>5} {'numba int8':>15} {'ort DQLSTM':>15}")
-    for op in ("LSTM", "GRU"):
+    print(f"T={a.steps} input={a.input}, 1 thread, {mode}; median (min) ms; ratios: of medians "
+          f"[25-75% of per-round ratios]")
+    print(f"{'op':4} {'H':>4} {'B':>3} {'ort fp32':>15} {'numba fp32':>15} {'numba int8':>15} {'ort int8':>15}"
+          f" | {'nb32/ort32':>16} {'nb8/ort8':>16} {'nb8/best32':>16}")
+    for op in a.ops:
         G = 4 if op == "LSTM" else 3
         for H in a.hidden:
+            rng = np.random.default_rng(0)
             W = (rng.normal(size=(1, G * H, a.input)) / np.sqrt(a.input)).astype(np.float32)
             R = (rng.normal(size=(1, G * H, H)) / np.sqrt(H)).astype(np.float32)
             B = (0.1 * rng.normal(size=(1, 2 * G * H))).astype(np.float32)
-            X = rng.normal(size=(a.steps, a.batch, a.input)).astype(np.float32)
             m = model(op, H, a.input, W, R, B)
             sess = session(m)
             node = m.graph.node[0]
             fp = OPS[("", op)](node, {1: W, 2: R, 3: B})
             q8 = OPS[("", op)](node, {1: quantize_rows(W), 2: quantize_rows(R), 3: B})
-            fns = [lambda: sess.run(None, {"X": X}), lambda: fp(X, W, R, B), lambda: q8(X, None, None, B)]
-            if op == "LSTM":
-                from onnxruntime.quantization import QuantType, quantize_dynamic
-                with tempfile.TemporaryDirectory() as d:
+            qs = None
+            if op == "LSTM":  # onnxruntime has an int8 LSTM (DynamicQuantizeLSTM), no int8 GRU
+                with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    logging.getLogger().setLevel(logging.ERROR)
                     onnx.save(m, f"{d}/f.onnx")
                     quantize_dynamic(f"{d}/f.onnx", f"{d}/q.onnx", weight_type=QuantType.QInt8)
                     qs = session(onnx.load(f"{d}/q.onnx"))
-                fns.append(lambda: qs.run(None, {"X": X}))
-            res = time_ms(fns, a.reps, a.alone) + [(float("nan"), float("nan"))]
-            cell = [f"{med:7.3f} ({mn:5.3f})" for med, mn in res]
-            print(f"{op:5} {H:4d} {cell[0]:>15} {cell[1]:>15} {res[1][0] / res[0][0]:5.2f} {cell[2]:>15} {cell[3]:>15}")
+            for batch in a.batch:
+                X = rng.normal(size=(a.steps, batch, a.input)).astype(np.float32)
+                fns = [lambda: sess.run(None, {"X": X}), lambda: fp(X, W, R, B), lambda: q8(X, None, None, B)]
+                if qs is not None:
+                    fns.append(lambda: qs.run(None, {"X": X}))
+                reps = max(10, a.reps // max(1, batch // 4))
+                ts = time_ms(fns, reps, a.alone) + [None]
+                cell = [f"{np.median(t):7.3f} ({t.min():5.3f})" if t is not None else "-" for t in ts]
+                best32 = ts[0] if np.median(ts[0]) < np.median(ts[1]) else ts[1]
+                print(f"{op:4} {H:4d} {batch:3d} {cell[0]:>15} {cell[1]:>15} {cell[2]:>15} {cell[3]:>15}"
+                      f" | {ratio(ts[1], ts[0])} {ratio(ts[2], ts[3])} {ratio(ts[2], best32)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ class TrainConfig:
     def __post_init__(self):
         problems = []
         if self.cell not in CELL_TYPES:
-            problems.append(f"cell must be one of {list(CELL_TYPES)}, got {self.cell!r}")
+            problems.append(f"cell must be one of {sorted(CELL_TYPES)}, got {self.cell!r}")
         if self.pooling not in POOLINGS:
             problems.append(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
         for name in ("layers", "hidden", "embed", "epochs", "batch_size", "min_freq"):
