@@ -57,7 +57,7 @@ class BundleWriter:
                 with open(path, "rb+") as handle:
                     os.fsync(handle.fileno())
                 files[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-        manifest = dict(manifest, files=files)
+        manifest["files"] = files  # the caller's manifest is the one written
         with open(self.tmp / MANIFEST_FILE, "w", encoding="utf-8") as handle:
             json.dump(manifest, handle, indent=2, ensure_ascii=False)
             handle.write("\n")

@@ -91,20 +91,20 @@ def _torch_forward(module, call=None) -> Forward:
     module.eval()
     call = call or (lambda m, ids, lens: m(ids, lens))
 
-    def forward(ids: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    def forward(feed: dict) -> np.ndarray:
+        ids = torch.from_numpy(feed[ClassifierIO.input_ids])
+        lens = torch.from_numpy(feed[ClassifierIO.sequence_lens].astype(np.int64))
         with torch.no_grad():
-            out = call(module, torch.from_numpy(ids), torch.from_numpy(lens.astype(np.int64)))
+            out = call(module, ids, lens)
         return out.detach().cpu().numpy().astype(np.float32)
 
     return forward
 
 
 def session_forward(session) -> Forward:
-    def forward(ids: np.ndarray, lens: np.ndarray) -> np.ndarray:
-        feeds = {ClassifierIO.input_ids: ids.astype(np.int64), ClassifierIO.sequence_lens: lens.astype(np.int32)}
-        return session.run([ClassifierIO.logits], feeds)[0]
-
-    return forward
+    """A backend session as a parity forward: feeds only the inputs the graph declares."""
+    names = [i.name for i in session.get_inputs()]
+    return lambda feed: session.run(None, {k: feed[k] for k in names})[0]
 
 
 def _sessions(model: onnx.ModelProto, path: Path) -> dict[str, Forward]:
@@ -152,7 +152,7 @@ def _export(config: ClassifierConfig, weights: dict[str, np.ndarray], tokenizer:
             log(f"validating {MODEL_INT8}: numba int8 vs onnxruntime int8, and agreement with fp32 ...")
             q = _sessions(qgraph, qpath)
             qreport = check_parity("onnxruntime-int8", q["onnxruntime"], {"numba": q["numba"]}, INT8,
-                                   config.vocab_size)
+                                   config.vocab_size, probabilities=True)
             raise_on_failures(qreport, what=f"{MODEL_INT8}: numba vs onnxruntime")
             dev_metrics = _dev_metrics({"fp32": fp32["onnxruntime"], "int8": q["onnxruntime"]}, dev, tokenizer,
                                        labels, max_length)
@@ -184,12 +184,13 @@ def _dev_metrics(forwards: dict[str, Forward], dev: DevSet, tokenizer: WordToken
     encoded = [tokenizer.encode(t)[:max_length] for t in dev.texts]
     keep = [i for i, ids in enumerate(encoded) if ids]
     encoded = [encoded[i] for i in keep]
-    batches = [pad([encoded[r] for r in rows]) for rows in length_buckets([len(e) for e in encoded], 64)]
+    batches = [dict(zip(ClassifierIO.inputs, pad([encoded[r] for r in rows])))
+               for rows in length_buckets([len(e) for e in encoded], 64)]
     order = np.concatenate(list(length_buckets([len(e) for e in encoded], 64))) if encoded else np.array([], int)
     result = {"source": dev.source, "examples": len(encoded)}
     predictions = {}
     for name, forward in forwards.items():
-        predictions[name] = np.concatenate([forward(ids, lens).argmax(-1) for ids, lens in batches])
+        predictions[name] = np.concatenate([forward(feed).argmax(-1) for feed in batches])
     if dev.labels is not None:
         gold = np.array([labels.index(dev.labels[keep[i]]) if dev.labels[keep[i]] in labels else -1 for i in order])
         for name, pred in predictions.items():

@@ -1,16 +1,24 @@
 """Export-time parity validation: torch vs onnxruntime vs numba, at shapes other than the export shape.
 
 Every export runs the written graph on both backends at batch sizes {1, 3, 8} and
-lengths {1, 7, 33, 200} with ragged padded batches, and compares against the oracle
-(the torch module for fp32, onnxruntime's int8 graph for the numba int8 run):
+lengths {1, 7, 33, 200} with ragged padded batches (and random word widths for
+character features), and compares against the oracle (the torch module for fp32,
+onnxruntime's int8 graph for the numba int8 run):
 
-* logits within the named tolerance (FP32 or INT8 from ``rnnkit.runtime.tolerance``),
-* labels exactly equal, except where the oracle's own top-2 margin is inside the
-  tolerance (a tie the tolerance cannot decide is not a failure),
+* outputs within the named tolerance (FP32 or INT8 from ``rnnkit.runtime.tolerance``),
+* labels (classification) or per-token tags (tagging) exactly equal, except where the
+  oracle's own top-2 margin is inside the tolerance (a tie the tolerance cannot decide is
+  not a failure); tagging logits past a sentence's length exactly 0,
 * every row of a ragged batch equal to running that row alone, on every backend.
 
-Every miss is collected; one ``ParityError`` lists them all.  The measured worst
-differences go into the manifest either way.
+int8 graphs are compared on the probabilities users see (``softmax`` of the logits), not on
+raw logits: onnxruntime's int8 LSTM quantizes its activations per call, so its error grows
+with sequence length and depends on the batch, while numba's int8 kernels keep activations
+in fp32; after 200 steps their logits can drift apart by more than one quantization step of
+a single op while every label and score stays within INT8 of the other.
+
+A forward takes a feed dict named as the graph's inputs and returns the first output.
+Every miss is collected; one ``ParityError`` lists them all.
 """
 
 from __future__ import annotations
@@ -21,31 +29,59 @@ from typing import Callable
 import numpy as np
 
 from ..runtime.errors import ParityError
+from ..runtime.manifest import TaggerIO
+from ..runtime.model import softmax
 from ..runtime.tolerance import Tolerance
 
 BATCH_SIZES = (1, 3, 8)
 LENGTHS = (1, 7, 33, 200)
-Forward = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (ids (B,T), lengths (B,)) -> logits (B, C)
+MAX_WORD = 12  # char width of the random words in parity batches
+Forward = Callable[[dict], np.ndarray]  # feeds (graph input names) -> logits (B, C) or (B, T, K)
+IDS, LENS, CHARS = TaggerIO.input_ids, TaggerIO.sequence_lens, TaggerIO.char_ids  # shared by every task
 
 
-def parity_batches(vocab_size: int, seed: int = 0, batch_sizes=BATCH_SIZES, lengths=LENGTHS):
-    """Ragged padded batches: row 0 is full length, the others random in 1..T, padding is <pad>=0."""
+def parity_feeds(vocab_size: int, char_vocab_size: int = 0, seed: int = 0, batch_sizes=BATCH_SIZES,
+                 lengths=LENGTHS):
+    """Ragged padded feeds: row 0 is full length, the others random in 1..T; padding is 0."""
     rng = np.random.default_rng(seed)
     for batch in batch_sizes:
         for time in lengths:
             lens = rng.integers(1, time + 1, size=batch).astype(np.int32)
             lens[0] = time
+            pad = np.arange(time)[None, :] >= lens[:, None]                    # (B, T)
             ids = rng.integers(2, max(3, vocab_size), size=(batch, time)).astype(np.int64)
-            ids[np.arange(time)[None, :] >= lens[:, None]] = 0
-            yield ids, lens
+            ids[pad] = 0
+            feed = {IDS: ids, LENS: lens}
+            if char_vocab_size:
+                chars = rng.integers(1, max(2, char_vocab_size), size=(batch, time, MAX_WORD)).astype(np.int64)
+                width = rng.integers(1, MAX_WORD + 1, size=(batch, time))
+                chars[np.arange(MAX_WORD)[None, None, :] >= width[..., None]] = 0
+                chars[pad] = 0
+                feed[CHARS] = chars
+            yield feed
 
 
-def labels_disagree(actual: np.ndarray, expected: np.ndarray, tol: Tolerance) -> np.ndarray:
-    """Rows whose argmax differs although the oracle's margin is larger than the tolerance."""
+def row_alone(feed: dict, i: int) -> dict:
+    """Row i of a padded batch as a batch of one, at its own length (and char width)."""
+    n = int(feed[LENS][i])
+    out = {IDS: feed[IDS][i:i + 1, :n], LENS: feed[LENS][i:i + 1]}
+    if CHARS in feed:
+        c = feed[CHARS][i:i + 1, :n]
+        out[CHARS] = c[..., :max(1, int((c != 0).sum(-1).max()))]
+    return out
+
+
+def disagreements(actual: np.ndarray, expected: np.ndarray, lens: np.ndarray, tol: Tolerance) -> list:
+    """Rows (or (row, t) tokens) whose argmax differs although the oracle's margin exceeds the tolerance."""
     a, e = actual.argmax(-1), expected.argmax(-1)
-    rows = np.nonzero(a != e)[0]
-    margin = expected[rows, e[rows]] - expected[rows, a[rows]]
-    return rows[margin > 2 * (tol.atol + tol.rtol * np.abs(expected[rows, e[rows]]))]
+    differ = a != e
+    if actual.ndim == 3:  # tagging: real tokens only
+        differ &= np.arange(a.shape[1])[None, :] < lens[:, None]
+    where = np.nonzero(differ)
+    top = expected[where + (e[where],)]
+    margin = top - expected[where + (a[where],)]
+    bad = margin > 2 * (tol.atol + tol.rtol * np.abs(top))
+    return list(zip(*(w[bad].tolist() for w in where)))
 
 
 @dataclass
@@ -53,36 +89,55 @@ class ParityReport:
     tolerance: str
     oracle: str
     worst: dict[str, float] = field(default_factory=dict)   # backend -> max |diff| over all shapes
+    compared: str = "logits"                                 # or "probabilities" (int8)
     cases: int = 0
     failures: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"tolerance": self.tolerance, "oracle": self.oracle, "cases": self.cases,
-                "batch_sizes": list(BATCH_SIZES), "lengths": list(LENGTHS),
+        return {"tolerance": self.tolerance, "oracle": self.oracle, "compared": self.compared,
+                "cases": self.cases, "batch_sizes": list(BATCH_SIZES), "lengths": list(LENGTHS),
                 "max_abs_diff": self.worst, "passed": not self.failures}
 
 
 def check_parity(oracle_name: str, oracle: Forward, candidates: dict[str, Forward], tol: Tolerance,
-                 vocab_size: int, seed: int = 0) -> ParityReport:
-    report = ParityReport(tol.name, oracle_name, {name: 0.0 for name in candidates})
-    for ids, lens in parity_batches(vocab_size, seed):
-        expected = oracle(ids, lens)
-        shape = f"batch={len(lens)} time={ids.shape[1]} lengths={lens.tolist()}"
+                 vocab_size: int, char_vocab_size: int = 0, seed: int = 0, probabilities: bool = False,
+                 batch_sizes=BATCH_SIZES, lengths=LENGTHS) -> ParityReport:
+    report = ParityReport(tol.name, oracle_name, worst={name: 0.0 for name in candidates},
+                          compared="probabilities" if probabilities else "logits")
+    if probabilities:
+        oracle = _probabilities(oracle)
+        candidates = {name: _probabilities(f) for name, f in candidates.items()}
+    for feed in parity_feeds(vocab_size, char_vocab_size, seed, batch_sizes, lengths):
+        lens = feed[LENS]
+        expected = oracle(feed)
+        shape = f"batch={len(lens)} time={feed[IDS].shape[1]} lengths={lens.tolist()}"
         for name, forward in candidates.items():
             report.cases += 1
-            actual = forward(ids, lens)
-            _compare(report, name, f"{shape}", actual, expected, tol)
-            if len(lens) > 1:  # each row of the ragged batch must equal that row alone
-                for row, n in enumerate(lens):
-                    alone = forward(ids[row:row + 1, :n], lens[row:row + 1])
-                    _compare(report, name, f"{shape} row {row} alone vs in batch", alone, actual[row:row + 1], tol)
+            actual = forward(feed)
+            _compare(report, name, shape, actual, expected, lens, tol, probabilities)
+            if len(lens) > 1 and actual.shape == expected.shape:  # each row must equal that row alone
+                for i, n in enumerate(lens):
+                    alone = forward(row_alone(feed, i))
+                    in_batch = actual[i:i + 1, :n] if actual.ndim == 3 else actual[i:i + 1]
+                    _compare(report, name, f"{shape} row {i} alone vs in batch", alone, in_batch, lens[i:i + 1],
+                             tol, probabilities)
     return report
 
 
-def _compare(report: ParityReport, name: str, where: str, actual, expected, tol: Tolerance) -> None:
+def _probabilities(forward: Forward) -> Forward:
+    return lambda feed: softmax(forward(feed).astype(np.float64)).astype(np.float32)
+
+
+def _compare(report: ParityReport, name: str, where: str, actual, expected, lens, tol: Tolerance,
+             probabilities: bool) -> None:
     if actual.shape != expected.shape:
         report.failures.append(f"{name} @ {where}: output shape {actual.shape}, expected {expected.shape}")
         return
+    if actual.ndim == 3:  # tagging: only real tokens count; padding must be exactly 0 (logits)
+        real = np.arange(actual.shape[1])[None, :] < lens[:, None]
+        if not probabilities and np.any(actual[~real] != 0):
+            report.failures.append(f"{name} @ {where}: non-zero logits past a sentence's length")
+        actual, expected = np.where(real[..., None], actual, 0), np.where(real[..., None], expected, 0)
     worst = tol.worst(actual, expected)
     report.worst[name] = max(report.worst[name], worst)
     if not np.all(np.isfinite(actual)):
@@ -90,9 +145,10 @@ def _compare(report: ParityReport, name: str, where: str, actual, expected, tol:
     elif not tol.close(actual, expected):
         report.failures.append(f"{name} @ {where}: max |diff| {worst:.3g} exceeds {tol.name} "
                                f"(atol {tol.atol}, rtol {tol.rtol})")
-    bad = labels_disagree(actual, expected, tol)
-    if bad.size:
-        report.failures.append(f"{name} @ {where}: labels differ in rows {bad.tolist()}")
+    bad = disagreements(actual, expected, lens, tol)
+    if bad:
+        what = "tags differ at (row, t)" if actual.ndim == 3 else "labels differ in rows"
+        report.failures.append(f"{name} @ {where}: {what} {[b if len(b) > 1 else b[0] for b in bad[:10]]}")
 
 
 def raise_on_failures(*reports: ParityReport, what: str) -> None:

@@ -106,3 +106,18 @@ def test_inspect(gru_bundle):
     assert "task=classify" in result.output and "model.int8.onnx" in result.output
     result = CliRunner().invoke(cli, ["inspect", str(gru_bundle), "--json"])
     assert json.loads(result.output)["format"] == "rnnkit-bundle"
+
+
+def test_export_command_writes_bundle_and_summary(tmp_path):
+    pytest.importorskip("torch")
+    from conftest import make_checkpoint, write_dev
+
+    ckpt = make_checkpoint(tmp_path / "ckpt", cell="lstm")
+    dev = write_dev(tmp_path / "dev.tsv")
+    result = CliRunner().invoke(cli, ["export", str(ckpt), "--out", str(tmp_path / "b"), "--int8", "--dev", str(dev),
+                                      "--min-agreement", "0"])
+    assert result.exit_code == 0, result.output
+    assert "model.int8.onnx" in result.output and "int8 size ratio" in result.output
+    result = CliRunner().invoke(cli, ["export", str(ckpt), "--out", str(tmp_path / "c"), "--int8"])
+    assert result.exit_code == 1 and "pass --dev FILE" in result.output
+    assert not (tmp_path / "c").exists()

@@ -77,7 +77,7 @@ def test_parity_failure_lists_every_miss_and_writes_nothing(tmp_path, monkeypatc
 
     def skewed(module, call=None):
         forward = real(module, call)
-        return lambda ids, lens: forward(ids, lens) + 1e-3  # an oracle the graph cannot match
+        return lambda feed: forward(feed) + 1e-3  # an oracle the graph cannot match
     monkeypatch.setattr(exporter, "_torch_forward", skewed)
     with pytest.raises(ParityError) as info:
         export_checkpoint(ckpt, tmp_path / "b", **QUIET)

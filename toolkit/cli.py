@@ -174,7 +174,8 @@ def summary(manifest: dict, path) -> str:
     if "fp32" in v:
         lines.append(f"  parity fp32 vs torch: max|diff| {v['fp32']['max_abs_diff']} over {v['fp32']['cases']} cases")
     if "int8" in v:
-        lines.append(f"  parity int8 numba vs onnxruntime: max|diff| {v['int8']['max_abs_diff']}")
+        lines.append(f"  parity int8 numba vs onnxruntime ({v['int8'].get('compared', 'logits')}): "
+                     f"max|diff| {v['int8']['max_abs_diff']}")
     if "dev" in v:
         d = v["dev"]
         lines.append("  dev: " + ", ".join(f"{k}={d[k]}" for k in d if k not in ("source",)) + f" ({d['source']})")

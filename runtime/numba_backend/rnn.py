@@ -15,8 +15,12 @@ Recurrent weights ``R^T`` (``[hidden, gates*hidden]``) are packed once into 8x64
 is 1 MB and a step is bound by L2 bandwidth, as onnxruntime's is.  Quantized weights stay int8
 (or uint8) in those tiles and are read as ``(q - zero_point) * scale`` with one scale/zero point
 per output column: weight-only quantization with fp32 activations.  That measured 2x faster
-than int8 x int8 -> int32 dot products here (numba/LLVM emit no VNNI ``vpdpbusd`` or
-``vpmaddwd`` for them), and it is exact with respect to the dequantized weights.
+than int8 x int8 -> int32 dot products here (numba/LLVM emit no VNNI ``vpdpbusd``), no slower
+than int16 (dynamically quantized h) x int8 dot products (LLVM emits ``vpmaddwd``, but on xmm
+only under the host's 256-bit preference: 8 MACs per instruction, as an fp32 FMA; see
+benchmarks/rnn_op_speed.py), and it is exact with respect to the dequantized weights.  With
+several rows (batch > 1, or the input projection) each int8 tile is widened to fp32 once and
+applied to all rows.
 
 The pip llvmlite has no SVML, so ``np.tanh``/``np.exp`` are scalar libm calls; ``_tanh`` is
 Eigen's rational approximation (``generic_fast_tanh_float``) with an exp-series tail, |error| <
@@ -38,7 +42,10 @@ from .config import FASTMATH, JIT as _JIT
 
 import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 # numba 0.68 accepts a bool, dict or set for `fastmath`, not config.FASTMATH's frozenset.
 JIT = dict(_JIT, fastmath=set(FASTMATH))
@@ -165,6 +172,165 @@ def _aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
     return buf[start:start + nbytes].view(dtype).reshape(shape)
 
 
+PB = 64  # columns per block of pair-packed int8 weights (pack_pairs): 4 vectors of 16 int32 sums
+_HCAP = 32767  # int16 range of the quantized state; see _matvec_q16 for the int32 bound
+
+
+def pack_pairs(M: np.ndarray) -> np.ndarray:
+    """(nd, K, C) 8-bit -> (nd, ceil(C/PB), Kp/2, 2*PB), Kp = K rounded up to KB, zero-padded.
+
+    Block cb holds columns cb*PB.. of all K rows as pairs: element [cb, kk, 2*j + e] is
+    M[2*kk + e, cb*PB + j], the operand order of a 16-bit multiply-add (``vpmaddwd``/
+    ``vpdpwssd``: one int32 lane = w[2kk, j] * h[2kk] + w[2kk+1, j] * h[2kk+1]).
+    """
+    nd, K, C = M.shape
+    Kp, ncb = -(-K // KB) * KB, -(-C // PB)
+    out = np.zeros((nd, Kp, ncb * PB), M.dtype)
+    out[:, :K, :C] = M
+    blocks = _aligned_empty((nd, ncb, Kp // 2, 2 * PB), M.dtype)
+    blocks[...] = out.reshape(nd, Kp // 2, 2, ncb, PB).transpose(0, 3, 1, 4, 2).reshape(nd, ncb, Kp // 2, 2 * PB)
+    return blocks
+
+
+@intrinsic
+def _madd_block_ir(typingctx, W, woff, h16, nkk, out, ooff):
+    """out[ooff:ooff+PB] = sum over kk < nkk of W[woff + kk*2PB + 2j + e] * h16[2kk + e] (e = 0, 1), int32.
+
+    W is an 8- or 16-bit integer array (C order), h16 int16.  Written as LLVM vector IR (sign
+    extensions, a multiply, even + odd lanes) that the X86 backend turns into ``vpmaddwd`` (AVX2)
+    or ``vpdpwssd`` (AVX512-VNNI; 32 MACs per instruction, h as one broadcast int32 pair), with the
+    4 x 16 int32 sums held in registers over the whole K loop.  numba's loop vectorizer cannot
+    produce this (it emits xmm ``vpmaddwd`` dot products at best; see benchmarks/rnn_op_speed.py).
+    Other targets get the same IR lowered generically.
+    """
+    if not (isinstance(W, types.Array) and isinstance(W.dtype, types.Integer) and W.dtype.bitwidth <= 16
+            and isinstance(h16, types.Array) and h16.dtype == types.int16
+            and isinstance(out, types.Array) and out.dtype == types.int32):
+        return None
+    sig = types.void(W, types.intp, h16, types.intp, out, types.intp)
+    wbits = W.dtype.bitwidth
+    nvec = PB // 16
+
+    def codegen(context, builder, signature, args):
+        w_arg, woff_v, h_arg, nkk_v, o_arg, ooff_v = args
+        w_ary = context.make_array(signature.args[0])(context, builder, w_arg)
+        h_ary = context.make_array(signature.args[2])(context, builder, h_arg)
+        o_ary = context.make_array(signature.args[4])(context, builder, o_arg)
+        i32 = ir.IntType(32)
+        v16 = ir.VectorType(i32, 16)
+        v32 = ir.VectorType(i32, 32)
+        wvec = ir.VectorType(ir.IntType(wbits), 32)
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(nvec)]
+        wbase = builder.gep(w_ary.data, [woff_v])
+        hpairs = builder.bitcast(h_ary.data, i32.as_pointer())
+        even = ir.Constant(v16, [2 * i for i in range(16)])
+        odd = ir.Constant(v16, [2 * i + 1 for i in range(16)])
+        bcast = ir.Constant(v32, [i % 2 for i in range(32)])
+        with cgutils.for_range(builder, nkk_v) as loop:
+            kk = loop.index
+            pair = builder.load(builder.gep(hpairs, [kk]), align=2)
+            pair = builder.bitcast(builder.insert_element(ir.Constant(ir.VectorType(i32, 1), None), pair,
+                                                          ir.Constant(i32, 0)), ir.VectorType(ir.IntType(16), 2))
+            hx = builder.sext(builder.shuffle_vector(pair, pair, bcast), v32)
+            row = builder.gep(wbase, [builder.mul(kk, ir.Constant(kk.type, 2 * PB))])
+            for v in range(nvec):
+                ptr = builder.bitcast(builder.gep(row, [ir.Constant(kk.type, 32 * v)]), wvec.as_pointer())
+                prod = builder.mul(hx, builder.sext(builder.load(ptr, align=1), v32))
+                part = builder.add(builder.shuffle_vector(prod, prod, even), builder.shuffle_vector(prod, prod, odd))
+                builder.store(builder.add(builder.load(accs[v]), part), accs[v])
+        obase = builder.gep(o_ary.data, [ooff_v])
+        for v in range(nvec):
+            ptr = builder.bitcast(builder.gep(obase, [ir.Constant(ooff_v.type, 16 * v)]), v16.as_pointer())
+            builder.store(builder.load(accs[v]), ptr, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _madd_block_py(W, woff, h16, nkk, out, ooff):
+    """Plain-numpy _madd_block_ir (NUMBA_DISABLE_JIT=1)."""
+    w = W.reshape(-1)[woff:woff + nkk * 2 * PB].reshape(nkk, PB, 2).astype(np.int64)
+    h = h16[:2 * nkk].reshape(nkk, 1, 2).astype(np.int64)
+    out[ooff:ooff + PB] = (w * h).sum(axis=(0, 2)).astype(np.int32)
+
+
+_madd_block = _madd_block_py if numba.config.DISABLE_JIT else _madd_block_ir
+
+
+@njit(**JIT)
+def _matvec_q16(V, n, Q, scale, zp, out, c0, ncols):
+    """out[i, c0:c0+ncols] = (V[i] @ (M - zp)) * scale for rows i < n, M = pair blocks Q (pack_pairs).
+
+    Each row of V (fp32, zero past the true K) is quantized to int16, symmetric, per row and step:
+    hq = round(V[i] * c / max|V[i]|), c = min(32767, (2^31 - 1) // (128 K)) so that no int32 sum
+    of K products |hq| * |q| <= c * 128 can overflow (c = 32767 up to K = 512, halved at each
+    doubling past it); then int32 multiply-adds on the 8-bit weights (_madd_block), and
+    out = (sum - zp * sum(hq)) * scale * max|V[i]| / c.  The only error against the dequantized
+    weights is hq's rounding: |V[i, k] - hq[k] * max|V[i]| / c| <= max|V[i]| / (2 c), so
+    |out - exact| <= max|V[i]| / (2 c) * sum_k |M[k, j] - zp| * scale (about 1.5e-5 * max|h|
+    per unit of weight row 1-norm: below fp32 tolerance for typical weights).  A NaN or inf in
+    V[i] makes its row NaN.
+    """
+    ncb, nkk = Q.shape[0], Q.shape[1]
+    K = 2 * nkk
+    cap = min(_HCAP, 2147483647 // (128 * max(K, 1)))
+    hq = np.zeros(K, np.int16)
+    acc = np.empty(ncb * PB, np.int32)
+    for i in range(n):
+        v = V[i]
+        m = _ZERO
+        z = _ZERO  # NaN if V[i] holds a NaN or inf (max() would drop a NaN)
+        for k in range(K):
+            m = max(m, abs(v[k]))
+            z += v[k] * _ZERO
+        if z != _ZERO:  # NaN or inf: no integer image; propagate
+            for j in range(ncols):
+                out[i, c0 + j] = np.float32(np.nan)
+            continue
+        s = np.float32(cap) / m if m > _ZERO else _ZERO
+        hs = 0
+        for k in range(K):
+            q = np.int16(np.floor(v[k] * s + _HALF))
+            hq[k] = q
+            hs += np.int64(q)
+        for cb in range(ncb):
+            _madd_block(Q, cb * nkk * 2 * PB, hq, nkk, acc, cb * PB)
+        back = np.float64(m) / cap
+        for j in range(ncols):
+            out[i, c0 + j] = np.float32((np.float64(acc[j]) - np.float64(zp[c0 + j]) * hs)
+                                        * (back * scale[c0 + j]))
+
+
+def _matvec(V, n, T, scale, zp, vsum, acc, out, c0, ncols):
+    """h @ R^T for the driver: fp32 tiles (pack_tiles) or 8-bit pair blocks (pack_pairs, 3-D)."""
+    if T.ndim == 3:
+        _matvec_q16(V, n, T, scale, zp, out, c0, ncols)
+    else:
+        _matvec_rows(V, n, T, scale, zp, vsum, acc, out, c0, ncols)
+
+
+@overload(_matvec, jit_options=dict(JIT, cache=False))
+def _matvec_jit(V, n, T, scale, zp, vsum, acc, out, c0, ncols):
+    if T.ndim == 3:
+        return lambda V, n, T, scale, zp, vsum, acc, out, c0, ncols: _matvec_q16(V, n, T, scale, zp, out, c0, ncols)
+    return lambda V, n, T, scale, zp, vsum, acc, out, c0, ncols: _matvec_rows(
+        V, n, T, scale, zp, vsum, acc, out, c0, ncols)
+
+
+def _dims(T):
+    """(padded K, padded columns) of fp32 tiles or pair blocks."""
+    if T.ndim == 3:
+        return T.shape[1] * 2, T.shape[0] * PB
+    return T.shape[0] * KB, T.shape[1] * CB
+
+
+@overload(_dims, jit_options=dict(JIT, cache=False))
+def _dims_jit(T):
+    if T.ndim == 3:
+        return lambda T: (T.shape[1] * 2, T.shape[0] * PB)
+    return lambda T: (T.shape[0] * KB, T.shape[1] * CB)
+
+
 @njit(**JIT)
 def _matvec_rows(V, n, T, scale, zp, vsum, acc, out, c0, ncols):
     """out[i, c0:c0+ncols] = (V[i] @ (M - zp)) * scale for rows i < n, M = tiles T (see pack_tiles).
@@ -200,7 +366,27 @@ def _matvec_rows(V, n, T, scale, zp, vsum, acc, out, c0, ncols):
                     s += a5 * np.float32(t[5, jj])
                     s += a6 * np.float32(t[6, jj])
                     ai[o + jj] = s + a7 * np.float32(t[7, jj])
-    else:  # several rows: apply each 8x64 tile to every row while it is in L1
+    elif T.itemsize != 4:  # several rows, 8-bit tiles: widen each tile to fp32 once, for all rows
+        # (the int8 -> fp32 conversions, not the FMAs, bound the loop below when done per row:
+        # B=32, H=256 step 459 -> 300 us, as fast as fp32 tiles)
+        tw = np.empty((KB, CB), np.float32)
+        for kb in range(nkb):
+            k = kb * KB
+            for cb in range(ncb):
+                t = T[kb, cb]
+                o = cb * CB
+                for r in range(KB):
+                    for jj in range(CB):
+                        tw[r, jj] = np.float32(t[r, jj])
+                for i in range(n):
+                    v = V[i]
+                    a0, a1, a2, a3 = v[k], v[k + 1], v[k + 2], v[k + 3]
+                    a4, a5, a6, a7 = v[k + 4], v[k + 5], v[k + 6], v[k + 7]
+                    ai = acc[i]
+                    for jj in range(CB):
+                        ai[o + jj] += ((a0 * tw[0, jj] + a1 * tw[1, jj]) + (a2 * tw[2, jj] + a3 * tw[3, jj])) + (
+                            (a4 * tw[4, jj] + a5 * tw[5, jj]) + (a6 * tw[6, jj] + a7 * tw[7, jj]))
+    else:  # several rows, fp32 tiles: apply each 8x64 tile to every row while it is in L1
         for kb in range(nkb):
             k = kb * KB
             for cb in range(ncb):
@@ -299,8 +485,10 @@ def _run_rows(kind, d, b0, b1, reverse, layout, xw, T1, T2, rs, rz, rbh, P, lens
     for i in range(n):
         L[i] = min(max(lens[b0 + i], 0), T)
         steps = max(steps, L[i])
-    V = np.zeros((n, T1.shape[0] * KB), np.float32)  # padded mat-vec inputs; cols >= H stay 0
-    acc = _scratch_apart(n, max(T1.shape[1], T2.shape[1]) * CB, T1)
+    kp, w1 = _dims(T1)
+    w2 = _dims(T2)[1]
+    V = np.zeros((n, kp), np.float32)  # padded mat-vec inputs; cols >= H stay 0
+    acc = _scratch_apart(n, max(w1, w2), T1)
     g = np.empty((n, GH), np.float32)
     vsum = np.empty(n, np.float32)
     act = np.empty(n, np.int64)
@@ -321,7 +509,7 @@ def _run_rows(kind, d, b0, b1, reverse, layout, xw, T1, T2, rs, rz, rbh, P, lens
                 va[k] = hi[k]
                 sm += hi[k]
             vsum[a] = sm
-        _matvec_rows(V, m, T1, rs, rz, vsum, acc, g, 0, 2 * H if two_pass else GH)
+        _matvec(V, m, T1, rs, rz, vsum, acc, g, 0, 2 * H if two_pass else GH)
         if two_pass:
             for a in range(m):
                 b, t = b0 + act[a], tix[a]
@@ -331,7 +519,7 @@ def _run_rows(kind, d, b0, b1, reverse, layout, xw, T1, T2, rs, rz, rbh, P, lens
                 for k in range(H):
                     sm += V[a, k]
                 vsum[a] = sm
-            _matvec_rows(V, m, T2, rs, rz, vsum, acc, g, 2 * H, H)
+            _matvec(V, m, T2, rs, rz, vsum, acc, g, 2 * H, H)
         for a in range(m):
             i = act[a]
             b, t = b0 + i, tix[a]
@@ -429,13 +617,17 @@ class PackedRNN:
             self.rs = np.ones((R.shape[0], GH), np.float32)
             self.rz = np.zeros((R.shape[0], GH), np.float32)
         nd = self.nd = RT.shape[0]
+        if RT.dtype == np.float32:
+            pack, empty = pack_tiles, (lambda T1: np.zeros((nd, T1.shape[1], 0, KB, CB), np.float32))
+        else:  # 8-bit R: int16-state x int8 multiply-adds (_matvec_q16)
+            pack, empty = pack_pairs, (lambda T1: np.zeros((nd, 0, T1.shape[2], 2 * PB), RT.dtype))
         if kind == GRU and not self.lbr:
             # (r * h) @ R_h^T is a second mat-vec: R_h gets its own tiles (a mat-vec over a column
             # slice of one packed (H, 3H) matrix measured 2.5x slower)
-            self.T1, self.T2 = pack_tiles(RT[:, :, :2 * hidden]), pack_tiles(RT[:, :, 2 * hidden:])
+            self.T1, self.T2 = pack(RT[:, :, :2 * hidden]), pack(RT[:, :, 2 * hidden:])
         else:
-            self.T1 = pack_tiles(RT)
-            self.T2 = np.zeros((nd, self.T1.shape[1], 0, KB, CB), RT.dtype)
+            self.T1 = pack(RT)
+            self.T2 = empty(self.T1)
         if isinstance(W, tuple):
             q, s, z = _as_int8(*W)
             self.Wq = pack_tiles(np.concatenate(list(q), axis=1)[None])[0]  # tiles of (I, nd*GH)

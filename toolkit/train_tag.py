@@ -1,0 +1,442 @@
+"""Training loop and checkpoints for the recurrent sequence tagger (``rnnkit train tag``).
+
+Reads tagged sentences (``rnnkit.toolkit.conll``), builds the word vocabulary (whole tokens,
+normalised as ``WordTokenizer`` normalises text) and the char vocabulary on the training
+split only, trains ``RecurrentTagger`` with token-level cross-entropy, Adam, gradient-norm
+clipping, length-bucketed batches and optional word dropout (tokens replaced by ``<unk>``
+during training, their characters kept, so the model learns to tag from spelling), evaluates
+dev token accuracy and unseen-word accuracy after each epoch and keeps the best epoch.  Seeding,
+batching, the progress bar, the thread/determinism settings and the checkpoint directory
+rules are the classifier's (``rnnkit.toolkit.train`` / ``checkpoint``), imported, not copied.
+
+Checkpoint directory: ``config.json`` (``"task": "tag"``, ``TaggerConfig``, tokenizer,
+charset, tags, training record), ``weights.pt`` (state_dict, read with ``weights_only=True``),
+``curves.png``, ``confusion.png`` and ``confusion.tsv`` (best epoch, dev set); written
+atomically.  Imports torch; the CLI imports this module inside the command body only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from rnnkit.runtime.charset import MAX_CHARS, CharVocab, word_ids
+from rnnkit.runtime.errors import BundleError, InputError
+from rnnkit.runtime.tokenizer import PAD_ID, SPECIALS, UNK_ID, WordTokenizer
+from rnnkit.toolkit.checkpoint import (CONFIG_FILE, CURVES_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE,
+                                       check_out_dir)
+from rnnkit.toolkit.conll import TaggedSentence, read_tagged
+from rnnkit.toolkit.models import CELLS
+from rnnkit.toolkit.tag_metrics import confusion_table, evaluate_tags
+from rnnkit.toolkit.tagger import RecurrentTagger, TaggerConfig
+from rnnkit.toolkit.train import _batches, _Progress, _seed_all, _torch_settings
+
+CONFUSION_PNG, CONFUSION_TSV = "confusion.png", "confusion.tsv"
+
+
+@dataclass
+class TagTrainConfig:
+    # model (same options as `train classify`, plus character features)
+    cell: str = "lstm"             # rnn | lstm | gru
+    layers: int = 1                # stacked recurrent layers
+    hidden: int = 128              # recurrent state width per direction
+    embed: int = 100               # word embedding width (from scratch)
+    bidirectional: bool = True     # a tagger needs the right context
+    dropout: float = 0.33          # on token features, between layers and before the head
+    word_dropout: float = 0.05     # training only: replace this fraction of words by <unk> (chars kept)
+    unk_alpha: float = 0.0         # training only: also replace a word seen n times by <unk> with
+                                   # probability alpha / (alpha + n) (Kiperwasser & Goldberg 2016): rare words
+    chars: bool = True             # character CNN features per word
+    char_embed: int = 32           # char embedding width
+    char_filters: int = 64         # char CNN channels
+    char_kernel: int = 3           # char CNN window (odd)
+    max_chars: int = MAX_CHARS     # characters kept per word (first half + last half of longer words)
+    # optimisation
+    epochs: int = 10
+    patience: int = 0              # stop after this many epochs without better dev accuracy (0: never)
+    batch_size: int = 32           # sentences per batch
+    lr: float = 2e-3               # Adam learning rate
+    weight_decay: float = 0.0
+    clip: float = 5.0              # max gradient L2 norm; 0: off
+    seed: int = 0
+    threads: int = 0               # torch CPU threads; 0: min(4, cpu count)
+    # data and vocabulary
+    column: str = "upos"           # CoNLL-U tag column: upos | xpos
+    lowercase: bool = True         # word lookup lower-cases (case reaches the model through the chars)
+    max_vocab: int = 50000         # word vocabulary size including <pad> and <unk>
+    min_freq: int = 1              # drop words seen fewer times in training
+    dev_split: float = 0.1         # fraction of TRAIN sentences held out when no dev file is given
+    encoding: str = "utf-8"
+
+    def __post_init__(self):
+        problems = []
+        if self.cell not in CELLS:
+            problems.append(f"cell must be one of {sorted(CELLS)}, got {self.cell!r}")
+        for name in ("layers", "hidden", "embed", "epochs", "batch_size", "min_freq", "max_chars",
+                     "char_embed", "char_filters"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.char_kernel < 1 or self.char_kernel % 2 == 0:
+            problems.append(f"char_kernel must be odd and >= 1, got {self.char_kernel}")
+        for name in ("dropout", "word_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("patience", "threads", "clip", "weight_decay", "unk_alpha"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.max_vocab < 3:
+            problems.append(f"max_vocab must be >= 3, got {self.max_vocab}")
+        if self.column not in ("upos", "xpos"):
+            problems.append(f"column must be upos or xpos, got {self.column!r}")
+        if not 0.0 < self.dev_split < 1.0:
+            problems.append(f"dev_split must be in (0, 1), got {self.dev_split}")
+        if problems:
+            raise InputError("invalid training configuration: " + "; ".join(problems))
+
+
+@dataclass
+class TagTrainResult:
+    out_dir: Path
+    best_epoch: int
+    dev_accuracy: float
+    dev_unseen_accuracy: float | None
+    history: list[dict] = field(default_factory=list)
+    train_time_s: float = 0.0
+    tags: list[str] = field(default_factory=list)
+    num_train: int = 0
+    num_dev: int = 0
+
+
+@dataclass
+class TagCheckpoint:
+    model: RecurrentTagger         # eval mode
+    config: TaggerConfig
+    tokenizer: WordTokenizer
+    charset: CharVocab | None      # None without character features
+    tags: list[str]                # tag id i -> tags[i]
+    meta: dict                     # the whole config.json
+    path: Path
+
+    def predict(self, sentences: Sequence[Sequence[str]]) -> list[list[str]]:
+        return [[self.tags[i] for i in row] for row in
+                predict_tag_ids(self.model, self.tokenizer, self.charset, sentences)]
+
+
+# -- vocabularies and encoding ------------------------------------------------------------
+
+def build_word_vocab(sentences: list[TaggedSentence], lowercase: bool, max_size: int,
+                     min_freq: int) -> WordTokenizer:
+    """Whole-token vocabulary (frequency, then code point), normalised like WordTokenizer."""
+    tok = WordTokenizer(lowercase=lowercase)
+    counts = Counter(tok.normalize(t) for s in sentences for t in s.tokens)
+    for special in SPECIALS:
+        counts.pop(special, None)
+    ranked = sorted((t for t, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t))
+    return WordTokenizer(list(SPECIALS) + ranked[: max_size - len(SPECIALS)], lowercase=lowercase)
+
+
+class _Encoded:
+    """Sentences as word-id arrays (+ char-id arrays), tag ids and unseen-word masks."""
+
+    def __init__(self, sentences, tok, charset, tag_id, seen: set[str]):
+        self.ids = [np.asarray(word_ids(tok, s.tokens), dtype=np.int64) for s in sentences]
+        self.chars = [charset.encode_words(s.tokens) for s in sentences] if charset else None
+        self.tags = [np.asarray([tag_id[t] for t in s.tags], dtype=np.int64) for s in sentences]
+        self.unseen = [np.asarray([tok.normalize(t) not in seen for t in s.tokens]) for s in sentences]
+        self.lengths = np.array([len(x) for x in self.ids])
+
+    def batch(self, idx):
+        lens = self.lengths[idx]
+        t = int(lens.max())
+        ids = np.full((len(idx), t), PAD_ID, dtype=np.int64)
+        tags = np.full((len(idx), t), -100, dtype=np.int64)  # cross_entropy's ignore_index
+        chars = None
+        if self.chars is not None:
+            chars = np.zeros((len(idx), t, max(self.chars[i].shape[1] for i in idx)), dtype=np.int64)
+        for r, i in enumerate(idx):
+            ids[r, : lens[r]] = self.ids[i]
+            tags[r, : lens[r]] = self.tags[i]
+            if chars is not None:
+                c = self.chars[i]
+                chars[r, : c.shape[0], : c.shape[1]] = c
+        as_t = torch.from_numpy
+        return as_t(ids), as_t(lens.astype(np.int64)), (as_t(chars) if chars is not None else None), as_t(tags)
+
+
+@torch.no_grad()
+def _predict_encoded(model: RecurrentTagger, data: _Encoded, batch_size: int = 128):
+    model.eval()
+    preds: list[np.ndarray] = [np.zeros(0, np.int64)] * len(data.ids)
+    loss_sum, n = 0.0, 0
+    for idx in _batches(data.lengths, batch_size, None):
+        ids, lens, chars, tags = data.batch(idx)
+        logits = model(ids, lens, chars)
+        loss_sum += nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tags.reshape(-1),
+                                                ignore_index=-100, reduction="sum").item()
+        n += int(lens.sum())
+        best = logits.argmax(-1).numpy()
+        for r, i in enumerate(idx):
+            preds[i] = best[r, : lens[r]]
+    return preds, loss_sum / max(n, 1)
+
+
+def evaluate_tagger(model: RecurrentTagger, data: _Encoded) -> dict:
+    preds, loss = _predict_encoded(model, data)
+    result = evaluate_tags(data.tags, preds, data.unseen, model.config.num_tags)
+    result["loss"] = loss
+    return result
+
+
+@torch.no_grad()
+def predict_tag_ids(model: RecurrentTagger, tokenizer: WordTokenizer, charset: CharVocab | None,
+                    sentences: Sequence[Sequence[str]], batch_size: int = 128) -> list[list[int]]:
+    """Tag ids per token; an empty sentence gives []. (The torch oracle of ``Model.tag``.)"""
+    fake = [TaggedSentence(list(s), ["_"] * len(s), "") for s in sentences]
+    live = [i for i, s in enumerate(fake) if s.tokens]
+    out: list[list[int]] = [[] for _ in sentences]
+    if live:
+        data = _Encoded([fake[i] for i in live], tokenizer, charset, {"_": 0}, set())
+        preds, _ = _predict_encoded(model, data, batch_size)
+        for i, p in zip(live, preds):
+            out[i] = p.tolist()
+    return out
+
+
+def _drop_probabilities(data: _Encoded, vocab_size: int, config: TagTrainConfig) -> torch.Tensor | None:
+    """Per word id: probability of replacing it by <unk> in a training batch (None: never)."""
+    if config.word_dropout == 0 and config.unk_alpha == 0:
+        return None
+    counts = np.bincount(np.concatenate(data.ids), minlength=vocab_size).astype(np.float64)
+    rare = config.unk_alpha / np.maximum(config.unk_alpha + counts, 1e-12) if config.unk_alpha else 0.0
+    p = 1.0 - (1.0 - config.word_dropout) * (1.0 - rare)  # either kind of dropout
+    return torch.from_numpy(np.asarray(p, dtype=np.float32) * np.ones(vocab_size, np.float32))
+
+
+def _split(sentences, fraction, seed):
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(sentences))
+    n_dev = max(1, int(round(len(sentences) * fraction)))
+    if len(sentences) - n_dev < 1:
+        raise InputError(f"{len(sentences)} sentence(s) cannot be split into train and dev -- give --dev")
+    dev = set(order[:n_dev].tolist())
+    return ([s for i, s in enumerate(sentences) if i not in dev], [s for i, s in enumerate(sentences) if i in dev])
+
+
+# -- training -----------------------------------------------------------------------------
+
+def train_tagger(train_path, out_dir, config: TagTrainConfig | None = None, dev_path=None,
+                 progress: bool = True, log: Callable[[str], None] | None = print) -> TagTrainResult:
+    """Train on ``train_path`` (dev from ``dev_path`` or a ``config.dev_split`` of TRAIN) and
+    write the best epoch's checkpoint to ``out_dir``."""
+    config = config or TagTrainConfig()
+    log = log or (lambda _msg: None)
+    out = check_out_dir(out_dir)
+    read = dict(column=config.column, encoding=config.encoding)
+    sentences = read_tagged(train_path, **read)
+    if dev_path is not None:
+        train_s, dev_s = sentences, read_tagged(dev_path, **read)
+        split = {"dev": str(dev_path)}
+    else:
+        train_s, dev_s = _split(sentences, config.dev_split, config.seed)
+        split = {"dev_split": config.dev_split, "split_seed": config.seed}
+    tags = sorted({t for s in train_s for t in s.tags})
+    unknown = sorted({t for s in dev_s for t in s.tags} - set(tags))
+    if unknown:
+        first = next(s.source for s in dev_s if set(s.tags) & set(unknown))
+        raise InputError(f"dev tags {unknown} never occur in training (first in the sentence at {first}) "
+                         f"-- training tags are {tags}")
+    tag_id = {t: i for i, t in enumerate(tags)}
+    tok = build_word_vocab(train_s, config.lowercase, config.max_vocab, config.min_freq)
+    charset = (CharVocab.build((t for s in train_s for t in s.tokens), max_chars=config.max_chars)
+               if config.chars else None)
+    seen = {tok.normalize(t) for s in train_s for t in s.tokens}
+    train_x = _Encoded(train_s, tok, charset, tag_id, seen)
+    drop_p = _drop_probabilities(train_x, tok.vocab_size, config)
+    dev_x = _Encoded(dev_s, tok, charset, tag_id, seen)
+    log(f"{len(train_s)} train / {len(dev_s)} dev sentences ({int(train_x.lengths.sum())} / "
+        f"{int(dev_x.lengths.sum())} tokens), {len(tags)} tags, vocabulary {tok.vocab_size}"
+        + (f", {charset.size} chars" if charset else ""))
+
+    with _torch_settings(config.threads):
+        rng = _seed_all(config.seed)
+        model_config = TaggerConfig(
+            vocab_size=tok.vocab_size, num_tags=len(tags), cell=config.cell, embed=config.embed,
+            hidden=config.hidden, layers=config.layers, bidirectional=config.bidirectional,
+            dropout=config.dropout, char_vocab_size=charset.size if charset else 0,
+            char_embed=config.char_embed, char_filters=config.char_filters, char_kernel=config.char_kernel)
+        model = RecurrentTagger(model_config)
+        optim = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        history: list[dict] = []
+        best, best_state, stale = None, None, 0
+        start = time.perf_counter()
+        for epoch in range(1, config.epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            batches = _batches(train_x.lengths, config.batch_size, rng)
+            loss_sum, seen_tokens = 0.0, 0
+            with _Progress(progress, len(batches), f"epoch {epoch}/{config.epochs}") as bar:
+                for idx in batches:
+                    ids, lens, chars, target = train_x.batch(idx)
+                    if drop_p is not None:
+                        drop = (torch.rand(ids.shape) < drop_p[ids]) & (ids != PAD_ID)
+                        ids = ids.masked_fill(drop, UNK_ID)
+                    logits = model(ids, lens, chars)
+                    loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                       target.reshape(-1), ignore_index=-100)
+                    optim.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if config.clip > 0:
+                        nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+                    optim.step()
+                    n = int(lens.sum())
+                    loss_sum += loss.item() * n
+                    seen_tokens += n
+                    bar.update(loss_sum / seen_tokens)
+            dev = evaluate_tagger(model, dev_x)
+            record = {"epoch": epoch, "train_loss": loss_sum / seen_tokens, "dev_loss": dev["loss"],
+                      "dev_accuracy": dev["accuracy"], "dev_unseen_accuracy": dev["unseen_accuracy"],
+                      "seconds": round(time.perf_counter() - t0, 2)}
+            history.append(record)
+            improved = best is None or dev["accuracy"] > best[1]["accuracy"]
+            if improved:
+                best, stale = (epoch, dev), 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+            unseen = dev["unseen_accuracy"]
+            log(f"epoch {epoch}/{config.epochs}  train loss {record['train_loss']:.4f}  dev loss "
+                f"{dev['loss']:.4f}  dev acc {dev['accuracy']:.4f}  unseen "
+                f"{'-' if unseen is None else f'{unseen:.4f}'} ({dev['n_unseen']})  "
+                f"({record['seconds']:.1f}s){'  *' if improved else ''}")
+            if config.patience and stale >= config.patience:
+                log(f"no better dev accuracy for {stale} epochs: stopping early")
+                break
+        elapsed = time.perf_counter() - start
+        model.load_state_dict(best_state)
+        model.eval()
+
+    best_epoch, best_dev = best
+    training = {
+        "seed": config.seed, "train_path": str(train_path),
+        "dev_path": str(dev_path) if dev_path is not None else None, "split": split,
+        "num_train": len(train_s), "num_dev": len(dev_s), "epochs": config.epochs,
+        "epochs_run": len(history), "best_epoch": best_epoch,
+        "dev": {k: best_dev[k] for k in ("accuracy", "unseen_accuracy", "n", "n_unseen", "loss", "confusion")},
+        "history": history, "time_s": round(elapsed, 2), "config": asdict(config), "torch": torch.__version__,
+    }
+    path = save_tagger_checkpoint(out, model, tok, charset, tags, training)
+    log(f"best epoch {best_epoch}: dev accuracy {best_dev['accuracy']:.4f}; checkpoint written to {path} "
+        f"({elapsed:.1f}s)")
+    return TagTrainResult(path, best_epoch, best_dev["accuracy"], best_dev["unseen_accuracy"], history,
+                          elapsed, tags, len(train_s), len(dev_s))
+
+
+# -- checkpoints --------------------------------------------------------------------------
+
+def save_tagger_checkpoint(out_dir, model: RecurrentTagger, tokenizer: WordTokenizer, charset: CharVocab | None,
+                           tags: list[str], training: dict | None = None, plot: bool = True) -> Path:
+    """Write ``out_dir`` atomically (temporary sibling renamed into place; see checkpoint.py)."""
+    out = check_out_dir(out_dir).resolve()
+    c = model.config
+    if tokenizer.vocab_size != c.vocab_size or len(tags) != c.num_tags:
+        raise ValueError("tokenizer / tags do not match the model config")
+    if (charset is None) == c.use_chars or (charset is not None and charset.size != c.char_vocab_size):
+        raise ValueError("charset does not match the model's char_vocab_size")
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "task": "tag", "model": c.to_dict(),
+            "tokenizer": tokenizer.to_dict(), "charset": charset.to_dict() if charset else None,
+            "tags": list(tags), "training": training or {}}
+    text = json.dumps(meta, indent=1, ensure_ascii=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / CONFIG_FILE).write_text(text + "\n", encoding="utf-8")
+        torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, tmp / WEIGHTS_FILE)
+        dev = (training or {}).get("dev", {})
+        if "confusion" in dev:
+            (tmp / CONFUSION_TSV).write_text(confusion_table(dev["confusion"], tags), encoding="utf-8")
+        if plot and (training or {}).get("history"):
+            from rnnkit.toolkit.plots import plot_curves
+            from rnnkit.toolkit.tag_metrics import plot_confusion
+            plot_curves(training["history"], tmp / CURVES_FILE)
+            if "confusion" in dev:
+                plot_confusion(dev["confusion"], tags, tmp / CONFUSION_PNG,
+                               title=f"dev, best epoch {training.get('best_epoch')}: "
+                                     f"accuracy {dev['accuracy']:.4f}")
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "ckpt")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_tagger_checkpoint(path) -> TagCheckpoint:
+    path = Path(path)
+    cfg = path / CONFIG_FILE
+    if not cfg.is_file():
+        raise BundleError(f"{cfg}: missing -- {path} is not an rnnkit checkpoint directory")
+    try:
+        meta = json.loads(cfg.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{cfg}: not valid UTF-8 JSON ({e}) -- the file is corrupted; retrain") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BundleError(f"{cfg}: not an rnnkit checkpoint ('format' must be {FORMAT!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{cfg}: 'format_version' is {meta.get('format_version')!r}, this rnnkit reads "
+                          f"{FORMAT_VERSION}")
+    if meta.get("task") != "tag":
+        raise BundleError(f"{cfg}: 'task' is {meta.get('task')!r}, expected 'tag' -- use the classifier's loader")
+    missing = [k for k in ("model", "tokenizer", "charset", "tags") if k not in meta]
+    if missing:
+        raise BundleError(f"{cfg}: missing key(s) {missing}")
+    names = {f.name for f in fields(TaggerConfig)}
+    if not isinstance(meta["model"], dict) or sorted(meta["model"].keys() - names):
+        raise BundleError(f"{cfg}: 'model' must be an object with keys from {sorted(names)}")
+    try:
+        config = TaggerConfig(**meta["model"])
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"{cfg}: 'model' is invalid: {e}") from None
+    tokenizer = WordTokenizer.from_dict(meta["tokenizer"], source=str(cfg))
+    charset = CharVocab.from_dict(meta["charset"], source=str(cfg)) if meta["charset"] is not None else None
+    tags = meta["tags"]
+    problems = []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags) or len(tags) != config.num_tags:
+        problems.append(f"'tags' must be a list of {config.num_tags} strings ('model.num_tags')")
+    if tokenizer.vocab_size != config.vocab_size:
+        problems.append(f"'tokenizer.vocab' has {tokenizer.vocab_size} entries but 'model.vocab_size' is "
+                        f"{config.vocab_size}")
+    if (charset.size if charset else 0) != config.char_vocab_size:
+        problems.append(f"'charset.chars' has {charset.size if charset else 0} entries but "
+                        f"'model.char_vocab_size' is {config.char_vocab_size}")
+    if problems:
+        raise BundleError(f"{cfg}: " + "; ".join(problems) + " -- the checkpoint is inconsistent; retrain it")
+    weights = path / WEIGHTS_FILE
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- torch raises many types for a missing / corrupted file
+        raise BundleError(f"{weights}: cannot be read as a state_dict ({type(e).__name__}) -- retrain") from None
+    model = RecurrentTagger(config)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise BundleError(f"{weights}: does not match {CONFIG_FILE}: {str(e).splitlines()[0]}") from None
+    model.eval()
+    return TagCheckpoint(model, config, tokenizer, charset, list(tags), meta, path)
