@@ -1,70 +1,101 @@
-"""Export: a trained classifier -> a validated (and optionally int8) bundle.
+"""Export: a trained model -> a validated (and optionally int8) bundle.
 
-Two entry points share one pipeline:
+One pipeline serves every task; a task contributes an ``Exportable`` (its config, weights,
+torch oracle, graph writer and checker, manifest entries, dev-set encoder):
 
-* ``export_checkpoint(CKPT_DIR, out)`` for models trained with ``rnnkit train``;
-* ``export_module(module, tokenizer, labels, out)`` for users' own ``nn.Module``s.
+* ``export_checkpoint(CKPT_DIR, out)`` for models trained with ``rnnkit train`` (any task);
+* ``export_module(module, tokenizer, labels, out)`` for users' own classifier ``nn.Module``s.
 
-Pipeline: weights -> ``build_classifier_graph`` (native ONNX RNN/LSTM/GRU ops, written
-directly, never traced) -> ``check_graph`` on what was written -> parity on both
-backends against the torch module -> optional int8 graph -> its own checks, parity of
-numba int8 against onnxruntime int8, and label agreement with fp32 on the dev set
-(export fails below ``min_agreement``) -> manifest with hashes -> atomic rename.
+Pipeline: weights -> graph (native ONNX RNN/LSTM/GRU ops, written directly, never traced)
+-> graph check on what was written -> parity on both backends against the torch module ->
+optional int8 graph -> its own check, parity of numba int8 against onnxruntime int8, and
+agreement with fp32 on the dev set (export fails below ``min_agreement``) -> manifest with
+hashes -> atomic rename.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
 
 from ..runtime import backends
-from ..runtime.errors import InputError, ParityError
-from ..runtime.manifest import FORMAT_VERSION, MODEL_FP32, MODEL_INT8, OPSET, ClassifierIO
+from ..runtime.errors import BundleError, InputError, ParityError
+from ..runtime.manifest import FORMAT_VERSION, MODEL_FP32, MODEL_INT8, OPSET, ClassifierIO, TaggerIO
 from ..runtime.model import length_buckets, pad
 from ..runtime.tokenizer import WordTokenizer
 from ..runtime.tolerance import FP32, INT8
-from ..toolkit.configs import ClassifierConfig
 from .bundle import BundleWriter
-from .check import check_graph
-from .graph import build_classifier_graph
-from .quantize import quantize_classifier
-from .validate import Forward, check_parity, raise_on_failures
+from .quantize import quantize_classifier as quantize_graph
+from .validate import LENS, Forward, check_parity, raise_on_failures
 
-DEFAULT_MAX_LENGTH = 10_000  # tokens kept per text at run time: bounds memory on absurd input
+DEFAULT_MAX_LENGTH = 10_000  # tokens per text/sentence at run time: bounds memory on absurd input
 VALIDATION_BACKENDS = ("onnxruntime", "numba")
+DEV_BATCH = 64
 
 
 @dataclass
 class DevSet:
-    texts: list[str]
-    labels: list[str] | None  # gold labels when known: accuracy is recorded beside agreement
+    items: list                       # texts (classify) or token lists (tag)
+    labels: list | None               # gold labels / tag lists when known: accuracy is recorded too
     source: str
 
+
+@dataclass
+class Exportable:
+    """What the shared pipeline needs from one task."""
+
+    task: str                                         # "classify" | "tag"
+    config: Any                                       # ClassifierConfig | TaggerConfig (dataclass)
+    weights: dict[str, np.ndarray]                    # keyed like the torch state_dict
+    oracle: Forward                                   # the torch module on a feed dict
+    build: Callable[[Any, dict, dict], onnx.ModelProto]
+    check: Callable[[onnx.ModelProto, Any], None]
+    encode_dev: Callable[[DevSet, int], tuple[list[dict], np.ndarray | None]]  # feeds, flat gold ids
+    entries: dict = field(default_factory=dict)       # manifest entries: tokenizer, labels, charset
+    char_vocab_size: int = 0
+    unit: str = "texts"                               # what one dev prediction is: a text or a token
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+
+# -- entry points --------------------------------------------------------------------------
 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, int8: bool = False,
                       dev: DevSet | None = None, min_agreement: float = 0.99,
                       max_length: int = DEFAULT_MAX_LENGTH, log: Callable[[str], None] = print) -> dict:
-    from ..toolkit.checkpoint import load_checkpoint
+    task = checkpoint_task(checkpoint)
+    if task == "tag":
+        from ..toolkit.train_tag import load_tagger_checkpoint
 
-    ckpt = load_checkpoint(checkpoint)
-    weights = {k: v.detach().cpu().numpy() for k, v in ckpt.model.state_dict().items()}
-    return _export(ckpt.config, weights, ckpt.tokenizer, list(ckpt.labels), _torch_forward(ckpt.model), out,
-                   int8=int8, dev=dev, min_agreement=min_agreement, max_length=max_length, log=log,
-                   source={"checkpoint": str(Path(checkpoint).resolve()), "training": ckpt.meta.get("training", {})})
+        ckpt = load_tagger_checkpoint(checkpoint)
+        item = tagger_exportable(ckpt.config, _numpy(ckpt.model), ckpt.tokenizer, ckpt.charset, ckpt.tags,
+                                 _torch_tagger_forward(ckpt.model))
+    else:
+        from ..toolkit.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(checkpoint)
+        item = classifier_exportable(ckpt.config, _numpy(ckpt.model), ckpt.tokenizer, list(ckpt.labels),
+                                     _torch_forward(ckpt.model))
+    source = {"checkpoint": str(Path(checkpoint).resolve()), "training": _training_summary(ckpt.meta)}
+    return export(item, out, int8=int8, dev=dev, min_agreement=min_agreement, max_length=max_length, log=log,
+                  source=source)
 
 
 def export_module(module, tokenizer: WordTokenizer, labels: Sequence[str], out: str | os.PathLike,
                   pooling: str = "last", forward: Callable | None = None, int8: bool = False,
                   dev: DevSet | None = None, min_agreement: float = 0.99, max_length: int = DEFAULT_MAX_LENGTH,
                   log: Callable[[str], None] = print) -> dict:
-    """Export a user's own trained ``nn.Module`` (Embedding -> RNN/LSTM/GRU -> Linear and glue).
+    """Export a user's own trained classifier ``nn.Module`` (Embedding -> RNN/LSTM/GRU -> Linear and glue).
 
     ``forward(module, input_ids, lengths) -> logits`` tells validation how to call it
     (default ``module(input_ids, lengths)``); the written graph must match it on ragged
@@ -78,11 +109,72 @@ def export_module(module, tokenizer: WordTokenizer, labels: Sequence[str], out: 
                          f"{tokenizer.vocab_size} entries; pass the tokenizer the model was trained with")
     if config.num_labels != len(labels):
         raise InputError(f"the module's head has {config.num_labels} outputs but {len(labels)} labels were given")
-    module.eval()
-    call = forward or (lambda m, ids, lens: m(ids, lens))
-    return _export(config, weights, tokenizer, list(labels), _torch_forward(module, call), out, int8=int8,
-                   dev=dev, min_agreement=min_agreement, max_length=max_length, log=log,
-                   source={"module": type(module).__name__})
+    item = classifier_exportable(config, weights, tokenizer, list(labels), _torch_forward(module, forward))
+    return export(item, out, int8=int8, dev=dev, min_agreement=min_agreement, max_length=max_length, log=log,
+                  source={"module": type(module).__name__})
+
+
+def checkpoint_task(checkpoint) -> str:
+    path = Path(checkpoint) / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("task", "classify")
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing; {checkpoint} is not an rnnkit checkpoint directory") from None
+    except (OSError, ValueError, AttributeError) as exc:
+        raise BundleError(f"{path}: unreadable ({exc}); the checkpoint is corrupted, retrain it") from None
+
+
+# -- tasks -----------------------------------------------------------------------------------
+
+def classifier_exportable(config, weights, tokenizer: WordTokenizer, labels: list[str], oracle: Forward) -> Exportable:
+    from .check import check_graph
+    from .graph import build_classifier_graph
+
+    def encode_dev(dev: DevSet, max_length: int):
+        encoded = [tokenizer.encode(t)[:max_length] for t in dev.items]
+        keep = [i for i, ids in enumerate(encoded) if ids]
+        buckets = list(length_buckets([len(encoded[i]) for i in keep], DEV_BATCH))
+        feeds = [dict(zip(ClassifierIO.inputs, pad([encoded[keep[r]] for r in rows]))) for rows in buckets]
+        gold = None
+        if dev.labels is not None:
+            order = [keep[r] for rows in buckets for r in rows]
+            gold = np.array([labels.index(dev.labels[i]) if dev.labels[i] in labels else -1 for i in order])
+        return feeds, gold
+
+    return Exportable("classify", config, weights, oracle, build_classifier_graph, check_graph, encode_dev,
+                      {"tokenizer": tokenizer.to_dict(), "labels": labels})
+
+
+def tagger_exportable(config, weights, tokenizer: WordTokenizer, charset, tags: list[str], oracle: Forward
+                      ) -> Exportable:
+    from ..runtime.charset import encode_sentences
+    from .graph_tagger import build_tagger_graph, check_tagger_graph
+
+    def encode_dev(dev: DevSet, max_length: int):
+        sentences = [s[:max_length] for s in dev.items if len(s)]
+        gold_tags = [g[:max_length] for s, g in zip(dev.items, dev.labels or dev.items) if len(s)]
+        order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+        feeds, gold = [], []
+        for start in range(0, len(order), DEV_BATCH):
+            rows = [sentences[i] for i in order[start:start + DEV_BATCH]]
+            ids, lens = encode_sentences(tokenizer, rows)
+            feed = {TaggerIO.input_ids: ids, TaggerIO.sequence_lens: lens}
+            if charset is not None:
+                feed[TaggerIO.char_ids] = charset.encode_batch(rows)
+            feeds.append(feed)
+            if dev.labels is not None:
+                gold += [tags.index(t) if t in tags else -1 for i in order[start:start + DEV_BATCH]
+                         for t in gold_tags[i]]
+        return feeds, (np.array(gold) if dev.labels is not None else None)
+
+    entries = {"tokenizer": tokenizer.to_dict(), "labels": list(tags),
+               "charset": charset.to_dict() if charset is not None else None}
+    return Exportable("tag", config, weights, oracle, build_tagger_graph, check_tagger_graph, encode_dev, entries,
+                      char_vocab_size=config.char_vocab_size, unit="tokens")
+
+
+def _numpy(module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
 
 
 def _torch_forward(module, call=None) -> Forward:
@@ -101,6 +193,24 @@ def _torch_forward(module, call=None) -> Forward:
     return forward
 
 
+def _torch_tagger_forward(module) -> Forward:
+    chars = None
+
+    def call(m, ids, lens):
+        import torch
+
+        return m(ids, lens, None if chars is None else torch.from_numpy(chars))
+
+    inner = _torch_forward(module, call)
+
+    def forward(feed: dict) -> np.ndarray:
+        nonlocal chars
+        chars = feed.get(TaggerIO.char_ids)
+        return inner(feed)
+
+    return forward
+
+
 def session_forward(session) -> Forward:
     """A backend session as a parity forward: feeds only the inputs the graph declares."""
     names = [i.name for i in session.get_inputs()]
@@ -115,58 +225,55 @@ def _sessions(model: onnx.ModelProto, path: Path) -> dict[str, Forward]:
     return {b: session_forward(backends.open_session(model, path, b)) for b in VALIDATION_BACKENDS}
 
 
-def _export(config: ClassifierConfig, weights: dict[str, np.ndarray], tokenizer: WordTokenizer, labels: list[str],
-            oracle: Forward, out, *, int8: bool, dev: DevSet | None, min_agreement: float, max_length: int,
-            log: Callable[[str], None], source: dict) -> dict:
+# -- the pipeline ----------------------------------------------------------------------------
+
+def export(item: Exportable, out, *, int8: bool = False, dev: DevSet | None = None, min_agreement: float = 0.99,
+           max_length: int = DEFAULT_MAX_LENGTH, log: Callable[[str], None] = print, source: dict | None = None) -> dict:
     if not 0.0 <= min_agreement <= 1.0:
         raise InputError(f"--min-agreement must be in [0, 1], got {min_agreement}")
     if int8 and dev is None:
         raise InputError("an int8 export checks label agreement with fp32 on a dev set, and none was found: "
                          "pass --dev FILE (or export without --int8)")
-    metadata = {"rnnkit.task": "classify", "rnnkit.format_version": str(FORMAT_VERSION),
-                "rnnkit.architecture": f"{config.cell} x{config.layers}"
-                                       f"{' bi' if config.bidirectional else ''} pool={config.pooling}"}
-    manifest: dict = {
-        "format": "rnnkit-bundle", "format_version": FORMAT_VERSION, "task": "classify",
-        "architecture": config.to_dict(), "tokenizer": tokenizer.to_dict(), "labels": labels,
-        "producer": _versions(), "source": source,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    c = item.config
+    metadata = {"rnnkit.task": item.task, "rnnkit.format_version": str(FORMAT_VERSION),
+                "rnnkit.architecture": f"{c.cell} x{c.layers}{' bi' if c.bidirectional else ''}"}
+    manifest: dict = {"format": "rnnkit-bundle", "format_version": FORMAT_VERSION, "task": item.task,
+                      "architecture": c.to_dict(), **item.entries, "producer": _versions(), "source": source or {},
+                      "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    parity = dict(vocab_size=item.vocab_size, char_vocab_size=item.char_vocab_size)
     with BundleWriter(out) as writer:
-        graph = build_classifier_graph(config, weights, metadata)
-        check_graph(graph, config)
+        graph = item.build(c, item.weights, metadata)
+        item.check(graph, c)
         path = writer.save_model(MODEL_FP32, graph)
         log(f"validating {MODEL_FP32}: torch vs onnxruntime vs numba ...")
         fp32 = _sessions(graph, path)
-        report = check_parity("torch", oracle, fp32, FP32, config.vocab_size)
+        report = check_parity("torch", item.oracle, fp32, FP32, **parity)
         raise_on_failures(report, what=f"{MODEL_FP32} vs torch")
         manifest["graph"] = _graph_contract(graph, max_length)
         manifest["validation"] = {"fp32": report.to_dict()}
-        if dev is not None:
-            manifest["validation"]["dev"] = _dev_metrics({"fp32": fp32["onnxruntime"]}, dev, tokenizer, labels,
-                                                         max_length)
+        forwards = {"fp32": fp32["onnxruntime"]}
+        manifest["quantization"] = None
         if int8:
-            qgraph, params = quantize_classifier(graph)
-            check_graph(qgraph, config)
+            qgraph, params = quantize_graph(graph)
+            item.check(qgraph, c)
             qpath = writer.save_model(MODEL_INT8, qgraph)
             log(f"validating {MODEL_INT8}: numba int8 vs onnxruntime int8, and agreement with fp32 ...")
             q = _sessions(qgraph, qpath)
             qreport = check_parity("onnxruntime-int8", q["onnxruntime"], {"numba": q["numba"]}, INT8,
-                                   config.vocab_size, probabilities=True)
+                                   probabilities=True, **parity)
             raise_on_failures(qreport, what=f"{MODEL_INT8}: numba vs onnxruntime")
-            dev_metrics = _dev_metrics({"fp32": fp32["onnxruntime"], "int8": q["onnxruntime"]}, dev, tokenizer,
-                                       labels, max_length)
             manifest["validation"]["int8"] = qreport.to_dict()
-            manifest["validation"]["dev"] = dev_metrics
             params["size_ratio"] = round(qpath.stat().st_size / path.stat().st_size, 4)
             manifest["quantization"] = params
-            if dev_metrics["int8_agreement"] < min_agreement:
-                raise ParityError(f"{MODEL_INT8}: int8 agrees with fp32 on {dev_metrics['int8_agreement']:.2%} of "
-                                  f"{dev.source} ({dev_metrics['examples']} texts), below --min-agreement "
+            forwards["int8"] = q["onnxruntime"]
+        if dev is not None:
+            metrics = _dev_metrics(forwards, *item.encode_dev(dev, max_length), dev.source, item.unit)
+            manifest["validation"]["dev"] = metrics
+            if int8 and metrics["int8_agreement"] < min_agreement:
+                raise ParityError(f"{MODEL_INT8}: int8 agrees with fp32 on {metrics['int8_agreement']:.2%} of "
+                                  f"{dev.source} ({metrics['examples']} {metrics['unit']}), below --min-agreement "
                                   f"{min_agreement:.2%}; nothing was written. Export without --int8, or lower "
                                   f"--min-agreement if that is acceptable")
-        else:
-            manifest["quantization"] = None
         return {"path": str(writer.commit(manifest)), "manifest": manifest}
 
 
@@ -179,27 +286,34 @@ def _graph_contract(graph: onnx.ModelProto, max_length: int) -> dict:
             "inputs": describe(graph.graph.input), "outputs": describe(graph.graph.output)}
 
 
-def _dev_metrics(forwards: dict[str, Forward], dev: DevSet, tokenizer: WordTokenizer, labels: list[str],
-                 max_length: int) -> dict:
-    encoded = [tokenizer.encode(t)[:max_length] for t in dev.texts]
-    keep = [i for i, ids in enumerate(encoded) if ids]
-    encoded = [encoded[i] for i in keep]
-    batches = [dict(zip(ClassifierIO.inputs, pad([encoded[r] for r in rows])))
-               for rows in length_buckets([len(e) for e in encoded], 64)]
-    order = np.concatenate(list(length_buckets([len(e) for e in encoded], 64))) if encoded else np.array([], int)
-    result = {"source": dev.source, "examples": len(encoded)}
-    predictions = {}
-    for name, forward in forwards.items():
-        predictions[name] = np.concatenate([forward(feed).argmax(-1) for feed in batches])
-    if dev.labels is not None:
-        gold = np.array([labels.index(dev.labels[keep[i]]) if dev.labels[keep[i]] in labels else -1 for i in order])
+def _predictions(forward: Forward, feed: dict) -> np.ndarray:
+    """Argmax per row (classify) or per real token (tag), flattened."""
+    out = forward(feed).argmax(-1)
+    if out.ndim == 2:
+        return out[np.arange(out.shape[1])[None, :] < feed[LENS][:, None]]
+    return out
+
+
+def _dev_metrics(forwards: dict[str, Forward], feeds: list[dict], gold: np.ndarray | None, source: str,
+                 unit: str) -> dict:
+    predictions = {name: np.concatenate([_predictions(f, feed) for feed in feeds]) if feeds else np.zeros(0, int)
+                   for name, f in forwards.items()}
+    n = len(predictions["fp32"])
+    result = {"source": source, "examples": n, "unit": unit}
+    if gold is not None:
         for name, pred in predictions.items():
-            result[f"{name}_accuracy"] = round(float((pred == gold).mean()), 6)
+            result[f"{name}_accuracy"] = round(float((pred == gold).mean()), 6) if n else 0.0
     if "int8" in predictions:
-        result["int8_agreement"] = round(float((predictions["int8"] == predictions["fp32"]).mean()), 6)
-        if dev.labels is not None:
+        result["int8_agreement"] = round(float((predictions["int8"] == predictions["fp32"]).mean()), 6) if n else 1.0
+        if gold is not None:
             result["int8_accuracy_drop_pt"] = round(100 * (result["fp32_accuracy"] - result["int8_accuracy"]), 3)
     return result
+
+
+def _training_summary(meta: dict) -> dict:
+    training = dict(meta.get("training", {}))
+    training.pop("history", None)  # the checkpoint keeps the curves; the bundle keeps the outcome
+    return training
 
 
 def _versions() -> dict:

@@ -9,7 +9,7 @@ from .bundle import Bundle as Bundle, open_bundle as open_bundle
 from .errors import (BackendUnavailableError as BackendUnavailableError, BundleError as BundleError,
                      InputError as InputError, ParityError as ParityError, RnnkitError as RnnkitError,
                      UnsupportedError as UnsupportedError)
-from .model import Model as Model, Prediction as Prediction, load as load
+from .model import Model as Model, Prediction as Prediction, Tagging as Tagging, load as load
 
 __version__ = "0.1.0"
 

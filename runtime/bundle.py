@@ -22,10 +22,12 @@ from pathlib import Path
 import onnx
 
 from .errors import BundleError
-from .manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FP32, MODEL_INT8, ClassifierIO
+from .charset import CharVocab
+from .manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FP32, MODEL_INT8, ClassifierIO, TaggerIO
 from .tokenizer import WordTokenizer
 
-TASKS = ("classify",)
+TASKS = ("classify", "tag")
+CLASSES_KEY = {"classify": "num_labels", "tag": "num_tags"}  # architecture key sized like 'labels'
 MAX_DIM = 1 << 24  # no declared size in an rnnkit graph comes near 16 M; larger is corruption
 
 
@@ -42,7 +44,8 @@ class Bundle:
     path: Path
     manifest: dict
     tokenizer: WordTokenizer
-    labels: list[str]
+    labels: list[str]                  # classes (classify) or tags (tag), in output order
+    charset: CharVocab | None = None   # character vocabulary of taggers with character features
     graphs: dict[str, onnx.ModelProto] = field(default_factory=dict, repr=False)
 
     @property
@@ -118,10 +121,17 @@ def open_bundle(path: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
     if tokenizer.vocab_size != vocab_size:
         raise BundleError(f"{where}: 'tokenizer.vocab' has {tokenizer.vocab_size} entries but "
                           f"'architecture.vocab_size' is {vocab_size}; re-export the bundle")
-    if arch.get("num_labels") != len(labels):
-        raise BundleError(f"{where}: 'architecture.num_labels' is {arch.get('num_labels')} but 'labels' has "
+    key = CLASSES_KEY[task]
+    if arch.get(key) != len(labels):
+        raise BundleError(f"{where}: 'architecture.{key}' is {arch.get(key)} but 'labels' has "
                           f"{len(labels)} entries; re-export the bundle")
-    bundle = Bundle(path, manifest, tokenizer, labels)
+    charset = None
+    if manifest.get("charset") is not None:
+        charset = CharVocab.from_dict(_require(manifest, "charset", dict, where), source=str(where))
+        if charset.size != arch.get("char_vocab_size"):
+            raise BundleError(f"{where}: 'charset' has {charset.size} entries but 'architecture.char_vocab_size' "
+                              f"is {arch.get('char_vocab_size')}; re-export the bundle")
+    bundle = Bundle(path, manifest, tokenizer, labels, charset)
     _check_embedding(bundle, vocab_size, where)
     return bundle
 
@@ -145,7 +155,11 @@ def _check_file(root: Path, name: str, entry, where: Path, verify_hashes: bool) 
 
 def _check_graph_contract(manifest: dict, where: Path) -> None:
     graph = _require(manifest, "graph", dict, where)
-    for side, expected in (("inputs", ClassifierIO.inputs), ("outputs", ClassifierIO.outputs)):
+    if manifest["task"] == "classify":
+        io = (ClassifierIO.inputs, ClassifierIO.outputs)
+    else:
+        io = (TaggerIO.inputs_with_chars if manifest.get("charset") else TaggerIO.inputs, TaggerIO.outputs)
+    for side, expected in zip(("inputs", "outputs"), io):
         declared = _require(manifest, f"graph.{side}", list, where)
         names = [d.get("name") for d in declared if isinstance(d, dict)]
         if names != list(expected):

@@ -128,8 +128,7 @@ class CharVocab:
 def word_ids(tokenizer: WordTokenizer, tokens: Sequence[str]) -> list[int]:
     """Ids of pre-tokenised words: each token normalised as ``WordTokenizer`` normalises text
     (NFKC, optional lower-casing) and looked up whole, never split by the tokenizer's regex."""
-    index = tokenizer._index  # WordTokenizer's token -> id map (no public accessor yet)
-    return [index.get(tokenizer.normalize(t), UNK_ID) for t in tokens]
+    return tokenizer.encode_tokens(tokens)
 
 
 def encode_sentences(tokenizer: WordTokenizer, sentences: Sequence[Sequence[str]]

@@ -58,7 +58,7 @@ def fsync_dir(path: str | os.PathLike) -> None:
             os.close(fd)
 
 
-def _lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
+def read_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
     """(line number, line without newline); invalid bytes raise InputError naming the line."""
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, 1):
@@ -90,13 +90,13 @@ def read_records(path: str | os.PathLike, fields: tuple[str, ...], encoding: str
     elif suffix in JSONL:
         yield from _read_jsonl(path, fields, encoding)
     else:
-        for number, line in _lines(path, encoding):
+        for number, line in read_lines(path, encoding):
             if line.strip():
                 yield f"{path}:{number}", {fields[0]: line}
 
 
 def _read_tabular(path, fields, encoding, delimiter):
-    lines = _lines(path, encoding)
+    lines = read_lines(path, encoding)
     text = io.StringIO("\n".join(line for _, line in lines))
     reader = csv.reader(text, delimiter=delimiter)
     header = next(reader, None)
@@ -118,7 +118,7 @@ def _read_tabular(path, fields, encoding, delimiter):
 
 
 def _read_jsonl(path, fields, encoding):
-    for number, line in _lines(path, encoding):
+    for number, line in read_lines(path, encoding):
         if not line.strip():
             continue
         try:

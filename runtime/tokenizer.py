@@ -81,6 +81,11 @@ class WordTokenizer:
     def tokenize(self, text: str) -> list[str]:
         return self._regex.findall(self.normalize(text))
 
+    def split(self, text: str) -> list[str]:
+        """The same tokens as ``tokenize`` in their surface form (NFKC, case kept): what a
+        tagger shows and feeds to its character features."""
+        return self._regex.findall(unicodedata.normalize(self.normalization, text))
+
     def encode(self, text: str) -> list[int]:
         index = self._index
         return [index.get(t, UNK_ID) for t in self.tokenize(text)]

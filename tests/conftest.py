@@ -76,3 +76,54 @@ def run_python(code: str, *args: str, env: dict | None = None, timeout: int = 12
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+TAGS = ["DET", "NOUN", "VERB", "ADJ", "PUNCT"]
+WORDS = {"DET": ["the", "a", "this"], "NOUN": ["film", "plot", "actor", "Ünïcode", "映画"],
+         "VERB": ["runs", "is", "moves"], "ADJ": ["good", "bad", "dull"], "PUNCT": [".", "!"]}
+
+
+def synthetic_sentences(n: int, seed: int = 0) -> tuple[list[list[str]], list[list[str]]]:
+    """DET ADJ* NOUN VERB ADJ PUNCT sentences: a tiny, learnable tagging corpus."""
+    rng = np.random.default_rng(seed)
+    sentences, tags = [], []
+    for _ in range(n):
+        seq = ["DET"] + ["ADJ"] * int(rng.integers(0, 3)) + ["NOUN", "VERB", "ADJ", "PUNCT"]
+        sentences.append([str(rng.choice(WORDS[t])) for t in seq])
+        tags.append(seq)
+    return sentences, tags
+
+
+def make_tagger_checkpoint(out: Path, cell: str = "lstm", bidirectional: bool = True, chars: bool = True,
+                           layers: int = 1, seed: int = 0) -> Path:
+    """An untrained, seeded tagger saved as an rnnkit tagging checkpoint."""
+    import torch
+
+    from rnnkit.runtime.charset import CharVocab
+    from rnnkit.toolkit.tagger import RecurrentTagger, TaggerConfig
+    from rnnkit.toolkit.train_tag import build_word_vocab, save_tagger_checkpoint
+    from rnnkit.toolkit.conll import TaggedSentence
+
+    sentences, tags = synthetic_sentences(50, seed)
+    tokenizer = build_word_vocab([TaggedSentence(s, t, "x") for s, t in zip(sentences, tags)], True, 1000, 1)
+    charset = CharVocab.build(w for s in sentences for w in s) if chars else None
+    torch.manual_seed(seed)
+    config = TaggerConfig(vocab_size=tokenizer.vocab_size, num_tags=len(TAGS), cell=cell, embed=6, hidden=5,
+                          layers=layers, bidirectional=bidirectional, dropout=0.0,
+                          char_vocab_size=charset.size if chars else 0, char_embed=4, char_filters=5)
+    model = RecurrentTagger(config).eval()
+    return save_tagger_checkpoint(out, model, tokenizer, charset, TAGS, training={}, plot=False)
+
+
+@pytest.fixture(scope="session")
+def tag_bundle(tmp_path_factory) -> Path:
+    """A validated fp32 + int8 tagging bundle with character features (built once per session)."""
+    pytest.importorskip("torch")
+    from rnnkit.export.exporter import DevSet, export_checkpoint
+
+    root = tmp_path_factory.mktemp("tagbundle")
+    ckpt = make_tagger_checkpoint(root / "ckpt")
+    sentences, tags = synthetic_sentences(40, 1)
+    result = export_checkpoint(ckpt, root / "tag.bundle", int8=True, dev=DevSet(sentences, tags, "synthetic"),
+                               min_agreement=0.0, log=lambda m: None)
+    return Path(result["path"])

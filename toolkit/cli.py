@@ -14,7 +14,7 @@ import sys
 import click
 
 from ..runtime.errors import RnnkitError
-from .configs import CELL_TYPES, POOLINGS, TrainConfig
+from .configs import CELL_TYPES, POOLINGS, TagTrainConfig, TrainConfig
 
 BACKEND = click.Choice(["auto", "onnxruntime", "numba"])
 
@@ -83,6 +83,45 @@ def train_classify(train_path, dev_path, out_dir, **options):
     click.echo(f"best dev accuracy {result.dev_accuracy:.4f} (epoch {result.best_epoch}); checkpoint: {result.out_dir}")
 
 
+_G = TagTrainConfig()
+
+
+@train.command("tag")
+@click.option("--train", "train_path", required=True, type=click.Path(), help="CoNLL-U (.conllu) or word<TAB>tag file.")
+@click.option("--dev", "dev_path", type=click.Path(), help="Dev set (same formats). Default: hold out --dev-split of TRAIN.")
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Checkpoint directory to write.")
+@click.option("--column", type=click.Choice(["upos", "xpos"]), default=_G.column, show_default=True, help="CoNLL-U tag column.")
+@click.option("--cell", type=click.Choice(list(CELL_TYPES)), default=_G.cell, show_default=True)
+@click.option("--layers", type=click.IntRange(1, 8), default=_G.layers, show_default=True)
+@click.option("--hidden", type=click.IntRange(1, 4096), default=_G.hidden, show_default=True)
+@click.option("--embed", type=click.IntRange(1, 4096), default=_G.embed, show_default=True)
+@click.option("--bidirectional/--unidirectional", default=_G.bidirectional, show_default=True)
+@click.option("--chars/--no-chars", default=_G.chars, show_default=True, help="Character CNN features per word.")
+@click.option("--char-embed", type=click.IntRange(1, 1024), default=_G.char_embed, show_default=True)
+@click.option("--char-filters", type=click.IntRange(1, 4096), default=_G.char_filters, show_default=True)
+@click.option("--char-kernel", type=click.IntRange(1, 15), default=_G.char_kernel, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 0.95), default=_G.dropout, show_default=True)
+@click.option("--word-dropout", type=click.FloatRange(0, 0.95), default=_G.word_dropout, show_default=True)
+@click.option("--unk-alpha", type=click.FloatRange(0), default=_G.unk_alpha, show_default=True,
+              help="Replace a word seen n times by <unk> with probability a/(a+n) (helps unseen words).")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=_G.epochs, show_default=True)
+@click.option("--patience", type=click.IntRange(0), default=_G.patience, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=_G.batch_size, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_G.lr, show_default=True)
+@click.option("--clip", type=click.FloatRange(min=0), default=_G.clip, show_default=True)
+@click.option("--seed", type=int, default=_G.seed, show_default=True)
+@click.option("--dev-split", type=click.FloatRange(0, 0.9, min_open=True), default=_G.dev_split, show_default=True)
+@click.option("--max-vocab", type=click.IntRange(3), default=_G.max_vocab, show_default=True)
+@click.option("--encoding", default=_G.encoding, show_default=True)
+@click.option("--threads", type=click.IntRange(0), default=_G.threads, show_default=True)
+def train_tag(train_path, dev_path, out_dir, **options):
+    """Train a sequence tagger (POS tagging, ...)."""
+    from .train_tag import train_tagger
+
+    result = train_tagger(train_path, out_dir, TagTrainConfig(**options), dev_path=dev_path)
+    click.echo(f"best dev accuracy {result.dev_accuracy:.4f} (epoch {result.best_epoch}); checkpoint: {result.out_dir}")
+
+
 @cli.command("export")
 @click.argument("checkpoint", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Bundle directory to write (replaced atomically).")
@@ -116,9 +155,14 @@ def export_cmd(checkpoint, out, int8, dev_path, min_agreement, max_length, text_
 @click.option("--batch-size", type=click.IntRange(1, 65536), default=64, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None, help="Backend threads (default: backend's own).")
 @click.option("--text-field", default="text", show_default=True, help="Column/key of CSV/TSV/JSONL input.")
+@click.option("--pretokenized", is_flag=True, help="Tagging: each line is space-separated tokens (JSONL: a 'tokens' list is always taken as is).")
 @click.option("--encoding", default="utf-8", show_default=True)
-def predict(bundle, texts, input_path, output_path, backend, int8, batch_size, threads, text_field, encoding):
-    """Classify TEXTS (or --input FILE, or stdin lines) with BUNDLE. Never imports torch."""
+def predict(bundle, texts, input_path, output_path, backend, int8, batch_size, threads, text_field, pretokenized,
+            encoding):
+    """Classify or tag TEXTS (or --input FILE, or stdin lines) with BUNDLE. Never imports torch.
+
+    Writes JSON lines: {"text", "label", "score", "scores"} for a classifier,
+    {"tokens", "tags", "scores"} for a tagger."""
     from ..runtime import load
     from .predict import read_texts, write_predictions
 
@@ -127,7 +171,8 @@ def predict(bundle, texts, input_path, output_path, backend, int8, batch_size, t
     if not texts and not input_path and sys.stdin.isatty():
         raise click.UsageError("no input: give TEXTS, --input FILE, or pipe lines on stdin")
     model = load(bundle, backend=backend, int8=int8, threads=threads)
-    sources, items = read_texts(texts, input_path, text_field, encoding)
+    tagging = model.bundle.task == "tag"
+    sources, items = read_texts(texts, input_path, text_field, encoding, tagging, pretokenized)
     write_predictions(model, sources, items, output_path, batch_size, show_progress=input_path is not None)
 
 

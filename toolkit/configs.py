@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..runtime.charset import MAX_CHARS
 from ..runtime.errors import InputError
 
 CELL_TYPES = ("rnn", "lstm", "gru")
@@ -91,5 +92,67 @@ class TrainConfig:
             problems.append(f"lr must be > 0, got {self.lr}")
         if self.max_vocab < 3:
             problems.append(f"max_vocab must be >= 3 (<pad>, <unk> and one word), got {self.max_vocab}")
+        if problems:
+            raise InputError("invalid training configuration: " + "; ".join(problems))
+
+
+@dataclass
+class TagTrainConfig:
+    # model (same options as `train classify`, plus character features)
+    cell: str = "lstm"             # rnn | lstm | gru
+    layers: int = 1                # stacked recurrent layers
+    hidden: int = 128              # recurrent state width per direction
+    embed: int = 100               # word embedding width (from scratch)
+    bidirectional: bool = True     # a tagger needs the right context
+    dropout: float = 0.33          # on token features, between layers and before the head
+    word_dropout: float = 0.05     # training only: replace this fraction of words by <unk> (chars kept)
+    unk_alpha: float = 0.0         # training only: also replace a word seen n times by <unk> with
+                                   # probability alpha / (alpha + n) (Kiperwasser & Goldberg 2016): rare words
+    chars: bool = True             # character CNN features per word
+    char_embed: int = 32           # char embedding width
+    char_filters: int = 64         # char CNN channels
+    char_kernel: int = 3           # char CNN window (odd)
+    max_chars: int = MAX_CHARS     # characters kept per word (first half + last half of longer words)
+    # optimisation
+    epochs: int = 10
+    patience: int = 0              # stop after this many epochs without better dev accuracy (0: never)
+    batch_size: int = 32           # sentences per batch
+    lr: float = 2e-3               # Adam learning rate
+    weight_decay: float = 0.0
+    clip: float = 5.0              # max gradient L2 norm; 0: off
+    seed: int = 0
+    threads: int = 0               # torch CPU threads; 0: min(4, cpu count)
+    # data and vocabulary
+    column: str = "upos"           # CoNLL-U tag column: upos | xpos
+    lowercase: bool = True         # word lookup lower-cases (case reaches the model through the chars)
+    max_vocab: int = 50000         # word vocabulary size including <pad> and <unk>
+    min_freq: int = 1              # drop words seen fewer times in training
+    dev_split: float = 0.1         # fraction of TRAIN sentences held out when no dev file is given
+    encoding: str = "utf-8"
+
+    def __post_init__(self):
+        problems = []
+        if self.cell not in CELL_TYPES:
+            problems.append(f"cell must be one of {sorted(CELL_TYPES)}, got {self.cell!r}")
+        for name in ("layers", "hidden", "embed", "epochs", "batch_size", "min_freq", "max_chars",
+                     "char_embed", "char_filters"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.char_kernel < 1 or self.char_kernel % 2 == 0:
+            problems.append(f"char_kernel must be odd and >= 1, got {self.char_kernel}")
+        for name in ("dropout", "word_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("patience", "threads", "clip", "weight_decay", "unk_alpha"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.max_vocab < 3:
+            problems.append(f"max_vocab must be >= 3, got {self.max_vocab}")
+        if self.column not in ("upos", "xpos"):
+            problems.append(f"column must be upos or xpos, got {self.column!r}")
+        if not 0.0 < self.dev_split < 1.0:
+            problems.append(f"dev_split must be in (0, 1), got {self.dev_split}")
         if problems:
             raise InputError("invalid training configuration: " + "; ".join(problems))

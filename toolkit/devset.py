@@ -1,7 +1,7 @@
 """Finding the dev set an export checks int8 agreement (and accuracy) on.
 
-``--dev FILE`` wins; otherwise the checkpoint's own record of its training data is
-used when those files are still on disk: its dev file, or the same seeded split of its
+``--dev FILE`` wins; otherwise the checkpoint's own record of its training data is used
+when those files are still on disk: its dev file, or the same seeded split of its
 training file that training held out.
 """
 
@@ -15,26 +15,49 @@ from ..runtime.errors import BundleError
 
 
 def dev_set_for(checkpoint, dev_path=None, text_field="text", label_field="label") -> DevSet | None:
-    from .data import read_examples, split_dev
-
-    if dev_path:
-        examples = read_examples(dev_path, text_field=text_field, label_field=label_field)
-        return DevSet([e.text for e in examples], [e.label for e in examples], str(dev_path))
     config_path = Path(checkpoint) / "config.json"
     try:
-        training = json.loads(config_path.read_text(encoding="utf-8")).get("training", {})
+        meta = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise BundleError(f"{config_path}: cannot read the checkpoint config ({exc}); is {checkpoint} a checkpoint?") from None
+    training, task = meta.get("training", {}), meta.get("task", "classify")
     config = training.get("config", {})
-    fields = dict(text_field=config.get("text_field", "text"), label_field=config.get("label_field", "label"),
-                  encoding=config.get("encoding", "utf-8"))
+    read = _tagged_reader(config) if task == "tag" else _labelled_reader(config, text_field, label_field, dev_path)
+    if dev_path:
+        return read(dev_path, str(dev_path))
     if training.get("dev_path") and Path(training["dev_path"]).exists():
-        examples = read_examples(training["dev_path"], **fields)
-        return DevSet([e.text for e in examples], [e.label for e in examples], training["dev_path"])
-    split = training.get("split", {})
-    train_path = training.get("train_path")
+        return read(training["dev_path"], training["dev_path"])
+    split, train_path = training.get("split", {}), training.get("train_path")
     if train_path and Path(train_path).exists() and split.get("dev_split"):
-        _, dev = split_dev(read_examples(train_path, **fields), split["dev_split"], split.get("split_seed", 0))
-        return DevSet([e.text for e in dev], [e.label for e in dev],
-                      f"{train_path} (dev split {split['dev_split']}, seed {split.get('split_seed', 0)})")
+        seed = split.get("split_seed", 0)
+        return read(train_path, f"{train_path} (dev split {split['dev_split']}, seed {seed})", split["dev_split"], seed)
     return None
+
+
+def _labelled_reader(config: dict, text_field: str, label_field: str, explicit: bool):
+    from .data import read_examples, split_dev
+
+    fields = dict(text_field=text_field if explicit else config.get("text_field", "text"),
+                  label_field=label_field if explicit else config.get("label_field", "label"),
+                  encoding=config.get("encoding", "utf-8"))
+
+    def read(path, source, fraction=None, seed=0):
+        examples = read_examples(path, **fields)
+        if fraction:
+            _, examples = split_dev(examples, fraction, seed)
+        return DevSet([e.text for e in examples], [e.label for e in examples], source)
+
+    return read
+
+
+def _tagged_reader(config: dict):
+    from .conll import read_tagged
+    from .train_tag import split_sentences
+
+    def read(path, source, fraction=None, seed=0):
+        sentences = read_tagged(path, column=config.get("column", "upos"), encoding=config.get("encoding", "utf-8"))
+        if fraction:
+            _, sentences = split_sentences(sentences, fraction, seed)
+        return DevSet([s.tokens for s in sentences], [s.tags for s in sentences], source)
+
+    return read
