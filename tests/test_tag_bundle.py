@@ -106,3 +106,11 @@ def test_tagging_runtime_never_imports_torch(tag_bundle):
             "assert 'torch' not in sys.modules\nprint('ok')")
     result = run_python(code, str(tag_bundle))
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_cli_inspect_tag_bundle(tag_bundle):
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli, ["inspect", str(tag_bundle)])
+    assert result.exit_code == 0, result.output
+    assert "task=tag" in result.output and "char-cnn=5" in result.output and "unit" not in result.output.split("dev:")[0]

@@ -210,9 +210,12 @@ def demo(out):
 
 def summary(manifest: dict, path) -> str:
     a = manifest["architecture"]
+    extra = f" pooling={a['pooling']}" if "pooling" in a else ""
+    if a.get("char_vocab_size"):
+        extra += f" char-cnn={a['char_filters']}"
     lines = [f"bundle {path}: task={manifest['task']} labels={manifest['labels']}",
              f"  model: {a['cell']} x{a['layers']}{' bidirectional' if a['bidirectional'] else ''} "
-             f"embed={a['embed']} hidden={a['hidden']} pooling={a['pooling']} vocab={a['vocab_size']}"]
+             f"embed={a['embed']} hidden={a['hidden']}{extra} vocab={a['vocab_size']}"]
     for name, entry in manifest["files"].items():
         lines.append(f"  {name}: {entry['bytes'] / 1e6:.2f} MB sha256={entry['sha256'][:12]}")
     v = manifest.get("validation", {})
