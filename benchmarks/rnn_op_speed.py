@@ -1,16 +1,40 @@
 """Speed of the numba RNN-family kernels against onnxruntime's own ops, one thread.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rnn_op_speed.py [--hidden 256 512] [--batch 1] [--alone]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rnn_op_speed.py [--hidden 256 512] [--batch 1 32]
+        [--ops LSTM GRU] [--reps 50] [--alone]
 
-For each (op, hidden) it times onnxruntime's LSTM/GRU node (intra_op_num_threads=1) and the
-numba op on the same weights (numba.set_num_threads(1)), the numba op with int8 weights
-(weight-only, per-row scales, as the graph loader hands QuantizedWeight over) and, for LSTM,
-onnxruntime's DynamicQuantizeLSTM made by quantize_dynamic (int8 x uint8 VNNI dot products,
-which numba cannot emit).  Prints medians (and minima) over many runs; never an assertion.
+For each (op, hidden, batch) it times, side by side: onnxruntime's LSTM/GRU node
+(intra_op_num_threads=1), the numba op on the same weights (numba.set_num_threads(1)), the numba
+op with int8 weights (weight-only, per-row scales, as the graph loader hands QuantizedWeight over)
+and, for LSTM, onnxruntime's DynamicQuantizeLSTM made by quantize_dynamic (int8 x uint8 VNNI dot
+products; onnxruntime has no int8 GRU).  Prints medians (and minima) in ms, and ratios of medians
+with the 25-75% range of the per-round ratios (round-robin: one run of each per round), for
+numba fp32 / onnxruntime fp32, numba int8 / onnxruntime int8 and numba int8 / the faster fp32.
+Never an assertion.  Larger batches run fewer rounds (--reps / (batch/4), at least 10).
 
-What was measured while writing the kernels (Xeon, AVX-512, 2 MB L2; one H=256 LSTM step's
-R @ h, 1024x256): fp32 tiles 10-13 us; int8 weight-only tiles 12-14 us; int8 x int8 -> int32
-dot products 22-30 us (LLVM emits vpmulld, no vpdpbusd/vpmaddwd), hence weight-only int8.
+What was measured while writing the kernels (Xeon "emeraldrapids", AVX-512 + VNNI, 2 MB L2, one
+thread; one H=256 LSTM step's h @ R^T, 256 x 1024):
+- fp32, numba-vectorised 8x64 tiles (the previous kernel): 10-13 us; fp32 64-column blocks with the
+  sums in zmm registers over K (LLVM vector IR via @intrinsic, rnn._fma1): 7.7 us, L2-bandwidth
+  bound (1 MB in 7.7 us; 8 instead of 4 accumulators, or 128-column blocks: no faster).
+- 8-bit: weight-only tiles (widened to fp32 per element) 12-14 us; numba loops over int16 x int16
+  -> int32 dot products: LLVM emits ``vpmaddwd``, but only on xmm (the vectorizer sizes vectors by
+  the i32 accumulator under the host's ``prefer-256-bit`` tuning), 8 MACs per instruction, as an
+  fp32 FMA: 12.0 us with int16 weights, 14.0 us with int8 weights widened in registers (K=512:
+  62 / 52 us); pair-wise and interleaved-axpy forms 2-7x slower (no ``vpmaddwd``).  With
+  ``NUMBA_CPU_FEATURES=<host>,-prefer-256-bit`` the same loops use zmm (8.0 / 11.1 us), and the old
+  fp32 LSTM H=256 B=1 went 1.15x -> 1.05x onnxruntime (process-wide: config.py; not adopted).
+- 8-bit pair blocks with LLVM vector IR (sext, mul, even + odd lanes -> ``vpdpwssd`` zmm, sums in
+  registers; rnn._madd*): int8 weights 4.4 us, int16 weights 7.7 us (K=512: 19 / 36 us).  With h
+  rounded to one int16 part per step the whole int8 LSTM H=256 B=1 ran 0.71 ms, but that differs
+  from the dequantized weights by up to 1e-4 after a few steps (FP32 tolerance is 1e-5; the graph
+  tests compare int8 graphs with their dequantized twin at FP32); two int16 parts (hi + lo, exact
+  to fp32) cost 6.7 us per step and 0.77-0.85 ms for the LSTM, the kernel kept.
+- input projection, T=64 x I=128 -> 1024 columns: numpy/OpenBLAS sgemm 0.150 ms, fp32 blocks 0.105
+  ms (batch 32: 4.2 vs 3.4 ms); int8: weight-only tiles 0.28 ms, two int16 parts 0.23 ms, int8
+  blocks widened to fp32 once per call 0.15-0.20 ms (kept).
+- several rows: 4 rows per pass over each weight block; batch 32, H=256 step fp32 292 -> 98 us,
+  int8 467 -> 182 us (two int16 parts: 64 rows; batch 8: fp32 24 us, int8 53 us).
 int8 wins once the fp32 weights spill out of L2 (H=512: 4 MB fp32 vs 1 MB int8).
 """
 

@@ -32,7 +32,7 @@ class _Recurrent(Op):
     supported_attributes = frozenset({"activations", "clip", "direction", "hidden_size", "layout"})
     n_outputs: ClassVar[int] = 2
     P_index: ClassVar[int | None] = None  # input index of the peepholes (LSTM)
-    # W and R may arrive as QuantizedWeight (int8 graphs): the kernels run on the int8 tiles.
+    # W and R may arrive as QuantizedWeight (int8 graphs): the kernels run on the int8 blocks.
     quantized_inputs: ClassVar[frozenset[int]] = frozenset({1, 2})
 
     def __init__(self, node, consts):
