@@ -1,0 +1,105 @@
+"""Fast, vectorisable tanh and sigmoid for the recurrent cells (numba; no SVML needed).
+
+The pip llvmlite has no SVML, so ``np.tanh``/``np.exp`` are scalar libm calls; ``_tanh`` is
+Eigen's rational approximation (``generic_fast_tanh_float``) with an exp-series tail, |error| <
+3e-7 everywhere and exactly +-1 in saturation, and ``_sigmoid(x) = 0.5 + 0.5 tanh(x/2)``; both
+vectorise.  Must not import torch or onnxruntime.
+"""
+
+from __future__ import annotations
+
+from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
+from .config import FASTMATH, JIT as _JIT
+
+import numpy as np
+from numba import njit
+
+JIT = dict(_JIT, fastmath=set(FASTMATH))
+
+# Eigen generic_fast_tanh_float: tanh(x) ~ x * P(x^2) / Q(x^2) on [-c, c], +-1 outside.
+_CLAMP = np.float32(7.90531110763549805)
+_A1 = np.float32(4.89352455891786e-03)
+_A3 = np.float32(6.37261928875436e-04)
+_A5 = np.float32(1.48572235717979e-05)
+_A7 = np.float32(5.12229709037114e-08)
+_A9 = np.float32(-8.60467152213735e-11)
+_A11 = np.float32(2.00018790482477e-13)
+_A13 = np.float32(-2.76076847742355e-16)
+_B0 = np.float32(4.89352518554385e-03)
+_B2 = np.float32(2.26843463243900e-03)
+_B4 = np.float32(1.18534705686654e-04)
+_B6 = np.float32(1.19825839466702e-06)
+_E_MID = np.float32(17.0)  # tail of tanh: exp(-2|x|) = exp(-17) * exp(17 - 2|x|)
+_TWO_E0 = np.float32(2.0 * np.exp(-17.0))
+_TAIL_END = np.float32(9.5)
+_TWO = np.float32(2.0)
+_C2, _C3, _C4, _C5, _C6, _C7 = (np.float32(1.0 / n) for n in (2, 3, 4, 5, 6, 7))
+_HALF = np.float32(0.5)
+_ONE = np.float32(1.0)
+_ZERO = np.float32(0.0)
+NO_CLIP = np.float32(3.0e38)  # `clip` when the attribute is absent (a no-op clamp keeps one code path)
+
+
+@njit(**JIT)
+def _tanh(x):
+    """Eigen's rational tanh on [-c, c], 1 - 2 exp(-2|x|) outside.
+
+    The tail matters: with Eigen's plain clamp a saturated GRU gate z is 1 - 2.7e-7 instead of
+    float32's 1 - 1e-10 -> 1.0, and (1 - z) * n leaks 2e-7 into outputs that should be ~0.
+    Both branches are computed and selected, so the loop still vectorises.
+    """
+    big = abs(x) >= _CLAMP
+    x_in = x
+    x = min(max(x, -_CLAMP), _CLAMP)
+    x2 = x * x
+    p = x2 * _A13 + _A11
+    p = x2 * p + _A9
+    p = x2 * p + _A7
+    p = x2 * p + _A5
+    p = x2 * p + _A3
+    p = x2 * p + _A1
+    p = x * p
+    q = x2 * _B6 + _B4
+    q = x2 * q + _B2
+    q = x2 * q + _B0
+    t = p / q
+    # |x| >= c: tanh = 1 - 2 exp(-2|x|) (+ O(e^-4|x|)) = 1 - 2 exp(-17) exp(u), u = 17 - 2|x| in
+    # [-2, 1.2], exp(u) by its degree-7 Taylor series (error < 1e-10 here); past |x| = 9.5 the
+    # float32 result is 1 anyway.
+    u = _E_MID - _TWO * min(abs(x_in), _TAIL_END)
+    e = _ONE + u * (_ONE + u * _C2 * (_ONE + u * _C3 * (_ONE + u * _C4 * (
+        _ONE + u * _C5 * (_ONE + u * _C6 * (_ONE + u * _C7))))))
+    tail = _ONE - _TWO_E0 * e
+    return (tail if x_in > _ZERO else -tail) if big else t
+
+
+@njit(**JIT)
+def _sigmoid(x):
+    return _HALF + _HALF * _tanh(_HALF * x)
+
+
+@njit(**JIT)
+def _activation_array(x, which, out):
+    for i in range(x.shape[0]):
+        out[i] = _tanh(x[i]) if which == 0 else _sigmoid(x[i])
+
+
+def fast_tanh(x: np.ndarray) -> np.ndarray:
+    """The kernels' tanh on a 1-D float32 array (for accuracy tests)."""
+    x = np.ascontiguousarray(x, np.float32)
+    out = np.empty_like(x)
+    _activation_array(x, 0, out)
+    return out
+
+
+def fast_sigmoid(x: np.ndarray) -> np.ndarray:
+    """The kernels' sigmoid on a 1-D float32 array (for accuracy tests)."""
+    x = np.ascontiguousarray(x, np.float32)
+    out = np.empty_like(x)
+    _activation_array(x, 1, out)
+    return out
+
+
+@njit(**JIT)
+def _clip(x, clip):
+    return min(max(x, -clip), clip)

@@ -1,0 +1,329 @@
+"""Mat-vec kernels of the recurrent step: packed weight blocks and LLVM-vector inner loops.
+
+Recurrent weights ``R^T`` (``[hidden, gates*hidden]``) are packed once into blocks of 64 columns
+(``pack_blocks``, cache-line aligned), each block holding its columns for all K inputs in one
+sequential stream.  A mat-vec keeps the 64 sums of a block (per row, up to 4 rows at once) in four
+16-lane registers over the whole K loop and reads each weight once: fp32 weights with a broadcast
+h and FMAs; 8-bit weights as int16 pairs times h split into two int16 parts (``vpdpwssd`` /
+``vpmaddwd``, exact int32 sums, then scaled back), which is the dequantized weights' product to
+fp32 accuracy.  The loops are LLVM vector IR (numba ``@intrinsic``): numba's own vectoriser keeps
+to 256-bit vectors, emits int16 dot products only on xmm and cannot hold sums in registers across
+the K loop (measurements in benchmarks/rnn_op_speed.py).  Under ``NUMBA_DISABLE_JIT=1`` the same
+functions run as numpy.  Must not import torch or onnxruntime.
+"""
+
+from __future__ import annotations
+
+from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
+from .config import FASTMATH, JIT as _JIT
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from .activations import _HALF, _ZERO
+
+JIT = dict(_JIT, fastmath=set(FASTMATH))
+
+KP = 8  # K (inputs of a mat-vec) is zero-padded to a multiple of this
+PB = 64  # columns per block of packed weights: 4 vectors of 16 fp32 / int32 sums per row
+_HCAP = 32767  # int16 range of the quantized state; see _matvec_q16 for the int32 bound
+
+
+def pack_blocks(M: np.ndarray) -> np.ndarray:
+    """(nd, K, C) -> blocks of PB columns, zero-padded: K to Kp (a multiple of KP), C to PB.
+
+    float32: (nd, ceil(C/PB), Kp, PB), [cb, k, j] = M[k, cb*PB + j].
+    8-bit: (nd, ceil(C/PB), Kp/2, 2*PB) pairs, [cb, kk, 2j + e] = M[2kk + e, cb*PB + j]: the operand
+    order of a 16-bit multiply-add (one int32 lane = w[2kk, j] h[2kk] + w[2kk+1, j] h[2kk+1]).
+    """
+    nd, K, C = M.shape
+    Kp, ncb = -(-K // KP) * KP, -(-C // PB)
+    out = np.zeros((nd, Kp, ncb * PB), M.dtype)
+    out[:, :K, :C] = M
+    if M.dtype == np.float32:
+        blocks = _aligned_empty((nd, ncb, Kp, PB), M.dtype)
+        blocks[...] = out.reshape(nd, Kp, ncb, PB).transpose(0, 2, 1, 3)
+    else:
+        blocks = _aligned_empty((nd, ncb, Kp // 2, 2 * PB), M.dtype)
+        blocks[...] = out.reshape(nd, Kp // 2, 2, ncb, PB).transpose(0, 3, 1, 4, 2).reshape(nd, ncb, Kp // 2, 2 * PB)
+    return blocks
+
+
+def _aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
+    """An empty C array starting on a cache line: numpy only promises 16 bytes, and weights at
+    16 mod 32 split every other 32-byte load across two lines (measured 20% slower steps)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buf = np.empty(nbytes + align, np.uint8)
+    start = (-buf.ctypes.data) % align
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _make_madd(nr: int):
+    """An intrinsic for ``nr`` rows at once (each weight vector loaded once for all of them):
+
+    out[r0 + r, ooff:ooff+PB] = sum over kk < nkk of W[woff + kk*2PB + 2j + e] * hq[r0 + r, 2kk + e]
+    (e = 0, 1; r < nr), int32.  W is an 8- or 16-bit integer array (C order), hq (rows, 2 nkk)
+    int16, out (rows, ostride) int32.  Written as LLVM vector IR (sign extensions, a multiply, even +
+    odd lanes) that the X86 backend turns into ``vpmaddwd`` (AVX2) or ``vpdpwssd`` (AVX512-VNNI; 32
+    MACs per instruction, with each row's h pair broadcast as one int32), the nr x 4 x 16 int32 sums
+    held in registers over the whole K loop.  numba's loop vectorizer cannot produce this (xmm
+    ``vpmaddwd`` dot products at best; see benchmarks/rnn_op_speed.py).  Other targets get the same
+    IR lowered generically.
+    """
+
+    @intrinsic
+    def madd(typingctx, W, woff, hq, r0, nkk, out, ostride, ooff):
+        if not (isinstance(W, types.Array) and isinstance(W.dtype, types.Integer) and W.dtype.bitwidth <= 16
+                and isinstance(hq, types.Array) and hq.dtype == types.int16 and hq.ndim == 2
+                and isinstance(out, types.Array) and out.dtype == types.int32 and out.ndim == 2):
+            return None
+        sig = types.void(W, types.intp, hq, types.intp, types.intp, out, types.intp, types.intp)
+        wbits = W.dtype.bitwidth
+        nvec = PB // 16
+
+        def codegen(context, builder, signature, args):
+            w_arg, woff_v, h_arg, r0_v, nkk_v, o_arg, ostride_v, ooff_v = args
+            w_ary = context.make_array(signature.args[0])(context, builder, w_arg)
+            h_ary = context.make_array(signature.args[2])(context, builder, h_arg)
+            o_ary = context.make_array(signature.args[5])(context, builder, o_arg)
+            i32 = ir.IntType(32)
+            v16 = ir.VectorType(i32, 16)
+            v32 = ir.VectorType(i32, 32)
+            wvec = ir.VectorType(ir.IntType(wbits), 32)
+            accs = [[cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(nvec)]
+                    for _ in range(nr)]
+            wbase = builder.gep(w_ary.data, [woff_v])
+            hpairs = builder.bitcast(h_ary.data, i32.as_pointer())
+            hrows = [builder.gep(hpairs, [builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)), nkk_v)])
+                     for r in range(nr)]
+            even = ir.Constant(v16, [2 * i for i in range(16)])
+            odd = ir.Constant(v16, [2 * i + 1 for i in range(16)])
+            bcast = ir.Constant(v32, [i % 2 for i in range(32)])
+            with cgutils.for_range(builder, nkk_v) as loop:
+                kk = loop.index
+                hx = []
+                for r in range(nr):
+                    pair = builder.load(builder.gep(hrows[r], [kk]), align=2)
+                    pair = builder.bitcast(builder.insert_element(ir.Constant(ir.VectorType(i32, 1), None), pair,
+                                                                  ir.Constant(i32, 0)), ir.VectorType(ir.IntType(16), 2))
+                    hx.append(builder.sext(builder.shuffle_vector(pair, pair, bcast), v32))
+                row = builder.gep(wbase, [builder.mul(kk, ir.Constant(kk.type, 2 * PB))])
+                for v in range(nvec):
+                    ptr = builder.bitcast(builder.gep(row, [ir.Constant(kk.type, 32 * v)]), wvec.as_pointer())
+                    wx = builder.sext(builder.load(ptr, align=1), v32)
+                    for r in range(nr):
+                        prod = builder.mul(hx[r], wx)
+                        part = builder.add(builder.shuffle_vector(prod, prod, even),
+                                           builder.shuffle_vector(prod, prod, odd))
+                        builder.store(builder.add(builder.load(accs[r][v]), part), accs[r][v])
+            for r in range(nr):
+                obase = builder.gep(o_ary.data, [builder.add(builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)),
+                                                                         ostride_v), ooff_v)])
+                for v in range(nvec):
+                    ptr = builder.bitcast(builder.gep(obase, [ir.Constant(ooff_v.type, 16 * v)]), v16.as_pointer())
+                    builder.store(builder.load(accs[r][v]), ptr, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    def madd_py(W, woff, hq, r0, nkk, out, ostride, ooff):
+        """Plain numpy (NUMBA_DISABLE_JIT=1)."""
+        w = W.reshape(-1)[woff:woff + nkk * 2 * PB].reshape(nkk, PB, 2).astype(np.int64)
+        for r in range(r0, r0 + nr):
+            h = hq[r, :2 * nkk].reshape(nkk, 1, 2).astype(np.int64)
+            out[r, ooff:ooff + PB] = (w * h).sum(axis=(0, 2)).astype(np.int32)
+
+    return madd_py if numba.config.DISABLE_JIT else madd
+
+
+_madd2, _madd4 = _make_madd(2), _make_madd(4)
+
+
+def _make_fma(nr: int):
+    """The fp32 twin of _make_madd: out[r0 + r, ooff:ooff+PB] = sum over k < nk of
+    W[woff + k*PB + j] * V[r0 + r, k] (r < nr), the nr x 4 x 16 sums in registers over the K loop,
+    one broadcast of V[r, k] per k, each weight vector loaded once for the nr rows.  Sums in k
+    order (fmul + fadd with ``contract``: FMAs where the target has them)."""
+
+    @intrinsic
+    def fma(typingctx, W, woff, V, r0, nk, out, ostride, ooff):
+        if not (isinstance(W, types.Array) and W.dtype == types.float32 and isinstance(V, types.Array)
+                and V.dtype == types.float32 and V.ndim == 2 and isinstance(out, types.Array)
+                and out.dtype == types.float32 and out.ndim == 2):
+            return None
+        sig = types.void(W, types.intp, V, types.intp, types.intp, out, types.intp, types.intp)
+        nvec = PB // 16
+
+        def codegen(context, builder, signature, args):
+            w_arg, woff_v, v_arg, r0_v, nk_v, o_arg, ostride_v, ooff_v = args
+            w_ary = context.make_array(signature.args[0])(context, builder, w_arg)
+            v_ary = context.make_array(signature.args[2])(context, builder, v_arg)
+            o_ary = context.make_array(signature.args[5])(context, builder, o_arg)
+            f32, i32 = ir.FloatType(), ir.IntType(32)
+            vf = ir.VectorType(f32, 16)
+            accs = [[cgutils.alloca_once_value(builder, ir.Constant(vf, None)) for _ in range(nvec)]
+                    for _ in range(nr)]
+            wbase = builder.gep(w_ary.data, [woff_v])
+            vstride = builder.extract_value(v_ary.shape, 1)
+            vrows = [builder.gep(v_ary.data, [builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)), vstride)])
+                     for r in range(nr)]
+            splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+            with cgutils.for_range(builder, nk_v) as loop:
+                k = loop.index
+                hb = []
+                for r in range(nr):
+                    x = builder.load(builder.gep(vrows[r], [k]))
+                    xv = builder.insert_element(ir.Constant(ir.VectorType(f32, 1), None), x, ir.Constant(i32, 0))
+                    hb.append(builder.shuffle_vector(xv, xv, splat))
+                row = builder.gep(wbase, [builder.mul(k, ir.Constant(k.type, PB))])
+                for v in range(nvec):
+                    ptr = builder.bitcast(builder.gep(row, [ir.Constant(k.type, 16 * v)]), vf.as_pointer())
+                    wv = builder.load(ptr, align=4)
+                    for r in range(nr):
+                        prod = builder.fmul(hb[r], wv, flags=("contract",))
+                        builder.store(builder.fadd(builder.load(accs[r][v]), prod, flags=("contract",)), accs[r][v])
+            for r in range(nr):
+                obase = builder.gep(o_ary.data, [builder.add(builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)),
+                                                                         ostride_v), ooff_v)])
+                for v in range(nvec):
+                    ptr = builder.bitcast(builder.gep(obase, [ir.Constant(ooff_v.type, 16 * v)]), vf.as_pointer())
+                    builder.store(builder.load(accs[r][v]), ptr, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    def fma_py(W, woff, V, r0, nk, out, ostride, ooff):
+        """Plain numpy (NUMBA_DISABLE_JIT=1)."""
+        w = W.reshape(-1)[woff:woff + nk * PB].reshape(nk, PB)
+        out[r0:r0 + nr, ooff:ooff + PB] = V[r0:r0 + nr, :nk] @ w
+
+    return fma_py if numba.config.DISABLE_JIT else fma
+
+
+_fma1, _fma4 = _make_fma(1), _make_fma(4)
+
+
+@njit(**JIT)
+def _matvec_f32(V, n, Q, out, c0, ncols):
+    """out[i, c0:c0+ncols] = V[i] @ M for rows i < n, M = fp32 blocks Q (pack_blocks); V is (>= n, Kp)."""
+    ncb, K = Q.shape[0], Q.shape[1]
+    width = ncb * PB
+    direct = width == ncols  # no padded columns: the sums go straight to out (contiguous rows)
+    dst = out if direct else np.empty((n, width), np.float32)
+    stride, off = (out.shape[1], c0) if direct else (width, 0)
+    for cb in range(ncb):  # 4 rows per pass over a block of weights, then the rest one by one
+        for r0 in range(0, n - 3, 4):
+            _fma4(Q, cb * K * PB, V, r0, K, dst, stride, off + cb * PB)
+        for r0 in range(n - n % 4, n):
+            _fma1(Q, cb * K * PB, V, r0, K, dst, stride, off + cb * PB)
+    if not direct:
+        for i in range(n):
+            for j in range(ncols):
+                out[i, c0 + j] = dst[i, j]
+
+
+@njit(**JIT)
+def _matvec_q16(V, n, Q, scale, zp, out, c0, ncols):
+    """out[i, c0:c0+ncols] = (V[i] @ (M - zp)) * scale for rows i < n, M = 8-bit blocks Q (pack_blocks).
+
+    Each row v of V (fp32, zero past the true K) is split, per row and step, into two symmetric
+    int16 parts: hi = round(v / a), a = max|v| / c, and lo = round(r / b) of the rest
+    r = v - a hi (|r| <= a / 2), b = max|r| / c, with c = min(32767, (2^31 - 1) // (128 K)) so
+    that no int32 sum of K products |h| * |q| <= c * 128 can overflow (c = 32767 up to K = 512,
+    halved at each doubling past it).  Both parts go through the int32 multiply-adds together
+    (two rows of _madd2/_madd4: the weights are read once), and
+    out = ((sum_hi - zp sum(hi)) a + (sum_lo - zp sum(lo)) b) * scale.  The error of v's image
+    a hi + b lo is <= b / 2 <= max|v| / (4 c^2) ~ 2.3e-10 max|v|, below fp32 rounding: the result is
+    the dequantized weights' product to fp32 accuracy (one int16 part alone measured 5-30x the
+    FP32 tolerance over a few steps, for 10-25% more speed).  A NaN or inf in v makes its row NaN.
+    """
+    ncb, nkk = Q.shape[0], Q.shape[1]
+    K = 2 * nkk
+    cap = min(_HCAP, 2147483647 // (128 * max(K, 1)))
+    rows = 2 * n  # row 2i: hi part of V[i], 2i + 1: lo part
+    hq = np.empty((rows, K), np.int16)
+    hs = np.zeros(rows, np.int64)
+    back = np.zeros(rows, np.float64)
+    bad = np.zeros(n, np.bool_)
+    width = ncb * PB
+    acc = np.empty((rows, width), np.int32)
+    r = np.empty(K, np.float32)
+    fcap = np.float32(cap)
+    for i in range(n):
+        v = V[i]
+        m = _ZERO
+        z = _ZERO  # NaN if V[i] holds a NaN or inf (max() would drop a NaN)
+        for k in range(K):
+            m = max(m, abs(v[k]))
+            z += v[k] * _ZERO
+        bad[i] = z != _ZERO  # NaN or inf: no integer image; the row's output is NaN
+        a = m / fcap if not bad[i] else _ZERO
+        s = fcap / m if m > _ZERO and not bad[i] else _ZERO
+        sm = 0
+        m2 = _ZERO
+        for k in range(K):
+            q = np.floor(v[k] * s + _HALF)
+            hq[2 * i, k] = np.int16(q)
+            sm += np.int64(q)
+            r[k] = v[k] - q * a
+            m2 = max(m2, abs(r[k]))
+        hs[2 * i] = sm
+        back[2 * i] = a
+        b = m2 / fcap
+        s2 = fcap / m2 if m2 > _ZERO else _ZERO
+        sm = 0
+        for k in range(K):
+            q = np.floor(r[k] * s2 + _HALF)
+            hq[2 * i + 1, k] = np.int16(q)
+            sm += np.int64(q)
+        hs[2 * i + 1] = sm
+        back[2 * i + 1] = b
+    for cb in range(ncb):  # 4 rows per pass over a block of weights, then a last pair
+        for r0 in range(0, rows - 3, 4):
+            _madd4(Q, cb * nkk * 2 * PB, hq, r0, nkk, acc, width, cb * PB)
+        if rows % 4:
+            _madd2(Q, cb * nkk * 2 * PB, hq, rows - 2, nkk, acc, width, cb * PB)
+    for i in range(n):
+        hi, lo = acc[2 * i], acc[2 * i + 1]
+        if bad[i]:
+            for j in range(ncols):
+                out[i, c0 + j] = np.float32(np.nan)
+        else:
+            ah, sh, al, sl = back[2 * i], hs[2 * i], back[2 * i + 1], hs[2 * i + 1]
+            for j in range(ncols):
+                zj = np.float64(zp[c0 + j])
+                out[i, c0 + j] = np.float32(((np.float64(hi[j]) - zj * sh) * ah + (np.float64(lo[j]) - zj * sl) * al)
+                                            * scale[c0 + j])
+
+
+def _matvec(V, n, Q, scale, zp, out, c0, ncols):
+    """out[i, c0:c0+ncols] = (V[i] @ (M - zp)) * scale, rows i < n, M packed by pack_blocks: fp32
+    (scale/zp unused: fp32 weights are never scaled) or 8-bit (int16 state, _matvec_q16)."""
+    if Q.dtype == np.float32:
+        _matvec_f32(V, n, Q, out, c0, ncols)
+    else:
+        _matvec_q16(V, n, Q, scale, zp, out, c0, ncols)
+
+
+@overload(_matvec, jit_options=dict(JIT, cache=False))
+def _matvec_jit(V, n, Q, scale, zp, out, c0, ncols):
+    if isinstance(Q.dtype, types.Float):
+        return lambda V, n, Q, scale, zp, out, c0, ncols: _matvec_f32(V, n, Q, out, c0, ncols)
+    return lambda V, n, Q, scale, zp, out, c0, ncols: _matvec_q16(V, n, Q, scale, zp, out, c0, ncols)
+
+
+def _k_padded(Q):
+    """Kp, the padded number of inputs of blocks Q (fp32: one per row, 8-bit: pairs)."""
+    return Q.shape[1] if Q.dtype == np.float32 else 2 * Q.shape[1]
+
+
+@overload(_k_padded, jit_options=dict(JIT, cache=False))
+def _k_padded_jit(Q):
+    if isinstance(Q.dtype, types.Float):
+        return lambda Q: Q.shape[1]
+    return lambda Q: 2 * Q.shape[1]
