@@ -5,7 +5,9 @@ unrolled into MatMul chains with a frozen time axis, a fixed ``time`` dim on a s
 ``initial_h``/``initial_c`` read from one tensor, GRU with ``linear_before_reset`` other than 1,
 and recurrent nodes that ignore ``sequence_lens`` (so a bidirectional pass reads padding).
 ``check_graph`` collects every problem and raises one ``UnsupportedError`` listing them all.
-Works on fp32 graphs and on the int8 graphs of ``rnnkit.export.quantize``.
+Works on fp32 graphs and on the int8 graphs of ``rnnkit.export.quantize``.  The checks every
+task shares (``contract_problems``: IO, recurrent nodes, MatMul count) are public so that the
+tagger's checker (``rnnkit.export.graph_tagger``) runs the same ones.
 
 Imports onnx only (no torch, no onnxruntime).
 """
@@ -50,26 +52,28 @@ def _root(name: str, producers: dict[str, onnx.NodeProto]) -> str:
     return name
 
 
-def _dims(vi: onnx.ValueInfoProto) -> list[onnx.TensorShapeProto.Dimension]:
+def dims(vi: onnx.ValueInfoProto) -> list[onnx.TensorShapeProto.Dimension]:
     return list(vi.type.tensor_type.shape.dim)
 
 
-def _dim_text(d) -> str:
+def dim_text(d) -> str:
     return repr(d.dim_param) if d.dim_param else (str(d.dim_value) if d.HasField("dim_value") else "?")
 
 
-def _check_io(graph: onnx.GraphProto, config: ClassifierConfig, problems: list[str]) -> None:
+def check_io(graph: onnx.GraphProto, inputs: dict, outputs: dict, contract: str, count: str,
+             problems: list[str]) -> None:
+    """Graph inputs / outputs against ``{name: (dtype, axes)}`` in order; an axis is a dim_param
+    (symbolic, must stay so) or an int (the config value ``count``, e.g. num_labels)."""
     inits = {t.name for t in graph.initializer}
-    inputs = [vi for vi in graph.input if vi.name not in inits]
-    names = [vi.name for vi in inputs]
-    if names != list(ClassifierIO.inputs):
-        problems.append(f"graph inputs are {names}, expected {list(ClassifierIO.inputs)} (ClassifierIO)")
-    outputs = [vi.name for vi in graph.output]
-    if outputs != list(ClassifierIO.outputs):
-        problems.append(f"graph outputs are {outputs}, expected {list(ClassifierIO.outputs)} (ClassifierIO)")
-    expected = dict(EXPECTED_INPUTS)
-    expected[ClassifierIO.logits] = (TensorProto.FLOAT, ("batch", config.num_labels))
-    for vi in list(inputs) + list(graph.output):
+    real = [vi for vi in graph.input if vi.name not in inits]
+    names = [vi.name for vi in real]
+    if names != list(inputs):
+        problems.append(f"graph inputs are {names}, expected {list(inputs)} ({contract})")
+    names = [vi.name for vi in graph.output]
+    if names != list(outputs):
+        problems.append(f"graph outputs are {names}, expected {list(outputs)} ({contract})")
+    expected = {**inputs, **outputs}
+    for vi in real + list(graph.output):
         if vi.name not in expected:
             continue
         dtype, axes = expected[vi.name]
@@ -77,16 +81,16 @@ def _check_io(graph: onnx.GraphProto, config: ClassifierConfig, problems: list[s
         if got != dtype:
             problems.append(f"'{vi.name}' has dtype {TensorProto.DataType.Name(got)}, "
                             f"expected {TensorProto.DataType.Name(dtype)}")
-        dims = _dims(vi)
-        if len(dims) != len(axes):
-            problems.append(f"'{vi.name}' has rank {len(dims)}, expected {len(axes)} {axes}")
+        shape = dims(vi)
+        if len(shape) != len(axes):
+            problems.append(f"'{vi.name}' has rank {len(shape)}, expected {len(axes)} {axes}")
             continue
-        for d, want in zip(dims, axes):
+        for d, want in zip(shape, axes):
             if isinstance(want, int):
                 if d.dim_value != want:
-                    problems.append(f"'{vi.name}' has dim {_dim_text(d)} where num_labels={want} is expected")
+                    problems.append(f"'{vi.name}' has dim {dim_text(d)} where {count}={want} is expected")
             elif d.dim_param != want:
-                problems.append(f"'{vi.name}' axis '{want}' is {_dim_text(d)}, expected the symbolic "
+                problems.append(f"'{vi.name}' axis '{want}' is {dim_text(d)}, expected the symbolic "
                                 f"dim_param '{want}' (a fixed value freezes the shape)")
 
 
@@ -97,8 +101,9 @@ def _attr(node: onnx.NodeProto, name: str):
     return None
 
 
-def _check_recurrent(node: onnx.NodeProto, config: ClassifierConfig,
-                     producers: dict[str, onnx.NodeProto], problems: list[str]) -> None:
+def check_recurrent(node: onnx.NodeProto, config, producers: dict[str, onnx.NodeProto],
+                    problems: list[str]) -> None:
+    """One RNN/LSTM/GRU node: the attributes torch's cell implies, and it reads ``sequence_lens``."""
     where = f"{node.op_type} node '{node.name}'"
     if node.op_type == "DynamicQuantizeLSTM" and node.domain != MS_DOMAIN:
         problems.append(f"{where} has domain {node.domain!r}, expected {MS_DOMAIN!r}")
@@ -140,16 +145,18 @@ def _check_recurrent(node: onnx.NodeProto, config: ClassifierConfig,
         problems.append(f"{where}: peephole input P {ins[7]!r}; torch LSTM has no peepholes")
 
 
-def check_graph(model: onnx.ModelProto, config: ClassifierConfig) -> None:
-    """Raise one ``UnsupportedError`` listing every way ``model`` breaks the classifier contract."""
+def contract_problems(model: onnx.ModelProto, config, inputs: dict, outputs: dict, contract: str, count: str,
+                matmuls: int, matmul_parts: str) -> list[str]:
+    """Every problem shared by all tasks' graphs: onnx.checker, IO (``check_io``), no control
+    flow, one allowed recurrent node per layer (``check_recurrent`` each), ``matmuls`` MatMul-like
+    nodes outside them (``matmul_parts`` says which).  Returns the list; the caller adds its own."""
     problems: list[str] = []
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as exc:
         problems.append(f"onnx.checker.check_model failed: {str(exc).splitlines()[0]}")
     graph = model.graph
-    _check_io(graph, config, problems)
-
+    check_io(graph, inputs, outputs, contract, count, problems)
     nodes = list(graph.node)
     producers = {out: n for n in nodes for out in n.output}
     flow = sorted({n.op_type for n in nodes if n.op_type in CONTROL_FLOW})
@@ -162,16 +169,28 @@ def check_graph(model: onnx.ModelProto, config: ClassifierConfig) -> None:
         problems.append(f"recurrent nodes {wrong} do not match cell={config.cell!r} "
                         f"(expected {sorted(allowed)})")
     if len(rec) != config.layers:
-        problems.append(f"{len(rec)} recurrent nodes ({'/'.join(sorted(allowed))}), expected "
-                        f"{config.layers} (one per layer); an unrolled cell has none")
+        problems.append(f"{len(rec)} recurrent nodes, expected {config.layers} ({'/'.join(sorted(allowed))}, "
+                        "one per layer); an unrolled cell has none")
     mm = [n for n in nodes if n.op_type in MATMULS]
-    if len(mm) != expected_matmuls(config):
-        problems.append(f"{len(mm)} MatMul/Gemm nodes, expected {expected_matmuls(config)} "
-                        f"(head{' + attention' if config.pooling == 'attention' else ''}); "
+    if len(mm) != matmuls:
+        problems.append(f"{len(mm)} MatMul/Gemm nodes, expected {matmuls} ({matmul_parts}); "
                         "more means the recurrence was unrolled")
     for n in rec:
         if n.op_type in allowed:
-            _check_recurrent(n, config, producers, problems)
+            check_recurrent(n, config, producers, problems)
+    return problems
+
+
+def raise_problems(problems: list[str], what: str) -> None:
+    """One ``UnsupportedError`` listing them all (``what``: e.g. 'gru classifier')."""
     if problems:
-        raise UnsupportedError(f"ONNX graph for a {config.cell} classifier has {len(problems)} "
+        raise UnsupportedError(f"ONNX graph for a {what} has {len(problems)} "
                                "problem(s):\n  - " + "\n  - ".join(problems))
+
+
+def check_graph(model: onnx.ModelProto, config: ClassifierConfig) -> None:
+    """Raise one ``UnsupportedError`` listing every way ``model`` breaks the classifier contract."""
+    outputs = {ClassifierIO.logits: (TensorProto.FLOAT, ("batch", config.num_labels))}
+    parts = "head + attention" if config.pooling == "attention" else "head"
+    raise_problems(contract_problems(model, config, EXPECTED_INPUTS, outputs, "ClassifierIO", "num_labels",
+                                     expected_matmuls(config), parts), f"{config.cell} classifier")

@@ -16,39 +16,31 @@ Graph (shapes inline; D = directions, H = hidden, L = labels)::
          mean / max / attention over the time mask ``arange(T) < sequence_lens``
       -> Gemm head -> logits (B, L)
 
-Gate order (ONNX Operators.md, LSTM/GRU): torch LSTM ``i,f,g,o`` -> ONNX ``i,o,f,c``; torch GRU
-``r,z,n`` -> ONNX ``z,r,h`` with ``linear_before_reset=1`` (torch applies the reset gate after
-the hidden matmul and its bias); ``B = concat(W_b, R_b)`` per direction.  Only ops the numba
+The recurrent layers, the time mask and the model wrapping are ``rnnkit.export.recurrent``'s
+(shared with the tagger writer; the gate reordering is documented there).  Only ops the numba
 backend runs are written.
 """
 
 from __future__ import annotations
 
-from importlib import metadata as _pkg_metadata
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
+from rnnkit.export.recurrent import (BATCH, GATE_ORDER, GATES, RECURRENT_OPS, TIME, GraphBuilder,
+                                     batch_major, make_model, merge_metadata, onnx_rnn_weights,
+                                     time_mask, write_recurrent_stack)
 from rnnkit.runtime.errors import UnsupportedError
-from rnnkit.runtime.manifest import FORMAT_VERSION, METADATA_KEYS, OPSET, ClassifierIO
-from typing import TYPE_CHECKING
+from rnnkit.runtime.manifest import FORMAT_VERSION, ClassifierIO
 
 if TYPE_CHECKING:  # only the dataclass fields are read here
     from rnnkit.toolkit.configs import ClassifierConfig
 
-RECURRENT_OPS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-# torch gate blocks in ONNX order: LSTM i,f,g,o -> i,o,f,c ; GRU r,z,n -> z,r,h
-GATE_ORDER = {"rnn": [0], "lstm": [0, 3, 1, 2], "gru": [1, 0, 2]}
-BATCH, TIME = "batch", "time"  # dim_param names of the symbolic axes
-
-
-def _producer_version() -> str:
-    try:
-        return _pkg_metadata.version("rnnkit")
-    except _pkg_metadata.PackageNotFoundError:
-        return "0+unknown"
+# re-exported: the recurrent pieces used to live here
+__all__ = ["build_classifier_graph", "default_metadata", "onnx_rnn_weights", "RECURRENT_OPS", "GATES",
+           "GATE_ORDER", "BATCH", "TIME"]
 
 
 def default_metadata(config: ClassifierConfig) -> dict[str, str]:
@@ -59,58 +51,7 @@ def default_metadata(config: ClassifierConfig) -> dict[str, str]:
             "rnnkit.architecture": arch}
 
 
-def onnx_rnn_weights(config: ClassifierConfig, weights: dict[str, np.ndarray], layer: int
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """torch ``rnn.*_l{layer}[_reverse]`` -> ONNX ``W (D, G*H, I)``, ``R (D, G*H, H)``, ``B (D, 2*G*H)``."""
-    order = GATE_ORDER[config.cell]
-    h = config.hidden
-
-    def reorder(a: np.ndarray) -> np.ndarray:  # gate blocks along axis 0
-        a = np.asarray(a, dtype=np.float32)
-        return np.concatenate([a[g * h:(g + 1) * h] for g in order], axis=0)
-
-    Ws, Rs, Bs = [], [], []
-    for suffix in ("", "_reverse")[:config.directions]:
-        key = f"l{layer}{suffix}"
-        missing = [f"rnn.{k}_{key}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-                   if f"rnn.{k}_{key}" not in weights]
-        if missing:
-            raise UnsupportedError(f"weights: missing {missing} for layer {layer} of a "
-                                   f"{config.cell} (keys must follow RecurrentClassifier.state_dict())")
-        Ws.append(reorder(weights[f"rnn.weight_ih_{key}"]))
-        Rs.append(reorder(weights[f"rnn.weight_hh_{key}"]))
-        Bs.append(np.concatenate([reorder(weights[f"rnn.bias_ih_{key}"]),
-                                  reorder(weights[f"rnn.bias_hh_{key}"])]))
-    return np.stack(Ws), np.stack(Rs), np.stack(Bs)
-
-
-class _Graph:
-    """Collects nodes and initializers with readable, unique names."""
-
-    def __init__(self):
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self._names: set[str] = set()
-
-    def const(self, name: str, value, dtype=np.float32) -> str:
-        assert name not in self._names, name
-        self._names.add(name)
-        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
-        return name
-
-    def ints(self, name: str, values) -> str:
-        return self.const(name, values, np.int64)
-
-    def op(self, op_type: str, inputs: list[str], name: str, n_out: int = 1, outputs=None,
-           **attrs) -> str | list[str]:
-        assert name not in self._names, name
-        self._names.add(name)
-        outs = list(outputs or ([name] if n_out == 1 else [f"{name}.{i}" for i in range(n_out)]))
-        self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, **attrs))
-        return outs[0] if len(outs) == 1 else outs
-
-
-def _pool(g: _Graph, config: ClassifierConfig, weights, y: str, y_h: str) -> str:
+def _pool(g: GraphBuilder, config: ClassifierConfig, weights, y: str, y_h: str) -> str:
     """Last layer's outputs -> pooled (B, D*H)."""
     width = config.directions * config.hidden
     if config.pooling == "last":
@@ -118,17 +59,8 @@ def _pool(g: _Graph, config: ClassifierConfig, weights, y: str, y_h: str) -> str
         bdh = g.op("Transpose", [y_h], "pool_last_transpose", perm=[1, 0, 2])      # (B, D, H)
         return g.op("Reshape", [bdh, g.ints("pool_last_shape", [0, width])], "pool_last")
 
-    ybt = g.op("Transpose", [y], "y_batch_major", perm=[2, 0, 1, 3])              # (B, T, D, H)
-    ybt = g.op("Reshape", [ybt, g.ints("y_batch_shape", [0, 0, width])], "y_batch")  # (B, T, DH)
-    # time mask (B, T, 1): arange(T) < sequence_lens
-    shape = g.op("Shape", [ClassifierIO.input_ids], "ids_shape")
-    time = g.op("Gather", [shape, g.ints("axis_time", 1)], "time", axis=0)      # scalar
-    steps = g.op("Range", [g.ints("zero_i64", 0), time, g.ints("one_i64", 1)], "steps")
-    steps = g.op("Unsqueeze", [steps, g.ints("axes_0", [0])], "steps_row")        # (1, T)
-    lens = g.op("Cast", [ClassifierIO.sequence_lens], "lens_i64", to=TensorProto.INT64)
-    lens = g.op("Unsqueeze", [lens, g.ints("axes_1", [1])], "lens_col")           # (B, 1)
-    mask = g.op("Less", [steps, lens], "time_mask")                               # (B, T)
-    mask = g.op("Unsqueeze", [mask, g.ints("axes_2", [2])], "time_mask_3d")       # (B, T, 1)
+    ybt = batch_major(g, config, y)                                               # (B, T, DH)
+    mask, lens = time_mask(g, ClassifierIO.input_ids, ClassifierIO.sequence_lens)  # (B, T, 1), (B, 1)
     if config.pooling == "max":
         neg = g.op("Where", [mask, ybt, g.const("neg_inf", -np.inf)], "y_masked_neg_inf")
         return g.op("ReduceMax", [neg], "pool_max", axes=[1], keepdims=0)         # opset 17: attr
@@ -156,12 +88,7 @@ def _pool(g: _Graph, config: ClassifierConfig, weights, y: str, y_h: str) -> str
 def build_classifier_graph(config: ClassifierConfig, weights: dict[str, np.ndarray],
                            metadata: dict[str, str] | None = None) -> onnx.ModelProto:
     """Numpy weights (``RecurrentClassifier.state_dict()`` keys) -> ONNX classifier graph."""
-    meta = default_metadata(config)
-    unknown = sorted(set(metadata or {}) - set(METADATA_KEYS))
-    if unknown:
-        raise UnsupportedError(f"metadata: keys {unknown} are not in METADATA_KEYS "
-                               f"{list(METADATA_KEYS)}; put other facts in manifest.json")
-    meta.update(metadata or {})
+    meta = merge_metadata(default_metadata(config), metadata)
     needed = ["embedding.weight", "head.weight", "head.bias"]
     if config.pooling == "attention":
         needed += ["attention.proj.weight", "attention.proj.bias", "attention.v.weight"]
@@ -170,42 +97,20 @@ def build_classifier_graph(config: ClassifierConfig, weights: dict[str, np.ndarr
         raise UnsupportedError(f"weights: missing {missing} (keys must follow "
                                f"RecurrentClassifier.state_dict() for pooling={config.pooling!r})")
 
-    g = _Graph()
-    op = RECURRENT_OPS[config.cell]
-    d, h = config.directions, config.hidden
-    direction = "bidirectional" if config.bidirectional else "forward"
-
+    g = GraphBuilder()
     table = g.const("embedding.weight", weights["embedding.weight"])               # (V, E)
     x = g.op("Gather", [table, ClassifierIO.input_ids], "embedding", axis=0)       # (B, T, E)
     x = g.op("Transpose", [x], "time_major", perm=[1, 0, 2])                       # (T, B, E)
-    y = y_h = ""
-    for layer in range(config.layers):
-        name = f"{config.cell}_{layer}"
-        W, R, B = onnx_rnn_weights(config, weights, layer)
-        attrs = dict(hidden_size=h, direction=direction, layout=0)
-        if config.cell == "gru":
-            attrs["linear_before_reset"] = 1
-        y, y_h = g.op(op, [x, g.const(f"{name}.W", W), g.const(f"{name}.R", R),
-                           g.const(f"{name}.B", B), ClassifierIO.sequence_lens],
-                      name, outputs=[f"{name}.Y", f"{name}.Y_h"], **attrs)
-        if layer + 1 < config.layers:  # Y (T, D, B, H) -> (T, B, D*H) for the next layer
-            t = g.op("Transpose", [y], f"{name}_out_transpose", perm=[0, 2, 1, 3])
-            x = g.op("Reshape", [t, g.ints(f"{name}_out_shape", [0, 0, d * h])], f"{name}_out")
-
+    y, y_h = write_recurrent_stack(g, config, weights, x, ClassifierIO.sequence_lens)
     pooled = _pool(g, config, weights, y, y_h)
     g.op("Gemm", [pooled, g.const("head.weight", weights["head.weight"]),
                   g.const("head.bias", weights["head.bias"])], "head",
          outputs=[ClassifierIO.logits], transB=1)
 
-    graph = helper.make_graph(
-        g.nodes, f"rnnkit_{config.cell}_classifier",
+    return make_model(
+        g, f"rnnkit_{config.cell}_classifier",
         inputs=[helper.make_tensor_value_info(ClassifierIO.input_ids, TensorProto.INT64, [BATCH, TIME]),
                 helper.make_tensor_value_info(ClassifierIO.sequence_lens, TensorProto.INT32, [BATCH])],
         outputs=[helper.make_tensor_value_info(ClassifierIO.logits, TensorProto.FLOAT,
                                                [BATCH, config.num_labels])],
-        initializer=g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="rnnkit", producer_version=_producer_version())
-    model.ir_version = 8  # opset 17's IR; lets onnxruntime >= 1.17 load it
-    helper.set_model_props(model, {k: str(meta[k]) for k in METADATA_KEYS})
-    return model
+        meta=meta)

@@ -1,12 +1,14 @@
 """Training checkpoints: a directory with ``config.json``, ``weights.pt`` and ``curves.png``.
 
 ``config.json`` holds everything needed to rebuild the model and its tokenizer (format
-name and version, task, ``ClassifierConfig``, tokenizer, label names, training record);
+name and version, task, model config, tokenizer, label names, training record);
 ``weights.pt`` is a plain ``state_dict`` saved with ``torch.save`` and read back with
 ``torch.load(weights_only=True)``, so loading a checkpoint never unpickles arbitrary
 objects.  Writes are atomic: everything goes to a temporary sibling directory that is
 renamed into place only when complete, so an interrupted run never leaves a half-written
 checkpoint.  Problems with a checkpoint on disk raise ``BundleError`` naming the file and key.
+``write_checkpoint``, ``read_checkpoint`` (``read_checkpoint_config`` + ``model_config``),
+``raise_inconsistent`` and ``load_weights`` serve every task; the tagger's ``save_tagger_checkpoint`` (``rnnkit.toolkit.train_tag``) uses them too.
 
 Imports torch (through ``rnnkit.toolkit.models``); never imported by ``rnnkit.runtime``.
 """
@@ -19,6 +21,7 @@ import shutil
 import uuid
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,7 +35,8 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 CURVES_FILE = "curves.png"
-REQUIRED_KEYS = ("format", "format_version", "task", "model", "tokenizer", "labels")
+REQUIRED_KEYS = ("format", "format_version", "task", "model", "tokenizer")
+TASK_KEYS = {"classify": ("labels",), "tag": ("charset", "tags")}  # checked once 'task' is known
 
 
 @dataclass
@@ -81,7 +85,6 @@ def save_checkpoint(out_dir, model: RecurrentClassifier, tokenizer: WordTokenize
     ``training`` is stored as is (must be JSON-serialisable); when it has a non-empty
     ``history`` list and ``plot`` is true, ``curves.png`` is drawn from it.
     """
-    out = check_out_dir(out_dir).resolve()
     config = model.config
     if tokenizer.vocab_size != config.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} entries but model vocab_size is {config.vocab_size}")
@@ -90,17 +93,27 @@ def save_checkpoint(out_dir, model: RecurrentClassifier, tokenizer: WordTokenize
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "task": "classify",
             "model": config.to_dict(), "tokenizer": tokenizer.to_dict(), "labels": list(labels),
             "training": training or {}}
+    return write_checkpoint(out_dir, meta, model.state_dict(), plot=plot)
+
+
+def write_checkpoint(out_dir, meta: dict, state_dict: dict, plot: bool = True,
+                     extras: Callable[[Path], None] | None = None) -> Path:
+    """Write ``config.json`` (``meta``), ``weights.pt`` (``state_dict``), ``curves.png`` (when
+    ``plot`` and ``meta["training"]`` has a history) and whatever ``extras(tmp_dir)`` writes,
+    all into a temporary sibling that replaces ``out_dir`` only when complete (any task)."""
+    out = check_out_dir(out_dir).resolve()
     text = json.dumps(meta, indent=1, ensure_ascii=False)  # fail before touching the disk
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(out, "tmp")
     try:
         (tmp / CONFIG_FILE).write_text(text + "\n", encoding="utf-8")
-        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        torch.save(state, tmp / WEIGHTS_FILE)
-        history = (training or {}).get("history")
+        torch.save({k: v.detach().cpu().clone() for k, v in state_dict.items()}, tmp / WEIGHTS_FILE)
+        history = (meta.get("training") or {}).get("history")
         if plot and history:
             from rnnkit.toolkit.plots import plot_curves
             plot_curves(history, tmp / CURVES_FILE)
+        if extras is not None:
+            extras(tmp)
         if out.exists():
             # rename the old checkpoint aside first: the target is never half old, half new
             old = _sibling(out, "old")
@@ -127,7 +140,8 @@ def _sibling(out: Path, kind: str) -> Path:
             continue
 
 
-def _read_config(path: Path) -> dict:
+def read_checkpoint_config(path: Path, task: str) -> dict:
+    """``path/config.json`` checked for format, version, ``task`` and the keys that task needs."""
     cfg = path / CONFIG_FILE
     if not path.is_dir():
         raise BundleError(f"{path}: no such checkpoint directory -- give the folder written by `rnnkit train`")
@@ -150,43 +164,64 @@ def _read_config(path: Path) -> dict:
     if meta["format_version"] != FORMAT_VERSION:
         raise BundleError(f"{cfg}: 'format_version' is {meta['format_version']!r} but this rnnkit reads "
                           f"version {FORMAT_VERSION} -- use the rnnkit version that wrote it, or retrain")
-    if meta["task"] != "classify":
-        raise BundleError(f"{cfg}: 'task' is {meta['task']!r}, expected 'classify'")
+    if meta["task"] != task:
+        raise BundleError(f"{cfg}: 'task' is {meta['task']!r}, expected {task!r}")
+    missing = [k for k in TASK_KEYS[task] if k not in meta]
+    if missing:
+        raise BundleError(f"{cfg}: missing key(s) {', '.join(map(repr, missing))} -- not a {task!r} checkpoint")
     return meta
 
 
-def _model_config(meta: dict, cfg: Path) -> ClassifierConfig:
+def model_config(meta: dict, cfg: Path, cls):
+    """``meta["model"]`` -> an instance of the config dataclass ``cls``, or BundleError naming the key."""
     d = meta["model"]
     if not isinstance(d, dict):
         raise BundleError(f"{cfg}: 'model' is {type(d).__name__}, expected an object")
-    names = {f.name for f in fields(ClassifierConfig)}
+    names = {f.name for f in fields(cls)}
     unknown = sorted(d.keys() - names)
     if unknown:
         raise BundleError(f"{cfg}: 'model' has unknown key(s) {unknown} (expected {sorted(names)})")
     try:
-        return ClassifierConfig(**d)
+        return cls(**d)
     except (TypeError, ValueError) as e:
         raise BundleError(f"{cfg}: 'model' is invalid: {e}") from None
 
 
-def load_checkpoint(path) -> Checkpoint:
+def read_checkpoint(path, task: str, cls) -> tuple[dict, object, WordTokenizer]:
+    """A ``task`` checkpoint's config.json -> (meta, model config of class ``cls``, tokenizer)."""
     path = Path(path)
-    meta = _read_config(path)
+    meta = read_checkpoint_config(path, task)
     cfg = path / CONFIG_FILE
-    config = _model_config(meta, cfg)
-    tokenizer = WordTokenizer.from_dict(meta["tokenizer"], source=str(cfg))
+    return meta, model_config(meta, cfg, cls), WordTokenizer.from_dict(meta["tokenizer"], source=str(cfg))
+
+
+def raise_inconsistent(path, problems: list[str], tokenizer: WordTokenizer, config) -> None:
+    """Add the tokenizer-size check to a task's own ``problems``; raise them all as one BundleError."""
+    if tokenizer.vocab_size != config.vocab_size:
+        problems.append(f"'tokenizer.vocab' has {tokenizer.vocab_size} entries but 'model.vocab_size' "
+                        f"is {config.vocab_size}")
+    if problems:
+        raise BundleError(f"{Path(path) / CONFIG_FILE}: " + "; ".join(problems)
+                          + " -- the checkpoint is inconsistent; retrain it")
+
+
+def load_checkpoint(path) -> Checkpoint:
+    meta, config, tokenizer = read_checkpoint(path, "classify", ClassifierConfig)
     labels = meta["labels"]
     problems = []
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         problems.append(f"'labels' is {labels!r}, expected a list of strings")
     elif len(labels) != config.num_labels:
         problems.append(f"'labels' has {len(labels)} entries but 'model.num_labels' is {config.num_labels}")
-    if tokenizer.vocab_size != config.vocab_size:
-        problems.append(f"'tokenizer.vocab' has {tokenizer.vocab_size} entries but 'model.vocab_size' "
-                        f"is {config.vocab_size}")
-    if problems:
-        raise BundleError(f"{cfg}: " + "; ".join(problems) + " -- the checkpoint is inconsistent; retrain it")
+    raise_inconsistent(path, problems, tokenizer, config)
+    model = load_weights(Path(path), RecurrentClassifier(config),
+                         {"embedding.weight": "vocab_size", "head.weight": "num_labels"})
+    return Checkpoint(model, config, tokenizer, list(labels), meta, Path(path))
 
+
+def load_weights(path: Path, model: torch.nn.Module, rows: dict[str, str]) -> torch.nn.Module:
+    """Load ``path/weights.pt`` into ``model`` (returned in eval mode).  ``rows``: tensor key ->
+    the ``model.*`` config field its row count comes from, named when the two disagree."""
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise BundleError(f"{weights}: missing -- the checkpoint is incomplete; retrain or copy it again")
@@ -198,14 +233,13 @@ def load_checkpoint(path) -> Checkpoint:
                           "was not written by rnnkit") from None
     if not isinstance(state, dict):
         raise BundleError(f"{weights}: holds {type(state).__name__}, expected a state_dict")
-    model = RecurrentClassifier(config)
-    _check_state(state, model.state_dict(), weights, config)
+    _check_state(state, model.state_dict(), weights, model.config, rows)
     model.load_state_dict(state)
     model.eval()
-    return Checkpoint(model, config, tokenizer, list(labels), meta, path)
+    return model
 
 
-def _check_state(state: dict, expected: dict, weights: Path, config: ClassifierConfig) -> None:
+def _check_state(state: dict, expected: dict, weights: Path, config, rows: dict[str, str]) -> None:
     """Collect every missing / unexpected / wrongly shaped tensor before raising."""
     problems = []
     missing = [k for k in expected if k not in state]
@@ -219,12 +253,9 @@ def _check_state(state: dict, expected: dict, weights: Path, config: ClassifierC
         if got is None or not isinstance(got, torch.Tensor):
             continue
         if tuple(got.shape) != tuple(ref.shape):
-            if k == "embedding.weight" and got.shape[0] != ref.shape[0]:
-                problems.append(f"'embedding.weight' has {got.shape[0]} rows but config.json "
-                                f"'model.vocab_size' is {config.vocab_size}")
-            elif k == "head.weight" and got.shape[0] != ref.shape[0]:
-                problems.append(f"'head.weight' has {got.shape[0]} rows but config.json "
-                                f"'model.num_labels' is {config.num_labels}")
+            if k in rows and got.shape[0] != ref.shape[0]:
+                problems.append(f"{k!r} has {got.shape[0]} rows but config.json "
+                                f"'model.{rows[k]}' is {getattr(config, rows[k])}")
             else:
                 problems.append(f"{k!r} has shape {tuple(got.shape)} but config.json implies {tuple(ref.shape)}")
     if problems:

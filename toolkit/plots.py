@@ -1,7 +1,8 @@
 """Training-curve PNG: train and dev loss (left axis) and dev accuracy (right axis) per epoch.
 
 matplotlib is imported lazily with the non-interactive Agg backend, so training works on
-headless machines and importing rnnkit never pulls matplotlib in.
+headless machines and importing rnnkit never pulls matplotlib in.  ``pyplot`` and
+``save_figure`` are shared with the other figures (``rnnkit.toolkit.tag_metrics``).
 """
 
 from __future__ import annotations
@@ -9,12 +10,26 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def plot_curves(history: list[dict], path, title: str = "") -> Path:
-    """``history``: one dict per epoch with ``epoch``, ``train_loss``, ``dev_loss``, ``dev_accuracy``."""
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend; call inside a plotting function, never at import."""
     import matplotlib
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    return plt
 
+
+def save_figure(fig, path) -> Path:
+    """Lay out, write and close ``fig`` (closing frees it: pyplot keeps every open figure alive)."""
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    pyplot().close(fig)
+    return path
+
+
+def plot_curves(history: list[dict], path, title: str = "") -> Path:
+    """``history``: one dict per epoch with ``epoch``, ``train_loss``, ``dev_loss``, ``dev_accuracy``."""
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
@@ -29,8 +44,4 @@ def plot_curves(history: list[dict], path, title: str = "") -> Path:
     lines = ax.get_lines() + ax2.get_lines()
     ax.legend(lines, [ln.get_label() for ln in lines], loc="center right", fontsize=8)
     ax.set_title(title or f"best dev accuracy {best['dev_accuracy']:.4f} (epoch {best['epoch']})", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -4,7 +4,7 @@ Sentences are lists of tag ids; metrics are over all tokens (punctuation include
 papers report).  "Unseen" = the token's normalised form (``WordTokenizer.normalize``) never
 occurs in the training split.  The confusion matrix is ``rnnkit.toolkit.metrics``'s (row =
 gold tag, column = predicted); here it also becomes a TSV table and a PNG (matplotlib Agg,
-imported lazily).  No torch.
+imported lazily through ``rnnkit.toolkit.plots``).  No torch.
 """
 
 from __future__ import annotations
@@ -48,9 +48,8 @@ def confusion_table(cm, tags: Sequence[str]) -> str:
 
 def plot_confusion(cm, tags: Sequence[str], path, title: str = "") -> Path:
     """Row-normalised heat map (recall per gold tag) with the counts written in the cells."""
-    import matplotlib
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    from rnnkit.toolkit.plots import pyplot, save_figure
+    plt = pyplot()
 
     cm = np.asarray(cm, dtype=np.int64)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -70,8 +69,4 @@ def plot_confusion(cm, tags: Sequence[str], path, title: str = "") -> Path:
                             color="white" if norm[i, j] > 0.5 else "black")
     acc = np.trace(cm) / max(cm.sum(), 1)
     ax.set_title(title or f"token accuracy {acc:.4f}", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -5,9 +5,9 @@ normalised as ``WordTokenizer`` normalises text) and the char vocabulary on the 
 split only, trains ``RecurrentTagger`` with token-level cross-entropy, Adam, gradient-norm
 clipping, length-bucketed batches and optional word dropout (tokens replaced by ``<unk>``
 during training, their characters kept, so the model learns to tag from spelling), evaluates
-dev token accuracy and unseen-word accuracy after each epoch and keeps the best epoch.  Seeding,
-batching, the progress bar, the thread/determinism settings and the checkpoint directory
-rules are the classifier's (``rnnkit.toolkit.train`` / ``checkpoint``), imported, not copied.
+dev token accuracy and unseen-word accuracy after each epoch and keeps the best epoch.  The
+epoch loop (seeding, batching, progress, determinism, best epoch) is ``rnnkit.toolkit.loop``'s
+and the checkpoint directory rules are ``rnnkit.toolkit.checkpoint``'s, shared with the classifier.
 
 Checkpoint directory: ``config.json`` (``"task": "tag"``, ``TaggerConfig``, tokenizer,
 charset, tags, training record), ``weights.pt`` (state_dict, read with ``weights_only=True``),
@@ -17,13 +17,8 @@ atomically.  Imports torch; the CLI imports this module inside the command body 
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -32,15 +27,15 @@ import torch
 from torch import nn
 
 from rnnkit.runtime.charset import CharVocab, word_ids
-from rnnkit.runtime.errors import BundleError, InputError
-from rnnkit.runtime.tokenizer import PAD_ID, SPECIALS, UNK_ID, WordTokenizer
-from rnnkit.toolkit.checkpoint import (CONFIG_FILE, CURVES_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE,
-                                       check_out_dir)
+from rnnkit.runtime.errors import InputError
+from rnnkit.runtime.tokenizer import PAD_ID, SPECIALS, WordTokenizer
+from rnnkit.toolkit.checkpoint import (CONFIG_FILE, FORMAT, FORMAT_VERSION, check_out_dir, load_weights,
+                                       raise_inconsistent, read_checkpoint, write_checkpoint)
 from rnnkit.toolkit.configs import TagTrainConfig as TagTrainConfig
 from rnnkit.toolkit.conll import TaggedSentence, read_tagged
 from rnnkit.toolkit.tag_metrics import confusion_table, evaluate_tags
 from rnnkit.toolkit.tagger import RecurrentTagger, TaggerConfig
-from rnnkit.toolkit.train import _batches, _Progress, _seed_all, _torch_settings
+from rnnkit.toolkit.loop import batches, drop_words, fit, read_splits, training_record
 
 CONFUSION_PNG, CONFUSION_TSV = "confusion.png", "confusion.tsv"
 
@@ -119,7 +114,7 @@ def _predict_encoded(model: RecurrentTagger, data: _Encoded, batch_size: int = 1
     model.eval()
     preds: list[np.ndarray] = [np.zeros(0, np.int64)] * len(data.ids)
     loss_sum, n = 0.0, 0
-    for idx in _batches(data.lengths, batch_size, None):
+    for idx in batches(data.lengths, batch_size, None):
         ids, lens, chars, tags = data.batch(idx)
         logits = model(ids, lens, chars)
         loss_sum += nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tags.reshape(-1),
@@ -182,14 +177,8 @@ def train_tagger(train_path, out_dir, config: TagTrainConfig | None = None, dev_
     config = config or TagTrainConfig()
     log = log or (lambda _msg: None)
     out = check_out_dir(out_dir)
-    read = dict(column=config.column, encoding=config.encoding)
-    sentences = read_tagged(train_path, **read)
-    if dev_path is not None:
-        train_s, dev_s = sentences, read_tagged(dev_path, **read)
-        split = {"dev": str(dev_path)}
-    else:
-        train_s, dev_s = split_sentences(sentences, config.dev_split, config.seed)
-        split = {"dev_split": config.dev_split, "split_seed": config.seed}
+    train_s, dev_s, split = read_splits(lambda p: read_tagged(p, column=config.column, encoding=config.encoding),
+                                        train_path, dev_path, config, split_sentences)
     tags = sorted({t for s in train_s for t in s.tags})
     unknown = sorted({t for s in dev_s for t in s.tags} - set(tags))
     if unknown:
@@ -208,77 +197,36 @@ def train_tagger(train_path, out_dir, config: TagTrainConfig | None = None, dev_
         f"{int(dev_x.lengths.sum())} tokens), {len(tags)} tags, vocabulary {tok.vocab_size}"
         + (f", {charset.size} chars" if charset else ""))
 
-    with _torch_settings(config.threads):
-        rng = _seed_all(config.seed)
-        model_config = TaggerConfig(
-            vocab_size=tok.vocab_size, num_tags=len(tags), cell=config.cell, embed=config.embed,
-            hidden=config.hidden, layers=config.layers, bidirectional=config.bidirectional,
-            dropout=config.dropout, char_vocab_size=charset.size if charset else 0,
-            char_embed=config.char_embed, char_filters=config.char_filters, char_kernel=config.char_kernel)
-        model = RecurrentTagger(model_config)
-        optim = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        history: list[dict] = []
-        best, best_state, stale = None, None, 0
-        start = time.perf_counter()
-        for epoch in range(1, config.epochs + 1):
-            t0 = time.perf_counter()
-            model.train()
-            batches = _batches(train_x.lengths, config.batch_size, rng)
-            loss_sum, seen_tokens = 0.0, 0
-            with _Progress(progress, len(batches), f"epoch {epoch}/{config.epochs}") as bar:
-                for idx in batches:
-                    ids, lens, chars, target = train_x.batch(idx)
-                    if drop_p is not None:
-                        drop = (torch.rand(ids.shape) < drop_p[ids]) & (ids != PAD_ID)
-                        ids = ids.masked_fill(drop, UNK_ID)
-                    logits = model(ids, lens, chars)
-                    loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                       target.reshape(-1), ignore_index=-100)
-                    optim.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if config.clip > 0:
-                        nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-                    optim.step()
-                    n = int(lens.sum())
-                    loss_sum += loss.item() * n
-                    seen_tokens += n
-                    bar.update(loss_sum / seen_tokens)
-            dev = evaluate_tagger(model, dev_x)
-            record = {"epoch": epoch, "train_loss": loss_sum / seen_tokens, "dev_loss": dev["loss"],
-                      "dev_accuracy": dev["accuracy"], "dev_unseen_accuracy": dev["unseen_accuracy"],
-                      "seconds": round(time.perf_counter() - t0, 2)}
-            history.append(record)
-            improved = best is None or dev["accuracy"] > best[1]["accuracy"]
-            if improved:
-                best, stale = (epoch, dev), 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                stale += 1
-            unseen = dev["unseen_accuracy"]
-            log(f"epoch {epoch}/{config.epochs}  train loss {record['train_loss']:.4f}  dev loss "
-                f"{dev['loss']:.4f}  dev acc {dev['accuracy']:.4f}  unseen "
-                f"{'-' if unseen is None else f'{unseen:.4f}'} ({dev['n_unseen']})  "
-                f"({record['seconds']:.1f}s){'  *' if improved else ''}")
-            if config.patience and stale >= config.patience:
-                log(f"no better dev accuracy for {stale} epochs: stopping early")
-                break
-        elapsed = time.perf_counter() - start
-        model.load_state_dict(best_state)
-        model.eval()
+    model_config = TaggerConfig(
+        vocab_size=tok.vocab_size, num_tags=len(tags), cell=config.cell, embed=config.embed,
+        hidden=config.hidden, layers=config.layers, bidirectional=config.bidirectional,
+        dropout=config.dropout, char_vocab_size=charset.size if charset else 0,
+        char_embed=config.char_embed, char_filters=config.char_filters, char_kernel=config.char_kernel)
 
-    best_epoch, best_dev = best
-    training = {
-        "seed": config.seed, "train_path": str(train_path),
-        "dev_path": str(dev_path) if dev_path is not None else None, "split": split,
-        "num_train": len(train_s), "num_dev": len(dev_s), "epochs": config.epochs,
-        "epochs_run": len(history), "best_epoch": best_epoch,
-        "dev": {k: best_dev[k] for k in ("accuracy", "unseen_accuracy", "n", "n_unseen", "loss", "confusion")},
-        "history": history, "time_s": round(elapsed, 2), "config": asdict(config), "torch": torch.__version__,
-    }
+    def step(model, idx):
+        ids, lens, chars, target = train_x.batch(idx)
+        if drop_p is not None:
+            ids = drop_words(ids, drop_p)
+        logits = model(ids, lens, chars)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                           ignore_index=-100)
+        return loss, int(lens.sum())  # weighted by tokens, not sentences
+
+    def report(dev):
+        unseen = dev["unseen_accuracy"]
+        return ({"dev_accuracy": dev["accuracy"], "dev_unseen_accuracy": unseen},
+                f"unseen {'-' if unseen is None else f'{unseen:.4f}'} ({dev['n_unseen']})")
+
+    result = fit(config, lambda: RecurrentTagger(model_config), train_x.lengths, step,
+                 lambda model: evaluate_tagger(model, dev_x), report, progress, log)
+    model, best_epoch, best_dev, elapsed = result.model, result.best_epoch, result.best_dev, result.elapsed
+    training = training_record(config, result, train_path, dev_path, split, len(train_s), len(dev_s),
+                               {k: best_dev[k] for k in ("accuracy", "unseen_accuracy", "n", "n_unseen",
+                                                         "loss", "confusion")})
     path = save_tagger_checkpoint(out, model, tok, charset, tags, training)
     log(f"best epoch {best_epoch}: dev accuracy {best_dev['accuracy']:.4f}; checkpoint written to {path} "
         f"({elapsed:.1f}s)")
-    return TagTrainResult(path, best_epoch, best_dev["accuracy"], best_dev["unseen_accuracy"], history,
+    return TagTrainResult(path, best_epoch, best_dev["accuracy"], best_dev["unseen_accuracy"], result.history,
                           elapsed, tags, len(train_s), len(dev_s))
 
 
@@ -286,95 +234,43 @@ def train_tagger(train_path, out_dir, config: TagTrainConfig | None = None, dev_
 
 def save_tagger_checkpoint(out_dir, model: RecurrentTagger, tokenizer: WordTokenizer, charset: CharVocab | None,
                            tags: list[str], training: dict | None = None, plot: bool = True) -> Path:
-    """Write ``out_dir`` atomically (temporary sibling renamed into place; see checkpoint.py)."""
-    out = check_out_dir(out_dir).resolve()
+    """Write ``out_dir`` atomically (``rnnkit.toolkit.checkpoint.write_checkpoint``), adding the
+    best epoch's dev confusion as ``confusion.tsv`` (and ``confusion.png`` when plotting)."""
     c = model.config
     if tokenizer.vocab_size != c.vocab_size or len(tags) != c.num_tags:
         raise ValueError("tokenizer / tags do not match the model config")
     if (charset is None) == c.use_chars or (charset is not None and charset.size != c.char_vocab_size):
         raise ValueError("charset does not match the model's char_vocab_size")
+    training = training or {}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "task": "tag", "model": c.to_dict(),
             "tokenizer": tokenizer.to_dict(), "charset": charset.to_dict() if charset else None,
-            "tags": list(tags), "training": training or {}}
-    text = json.dumps(meta, indent=1, ensure_ascii=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        (tmp / CONFIG_FILE).write_text(text + "\n", encoding="utf-8")
-        torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, tmp / WEIGHTS_FILE)
-        dev = (training or {}).get("dev", {})
-        if "confusion" in dev:
-            (tmp / CONFUSION_TSV).write_text(confusion_table(dev["confusion"], tags), encoding="utf-8")
-        if plot and (training or {}).get("history"):
-            from rnnkit.toolkit.plots import plot_curves
+            "tags": list(tags), "training": training}
+    dev = training.get("dev", {})
+
+    def confusion(tmp: Path) -> None:
+        if "confusion" not in dev:
+            return
+        (tmp / CONFUSION_TSV).write_text(confusion_table(dev["confusion"], tags), encoding="utf-8")
+        if plot and training.get("history"):
             from rnnkit.toolkit.tag_metrics import plot_confusion
-            plot_curves(training["history"], tmp / CURVES_FILE)
-            if "confusion" in dev:
-                plot_confusion(dev["confusion"], tags, tmp / CONFUSION_PNG,
-                               title=f"dev, best epoch {training.get('best_epoch')}: "
-                                     f"accuracy {dev['accuracy']:.4f}")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "ckpt")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+            plot_confusion(dev["confusion"], tags, tmp / CONFUSION_PNG,
+                           title=f"dev, best epoch {training.get('best_epoch')}: accuracy {dev['accuracy']:.4f}")
+
+    return write_checkpoint(out_dir, meta, model.state_dict(), plot=plot, extras=confusion)
 
 
 def load_tagger_checkpoint(path) -> TagCheckpoint:
-    path = Path(path)
-    cfg = path / CONFIG_FILE
-    if not cfg.is_file():
-        raise BundleError(f"{cfg}: missing -- {path} is not an rnnkit checkpoint directory")
-    try:
-        meta = json.loads(cfg.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{cfg}: not valid UTF-8 JSON ({e}) -- the file is corrupted; retrain") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise BundleError(f"{cfg}: not an rnnkit checkpoint ('format' must be {FORMAT!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{cfg}: 'format_version' is {meta.get('format_version')!r}, this rnnkit reads "
-                          f"{FORMAT_VERSION}")
-    if meta.get("task") != "tag":
-        raise BundleError(f"{cfg}: 'task' is {meta.get('task')!r}, expected 'tag' -- use the classifier's loader")
-    missing = [k for k in ("model", "tokenizer", "charset", "tags") if k not in meta]
-    if missing:
-        raise BundleError(f"{cfg}: missing key(s) {missing}")
-    names = {f.name for f in fields(TaggerConfig)}
-    if not isinstance(meta["model"], dict) or sorted(meta["model"].keys() - names):
-        raise BundleError(f"{cfg}: 'model' must be an object with keys from {sorted(names)}")
-    try:
-        config = TaggerConfig(**meta["model"])
-    except (TypeError, ValueError) as e:
-        raise BundleError(f"{cfg}: 'model' is invalid: {e}") from None
-    tokenizer = WordTokenizer.from_dict(meta["tokenizer"], source=str(cfg))
-    charset = CharVocab.from_dict(meta["charset"], source=str(cfg)) if meta["charset"] is not None else None
+    meta, config, tokenizer = read_checkpoint(path, "tag", TaggerConfig)
+    source = str(Path(path) / CONFIG_FILE)
+    charset = CharVocab.from_dict(meta["charset"], source=source) if meta["charset"] is not None else None
     tags = meta["tags"]
     problems = []
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags) or len(tags) != config.num_tags:
         problems.append(f"'tags' must be a list of {config.num_tags} strings ('model.num_tags')")
-    if tokenizer.vocab_size != config.vocab_size:
-        problems.append(f"'tokenizer.vocab' has {tokenizer.vocab_size} entries but 'model.vocab_size' is "
-                        f"{config.vocab_size}")
     if (charset.size if charset else 0) != config.char_vocab_size:
         problems.append(f"'charset.chars' has {charset.size if charset else 0} entries but "
                         f"'model.char_vocab_size' is {config.char_vocab_size}")
-    if problems:
-        raise BundleError(f"{cfg}: " + "; ".join(problems) + " -- the checkpoint is inconsistent; retrain it")
-    weights = path / WEIGHTS_FILE
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- torch raises many types for a missing / corrupted file
-        raise BundleError(f"{weights}: cannot be read as a state_dict ({type(e).__name__}) -- retrain") from None
-    model = RecurrentTagger(config)
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as e:
-        raise BundleError(f"{weights}: does not match {CONFIG_FILE}: {str(e).splitlines()[0]}") from None
-    model.eval()
-    return TagCheckpoint(model, config, tokenizer, charset, list(tags), meta, path)
+    raise_inconsistent(path, problems, tokenizer, config)
+    rows = {"embedding.weight": "vocab_size", "head.weight": "num_tags", "char_embedding.weight": "char_vocab_size"}
+    model = load_weights(Path(path), RecurrentTagger(config), rows)
+    return TagCheckpoint(model, config, tokenizer, charset, list(tags), meta, Path(path))

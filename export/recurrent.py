@@ -1,0 +1,149 @@
+"""The ONNX pieces every rnnkit graph writer shares: node builder, recurrent stack, time mask.
+
+``rnnkit.export.graph`` (classifier) and ``rnnkit.export.graph_tagger`` (tagger) differ only in
+what comes before the recurrent layers (word / char features) and after them (pooling + Gemm,
+or a per-token head).  The layers themselves are written here once: torch's
+``rnn.weight_ih_l{k}[_reverse]`` tensors become ONNX ``W``, ``R``, ``B`` and one native
+RNN/LSTM/GRU node per layer reads ``sequence_lens``, so padding is never read as tokens.
+
+Gate order (ONNX Operators.md, LSTM/GRU): torch LSTM ``i,f,g,o`` -> ONNX ``i,o,f,c``; torch GRU
+``r,z,n`` -> ONNX ``z,r,h`` with ``linear_before_reset=1`` (torch applies the reset gate after
+the hidden matmul and its bias); ``B = concat(W_b, R_b)`` per direction.
+
+Imports onnx and numpy only (no torch, no onnxruntime); configs are read by field name.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata as _pkg_metadata
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from rnnkit.runtime.errors import UnsupportedError
+from rnnkit.runtime.manifest import METADATA_KEYS, OPSET
+
+RECURRENT_OPS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+# torch gate blocks in ONNX order: LSTM i,f,g,o -> i,o,f,c ; GRU r,z,n -> z,r,h
+GATE_ORDER = {"rnn": [0], "lstm": [0, 3, 1, 2], "gru": [1, 0, 2]}
+BATCH, TIME = "batch", "time"  # dim_param names of the symbolic axes
+
+
+def producer_version() -> str:
+    try:
+        return _pkg_metadata.version("rnnkit")
+    except _pkg_metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def onnx_rnn_weights(config, weights: dict[str, np.ndarray], layer: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """torch ``rnn.*_l{layer}[_reverse]`` -> ONNX ``W (D, G*H, I)``, ``R (D, G*H, H)``, ``B (D, 2*G*H)``."""
+    order = GATE_ORDER[config.cell]
+    h = config.hidden
+
+    def reorder(a: np.ndarray) -> np.ndarray:  # gate blocks along axis 0
+        a = np.asarray(a, dtype=np.float32)
+        return np.concatenate([a[g * h:(g + 1) * h] for g in order], axis=0)
+
+    Ws, Rs, Bs = [], [], []
+    for suffix in ("", "_reverse")[:config.directions]:
+        key = f"l{layer}{suffix}"
+        missing = [f"rnn.{k}_{key}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                   if f"rnn.{k}_{key}" not in weights]
+        if missing:
+            raise UnsupportedError(f"weights: missing {missing} for layer {layer} of a "
+                                   f"{config.cell} (keys must follow the model's state_dict())")
+        Ws.append(reorder(weights[f"rnn.weight_ih_{key}"]))
+        Rs.append(reorder(weights[f"rnn.weight_hh_{key}"]))
+        Bs.append(np.concatenate([reorder(weights[f"rnn.bias_ih_{key}"]),
+                                  reorder(weights[f"rnn.bias_hh_{key}"])]))
+    return np.stack(Ws), np.stack(Rs), np.stack(Bs)
+
+
+class GraphBuilder:
+    """Collects nodes and initializers with readable, unique names."""
+
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self._names: set[str] = set()
+
+    def const(self, name: str, value, dtype=np.float32) -> str:
+        assert name not in self._names, name
+        self._names.add(name)
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def ints(self, name: str, values) -> str:
+        return self.const(name, values, np.int64)
+
+    def op(self, op_type: str, inputs: list[str], name: str, n_out: int = 1, outputs=None,
+           **attrs) -> str | list[str]:
+        assert name not in self._names, name
+        self._names.add(name)
+        outs = list(outputs or ([name] if n_out == 1 else [f"{name}.{i}" for i in range(n_out)]))
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, **attrs))
+        return outs[0] if len(outs) == 1 else outs
+
+
+def write_recurrent_stack(g: GraphBuilder, config, weights: dict[str, np.ndarray], x: str,
+                          sequence_lens: str) -> tuple[str, str]:
+    """x (T, B, I) -> last layer's Y (T, D, B, H) and Y_h (D, B, H), one native node per layer;
+    every layer reads the graph input ``sequence_lens`` (the task's IO names it)."""
+    d, h = config.directions, config.hidden
+    direction = "bidirectional" if config.bidirectional else "forward"
+    y = y_h = ""
+    for layer in range(config.layers):
+        name = f"{config.cell}_{layer}"
+        W, R, B = onnx_rnn_weights(config, weights, layer)
+        attrs = dict(hidden_size=h, direction=direction, layout=0)
+        if config.cell == "gru":
+            attrs["linear_before_reset"] = 1
+        y, y_h = g.op(RECURRENT_OPS[config.cell], [x, g.const(f"{name}.W", W), g.const(f"{name}.R", R),
+                                                   g.const(f"{name}.B", B), sequence_lens],
+                      name, outputs=[f"{name}.Y", f"{name}.Y_h"], **attrs)
+        if layer + 1 < config.layers:  # Y (T, D, B, H) -> (T, B, D*H) for the next layer
+            t = g.op("Transpose", [y], f"{name}_out_transpose", perm=[0, 2, 1, 3])
+            x = g.op("Reshape", [t, g.ints(f"{name}_out_shape", [0, 0, d * h])], f"{name}_out")
+    return y, y_h
+
+
+def batch_major(g: GraphBuilder, config, y: str) -> str:
+    """Y (T, D, B, H) -> (B, T, D*H): both directions of a token side by side, as torch's output."""
+    ybt = g.op("Transpose", [y], "y_batch_major", perm=[2, 0, 1, 3])                       # (B, T, D, H)
+    return g.op("Reshape", [ybt, g.ints("y_batch_shape", [0, 0, config.directions * config.hidden])],
+                "y_batch")                                                                  # (B, T, D*H)
+
+
+def time_mask(g: GraphBuilder, input_ids: str, sequence_lens: str) -> tuple[str, str]:
+    """-> mask (B, T, 1) bool, ``arange(T) < sequence_lens``, and the lengths as int64 (B, 1)."""
+    shape = g.op("Shape", [input_ids], "ids_shape")
+    time = g.op("Gather", [shape, g.ints("axis_time", 1)], "time", axis=0)      # scalar
+    steps = g.op("Range", [g.ints("zero_i64", 0), time, g.ints("one_i64", 1)], "steps")
+    steps = g.op("Unsqueeze", [steps, g.ints("axes_0", [0])], "steps_row")        # (1, T)
+    lens = g.op("Cast", [sequence_lens], "lens_i64", to=TensorProto.INT64)
+    lens = g.op("Unsqueeze", [lens, g.ints("axes_1", [1])], "lens_col")           # (B, 1)
+    mask = g.op("Less", [steps, lens], "time_mask")                               # (B, T)
+    return g.op("Unsqueeze", [mask, g.ints("axes_2", [2])], "time_mask_3d"), lens  # (B, T, 1)
+
+
+def merge_metadata(defaults: dict[str, str], metadata: dict[str, str] | None) -> dict[str, str]:
+    """The caller's ``metadata_props`` over the defaults; only ``METADATA_KEYS`` are allowed."""
+    unknown = sorted(set(metadata or {}) - set(METADATA_KEYS))
+    if unknown:
+        raise UnsupportedError(f"metadata: keys {unknown} are not in METADATA_KEYS "
+                               f"{list(METADATA_KEYS)}; put other facts in manifest.json")
+    return {**defaults, **(metadata or {})}
+
+
+def make_model(g: GraphBuilder, name: str, inputs: list, outputs: list, meta: dict[str, str]) -> onnx.ModelProto:
+    """Nodes + initializers -> an opset-``OPSET`` model with the metadata keys mirrored into it."""
+    graph = helper.make_graph(g.nodes, name, inputs=inputs, outputs=outputs, initializer=g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="rnnkit", producer_version=producer_version())
+    model.ir_version = 8  # opset 17's IR; lets onnxruntime >= 1.17 load it
+    helper.set_model_props(model, {k: str(meta[k]) for k in METADATA_KEYS})
+    return model

@@ -1,0 +1,183 @@
+"""The training loop shared by every task: seeding, batching, progress, epochs, best epoch.
+
+``fit`` owns what the classifier and the tagger do identically: inside ``torch_settings`` it
+seeds Python / numpy / torch, builds the model (after seeding, so the initial weights follow
+the seed), runs Adam with gradient-norm clipping over length-bucketed batches, evaluates dev
+after each epoch, keeps the best epoch's weights (by dev accuracy, earliest on ties), stops
+early after ``patience`` epochs without improvement and reloads the best weights.  A task
+supplies only its loss on one batch (``step``), its dev evaluation and the extra fields of its
+history record / log line.  Same seed, same machine -> identical dev metrics.
+
+Imports torch; the CLI imports this module inside the command body only.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from rnnkit.runtime.tokenizer import PAD_ID, UNK_ID
+
+
+@contextmanager
+def torch_settings(threads: int):
+    """Deterministic kernels and a thread count for the run; restore the caller's afterwards."""
+    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads or min(4, os.cpu_count() or 1))
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det)
+
+
+def seed_all(seed: int) -> np.random.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None):
+    """Index batches of similar length (less padding, faster on CPU).  With ``rng``: lengths
+    are jittered before sorting and the batch order is shuffled, so batches differ per epoch."""
+    key = lengths + (rng.uniform(-2.0, 2.0, size=len(lengths)) if rng is not None else 0.0)
+    order = np.argsort(key, kind="stable")
+    out = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if rng is not None:
+        rng.shuffle(out)
+    return out
+
+
+def read_splits(read: Callable, train_path, dev_path, config, split: Callable, **facts) -> tuple[list, list, dict]:
+    """-> (train items, dev items, the split's record for the checkpoint).  Dev is
+    ``read(dev_path)`` when given, else ``split(items, config.dev_split, config.seed)`` of TRAIN;
+    ``facts`` are added to that record (e.g. ``stratified=True``)."""
+    items = read(train_path)
+    if dev_path is not None:
+        return items, read(dev_path), {"dev": str(dev_path)}
+    train, dev = split(items, config.dev_split, config.seed)
+    return train, dev, {"dev_split": config.dev_split, "split_seed": config.seed, **facts}
+
+
+def drop_words(ids: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
+    """Replace word ids by <unk> with probability ``p`` (a float, or a per-word-id tensor);
+    padding is never touched.  One ``torch.rand`` per call either way, so runs stay seeded."""
+    probs = p[ids] if isinstance(p, torch.Tensor) else p
+    drop = (torch.rand(ids.shape) < probs) & (ids != PAD_ID)
+    return ids.masked_fill(drop, UNK_ID)
+
+
+class Progress:
+    """Per-epoch bar on stderr with the running loss (click's bar; silent when disabled)."""
+
+    def __init__(self, enabled: bool, length: int, label: str):
+        self.loss = float("nan")
+        self.bar = None
+        if enabled:
+            import click
+            self.bar = click.progressbar(length=length, label=label, file=sys.stderr, width=30,
+                                         item_show_func=lambda _: None if self.loss != self.loss else f"loss {self.loss:.4f}")
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def update(self, loss: float):
+        self.loss = loss
+        if self.bar is not None:
+            self.bar.update(1, loss)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+@dataclass
+class Fit:
+    model: nn.Module     # best epoch's weights, eval mode
+    history: list[dict]  # one record per epoch run
+    best_epoch: int
+    best_dev: dict       # the task's dev evaluation at best_epoch
+    elapsed: float       # seconds for all epochs
+
+
+def fit(config, make_model: Callable[[], nn.Module], lengths: np.ndarray,
+        step: Callable[[nn.Module, np.ndarray], tuple[torch.Tensor, int]],
+        evaluate: Callable[[nn.Module], dict], report: Callable[[dict], tuple[dict, str]],
+        progress: bool, log: Callable[[str], None]) -> Fit:
+    """Train ``make_model()`` on the examples whose lengths are ``lengths``.
+
+    ``config``: a ``TrainConfig`` / ``TagTrainConfig`` (threads, seed, lr, weight_decay, epochs,
+    batch_size, clip, patience).  ``step(model, idx)`` -> (mean loss of batch ``idx``, its
+    weight: examples or tokens); ``evaluate(model)`` -> dev dict with at least ``loss`` and
+    ``accuracy``; ``report(dev)`` -> (task fields of the history record, task part of the log line).
+    """
+    with torch_settings(config.threads):
+        rng = seed_all(config.seed)
+        model = make_model()
+        optim = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        history: list[dict] = []
+        best, best_state, stale = None, None, 0
+        start = time.perf_counter()
+        for epoch in range(1, config.epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            epoch_batches = batches(lengths, config.batch_size, rng)
+            loss_sum, seen = 0.0, 0
+            with Progress(progress, len(epoch_batches), f"epoch {epoch}/{config.epochs}") as bar:
+                for idx in epoch_batches:
+                    loss, n = step(model, idx)
+                    optim.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if config.clip > 0:
+                        nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+                    optim.step()
+                    loss_sum += loss.item() * n
+                    seen += n
+                    bar.update(loss_sum / seen)
+            dev = evaluate(model)
+            fields, text = report(dev)
+            record = {"epoch": epoch, "train_loss": loss_sum / seen, "dev_loss": dev["loss"], **fields,
+                      "seconds": round(time.perf_counter() - t0, 2)}
+            history.append(record)
+            improved = best is None or dev["accuracy"] > best[1]["accuracy"]
+            if improved:
+                best, stale = (epoch, dev), 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+            log(f"epoch {epoch}/{config.epochs}  train loss {record['train_loss']:.4f}  dev loss "
+                f"{dev['loss']:.4f}  dev acc {dev['accuracy']:.4f}  {text}  "
+                f"({record['seconds']:.1f}s){'  *' if improved else ''}")
+            if config.patience and stale >= config.patience:
+                log(f"no better dev accuracy for {stale} epochs: stopping early")
+                break
+        elapsed = time.perf_counter() - start
+        model.load_state_dict(best_state)
+        model.eval()
+    return Fit(model, history, best[0], best[1], elapsed)
+
+
+def training_record(config, result: Fit, train_path, dev_path, split: dict, num_train: int,
+                    num_dev: int, dev: dict) -> dict:
+    """The ``training`` entry of a checkpoint's config.json (``dev``: the best epoch's numbers to keep)."""
+    return {
+        "seed": config.seed, "train_path": str(train_path),
+        "dev_path": str(dev_path) if dev_path is not None else None, "split": split,
+        "num_train": num_train, "num_dev": num_dev, "epochs": config.epochs,
+        "epochs_run": len(result.history), "best_epoch": result.best_epoch, "dev": dev,
+        "history": result.history, "time_s": round(result.elapsed, 2), "config": asdict(config),
+        "torch": torch.__version__,
+    }
