@@ -121,3 +121,24 @@ def test_export_command_writes_bundle_and_summary(tmp_path):
     result = CliRunner().invoke(cli, ["export", str(ckpt), "--out", str(tmp_path / "c"), "--int8"])
     assert result.exit_code == 1 and "pass --dev FILE" in result.output
     assert not (tmp_path / "c").exists()
+
+
+def test_kill_9_during_export_leaves_no_bundle(tmp_path):
+    pytest.importorskip("torch")
+    from conftest import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "ckpt", cell="lstm", bidirectional=True)
+    out = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "rnnkit.toolkit", "export", str(ckpt), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".b.tmp-*/model.onnx")):
+        time.sleep(0.02)
+    assert list(tmp_path.glob(".b.tmp-*/model.onnx")), "export never started writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()  # only the hidden temporary folder remains, and the next export removes it
+    from rnnkit.export.exporter import export_checkpoint
+
+    export_checkpoint(ckpt, out, log=lambda m: None)
+    assert out.is_dir() and not list(tmp_path.glob(".b.tmp-*"))
