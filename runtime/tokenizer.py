@@ -75,7 +75,8 @@ class WordTokenizer:
         return len(self.vocab)
 
     def normalize(self, text: str) -> str:
-        text = unicodedata.normalize(self.normalization, text)
+        if not text.isascii():  # ASCII is already NFKC: skip the copy on the serving hot path
+            text = unicodedata.normalize(self.normalization, text)
         return text.lower() if self.lowercase else text
 
     def tokenize(self, text: str) -> list[str]:

@@ -142,3 +142,18 @@ def test_kill_9_during_export_leaves_no_bundle(tmp_path):
 
     export_checkpoint(ckpt, out, log=lambda m: None)
     assert out.is_dir() and not list(tmp_path.glob(".b.tmp-*"))
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    """README set-up command 1: the embedded model exported, quantized and compared on both backends."""
+    pytest.importorskip("torch")
+    result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    table = {line.split()[0] + " " + line.split()[1]: line.split()[2:] for line in lines
+             if line.startswith(("onnxruntime ", "numba "))}
+    assert set(table) == {"onnxruntime fp32", "onnxruntime int8", "numba fp32", "numba int8"}
+    assert table["numba fp32"][0] == table["onnxruntime fp32"][0]           # same dev accuracy
+    assert float(table["numba fp32"][2].rstrip("%")) == 100.0               # same labels as onnxruntime fp32
+    assert float(table["onnxruntime fp32"][0]) > 0.75                       # the shipped model is a real one
+    assert (tmp_path / "sentiment.bundle" / "model.int8.onnx").is_file()

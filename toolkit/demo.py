@@ -36,7 +36,7 @@ def run_demo(out: str, echo=print) -> dict:
             model = load(bundle, backend=backend, int8=int8, threads=1)
             model.warmup()
             start = time.perf_counter()
-            predictions = model.predict(dev.texts, batch_size=32)
+            predictions = model.predict(dev.items, batch_size=32)
             seconds = time.perf_counter() - start
             accuracy = sum(p.label == g for p, g in zip(predictions, gold)) / len(gold)
             name = f"{backend} {'int8' if int8 else 'fp32'}"
