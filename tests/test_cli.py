@@ -157,3 +157,44 @@ def test_demo_runs_end_to_end(tmp_path):
     assert float(table["numba fp32"][2].rstrip("%")) == 100.0               # same labels as onnxruntime fp32
     assert float(table["onnxruntime fp32"][0]) > 0.75                       # the shipped model is a real one
     assert (tmp_path / "sentiment.bundle" / "model.int8.onnx").is_file()
+
+
+def test_train_export_predict_through_the_cli(tmp_path):
+    """The user's path: rnnkit train classify -> export --int8 -> predict, on a tiny TSV."""
+    pytest.importorskip("torch")
+    from conftest import synthetic_texts, write_dev
+
+    texts, labels = synthetic_texts(120, 0)
+    train = tmp_path / "train.tsv"
+    train.write_text("text\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in zip(texts, labels)))
+    dev = write_dev(tmp_path / "dev.tsv")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train", "classify", "--train", str(train), "--dev", str(dev), "--out",
+                                 str(tmp_path / "ckpt"), "--hidden", "8", "--embed", "8", "--epochs", "8", "--lr", "0.01", "--batch-size", "16",
+                                 "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "best dev accuracy" in result.stdout and (tmp_path / "ckpt" / "curves.png").is_file()
+    result = runner.invoke(cli, ["export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "b"), "--int8",
+                                 "--min-agreement", "0.9"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["predict", str(tmp_path / "b"), "superb wonderful lovely", "awful boring terrible", "--int8",
+                                 "--backend", "numba"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["label"] for line in result.stdout.splitlines()] == ["pos", "neg"]
+
+
+def test_train_tag_through_the_cli(tmp_path):
+    pytest.importorskip("torch")
+    from conftest import synthetic_sentences
+
+    sentences, tags = synthetic_sentences(80, 0)
+    train = tmp_path / "train.tsv"
+    train.write_text("".join("".join(f"{w}\t{t}\n" for w, t in zip(s, g)) + "\n" for s, g in zip(sentences, tags)))
+    result = CliRunner().invoke(cli, ["train", "tag", "--train", str(train), "--out", str(tmp_path / "ckpt"),
+                                      "--hidden", "8", "--embed", "8", "--char-filters", "4", "--epochs", "2",
+                                      "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "b"), "--int8",
+                                      "--min-agreement", "0"])
+    assert result.exit_code == 0, result.output  # dev: the checkpoint's own held-out split, found on disk
+    assert "task=tag" in result.stdout and "unit=tokens" in result.stdout
