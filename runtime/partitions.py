@@ -117,8 +117,8 @@ def _decoded_lines(path: Path, encoding: str) -> Iterator[tuple[int, str | None,
             try:
                 yield number, raw.decode(encoding).rstrip("\r\n"), None
             except UnicodeDecodeError as exc:
-                yield number, None, (f"invalid {encoding} at byte {exc.start} of the line "
-                                     f"({raw.rstrip(b"\r\n")[max(0, exc.start - 10):exc.start + 10]!r})")
+                near = raw.rstrip(b"\r\n")[max(0, exc.start - 10):exc.start + 10]
+                yield number, None, f"invalid {encoding} at byte {exc.start} of the line ({near!r})"
 
 
 def _plain(path: Path, encoding: str):
