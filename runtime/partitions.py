@@ -165,7 +165,7 @@ def _tabular(path: Path, text_field: str, encoding: str, delimiter: str):
                 pending.append((number, error))
                 continue
             consumed.append(number)
-            yield line
+            yield line + "\n"     # csv needs the newline of a quoted multi-line field
 
     reader = csv.reader(good_lines(), delimiter=delimiter)
     header = next(reader, None)
