@@ -12,6 +12,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from distributed import WorkerPlugin, get_worker
@@ -87,6 +88,7 @@ def run_partition(spec, ids: list[str], items: list) -> dict:
     """
     from .distributed import TASK_METHODS
 
+    wall, cpu = time.perf_counter(), time.process_time()
     model, loads = worker_model(spec)
     run = getattr(model, TASK_METHODS[model.bundle.task])
     errors: list[tuple[int, str]] = []
@@ -103,4 +105,5 @@ def run_partition(spec, ids: list[str], items: list) -> dict:
     text = "".join(json.dumps({"id": i, **r.to_dict()}, ensure_ascii=False) + "\n"
                    for i, r in zip(ids, results) if r is not None)
     return {"text": text, "rows": len(ids) - len(errors), "errors": errors,
-            "worker": get_worker().address, "pid": os.getpid(), "loads": loads}
+            "worker": get_worker().address, "pid": os.getpid(), "loads": loads,
+            "seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu}

@@ -77,6 +77,8 @@ class Summary:
     rows_per_second: float        # rows processed by this run / seconds
     workers: int
     model_loads: dict = field(default_factory=dict)   # worker address -> models loaded by that process
+    task_seconds: float = 0.0     # wall time of this run's partition tasks on the workers, summed
+    task_cpu_seconds: float = 0.0 # CPU time of those tasks (below task_seconds: the cores were shared)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -191,6 +193,8 @@ class _State:
     rows_this_run: int = 0
     loads: dict = field(default_factory=dict)
     workers: int = 0
+    task_seconds: float = 0.0
+    task_cpu_seconds: float = 0.0
 
 
 def _run(client, spec: ModelSpec, files, out: Path, job: dict, resume: bool, progress) -> _State:
@@ -213,6 +217,8 @@ def _run(client, spec: ModelSpec, files, out: Path, job: dict, resume: bool, pro
                                 for i, msg in result["errors"]]
         _write_partition(out, part.index, result["text"], errors)
         state.loads[result["worker"]] = result["loads"]
+        state.task_seconds += result["seconds"]
+        state.task_cpu_seconds += result["cpu_seconds"]
         p.rows_done += part.rows
         p.partitions_done += 1
         state.rows_this_run += part.rows
@@ -283,7 +289,7 @@ def _finish(out: Path, job: dict, state: _State, seconds: float) -> Summary:
                           f"the output folder was changed during the run; rerun into a new folder")
     summary = Summary(str(out), p.rows_read, rows_out, errors, p.partitions_read, state.skipped,
                       round(seconds, 3), round(state.rows_this_run / seconds, 1) if seconds else 0.0,
-                      state.workers, state.loads)
+                      state.workers, state.loads, round(state.task_seconds, 3), round(state.task_cpu_seconds, 3))
     with atomic_writer(out / SUCCESS_FILE) as handle:
         json.dump({**summary.to_dict(), "bundle_digest": job["bundle_digest"], "backend": job["backend"],
                    "int8": job["int8"]}, handle, indent=2)
