@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -148,24 +149,45 @@ def export_cmd(checkpoint, out, int8, dev_path, min_agreement, max_length, text_
 @cli.command()
 @click.argument("bundle", type=click.Path())
 @click.argument("texts", nargs=-1)
-@click.option("--input", "input_path", type=click.Path(), help="txt (one text per line), CSV/TSV or JSONL file.")
-@click.option("--output", "output_path", type=click.Path(), help="JSON-lines output (written atomically). Default: stdout.")
+@click.option("--input", "input_paths", multiple=True,
+              help="txt (one text per line), CSV/TSV or JSONL file; --engine dask: files or quoted globs, repeatable.")
+@click.option("--output", "output_path", type=click.Path(),
+              help="JSON-lines output (written atomically). Default: stdout. --engine dask: the output folder.")
 @click.option("--backend", type=BACKEND, default="auto", show_default=True)
 @click.option("--int8", is_flag=True, help="Use the bundle's int8 model.")
 @click.option("--batch-size", type=click.IntRange(1, 65536), default=64, show_default=True)
-@click.option("--threads", type=click.IntRange(1), default=None, help="Backend threads (default: backend's own).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Backend threads (default: backend's own; --engine dask: 1 per worker process).")
 @click.option("--text-field", default="text", show_default=True, help="Column/key of CSV/TSV/JSONL input.")
 @click.option("--pretokenized", is_flag=True, help="Tagging: each line is space-separated tokens (JSONL: a 'tokens' list is always taken as is).")
 @click.option("--encoding", default="utf-8", show_default=True)
-def predict(bundle, texts, input_path, output_path, backend, int8, batch_size, threads, text_field, pretokenized,
-            encoding):
+@click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+              help="dask: partition the inputs over Dask workers (needs rnnkit[dask]).")
+@click.option("--scheduler", help="--engine dask: address of a running scheduler (tcp://HOST:PORT). Default: a local cluster.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="--engine dask without --scheduler: worker processes of the local cluster (default: one per core).")
+@click.option("--partition-size", type=click.IntRange(1), default=10_000, show_default=True,
+              help="--engine dask: rows per partition (one output file each).")
+@click.option("--resume", is_flag=True, help="--engine dask: continue a job in a non-empty --output folder.")
+def predict(bundle, texts, input_paths, output_path, backend, int8, batch_size, threads, text_field, pretokenized,
+            encoding, engine, scheduler, workers, partition_size, resume):
     """Classify or tag TEXTS (or --input FILE, or stdin lines) with BUNDLE. Never imports torch.
 
     Writes JSON lines: {"text", "label", "score", "scores"} for a classifier,
-    {"tokens", "tags", "scores"} for a tagger."""
+    {"tokens", "tags", "scores"} for a tagger.  --engine dask writes a folder: part-NNNNN.jsonl
+    (the same rows plus an "id", "FILE-INDEX:LINE"), errors.jsonl, _job.json, and _SUCCESS last."""
+    if engine == "dask":
+        return _predict_dask(bundle, texts, input_paths, output_path, backend, int8, batch_size, threads,
+                             text_field, pretokenized, encoding, scheduler, workers, partition_size, resume)
     from ..runtime import load
     from .predict import read_texts, write_predictions
 
+    for flag, value in (("--scheduler", scheduler), ("--workers", workers), ("--resume", resume)):
+        if value:
+            raise click.UsageError(f"{flag} needs --engine dask")
+    if len(input_paths) > 1:
+        raise click.UsageError("give one --input file (several files or globs need --engine dask)")
+    input_path = input_paths[0] if input_paths else None
     if texts and input_path:
         raise click.UsageError("give TEXTS or --input, not both")
     if not texts and not input_path and sys.stdin.isatty():
@@ -174,6 +196,32 @@ def predict(bundle, texts, input_path, output_path, backend, int8, batch_size, t
     tagging = model.bundle.task == "tag"
     sources, items = read_texts(texts, input_path, text_field, encoding, tagging, pretokenized)
     write_predictions(model, sources, items, output_path, batch_size, show_progress=input_path is not None)
+
+
+def _predict_dask(bundle, texts, input_paths, output_path, backend, int8, batch_size, threads, text_field,
+                  pretokenized, encoding, scheduler, workers, partition_size, resume):
+    from ..runtime.distributed import predict as distributed_predict
+
+    if texts or not input_paths:
+        raise click.UsageError("--engine dask reads --input files (TEXTS and stdin are for the local engine)")
+    if not output_path:
+        raise click.UsageError("--engine dask needs --output OUT_DIR (a folder for the part files)")
+    if scheduler and workers:
+        raise click.UsageError("--workers sizes a local cluster; with --scheduler the cluster has its own workers")
+
+    def show(p):
+        total = f"/{p.rows_read}" if p.reading_done else f" (read {p.rows_read})"
+        click.echo(f"\rdask: {p.partitions_done} partitions, {p.rows_done}{total} rows", nl=False, err=True)
+
+    summary = distributed_predict(bundle, list(input_paths), output_path, scheduler=scheduler, workers=workers,
+                                  partition_size=partition_size, backend=backend, int8=int8, threads=threads or 1,
+                                  batch_size=batch_size, text_field=text_field, encoding=encoding,
+                                  pretokenized=pretokenized, resume=resume, progress=show)
+    click.echo("", err=True)
+    skipped = f", {summary.partitions_skipped} kept from an earlier run" if summary.partitions_skipped else ""
+    click.echo(f"{summary.rows_in} rows in, {summary.rows_out} predictions, {summary.errors} errors "
+               f"({Path(output_path) / 'errors.jsonl'}), {summary.partitions} partitions{skipped}, "
+               f"{summary.workers} workers, {summary.seconds:.1f} s ({summary.rows_per_second:.0f} rows/s)", err=True)
 
 
 @cli.command()
