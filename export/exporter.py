@@ -31,7 +31,7 @@ from ..runtime.errors import BundleError, InputError, ParityError
 from ..runtime.manifest import FORMAT_VERSION, MODEL_FP32, MODEL_INT8, OPSET, ClassifierIO, TaggerIO
 from ..runtime.model import length_buckets, pad
 from ..runtime.tokenizer import WordTokenizer
-from ..runtime.tolerance import FP32, INT8
+from ..runtime.tolerance import FP32, INT8_SEQUENCE
 from .bundle import BundleWriter
 from .quantize import quantize_classifier as quantize_graph
 from .validate import LENS, Forward, check_parity, raise_on_failures
@@ -259,7 +259,7 @@ def export(item: Exportable, out, *, int8: bool = False, dev: DevSet | None = No
             qpath = writer.save_model(MODEL_INT8, qgraph)
             log(f"validating {MODEL_INT8}: numba int8 vs onnxruntime int8, and agreement with fp32 ...")
             q = _sessions(qgraph, qpath)
-            qreport = check_parity("onnxruntime-int8", q["onnxruntime"], {"numba": q["numba"]}, INT8,
+            qreport = check_parity("onnxruntime-int8", q["onnxruntime"], {"numba": q["numba"]}, INT8_SEQUENCE,
                                    probabilities=True, **parity)
             raise_on_failures(qreport, what=f"{MODEL_INT8}: numba vs onnxruntime")
             manifest["validation"]["int8"] = qreport.to_dict()

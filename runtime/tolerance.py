@@ -29,3 +29,9 @@ class Tolerance:
 EXACT = Tolerance("EXACT", 0.0, 0.0)
 FP32 = Tolerance("FP32", 1e-5, 1e-4)
 INT8 = Tolerance("INT8", 0.05, 1e-2)  # onnxruntime test_op_lstm.py
+# Two int8 backends compared on output probabilities after up to 200 recurrent steps (export
+# validation): onnxruntime's DynamicQuantizeLSTM re-quantizes its activations to uint8 at every step
+# and the error compounds with length (measured: up to 0.062 on a trained 2-layer BiLSTM tagger at
+# T=200 on random tokens, 0.018 on an LSTM classifier), while numba's int8 kernels are exact w.r.t.
+# the dequantized weights.  Labels/tags must still agree; int8 accuracy itself is gated on dev data.
+INT8_SEQUENCE = Tolerance("INT8_SEQUENCE", 0.1, 2e-2)
