@@ -84,19 +84,24 @@ def test_failed_prediction_leaves_previous_output(gru_bundle, tmp_path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]  # no partial file left behind
 
 
+def kill_9_once_written(args: list[str], folder, pattern: str) -> None:
+    """Run `rnnkit ARGS`, wait until a file matching PATTERN appears in FOLDER, then SIGKILL it."""
+    proc = subprocess.Popen([sys.executable, "-m", "rnnkit.toolkit", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(folder.glob(pattern)):
+        time.sleep(0.02)
+    assert list(folder.glob(pattern)), f"rnnkit {args[0]} never started writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def test_kill_9_leaves_no_output(gru_bundle, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("".join(f"a good film with a plot number {i}\n" for i in range(200_000)))
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "rnnkit.toolkit", "predict", str(gru_bundle), "--input", str(src),
-                             "--output", str(out), "--backend", "onnxruntime"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and not list(tmp_path.glob(".out.jsonl.*.partial")):
-        time.sleep(0.05)
-    assert list(tmp_path.glob(".out.jsonl.*.partial")), "prediction never started writing"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_once_written(["predict", str(gru_bundle), "--input", str(src), "--output", str(out), "--backend",
+                         "onnxruntime"], tmp_path, ".out.jsonl.*.partial")
     assert not out.exists()
 
 
@@ -129,14 +134,7 @@ def test_kill_9_during_export_leaves_no_bundle(tmp_path):
 
     ckpt = make_checkpoint(tmp_path / "ckpt", cell="lstm", bidirectional=True)
     out = tmp_path / "b"
-    proc = subprocess.Popen([sys.executable, "-m", "rnnkit.toolkit", "export", str(ckpt), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and not list(tmp_path.glob(".b.tmp-*/model.onnx")):
-        time.sleep(0.02)
-    assert list(tmp_path.glob(".b.tmp-*/model.onnx")), "export never started writing"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_once_written(["export", str(ckpt), "--out", str(out)], tmp_path, ".b.tmp-*/model.onnx")
     assert not out.exists()  # only the hidden temporary folder remains, and the next export removes it
     from rnnkit.export.exporter import export_checkpoint
 
