@@ -34,7 +34,7 @@ from ..runtime.tokenizer import WordTokenizer
 from ..runtime.tolerance import FP32, INT8
 from .bundle import BundleWriter
 from .quantize import quantize_classifier as quantize_graph
-from .validate import LENS, Forward, check_parity, raise_on_failures
+from .validate import LENS, Forward, check_parity, outputs, raise_on_failures
 
 DEFAULT_MAX_LENGTH = 10_000  # tokens per text/sentence at run time: bounds memory on absurd input
 VALIDATION_BACKENDS = ("onnxruntime", "numba")
@@ -62,6 +62,9 @@ class Exportable:
     entries: dict = field(default_factory=dict)       # manifest entries: tokenizer, labels, charset
     char_vocab_size: int = 0
     unit: str = "texts"                               # what one dev prediction is: a text or a token
+    state_shapes: dict = field(default_factory=dict)  # state input -> (layers, hidden): graphs with state
+    # the task's own dev metrics from {"fp32": forward[, "int8": forward]} (default: label agreement/accuracy)
+    dev_metrics: Callable[[dict, DevSet, int], dict] | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -74,7 +77,13 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, int
                       dev: DevSet | None = None, min_agreement: float = 0.99,
                       max_length: int = DEFAULT_MAX_LENGTH, log: Callable[[str], None] = print) -> dict:
     task = checkpoint_task(checkpoint)
-    if task == "tag":
+    if task == "lm":
+        from ..toolkit.train_lm import load_lm_checkpoint
+        from .task_lm import lm_exportable
+
+        ckpt = load_lm_checkpoint(checkpoint)
+        item = lm_exportable(ckpt.config, _numpy(ckpt.model), ckpt.tokenizer, ckpt.model)
+    elif task == "tag":
         from ..toolkit.train_tag import load_tagger_checkpoint
 
         ckpt = load_tagger_checkpoint(checkpoint)
@@ -212,9 +221,15 @@ def _torch_tagger_forward(module) -> Forward:
 
 
 def session_forward(session) -> Forward:
-    """A backend session as a parity forward: feeds only the inputs the graph declares."""
+    """A backend session as a parity forward: feeds only the inputs the graph declares; returns
+    the first output, or every output (a tuple) when the graph has state outputs."""
     names = [i.name for i in session.get_inputs()]
-    return lambda feed: session.run(None, {k: feed[k] for k in names})[0]
+
+    def forward(feed: dict):
+        out = session.run(None, {k: feed[k] for k in names})
+        return out[0] if len(out) == 1 else tuple(out)
+
+    return forward
 
 
 def _sessions(model: onnx.ModelProto, path: Path) -> dict[str, Forward]:
@@ -240,7 +255,7 @@ def export(item: Exportable, out, *, int8: bool = False, dev: DevSet | None = No
     manifest: dict = {"format": "rnnkit-bundle", "format_version": FORMAT_VERSION, "task": item.task,
                       "architecture": c.to_dict(), **item.entries, "producer": _versions(), "source": source or {},
                       "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    parity = dict(vocab_size=item.vocab_size, char_vocab_size=item.char_vocab_size)
+    parity = dict(vocab_size=item.vocab_size, char_vocab_size=item.char_vocab_size, state_shapes=item.state_shapes)
     with BundleWriter(out) as writer:
         graph = item.build(c, item.weights, metadata)
         item.check(graph, c)
@@ -267,7 +282,8 @@ def export(item: Exportable, out, *, int8: bool = False, dev: DevSet | None = No
             manifest["quantization"] = params
             forwards["int8"] = q["onnxruntime"]
         if dev is not None:
-            metrics = _dev_metrics(forwards, *item.encode_dev(dev, max_length), dev.source, item.unit)
+            metrics = (item.dev_metrics(forwards, dev, max_length) if item.dev_metrics else
+                       _dev_metrics(forwards, *item.encode_dev(dev, max_length), dev.source, item.unit))
             manifest["validation"]["dev"] = metrics
             if int8 and metrics["int8_agreement"] < min_agreement:
                 raise ParityError(f"{MODEL_INT8}: int8 agrees with fp32 on {metrics['int8_agreement']:.2%} of "
@@ -288,7 +304,7 @@ def _graph_contract(graph: onnx.ModelProto, max_length: int) -> dict:
 
 def _predictions(forward: Forward, feed: dict) -> np.ndarray:
     """Argmax per row (classify) or per real token (tag), flattened."""
-    out = forward(feed).argmax(-1)
+    out = outputs(forward(feed))[0].argmax(-1)
     if out.ndim == 2:
         return out[np.arange(out.shape[1])[None, :] < feed[LENS][:, None]]
     return out

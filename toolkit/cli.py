@@ -14,7 +14,7 @@ import sys
 import click
 
 from ..runtime.errors import RnnkitError
-from .configs import CELL_TYPES, POOLINGS, TagTrainConfig, TrainConfig
+from .configs import CELL_TYPES, POOLINGS, LMTrainConfig, TagTrainConfig, TrainConfig
 
 BACKEND = click.Choice(["auto", "onnxruntime", "numba"])
 
@@ -120,6 +120,46 @@ def train_tag(train_path, dev_path, out_dir, **options):
 
     result = train_tagger(train_path, out_dir, TagTrainConfig(**options), dev_path=dev_path)
     click.echo(f"best dev accuracy {result.dev_accuracy:.4f} (epoch {result.best_epoch}); checkpoint: {result.out_dir}")
+
+
+_L = LMTrainConfig()
+
+
+@train.command("lm")
+@click.option("--train", "train_path", required=True, type=click.Path(), help="Plain-text file.")
+@click.option("--dev", "dev_path", type=click.Path(), help="Plain-text dev file. Default: the last --dev-split of TRAIN (by position).")
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Checkpoint directory to write.")
+@click.option("--level", type=click.Choice(["char", "word"]), default=_L.level, show_default=True, help="Tokens: characters or words.")
+@click.option("--cell", type=click.Choice(list(CELL_TYPES)), default=_L.cell, show_default=True)
+@click.option("--layers", type=click.IntRange(1, 8), default=_L.layers, show_default=True)
+@click.option("--hidden", type=click.IntRange(1, 4096), default=_L.hidden, show_default=True)
+@click.option("--embed", type=click.IntRange(1, 4096), default=_L.embed, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 0.95), default=_L.dropout, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 1000), default=_L.epochs, show_default=True)
+@click.option("--patience", type=click.IntRange(0), default=_L.patience, show_default=True,
+              help="Stop after this many epochs without a lower dev loss (0: never).")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=_L.batch_size, show_default=True, help="Parallel text streams.")
+@click.option("--bptt", type=click.IntRange(1, 100000), default=_L.bptt, show_default=True,
+              help="Tokens per truncated-backprop window (the state is carried across windows).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_L.lr, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=_L.weight_decay, show_default=True)
+@click.option("--clip", type=click.FloatRange(min=0), default=_L.clip, show_default=True, help="Gradient-norm clipping (0: off).")
+@click.option("--seed", type=int, default=_L.seed, show_default=True)
+@click.option("--max-train-tokens", type=click.IntRange(0), default=_L.max_train_tokens, show_default=True,
+              help="Train on the first N tokens only (0: all).")
+@click.option("--dev-split", type=click.FloatRange(0, 0.9, min_open=True), default=_L.dev_split, show_default=True)
+@click.option("--lowercase/--keep-case", default=_L.lowercase, show_default=True, help="Word level only.")
+@click.option("--max-vocab", type=click.IntRange(3), default=_L.max_vocab, show_default=True, help="Word level only.")
+@click.option("--min-freq", type=click.IntRange(1), default=_L.min_freq, show_default=True, help="Word level only.")
+@click.option("--encoding", default=_L.encoding, show_default=True)
+@click.option("--threads", type=click.IntRange(0), default=_L.threads, show_default=True)
+def train_lm_cmd(train_path, dev_path, out_dir, **options):
+    """Train a language model (text generation, next-word suggestion)."""
+    from .train_lm import train_lm
+
+    result = train_lm(train_path, out_dir, LMTrainConfig(**options), dev_path=dev_path)
+    click.echo(f"best dev loss {result.dev_loss:.4f} nats/token (epoch {result.best_epoch}); "
+               f"checkpoint: {result.out_dir}")
 
 
 @cli.command("export")
