@@ -34,7 +34,7 @@ from ..runtime.tokenizer import WordTokenizer
 from ..runtime.tolerance import FP32, INT8
 from .bundle import BundleWriter
 from .quantize import quantize_classifier as quantize_graph
-from .validate import LENS, Forward, check_parity, outputs, raise_on_failures
+from .validate import LENGTHS, LENS, Forward, check_parity, outputs, raise_on_failures
 
 DEFAULT_MAX_LENGTH = 10_000  # tokens per text/sentence at run time: bounds memory on absurd input
 VALIDATION_BACKENDS = ("onnxruntime", "numba")
@@ -65,6 +65,9 @@ class Exportable:
     state_shapes: dict = field(default_factory=dict)  # state input -> (layers, hidden): graphs with state
     # the task's own dev metrics from {"fp32": forward[, "int8": forward]} (default: label agreement/accuracy)
     dev_metrics: Callable[[dict, DevSet, int], dict] | None = None
+    int8_lengths: tuple = LENGTHS                     # lengths of the int8 cross-backend parity
+    # the task's int8 gate on its dev metrics -> a failure message or None (default: --min-agreement)
+    int8_gate: Callable[[dict], str | None] | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -75,14 +78,17 @@ class Exportable:
 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, int8: bool = False,
                       dev: DevSet | None = None, min_agreement: float = 0.99,
-                      max_length: int = DEFAULT_MAX_LENGTH, log: Callable[[str], None] = print) -> dict:
+                      max_length: int = DEFAULT_MAX_LENGTH, log: Callable[[str], None] = print,
+                      max_loss_delta: float = 0.02) -> dict:
+    """``max_loss_delta``: language models only, the int8 gate (nats/token of dev loss above fp32);
+    ``min_agreement``: classifiers and taggers (share of dev labels/tags int8 agrees with fp32 on)."""
     task = checkpoint_task(checkpoint)
     if task == "lm":
         from ..toolkit.train_lm import load_lm_checkpoint
         from .task_lm import lm_exportable
 
         ckpt = load_lm_checkpoint(checkpoint)
-        item = lm_exportable(ckpt.config, _numpy(ckpt.model), ckpt.tokenizer, ckpt.model)
+        item = lm_exportable(ckpt.config, _numpy(ckpt.model), ckpt.tokenizer, ckpt.model, max_loss_delta)
     elif task == "tag":
         from ..toolkit.train_tag import load_tagger_checkpoint
 
@@ -275,7 +281,7 @@ def export(item: Exportable, out, *, int8: bool = False, dev: DevSet | None = No
             log(f"validating {MODEL_INT8}: numba int8 vs onnxruntime int8, and agreement with fp32 ...")
             q = _sessions(qgraph, qpath)
             qreport = check_parity("onnxruntime-int8", q["onnxruntime"], {"numba": q["numba"]}, INT8,
-                                   probabilities=True, **parity)
+                                   probabilities=True, lengths=item.int8_lengths, **parity)
             raise_on_failures(qreport, what=f"{MODEL_INT8}: numba vs onnxruntime")
             manifest["validation"]["int8"] = qreport.to_dict()
             params["size_ratio"] = round(qpath.stat().st_size / path.stat().st_size, 4)
@@ -285,7 +291,11 @@ def export(item: Exportable, out, *, int8: bool = False, dev: DevSet | None = No
             metrics = (item.dev_metrics(forwards, dev, max_length) if item.dev_metrics else
                        _dev_metrics(forwards, *item.encode_dev(dev, max_length), dev.source, item.unit))
             manifest["validation"]["dev"] = metrics
-            if int8 and metrics["int8_agreement"] < min_agreement:
+            gate = item.int8_gate(metrics) if int8 and item.int8_gate else None
+            if gate:
+                raise ParityError(f"{MODEL_INT8}: {gate}; nothing was written. Export without --int8, or raise "
+                                  f"--max-loss-delta if that is acceptable")
+            if int8 and item.int8_gate is None and metrics["int8_agreement"] < min_agreement:
                 raise ParityError(f"{MODEL_INT8}: int8 agrees with fp32 on {metrics['int8_agreement']:.2%} of "
                                   f"{dev.source} ({metrics['examples']} {metrics['unit']}), below --min-agreement "
                                   f"{min_agreement:.2%}; nothing was written. Export without --int8, or lower "

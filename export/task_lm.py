@@ -5,7 +5,11 @@ initial states included), returning ``(logits, final_h[, final_c])`` like the gr
 run the exported graph the way the runtime does, carrying ``final_* -> initial_*`` from one
 window to the next over ``DEV_STREAMS`` contiguous streams of the dev text, and report the mean
 next-token loss in nats (per character at char level) for fp32 and int8, their difference, and
-int8's top-1 agreement with fp32 (what ``--min-agreement`` gates).
+int8's top-1 agreement with fp32.  The int8 gate is the loss: an export fails when int8's dev
+loss exceeds fp32's by more than ``max_loss_delta`` nats/token (``--max-loss-delta``, default 0.02).
+Top-1 agreement is reported, not gated: next-character distributions are often nearly flat
+between two candidates, so a 98.8% agreement (measured, tiny-shakespeare char LM) comes with an
+unchanged dev loss.
 """
 
 from __future__ import annotations
@@ -19,19 +23,29 @@ from .exporter import DevSet, Exportable, Forward
 from .validate import outputs
 
 DEV_STREAMS, DEV_WINDOW = 16, 256
+INT8_PARITY_LENGTHS = (1, 7, 33)  # see rnnkit.export.validate: longer int8 runs are gated by the dev loss
 MAX_DEV_TOKENS = 200_000  # bounds export time; tiny-shakespeare's dev split is 111,540 chars
 
 
-def lm_exportable(config, weights: dict[str, np.ndarray], tokenizer, module) -> Exportable:
+def lm_exportable(config, weights: dict[str, np.ndarray], tokenizer, module, max_loss_delta: float = 0.02
+                  ) -> Exportable:
     from .graph_lm import build_lm_graph, check_lm_graph, state_contract
 
     def dev_metrics(forwards: dict[str, Forward], dev: DevSet, max_length: int) -> dict:
         return lm_dev_metrics(forwards, tokenizer, dev, config)
 
+    def int8_gate(metrics: dict) -> str | None:
+        delta = metrics.get("int8_loss_delta")
+        if delta is not None and delta > max_loss_delta:
+            return (f"int8 dev loss {metrics['int8_loss']:.4f} is {delta:.4f} nats/token above fp32's "
+                    f"{metrics['fp32_loss']:.4f} on {metrics['source']}, more than --max-loss-delta {max_loss_delta}")
+        return None
+
     shapes = {name: (config.layers, config.hidden) for name in IO.state_inputs(config.cell)}
     entries = {"tokenizer": tokenizer.to_dict(), "labels": [], "state": state_contract(config)}
     return Exportable("lm", config, weights, torch_lm_forward(module), build_lm_graph, check_lm_graph,
-                      encode_dev=None, entries=entries, unit="tokens", state_shapes=shapes, dev_metrics=dev_metrics)
+                      encode_dev=None, entries=entries, unit="tokens", state_shapes=shapes, dev_metrics=dev_metrics,
+                      int8_lengths=INT8_PARITY_LENGTHS, int8_gate=int8_gate)
 
 
 def torch_lm_forward(module) -> Forward:

@@ -12,7 +12,16 @@ onnxruntime's int8 graph for the numba int8 run):
 * every row of a ragged batch equal to running that row alone, on every backend,
 * for graphs with recurrent state inputs (language models, ``state_shapes``): random non-zero
   initial states in every feed, and every state output (``final_*``, the graph's outputs after
-  the first) within the same tolerance, per row too.
+  the first) within the same tolerance, per row too.  Their logits (a head over the whole
+  vocabulary, tens of units) and LSTM cell states are compared with the tolerance's ``scaled``
+  form (``atol * max(1, max|expected|)`` per output; rtol unchanged): rounding of a 256-term sum
+  of large terms is about 1e-5 of their size however small the result.  int8 runs compare the
+  probabilities only (the state's effect shows in every later probability), and a language
+  model's int8 parity stops at 33 steps: over 200 steps onnxruntime's int8 LSTM (activations
+  quantized per call) and numba's (activations fp32) each drift from fp32 by up to ~0.06 in a
+  probability at the worst position (mean 4e-4, measured on the tiny-shakespeare char LM), so
+  long-range int8 quality is gated at task level instead: dev loss delta and top-1 agreement
+  with fp32 over the whole dev text, state carried (``rnnkit.export.task_lm``).
 
 int8 graphs are compared on the probabilities users see (``softmax`` of the logits), not on
 raw logits: onnxruntime's int8 LSTM quantizes its activations per call, so its error grows
@@ -102,10 +111,12 @@ class ParityReport:
     compared: str = "logits"                                 # or "probabilities" (int8)
     cases: int = 0
     failures: list[str] = field(default_factory=list)
+    batch_sizes: tuple = BATCH_SIZES
+    lengths: tuple = LENGTHS
 
     def to_dict(self) -> dict:
         return {"tolerance": self.tolerance, "oracle": self.oracle, "compared": self.compared,
-                "cases": self.cases, "batch_sizes": list(BATCH_SIZES), "lengths": list(LENGTHS),
+                "cases": self.cases, "batch_sizes": list(self.batch_sizes), "lengths": list(self.lengths),
                 "max_abs_diff": self.worst, "passed": not self.failures}
 
 
@@ -117,8 +128,11 @@ def outputs(value) -> tuple:
 def check_parity(oracle_name: str, oracle: Forward, candidates: dict[str, Forward], tol: Tolerance,
                  vocab_size: int, char_vocab_size: int = 0, seed: int = 0, probabilities: bool = False,
                  batch_sizes=BATCH_SIZES, lengths=LENGTHS, state_shapes: dict | None = None) -> ParityReport:
+    """``state_shapes`` (graphs with recurrent state inputs): random initial states in the feeds,
+    every output compared, with the ``scaled`` tolerance (see the module docstring)."""
     report = ParityReport(tol.name, oracle_name, worst={name: 0.0 for name in candidates},
-                          compared="probabilities" if probabilities else "logits")
+                          compared="probabilities" if probabilities else "logits",
+                          batch_sizes=tuple(batch_sizes), lengths=tuple(lengths))
     if probabilities:
         oracle = _probabilities(oracle)
         candidates = {name: _probabilities(f) for name, f in candidates.items()}
@@ -146,16 +160,20 @@ def _compare_all(report: ParityReport, name: str, where: str, actual: tuple, exp
     if len(actual) != len(expected):
         report.failures.append(f"{name} @ {where}: {len(actual)} outputs, expected {len(expected)}")
         return
-    _compare(report, name, where, actual[0], expected[0], lens, tol, probabilities)
+    stateful = len(expected) > 1
+    _compare(report, name, where, actual[0], expected[0], lens, tol.scaled(expected[0]) if stateful else tol,
+             probabilities)
+    if probabilities:  # int8: what users see; the state's effect is in every later probability
+        return
     for k, (a, e) in enumerate(zip(actual[1:], expected[1:]), start=1):
         if a.shape != e.shape:
             report.failures.append(f"{name} @ {where}: state output #{k} shape {a.shape}, expected {e.shape}")
             continue
-        worst = tol.worst(a, e)
+        worst, state_tol = tol.worst(a, e), tol.scaled(e)
         report.worst[name] = max(report.worst[name], worst)
-        if not np.all(np.isfinite(a)) or not tol.close(a, e):
-            report.failures.append(f"{name} @ {where}: state output #{k} max |diff| {worst:.3g} exceeds {tol.name} "
-                                   f"(atol {tol.atol}, rtol {tol.rtol})")
+        if not np.all(np.isfinite(a)) or not state_tol.close(a, e):
+            report.failures.append(f"{name} @ {where}: state output #{k} max |diff| {worst:.3g} exceeds "
+                                   f"{state_tol.name} (atol {state_tol.atol:.3g}, rtol {state_tol.rtol})")
 
 
 def _probabilities(forward: Forward) -> Forward:

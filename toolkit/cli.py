@@ -169,18 +169,21 @@ def train_lm_cmd(train_path, dev_path, out_dir, **options):
 @click.option("--dev", "dev_path", type=click.Path(), help="Labelled dev file for the int8 agreement check "
               "(default: the checkpoint's own dev data, if it is still on disk).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
-              help="Fail the export if int8 labels agree with fp32 on less than this share of dev.")
+              help="Classifiers/taggers: fail the export if int8 labels agree with fp32 on less than this share of dev.")
+@click.option("--max-loss-delta", type=click.FloatRange(min=0), default=0.02, show_default=True,
+              help="Language models: fail the export if int8 dev loss exceeds fp32's by more than this (nats/token).")
 @click.option("--max-length", type=click.IntRange(1, 1 << 24), default=10_000, show_default=True,
               help="Tokens kept per text at run time.")
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--label-field", default="label", show_default=True)
-def export_cmd(checkpoint, out, int8, dev_path, min_agreement, max_length, text_field, label_field):
+def export_cmd(checkpoint, out, int8, dev_path, min_agreement, max_loss_delta, max_length, text_field, label_field):
     """Export CHECKPOINT to a validated ONNX bundle."""
     from ..export.exporter import export_checkpoint
     from .devset import dev_set_for
 
     dev = dev_set_for(checkpoint, dev_path, text_field, label_field)
     result = export_checkpoint(checkpoint, out, int8=int8, dev=dev, min_agreement=min_agreement,
+                               max_loss_delta=max_loss_delta,
                                max_length=max_length, log=lambda m: click.echo(m, err=True))
     click.echo(summary(result["manifest"], result["path"]))
 
@@ -214,6 +217,37 @@ def predict(bundle, texts, input_path, output_path, backend, int8, batch_size, t
     tagging = model.bundle.task == "tag"
     sources, items = read_texts(texts, input_path, text_field, encoding, tagging, pretokenized)
     write_predictions(model, sources, items, output_path, batch_size, show_progress=input_path is not None)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--prompt", required=True, help="Text to continue (at least one token).")
+@click.option("--max-tokens", type=click.IntRange(0, 1_000_000), default=200, show_default=True,
+              help="Tokens (characters or words) to generate.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True, help="0: greedy.")
+@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="Sample from the k most likely (0: all).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Nucleus sampling: the smallest set with this much probability.")
+@click.option("--seed", type=click.IntRange(0), default=None, help="Same seed, same tokens (on every backend).")
+@click.option("--stop", multiple=True, help="Stop once the generated text contains this string (repeatable).")
+@click.option("--backend", type=BACKEND, default="auto", show_default=True)
+@click.option("--int8", is_flag=True, help="Use the bundle's int8 model.")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="Backend threads.")
+@click.option("--echo/--no-echo", default=True, show_default=True, help="Print the prompt before the generated text.")
+def generate(bundle, prompt, max_tokens, temperature, top_k, top_p, seed, stop, backend, int8, threads, echo):
+    """Continue PROMPT with a language-model BUNDLE, streaming tokens to stdout as they are produced."""
+    from ..runtime import load
+
+    model = load(bundle, backend=backend, int8=int8, threads=threads)
+    tokens = model.generate(prompt, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                            stop=list(stop) or None)
+    if echo:
+        click.echo(prompt, nl=False)
+    sep = model.token_separator
+    for i, token in enumerate(tokens):
+        click.echo((sep if (i or echo) else "") + token, nl=False)
+        sys.stdout.flush()
+    click.echo()
 
 
 @cli.command()
@@ -253,9 +287,14 @@ def summary(manifest: dict, path) -> str:
     extra = f" pooling={a['pooling']}" if "pooling" in a else ""
     if a.get("char_vocab_size"):
         extra += f" char-cnn={a['char_filters']}"
-    lines = [f"bundle {path}: task={manifest['task']} labels={manifest['labels']}",
+    head = (f"tokenizer={manifest['tokenizer']['level']}" if manifest["task"] == "lm"
+            else f"labels={manifest['labels']}")
+    lines = [f"bundle {path}: task={manifest['task']} {head}",
              f"  model: {a['cell']} x{a['layers']}{' bidirectional' if a['bidirectional'] else ''} "
              f"embed={a['embed']} hidden={a['hidden']}{extra} vocab={a['vocab_size']}"]
+    for entry in manifest.get("state") or []:
+        lines.append(f"  state: {entry['output']} -> {entry['input']} {entry['dtype']} {entry['shape']} "
+                     f"starts at {entry['initial']}")
     for name, entry in manifest["files"].items():
         lines.append(f"  {name}: {entry['bytes'] / 1e6:.2f} MB sha256={entry['sha256'][:12]}")
     v = manifest.get("validation", {})
