@@ -310,3 +310,51 @@ def test_generate_help():
     for args in (["generate", "--help"], ["train", "lm", "--help"]):
         r = CliRunner().invoke(cli, args)
         assert r.exit_code == 0 and "--" in r.output
+
+
+def test_every_cell_is_in_the_streaming_matrix():
+    from rnnkit.toolkit.configs import CELL_TYPES
+
+    assert {c for c, _ in CELLS_LAYERS} == set(CELL_TYPES) and {n for _, n in CELLS_LAYERS} == {1, 2}
+
+
+def test_int8_lm_graph_structure(lm_bundles):
+    import onnx
+
+    from rnnkit.runtime import open_bundle
+
+    b = open_bundle(lm_bundles("lstm", 2))
+    nodes = b.graph(int8=True).graph.node
+    lstm = [n for n in nodes if n.op_type == "DynamicQuantizeLSTM"]
+    assert len(lstm) == 2 and all(n.input[5] and n.input[6] for n in lstm)   # reads initial_h and initial_c
+    assert not any(n.op_type == "LSTM" for n in nodes)
+    assert b.manifest["validation"]["int8"]["lengths"] == [1, 7, 33]
+    assert isinstance(b.graph(int8=True), onnx.ModelProto)
+
+
+@pytest.mark.slow
+def test_int8_export_fails_on_dev_loss_gate(tmp_path):
+    from rnnkit.export.exporter import DevSet, export_checkpoint
+    from rnnkit.runtime import ParityError
+
+    ckpt = make_lm_checkpoint(tmp_path / "c", "gru", 1)
+    with pytest.raises(ParityError, match="more than --max-loss-delta -1"):
+        export_checkpoint(ckpt, tmp_path / "b", int8=True, dev=DevSet([LM_TEXT * 3], None, "lm"),
+                          max_loss_delta=-1, log=lambda m: None)
+    assert not (tmp_path / "b").exists()
+
+
+def test_char_tokenizer_round_trip_and_validation():
+    from rnnkit.runtime import BundleError
+    from rnnkit.runtime.tokenizer import CharTokenizer, tokenizer_from_dict
+
+    tok = CharTokenizer.build(["Héllo, wörld!\n"])
+    assert tok.decode(tok.encode("wörld\n")) == "wörld\n"
+    assert tok.encode("e\u0301") == tok.encode("é")                # NFC: one character either way
+    assert tok.unknown("Hallo?") == ["a", "?"] and tok.encode("?") == [1]
+    again = tokenizer_from_dict(tok.to_dict())
+    assert isinstance(again, CharTokenizer) and again.vocab == tok.vocab
+    with pytest.raises(BundleError, match="longer than one character"):
+        CharTokenizer.from_dict({**tok.to_dict(), "vocab": tok.vocab + ["ab"]})
+    with pytest.raises(BundleError, match="'tokenizer.level' is 'byte'"):
+        tokenizer_from_dict({**tok.to_dict(), "level": "byte"})
