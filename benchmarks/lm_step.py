@@ -2,7 +2,8 @@
 
 For a char LM (tiny-shakespeare 'best' sizes: LSTM 2x512, 65-char vocabulary; or a trained
 checkpoint) and a word LM step with a 10,000-word vocabulary (LSTM 2x512 by default): torch eager
-(``RecurrentLM`` with its state tuple), rnnkit onnxruntime fp32/int8, rnnkit numba fp32/int8, all in
+(``RecurrentLM`` with its state tuple; also with ``torch.backends.mkldnn`` off, torch's faster path at
+B=1 on CPU), rnnkit onnxruntime fp32/int8, rnnkit numba fp32/int8, all in
 this one run.  What is timed is the decoding step an app runs: feed one token id with the carried
 state, get the logits and the new state (``State.run``); greedy choice in numpy is timed too for
 rnnkit (``generate``) as tokens per second over ``--tokens`` tokens.
@@ -60,7 +61,11 @@ def bench(name: str, ckpt_path, n_tokens: int) -> list[list]:
             logits, state[0] = ckpt.model(token, None, state[0])
         return logits
 
-    runs = {"torch eager": (torch_step, None)}
+    def torch_step_no_mkldnn():  # torch's oneDNN LSTM path is several times slower at B=1 on CPU
+        with torch.backends.mkldnn.flags(enabled=False):
+            return torch_step()
+
+    runs = {"torch eager": (torch_step, None), "torch eager, mkldnn off": (torch_step_no_mkldnn, None)}
     for backend in ("onnxruntime", "numba"):
         for int8 in (False, True):
             m = load(bundle, backend=backend, int8=int8, threads=1)
