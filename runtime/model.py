@@ -211,6 +211,9 @@ class Model:
     def _context(self, prefix: str | State, method: str) -> State:
         self._require_task("lm", method)
         if isinstance(prefix, State):
+            if prefix.model is not self:
+                raise InputError(f"{method}: the state was spawned by another model ({prefix.model!r}); "
+                                 "states carry one model's recurrent state, spawn one from this model")
             state = prefix
         else:
             state = self.spawn_state()
