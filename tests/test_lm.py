@@ -358,3 +358,11 @@ def test_char_tokenizer_round_trip_and_validation():
         CharTokenizer.from_dict({**tok.to_dict(), "vocab": tok.vocab + ["ab"]})
     with pytest.raises(BundleError, match="'tokenizer.level' is 'byte'"):
         tokenizer_from_dict({**tok.to_dict(), "level": "byte"})
+
+
+def test_state_of_another_model_is_refused(lm_bundles):
+    a, b = load(lm_bundles("gru", 1)), load(lm_bundles("gru", 1))
+    state = a.spawn_state()
+    state.run("the")
+    with pytest.raises(InputError, match="spawned by another model"):
+        b.next_tokens(state, 3)
