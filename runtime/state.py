@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .errors import InputError
-from .manifest import LanguageModelIO as IO
 
 if TYPE_CHECKING:
     from .model import Model
@@ -83,10 +82,6 @@ class State:
 
     def __repr__(self) -> str:
         return f"State(tokens={self.tokens}, {', '.join(f'{k}{list(v.shape)}' for k, v in self.values.items())})"
-
-
-def state_names(cell: str) -> tuple[str, ...]:
-    return IO.state_inputs(cell)
 
 
 def check_ids(ids: Sequence[int], vocab: int) -> list[int]:
