@@ -34,7 +34,7 @@ from ..runtime.tokenizer import WordTokenizer
 from ..runtime.tolerance import FP32, INT8_SEQUENCE
 from .bundle import BundleWriter
 from .quantize import quantize_classifier as quantize_graph
-from .validate import LENS, Forward, check_parity, raise_on_failures
+from .validate import LENGTHS, LENS, Forward, check_parity, outputs, raise_on_failures
 
 DEFAULT_MAX_LENGTH = 10_000  # tokens per text/sentence at run time: bounds memory on absurd input
 VALIDATION_BACKENDS = ("onnxruntime", "numba")
@@ -62,6 +62,12 @@ class Exportable:
     entries: dict = field(default_factory=dict)       # manifest entries: tokenizer, labels, charset
     char_vocab_size: int = 0
     unit: str = "texts"                               # what one dev prediction is: a text or a token
+    state_shapes: dict = field(default_factory=dict)  # state input -> (layers, hidden): graphs with state
+    # the task's own dev metrics from {"fp32": forward[, "int8": forward]} (default: label agreement/accuracy)
+    dev_metrics: Callable[[dict, DevSet, int], dict] | None = None
+    int8_lengths: tuple = LENGTHS                     # lengths of the int8 cross-backend parity
+    # the task's int8 gate on its dev metrics -> a failure message or None (default: --min-agreement)
+    int8_gate: Callable[[dict], str | None] | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -72,9 +78,18 @@ class Exportable:
 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, int8: bool = False,
                       dev: DevSet | None = None, min_agreement: float = 0.99,
-                      max_length: int = DEFAULT_MAX_LENGTH, log: Callable[[str], None] = print) -> dict:
+                      max_length: int = DEFAULT_MAX_LENGTH, log: Callable[[str], None] = print,
+                      max_loss_delta: float = 0.02) -> dict:
+    """``max_loss_delta``: language models only, the int8 gate (nats/token of dev loss above fp32);
+    ``min_agreement``: classifiers and taggers (share of dev labels/tags int8 agrees with fp32 on)."""
     task = checkpoint_task(checkpoint)
-    if task == "tag":
+    if task == "lm":
+        from ..toolkit.train_lm import load_lm_checkpoint
+        from .task_lm import lm_exportable
+
+        ckpt = load_lm_checkpoint(checkpoint)
+        item = lm_exportable(ckpt.config, _numpy(ckpt.model), ckpt.tokenizer, ckpt.model, max_loss_delta)
+    elif task == "tag":
         from ..toolkit.train_tag import load_tagger_checkpoint
 
         ckpt = load_tagger_checkpoint(checkpoint)
@@ -212,9 +227,15 @@ def _torch_tagger_forward(module) -> Forward:
 
 
 def session_forward(session) -> Forward:
-    """A backend session as a parity forward: feeds only the inputs the graph declares."""
+    """A backend session as a parity forward: feeds only the inputs the graph declares; returns
+    the first output, or every output (a tuple) when the graph has state outputs."""
     names = [i.name for i in session.get_inputs()]
-    return lambda feed: session.run(None, {k: feed[k] for k in names})[0]
+
+    def forward(feed: dict):
+        out = session.run(None, {k: feed[k] for k in names})
+        return out[0] if len(out) == 1 else tuple(out)
+
+    return forward
 
 
 def _sessions(model: onnx.ModelProto, path: Path) -> dict[str, Forward]:
@@ -240,7 +261,7 @@ def export(item: Exportable, out, *, int8: bool = False, dev: DevSet | None = No
     manifest: dict = {"format": "rnnkit-bundle", "format_version": FORMAT_VERSION, "task": item.task,
                       "architecture": c.to_dict(), **item.entries, "producer": _versions(), "source": source or {},
                       "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    parity = dict(vocab_size=item.vocab_size, char_vocab_size=item.char_vocab_size)
+    parity = dict(vocab_size=item.vocab_size, char_vocab_size=item.char_vocab_size, state_shapes=item.state_shapes)
     with BundleWriter(out) as writer:
         graph = item.build(c, item.weights, metadata)
         item.check(graph, c)
@@ -260,16 +281,21 @@ def export(item: Exportable, out, *, int8: bool = False, dev: DevSet | None = No
             log(f"validating {MODEL_INT8}: numba int8 vs onnxruntime int8, and agreement with fp32 ...")
             q = _sessions(qgraph, qpath)
             qreport = check_parity("onnxruntime-int8", q["onnxruntime"], {"numba": q["numba"]}, INT8_SEQUENCE,
-                                   probabilities=True, **parity)
+                                   probabilities=True, lengths=item.int8_lengths, **parity)
             raise_on_failures(qreport, what=f"{MODEL_INT8}: numba vs onnxruntime")
             manifest["validation"]["int8"] = qreport.to_dict()
             params["size_ratio"] = round(qpath.stat().st_size / path.stat().st_size, 4)
             manifest["quantization"] = params
             forwards["int8"] = q["onnxruntime"]
         if dev is not None:
-            metrics = _dev_metrics(forwards, *item.encode_dev(dev, max_length), dev.source, item.unit)
+            metrics = (item.dev_metrics(forwards, dev, max_length) if item.dev_metrics else
+                       _dev_metrics(forwards, *item.encode_dev(dev, max_length), dev.source, item.unit))
             manifest["validation"]["dev"] = metrics
-            if int8 and metrics["int8_agreement"] < min_agreement:
+            gate = item.int8_gate(metrics) if int8 and item.int8_gate else None
+            if gate:
+                raise ParityError(f"{MODEL_INT8}: {gate}; nothing was written. Export without --int8, or raise "
+                                  f"--max-loss-delta if that is acceptable")
+            if int8 and item.int8_gate is None and metrics["int8_agreement"] < min_agreement:
                 raise ParityError(f"{MODEL_INT8}: int8 agrees with fp32 on {metrics['int8_agreement']:.2%} of "
                                   f"{dev.source} ({metrics['examples']} {metrics['unit']}), below --min-agreement "
                                   f"{min_agreement:.2%}; nothing was written. Export without --int8, or lower "
@@ -288,7 +314,7 @@ def _graph_contract(graph: onnx.ModelProto, max_length: int) -> dict:
 
 def _predictions(forward: Forward, feed: dict) -> np.ndarray:
     """Argmax per row (classify) or per real token (tag), flattened."""
-    out = forward(feed).argmax(-1)
+    out = outputs(forward(feed))[0].argmax(-1)
     if out.ndim == 2:
         return out[np.arange(out.shape[1])[None, :] < feed[LENS][:, None]]
     return out

@@ -89,25 +89,43 @@ class GraphBuilder:
         return outs[0] if len(outs) == 1 else outs
 
 
+def write_recurrent_layer(g: GraphBuilder, config, weights: dict[str, np.ndarray], layer: int, x: str,
+                          sequence_lens: str, initial_h: str = "", initial_c: str = "",
+                          outputs: tuple[str, ...] = ()) -> list[str]:
+    """One native RNN/LSTM/GRU node for ``layer``: x (T, B, I) -> [Y (T, D, B, H), Y_h (D, B, H)
+    (, Y_c for LSTM)]; ``initial_h`` / ``initial_c`` (D, B, H) are optional state inputs and
+    ``outputs`` optional names for the node's outputs (default ``{cell}_{layer}.Y`` ...)."""
+    name = f"{config.cell}_{layer}"
+    W, R, B = onnx_rnn_weights(config, weights, layer)
+    attrs = dict(hidden_size=config.hidden, direction="bidirectional" if config.bidirectional else "forward",
+                 layout=0)
+    if config.cell == "gru":
+        attrs["linear_before_reset"] = 1
+    ins = [x, g.const(f"{name}.W", W), g.const(f"{name}.R", R), g.const(f"{name}.B", B), sequence_lens]
+    if initial_h or initial_c:
+        ins += [initial_h] + ([initial_c] if config.cell == "lstm" and initial_c else [])
+    outs = list(outputs) or [f"{name}.Y", f"{name}.Y_h"] + ([f"{name}.Y_c"] if initial_c else [])
+    result = g.op(RECURRENT_OPS[config.cell], ins, name, outputs=outs, **attrs)
+    return result if isinstance(result, list) else [result]
+
+
+def layer_input(g: GraphBuilder, config, layer: int, y: str) -> str:
+    """Y (T, D, B, H) of ``layer`` -> (T, B, D*H), the next layer's input."""
+    name = f"{config.cell}_{layer}"
+    t = g.op("Transpose", [y], f"{name}_out_transpose", perm=[0, 2, 1, 3])
+    return g.op("Reshape", [t, g.ints(f"{name}_out_shape", [0, 0, config.directions * config.hidden])],
+                f"{name}_out")
+
+
 def write_recurrent_stack(g: GraphBuilder, config, weights: dict[str, np.ndarray], x: str,
                           sequence_lens: str) -> tuple[str, str]:
     """x (T, B, I) -> last layer's Y (T, D, B, H) and Y_h (D, B, H), one native node per layer;
     every layer reads the graph input ``sequence_lens`` (the task's IO names it)."""
-    d, h = config.directions, config.hidden
-    direction = "bidirectional" if config.bidirectional else "forward"
     y = y_h = ""
     for layer in range(config.layers):
-        name = f"{config.cell}_{layer}"
-        W, R, B = onnx_rnn_weights(config, weights, layer)
-        attrs = dict(hidden_size=h, direction=direction, layout=0)
-        if config.cell == "gru":
-            attrs["linear_before_reset"] = 1
-        y, y_h = g.op(RECURRENT_OPS[config.cell], [x, g.const(f"{name}.W", W), g.const(f"{name}.R", R),
-                                                   g.const(f"{name}.B", B), sequence_lens],
-                      name, outputs=[f"{name}.Y", f"{name}.Y_h"], **attrs)
-        if layer + 1 < config.layers:  # Y (T, D, B, H) -> (T, B, D*H) for the next layer
-            t = g.op("Transpose", [y], f"{name}_out_transpose", perm=[0, 2, 1, 3])
-            x = g.op("Reshape", [t, g.ints(f"{name}_out_shape", [0, 0, d * h])], f"{name}_out")
+        y, y_h = write_recurrent_layer(g, config, weights, layer, x, sequence_lens)[:2]
+        if layer + 1 < config.layers:
+            x = layer_input(g, config, layer, y)
     return y, y_h
 
 

@@ -9,7 +9,19 @@ onnxruntime's int8 graph for the numba int8 run):
 * labels (classification) or per-token tags (tagging) exactly equal, except where the
   oracle's own top-2 margin is inside the tolerance (a tie the tolerance cannot decide is
   not a failure); tagging logits past a sentence's length exactly 0,
-* every row of a ragged batch equal to running that row alone, on every backend.
+* every row of a ragged batch equal to running that row alone, on every backend,
+* for graphs with recurrent state inputs (language models, ``state_shapes``): random non-zero
+  initial states in every feed, and every state output (``final_*``, the graph's outputs after
+  the first) within the same tolerance, per row too.  Their logits (a head over the whole
+  vocabulary, tens of units) and LSTM cell states are compared with the tolerance's ``scaled``
+  form (``atol * max(1, max|expected|)`` per output; rtol unchanged): rounding of a 256-term sum
+  of large terms is about 1e-5 of their size however small the result.  int8 runs compare the
+  probabilities only (the state's effect shows in every later probability), and a language
+  model's int8 parity stops at 33 steps: over 200 steps onnxruntime's int8 LSTM (activations
+  quantized per call) and numba's (activations fp32) each drift from fp32 by up to ~0.06 in a
+  probability at the worst position (mean 4e-4, measured on the tiny-shakespeare char LM), so
+  long-range int8 quality is gated at task level instead: dev loss delta and top-1 agreement
+  with fp32 over the whole dev text, state carried (``rnnkit.export.task_lm``).
 
 int8 graphs are compared on the probabilities users see (``softmax`` of the logits), not on
 raw logits: onnxruntime's int8 LSTM quantizes its activations per call, so its error grows
@@ -18,7 +30,8 @@ in fp32; after 200 steps their logits can drift apart by more than one quantizat
 a single op; they are compared with ``INT8_SEQUENCE`` (see ``rnnkit.runtime.tolerance``), labels
 by the same margin rule, and int8 accuracy is gated separately on the dev set.
 
-A forward takes a feed dict named as the graph's inputs and returns the first output.
+A forward takes a feed dict named as the graph's inputs and returns the first output, or a
+tuple of every output (logits first) when the graph has state outputs.
 Every miss is collected; one ``ParityError`` lists them all.
 """
 
@@ -37,13 +50,14 @@ from ..runtime.tolerance import Tolerance
 BATCH_SIZES = (1, 3, 8)
 LENGTHS = (1, 7, 33, 200)
 MAX_WORD = 12  # char width of the random words in parity batches
-Forward = Callable[[dict], np.ndarray]  # feeds (graph input names) -> logits (B, C) or (B, T, K)
+Forward = Callable[[dict], "np.ndarray | tuple"]  # feeds -> logits (B, C) / (B, T, K) [, state (L, B, H)...]
 IDS, LENS, CHARS = TaggerIO.input_ids, TaggerIO.sequence_lens, TaggerIO.char_ids  # shared by every task
 
 
 def parity_feeds(vocab_size: int, char_vocab_size: int = 0, seed: int = 0, batch_sizes=BATCH_SIZES,
-                 lengths=LENGTHS):
-    """Ragged padded feeds: row 0 is full length, the others random in 1..T; padding is 0."""
+                 lengths=LENGTHS, state_shapes: dict | None = None):
+    """Ragged padded feeds: row 0 is full length, the others random in 1..T; padding is 0.
+    ``state_shapes``: state input name -> (layers, hidden); each gets a random (layers, B, hidden)."""
     rng = np.random.default_rng(seed)
     for batch in batch_sizes:
         for time in lengths:
@@ -59,6 +73,8 @@ def parity_feeds(vocab_size: int, char_vocab_size: int = 0, seed: int = 0, batch
                 chars[np.arange(MAX_WORD)[None, None, :] >= width[..., None]] = 0
                 chars[pad] = 0
                 feed[CHARS] = chars
+            for name, (layers, hidden) in (state_shapes or {}).items():
+                feed[name] = (0.5 * rng.standard_normal((layers, batch, hidden))).astype(np.float32)
             yield feed
 
 
@@ -69,6 +85,9 @@ def row_alone(feed: dict, i: int) -> dict:
     if CHARS in feed:
         c = feed[CHARS][i:i + 1, :n]
         out[CHARS] = c[..., :max(1, int((c != 0).sum(-1).max()))]
+    for name, value in feed.items():
+        if name not in (IDS, LENS, CHARS):  # recurrent state (layers, B, H)
+            out[name] = value[:, i:i + 1]
     return out
 
 
@@ -93,40 +112,77 @@ class ParityReport:
     compared: str = "logits"                                 # or "probabilities" (int8)
     cases: int = 0
     failures: list[str] = field(default_factory=list)
+    batch_sizes: tuple = BATCH_SIZES
+    lengths: tuple = LENGTHS
 
     def to_dict(self) -> dict:
         return {"tolerance": self.tolerance, "oracle": self.oracle, "compared": self.compared,
-                "cases": self.cases, "batch_sizes": list(BATCH_SIZES), "lengths": list(LENGTHS),
+                "cases": self.cases, "batch_sizes": list(self.batch_sizes), "lengths": list(self.lengths),
                 "max_abs_diff": self.worst, "passed": not self.failures}
+
+
+def outputs(value) -> tuple:
+    """A forward's result as a tuple (logits first, then any state outputs)."""
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
 
 def check_parity(oracle_name: str, oracle: Forward, candidates: dict[str, Forward], tol: Tolerance,
                  vocab_size: int, char_vocab_size: int = 0, seed: int = 0, probabilities: bool = False,
-                 batch_sizes=BATCH_SIZES, lengths=LENGTHS) -> ParityReport:
+                 batch_sizes=BATCH_SIZES, lengths=LENGTHS, state_shapes: dict | None = None) -> ParityReport:
+    """``state_shapes`` (graphs with recurrent state inputs): random initial states in the feeds,
+    every output compared, with the ``scaled`` tolerance (see the module docstring)."""
     report = ParityReport(tol.name, oracle_name, worst={name: 0.0 for name in candidates},
-                          compared="probabilities" if probabilities else "logits")
+                          compared="probabilities" if probabilities else "logits",
+                          batch_sizes=tuple(batch_sizes), lengths=tuple(lengths))
     if probabilities:
         oracle = _probabilities(oracle)
         candidates = {name: _probabilities(f) for name, f in candidates.items()}
-    for feed in parity_feeds(vocab_size, char_vocab_size, seed, batch_sizes, lengths):
+    for feed in parity_feeds(vocab_size, char_vocab_size, seed, batch_sizes, lengths, state_shapes):
         lens = feed[LENS]
-        expected = oracle(feed)
+        expected = outputs(oracle(feed))
         shape = f"batch={len(lens)} time={feed[IDS].shape[1]} lengths={lens.tolist()}"
         for name, forward in candidates.items():
             report.cases += 1
-            actual = forward(feed)
-            _compare(report, name, shape, actual, expected, lens, tol, probabilities)
-            if len(lens) > 1 and actual.shape == expected.shape:  # each row must equal that row alone
+            actual = outputs(forward(feed))
+            _compare_all(report, name, shape, actual, expected, lens, tol, probabilities)
+            if len(lens) > 1 and actual[0].shape == expected[0].shape:  # each row must equal that row alone
                 for i, n in enumerate(lens):
-                    alone = forward(row_alone(feed, i))
-                    in_batch = actual[i:i + 1, :n] if actual.ndim == 3 else actual[i:i + 1]
-                    _compare(report, name, f"{shape} row {i} alone vs in batch", alone, in_batch, lens[i:i + 1],
-                             tol, probabilities)
+                    alone = outputs(forward(row_alone(feed, i)))
+                    in_batch = ((actual[0][i:i + 1, :n] if actual[0].ndim == 3 else actual[0][i:i + 1]),
+                                *(a[:, i:i + 1] for a in actual[1:]))
+                    _compare_all(report, name, f"{shape} row {i} alone vs in batch", alone, in_batch,
+                                 lens[i:i + 1], tol, probabilities)
     return report
 
 
+def _compare_all(report: ParityReport, name: str, where: str, actual: tuple, expected: tuple, lens, tol: Tolerance,
+                 probabilities: bool) -> None:
+    """Logits (argmax, padding, tolerance) and then each state output (tolerance only)."""
+    if len(actual) != len(expected):
+        report.failures.append(f"{name} @ {where}: {len(actual)} outputs, expected {len(expected)}")
+        return
+    stateful = len(expected) > 1
+    _compare(report, name, where, actual[0], expected[0], lens, tol.scaled(expected[0]) if stateful else tol,
+             probabilities)
+    if probabilities:  # int8: what users see; the state's effect is in every later probability
+        return
+    for k, (a, e) in enumerate(zip(actual[1:], expected[1:]), start=1):
+        if a.shape != e.shape:
+            report.failures.append(f"{name} @ {where}: state output #{k} shape {a.shape}, expected {e.shape}")
+            continue
+        worst, state_tol = tol.worst(a, e), tol.scaled(e)
+        report.worst[name] = max(report.worst[name], worst)
+        if not np.all(np.isfinite(a)) or not state_tol.close(a, e):
+            report.failures.append(f"{name} @ {where}: state output #{k} max |diff| {worst:.3g} exceeds "
+                                   f"{state_tol.name} (atol {state_tol.atol:.3g}, rtol {state_tol.rtol})")
+
+
 def _probabilities(forward: Forward) -> Forward:
-    return lambda feed: softmax(forward(feed).astype(np.float64)).astype(np.float32)
+    def probs(feed):
+        out = outputs(forward(feed))
+        p = softmax(out[0].astype(np.float64)).astype(np.float32)
+        return p if len(out) == 1 else (p, *out[1:])
+    return probs
 
 
 def _compare(report: ParityReport, name: str, where: str, actual, expected, lens, tol: Tolerance,

@@ -3,6 +3,9 @@
     from rnnkit.runtime import load
     model = load("sentiment.bundle", backend="auto")   # or "onnxruntime" / "numba"
     model.predict(["a gripping, funny film"])
+
+    lm = load("lm.bundle")                              # a language model: streaming state + decoding
+    print("".join(lm.generate("ROMEO:", max_tokens=100, temperature=0.8, seed=1)))
 """
 
 from .bundle import Bundle as Bundle, open_bundle as open_bundle
@@ -10,6 +13,7 @@ from .errors import (BackendUnavailableError as BackendUnavailableError, BundleE
                      InputError as InputError, ParityError as ParityError, RnnkitError as RnnkitError,
                      UnsupportedError as UnsupportedError)
 from .model import Model as Model, Prediction as Prediction, Tagging as Tagging, load as load
+from .state import State as State
 
 __version__ = "0.1.0"
 

@@ -23,11 +23,11 @@ import onnx
 
 from .errors import BundleError
 from .charset import CharVocab
-from .manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FP32, MODEL_INT8, ClassifierIO, TaggerIO
-from .tokenizer import WordTokenizer
+from .manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FP32, MODEL_INT8, ClassifierIO, LanguageModelIO, TaggerIO
+from .tokenizer import CharTokenizer, WordTokenizer, tokenizer_from_dict
 
-TASKS = ("classify", "tag")
-CLASSES_KEY = {"classify": "num_labels", "tag": "num_tags"}  # architecture key sized like 'labels'
+TASKS = ("classify", "tag", "lm")
+CLASSES_KEY = {"classify": "num_labels", "tag": "num_tags", "lm": None}  # architecture key sized like 'labels'
 MAX_DIM = 1 << 24  # no declared size in an rnnkit graph comes near 16 M; larger is corruption
 
 
@@ -43,8 +43,8 @@ def sha256_file(path: Path) -> str:
 class Bundle:
     path: Path
     manifest: dict
-    tokenizer: WordTokenizer
-    labels: list[str]                  # classes (classify) or tags (tag), in output order
+    tokenizer: WordTokenizer | CharTokenizer
+    labels: list[str]                  # classes (classify) or tags (tag), in output order; [] for lm
     charset: CharVocab | None = None   # character vocabulary of taggers with character features
     graphs: dict[str, onnx.ModelProto] = field(default_factory=dict, repr=False)
 
@@ -112,17 +112,17 @@ def open_bundle(path: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
     for name, entry in files.items():
         _check_file(path, name, entry, where, verify_hashes)
     _check_graph_contract(manifest, where)
-    labels = _require(manifest, "labels", list, where)
-    if not labels or not all(isinstance(x, str) for x in labels) or len(set(labels)) != len(labels):
+    labels = _require(manifest, "labels", list, where) if task != "lm" else []
+    if task != "lm" and (not labels or not all(isinstance(x, str) for x in labels) or len(set(labels)) != len(labels)):
         raise BundleError(f"{where}: 'labels' must be a non-empty list of distinct strings; re-export the bundle")
     arch = _require(manifest, "architecture", dict, where)
-    tokenizer = WordTokenizer.from_dict(_require(manifest, "tokenizer", dict, where), source=str(where))
+    tokenizer = tokenizer_from_dict(_require(manifest, "tokenizer", dict, where), source=str(where))
     vocab_size = _require(manifest, "architecture.vocab_size", int, where)
     if tokenizer.vocab_size != vocab_size:
         raise BundleError(f"{where}: 'tokenizer.vocab' has {tokenizer.vocab_size} entries but "
                           f"'architecture.vocab_size' is {vocab_size}; re-export the bundle")
     key = CLASSES_KEY[task]
-    if arch.get(key) != len(labels):
+    if key is not None and arch.get(key) != len(labels):
         raise BundleError(f"{where}: 'architecture.{key}' is {arch.get(key)} but 'labels' has "
                           f"{len(labels)} entries; re-export the bundle")
     charset = None
@@ -157,6 +157,10 @@ def _check_graph_contract(manifest: dict, where: Path) -> None:
     graph = _require(manifest, "graph", dict, where)
     if manifest["task"] == "classify":
         io = (ClassifierIO.inputs, ClassifierIO.outputs)
+    elif manifest["task"] == "lm":
+        cell = _require(manifest, "architecture.cell", str, where)
+        io = (LanguageModelIO.inputs(cell), LanguageModelIO.outputs(cell))
+        _check_state_contract(manifest, cell, where)
     else:
         io = (TaggerIO.inputs_with_chars if manifest.get("charset") else TaggerIO.inputs, TaggerIO.outputs)
     for side, expected in zip(("inputs", "outputs"), io):
@@ -173,6 +177,18 @@ def _check_graph_contract(manifest: dict, where: Path) -> None:
     max_length = graph.get("max_length")
     if not isinstance(max_length, int) or not 0 < max_length <= MAX_DIM:
         raise BundleError(f"{where}: 'graph.max_length' is {max_length!r}; expected an integer in 1..{MAX_DIM}")
+
+
+def _check_state_contract(manifest: dict, cell: str, where: Path) -> None:
+    """A language model's ``state`` section: one entry per state input, fed by the matching output,
+    shaped (architecture.layers, 'batch', architecture.hidden), float32, starting from zeros."""
+    state = _require(manifest, "state", list, where)
+    arch = manifest["architecture"]
+    want = [{"input": i, "output": o, "dtype": "float32", "shape": [arch.get("layers"), "batch", arch.get("hidden")],
+             "initial": "zeros"} for i, o in zip(LanguageModelIO.state_inputs(cell), LanguageModelIO.state_outputs(cell))]
+    if state != want:
+        raise BundleError(f"{where}: 'state' is {state!r} but a {cell} language model with this architecture has "
+                          f"{want!r}; the manifest is inconsistent, re-export the bundle")
 
 
 def _load_graph(model_path: Path, root: Path) -> onnx.ModelProto:

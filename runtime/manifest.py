@@ -41,3 +41,39 @@ class TaggerIO:
     inputs = (input_ids, sequence_lens)
     inputs_with_chars = (input_ids, sequence_lens, char_ids)
     outputs = (logits,)
+
+
+class LanguageModelIO:
+    """Graph contract of a language model (a step function with explicit recurrent state).
+
+    One call runs one step or a chunk: ``input_ids, sequence_lens, initial_h[, initial_c] ->
+    logits, final_h[, final_c]``; the caller feeds each ``final_*`` back as the matching
+    ``initial_*`` of the next call (``STATE_PAIRS``), starting from zeros.  The manifest's
+    ``state`` section records names, shapes (concrete layers and hidden), dtype and initial value.
+    """
+
+    input_ids = "input_ids"          # int64 (batch, time), padded with <pad> = 0
+    sequence_lens = "sequence_lens"  # int32 (batch,), 1 <= len <= time
+    initial_h = "initial_h"          # float32 (layers, batch, hidden): state before the chunk
+    initial_c = "initial_c"          # float32 (layers, batch, hidden): LSTM cell state only
+    logits = "logits"                # float32 (batch, time, vocab); 0 past each row's length
+    final_h = "final_h"              # float32 (layers, batch, hidden): state after each row's last real token
+    final_c = "final_c"              # LSTM only
+
+    STATE_PAIRS = {final_h: initial_h, final_c: initial_c}  # output -> the input it feeds next call
+
+    @classmethod
+    def state_inputs(cls, cell: str) -> tuple[str, ...]:
+        return (cls.initial_h, cls.initial_c) if cell == "lstm" else (cls.initial_h,)
+
+    @classmethod
+    def state_outputs(cls, cell: str) -> tuple[str, ...]:
+        return (cls.final_h, cls.final_c) if cell == "lstm" else (cls.final_h,)
+
+    @classmethod
+    def inputs(cls, cell: str) -> tuple[str, ...]:
+        return (cls.input_ids, cls.sequence_lens) + cls.state_inputs(cell)
+
+    @classmethod
+    def outputs(cls, cell: str) -> tuple[str, ...]:
+        return (cls.logits,) + cls.state_outputs(cell)

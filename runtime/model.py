@@ -1,7 +1,9 @@
 """The runtime's public object: a loaded bundle plus a backend session, with task methods.
 
 ``load(bundle, backend="auto", int8=False, threads=None) -> Model``;
-``Model.predict(texts)`` for classification bundles.  Batches are formed by length
+``Model.predict(texts)`` for classification bundles, ``Model.tag`` for taggers, and for language
+models ``spawn_state()`` (streaming, ``rnnkit.runtime.state``), ``generate`` / ``generate_text``,
+``score`` and ``next_tokens`` (decoding in numpy, ``rnnkit.runtime.generate``).  Batches are formed by length
 bucketing (texts sorted by token count, so little padding is computed) and results come
 back in the caller's order.
 
@@ -11,16 +13,19 @@ Must not import torch.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from . import backends
 from .bundle import Bundle, open_bundle
 from .errors import InputError
-from .manifest import ClassifierIO, TaggerIO
+from .generate import Sampling, check_max_tokens, choose, log_probs, top_tokens
+from .manifest import ClassifierIO, LanguageModelIO, TaggerIO
+from .state import State, check_ids
 
 
 @dataclass
@@ -60,6 +65,15 @@ class Model:
         self.labels = bundle.labels
         self.max_length = int(bundle.manifest["graph"]["max_length"])
         self.session = backends.open_session(bundle.graph(int8), bundle.model_path(int8), self.backend, threads)
+        # numba's parallel kernels are not safe to enter from several threads at once: serialise runs there
+        self._lock = threading.Lock() if self.backend == "numba" else None
+        arch = bundle.manifest["architecture"]
+        self.vocab_size = int(arch["vocab_size"])
+        if bundle.task == "lm":
+            self.state_inputs = LanguageModelIO.state_inputs(arch["cell"])
+            self.state_outputs = LanguageModelIO.state_outputs(arch["cell"])
+            self._state_shape = (int(arch["layers"]), int(arch["hidden"]))
+            self.token_separator = "" if self.tokenizer.level == "char" else " "
 
     def __repr__(self) -> str:
         return (f"Model({str(self.bundle.path)!r}, task={self.bundle.task!r}, backend={self.backend!r}, "
@@ -73,11 +87,17 @@ class Model:
                  ClassifierIO.sequence_lens: np.ascontiguousarray(lengths, dtype=np.int32)}
         if char_ids is not None:
             feeds[TaggerIO.char_ids] = np.ascontiguousarray(char_ids, dtype=np.int64)
-        return self.session.run([ClassifierIO.logits], feeds)[0]
+        return self._run([ClassifierIO.logits], feeds)[0]
+
+    def _run(self, names, feeds) -> list[np.ndarray]:
+        if self._lock is None:
+            return self.session.run(names, feeds)
+        with self._lock:
+            return self.session.run(names, feeds)
 
     def _require_task(self, task: str, method: str) -> None:
         if self.bundle.task != task:
-            other = {"classify": "predict()", "tag": "tag()"}[self.bundle.task]
+            other = {"classify": "predict()", "tag": "tag()", "lm": "generate()"}[self.bundle.task]
             raise InputError(f"{self.bundle.path}: a {self.bundle.task} bundle has no {method}; use {other}")
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
@@ -150,9 +170,121 @@ class Model:
                 progress(len(rows))
         return results
 
+    # -- language models ---------------------------------------------------------------------
+    def initial_state(self, batch: int = 1) -> dict[str, np.ndarray]:
+        """The state contract's initial value: zeros (layers, batch, hidden) per state input."""
+        self._require_task("lm", "initial_state()")
+        return {name: np.zeros((self._state_shape[0], batch, self._state_shape[1]), np.float32)
+                for name in self.state_inputs}
+
+    def step(self, input_ids: np.ndarray, state: dict[str, np.ndarray], lengths: np.ndarray | None = None
+             ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One call of the step graph: (B, T) ids from ``state`` -> (B, T, V) logits, the new state."""
+        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+        lens = np.full(ids.shape[0], ids.shape[1], np.int32) if lengths is None else lengths.astype(np.int32)
+        feeds = {LanguageModelIO.input_ids: ids, LanguageModelIO.sequence_lens: lens, **state}
+        out = self._run([LanguageModelIO.logits, *self.state_outputs], feeds)
+        return out[0], {LanguageModelIO.STATE_PAIRS[o]: v for o, v in zip(self.state_outputs, out[1:])}
+
+    def spawn_state(self) -> State:
+        """A fresh streaming state (zeros): ``state.run(chunk)`` as text arrives, ``reset()``, ``copy()``."""
+        self._require_task("lm", "spawn_state()")
+        return State(self)
+
+    def encode_chunk(self, chunk: str | Sequence[int]) -> list[int]:
+        """Text -> ids (characters outside a char-level vocabulary are refused; unknown words are
+        ``<unk>``, which word-level training learned from its vocabulary cut-off), or checked ids."""
+        if isinstance(chunk, str):
+            if self.tokenizer.level == "char":
+                unknown = self.tokenizer.unknown(chunk)
+                if unknown:
+                    shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in unknown[:10])
+                    raise InputError(f"characters {shown} are not in this model's vocabulary of "
+                                     f"{self.vocab_size - 2} characters; remove or replace them")
+            return self.tokenizer.encode(chunk)
+        if isinstance(chunk, np.ndarray):
+            chunk = chunk.tolist()
+        if not isinstance(chunk, (list, tuple)):
+            raise InputError(f"a chunk is text (str) or a list of token ids, got {type(chunk).__name__}")
+        return check_ids(chunk, self.vocab_size)
+
+    def _context(self, prefix: str | State, method: str) -> State:
+        self._require_task("lm", method)
+        if isinstance(prefix, State):
+            if prefix.model is not self:
+                raise InputError(f"{method}: the state was spawned by another model ({prefix.model!r}); "
+                                 "states carry one model's recurrent state, spawn one from this model")
+            state = prefix
+        else:
+            state = self.spawn_state()
+            state.run(prefix)
+        if state.last_logits is None:
+            raise InputError(f"{method}: the prompt is empty (no tokens); a language model needs at least one "
+                             "token of context, e.g. a newline or the first character of the text")
+        return state
+
+    def generate(self, prompt: str | State, max_tokens: int = 200, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: int | None = None, stop: str | Sequence[str] | None = None) -> Iterator[str]:
+        """Tokens (characters or words) one at a time, as produced, after ``prompt`` (text, or a
+        ``State`` to continue; that state advances).  ``temperature=0``: greedy; ``seed``: the same
+        tokens on every run and backend.  Stops after ``max_tokens`` or once the generated text
+        contains a ``stop`` string (the token completing it is the last yielded).  Arguments are
+        checked when called, before the first token."""
+        sampling = Sampling(temperature, top_k, top_p)
+        max_tokens = check_max_tokens(max_tokens)
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if any(not isinstance(x, str) or not x for x in stops):
+            raise InputError(f"stop must be a non-empty string or a list of them, got {stop!r}")
+        if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0):
+            raise InputError(f"seed must be an integer >= 0 or None, got {seed!r}")
+        state = self._context(prompt, "generate()")
+        rng = np.random.default_rng(seed)
+        return self._tokens(state, max_tokens, sampling, rng, stops)
+
+    def _tokens(self, state: State, max_tokens: int, sampling: Sampling, rng, stops: list[str]) -> Iterator[str]:
+        tail, keep = "", max((len(x) for x in stops), default=0) + 64
+        for _ in range(max_tokens):
+            token_id = choose(state.last_logits, sampling, rng)
+            token = self.tokenizer.vocab[token_id]
+            state.feed_id(token_id)
+            yield token
+            if stops:
+                tail = (tail + self.token_separator + token)[-keep:] if tail else token
+                if any(x in tail for x in stops):
+                    return
+
+    def generate_text(self, prompt: str | State, max_tokens: int = 200, **options) -> str:
+        """``generate`` joined into one string (characters directly, words with spaces)."""
+        return self.token_separator.join(self.generate(prompt, max_tokens, **options))
+
+    def score(self, text: str | Sequence[int]) -> dict:
+        """Per-token log-probabilities (nats) of ``text`` under the model, from the zero state:
+        ``{"tokens", "logprobs", "loss", "perplexity"}``; the first token has no prediction
+        (no start token), so ``logprobs[i]`` scores ``tokens[i + 1]``."""
+        self._require_task("lm", "score()")
+        ids = self.encode_chunk(text)
+        if len(ids) < 2:
+            raise InputError(f"score() needs at least 2 tokens (the first one is the context), got {len(ids)}")
+        logits = self.spawn_state().run(ids)                                      # (t, V)
+        lp = np.take_along_axis(log_probs(logits[:-1]), np.asarray(ids[1:])[:, None], 1)[:, 0]
+        loss = float(-lp.mean())
+        return {"tokens": [self.tokenizer.vocab[i] for i in ids], "logprobs": [float(x) for x in lp],
+                "loss": loss, "perplexity": float(np.exp(min(loss, 700.0)))}
+
+    def next_tokens(self, prefix: str | State, k: int = 5) -> list[tuple[str, float]]:
+        """The ``k`` most likely next tokens after ``prefix`` (text or a ``State``, not advanced) with
+        their probabilities: keyboard-style suggestions."""
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise InputError(f"k must be an integer >= 1, got {k!r}")
+        state = self._context(prefix, "next_tokens()")
+        return [(self.tokenizer.vocab[i], p) for i, p in top_tokens(state.last_logits, int(k))]
+
     def warmup(self) -> float:
         """Run one tiny batch (compiles numba kernels or fills caches); returns seconds taken."""
         start = time.perf_counter()
+        if self.bundle.task == "lm":
+            self.step(np.full((1, 3), 2, np.int64), self.initial_state(1))
+            return time.perf_counter() - start
         ids, lengths = pad([[1, 1, 1], [1]])
         chars = np.ones((2, 3, 2), dtype=np.int64) if self.bundle.charset is not None else None
         self.logits(ids, lengths, chars)

@@ -5,8 +5,9 @@ marks by one Unicode-aware regex -> ids, with ``<pad>`` = 0 and ``<unk>`` = 1.  
 vocabulary is built deterministically (frequency, then alphabetical order) so the same
 corpus gives the same ids on every platform.  ``to_dict`` / ``from_dict`` is the JSON form
 stored in checkpoints and bundle manifests; ``from_dict`` validates every key and raises
-``BundleError`` naming the file and key.  The ``level`` field leaves room for a
-character-level tokenizer beside this one.
+``BundleError`` naming the file and key.  ``CharTokenizer`` (``level: "char"``) is the
+character-level tokenizer of language models: one id per character, no lower-casing;
+``tokenizer_from_dict`` rebuilds either from its ``level``.
 
 Pure stdlib + numpy: must not import torch, onnxruntime or numba.
 """
@@ -200,3 +201,101 @@ def _vocab_problems(vocab, name: str) -> list[str]:
         problems.append(f"'{name}' has duplicate entr{'y' if len(dups) == 1 else 'ies'} "
                         + ", ".join(repr(t) for t in dups[:5]))
     return problems
+
+
+CHAR_TOKENIZER_KEYS = {"level", "normalization", "vocab"}
+
+
+class CharTokenizer:
+    """Character-level tokenizer (language models): ``vocab[i]`` is the character with id ``i``.
+
+    Text is NFC-normalised (composed accents count as one character) and never lower-cased;
+    every character is one token, so ``decode(encode(t)) == t`` for text inside the vocabulary,
+    and encoding a text in pieces gives the ids of the whole (streaming-safe).  Characters
+    outside the vocabulary encode to ``<unk>``; ``unknown(text)`` lists them.
+    """
+
+    level = "char"
+    lowercase = False
+
+    def __init__(self, vocab: Sequence[str] = SPECIALS, normalization: str = "NFC"):
+        self.vocab = list(vocab)
+        self.normalization = normalization
+        self._index = {tok: i for i, tok in enumerate(self.vocab)}
+
+    @classmethod
+    def build(cls, texts: Iterable[str], max_size: int | None = None, normalization: str = "NFC") -> "CharTokenizer":
+        """Every character seen (or the ``max_size`` most frequent, specials included); ties by code point."""
+        counts: Counter[str] = Counter()
+        for text in texts:
+            counts.update(unicodedata.normalize(normalization, text))
+        ranked = sorted(counts, key=lambda c: (-counts[c], c))
+        if max_size is not None:
+            ranked = ranked[: max_size - len(SPECIALS)]
+        return cls(list(SPECIALS) + ranked, normalization=normalization)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def normalize(self, text: str) -> str:
+        return unicodedata.normalize(self.normalization, text)
+
+    def tokenize(self, text: str) -> list[str]:
+        return list(self.normalize(text))
+
+    split = tokenize
+
+    def encode(self, text: str) -> list[int]:
+        index = self._index
+        return [index.get(c, UNK_ID) for c in self.normalize(text)]
+
+    def unknown(self, text: str) -> list[str]:
+        """Distinct characters of ``text`` outside the vocabulary, in order of appearance."""
+        return list(dict.fromkeys(c for c in self.normalize(text) if c not in self._index))
+
+    def token_id(self, token: str) -> int:
+        return self._index.get(token, UNK_ID)
+
+    def decode(self, ids: Iterable[int], skip_pad: bool = True) -> str:
+        out = []
+        for i in ids:
+            i = int(i)
+            if skip_pad and i == PAD_ID:
+                continue
+            out.append(self.vocab[i] if 0 <= i < len(self.vocab) and i != UNK_ID else "\ufffd")
+        return "".join(out)
+
+    def to_dict(self) -> dict:
+        return {"level": self.level, "normalization": self.normalization, "vocab": list(self.vocab)}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "manifest.json") -> "CharTokenizer":
+        if not isinstance(d, dict):
+            raise BundleError(f"{source}: 'tokenizer' is {type(d).__name__}, expected an object -- re-export the bundle")
+        problems = []
+        if set(d) != CHAR_TOKENIZER_KEYS:
+            problems.append(f"'tokenizer' has keys {sorted(d)}, expected {sorted(CHAR_TOKENIZER_KEYS)}")
+        if d.get("normalization") not in ("NFC", "NFKC", "NFD", "NFKD"):
+            problems.append(f"'tokenizer.normalization' is {d.get('normalization')!r}, expected one of NFC, NFKC, NFD, NFKD")
+        if "vocab" in d:
+            problems += _vocab_problems(d["vocab"], "tokenizer.vocab")
+            if isinstance(d["vocab"], list) and any(isinstance(t, str) and len(t) != 1 for t in d["vocab"][2:]):
+                problems.append("'tokenizer.vocab' has entries longer than one character (a char tokenizer's "
+                                "entries after <pad>, <unk> are single characters)")
+        if problems:
+            raise BundleError(f"{source}: " + "; ".join(problems) + " -- re-export the bundle or retrain; the "
+                              "tokenizer section must come from CharTokenizer.to_dict()")
+        return cls(d["vocab"], normalization=d["normalization"])
+
+
+TOKENIZERS = {"word": WordTokenizer, "char": CharTokenizer}
+
+
+def tokenizer_from_dict(d, source: str = "manifest.json") -> WordTokenizer | CharTokenizer:
+    """Rebuild the tokenizer a ``to_dict()`` describes, by its ``level`` (word | char)."""
+    level = d.get("level") if isinstance(d, dict) else None
+    if level not in TOKENIZERS:
+        raise BundleError(f"{source}: 'tokenizer.level' is {level!r}, expected one of {sorted(TOKENIZERS)} "
+                          "-- re-export the bundle")
+    return TOKENIZERS[level].from_dict(d, source=source)

@@ -19,6 +19,13 @@ class Tolerance:
     def close(self, actual: np.ndarray, expected: np.ndarray) -> bool:
         return bool(np.allclose(actual, expected, atol=self.atol, rtol=self.rtol))
 
+    def scaled(self, expected: np.ndarray) -> "Tolerance":
+        """This level with ``atol`` multiplied by ``max(1, max|expected|)``: for outputs whose magnitude
+        is far above 1 (an LM head's logits, an LSTM cell state), where float32 rounding of the sums
+        that make them grows with the size of their terms, not with the (possibly small) result."""
+        scale = float(np.max(np.abs(expected))) if np.size(expected) else 1.0
+        return Tolerance(f"{self.name}-scaled", self.atol * max(1.0, scale), self.rtol)
+
     def worst(self, actual: np.ndarray, expected: np.ndarray) -> float:
         """Largest absolute difference (0.0 for empty arrays)."""
         a = np.asarray(actual, dtype=np.float64)

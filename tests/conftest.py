@@ -127,3 +127,49 @@ def tag_bundle(tmp_path_factory) -> Path:
     result = export_checkpoint(ckpt, root / "tag.bundle", int8=True, dev=DevSet(sentences, tags, "synthetic"),
                                min_agreement=0.0, log=lambda m: None)
     return Path(result["path"])
+
+
+LM_TEXT = ("the cat sat on the mat. the dog sat on the log. a cat and a dog ran to the mat!\n"
+           "To be, or not to be: that is the question.\n")
+
+
+def make_lm_checkpoint(out: Path, cell: str = "lstm", layers: int = 1, level: str = "char", seed: int = 0) -> Path:
+    """An untrained, seeded language model saved as an rnnkit lm checkpoint."""
+    import torch
+
+    from rnnkit.runtime.tokenizer import CharTokenizer, WordTokenizer
+    from rnnkit.toolkit.lm import LMConfig, RecurrentLM
+    from rnnkit.toolkit.train_lm import save_lm_checkpoint
+
+    tokenizer = CharTokenizer.build([LM_TEXT]) if level == "char" else WordTokenizer.build([LM_TEXT])
+    torch.manual_seed(seed)
+    config = LMConfig(vocab_size=tokenizer.vocab_size, cell=cell, embed=6, hidden=7, layers=layers, dropout=0.0)
+    model = RecurrentLM(config).eval()
+    with torch.no_grad():  # larger weights than the default init: decisive, varied logits
+        for p in model.parameters():
+            p.mul_(3.0)
+    return save_lm_checkpoint(out, model, tokenizer, training={}, plot=False)
+
+
+@pytest.fixture(scope="session")
+def lm_bundles(tmp_path_factory):
+    """Validated fp32 char-LM bundles for every (cell, layers) in {rnn, lstm, gru} x {1, 2}; the
+    lstm x2 one also int8 (built lazily, once per session)."""
+    pytest.importorskip("torch")
+    from rnnkit.export.exporter import DevSet, export_checkpoint
+
+    root = tmp_path_factory.mktemp("lm")
+    cache: dict = {}
+
+    def get(cell: str, layers: int, level: str = "char") -> Path:
+        key = (cell, layers, level)
+        if key not in cache:
+            name = f"{cell}{layers}{level}"
+            ckpt = make_lm_checkpoint(root / f"{name}.ckpt", cell, layers, level, seed=layers)
+            int8 = (cell, layers, level) == ("lstm", 2, "char")
+            result = export_checkpoint(ckpt, root / f"{name}.bundle", int8=int8, dev=DevSet([LM_TEXT * 3], None, "lm"),
+                                       min_agreement=0.0, log=lambda m: None)
+            cache[key] = Path(result["path"])
+        return cache[key]
+
+    return get

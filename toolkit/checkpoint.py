@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from rnnkit.runtime.errors import BundleError, InputError
-from rnnkit.runtime.tokenizer import WordTokenizer
+from rnnkit.runtime.tokenizer import WordTokenizer, tokenizer_from_dict
 from rnnkit.toolkit.models import ClassifierConfig, RecurrentClassifier
 
 FORMAT = "rnnkit-checkpoint"
@@ -36,7 +36,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 CURVES_FILE = "curves.png"
 REQUIRED_KEYS = ("format", "format_version", "task", "model", "tokenizer")
-TASK_KEYS = {"classify": ("labels",), "tag": ("charset", "tags")}  # checked once 'task' is known
+TASK_KEYS = {"classify": ("labels",), "tag": ("charset", "tags"), "lm": ()}  # checked once 'task' is known
 
 
 @dataclass
@@ -192,7 +192,7 @@ def read_checkpoint(path, task: str, cls) -> tuple[dict, object, WordTokenizer]:
     path = Path(path)
     meta = read_checkpoint_config(path, task)
     cfg = path / CONFIG_FILE
-    return meta, model_config(meta, cfg, cls), WordTokenizer.from_dict(meta["tokenizer"], source=str(cfg))
+    return meta, model_config(meta, cfg, cls), tokenizer_from_dict(meta["tokenizer"], source=str(cfg))
 
 
 def raise_inconsistent(path, problems: list[str], tokenizer: WordTokenizer, config) -> None:

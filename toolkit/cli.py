@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from ..runtime.errors import RnnkitError
-from .configs import CELL_TYPES, POOLINGS, TagTrainConfig, TrainConfig
+from .configs import CELL_TYPES, POOLINGS, LMTrainConfig, TagTrainConfig, TrainConfig
 
 BACKEND = click.Choice(["auto", "onnxruntime", "numba"])
 
@@ -123,6 +123,46 @@ def train_tag(train_path, dev_path, out_dir, **options):
     click.echo(f"best dev accuracy {result.dev_accuracy:.4f} (epoch {result.best_epoch}); checkpoint: {result.out_dir}")
 
 
+_L = LMTrainConfig()
+
+
+@train.command("lm")
+@click.option("--train", "train_path", required=True, type=click.Path(), help="Plain-text file.")
+@click.option("--dev", "dev_path", type=click.Path(), help="Plain-text dev file. Default: the last --dev-split of TRAIN (by position).")
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Checkpoint directory to write.")
+@click.option("--level", type=click.Choice(["char", "word"]), default=_L.level, show_default=True, help="Tokens: characters or words.")
+@click.option("--cell", type=click.Choice(list(CELL_TYPES)), default=_L.cell, show_default=True)
+@click.option("--layers", type=click.IntRange(1, 8), default=_L.layers, show_default=True)
+@click.option("--hidden", type=click.IntRange(1, 4096), default=_L.hidden, show_default=True)
+@click.option("--embed", type=click.IntRange(1, 4096), default=_L.embed, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 0.95), default=_L.dropout, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 1000), default=_L.epochs, show_default=True)
+@click.option("--patience", type=click.IntRange(0), default=_L.patience, show_default=True,
+              help="Stop after this many epochs without a lower dev loss (0: never).")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=_L.batch_size, show_default=True, help="Parallel text streams.")
+@click.option("--bptt", type=click.IntRange(1, 100000), default=_L.bptt, show_default=True,
+              help="Tokens per truncated-backprop window (the state is carried across windows).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_L.lr, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=_L.weight_decay, show_default=True)
+@click.option("--clip", type=click.FloatRange(min=0), default=_L.clip, show_default=True, help="Gradient-norm clipping (0: off).")
+@click.option("--seed", type=int, default=_L.seed, show_default=True)
+@click.option("--max-train-tokens", type=click.IntRange(0), default=_L.max_train_tokens, show_default=True,
+              help="Train on the first N tokens only (0: all).")
+@click.option("--dev-split", type=click.FloatRange(0, 0.9, min_open=True), default=_L.dev_split, show_default=True)
+@click.option("--lowercase/--keep-case", default=_L.lowercase, show_default=True, help="Word level only.")
+@click.option("--max-vocab", type=click.IntRange(3), default=_L.max_vocab, show_default=True, help="Word level only.")
+@click.option("--min-freq", type=click.IntRange(1), default=_L.min_freq, show_default=True, help="Word level only.")
+@click.option("--encoding", default=_L.encoding, show_default=True)
+@click.option("--threads", type=click.IntRange(0), default=_L.threads, show_default=True)
+def train_lm_cmd(train_path, dev_path, out_dir, **options):
+    """Train a language model (text generation, next-word suggestion)."""
+    from .train_lm import train_lm
+
+    result = train_lm(train_path, out_dir, LMTrainConfig(**options), dev_path=dev_path)
+    click.echo(f"best dev loss {result.dev_loss:.4f} nats/token (epoch {result.best_epoch}); "
+               f"checkpoint: {result.out_dir}")
+
+
 @cli.command("export")
 @click.argument("checkpoint", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Bundle directory to write (replaced atomically).")
@@ -130,18 +170,21 @@ def train_tag(train_path, dev_path, out_dir, **options):
 @click.option("--dev", "dev_path", type=click.Path(), help="Labelled dev file for the int8 agreement check "
               "(default: the checkpoint's own dev data, if it is still on disk).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
-              help="Fail the export if int8 labels agree with fp32 on less than this share of dev.")
+              help="Classifiers/taggers: fail the export if int8 labels agree with fp32 on less than this share of dev.")
+@click.option("--max-loss-delta", type=click.FloatRange(min=0), default=0.02, show_default=True,
+              help="Language models: fail the export if int8 dev loss exceeds fp32's by more than this (nats/token).")
 @click.option("--max-length", type=click.IntRange(1, 1 << 24), default=10_000, show_default=True,
               help="Tokens kept per text at run time.")
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--label-field", default="label", show_default=True)
-def export_cmd(checkpoint, out, int8, dev_path, min_agreement, max_length, text_field, label_field):
+def export_cmd(checkpoint, out, int8, dev_path, min_agreement, max_loss_delta, max_length, text_field, label_field):
     """Export CHECKPOINT to a validated ONNX bundle."""
     from ..export.exporter import export_checkpoint
     from .devset import dev_set_for
 
     dev = dev_set_for(checkpoint, dev_path, text_field, label_field)
     result = export_checkpoint(checkpoint, out, int8=int8, dev=dev, min_agreement=min_agreement,
+                               max_loss_delta=max_loss_delta,
                                max_length=max_length, log=lambda m: click.echo(m, err=True))
     click.echo(summary(result["manifest"], result["path"]))
 
@@ -226,6 +269,37 @@ def _predict_dask(bundle, texts, input_paths, output_path, backend, int8, batch_
 
 @cli.command()
 @click.argument("bundle", type=click.Path())
+@click.option("--prompt", required=True, help="Text to continue (at least one token).")
+@click.option("--max-tokens", type=click.IntRange(0, 1_000_000), default=200, show_default=True,
+              help="Tokens (characters or words) to generate.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True, help="0: greedy.")
+@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="Sample from the k most likely (0: all).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Nucleus sampling: the smallest set with this much probability.")
+@click.option("--seed", type=click.IntRange(0), default=None, help="Same seed, same tokens (on every backend).")
+@click.option("--stop", multiple=True, help="Stop once the generated text contains this string (repeatable).")
+@click.option("--backend", type=BACKEND, default="auto", show_default=True)
+@click.option("--int8", is_flag=True, help="Use the bundle's int8 model.")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="Backend threads.")
+@click.option("--echo/--no-echo", default=True, show_default=True, help="Print the prompt before the generated text.")
+def generate(bundle, prompt, max_tokens, temperature, top_k, top_p, seed, stop, backend, int8, threads, echo):
+    """Continue PROMPT with a language-model BUNDLE, streaming tokens to stdout as they are produced."""
+    from ..runtime import load
+
+    model = load(bundle, backend=backend, int8=int8, threads=threads)
+    tokens = model.generate(prompt, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                            stop=list(stop) or None)
+    if echo:
+        click.echo(prompt, nl=False)
+    sep = model.token_separator
+    for i, token in enumerate(tokens):
+        click.echo((sep if (i or echo) else "") + token, nl=False)
+        sys.stdout.flush()
+    click.echo()
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest.")
 def inspect(bundle, as_json):
     """Print a bundle's manifest summary (verifies every file's sha256)."""
@@ -261,9 +335,14 @@ def summary(manifest: dict, path) -> str:
     extra = f" pooling={a['pooling']}" if "pooling" in a else ""
     if a.get("char_vocab_size"):
         extra += f" char-cnn={a['char_filters']}"
-    lines = [f"bundle {path}: task={manifest['task']} labels={manifest['labels']}",
+    head = (f"tokenizer={manifest['tokenizer']['level']}" if manifest["task"] == "lm"
+            else f"labels={manifest['labels']}")
+    lines = [f"bundle {path}: task={manifest['task']} {head}",
              f"  model: {a['cell']} x{a['layers']}{' bidirectional' if a['bidirectional'] else ''} "
              f"embed={a['embed']} hidden={a['hidden']}{extra} vocab={a['vocab_size']}"]
+    for entry in manifest.get("state") or []:
+        lines.append(f"  state: {entry['output']} -> {entry['input']} {entry['dtype']} {entry['shape']} "
+                     f"starts at {entry['initial']}")
     for name, entry in manifest["files"].items():
         lines.append(f"  {name}: {entry['bytes'] / 1e6:.2f} MB sha256={entry['sha256'][:12]}")
     v = manifest.get("validation", {})

@@ -156,3 +156,82 @@ class TagTrainConfig:
             problems.append(f"dev_split must be in (0, 1), got {self.dev_split}")
         if problems:
             raise InputError("invalid training configuration: " + "; ".join(problems))
+
+
+@dataclass
+class LMConfig:
+    vocab_size: int            # rows of the embedding and columns of the head, <pad>=0 and <unk>=1 included
+    cell: str = "lstm"         # rnn | lstm | gru
+    embed: int = 128           # token embedding width
+    hidden: int = 512          # recurrent state width
+    layers: int = 2            # stacked recurrent layers
+    dropout: float = 0.2       # on embeddings, between layers and before the head (training only)
+    padding_idx: int = 0       # the tokenizer's <pad> id
+    bidirectional: bool = False  # always False: a language model reads left to right
+
+    def __post_init__(self):
+        if self.cell not in CELL_TYPES:
+            raise ValueError(f"cell must be one of {list(CELL_TYPES)}, got {self.cell!r}")
+        if self.bidirectional:
+            raise ValueError("a language model is unidirectional (it predicts the next token from the left context)")
+        for name in ("vocab_size", "embed", "hidden", "layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def directions(self) -> int:
+        return 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LMTrainConfig:
+    # model
+    level: str = "char"            # char | word tokens
+    cell: str = "lstm"             # rnn | lstm | gru
+    layers: int = 2                # stacked recurrent layers
+    hidden: int = 512              # recurrent state width
+    embed: int = 128               # token embedding width
+    dropout: float = 0.2           # on embeddings, between layers and before the head
+    # optimisation: truncated BPTT over `batch_size` parallel streams of the text, state carried
+    epochs: int = 5                # passes over the training text
+    patience: int = 0              # stop after this many epochs without a lower dev loss (0: never)
+    batch_size: int = 32           # parallel streams (the text is cut into this many contiguous rows)
+    bptt: int = 128                # tokens per truncated-backprop window; the state crosses windows, gradients do not
+    lr: float = 2e-3               # Adam learning rate
+    weight_decay: float = 0.0
+    clip: float = 1.0              # max gradient L2 norm (exploding gradients); 0: off
+    seed: int = 0
+    threads: int = 0               # torch CPU threads; 0: min(4, cpu count)
+    max_train_tokens: int = 0      # use only the first N training tokens (quick runs; 0: all)
+    # data and vocabulary
+    lowercase: bool = False        # word level only (characters keep their case)
+    max_vocab: int = 10000         # word level: vocabulary size including <pad> and <unk>
+    min_freq: int = 1              # word level: drop words seen fewer times
+    dev_split: float = 0.1         # without --dev: the last fraction of TRAIN (by position) is dev
+    encoding: str = "utf-8"
+
+    def __post_init__(self):
+        problems = []
+        if self.level not in ("char", "word"):
+            problems.append(f"level must be char or word, got {self.level!r}")
+        if self.cell not in CELL_TYPES:
+            problems.append(f"cell must be one of {sorted(CELL_TYPES)}, got {self.cell!r}")
+        for name in ("layers", "hidden", "embed", "epochs", "batch_size", "bptt", "min_freq"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("patience", "threads", "clip", "weight_decay", "max_train_tokens"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.max_vocab < 3:
+            problems.append(f"max_vocab must be >= 3, got {self.max_vocab}")
+        if not 0.0 < self.dev_split < 1.0:
+            problems.append(f"dev_split must be in (0, 1), got {self.dev_split}")
+        if problems:
+            raise InputError("invalid training configuration: " + "; ".join(problems))

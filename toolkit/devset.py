@@ -22,7 +22,10 @@ def dev_set_for(checkpoint, dev_path=None, text_field="text", label_field="label
         raise BundleError(f"{config_path}: cannot read the checkpoint config ({exc}); is {checkpoint} a checkpoint?") from None
     training, task = meta.get("training", {}), meta.get("task", "classify")
     config = training.get("config", {})
-    read = _tagged_reader(config) if task == "tag" else _labelled_reader(config, text_field, label_field, dev_path)
+    if task == "lm":
+        read = _text_reader(config)
+    else:
+        read = _tagged_reader(config) if task == "tag" else _labelled_reader(config, text_field, label_field, dev_path)
     if dev_path:
         return read(dev_path, str(dev_path))
     if training.get("dev_path") and Path(training["dev_path"]).exists():
@@ -30,7 +33,8 @@ def dev_set_for(checkpoint, dev_path=None, text_field="text", label_field="label
     split, train_path = training.get("split", {}), training.get("train_path")
     if train_path and Path(train_path).exists() and split.get("dev_split"):
         seed = split.get("split_seed", 0)
-        return read(train_path, f"{train_path} (dev split {split['dev_split']}, seed {seed})", split["dev_split"], seed)
+        where = "last" if split.get("by") == "position" else f"seed {seed}"
+        return read(train_path, f"{train_path} (dev split {split['dev_split']}, {where})", split["dev_split"], seed)
     return None
 
 
@@ -59,5 +63,18 @@ def _tagged_reader(config: dict):
         if fraction:
             _, sentences = split_sentences(sentences, fraction, seed)
         return DevSet([s.tokens for s in sentences], [s.tags for s in sentences], source)
+
+    return read
+
+
+def _text_reader(config: dict):
+    """Language models: the dev text as one item (without a dev file: the last fraction of TRAIN)."""
+    from .train_lm import read_text, split_by_position
+
+    def read(path, source, fraction=None, seed=0):
+        text = read_text(path, config.get("encoding", "utf-8"))
+        if fraction:
+            _, text = split_by_position(text, fraction)
+        return DevSet([text], None, source)
 
     return read

@@ -113,16 +113,29 @@ class Fit:
     elapsed: float       # seconds for all epochs
 
 
-def fit(config, make_model: Callable[[], nn.Module], lengths: np.ndarray,
+def higher_accuracy(dev: dict, best: dict) -> bool:
+    return dev["accuracy"] > best["accuracy"]
+
+
+def lower_loss(dev: dict, best: dict) -> bool:
+    return dev["loss"] < best["loss"]
+
+
+def fit(config, make_model: Callable[[], nn.Module], lengths: np.ndarray | None,
         step: Callable[[nn.Module, np.ndarray], tuple[torch.Tensor, int]],
         evaluate: Callable[[nn.Module], dict], report: Callable[[dict], tuple[dict, str]],
-        progress: bool, log: Callable[[str], None]) -> Fit:
+        progress: bool, log: Callable[[str], None], *,
+        epoch_batches: Callable[[np.random.Generator], list] | None = None,
+        better: Callable[[dict, dict], bool] = higher_accuracy) -> Fit:
     """Train ``make_model()`` on the examples whose lengths are ``lengths``.
 
     ``config``: a ``TrainConfig`` / ``TagTrainConfig`` (threads, seed, lr, weight_decay, epochs,
     batch_size, clip, patience).  ``step(model, idx)`` -> (mean loss of batch ``idx``, its
     weight: examples or tokens); ``evaluate(model)`` -> dev dict with at least ``loss`` and
     ``accuracy``; ``report(dev)`` -> (task fields of the history record, task part of the log line).
+    ``epoch_batches(rng)`` replaces the length-bucketed shuffled batches (a language model's
+    truncated-BPTT windows must come in order, so its state can be carried from one to the next);
+    ``better(dev, best)`` picks the best epoch (default: higher dev accuracy; LMs: lower dev loss).
     """
     with torch_settings(config.threads):
         rng = seed_all(config.seed)
@@ -134,10 +147,10 @@ def fit(config, make_model: Callable[[], nn.Module], lengths: np.ndarray,
         for epoch in range(1, config.epochs + 1):
             t0 = time.perf_counter()
             model.train()
-            epoch_batches = batches(lengths, config.batch_size, rng)
+            todo = epoch_batches(rng) if epoch_batches else batches(lengths, config.batch_size, rng)
             loss_sum, seen = 0.0, 0
-            with Progress(progress, len(epoch_batches), f"epoch {epoch}/{config.epochs}") as bar:
-                for idx in epoch_batches:
+            with Progress(progress, len(todo), f"epoch {epoch}/{config.epochs}") as bar:
+                for idx in todo:
                     loss, n = step(model, idx)
                     optim.zero_grad(set_to_none=True)
                     loss.backward()
@@ -152,7 +165,7 @@ def fit(config, make_model: Callable[[], nn.Module], lengths: np.ndarray,
             record = {"epoch": epoch, "train_loss": loss_sum / seen, "dev_loss": dev["loss"], **fields,
                       "seconds": round(time.perf_counter() - t0, 2)}
             history.append(record)
-            improved = best is None or dev["accuracy"] > best[1]["accuracy"]
+            improved = best is None or better(dev, best[1])
             if improved:
                 best, stale = (epoch, dev), 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -162,7 +175,7 @@ def fit(config, make_model: Callable[[], nn.Module], lengths: np.ndarray,
                 f"{dev['loss']:.4f}  dev acc {dev['accuracy']:.4f}  {text}  "
                 f"({record['seconds']:.1f}s){'  *' if improved else ''}")
             if config.patience and stale >= config.patience:
-                log(f"no better dev accuracy for {stale} epochs: stopping early")
+                log(f"no better dev result for {stale} epochs: stopping early")
                 break
         elapsed = time.perf_counter() - start
         model.load_state_dict(best_state)

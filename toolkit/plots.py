@@ -45,3 +45,23 @@ def plot_curves(history: list[dict], path, title: str = "") -> Path:
     ax.legend(lines, [ln.get_label() for ln in lines], loc="center right", fontsize=8)
     ax.set_title(title or f"best dev accuracy {best['dev_accuracy']:.4f} (epoch {best['epoch']})", fontsize=9)
     return save_figure(fig, path)
+
+
+def plot_lm_curves(history: list[dict], path, unit: str = "token") -> Path:
+    """Language model: train and dev loss in nats per ``unit`` (left), dev perplexity (right)."""
+    plt = pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+    ax.plot(epochs, [h["dev_loss"] for h in history], "s-", label="dev loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"cross-entropy (nats/{unit})")
+    ax2 = ax.twinx()
+    ax2.plot(epochs, [h["dev_perplexity"] for h in history], "^-", color="tab:green", label="dev perplexity")
+    ax2.set_ylabel("dev perplexity")
+    best = min(history, key=lambda h: h["dev_loss"])
+    ax.axvline(best["epoch"], color="gray", linestyle=":", linewidth=1, label="best epoch")
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right", fontsize=8)
+    ax.set_title(f"best dev loss {best['dev_loss']:.4f} nats/{unit} (epoch {best['epoch']})", fontsize=9)
+    return save_figure(fig, path)

@@ -1,0 +1,116 @@
+"""Language-model generation latency, 1 thread: one token per step at B=1, state carried.
+
+For a char LM (tiny-shakespeare 'best' sizes: LSTM 2x512, 65-char vocabulary; or a trained
+checkpoint) and a word LM step with a 10,000-word vocabulary (LSTM 2x512 by default): torch eager
+(``RecurrentLM`` with its state tuple; also with ``torch.backends.mkldnn`` off, torch's faster path at
+B=1 on CPU), rnnkit onnxruntime fp32/int8, rnnkit numba fp32/int8, all in
+this one run.  What is timed is the decoding step an app runs: feed one token id with the carried
+state, get the logits and the new state (``State.run``); greedy choice in numpy is timed too for
+rnnkit (``generate``) as tokens per second over ``--tokens`` tokens.
+
+    python benchmarks/lm_step.py                                   # random weights
+    python benchmarks/lm_step.py --checkpoint runs/shakespeare-small/ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import common  # noqa: F401  (pins 1 thread before numpy/torch load)
+import numpy as np
+
+from common import WORK, machine, stats_ms, table, timeit
+
+
+def random_checkpoint(name: str, vocab_size: int, cell: str, layers: int, hidden: int, embed: int):
+    import torch
+
+    from rnnkit.runtime.tokenizer import SPECIALS, CharTokenizer, WordTokenizer
+    from rnnkit.toolkit.lm import LMConfig, RecurrentLM
+    from rnnkit.toolkit.train_lm import save_lm_checkpoint
+
+    if name == "char":
+        tok = CharTokenizer(list(SPECIALS) + [chr(c) for c in range(32, 32 + vocab_size - 2)])
+    else:
+        tok = WordTokenizer(list(SPECIALS) + [f"w{i}" for i in range(vocab_size - 2)])
+    torch.manual_seed(0)
+    model = RecurrentLM(LMConfig(vocab_size=tok.vocab_size, cell=cell, embed=embed, hidden=hidden, layers=layers,
+                                 dropout=0.0)).eval()
+    return save_lm_checkpoint(WORK / f"lm-{name}.ckpt", model, tok, plot=False)
+
+
+def bench(name: str, ckpt_path, n_tokens: int) -> list[list]:
+    import torch
+
+    from rnnkit.export.exporter import DevSet, export_checkpoint
+    from rnnkit.runtime import load
+    from rnnkit.toolkit.train_lm import load_lm_checkpoint
+
+    ckpt = load_lm_checkpoint(ckpt_path)
+    vocab = ckpt.tokenizer.vocab
+    dev_text = ("".join(vocab[2:]) * 40) if ckpt.tokenizer.level == "char" else " ".join(vocab[2:2002])
+    bundle = export_checkpoint(ckpt_path, WORK / f"lm-{name}.bundle", int8=True, min_agreement=0.0,
+                               dev=DevSet([dev_text], None, "benchmark text"), log=lambda m: None)["path"]
+    token = torch.tensor([[5]])
+    state = [ckpt.model.initial_state(1)]
+
+    def torch_step():
+        with torch.no_grad():
+            logits, state[0] = ckpt.model(token, None, state[0])
+        return logits
+
+    def torch_step_no_mkldnn():  # torch's oneDNN LSTM path is several times slower at B=1 on CPU
+        with torch.backends.mkldnn.flags(enabled=False):
+            return torch_step()
+
+    runs = {"torch eager": (torch_step, None), "torch eager, mkldnn off": (torch_step_no_mkldnn, None)}
+    for backend in ("onnxruntime", "numba"):
+        for int8 in (False, True):
+            m = load(bundle, backend=backend, int8=int8, threads=1)
+            m.warmup()
+            s = m.spawn_state()
+            runs[f"rnnkit {backend} {'int8' if int8 else 'fp32'}"] = (lambda s=s: s.run([5]), m)
+    rows, base = [], None
+    for label, (fn, model) in runs.items():
+        med, p99 = stats_ms(timeit(fn, repeat=500, warmup=20, budget_s=15))
+        base = base or med
+        tps = ""
+        if model is not None:  # end to end: greedy generate, sampling in numpy included
+            start = time.perf_counter()
+            n = sum(1 for _ in model.generate("w0 " if name != "char" else vocab[5], n_tokens, temperature=0))
+            tps = f"{n / (time.perf_counter() - start):.0f}"
+        else:
+            tps = f"{1e3 / med:.0f} (step only)"
+        rows.append([name, label, med, p99, med / base, tps])
+        print(f"  done {name} {label}", file=sys.stderr)
+    return rows, ckpt.config
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", help="a trained char LM checkpoint (default: random weights)")
+    parser.add_argument("--cell", default="lstm")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--word-vocab", type=int, default=10000)
+    parser.add_argument("--tokens", type=int, default=300, help="tokens generated for the tokens/s column")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    WORK.mkdir(parents=True, exist_ok=True)
+    char = args.checkpoint or random_checkpoint("char", 67, args.cell, args.layers, args.hidden, 128)
+    word = random_checkpoint("word", args.word_vocab, args.cell, args.layers, args.hidden, 256)
+    rows, configs = [], []
+    for name, path in (("char", char), (f"word {args.word_vocab}", word)):
+        r, c = bench(name, path, args.tokens)
+        rows += r
+        configs.append(f"{name}: {c.cell.upper()} {c.layers}x{c.hidden}, embed {c.embed}, vocab {c.vocab_size}")
+    print(f"LM generation step, B=1, state carried ({'; '.join(configs)}) -- {machine()}")
+    print(table(["LM", "runtime", "median ms/token", "p99 ms", "x torch eager", "tokens/s (greedy generate)"], rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Training and checkpoints for recurrent language models (``rnnkit train lm``).
+
+Plain text in, next-token prediction out.  The training text is tokenized (``CharTokenizer`` or
+``WordTokenizer``, built on the training text only), cut into ``batch_size`` contiguous streams
+(rows) and read in ``bptt``-token windows in order: truncated backpropagation through time, the
+recurrent state carried from one window to the next (detached: gradients stop at the window, the
+context does not).  Dev is the ``--dev`` file or, without one, the last ``dev_split`` of TRAIN by
+position (nanoGPT's 90/10 split of tinyshakespeare); its loss is reported in nats per token
+(nats/char at char level) with perplexity ``exp(loss)``.  The epoch loop (seeding, clipping,
+progress, best epoch by dev loss, patience) is ``rnnkit.toolkit.loop.fit``; checkpoints are
+``rnnkit.toolkit.checkpoint.write_checkpoint``'s directory with ``"task": "lm"`` and ``curves.png``.
+
+Imports torch; the CLI imports this module inside the command body only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from rnnkit.runtime.errors import InputError
+from rnnkit.runtime.tokenizer import CharTokenizer, WordTokenizer
+from rnnkit.toolkit.checkpoint import (CONFIG_FILE, CURVES_FILE, FORMAT, FORMAT_VERSION, check_out_dir,
+                                       load_weights, raise_inconsistent, read_checkpoint, write_checkpoint)
+from rnnkit.toolkit.configs import LMTrainConfig as LMTrainConfig
+from rnnkit.toolkit.lm import LMConfig, RecurrentLM
+from rnnkit.toolkit.loop import fit, lower_loss, training_record
+
+DEV_STREAMS, DEV_WINDOW = 16, 256  # dev evaluation: parallel streams and window (state carried, no grad)
+
+
+@dataclass
+class LMTrainResult:
+    out_dir: Path
+    best_epoch: int
+    dev_loss: float                # nats per token at the best epoch
+    history: list[dict] = field(default_factory=list)
+    train_time_s: float = 0.0
+    num_train: int = 0             # tokens
+    num_dev: int = 0
+
+
+@dataclass
+class LMCheckpoint:
+    model: RecurrentLM             # eval mode
+    config: LMConfig
+    tokenizer: CharTokenizer | WordTokenizer
+    meta: dict
+    path: Path
+
+
+def read_text(path, encoding: str = "utf-8") -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such text file -- give a plain-text file (--train / --dev)")
+    try:
+        text = p.read_text(encoding=encoding)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{p}: not {encoding} text ({e.reason} at byte {e.start}) -- pass --encoding") from None
+    if not text.strip():
+        raise InputError(f"{p}: is empty -- a language model needs text to train on")
+    return text
+
+
+def split_by_position(text: str, fraction: float) -> tuple[str, str]:
+    """The first ``1 - fraction`` of the characters train, the rest dev (nanoGPT's split)."""
+    cut = int(len(text) * (1.0 - fraction))
+    return text[:cut], text[cut:]
+
+
+def build_tokenizer(text: str, config: LMTrainConfig):
+    if config.level == "char":
+        return CharTokenizer.build([text])
+    return WordTokenizer.build([text], lowercase=config.lowercase, max_size=config.max_vocab,
+                               min_freq=config.min_freq)
+
+
+def streams(ids: np.ndarray, rows: int) -> torch.Tensor:
+    """Token ids -> (rows, N) contiguous streams (the tail that does not divide evenly is dropped)."""
+    n = len(ids) // rows
+    if n < 2:
+        raise InputError(f"{len(ids)} tokens cannot fill {rows} streams of at least 2 tokens -- "
+                         "give more text or a smaller --batch-size")
+    return torch.from_numpy(np.ascontiguousarray(ids[: rows * n].reshape(rows, n)))
+
+
+def windows(data: torch.Tensor, bptt: int) -> list[int]:
+    """Start columns of the truncated-BPTT windows (each predicts columns start+1 .. start+bptt)."""
+    return list(range(0, data.shape[1] - 1, bptt))
+
+
+def detach(state):
+    return tuple(s.detach() for s in state)
+
+
+@torch.no_grad()
+def evaluate_lm(model: RecurrentLM, ids: np.ndarray, rows: int = DEV_STREAMS, window: int = DEV_WINDOW) -> dict:
+    """Mean next-token cross-entropy (nats) and accuracy over ``ids``, state carried across windows."""
+    model.eval()
+    data = streams(ids, min(rows, max(1, len(ids) // 2)))
+    state, loss_sum, correct, n = None, 0.0, 0, 0
+    for s in windows(data, window):
+        x, y = data[:, s:s + window], data[:, s + 1:s + 1 + window]
+        logits, state = model(x[:, : y.shape[1]], None, state)
+        loss_sum += nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                                reduction="sum").item()
+        correct += int((logits.argmax(-1) == y).sum())
+        n += y.numel()
+    loss = loss_sum / n
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700)), "accuracy": correct / n, "tokens": n}
+
+
+def train_lm(train_path, out_dir, config: LMTrainConfig | None = None, dev_path=None, progress: bool = True,
+             log: Callable[[str], None] | None = print) -> LMTrainResult:
+    """Train on the text of ``train_path`` (dev: ``dev_path`` or the last ``dev_split`` of it) and
+    write the best epoch's checkpoint (lowest dev loss) to ``out_dir``."""
+    config = config or LMTrainConfig()
+    log = log or (lambda _msg: None)
+    out = check_out_dir(out_dir)
+    text = read_text(train_path, config.encoding)
+    if dev_path is not None:
+        train_text, dev_text, split = text, read_text(dev_path, config.encoding), {"dev": str(dev_path)}
+    else:
+        train_text, dev_text = split_by_position(text, config.dev_split)
+        split = {"dev_split": config.dev_split, "by": "position"}
+    tok = build_tokenizer(train_text, config)
+    train_ids = np.asarray(tok.encode(train_text), dtype=np.int64)
+    if config.max_train_tokens:
+        train_ids = train_ids[: config.max_train_tokens]
+    dev_ids = np.asarray(tok.encode(dev_text), dtype=np.int64)
+    unit = "char" if config.level == "char" else "token"
+    log(f"{len(train_ids)} train / {len(dev_ids)} dev {unit}s, vocabulary {tok.vocab_size}")
+    data = streams(train_ids, config.batch_size)                                  # (B, N)
+    starts = windows(data, config.bptt)
+    model_config = LMConfig(vocab_size=tok.vocab_size, cell=config.cell, embed=config.embed, hidden=config.hidden,
+                            layers=config.layers, dropout=config.dropout)
+    state = None
+
+    def step(model, start):
+        nonlocal state
+        if start == 0:
+            state = None                          # a new epoch starts every stream from zeros
+        x = data[:, start:start + config.bptt]
+        y = data[:, start + 1:start + 1 + config.bptt]
+        logits, new = model(x[:, : y.shape[1]], None, state)
+        state = detach(new)                       # context crosses the window, gradients do not
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        return loss, y.numel()
+
+    def report(dev):
+        return ({"dev_perplexity": dev["perplexity"], "dev_accuracy": dev["accuracy"]},
+                f"dev perplexity {dev['perplexity']:.3f}")
+
+    result = fit(config, lambda: RecurrentLM(model_config), None, step, lambda m: evaluate_lm(m, dev_ids), report,
+                 progress, log, epoch_batches=lambda _rng: starts, better=lower_loss)
+    best = result.best_dev
+    training = training_record(config, result, train_path, dev_path, split, len(train_ids), len(dev_ids),
+                               {**best, "unit": unit})
+    path = save_lm_checkpoint(out, result.model, tok, training)
+    log(f"best epoch {result.best_epoch}: dev loss {best['loss']:.4f} nats/{unit} (perplexity "
+        f"{best['perplexity']:.3f}); checkpoint written to {path} ({result.elapsed:.1f}s)")
+    return LMTrainResult(path, result.best_epoch, best["loss"], result.history, result.elapsed,
+                         len(train_ids), len(dev_ids))
+
+
+def save_lm_checkpoint(out_dir, model: RecurrentLM, tokenizer, training: dict | None = None,
+                       plot: bool = True) -> Path:
+    c = model.config
+    if tokenizer.vocab_size != c.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} entries but model vocab_size is {c.vocab_size}")
+    training = training or {}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "task": "lm", "model": c.to_dict(),
+            "tokenizer": tokenizer.to_dict(), "training": training}
+
+    def curves(tmp: Path) -> None:
+        if plot and training.get("history"):
+            from rnnkit.toolkit.plots import plot_lm_curves
+            plot_lm_curves(training["history"], tmp / CURVES_FILE, unit=training.get("dev", {}).get("unit", "token"))
+
+    return write_checkpoint(out_dir, meta, model.state_dict(), plot=False, extras=curves)
+
+
+def load_lm_checkpoint(path) -> LMCheckpoint:
+    meta, config, tokenizer = read_checkpoint(path, "lm", LMConfig)
+    raise_inconsistent(path, [], tokenizer, config)
+    model = load_weights(Path(path), RecurrentLM(config), {"embedding.weight": "vocab_size",
+                                                           "head.weight": "vocab_size"})
+    return LMCheckpoint(model, config, tokenizer, meta, Path(path))
+
+
+__all__ = ["LMTrainConfig", "LMTrainResult", "LMCheckpoint", "train_lm", "evaluate_lm", "save_lm_checkpoint",
+           "load_lm_checkpoint", "split_by_position", "CONFIG_FILE"]
