@@ -68,7 +68,9 @@ def bench(cell: str, hidden: int, batch: int) -> list[list]:
         with torch.no_grad():
             model(tids, tlens)
 
-    runs = {"torch eager": torch_eager, "onnxruntime raw session": lambda: raw.run(["logits"], feeds)}
+    runs = {"torch eager": torch_eager, "onnxruntime raw session": lambda: raw.run(["logits"], feeds),
+            # the same ids through rnnkit's session wrapper: what rnnkit adds besides tokenizing
+            "rnnkit onnxruntime fp32, ids in (Model.logits)": lambda: rnnkit_ort.logits(ids, lens)}
     for backend in ("onnxruntime", "numba"):
         for int8 in (False, True):
             m = load(bundle, backend=backend, int8=int8, threads=1)
