@@ -81,7 +81,7 @@ def local_run(bundle: Path, data: Path, backend: str) -> tuple[float, list[str]]
 
 
 def compare(out: Path, local: list[str]) -> tuple[int, int, int, float]:
-    """(rows out, duplicate ids, rows byte-identical to local once the id is dropped, max |score diff|)."""
+    """(rows out, duplicate ids, rows byte-identical to local once the id is dropped, max abs score diff)."""
     rows = [json.loads(line) for part in sorted(out.glob("part-*.jsonl")) for line in part.open(encoding="utf-8")]
     ids = [r.pop("id") for r in rows]
     by_line = {int(i.split(":")[1]): r for i, r in zip(ids, rows)}
@@ -200,7 +200,7 @@ def main() -> None:
     data, source = make_data(args.rows)
     seconds, local = local_run(bundle, data, args.backend)
     headers = ["run", "rows in", "rows out", "duplicate ids", "seconds", "rows/s", "rows identical to local",
-               "max |score diff|", "model loads", "worker task s / CPU s"]
+               "max abs score diff", "model loads", "worker task s / CPU s"]
     rows = [["local `rnnkit predict` (1 process, 1 thread)", len(local), len(local), 0, round(seconds, 2),
              round(len(local) / seconds), "-", "-", 1, "-"]]
     for workers in (1, 2):
