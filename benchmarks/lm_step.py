@@ -41,6 +41,26 @@ def random_checkpoint(name: str, vocab_size: int, cell: str, layers: int, hidden
     return save_lm_checkpoint(WORK / f"lm-{name}.ckpt", model, tok, plot=False)
 
 
+def gemv_floor(model):
+    """The matrix-vector products one step cannot avoid, in numpy (BLAS sgemv): per layer
+    W_ih @ x and W_hh @ h, then the head W @ h; no gate math.  Issue 3's yardstick."""
+    sd = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    layers = model.config.layers
+    w_ih = [np.ascontiguousarray(sd[f"rnn.weight_ih_l{i}"]) for i in range(layers)]
+    w_hh = [np.ascontiguousarray(sd[f"rnn.weight_hh_l{i}"]) for i in range(layers)]
+    head, emb = np.ascontiguousarray(sd["head.weight"]), sd["embedding.weight"]
+    h = np.zeros(model.config.hidden, np.float32)
+
+    def step():
+        x = emb[5]
+        for wi, wh in zip(w_ih, w_hh):
+            g = wi @ x + wh @ h
+            x = g[: h.shape[0]]
+        return head @ x
+
+    return step
+
+
 def bench(name: str, ckpt_path, n_tokens: int) -> list[list]:
     import torch
 
@@ -65,7 +85,8 @@ def bench(name: str, ckpt_path, n_tokens: int) -> list[list]:
         with torch.backends.mkldnn.flags(enabled=False):
             return torch_step()
 
-    runs = {"torch eager": (torch_step, None), "torch eager, mkldnn off": (torch_step_no_mkldnn, None)}
+    runs = {"torch eager": (torch_step, None), "torch eager, mkldnn off": (torch_step_no_mkldnn, None),
+            "numpy GEMV floor (same weights)": (gemv_floor(ckpt.model), None)}
     for backend in ("onnxruntime", "numba"):
         for int8 in (False, True):
             m = load(bundle, backend=backend, int8=int8, threads=1)
