@@ -20,9 +20,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .errors import BundleError, InputError
-from .tokenizer import PAD_ID, UNK_ID, WordTokenizer
+from .tokenizer import PAD, PAD_ID, UNK, UNK_ID, WordTokenizer, ranked_vocab
 
-PAD, UNK = "<pad>", "<unk>"
 MAX_CHARS = 32  # cap on characters per word (first 16 + last 16 kept)
 CHARSET_KEYS = {"chars", "normalization", "max_chars"}
 
@@ -44,10 +43,7 @@ class CharVocab:
         vocab = cls(max_chars=max_chars)
         for w in words:
             counts.update(vocab.normalize(w))
-        ranked = sorted((c for c, n in counts.items() if n >= min_freq), key=lambda c: (-counts[c], c))
-        if max_size is not None:
-            ranked = ranked[: max(0, max_size - 2)]
-        return cls([PAD, UNK] + ranked, max_chars=max_chars)
+        return cls(ranked_vocab(counts, max_size, min_freq), max_chars=max_chars)
 
     @property
     def size(self) -> int:

@@ -33,6 +33,18 @@ DEFAULT_PATTERN = r"\w+(?:['’]\w+)*|[^\w\s]"
 TOKENIZER_KEYS = {"level", "lowercase", "normalization", "pattern", "vocab"}
 
 
+def ranked_vocab(counts: Counter, max_size: int | None = None, min_freq: int = 1) -> list[str]:
+    """``<pad>``, ``<unk>``, then the entries seen at least ``min_freq`` times, most frequent first,
+    ties by code point (the same corpus gives the same ids on every platform); at most ``max_size``
+    entries in all, specials included."""
+    for special in SPECIALS:
+        counts.pop(special, None)
+    ranked = sorted((t for t, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t))
+    if max_size is not None:
+        ranked = ranked[: max(0, max_size - len(SPECIALS))]
+    return list(SPECIALS) + ranked
+
+
 class WordTokenizer:
     """Word-level tokenizer; ``vocab[i]`` is the token with id ``i``."""
 
@@ -62,12 +74,7 @@ class WordTokenizer:
         counts: Counter[str] = Counter()
         for text in texts:
             counts.update(tok.tokenize(text))
-        for special in SPECIALS:
-            counts.pop(special, None)
-        ranked = sorted((t for t, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t))
-        if max_size is not None:
-            ranked = ranked[: max_size - len(SPECIALS)]
-        return cls(list(SPECIALS) + ranked, lowercase=lowercase)
+        return cls(ranked_vocab(counts, max_size, min_freq), lowercase=lowercase)
 
     # -- text <-> ids -----------------------------------------------------------------
 
@@ -229,10 +236,7 @@ class CharTokenizer:
         counts: Counter[str] = Counter()
         for text in texts:
             counts.update(unicodedata.normalize(normalization, text))
-        ranked = sorted(counts, key=lambda c: (-counts[c], c))
-        if max_size is not None:
-            ranked = ranked[: max_size - len(SPECIALS)]
-        return cls(list(SPECIALS) + ranked, normalization=normalization)
+        return cls(ranked_vocab(counts, max_size), normalization=normalization)
 
     @property
     def vocab_size(self) -> int:

@@ -29,39 +29,32 @@ def save_figure(fig, path) -> Path:
 
 def plot_curves(history: list[dict], path, title: str = "") -> Path:
     """``history``: one dict per epoch with ``epoch``, ``train_loss``, ``dev_loss``, ``dev_accuracy``."""
-    plt = pyplot()
-    epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
-    ax.plot(epochs, [h["dev_loss"] for h in history], "s-", label="dev loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("cross-entropy loss")
-    ax2 = ax.twinx()
-    ax2.plot(epochs, [h["dev_accuracy"] for h in history], "^-", color="tab:green", label="dev accuracy")
-    ax2.set_ylabel("dev accuracy")
     best = max(history, key=lambda h: h["dev_accuracy"])
-    ax2.axvline(best["epoch"], color="gray", linestyle=":", linewidth=1, label="best epoch")
-    lines = ax.get_lines() + ax2.get_lines()
-    ax.legend(lines, [ln.get_label() for ln in lines], loc="center right", fontsize=8)
-    ax.set_title(title or f"best dev accuracy {best['dev_accuracy']:.4f} (epoch {best['epoch']})", fontsize=9)
-    return save_figure(fig, path)
+    return _loss_and(history, path, "dev_accuracy", "dev accuracy", "cross-entropy loss", best, "center right",
+                     title or f"best dev accuracy {best['dev_accuracy']:.4f} (epoch {best['epoch']})")
 
 
 def plot_lm_curves(history: list[dict], path, unit: str = "token") -> Path:
     """Language model: train and dev loss in nats per ``unit`` (left), dev perplexity (right)."""
+    best = min(history, key=lambda h: h["dev_loss"])
+    return _loss_and(history, path, "dev_perplexity", "dev perplexity", f"cross-entropy (nats/{unit})", best,
+                     "upper right", f"best dev loss {best['dev_loss']:.4f} nats/{unit} (epoch {best['epoch']})")
+
+
+def _loss_and(history, path, key: str, label: str, loss_label: str, best: dict, legend: str, title: str) -> Path:
+    """Train/dev loss on the left axis, one dev metric on the right, the best epoch marked."""
     plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
     ax.plot(epochs, [h["dev_loss"] for h in history], "s-", label="dev loss")
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"cross-entropy (nats/{unit})")
+    ax.set_ylabel(loss_label)
     ax2 = ax.twinx()
-    ax2.plot(epochs, [h["dev_perplexity"] for h in history], "^-", color="tab:green", label="dev perplexity")
-    ax2.set_ylabel("dev perplexity")
-    best = min(history, key=lambda h: h["dev_loss"])
-    ax.axvline(best["epoch"], color="gray", linestyle=":", linewidth=1, label="best epoch")
+    ax2.plot(epochs, [h[key] for h in history], "^-", color="tab:green", label=label)
+    ax2.set_ylabel(label)
+    ax2.axvline(best["epoch"], color="gray", linestyle=":", linewidth=1, label="best epoch")
     lines = ax.get_lines() + ax2.get_lines()
-    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right", fontsize=8)
-    ax.set_title(f"best dev loss {best['dev_loss']:.4f} nats/{unit} (epoch {best['epoch']})", fontsize=9)
+    ax.legend(lines, [ln.get_label() for ln in lines], loc=legend, fontsize=8)
+    ax.set_title(title, fontsize=9)
     return save_figure(fig, path)

@@ -28,7 +28,7 @@ from torch import nn
 
 from rnnkit.runtime.charset import CharVocab, word_ids
 from rnnkit.runtime.errors import InputError
-from rnnkit.runtime.tokenizer import PAD_ID, SPECIALS, WordTokenizer
+from rnnkit.runtime.tokenizer import PAD_ID, WordTokenizer, ranked_vocab
 from rnnkit.toolkit.checkpoint import (CONFIG_FILE, FORMAT, FORMAT_VERSION, check_out_dir, load_weights,
                                        raise_inconsistent, read_checkpoint, write_checkpoint)
 from rnnkit.toolkit.configs import TagTrainConfig as TagTrainConfig
@@ -75,10 +75,7 @@ def build_word_vocab(sentences: list[TaggedSentence], lowercase: bool, max_size:
     """Whole-token vocabulary (frequency, then code point), normalised like WordTokenizer."""
     tok = WordTokenizer(lowercase=lowercase)
     counts = Counter(tok.normalize(t) for s in sentences for t in s.tokens)
-    for special in SPECIALS:
-        counts.pop(special, None)
-    ranked = sorted((t for t, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t))
-    return WordTokenizer(list(SPECIALS) + ranked[: max_size - len(SPECIALS)], lowercase=lowercase)
+    return WordTokenizer(ranked_vocab(counts, max_size, min_freq), lowercase=lowercase)
 
 
 class _Encoded:
