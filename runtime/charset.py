@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .errors import BundleError, InputError
-from .tokenizer import PAD, PAD_ID, UNK, UNK_ID, WordTokenizer, ranked_vocab
+from .tokenizer import PAD, UNK, UNK_ID, WordTokenizer, pad_ids, ranked_vocab
 
 MAX_CHARS = 32  # cap on characters per word (first 16 + last 16 kept)
 CHARSET_KEYS = {"chars", "normalization", "max_chars"}
@@ -133,9 +133,4 @@ def encode_sentences(tokenizer: WordTokenizer, sentences: Sequence[Sequence[str]
     callers must not feed those to a graph, whose RNN ops need lengths >= 1)."""
     if isinstance(sentences, str) or (len(sentences) and isinstance(sentences[0], str)):
         raise InputError("expected a list of sentences, each a list of tokens -- wrap one sentence in a list")
-    rows = [word_ids(tokenizer, s) for s in sentences]
-    lengths = np.array([len(r) for r in rows], dtype=np.int32)
-    ids = np.full((len(rows), int(lengths.max(initial=0))), PAD_ID, dtype=np.int64)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
-    return ids, lengths
+    return pad_ids([word_ids(tokenizer, s) for s in sentences])

@@ -26,6 +26,7 @@ from .errors import InputError
 from .generate import Sampling, check_max_tokens, choose, log_probs, top_tokens
 from .manifest import ClassifierIO, LanguageModelIO, TaggerIO
 from .state import State, check_ids
+from .tokenizer import pad_ids
 
 
 @dataclass
@@ -291,13 +292,7 @@ class Model:
         return time.perf_counter() - start
 
 
-def pad(sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad with <pad> = 0 -> ((B, T) int64, (B,) int32)."""
-    lengths = np.array([len(s) for s in sequences], dtype=np.int32)
-    ids = np.zeros((len(sequences), int(lengths.max())), dtype=np.int64)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = seq
-    return ids, lengths
+pad = pad_ids  # right-pad id rows with <pad> = 0 -> ((B, T) int64, (B,) int32)
 
 
 def length_buckets(lengths: Sequence[int], batch_size: int) -> Iterable[np.ndarray]:

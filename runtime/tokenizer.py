@@ -33,6 +33,15 @@ DEFAULT_PATTERN = r"\w+(?:['’]\w+)*|[^\w\s]"
 TOKENIZER_KEYS = {"level", "lowercase", "normalization", "pattern", "vocab"}
 
 
+def pad_ids(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad id rows with ``<pad>`` = 0 -> (ids int64 (B, T), lengths int32 (B,))."""
+    lengths = np.array([len(r) for r in rows], dtype=np.int32)
+    ids = np.full((len(rows), int(lengths.max(initial=0))), PAD_ID, dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+    return ids, lengths
+
+
 def ranked_vocab(counts: Counter, max_size: int | None = None, min_freq: int = 1) -> list[str]:
     """``<pad>``, ``<unk>``, then the entries seen at least ``min_freq`` times, most frequent first,
     ties by code point (the same corpus gives the same ids on every platform); at most ``max_size``
@@ -126,11 +135,7 @@ class WordTokenizer:
                 raise InputError(f"text #{i} has no tokens ({text!r}) -- "
                                  "remove empty or whitespace-only texts")
             rows.append(ids[:max_length] if max_length is not None else ids)
-        lengths = np.array([len(r) for r in rows], dtype=np.int32)
-        ids = np.full((len(rows), int(lengths.max(initial=0))), PAD_ID, dtype=np.int64)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = r
-        return ids, lengths
+        return pad_ids(rows)
 
     def decode(self, ids: Iterable[int], skip_pad: bool = True) -> str:
         """Tokens joined by spaces (tokenization is lossy: spacing is not restored)."""

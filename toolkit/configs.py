@@ -15,6 +15,17 @@ CELL_TYPES = ("rnn", "lstm", "gru")
 POOLINGS = ("last", "mean", "max", "attention")
 
 
+def range_problems(config, at_least_one=(), fractions=(), non_negative=()) -> list[str]:
+    """The usual numeric checks of a training configuration, one message per bad field."""
+    problems = [f"{n} must be >= 1, got {getattr(config, n)}" for n in at_least_one if getattr(config, n) < 1]
+    problems += [f"{n} must be in [0, 1), got {getattr(config, n)}" for n in fractions
+                 if not 0.0 <= getattr(config, n) < 1.0]
+    problems += [f"{n} must be >= 0, got {getattr(config, n)}" for n in non_negative if getattr(config, n) < 0]
+    if config.lr <= 0:
+        problems.append(f"lr must be > 0, got {config.lr}")
+    return problems
+
+
 @dataclass
 class ClassifierConfig:
     vocab_size: int            # rows of the embedding, <pad>=0 and <unk>=1 included
@@ -79,17 +90,9 @@ class TrainConfig:
             problems.append(f"cell must be one of {sorted(CELL_TYPES)}, got {self.cell!r}")
         if self.pooling not in POOLINGS:
             problems.append(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
-        for name in ("layers", "hidden", "embed", "epochs", "batch_size", "min_freq"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("dropout", "word_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        for name in ("patience", "threads", "max_length", "clip", "weight_decay"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0:
-            problems.append(f"lr must be > 0, got {self.lr}")
+        problems += range_problems(self, ("layers", "hidden", "embed", "epochs", "batch_size", "min_freq"),
+                                   ("dropout", "word_dropout"),
+                                   ("patience", "threads", "max_length", "clip", "weight_decay"))
         if self.max_vocab < 3:
             problems.append(f"max_vocab must be >= 3 (<pad>, <unk> and one word), got {self.max_vocab}")
         if problems:
@@ -134,20 +137,12 @@ class TagTrainConfig:
         problems = []
         if self.cell not in CELL_TYPES:
             problems.append(f"cell must be one of {sorted(CELL_TYPES)}, got {self.cell!r}")
-        for name in ("layers", "hidden", "embed", "epochs", "batch_size", "min_freq", "max_chars",
-                     "char_embed", "char_filters"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        problems += range_problems(self, ("layers", "hidden", "embed", "epochs", "batch_size", "min_freq",
+                                          "max_chars", "char_embed", "char_filters"),
+                                   ("dropout", "word_dropout"),
+                                   ("patience", "threads", "clip", "weight_decay", "unk_alpha"))
         if self.char_kernel < 1 or self.char_kernel % 2 == 0:
             problems.append(f"char_kernel must be odd and >= 1, got {self.char_kernel}")
-        for name in ("dropout", "word_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        for name in ("patience", "threads", "clip", "weight_decay", "unk_alpha"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0:
-            problems.append(f"lr must be > 0, got {self.lr}")
         if self.max_vocab < 3:
             problems.append(f"max_vocab must be >= 3, got {self.max_vocab}")
         if self.column not in ("upos", "xpos"):
@@ -219,16 +214,8 @@ class LMTrainConfig:
             problems.append(f"level must be char or word, got {self.level!r}")
         if self.cell not in CELL_TYPES:
             problems.append(f"cell must be one of {sorted(CELL_TYPES)}, got {self.cell!r}")
-        for name in ("layers", "hidden", "embed", "epochs", "batch_size", "bptt", "min_freq"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
-        for name in ("patience", "threads", "clip", "weight_decay", "max_train_tokens"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0:
-            problems.append(f"lr must be > 0, got {self.lr}")
+        problems += range_problems(self, ("layers", "hidden", "embed", "epochs", "batch_size", "bptt", "min_freq"),
+                                   ("dropout",), ("patience", "threads", "clip", "weight_decay", "max_train_tokens"))
         if self.max_vocab < 3:
             problems.append(f"max_vocab must be >= 3, got {self.max_vocab}")
         if not 0.0 < self.dev_split < 1.0:

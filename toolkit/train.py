@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from rnnkit.runtime.errors import InputError
-from rnnkit.runtime.tokenizer import PAD_ID, WordTokenizer
+from rnnkit.runtime.tokenizer import WordTokenizer, pad_ids
 from rnnkit.toolkit import metrics
 from rnnkit.toolkit.checkpoint import check_out_dir, save_checkpoint
 from rnnkit.toolkit.data import Example, check_labels, read_examples, split_dev
@@ -55,11 +55,8 @@ def _encode(examples: list[Example], tok: WordTokenizer, max_length: int) -> lis
 
 
 def _collate(seqs: list[np.ndarray], idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = np.array([len(seqs[i]) for i in idx], dtype=np.int64)
-    ids = np.full((len(idx), lengths.max()), PAD_ID, dtype=np.int64)
-    for row, i in enumerate(idx):
-        ids[row, : lengths[row]] = seqs[i]
-    return torch.from_numpy(ids), torch.from_numpy(lengths)
+    ids, lengths = pad_ids([seqs[i] for i in idx])
+    return torch.from_numpy(ids), torch.from_numpy(lengths.astype(np.int64))
 
 
 @torch.no_grad()
