@@ -77,3 +77,52 @@ class LanguageModelIO:
     @classmethod
     def outputs(cls, cell: str) -> tuple[str, ...]:
         return (cls.logits,) + cls.state_outputs(cell)
+
+
+class Seq2SeqIO:
+    """Graph contract of an encoder-decoder bundle: two graphs, run by the runtime's decode loop.
+
+    ``encoder.onnx``: ``source_ids, source_lens -> memory[, keys], initial_h[, initial_c]``.
+    ``decoder.onnx`` (one step, or a teacher-forced chunk): ``input_ids, initial_h[, initial_c]
+    [, memory, keys, source_lens] -> log_probs, final_h[, final_c][, attention]``; the caller
+    feeds ``final_*`` back as ``initial_*`` (``LanguageModelIO.STATE_PAIRS``), starting from the
+    encoder's ``initial_*``, and passes the encoder's ``memory``/``keys``/``source_lens`` unchanged
+    (reordered along the batch axis as beams are), so a step never re-reads the source.
+    Graphs without attention have no memory/keys/source_lens inputs and no attention output.
+    """
+
+    encoder_file = "encoder.onnx"
+    decoder_file = "decoder.onnx"
+    encoder_int8_file = "encoder.int8.onnx"
+    decoder_int8_file = "decoder.int8.onnx"
+
+    source_ids = "source_ids"        # int64 (batch, source_time), padded with <pad> = 0
+    source_lens = "source_lens"      # int32 (batch,), 1 <= len <= source_time
+    memory = "memory"                # float32 (batch, source_time, hidden); 0 past each row's length
+    keys = "keys"                    # float32 (batch, source_time, hidden): the attention's key projection
+    input_ids = "input_ids"          # int64 (batch, time): previous target tokens, <s> first
+    initial_h = LanguageModelIO.initial_h
+    initial_c = LanguageModelIO.initial_c
+    final_h = LanguageModelIO.final_h
+    final_c = LanguageModelIO.final_c
+    log_probs = "log_probs"          # float32 (batch, time, target_vocab): log-softmax of the next token
+    attention = "attention"          # float32 (batch, time, source_time): attention weights (0 on padding)
+
+    @classmethod
+    def encoder_inputs(cls) -> tuple[str, ...]:
+        return (cls.source_ids, cls.source_lens)
+
+    @classmethod
+    def encoder_outputs(cls, cell: str, attention: str) -> tuple[str, ...]:
+        memory = (cls.memory, cls.keys) if attention != "none" else ()
+        return memory + LanguageModelIO.state_inputs(cell)
+
+    @classmethod
+    def decoder_inputs(cls, cell: str, attention: str) -> tuple[str, ...]:
+        memory = (cls.memory, cls.keys, cls.source_lens) if attention != "none" else ()
+        return (cls.input_ids,) + LanguageModelIO.state_inputs(cell) + memory
+
+    @classmethod
+    def decoder_outputs(cls, cell: str, attention: str) -> tuple[str, ...]:
+        weights = (cls.attention,) if attention != "none" else ()
+        return (cls.log_probs,) + LanguageModelIO.state_outputs(cell) + weights

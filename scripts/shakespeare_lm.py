@@ -22,7 +22,8 @@ DATA = ROOT.parent / "shared" / "datasets" / "tinyshakespeare" / "input.txt"
 PRESETS = {  # model + optimisation; everything else is LMTrainConfig's default
     "small": dict(cell="lstm", layers=1, hidden=256, embed=64, dropout=0.0, batch_size=32, bptt=128, lr=3e-3),
     "medium": dict(cell="lstm", layers=1, hidden=512, embed=64, dropout=0.1, batch_size=32, bptt=128, lr=2e-3),
-    "best": dict(cell="lstm", layers=2, hidden=512, embed=128, dropout=0.2, batch_size=32, bptt=128, lr=2e-3),
+    "best": dict(cell="lstm", layers=2, hidden=512, embed=128, dropout=0.25, batch_size=32, bptt=128, lr=2e-3,
+                 lr_schedule="cosine"),
 }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from ..runtime.errors import RnnkitError
-from .configs import CELL_TYPES, POOLINGS, LMTrainConfig, TagTrainConfig, TrainConfig
+from .configs import CELL_TYPES, LR_SCHEDULES, POOLINGS, LMTrainConfig, TagTrainConfig, TrainConfig
 
 BACKEND = click.Choice(["auto", "onnxruntime", "numba"])
 
@@ -143,6 +143,8 @@ _L = LMTrainConfig()
 @click.option("--bptt", type=click.IntRange(1, 100000), default=_L.bptt, show_default=True,
               help="Tokens per truncated-backprop window (the state is carried across windows).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_L.lr, show_default=True)
+@click.option("--lr-schedule", type=click.Choice(list(LR_SCHEDULES)), default=_L.lr_schedule, show_default=True,
+              help="cosine: decay the rate to lr/10 over the run.")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=_L.weight_decay, show_default=True)
 @click.option("--clip", type=click.FloatRange(min=0), default=_L.clip, show_default=True, help="Gradient-norm clipping (0: off).")
 @click.option("--seed", type=int, default=_L.seed, show_default=True)

@@ -181,6 +181,60 @@ class LMConfig:
         return asdict(self)
 
 
+ATTENTIONS = ("none", "additive", "dot")
+
+
+@dataclass
+class Seq2SeqConfig:
+    """An encoder-decoder (``rnnkit.toolkit.seq2seq.Seq2Seq``).
+
+    The encoder's per-layer final states (both directions concatenated when bidirectional)
+    are the decoder's initial states, so ``hidden`` is the decoder's width and the
+    concatenated encoder width; a bidirectional encoder uses ``hidden // 2`` per direction.
+    """
+
+    source_vocab_size: int     # source embedding rows, <pad>=0 and <unk>=1 included
+    target_vocab_size: int     # target embedding rows and head columns: <pad>=0 <unk>=1 <s>=2 </s>=3 ...
+    cell: str = "lstm"         # rnn | lstm | gru, encoder and decoder alike
+    embed: int = 128           # source and target embedding width
+    hidden: int = 256          # decoder state width = encoder memory width
+    layers: int = 2            # encoder and decoder layers (the decoder's layer i starts from the encoder's)
+    bidirectional: bool = True  # encoder only
+    attention: str = "dot"     # none | additive (Bahdanau's score) | dot (Luong's "general": h W m)
+    dropout: float = 0.2       # embeddings, between layers, before the head (training only)
+    padding_idx: int = 0
+    bos_id: int = 2            # decoding starts from <s>
+    eos_id: int = 3            # and stops at </s>
+
+    def __post_init__(self):
+        if self.cell not in CELL_TYPES:
+            raise ValueError(f"cell must be one of {list(CELL_TYPES)}, got {self.cell!r}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {list(ATTENTIONS)}, got {self.attention!r}")
+        for name in ("source_vocab_size", "embed", "hidden", "layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.target_vocab_size <= max(self.bos_id, self.eos_id):
+            raise ValueError(f"target_vocab_size must exceed the <s>/</s> ids, got {self.target_vocab_size}")
+        if self.bidirectional and self.hidden % 2:
+            raise ValueError(f"a bidirectional encoder splits hidden between its two directions: "
+                             f"hidden must be even, got {self.hidden}")
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def encoder_hidden(self) -> int:
+        return self.hidden // self.directions
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass
 class LMTrainConfig:
     # model
@@ -196,6 +250,7 @@ class LMTrainConfig:
     batch_size: int = 32           # parallel streams (the text is cut into this many contiguous rows)
     bptt: int = 128                # tokens per truncated-backprop window; the state crosses windows, gradients do not
     lr: float = 2e-3               # Adam learning rate
+    lr_schedule: str = "constant"  # constant | cosine (decays to lr/10 by the last step: lower final loss)
     weight_decay: float = 0.0
     clip: float = 1.0              # max gradient L2 norm (exploding gradients); 0: off
     seed: int = 0
@@ -212,6 +267,8 @@ class LMTrainConfig:
         problems = []
         if self.level not in ("char", "word"):
             problems.append(f"level must be char or word, got {self.level!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.cell not in CELL_TYPES:
             problems.append(f"cell must be one of {sorted(CELL_TYPES)}, got {self.cell!r}")
         problems += range_problems(self, ("layers", "hidden", "embed", "epochs", "batch_size", "bptt", "min_freq"),

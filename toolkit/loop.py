@@ -14,6 +14,7 @@ Imports torch; the CLI imports this module inside the command body only.
 from __future__ import annotations
 
 import os
+import math
 import random
 import sys
 import time
@@ -121,6 +122,16 @@ def lower_loss(dev: dict, best: dict) -> bool:
     return dev["loss"] < best["loss"]
 
 
+def cosine_factor(progress: float, floor: float = 0.1) -> float:
+    """Learning-rate multiplier at ``progress`` in [0, 1]: a half cosine from 1 down to ``floor``."""
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+def set_lr(optim: torch.optim.Optimizer, lr: float) -> None:
+    for group in optim.param_groups:
+        group["lr"] = lr
+
+
 def fit(config, make_model: Callable[[], nn.Module], lengths: np.ndarray | None,
         step: Callable[[nn.Module, np.ndarray], tuple[torch.Tensor, int]],
         evaluate: Callable[[nn.Module], dict], report: Callable[[dict], tuple[dict, str]],
@@ -141,6 +152,8 @@ def fit(config, make_model: Callable[[], nn.Module], lengths: np.ndarray | None,
         rng = seed_all(config.seed)
         model = make_model()
         optim = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        # configs without the field (classifier, tagger) train at a constant rate
+        cosine = getattr(config, "lr_schedule", "constant") == "cosine"
         history: list[dict] = []
         best, best_state, stale = None, None, 0
         start = time.perf_counter()
@@ -150,7 +163,9 @@ def fit(config, make_model: Callable[[], nn.Module], lengths: np.ndarray | None,
             todo = epoch_batches(rng) if epoch_batches else batches(lengths, config.batch_size, rng)
             loss_sum, seen = 0.0, 0
             with Progress(progress, len(todo), f"epoch {epoch}/{config.epochs}") as bar:
-                for idx in todo:
+                for i, idx in enumerate(todo):
+                    if cosine:
+                        set_lr(optim, config.lr * cosine_factor((epoch - 1 + i / len(todo)) / config.epochs))
                     loss, n = step(model, idx)
                     optim.zero_grad(set_to_none=True)
                     loss.backward()
