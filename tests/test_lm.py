@@ -366,3 +366,25 @@ def test_state_of_another_model_is_refused(lm_bundles):
     state.run("the")
     with pytest.raises(InputError, match="spawned by another model"):
         b.next_tokens(state, 3)
+
+
+def test_cosine_schedule_decays_to_a_tenth(tmp_path):
+    pytest.importorskip("torch")
+    from rnnkit.toolkit.configs import LMTrainConfig
+    from rnnkit.toolkit.loop import cosine_factor
+    from rnnkit.toolkit.train_lm import train_lm
+
+    assert cosine_factor(0.0) == pytest.approx(1.0) and cosine_factor(1.0) == pytest.approx(0.1)
+    assert cosine_factor(0.5) == pytest.approx(0.55)
+    steps = [cosine_factor(i / 20) for i in range(21)]
+    assert all(a > b for a, b in zip(steps, steps[1:]))
+    with pytest.raises(InputError, match="lr_schedule must be one of"):
+        LMTrainConfig(lr_schedule="linear")
+    text = tmp_path / "t.txt"
+    text.write_text(LM_TEXT * 4, encoding="utf-8")
+    config = dict(level="char", layers=1, hidden=8, embed=4, epochs=3, batch_size=2, bptt=16, lr=1e-2, threads=1)
+    cos = train_lm(text, tmp_path / "cos", LMTrainConfig(lr_schedule="cosine", **config))
+    const = train_lm(text, tmp_path / "const", LMTrainConfig(**config))
+    lrs = [r["lr"] for r in cos.history]
+    assert lrs[0] < 1e-2 and lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.2e-2
+    assert {r["lr"] for r in const.history} == {1e-2}

@@ -178,6 +178,7 @@ def fit(config, make_model: Callable[[], nn.Module], lengths: np.ndarray | None,
             dev = evaluate(model)
             fields, text = report(dev)
             record = {"epoch": epoch, "train_loss": loss_sum / seen, "dev_loss": dev["loss"], **fields,
+                      "lr": optim.param_groups[0]["lr"],
                       "seconds": round(time.perf_counter() - t0, 2)}
             history.append(record)
             improved = best is None or better(dev, best[1])
