@@ -117,6 +117,8 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[Sequence[str]],
     if smooth not in ("exp", "none"):
         raise InputError(f"smooth must be 'exp' or 'none', got {smooth!r}")
     correct, total, sys_len, ref_len = bleu_stats(predictions, references)
+    if not any(correct):   # no match of any order: 0, not a smoothed positive score (sacrebleu #141)
+        return 0.0
     precisions, factor = [0.0] * MAX_ORDER, 1.0
     for n in range(MAX_ORDER):
         if total[n] == 0:
