@@ -16,7 +16,13 @@ BLEU, not comparable with detokenized sacrebleu scores of cased systems.
     nice -n 5 .venv/bin/python scripts/tatoeba.py --preset dot --threads 1 --out /work/runs/tatoeba-dot
     nice -n 5 .venv/bin/python scripts/tatoeba.py --preset none --threads 1 --out /work/runs/tatoeba-none
 
-``dot`` and ``none`` differ only in attention, to measure what attention buys.
+``dot`` and ``none`` differ only in attention, to measure what attention buys.  Measured (2-core
+machine shared with other jobs, 1 thread, ``--max-train-pairs 60000``, 3 epochs, greedy):
+
+| preset | train time | dev BLEU (1000 sentences) | test BLEU (9,222 sentences) | test exact match |
+|---|---|---|---|---|
+| dot  | 471 s (~155 s/epoch) | 20.29 | 15.87 | 3.4% |
+| none | 433 s (~145 s/epoch) | 14.79 | 12.32 | 1.3% |
 """
 
 from __future__ import annotations
