@@ -26,6 +26,11 @@ from .errors import BundleError, InputError
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
 SPECIALS = (PAD, UNK)
+# An encoder-decoder's target vocabulary also has the decoder's start and stop tokens, at fixed
+# ids so that a model config's bos_id / eos_id never depend on the corpus.
+BOS, EOS = "<s>", "</s>"
+BOS_ID, EOS_ID = 2, 3
+TARGET_SPECIALS = (PAD, UNK, BOS, EOS)
 
 # Words (letters/digits/underscore in any script, with inner apostrophes: "it's", "don’t")
 # or any single non-space, non-word character (punctuation, symbols).
@@ -42,16 +47,29 @@ def pad_ids(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     return ids, lengths
 
 
-def ranked_vocab(counts: Counter, max_size: int | None = None, min_freq: int = 1) -> list[str]:
-    """``<pad>``, ``<unk>``, then the entries seen at least ``min_freq`` times, most frequent first,
-    ties by code point (the same corpus gives the same ids on every platform); at most ``max_size``
-    entries in all, specials included."""
-    for special in SPECIALS:
+def ranked_vocab(counts: Counter, max_size: int | None = None, min_freq: int = 1,
+                 specials: Sequence[str] = SPECIALS) -> list[str]:
+    """``specials`` (``<pad>``, ``<unk>``; a seq2seq target adds ``<s>``, ``</s>``), then the entries
+    seen at least ``min_freq`` times, most frequent first, ties by code point (the same corpus gives
+    the same ids on every platform); at most ``max_size`` entries in all, specials included."""
+    for special in specials:
         counts.pop(special, None)
     ranked = sorted((t for t, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t))
     if max_size is not None:
-        ranked = ranked[: max(0, max_size - len(SPECIALS))]
-    return list(SPECIALS) + ranked
+        ranked = ranked[: max(0, max_size - len(specials))]
+    return list(specials) + ranked
+
+
+def target_ids(ids: Iterable[int]) -> list[int]:
+    """A decoder's output ids up to (not including) the first ``</s>``, without ``<s>`` / ``<pad>``."""
+    out = []
+    for i in ids:
+        i = int(i)
+        if i == EOS_ID:
+            break
+        if i not in (PAD_ID, BOS_ID):
+            out.append(i)
+    return out
 
 
 class WordTokenizer:
@@ -72,18 +90,19 @@ class WordTokenizer:
 
     @classmethod
     def build(cls, texts: Iterable[str], lowercase: bool = True, max_size: int | None = 20000,
-              min_freq: int = 1) -> "WordTokenizer":
+              min_freq: int = 1, specials: Sequence[str] = SPECIALS) -> "WordTokenizer":
         """Vocabulary of the ``max_size`` most frequent tokens (specials included) seen
-        at least ``min_freq`` times; ties broken alphabetically (by code point)."""
-        if max_size is not None and max_size < len(SPECIALS):
-            raise ValueError(f"max_size must be >= {len(SPECIALS)} (<pad>, <unk>), got {max_size}")
+        at least ``min_freq`` times; ties broken alphabetically (by code point).
+        ``specials=TARGET_SPECIALS`` for a seq2seq target (``<s>`` = 2, ``</s>`` = 3)."""
+        if max_size is not None and max_size < len(specials):
+            raise ValueError(f"max_size must be >= {len(specials)} ({', '.join(specials)}), got {max_size}")
         if min_freq < 1:
             raise ValueError(f"min_freq must be >= 1, got {min_freq}")
         tok = cls(lowercase=lowercase)
         counts: Counter[str] = Counter()
         for text in texts:
             counts.update(tok.tokenize(text))
-        return cls(ranked_vocab(counts, max_size, min_freq), lowercase=lowercase)
+        return cls(ranked_vocab(counts, max_size, min_freq, specials), lowercase=lowercase)
 
     # -- text <-> ids -----------------------------------------------------------------
 
@@ -146,6 +165,10 @@ class WordTokenizer:
                 continue
             out.append(self.vocab[i] if 0 <= i < len(self.vocab) else UNK)
         return " ".join(out)
+
+    def decode_target(self, ids: Iterable[int]) -> str:
+        """Text of a seq2seq decoder's output: stops at ``</s>``, drops ``<s>`` / ``<pad>``."""
+        return self.decode(target_ids(ids))
 
     # -- serialisation ----------------------------------------------------------------
 
@@ -216,39 +239,46 @@ def _vocab_problems(vocab, name: str) -> list[str]:
 
 
 CHAR_TOKENIZER_KEYS = {"level", "normalization", "vocab"}
+CHAR_TOKENIZER_OPTIONAL = {"lowercase"}  # absent in checkpoints/bundles written before it existed: False
 
 
 class CharTokenizer:
     """Character-level tokenizer (language models): ``vocab[i]`` is the character with id ``i``.
 
-    Text is NFC-normalised (composed accents count as one character) and never lower-cased;
+    Text is NFC-normalised (composed accents count as one character) and lower-cased only with
+    ``lowercase=True`` (a G2P source: spelling case says nothing about pronunciation);
     every character is one token, so ``decode(encode(t)) == t`` for text inside the vocabulary,
     and encoding a text in pieces gives the ids of the whole (streaming-safe).  Characters
     outside the vocabulary encode to ``<unk>``; ``unknown(text)`` lists them.
     """
 
     level = "char"
-    lowercase = False
 
-    def __init__(self, vocab: Sequence[str] = SPECIALS, normalization: str = "NFC"):
+    def __init__(self, vocab: Sequence[str] = SPECIALS, normalization: str = "NFC", lowercase: bool = False):
         self.vocab = list(vocab)
         self.normalization = normalization
+        self.lowercase = bool(lowercase)
         self._index = {tok: i for i, tok in enumerate(self.vocab)}
 
     @classmethod
-    def build(cls, texts: Iterable[str], max_size: int | None = None, normalization: str = "NFC") -> "CharTokenizer":
-        """Every character seen (or the ``max_size`` most frequent, specials included); ties by code point."""
+    def build(cls, texts: Iterable[str], max_size: int | None = None, normalization: str = "NFC",
+              lowercase: bool = False, specials: Sequence[str] = SPECIALS) -> "CharTokenizer":
+        """Every character seen (or the ``max_size`` most frequent, specials included); ties by code point.
+        ``specials=TARGET_SPECIALS`` for a seq2seq target (``<s>`` = 2, ``</s>`` = 3)."""
+        tok = cls(normalization=normalization, lowercase=lowercase)
         counts: Counter[str] = Counter()
         for text in texts:
-            counts.update(unicodedata.normalize(normalization, text))
-        return cls(ranked_vocab(counts, max_size), normalization=normalization)
+            counts.update(tok.normalize(text))
+        return cls(ranked_vocab(counts, max_size, specials=specials), normalization=normalization,
+                   lowercase=lowercase)
 
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)
 
     def normalize(self, text: str) -> str:
-        return unicodedata.normalize(self.normalization, text)
+        text = unicodedata.normalize(self.normalization, text)
+        return text.lower() if self.lowercase else text
 
     def tokenize(self, text: str) -> list[str]:
         return list(self.normalize(text))
@@ -275,27 +305,40 @@ class CharTokenizer:
             out.append(self.vocab[i] if 0 <= i < len(self.vocab) and i != UNK_ID else "\ufffd")
         return "".join(out)
 
+    def decode_target(self, ids: Iterable[int]) -> str:
+        """Text of a seq2seq decoder's output: stops at ``</s>``, drops ``<s>`` / ``<pad>``."""
+        return self.decode(target_ids(ids))
+
     def to_dict(self) -> dict:
-        return {"level": self.level, "normalization": self.normalization, "vocab": list(self.vocab)}
+        d = {"level": self.level, "normalization": self.normalization, "vocab": list(self.vocab)}
+        if self.lowercase:  # only when set: earlier char tokenizers serialise byte for byte as before
+            d["lowercase"] = True
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "manifest.json") -> "CharTokenizer":
         if not isinstance(d, dict):
             raise BundleError(f"{source}: 'tokenizer' is {type(d).__name__}, expected an object -- re-export the bundle")
         problems = []
-        if set(d) != CHAR_TOKENIZER_KEYS:
-            problems.append(f"'tokenizer' has keys {sorted(d)}, expected {sorted(CHAR_TOKENIZER_KEYS)}")
+        if not CHAR_TOKENIZER_KEYS <= set(d) <= CHAR_TOKENIZER_KEYS | CHAR_TOKENIZER_OPTIONAL:
+            problems.append(f"'tokenizer' has keys {sorted(d)}, expected {sorted(CHAR_TOKENIZER_KEYS)} "
+                            f"(optionally {sorted(CHAR_TOKENIZER_OPTIONAL)})")
+        if not isinstance(d.get("lowercase", False), bool):
+            problems.append(f"'tokenizer.lowercase' is {d['lowercase']!r}, expected true or false")
         if d.get("normalization") not in ("NFC", "NFKC", "NFD", "NFKD"):
             problems.append(f"'tokenizer.normalization' is {d.get('normalization')!r}, expected one of NFC, NFKC, NFD, NFKD")
         if "vocab" in d:
             problems += _vocab_problems(d["vocab"], "tokenizer.vocab")
-            if isinstance(d["vocab"], list) and any(isinstance(t, str) and len(t) != 1 for t in d["vocab"][2:]):
+            # a seq2seq target's <s> / </s> sit at ids 2 and 3; every other entry is one character
+            if isinstance(d["vocab"], list) and any(isinstance(t, str) and len(t) != 1
+                                                    and (t, i) not in ((BOS, BOS_ID), (EOS, EOS_ID))
+                                                    for i, t in enumerate(d["vocab"][2:], 2)):
                 problems.append("'tokenizer.vocab' has entries longer than one character (a char tokenizer's "
-                                "entries after <pad>, <unk> are single characters)")
+                                "entries after <pad>, <unk> (and a target's <s>, </s>) are single characters)")
         if problems:
             raise BundleError(f"{source}: " + "; ".join(problems) + " -- re-export the bundle or retrain; the "
                               "tokenizer section must come from CharTokenizer.to_dict()")
-        return cls(d["vocab"], normalization=d["normalization"])
+        return cls(d["vocab"], normalization=d["normalization"], lowercase=d.get("lowercase", False))
 
 
 TOKENIZERS = {"word": WordTokenizer, "char": CharTokenizer}

@@ -36,7 +36,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 CURVES_FILE = "curves.png"
 REQUIRED_KEYS = ("format", "format_version", "task", "model", "tokenizer")
-TASK_KEYS = {"classify": ("labels",), "tag": ("charset", "tags"), "lm": ()}  # checked once 'task' is known
+TASK_KEYS = {"classify": ("labels",), "tag": ("charset", "tags"), "lm": (), "seq2seq": ("target_tokenizer",)}  # checked once 'task' is known
 
 
 @dataclass

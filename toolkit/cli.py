@@ -15,7 +15,8 @@ from pathlib import Path
 import click
 
 from ..runtime.errors import RnnkitError
-from .configs import CELL_TYPES, LR_SCHEDULES, POOLINGS, LMTrainConfig, TagTrainConfig, TrainConfig
+from .configs import (ATTENTIONS, BEST_BY, CELL_TYPES, LEVELS, LR_SCHEDULES, POOLINGS, LMTrainConfig,
+                      Seq2SeqTrainConfig, TagTrainConfig, TrainConfig)
 
 BACKEND = click.Choice(["auto", "onnxruntime", "numba"])
 
@@ -163,6 +164,66 @@ def train_lm_cmd(train_path, dev_path, out_dir, **options):
     result = train_lm(train_path, out_dir, LMTrainConfig(**options), dev_path=dev_path)
     click.echo(f"best dev loss {result.dev_loss:.4f} nats/token (epoch {result.best_epoch}); "
                f"checkpoint: {result.out_dir}")
+
+
+_S = Seq2SeqTrainConfig()
+
+
+@train.command("seq2seq")
+@click.option("--train", "train_path", required=True, type=click.Path(), help="Pairs file (see --format).")
+@click.option("--dev", "dev_path", type=click.Path(),
+              help="Dev pairs (same format). Default: a seeded --dev-split of TRAIN, grouped by source.")
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Checkpoint directory to write.")
+@click.option("--format", "fmt", type=click.Choice(["tsv", "cmudict", "tatoeba"]), default="tsv", show_default=True,
+              help="tsv: source<TAB>target; cmudict: 'word PH ON ES'; tatoeba: TSV with odd spaces normalised.")
+@click.option("--keep-stress", is_flag=True, help="cmudict: keep the 0/1/2 stress digits on vowels.")
+@click.option("--source-level", type=click.Choice(list(LEVELS)), default=_S.source_level, show_default=True)
+@click.option("--target-level", type=click.Choice(list(LEVELS)), default=_S.target_level, show_default=True)
+@click.option("--source-lowercase/--source-keep-case", default=_S.source_lowercase, show_default=True)
+@click.option("--target-lowercase/--target-keep-case", default=_S.target_lowercase, show_default=True)
+@click.option("--cell", type=click.Choice(list(CELL_TYPES)), default=_S.cell, show_default=True)
+@click.option("--layers", type=click.IntRange(1, 8), default=_S.layers, show_default=True)
+@click.option("--hidden", type=click.IntRange(1, 4096), default=_S.hidden, show_default=True,
+              help="Decoder width; a bidirectional encoder uses hidden/2 per direction.")
+@click.option("--embed", type=click.IntRange(1, 4096), default=_S.embed, show_default=True)
+@click.option("--bidirectional/--unidirectional", default=_S.bidirectional, show_default=True, help="Encoder only.")
+@click.option("--attention", type=click.Choice(list(ATTENTIONS)), default=_S.attention, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 0.95), default=_S.dropout, show_default=True)
+@click.option("--teacher-forcing", type=click.FloatRange(0, 1, min_open=True), default=_S.teacher_forcing,
+              show_default=True, help="Chance of feeding the reference token (below 1: scheduled sampling, slower).")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=_S.label_smoothing,
+              show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 1000), default=_S.epochs, show_default=True)
+@click.option("--patience", type=click.IntRange(0), default=_S.patience, show_default=True,
+              help="Stop after this many epochs without a better dev result (0: never).")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=_S.batch_size, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_S.lr, show_default=True)
+@click.option("--lr-schedule", type=click.Choice(list(LR_SCHEDULES)), default=_S.lr_schedule, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=_S.weight_decay, show_default=True)
+@click.option("--clip", type=click.FloatRange(min=0), default=_S.clip, show_default=True, help="Gradient-norm clipping (0: off).")
+@click.option("--seed", type=int, default=_S.seed, show_default=True)
+@click.option("--best-by", type=click.Choice(list(BEST_BY)), default=_S.best_by, show_default=True,
+              help="Dev criterion of the best epoch (accuracy: exact match of greedy outputs).")
+@click.option("--dev-decode", type=click.IntRange(0), default=_S.dev_decode, show_default=True,
+              help="Greedy-decode only the first N dev sources each epoch (0: all).")
+@click.option("--max-source-len", type=click.IntRange(0), default=_S.max_source_len, show_default=True,
+              help="Drop training pairs with longer sources, in tokens (0: no limit).")
+@click.option("--max-target-len", type=click.IntRange(0), default=_S.max_target_len, show_default=True)
+@click.option("--source-max-vocab", type=click.IntRange(5), default=_S.source_max_vocab, show_default=True)
+@click.option("--target-max-vocab", type=click.IntRange(5), default=_S.target_max_vocab, show_default=True)
+@click.option("--min-freq", type=click.IntRange(1), default=_S.min_freq, show_default=True, help="Word level only.")
+@click.option("--dev-split", type=click.FloatRange(0, 0.9, min_open=True), default=_S.dev_split, show_default=True)
+@click.option("--encoding", default=_S.encoding, show_default=True)
+@click.option("--threads", type=click.IntRange(0), default=_S.threads, show_default=True)
+def train_seq2seq_cmd(train_path, dev_path, out_dir, fmt, keep_stress, **options):
+    """Train an encoder-decoder (grapheme-to-phoneme, translation)."""
+    from .train_seq2seq import train_seq2seq
+
+    result = train_seq2seq(train_path, out_dir, Seq2SeqTrainConfig(**options), dev_path=dev_path, fmt=fmt,
+                           keep_stress=keep_stress)
+    d = result.dev
+    click.echo(f"best epoch {result.best_epoch}: dev exact match {d['accuracy']:.4f}, token error rate "
+               f"{d['token_error_rate']:.4f}, BLEU {d['bleu']:.2f}; checkpoint: {result.out_dir}")
 
 
 @cli.command("export")

@@ -279,3 +279,71 @@ class LMTrainConfig:
             problems.append(f"dev_split must be in (0, 1), got {self.dev_split}")
         if problems:
             raise InputError("invalid training configuration: " + "; ".join(problems))
+
+
+LEVELS = ("char", "word")
+BEST_BY = ("accuracy", "bleu", "loss")
+
+
+@dataclass
+class Seq2SeqTrainConfig:
+    # tokens (defaults: grapheme-to-phoneme, lower-cased letters in, phones with their case out)
+    source_level: str = "char"     # char | word
+    target_level: str = "word"     # char | word (CMUdict phones are space-separated words)
+    source_lowercase: bool = True
+    target_lowercase: bool = False
+    # model (Seq2SeqConfig)
+    cell: str = "lstm"             # rnn | lstm | gru, encoder and decoder alike
+    layers: int = 2                # encoder and decoder layers
+    hidden: int = 256              # decoder width = encoder memory width (hidden // 2 per direction)
+    embed: int = 128               # source and target embedding width
+    bidirectional: bool = True     # encoder only
+    attention: str = "dot"         # none | additive | dot
+    dropout: float = 0.3           # embeddings, between layers, before the head
+    # optimisation
+    teacher_forcing: float = 1.0   # chance of feeding the reference token; 1: one parallel decoder call,
+                                   # < 1: scheduled sampling (Bengio et al. 2015), a slower step loop
+    label_smoothing: float = 0.0   # cross-entropy label smoothing (0: plain)
+    epochs: int = 10
+    patience: int = 0              # stop after this many epochs without a better dev result (0: never)
+    batch_size: int = 64           # pairs per batch (bucketed by source length)
+    lr: float = 2e-3               # Adam learning rate
+    lr_schedule: str = "cosine"    # constant | cosine (decays to lr/10 by the last step)
+    weight_decay: float = 0.0
+    clip: float = 1.0              # max gradient L2 norm; 0: off
+    seed: int = 0                  # seeds python, numpy, torch, the dev split and the batch order
+    threads: int = 0               # torch CPU threads; 0: min(4, cpu count)
+    best_by: str = "accuracy"      # dev criterion of the best epoch: accuracy (exact match with any
+                                   # reference, greedy) | bleu | loss (teacher-forced cross-entropy)
+    dev_decode: int = 0            # greedy-decode only the first N dev sources each epoch (0: all)
+    # data and vocabulary
+    max_source_len: int = 0        # drop training pairs with longer sources, in tokens (0: no limit)
+    max_target_len: int = 0        # drop training pairs with longer targets, in tokens (0: no limit)
+    source_max_vocab: int = 30000  # word level: entries including the specials
+    target_max_vocab: int = 30000
+    min_freq: int = 1              # word level: drop tokens seen fewer times in training
+    dev_split: float = 0.05        # without a dev file: share of TRAIN's sources held out (grouped)
+    encoding: str = "utf-8"
+
+    def __post_init__(self):
+        problems = []
+        for name, allowed in (("source_level", LEVELS), ("target_level", LEVELS), ("cell", CELL_TYPES),
+                              ("attention", ATTENTIONS), ("lr_schedule", LR_SCHEDULES), ("best_by", BEST_BY)):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        problems += range_problems(self, ("layers", "hidden", "embed", "epochs", "batch_size", "min_freq"),
+                                   ("dropout", "label_smoothing"),
+                                   ("patience", "threads", "clip", "weight_decay", "max_source_len",
+                                    "max_target_len", "dev_decode"))
+        if not 0.0 < self.teacher_forcing <= 1.0:
+            problems.append(f"teacher_forcing must be in (0, 1], got {self.teacher_forcing}")
+        if self.bidirectional and self.hidden % 2:
+            problems.append(f"hidden must be even with a bidirectional encoder (hidden // 2 per direction), "
+                            f"got {self.hidden}")
+        for name in ("source_max_vocab", "target_max_vocab"):
+            if getattr(self, name) < 5:
+                problems.append(f"{name} must be >= 5 (the specials and one token), got {getattr(self, name)}")
+        if not 0.0 < self.dev_split < 1.0:
+            problems.append(f"dev_split must be in (0, 1), got {self.dev_split}")
+        if problems:
+            raise InputError("invalid training configuration: " + "; ".join(problems))

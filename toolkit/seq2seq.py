@@ -125,3 +125,37 @@ class Seq2Seq(nn.Module):
         """Teacher forcing: logits (B, T, V) for target ``input_ids`` (B, T) = <s> + target[:-1]."""
         memory, keys, state = self.encode(source_ids, source_lens)
         return self.decode(input_ids, state, memory, keys, source_lens)[0]
+
+
+@torch.no_grad()
+def greedy_decode(model: Seq2Seq, source_ids: torch.Tensor, source_lens: torch.Tensor,
+                  max_len: torch.Tensor | int | None = None) -> list[list[int]]:
+    """Batched greedy decoding: the arg-max token at each step, fed back as the next input.
+
+    ``max_len``: tokens allowed per row (an int or a (B,) tensor; default ``2 * source_len + 10``,
+    enough for G2P and sentence translation, and a bound on runaway repetition).  Returns per row
+    the ids before ``</s>`` (``</s>`` itself excluded), cut at the row's ``max_len``.  A torch
+    oracle for the runtime's ONNX decoding, and the dev metric of every training epoch."""
+    c = model.config
+    was_training = model.training
+    model.eval()
+    batch = source_ids.shape[0]
+    limit = (2 * source_lens + 10) if max_len is None else torch.as_tensor(max_len).expand(batch)
+    memory, keys, state = model.encode(source_ids, source_lens)
+    prev = torch.full((batch, 1), c.bos_id, dtype=torch.long)
+    done = torch.zeros(batch, dtype=torch.bool)
+    steps = []
+    for t in range(int(limit.max())):
+        logits, state, _ = model.decode(prev, state, memory, keys, source_lens)
+        prev = logits[:, -1].argmax(-1, keepdim=True)
+        steps.append(prev[:, 0])
+        done |= (prev[:, 0] == c.eos_id) | (t + 1 >= limit)
+        if bool(done.all()):
+            break
+    model.train(was_training)
+    out = torch.stack(steps, 1).tolist() if steps else [[] for _ in range(batch)]
+    rows = []
+    for row, n in zip(out, limit.tolist()):
+        row = row[:n]
+        rows.append(row[: row.index(c.eos_id)] if c.eos_id in row else row)
+    return rows
