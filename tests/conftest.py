@@ -181,11 +181,22 @@ G2P = {"cat": "K AE T", "dog": "D AO G", "bird": "B ER D", "fish": "F IH SH", "h
 PHONES = sorted({p for ph in G2P.values() for p in ph.split()})
 
 
+_SEQ2SEQ: dict = {}
+
+
 def make_seq2seq(cell: str = "lstm", attention: str = "dot", bidirectional: bool = True, layers: int = 2,
                  seed: int = 0, train_steps: int = 100):
     """A seeded grapheme-to-phoneme Seq2Seq (char source, phone-word target) and its tokenizers, fitted
     for ``train_steps`` full-batch steps on ``G2P`` (about a second): peaked log-probabilities and
-    outputs that end in </s> at different lengths, as a trained model's (0 steps: untrained)."""
+    outputs that end in </s> at different lengths, as a trained model's (0 steps: untrained).
+    Built once per session and argument set (the same seeds give the same model); do not modify it."""
+    key = (cell, attention, bidirectional, layers, seed, train_steps)
+    if key not in _SEQ2SEQ:
+        _SEQ2SEQ[key] = _fit_seq2seq(*key)
+    return _SEQ2SEQ[key]
+
+
+def _fit_seq2seq(cell, attention, bidirectional, layers, seed, train_steps):
     import torch
 
     from rnnkit.runtime.tokenizer import CharTokenizer, WordTokenizer, pad_ids
