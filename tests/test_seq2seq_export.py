@@ -88,6 +88,26 @@ def test_int8_graphs_run_on_numba_like_onnxruntime(cell):
         assert not report.failures, report.failures[:5]
 
 
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_numba_runs_both_graphs_like_onnx_reference(cell):
+    """A second oracle for every op the graphs use (batched 3-D/4-D MatMul, Softmax, LogSoftmax, Where, ...):
+    onnx.reference on full-length rows (it ignores RNN sequence_lens; ragged rows are checked against torch)."""
+    from onnx.reference import ReferenceEvaluator
+
+    model, _, _ = make_seq2seq(cell, "additive", True, train_steps=0)
+    graphs, sessions = graphs_and_sessions(model)
+    feed = {IO.source_ids: np.array([[3, 4, 5, 6], [6, 7, 8, 2]]), IO.source_lens: np.array([4, 4], np.int32)}
+    encoded = sessions["encoder"]["numba"](feed)
+    expected = ReferenceEvaluator(graphs["encoder"]).run(None, feed)
+    assert all(np.allclose(a, e, atol=1e-6) for a, e in zip(encoded, expected))
+    names = IO.encoder_outputs(cell, "additive")
+    step = {IO.input_ids: np.array([[2, 5, 6], [2, 7, 4]]), **dict(zip(names, encoded)),
+            IO.source_lens: np.array([4, 2], np.int32)}                 # attention masking is not an RNN op: ragged
+    got = sessions["decoder"]["numba"](step)
+    expected = ReferenceEvaluator(graphs["decoder"]).run(None, step)
+    assert len(got) == len(expected) and all(np.allclose(a, e, atol=1e-5) for a, e in zip(got, expected))
+
+
 def test_parity_catches_an_unmasked_attention():
     """A decoder that attends to padding is caught by validation (the check is able to fail)."""
     model, _, _ = make_seq2seq("gru", "dot", False, layers=1, train_steps=0)
