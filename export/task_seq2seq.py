@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from ..runtime.decode import Steps, greedy, output_limit, teacher_forced
+from ..runtime.errors import InputError
 from ..runtime.manifest import LanguageModelIO, Seq2SeqIO as IO
 from ..runtime.model import length_buckets
 from ..runtime.tolerance import Tolerance
@@ -55,7 +56,6 @@ AXES = {IO.memory: ("batch", "source", "hidden"), IO.keys: ("batch", "source", "
 
 def seq2seq_exportable(config, weights: dict[str, np.ndarray], source_tokenizer, target_tokenizer, module
                        ) -> Exportable:
-    from ..runtime.errors import InputError
     from .graph_seq2seq import (build_decoder_graph, build_encoder_graph, check_decoder_graph, check_encoder_graph,
                                 context_contract, state_contract)
 
@@ -81,7 +81,7 @@ def seq2seq_exportable(config, weights: dict[str, np.ndarray], source_tokenizer,
         return seq2seq_dev_metrics(forwards, dev, max_length, config, source_tokenizer, target_tokenizer)
 
     entries = {"source_tokenizer": source_tokenizer.to_dict(), "target_tokenizer": target_tokenizer.to_dict(),
-               "labels": [], "state": state_contract(config), "context": context_contract(config)}
+               "state": state_contract(config), "context": context_contract(config)}
     return Exportable("seq2seq", config, weights, graphs, entries=entries, unit="tokens", dev_metrics=dev_metrics)
 
 

@@ -172,7 +172,8 @@ def train_lm_cmd(train_path, dev_path, out_dir, **options):
 @click.option("--dev", "dev_path", type=click.Path(), help="Labelled dev file for the int8 agreement check "
               "(default: the checkpoint's own dev data, if it is still on disk).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
-              help="Classifiers/taggers: fail the export if int8 labels agree with fp32 on less than this share of dev.")
+              help="Classifiers/taggers: fail the export if int8 labels agree with fp32 on less than this share of dev; "
+              "seq2seq: of next-token decisions along fp32's greedy outputs.")
 @click.option("--max-loss-delta", type=click.FloatRange(min=0), default=0.02, show_default=True,
               help="Language models: fail the export if int8 dev loss exceeds fp32's by more than this (nats/token).")
 @click.option("--max-length", type=click.IntRange(1, 1 << 24), default=10_000, show_default=True,
