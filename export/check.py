@@ -102,8 +102,9 @@ def _attr(node: onnx.NodeProto, name: str):
 
 
 def check_recurrent(node: onnx.NodeProto, config, producers: dict[str, onnx.NodeProto],
-                    problems: list[str]) -> None:
-    """One RNN/LSTM/GRU node: the attributes torch's cell implies, and it reads ``sequence_lens``."""
+                    problems: list[str], sequence_lens: str | None = ClassifierIO.sequence_lens) -> None:
+    """One RNN/LSTM/GRU node: the attributes torch's cell implies, and it reads the graph input
+    ``sequence_lens`` (None: a graph whose rows all run every step, e.g. a decoder step graph)."""
     where = f"{node.op_type} node '{node.name}'"
     if node.op_type == "DynamicQuantizeLSTM" and node.domain != MS_DOMAIN:
         problems.append(f"{where} has domain {node.domain!r}, expected {MS_DOMAIN!r}")
@@ -134,8 +135,8 @@ def check_recurrent(node: onnx.NodeProto, config, producers: dict[str, onnx.Node
         if _attr(node, extra) is not None:
             problems.append(f"{where}: unexpected attribute {extra}")
     ins = list(node.input) + [""] * 8
-    if not ins[4] or _root(ins[4], producers) != ClassifierIO.sequence_lens:
-        problems.append(f"{where} does not read '{ClassifierIO.sequence_lens}' (input 4 is {ins[4]!r}); "
+    if sequence_lens is not None and (not ins[4] or _root(ins[4], producers) != sequence_lens):
+        problems.append(f"{where} does not read '{sequence_lens}' (input 4 is {ins[4]!r}); "
                         "padding would be read as tokens")
     h0, c0 = ins[5], ins[6] if node.op_type in ("LSTM", "DynamicQuantizeLSTM") else ""
     if h0 and c0 and _root(h0, producers) == _root(c0, producers):
@@ -146,10 +147,12 @@ def check_recurrent(node: onnx.NodeProto, config, producers: dict[str, onnx.Node
 
 
 def contract_problems(model: onnx.ModelProto, config, inputs: dict, outputs: dict, contract: str, count: str,
-                matmuls: int, matmul_parts: str) -> list[str]:
+                      matmuls: int, matmul_parts: str, sequence_lens: str | None = ClassifierIO.sequence_lens
+                      ) -> list[str]:
     """Every problem shared by all tasks' graphs: onnx.checker, IO (``check_io``), no control
-    flow, one allowed recurrent node per layer (``check_recurrent`` each), ``matmuls`` MatMul-like
-    nodes outside them (``matmul_parts`` says which).  Returns the list; the caller adds its own."""
+    flow, one allowed recurrent node per layer (``check_recurrent`` each, reading the graph input
+    ``sequence_lens``), ``matmuls`` MatMul-like nodes outside them (``matmul_parts`` says which).
+    Returns the list; the caller adds its own."""
     problems: list[str] = []
     try:
         onnx.checker.check_model(model)
@@ -177,7 +180,7 @@ def contract_problems(model: onnx.ModelProto, config, inputs: dict, outputs: dic
                         "more means the recurrence was unrolled")
     for n in rec:
         if n.op_type in allowed:
-            check_recurrent(n, config, producers, problems)
+            check_recurrent(n, config, producers, problems, sequence_lens)
     return problems
 
 

@@ -1,16 +1,18 @@
 """Export: a trained model -> a validated (and optionally int8) bundle.
 
 One pipeline serves every task; a task contributes an ``Exportable`` (its config, weights,
-torch oracle, graph writer and checker, manifest entries, dev-set encoder):
+its graphs -- one ``GraphSpec`` each: writer, checker, torch oracle, parity cases --, manifest
+entries, dev metrics):
 
 * ``export_checkpoint(CKPT_DIR, out)`` for models trained with ``rnnkit train`` (any task);
-* ``export_module(module, tokenizer, labels, out)`` for users' own classifier ``nn.Module``s.
+* ``export_module(module, tokenizer, labels, out)`` for users' own classifier ``nn.Module``s;
+* ``export_seq2seq(module, source_tokenizer, target_tokenizer, out)`` for users' own ``Seq2Seq``.
 
-Pipeline: weights -> graph (native ONNX RNN/LSTM/GRU ops, written directly, never traced)
--> graph check on what was written -> parity on both backends against the torch module ->
-optional int8 graph -> its own check, parity of numba int8 against onnxruntime int8, and
-agreement with fp32 on the dev set (export fails below ``min_agreement``) -> manifest with
-hashes -> atomic rename.
+Pipeline, per graph: weights -> graph (native ONNX RNN/LSTM/GRU ops, written directly, never
+traced) -> graph check on what was written -> parity on both backends against the torch module
+-> optional int8 graph -> its own check and parity of numba int8 against onnxruntime int8; then
+agreement with fp32 on the dev set (export fails below ``min_agreement``, or the task's own gate)
+-> manifest with hashes -> atomic rename.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ from ..runtime.errors import BundleError, InputError, ParityError
 from ..runtime.manifest import FORMAT_VERSION, MODEL_FP32, MODEL_INT8, OPSET, ClassifierIO, TaggerIO
 from ..runtime.model import length_buckets, pad
 from ..runtime.tokenizer import WordTokenizer
-from ..runtime.tolerance import FP32, INT8_SEQUENCE
+from ..runtime.tolerance import FP32, INT8_SEQUENCE, Tolerance
 from .bundle import BundleWriter
-from .quantize import quantize_classifier as quantize_graph
-from .validate import LENGTHS, LENS, Forward, check_parity, outputs, raise_on_failures
+from .quantize import quantize_graph
+from .validate import LENGTHS, LENS, Forward, ParityReport, check_parity, outputs, raise_on_failures
 
 DEFAULT_MAX_LENGTH = 10_000  # tokens per text/sentence at run time: bounds memory on absurd input
 VALIDATION_BACKENDS = ("onnxruntime", "numba")
@@ -43,35 +45,52 @@ DEV_BATCH = 64
 
 @dataclass
 class DevSet:
-    items: list                       # texts (classify) or token lists (tag)
-    labels: list | None               # gold labels / tag lists when known: accuracy is recorded too
+    items: list                       # texts (classify, seq2seq sources) or token lists (tag)
+    labels: list | None               # gold labels / tag lists / reference outputs when known: accuracy is recorded too
     source: str
 
 
 @dataclass
-class Exportable:
-    """What the shared pipeline needs from one task."""
+class GraphSpec:
+    """One ONNX graph of a bundle: how the pipeline writes, checks and validates it."""
 
-    task: str                                         # "classify" | "tag"
-    config: Any                                       # ClassifierConfig | TaggerConfig (dataclass)
-    weights: dict[str, np.ndarray]                    # keyed like the torch state_dict
-    oracle: Forward                                   # the torch module on a feed dict
+    name: str                                         # "model" (single-graph tasks) | "encoder" | "decoder"
+    file: str                                         # fp32 file name in the bundle
+    int8_file: str                                    # its int8 sibling
     build: Callable[[Any, dict, dict], onnx.ModelProto]
     check: Callable[[onnx.ModelProto, Any], None]
-    encode_dev: Callable[[DevSet, int], tuple[list[dict], np.ndarray | None]]  # feeds, flat gold ids
-    entries: dict = field(default_factory=dict)       # manifest entries: tokenizer, labels, charset
-    char_vocab_size: int = 0
+    oracle: Forward                                   # the torch module on this graph's feeds
+    # (oracle name, oracle, {backend: forward}, tolerance, int8?) -> the parity report over this graph's cases
+    parity: Callable[[str, Forward, dict, Tolerance, bool], ParityReport]
+
+
+@dataclass
+class Exportable:
+    """What the shared pipeline needs from one task: its graphs and how to judge them."""
+
+    task: str                                         # "classify" | "tag" | "lm" | "seq2seq"
+    config: Any                                       # the task's config dataclass
+    weights: dict[str, np.ndarray]                    # keyed like the torch state_dict
+    graphs: list[GraphSpec]                           # written, checked and validated in this order
+    encode_dev: Callable[[DevSet, int], tuple[list[dict], np.ndarray | None]] | None = None  # feeds, flat gold ids
+    entries: dict = field(default_factory=dict)       # manifest entries: tokenizer(s), labels, charset, state
     unit: str = "texts"                               # what one dev prediction is: a text or a token
-    state_shapes: dict = field(default_factory=dict)  # state input -> (layers, hidden): graphs with state
-    # the task's own dev metrics from {"fp32": forward[, "int8": forward]} (default: label agreement/accuracy)
+    # the task's own dev metrics from {"fp32": {graph: forward}[, "int8": {...}]} (default: label agreement/accuracy)
     dev_metrics: Callable[[dict, DevSet, int], dict] | None = None
-    int8_lengths: tuple = LENGTHS                     # lengths of the int8 cross-backend parity
     # the task's int8 gate on its dev metrics -> a failure message or None (default: --min-agreement)
     int8_gate: Callable[[dict], str | None] | None = None
 
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
+
+def single_graph(build, check, oracle: Forward, vocab_size: int, char_vocab_size: int = 0,
+                 state_shapes: dict | None = None, int8_lengths: tuple = LENGTHS) -> list[GraphSpec]:
+    """The one ``model.onnx`` of a classifier, tagger or language model, validated by ``check_parity``
+    on ragged (ids, lengths[, chars][, state]) feeds; int8 on probabilities up to ``int8_lengths``."""
+    def parity(oracle_name, oracle, candidates, tol, int8):
+        return check_parity(oracle_name, oracle, candidates, tol, vocab_size=vocab_size,
+                            char_vocab_size=char_vocab_size, state_shapes=state_shapes, probabilities=int8,
+                            lengths=int8_lengths if int8 else LENGTHS)
+
+    return [GraphSpec("model", MODEL_FP32, MODEL_INT8, build, check, oracle, parity)]
 
 
 # -- entry points --------------------------------------------------------------------------
@@ -83,7 +102,14 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, int
     """``max_loss_delta``: language models only, the int8 gate (nats/token of dev loss above fp32);
     ``min_agreement``: classifiers and taggers (share of dev labels/tags int8 agrees with fp32 on)."""
     task = checkpoint_task(checkpoint)
-    if task == "lm":
+    if task == "seq2seq":
+        from ..toolkit.train_seq2seq import load_seq2seq_checkpoint
+        from .task_seq2seq import seq2seq_exportable
+
+        ckpt = load_seq2seq_checkpoint(checkpoint)
+        item = seq2seq_exportable(ckpt.config, _numpy(ckpt.model), ckpt.source_tokenizer, ckpt.target_tokenizer,
+                                  ckpt.model)
+    elif task == "lm":
         from ..toolkit.train_lm import load_lm_checkpoint
         from .task_lm import lm_exportable
 
@@ -129,6 +155,23 @@ def export_module(module, tokenizer: WordTokenizer, labels: Sequence[str], out: 
                   source={"module": type(module).__name__})
 
 
+def export_seq2seq(module, source_tokenizer, target_tokenizer, out: str | os.PathLike, int8: bool = False,
+                   dev: DevSet | None = None, min_agreement: float = 0.99, max_length: int = DEFAULT_MAX_LENGTH,
+                   log: Callable[[str], None] = print) -> dict:
+    """Export a user's trained ``rnnkit.toolkit.seq2seq.Seq2Seq`` (its ``config`` says the shape) with
+    the tokenizers it was trained with (``WordTokenizer`` or ``CharTokenizer``; the target's ids
+    must put ``<s>``/``</s>`` at the config's ``bos_id``/``eos_id``).
+
+    ``dev``: source texts with reference outputs (``labels``, optional) for the dev metrics; with
+    ``int8``, the export fails when int8 picks another next token than fp32 (along fp32's greedy
+    outputs) on more than ``1 - min_agreement`` of the dev tokens."""
+    from .task_seq2seq import seq2seq_exportable
+
+    item = seq2seq_exportable(module.config, _numpy(module), source_tokenizer, target_tokenizer, module)
+    return export(item, out, int8=int8, dev=dev, min_agreement=min_agreement, max_length=max_length, log=log,
+                  source={"module": type(module).__name__})
+
+
 def checkpoint_task(checkpoint) -> str:
     path = Path(checkpoint) / "config.json"
     try:
@@ -156,8 +199,8 @@ def classifier_exportable(config, weights, tokenizer: WordTokenizer, labels: lis
             gold = np.array([labels.index(dev.labels[i]) if dev.labels[i] in labels else -1 for i in order])
         return feeds, gold
 
-    return Exportable("classify", config, weights, oracle, build_classifier_graph, check_graph, encode_dev,
-                      {"tokenizer": tokenizer.to_dict(), "labels": labels})
+    graphs = single_graph(build_classifier_graph, check_graph, oracle, config.vocab_size)
+    return Exportable("classify", config, weights, graphs, encode_dev, {"tokenizer": tokenizer.to_dict(), "labels": labels})
 
 
 def tagger_exportable(config, weights, tokenizer: WordTokenizer, charset, tags: list[str], oracle: Forward
@@ -184,8 +227,8 @@ def tagger_exportable(config, weights, tokenizer: WordTokenizer, charset, tags: 
 
     entries = {"tokenizer": tokenizer.to_dict(), "labels": list(tags),
                "charset": charset.to_dict() if charset is not None else None}
-    return Exportable("tag", config, weights, oracle, build_tagger_graph, check_tagger_graph, encode_dev, entries,
-                      char_vocab_size=config.char_vocab_size, unit="tokens")
+    graphs = single_graph(build_tagger_graph, check_tagger_graph, oracle, config.vocab_size, config.char_vocab_size)
+    return Exportable("tag", config, weights, graphs, encode_dev, entries, unit="tokens")
 
 
 def _numpy(module) -> dict[str, np.ndarray]:
@@ -250,66 +293,85 @@ def _sessions(model: onnx.ModelProto, path: Path) -> dict[str, Forward]:
 
 def export(item: Exportable, out, *, int8: bool = False, dev: DevSet | None = None, min_agreement: float = 0.99,
            max_length: int = DEFAULT_MAX_LENGTH, log: Callable[[str], None] = print, source: dict | None = None) -> dict:
+    """Write, check and validate every graph of ``item`` (and its int8 sibling), measure the dev set,
+    and commit the bundle; any failure leaves nothing at ``out``.
+
+    Per-graph records (the graph's IO in ``graph``, ``validation.fp32`` / ``validation.int8``,
+    ``quantization``) are stored flat for a single-graph bundle (``model.onnx``) and keyed by graph
+    name (``encoder``, ``decoder``) for a bundle with several."""
     if not 0.0 <= min_agreement <= 1.0:
         raise InputError(f"--min-agreement must be in [0, 1], got {min_agreement}")
     if int8 and dev is None:
-        raise InputError("an int8 export checks label agreement with fp32 on a dev set, and none was found: "
+        raise InputError("an int8 export checks agreement with fp32 on a dev set, and none was found: "
                          "pass --dev FILE (or export without --int8)")
     c = item.config
-    metadata = {"rnnkit.task": item.task, "rnnkit.format_version": str(FORMAT_VERSION),
-                "rnnkit.architecture": f"{c.cell} x{c.layers}{' bi' if c.bidirectional else ''}"}
+    several = len(item.graphs) > 1
     manifest: dict = {"format": "rnnkit-bundle", "format_version": FORMAT_VERSION, "task": item.task,
                       "architecture": c.to_dict(), **item.entries, "producer": _versions(), "source": source or {},
                       "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    parity = dict(vocab_size=item.vocab_size, char_vocab_size=item.char_vocab_size, state_shapes=item.state_shapes)
+    io, reports, qreports, params = {}, {}, {}, {}
+    forwards: dict[str, dict[str, Forward]] = {"fp32": {}}
     with BundleWriter(out) as writer:
-        graph = item.build(c, item.weights, metadata)
-        item.check(graph, c)
-        path = writer.save_model(MODEL_FP32, graph)
-        log(f"validating {MODEL_FP32}: torch vs onnxruntime vs numba ...")
-        fp32 = _sessions(graph, path)
-        report = check_parity("torch", item.oracle, fp32, FP32, **parity)
-        raise_on_failures(report, what=f"{MODEL_FP32} vs torch")
-        manifest["graph"] = _graph_contract(graph, max_length)
-        manifest["validation"] = {"fp32": report.to_dict()}
-        forwards = {"fp32": fp32["onnxruntime"]}
-        manifest["quantization"] = None
-        if int8:
-            qgraph, params = quantize_graph(graph)
-            item.check(qgraph, c)
-            qpath = writer.save_model(MODEL_INT8, qgraph)
-            log(f"validating {MODEL_INT8}: numba int8 vs onnxruntime int8, and agreement with fp32 ...")
-            q = _sessions(qgraph, qpath)
-            qreport = check_parity("onnxruntime-int8", q["onnxruntime"], {"numba": q["numba"]}, INT8_SEQUENCE,
-                                   probabilities=True, lengths=item.int8_lengths, **parity)
-            raise_on_failures(qreport, what=f"{MODEL_INT8}: numba vs onnxruntime")
-            manifest["validation"]["int8"] = qreport.to_dict()
-            params["size_ratio"] = round(qpath.stat().st_size / path.stat().st_size, 4)
-            manifest["quantization"] = params
-            forwards["int8"] = q["onnxruntime"]
+        for spec in item.graphs:
+            metadata = {"rnnkit.task": item.task, "rnnkit.format_version": str(FORMAT_VERSION),
+                        "rnnkit.architecture": f"{c.cell} x{c.layers}{' bi' if c.bidirectional else ''}"
+                                               + (f" {spec.name}" if several else "")}
+            graph = spec.build(c, item.weights, metadata)
+            spec.check(graph, c)
+            path = writer.save_model(spec.file, graph)
+            log(f"validating {spec.file}: torch vs onnxruntime vs numba ...")
+            sessions = _sessions(graph, path)
+            report = spec.parity("torch", spec.oracle, sessions, FP32, False)
+            raise_on_failures(report, what=f"{spec.file} vs torch")
+            io[spec.name] = {**({"file": spec.file} if several else {}), **_graph_io(graph)}
+            reports[spec.name] = report.to_dict()
+            forwards["fp32"][spec.name] = sessions["onnxruntime"]
+            if int8:
+                qgraph, params[spec.name] = quantize_graph(graph)
+                spec.check(qgraph, c)
+                qpath = writer.save_model(spec.int8_file, qgraph)
+                log(f"validating {spec.int8_file}: numba int8 vs onnxruntime int8 ...")
+                q = _sessions(qgraph, qpath)
+                qreport = spec.parity("onnxruntime-int8", q["onnxruntime"], {"numba": q["numba"]}, INT8_SEQUENCE, True)
+                raise_on_failures(qreport, what=f"{spec.int8_file}: numba vs onnxruntime")
+                qreports[spec.name] = qreport.to_dict()
+                params[spec.name]["size_ratio"] = round(qpath.stat().st_size / path.stat().st_size, 4)
+                forwards.setdefault("int8", {})[spec.name] = q["onnxruntime"]
+        manifest["graph"] = {"opset": OPSET, "max_length": int(max_length), **_flat_or_named(io)}
+        manifest["validation"] = {"fp32": _flat_or_named(reports), **({"int8": _flat_or_named(qreports)} if int8 else {})}
+        manifest["quantization"] = _flat_or_named(params) if int8 else None
         if dev is not None:
-            metrics = (item.dev_metrics(forwards, dev, max_length) if item.dev_metrics else
-                       _dev_metrics(forwards, *item.encode_dev(dev, max_length), dev.source, item.unit))
+            if item.dev_metrics:
+                metrics = item.dev_metrics(forwards, dev, max_length)
+            else:
+                (only,) = (spec.name for spec in item.graphs)
+                metrics = _dev_metrics({v: fs[only] for v, fs in forwards.items()}, *item.encode_dev(dev, max_length),
+                                       dev.source, item.unit)
             manifest["validation"]["dev"] = metrics
+            files = ", ".join(spec.int8_file for spec in item.graphs)
             gate = item.int8_gate(metrics) if int8 and item.int8_gate else None
             if gate:
-                raise ParityError(f"{MODEL_INT8}: {gate}; nothing was written. Export without --int8, or raise "
+                raise ParityError(f"{files}: {gate}; nothing was written. Export without --int8, or raise "
                                   f"--max-loss-delta if that is acceptable")
             if int8 and item.int8_gate is None and metrics["int8_agreement"] < min_agreement:
-                raise ParityError(f"{MODEL_INT8}: int8 agrees with fp32 on {metrics['int8_agreement']:.2%} of "
+                raise ParityError(f"{files}: int8 agrees with fp32 on {metrics['int8_agreement']:.2%} of "
                                   f"{dev.source} ({metrics['examples']} {metrics['unit']}), below --min-agreement "
                                   f"{min_agreement:.2%}; nothing was written. Export without --int8, or lower "
                                   f"--min-agreement if that is acceptable")
         return {"path": str(writer.commit(manifest)), "manifest": manifest}
 
 
-def _graph_contract(graph: onnx.ModelProto, max_length: int) -> dict:
+def _flat_or_named(per_graph: dict[str, Any]) -> Any:
+    """A single-graph bundle's record as it is (the format of model.onnx bundles); several keyed by graph name."""
+    return per_graph["model"] if list(per_graph) == ["model"] else per_graph
+
+
+def _graph_io(graph: onnx.ModelProto) -> dict:
     def describe(values):
         return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
                  "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
 
-    return {"opset": OPSET, "max_length": int(max_length),
-            "inputs": describe(graph.graph.input), "outputs": describe(graph.graph.output)}
+    return {"inputs": describe(graph.graph.input), "outputs": describe(graph.graph.output)}
 
 
 def _predictions(forward: Forward, feed: dict) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Int8 weight quantization of a classifier graph written by ``rnnkit.export.graph``.
+"""Int8 weight quantization of the graphs rnnkit writes (``rnnkit.export.graph*``), every task's.
 
 onnxruntime's ``quantize_dynamic`` has no GRU/RNN handler, so we rewrite the graph ourselves.
 Every scheme is symmetric int8 (zero point 0, range [-127, 127], scale = max|w| / 127), and
@@ -155,9 +155,10 @@ def _matmul(rw: _Rewriter, node: onnx.NodeProto, per_channel: bool) -> dict:
             "method": "weight-only int8", "compute": "fp32 after dequantize"}
 
 
-def quantize_classifier(model: onnx.ModelProto, per_channel: bool = True, *,
-                        min_matmul_elements: int = MIN_MATMUL_ELEMENTS) -> tuple[onnx.ModelProto, dict]:
-    """fp32 classifier graph -> (int8 graph, quantization parameters for the manifest)."""
+def quantize_graph(model: onnx.ModelProto, per_channel: bool = True, *,
+                   min_matmul_elements: int = MIN_MATMUL_ELEMENTS) -> tuple[onnx.ModelProto, dict]:
+    """fp32 rnnkit graph (any task's, encoder and decoder included) -> (int8 graph, quantization
+    parameters for the manifest)."""
     rw = _Rewriter(model)
     decisions = []
     for node in rw.model.graph.node:
@@ -194,3 +195,6 @@ def quantize_classifier(model: onnx.ModelProto, per_channel: bool = True, *,
         "fp32_tensors": sorted(t.name for t in kept if t.data_type == TensorProto.FLOAT),
     }
     return rw.model, params
+
+
+quantize_classifier = quantize_graph  # its first name: the classifier was the first graph it served

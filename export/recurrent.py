@@ -15,6 +15,7 @@ Imports onnx and numpy only (no torch, no onnxruntime); configs are read by fiel
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import metadata as _pkg_metadata
 
 import numpy as np
@@ -38,9 +39,24 @@ def producer_version() -> str:
         return "0+unknown"
 
 
-def onnx_rnn_weights(config, weights: dict[str, np.ndarray], layer: int
+@dataclass(frozen=True)
+class Stack:
+    """The fields of a model config the recurrent writer reads, for models with several stacks
+    (an encoder-decoder's encoder and decoder differ in width and direction)."""
+
+    cell: str            # rnn | lstm | gru
+    hidden: int          # per direction
+    layers: int
+    bidirectional: bool
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+
+def onnx_rnn_weights(config, weights: dict[str, np.ndarray], layer: int, prefix: str = "rnn"
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """torch ``rnn.*_l{layer}[_reverse]`` -> ONNX ``W (D, G*H, I)``, ``R (D, G*H, H)``, ``B (D, 2*G*H)``."""
+    """torch ``{prefix}.*_l{layer}[_reverse]`` -> ONNX ``W (D, G*H, I)``, ``R (D, G*H, H)``, ``B (D, 2*G*H)``."""
     order = GATE_ORDER[config.cell]
     h = config.hidden
 
@@ -51,15 +67,15 @@ def onnx_rnn_weights(config, weights: dict[str, np.ndarray], layer: int
     Ws, Rs, Bs = [], [], []
     for suffix in ("", "_reverse")[:config.directions]:
         key = f"l{layer}{suffix}"
-        missing = [f"rnn.{k}_{key}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-                   if f"rnn.{k}_{key}" not in weights]
+        missing = [f"{prefix}.{k}_{key}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                   if f"{prefix}.{k}_{key}" not in weights]
         if missing:
             raise UnsupportedError(f"weights: missing {missing} for layer {layer} of a "
                                    f"{config.cell} (keys must follow the model's state_dict())")
-        Ws.append(reorder(weights[f"rnn.weight_ih_{key}"]))
-        Rs.append(reorder(weights[f"rnn.weight_hh_{key}"]))
-        Bs.append(np.concatenate([reorder(weights[f"rnn.bias_ih_{key}"]),
-                                  reorder(weights[f"rnn.bias_hh_{key}"])]))
+        Ws.append(reorder(weights[f"{prefix}.weight_ih_{key}"]))
+        Rs.append(reorder(weights[f"{prefix}.weight_hh_{key}"]))
+        Bs.append(np.concatenate([reorder(weights[f"{prefix}.bias_ih_{key}"]),
+                                  reorder(weights[f"{prefix}.bias_hh_{key}"])]))
     return np.stack(Ws), np.stack(Rs), np.stack(Bs)
 
 
@@ -89,14 +105,20 @@ class GraphBuilder:
         return outs[0] if len(outs) == 1 else outs
 
 
+def node_name(config, layer: int, prefix: str = "rnn") -> str:
+    """``lstm_0`` for a model's only stack (weights ``rnn.*``), ``encoder_0`` for a named one."""
+    return f"{config.cell}_{layer}" if prefix == "rnn" else f"{prefix}_{layer}"
+
+
 def write_recurrent_layer(g: GraphBuilder, config, weights: dict[str, np.ndarray], layer: int, x: str,
                           sequence_lens: str, initial_h: str = "", initial_c: str = "",
-                          outputs: tuple[str, ...] = ()) -> list[str]:
+                          outputs: tuple[str, ...] = (), prefix: str = "rnn") -> list[str]:
     """One native RNN/LSTM/GRU node for ``layer``: x (T, B, I) -> [Y (T, D, B, H), Y_h (D, B, H)
-    (, Y_c for LSTM)]; ``initial_h`` / ``initial_c`` (D, B, H) are optional state inputs and
-    ``outputs`` optional names for the node's outputs (default ``{cell}_{layer}.Y`` ...)."""
-    name = f"{config.cell}_{layer}"
-    W, R, B = onnx_rnn_weights(config, weights, layer)
+    (, Y_c for LSTM)]; ``sequence_lens`` may be "" (every row runs all T steps); ``initial_h`` /
+    ``initial_c`` (D, B, H) are optional state inputs, ``outputs`` optional names for the node's
+    outputs (default ``{cell}_{layer}.Y`` ...) and ``prefix`` the torch module holding the weights."""
+    name = node_name(config, layer, prefix)
+    W, R, B = onnx_rnn_weights(config, weights, layer, prefix)
     attrs = dict(hidden_size=config.hidden, direction="bidirectional" if config.bidirectional else "forward",
                  layout=0)
     if config.cell == "gru":
@@ -104,14 +126,16 @@ def write_recurrent_layer(g: GraphBuilder, config, weights: dict[str, np.ndarray
     ins = [x, g.const(f"{name}.W", W), g.const(f"{name}.R", R), g.const(f"{name}.B", B), sequence_lens]
     if initial_h or initial_c:
         ins += [initial_h] + ([initial_c] if config.cell == "lstm" and initial_c else [])
+    while not ins[-1]:  # an omitted optional input at the end is left out, not written as ""
+        ins.pop()
     outs = list(outputs) or [f"{name}.Y", f"{name}.Y_h"] + ([f"{name}.Y_c"] if initial_c else [])
     result = g.op(RECURRENT_OPS[config.cell], ins, name, outputs=outs, **attrs)
     return result if isinstance(result, list) else [result]
 
 
-def layer_input(g: GraphBuilder, config, layer: int, y: str) -> str:
+def layer_input(g: GraphBuilder, config, layer: int, y: str, prefix: str = "rnn") -> str:
     """Y (T, D, B, H) of ``layer`` -> (T, B, D*H), the next layer's input."""
-    name = f"{config.cell}_{layer}"
+    name = node_name(config, layer, prefix)
     t = g.op("Transpose", [y], f"{name}_out_transpose", perm=[0, 2, 1, 3])
     return g.op("Reshape", [t, g.ints(f"{name}_out_shape", [0, 0, config.directions * config.hidden])],
                 f"{name}_out")
@@ -129,23 +153,29 @@ def write_recurrent_stack(g: GraphBuilder, config, weights: dict[str, np.ndarray
     return y, y_h
 
 
-def batch_major(g: GraphBuilder, config, y: str) -> str:
+def batch_major(g: GraphBuilder, config, y: str, name: str = "y_batch") -> str:
     """Y (T, D, B, H) -> (B, T, D*H): both directions of a token side by side, as torch's output."""
-    ybt = g.op("Transpose", [y], "y_batch_major", perm=[2, 0, 1, 3])                       # (B, T, D, H)
-    return g.op("Reshape", [ybt, g.ints("y_batch_shape", [0, 0, config.directions * config.hidden])],
-                "y_batch")                                                                  # (B, T, D*H)
+    ybt = g.op("Transpose", [y], f"{name}_major", perm=[2, 0, 1, 3])                       # (B, T, D, H)
+    return g.op("Reshape", [ybt, g.ints(f"{name}_shape", [0, 0, config.directions * config.hidden])],
+                name)                                                                       # (B, T, D*H)
 
 
 def time_mask(g: GraphBuilder, input_ids: str, sequence_lens: str) -> tuple[str, str]:
     """-> mask (B, T, 1) bool, ``arange(T) < sequence_lens``, and the lengths as int64 (B, 1)."""
+    mask, lens = length_mask(g, input_ids, sequence_lens)
+    return g.op("Unsqueeze", [mask, g.ints("axes_2", [2])], "time_mask_3d"), lens  # (B, T, 1)
+
+
+def length_mask(g: GraphBuilder, input_ids: str, sequence_lens: str) -> tuple[str, str]:
+    """-> mask (B, T) bool, ``arange(T) < sequence_lens`` (T = ``input_ids``' axis 1), and the
+    lengths as int64 (B, 1)."""
     shape = g.op("Shape", [input_ids], "ids_shape")
     time = g.op("Gather", [shape, g.ints("axis_time", 1)], "time", axis=0)      # scalar
     steps = g.op("Range", [g.ints("zero_i64", 0), time, g.ints("one_i64", 1)], "steps")
     steps = g.op("Unsqueeze", [steps, g.ints("axes_0", [0])], "steps_row")        # (1, T)
     lens = g.op("Cast", [sequence_lens], "lens_i64", to=TensorProto.INT64)
     lens = g.op("Unsqueeze", [lens, g.ints("axes_1", [1])], "lens_col")           # (B, 1)
-    mask = g.op("Less", [steps, lens], "time_mask")                               # (B, T)
-    return g.op("Unsqueeze", [mask, g.ints("axes_2", [2])], "time_mask_3d"), lens  # (B, T, 1)
+    return g.op("Less", [steps, lens], "time_mask"), lens                         # (B, T)
 
 
 def merge_metadata(defaults: dict[str, str], metadata: dict[str, str] | None) -> dict[str, str]:

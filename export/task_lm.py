@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from ..runtime.manifest import LanguageModelIO as IO
-from .exporter import DevSet, Exportable, Forward
+from .exporter import DevSet, Exportable, Forward, single_graph
 from .validate import outputs
 
 DEV_STREAMS, DEV_WINDOW = 16, 256
@@ -31,8 +31,9 @@ def lm_exportable(config, weights: dict[str, np.ndarray], tokenizer, module, max
                   ) -> Exportable:
     from .graph_lm import build_lm_graph, check_lm_graph, state_contract
 
-    def dev_metrics(forwards: dict[str, Forward], dev: DevSet, max_length: int) -> dict:
-        return lm_dev_metrics(forwards, tokenizer, dev, config)
+    def dev_metrics(forwards: dict[str, dict[str, Forward]], dev: DevSet, max_length: int) -> dict:
+        return lm_dev_metrics({variant: graphs["model"] for variant, graphs in forwards.items()}, tokenizer, dev,
+                              config)
 
     def int8_gate(metrics: dict) -> str | None:
         delta = metrics.get("int8_loss_delta")
@@ -43,9 +44,10 @@ def lm_exportable(config, weights: dict[str, np.ndarray], tokenizer, module, max
 
     shapes = {name: (config.layers, config.hidden) for name in IO.state_inputs(config.cell)}
     entries = {"tokenizer": tokenizer.to_dict(), "labels": [], "state": state_contract(config)}
-    return Exportable("lm", config, weights, torch_lm_forward(module), build_lm_graph, check_lm_graph,
-                      encode_dev=None, entries=entries, unit="tokens", state_shapes=shapes, dev_metrics=dev_metrics,
-                      int8_lengths=INT8_PARITY_LENGTHS, int8_gate=int8_gate)
+    graphs = single_graph(build_lm_graph, check_lm_graph, torch_lm_forward(module), config.vocab_size,
+                          state_shapes=shapes, int8_lengths=INT8_PARITY_LENGTHS)
+    return Exportable("lm", config, weights, graphs, entries=entries, unit="tokens", dev_metrics=dev_metrics,
+                      int8_gate=int8_gate)
 
 
 def torch_lm_forward(module) -> Forward:

@@ -162,19 +162,26 @@ def _compare_all(report: ParityReport, name: str, where: str, actual: tuple, exp
         report.failures.append(f"{name} @ {where}: {len(actual)} outputs, expected {len(expected)}")
         return
     stateful = len(expected) > 1
-    _compare(report, name, where, actual[0], expected[0], lens, tol.scaled(expected[0]) if stateful else tol,
-             probabilities)
+    compare_scores(report, name, where, actual[0], expected[0], lens, tol.scaled(expected[0]) if stateful else tol,
+                   probabilities)
     if probabilities:  # int8: what users see; the state's effect is in every later probability
         return
     for k, (a, e) in enumerate(zip(actual[1:], expected[1:]), start=1):
-        if a.shape != e.shape:
-            report.failures.append(f"{name} @ {where}: state output #{k} shape {a.shape}, expected {e.shape}")
-            continue
-        worst, state_tol = tol.worst(a, e), tol.scaled(e)
-        report.worst[name] = max(report.worst[name], worst)
-        if not np.all(np.isfinite(a)) or not state_tol.close(a, e):
-            report.failures.append(f"{name} @ {where}: state output #{k} max |diff| {worst:.3g} exceeds "
-                                   f"{state_tol.name} (atol {state_tol.atol:.3g}, rtol {state_tol.rtol})")
+        compare_tensor(report, name, where, f"state output #{k}", a, e, tol)
+
+
+def compare_tensor(report: ParityReport, name: str, where: str, what: str, actual: np.ndarray, expected: np.ndarray,
+                   tol: Tolerance) -> None:
+    """One output that is not a score (recurrent state, memory, attention weights): same shape, finite,
+    within the ``scaled`` tolerance (see the module docstring)."""
+    if actual.shape != expected.shape:
+        report.failures.append(f"{name} @ {where}: {what} shape {actual.shape}, expected {expected.shape}")
+        return
+    worst, scaled = tol.worst(actual, expected), tol.scaled(expected)
+    report.worst[name] = max(report.worst[name], worst)
+    if not np.all(np.isfinite(actual)) or not scaled.close(actual, expected):
+        report.failures.append(f"{name} @ {where}: {what} max |diff| {worst:.3g} exceeds "
+                               f"{scaled.name} (atol {scaled.atol:.3g}, rtol {scaled.rtol})")
 
 
 def _probabilities(forward: Forward) -> Forward:
@@ -185,8 +192,10 @@ def _probabilities(forward: Forward) -> Forward:
     return probs
 
 
-def _compare(report: ParityReport, name: str, where: str, actual, expected, lens, tol: Tolerance,
-             probabilities: bool) -> None:
+def compare_scores(report: ParityReport, name: str, where: str, actual, expected, lens, tol: Tolerance,
+                   probabilities: bool) -> None:
+    """Scores (logits, log-probabilities or probabilities; (B, C) or (B, T, K) with rows past ``lens``
+    exactly 0 unless ``probabilities``): finite, within ``tol``, and the same argmax up to ties."""
     if actual.shape != expected.shape:
         report.failures.append(f"{name} @ {where}: output shape {actual.shape}, expected {expected.shape}")
         return

@@ -104,15 +104,16 @@ def predict(bundle, inputs, out_dir, *, scheduler: str | None = None, client=Non
     thread each.  ``resume``: continue a job in OUT_DIR (same bundle, inputs and partition size)
     instead of refusing a non-empty OUT_DIR.  ``progress(Progress)`` is called as partitions finish.
     """
+    start = time.perf_counter()
+    b = open_bundle(bundle)
+    if b.task not in TASK_METHODS:  # checked before Dask is needed: the answer does not depend on it
+        raise UnsupportedError(f"{bundle}: --engine dask runs {list(TASK_METHODS)} bundles, not {b.task!r} "
+                               f"(generation and seq2seq decoding have no distributed runner); use --engine local")
     try:
         import distributed
     except ImportError:
         raise RnnkitError("--engine dask needs Dask distributed; run `pip install \"rnnkit[dask]\"` "
                           "(or `pip install \"dask[distributed]\"`)") from None
-    start = time.perf_counter()
-    b = open_bundle(bundle)
-    if b.task not in TASK_METHODS:
-        raise UnsupportedError(f"{bundle}: task {b.task!r} has no distributed runner (runs {list(TASK_METHODS)})")
     if b.task == "classify" and pretokenized:
         raise InputError("--pretokenized applies to tagging bundles only")
     if int8:

@@ -108,6 +108,9 @@ class Seq2SeqIO:
     log_probs = "log_probs"          # float32 (batch, time, target_vocab): log-softmax of the next token
     attention = "attention"          # float32 (batch, time, source_time): attention weights (0 on padding)
 
+    graphs = ("encoder", "decoder")   # graph names in the manifest's per-graph records, in run order
+    files = {"encoder": (encoder_file, encoder_int8_file), "decoder": (decoder_file, decoder_int8_file)}
+
     @classmethod
     def encoder_inputs(cls) -> tuple[str, ...]:
         return (cls.source_ids, cls.source_lens)
@@ -126,3 +129,8 @@ class Seq2SeqIO:
     def decoder_outputs(cls, cell: str, attention: str) -> tuple[str, ...]:
         weights = (cls.attention,) if attention != "none" else ()
         return (cls.log_probs,) + LanguageModelIO.state_outputs(cell) + weights
+
+
+def graph_files(task: str) -> dict[str, tuple[str, str]]:
+    """Graph name -> (fp32 file, int8 file) of a task's bundle: ``model`` for single-graph tasks."""
+    return dict(Seq2SeqIO.files) if task == "seq2seq" else {"model": (MODEL_FP32, MODEL_INT8)}

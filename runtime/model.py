@@ -3,9 +3,10 @@
 ``load(bundle, backend="auto", int8=False, threads=None) -> Model``;
 ``Model.predict(texts)`` for classification bundles, ``Model.tag`` for taggers, and for language
 models ``spawn_state()`` (streaming, ``rnnkit.runtime.state``), ``generate`` / ``generate_text``,
-``score`` and ``next_tokens`` (decoding in numpy, ``rnnkit.runtime.generate``).  Batches are formed by length
-bucketing (texts sorted by token count, so little padding is computed) and results come
-back in the caller's order.
+``score`` and ``next_tokens`` (decoding in numpy, ``rnnkit.runtime.generate``); for encoder-decoders
+``translate`` / ``translate_one`` / ``nbest`` (greedy and beam search, ``rnnkit.runtime.decode``).
+Batches are formed by length bucketing (texts sorted by token count, so little padding is
+computed) and results come back in the caller's order.
 
 Must not import torch.
 """
@@ -22,11 +23,12 @@ import numpy as np
 
 from . import backends
 from .bundle import Bundle, open_bundle
+from .decode import DEFAULT_ALPHA, Candidate, Steps, beam_search, check_options, greedy, output_limit
 from .errors import InputError
 from .generate import Sampling, check_max_tokens, choose, log_probs, top_tokens
 from .manifest import ClassifierIO, LanguageModelIO, TaggerIO
 from .state import State, check_ids
-from .tokenizer import pad_ids
+from .tokenizer import UNK_ID, pad_ids
 
 
 @dataclass
@@ -50,6 +52,20 @@ class Tagging:
         return {"tokens": self.tokens, "tags": self.tags, "scores": self.scores}
 
 
+@dataclass
+class Hypothesis:
+    """One output of an encoder-decoder for one source."""
+
+    output: str                  # the tokens as text (joined by spaces at word level, directly at char level)
+    tokens: list[str]            # target tokens, without <s> and </s>
+    score: float                 # ranking score: log_prob / ((5 + n) / 6) ** alpha, n = tokens + 1 (</s>)
+    log_prob: float              # log-probability of the output (</s> included when finished), nats
+    finished: bool = True        # False: cut at the output length limit before </s>
+
+    def to_dict(self) -> dict:
+        return {"output": self.output, "score": self.score}
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
@@ -65,11 +81,21 @@ class Model:
         self.tokenizer = bundle.tokenizer
         self.labels = bundle.labels
         self.max_length = int(bundle.manifest["graph"]["max_length"])
-        self.session = backends.open_session(bundle.graph(int8), bundle.model_path(int8), self.backend, threads)
+        self.sessions = {name: backends.open_session(bundle.graph(int8, name), bundle.model_path(int8, name),
+                                                     self.backend, threads) for name in bundle.graph_names}
+        self.session = self.sessions.get("model")  # single-graph tasks
         # numba's parallel kernels are not safe to enter from several threads at once: serialise runs there
         self._lock = threading.Lock() if self.backend == "numba" else None
         arch = bundle.manifest["architecture"]
-        self.vocab_size = int(arch["vocab_size"])
+        if bundle.task == "seq2seq":
+            self.target_tokenizer = bundle.target_tokenizer
+            self.vocab_size = int(arch["target_vocab_size"])
+            self._steps = Steps(self._graph_run("encoder"), self._graph_run("decoder"), arch["cell"],
+                                arch["attention"], arch["bos_id"], arch["eos_id"], self.vocab_size)
+            # a beam wider than the tokens that can be generated is clamped to them (no duplicate hypotheses)
+            self.max_beam = self.vocab_size - len(self._steps.never)
+        else:
+            self.vocab_size = int(arch["vocab_size"])
         if bundle.task == "lm":
             self.state_inputs = LanguageModelIO.state_inputs(arch["cell"])
             self.state_outputs = LanguageModelIO.state_outputs(arch["cell"])
@@ -90,15 +116,23 @@ class Model:
             feeds[TaggerIO.char_ids] = np.ascontiguousarray(char_ids, dtype=np.int64)
         return self._run([ClassifierIO.logits], feeds)[0]
 
-    def _run(self, names, feeds) -> list[np.ndarray]:
+    def _run(self, names, feeds, session=None) -> list[np.ndarray]:
+        session = session or self.session
         if self._lock is None:
-            return self.session.run(names, feeds)
+            return session.run(names, feeds)
         with self._lock:
-            return self.session.run(names, feeds)
+            return session.run(names, feeds)
+
+    def _graph_run(self, name: str):
+        """One graph of the bundle as ``feeds -> {output name: array}`` (the decode loop's view)."""
+        session = self.sessions[name]
+        names = [o.name for o in session.get_outputs()]
+        return lambda feeds: dict(zip(names, self._run(names, feeds, session)))
 
     def _require_task(self, task: str, method: str) -> None:
         if self.bundle.task != task:
-            other = {"classify": "predict()", "tag": "tag()", "lm": "generate()"}[self.bundle.task]
+            other = {"classify": "predict()", "tag": "tag()", "lm": "generate()",
+                     "seq2seq": "translate()"}[self.bundle.task]
             raise InputError(f"{self.bundle.path}: a {self.bundle.task} bundle has no {method}; use {other}")
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
@@ -280,9 +314,87 @@ class Model:
         state = self._context(prefix, "next_tokens()")
         return [(self.tokenizer.vocab[i], p) for i, p in top_tokens(state.last_logits, int(k))]
 
+    # -- encoder-decoders ---------------------------------------------------------------------
+    def encode_sources(self, texts: Sequence[str]) -> list[list[int]]:
+        """Source texts -> id rows.  Words / characters outside the source vocabulary become ``<unk>``
+        (the model was trained with the same cut-off); a text without tokens (empty, or only spaces
+        at word level) and a text longer than the bundle's ``max_length`` tokens are refused, never
+        silently dropped or cut (split long texts, e.g. into sentences)."""
+        sources = []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InputError(f"text #{i} is {type(text).__name__}, expected str")
+            ids = self.tokenizer.encode(text)
+            if not ids:
+                raise InputError(f"text #{i} ({text!r}) has no tokens; an empty source has no output, "
+                                 f"drop it from the input")
+            if len(ids) > self.max_length:
+                raise InputError(f"text #{i} has {len(ids)} tokens, more than this bundle's max_length "
+                                 f"{self.max_length}; split it (or re-export with a larger --max-length)")
+            sources.append(ids)
+        return sources
+
+    def nbest(self, texts: Sequence[str] | str, n: int = 5, beam: int | None = None, alpha: float = DEFAULT_ALPHA,
+              max_output_tokens: int | None = None, batch_size: int = 32,
+              progress: Callable[[int], None] | None = None) -> list[list[Hypothesis]]:
+        """The ``n`` best outputs of each text, best first, by beam search of width ``beam`` (default
+        ``n``; clamped to the number of target tokens that can be generated); ``beam=1`` is greedy.
+
+        ``alpha``: GNMT length penalty exponent (0: rank by log-probability); ``max_output_tokens``:
+        output tokens per text (default ``2 x source tokens + 10``, at most 1024).  Texts are decoded
+        ``batch_size`` at a time (``batch_size x beam`` decoder rows), grouped by length;
+        ``progress(k)`` is called after each batch of k texts."""
+        self._require_task("seq2seq", "nbest()")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise InputError(f"n must be an integer >= 1, got {n!r}")
+        beam = n if beam is None else beam
+        check_options(beam, alpha, max_output_tokens)
+        if n > beam:
+            raise InputError(f"n={n} outputs need a beam of at least n, got beam={beam}")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        beam = min(int(beam), self.max_beam)
+        sources = self.encode_sources(texts)
+        results: list[list[Hypothesis]] = [[] for _ in sources]
+        for rows in length_buckets([len(s) for s in sources], batch_size):
+            batch = [sources[r] for r in rows]
+            limits = [output_limit(len(s), max_output_tokens) for s in batch]
+            if beam == 1:
+                found = [[c] for c in greedy(self._steps, batch, limits, alpha)]
+            else:
+                found = beam_search(self._steps, batch, limits, beam, alpha)
+            for r, candidates in zip(rows, found):
+                results[r] = [self._hypothesis(c) for c in candidates[:n]]
+            if progress:
+                progress(len(rows))
+        return results
+
+    def translate(self, texts: Sequence[str] | str, beam: int = 5, alpha: float = DEFAULT_ALPHA,
+                  max_output_tokens: int | None = None, batch_size: int = 32,
+                  progress: Callable[[int], None] | None = None) -> list[str]:
+        """The best output of each text (beam search; ``beam=1``: greedy); see ``nbest``."""
+        return [h[0].output for h in self.nbest(texts, 1, beam, alpha, max_output_tokens, batch_size, progress)]
+
+    def translate_one(self, text: str, beam: int = 5, **options) -> str:
+        """``translate`` for one text."""
+        if not isinstance(text, str):
+            raise InputError(f"translate_one takes one text (str), got {type(text).__name__}; use translate() "
+                             "for a list")
+        return self.translate([text], beam, **options)[0]
+
+    def _hypothesis(self, c: Candidate) -> Hypothesis:
+        vocab = self.target_tokenizer.vocab
+        return Hypothesis(self.target_tokenizer.decode(c.ids), [vocab[i] for i in c.ids], c.score, c.log_prob,
+                          c.finished)
+
     def warmup(self) -> float:
         """Run one tiny batch (compiles numba kernels or fills caches); returns seconds taken."""
         start = time.perf_counter()
+        if self.bundle.task == "seq2seq":
+            beam_search(self._steps, [[UNK_ID] * 3], [2], min(2, self.max_beam))
+            return time.perf_counter() - start
         if self.bundle.task == "lm":
             self.step(np.full((1, 3), 2, np.int64), self.initial_state(1))
             return time.perf_counter() - start

@@ -173,3 +173,82 @@ def lm_bundles(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+G2P = {"cat": "K AE T", "dog": "D AO G", "bird": "B ER D", "fish": "F IH SH", "horse": "HH AO R S",
+       "cow": "K AW", "sheep": "SH IY P", "goat": "G OW T", "mouse": "M AW S", "duck": "D AH K",
+       "frog": "F R AO G", "bee": "B IY"}
+PHONES = sorted({p for ph in G2P.values() for p in ph.split()})
+
+
+_SEQ2SEQ: dict = {}
+
+
+def make_seq2seq(cell: str = "lstm", attention: str = "dot", bidirectional: bool = True, layers: int = 2,
+                 seed: int = 0, train_steps: int = 100):
+    """A seeded grapheme-to-phoneme Seq2Seq (char source, phone-word target) and its tokenizers, fitted
+    for ``train_steps`` full-batch steps on ``G2P`` (about a second): peaked log-probabilities and
+    outputs that end in </s> at different lengths, as a trained model's (0 steps: untrained).
+    Built once per session and argument set (the same seeds give the same model); do not modify it."""
+    key = (cell, attention, bidirectional, layers, seed, train_steps)
+    if key not in _SEQ2SEQ:
+        _SEQ2SEQ[key] = _fit_seq2seq(*key)
+    return _SEQ2SEQ[key]
+
+
+def _fit_seq2seq(cell, attention, bidirectional, layers, seed, train_steps):
+    import torch
+
+    from rnnkit.runtime.tokenizer import CharTokenizer, WordTokenizer, pad_ids
+    from rnnkit.toolkit.seq2seq import Seq2Seq, Seq2SeqConfig
+
+    source = CharTokenizer.build(G2P)
+    target = WordTokenizer(["<pad>", "<unk>", "<s>", "</s>", *PHONES], lowercase=False)
+    torch.manual_seed(seed)
+    config = Seq2SeqConfig(source_vocab_size=source.vocab_size, target_vocab_size=target.vocab_size, cell=cell,
+                           embed=6, hidden=8, layers=layers, bidirectional=bidirectional, attention=attention,
+                           dropout=0.0)
+    model = Seq2Seq(config)
+    ids, lens = pad_ids([source.encode(w) for w in G2P])
+    phones = [target.encode(p) for p in G2P.values()]
+    inputs, _ = pad_ids([[config.bos_id, *p] for p in phones])
+    gold, _ = pad_ids([[*p, config.eos_id] for p in phones])
+    ids, lens, inputs, gold = (torch.from_numpy(a) for a in (ids, lens.astype(np.int64), inputs, gold))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small trains faster on one thread
+    try:
+        for _ in range(train_steps):
+            logits = model(ids, lens, inputs)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1),
+                                                     ignore_index=0)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval(), source, target
+
+
+@pytest.fixture(scope="session")
+def s2s_bundles(tmp_path_factory):
+    """Validated seq2seq bundles per (cell, attention, bidirectional), built lazily once per session;
+    ('lstm', 'dot', True) with int8 and dev metrics."""
+    pytest.importorskip("torch")
+    from rnnkit.export.exporter import DevSet, export_seq2seq
+
+    root = tmp_path_factory.mktemp("s2s")
+    cache: dict = {}
+
+    def get(cell: str = "lstm", attention: str = "dot", bidirectional: bool = True) -> Path:
+        key = (cell, attention, bidirectional)
+        if key not in cache:
+            model, source, target = make_seq2seq(cell, attention, bidirectional)
+            int8 = key == ("lstm", "dot", True)
+            dev = DevSet(list(G2P), list(G2P.values()), "g2p") if int8 else None
+            result = export_seq2seq(model, source, target, root / f"{cell}-{attention}-{bidirectional}.bundle",
+                                    int8=int8, dev=dev, min_agreement=0.0, log=lambda m: None)
+            cache[key] = Path(result["path"])
+        return cache[key]
+
+    return get

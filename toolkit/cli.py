@@ -233,7 +233,8 @@ def train_seq2seq_cmd(train_path, dev_path, out_dir, fmt, keep_stress, **options
 @click.option("--dev", "dev_path", type=click.Path(), help="Labelled dev file for the int8 agreement check "
               "(default: the checkpoint's own dev data, if it is still on disk).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
-              help="Classifiers/taggers: fail the export if int8 labels agree with fp32 on less than this share of dev.")
+              help="Classifiers/taggers: fail the export if int8 labels agree with fp32 on less than this share of dev; "
+              "seq2seq: of next-token decisions along fp32's greedy outputs.")
 @click.option("--max-loss-delta", type=click.FloatRange(min=0), default=0.02, show_default=True,
               help="Language models: fail the export if int8 dev loss exceeds fp32's by more than this (nats/token).")
 @click.option("--max-length", type=click.IntRange(1, 1 << 24), default=10_000, show_default=True,
@@ -275,14 +276,30 @@ def export_cmd(checkpoint, out, int8, dev_path, min_agreement, max_loss_delta, m
 @click.option("--partition-size", type=click.IntRange(1), default=10_000, show_default=True,
               help="--engine dask: rows per partition (one output file each).")
 @click.option("--resume", is_flag=True, help="--engine dask: continue a job in a non-empty --output folder.")
+@click.option("--beam", type=click.IntRange(1, 1024), default=None,
+              help="seq2seq: beam width (default 5; 1 = greedy; clamped to the target vocabulary).")
+@click.option("--nbest", type=click.IntRange(1, 1024), default=None,
+              help="seq2seq: also write the N best outputs per input as \"nbest\" (needs --beam >= N; default beam N).")
+@click.option("--alpha", type=click.FloatRange(min=0), default=None,
+              help="seq2seq: length penalty ((5+n)/6)^alpha on scores (default 0.6; 0 = raw log-probability).")
+@click.option("--max-output-tokens", type=click.IntRange(1, 1024), default=None,
+              help="seq2seq: output tokens per input (default 2 x input tokens + 10).")
 def predict(bundle, texts, input_paths, output_path, backend, int8, batch_size, threads, text_field, pretokenized,
-            encoding, engine, scheduler, workers, partition_size, resume):
-    """Classify or tag TEXTS (or --input FILE, or stdin lines) with BUNDLE. Never imports torch.
+            encoding, engine, scheduler, workers, partition_size, resume, beam, nbest, alpha, max_output_tokens):
+    """Classify, tag or translate TEXTS (or --input FILE, or stdin lines) with BUNDLE. Never imports torch.
 
     Writes JSON lines: {"text", "label", "score", "scores"} for a classifier,
-    {"tokens", "tags", "scores"} for a tagger.  --engine dask writes a folder: part-NNNNN.jsonl
-    (the same rows plus an "id", "FILE-INDEX:LINE"), errors.jsonl, _job.json, and _SUCCESS last."""
+    {"tokens", "tags", "scores"} for a tagger, {"input", "output", "score"} for an encoder-decoder
+    (score: log-probability with the --alpha length penalty; with --nbest also "nbest": [{"output",
+    "score"}, ...], best first).  --engine dask (classifiers and taggers) writes a folder:
+    part-NNNNN.jsonl (the same rows plus an "id", "FILE-INDEX:LINE"), errors.jsonl, _job.json, and
+    _SUCCESS last."""
+    decoding = {k: v for k, v in dict(beam=beam, nbest=nbest, alpha=alpha, max_output_tokens=max_output_tokens).items()
+                if v is not None}
     if engine == "dask":
+        if decoding:
+            raise click.UsageError(f"{', '.join('--' + k.replace('_', '-') for k in decoding)} need --engine local "
+                                   "(seq2seq bundles are decoded locally)")
         return _predict_dask(bundle, texts, input_paths, output_path, backend, int8, batch_size, threads,
                              text_field, pretokenized, encoding, scheduler, workers, partition_size, resume)
     from ..runtime import load
@@ -299,9 +316,15 @@ def predict(bundle, texts, input_paths, output_path, backend, int8, batch_size, 
     if not texts and not input_path and sys.stdin.isatty():
         raise click.UsageError("no input: give TEXTS, --input FILE, or pipe lines on stdin")
     model = load(bundle, backend=backend, int8=int8, threads=threads)
-    tagging = model.bundle.task == "tag"
-    sources, items = read_texts(texts, input_path, text_field, encoding, tagging, pretokenized)
-    write_predictions(model, sources, items, output_path, batch_size, show_progress=input_path is not None)
+    task = model.bundle.task
+    if decoding and task != "seq2seq":
+        raise click.UsageError(f"{', '.join('--' + k.replace('_', '-') for k in decoding)} apply to seq2seq bundles; "
+                               f"{bundle} is a {task} bundle")
+    if pretokenized and task == "seq2seq":
+        raise click.UsageError(f"--pretokenized applies to tagging bundles; {bundle} is a {task} bundle")
+    sources, items = read_texts(texts, input_path, text_field, encoding, task == "tag", pretokenized)
+    write_predictions(model, sources, items, output_path, batch_size, show_progress=input_path is not None,
+                      **decoding)
 
 
 def _predict_dask(bundle, texts, input_paths, output_path, backend, int8, batch_size, threads, text_field,
@@ -394,6 +417,8 @@ def demo(out):
 
 
 def summary(manifest: dict, path) -> str:
+    if manifest["task"] == "seq2seq":
+        return _seq2seq_summary(manifest, path)
     a = manifest["architecture"]
     extra = f" pooling={a['pooling']}" if "pooling" in a else ""
     if a.get("char_vocab_size"):
@@ -420,6 +445,35 @@ def summary(manifest: dict, path) -> str:
     q = manifest.get("quantization")
     if q:
         lines.append(f"  int8 size ratio: {q.get('size_ratio')}")
+    return "\n".join(lines)
+
+
+def _seq2seq_summary(manifest: dict, path) -> str:
+    a = manifest["architecture"]
+    src, tgt = manifest["source_tokenizer"], manifest["target_tokenizer"]
+    lines = [f"bundle {path}: task=seq2seq source={src['level']} ({len(src['vocab'])} entries) "
+             f"target={tgt['level']} ({len(tgt['vocab'])} entries) <s>={a['bos_id']} </s>={a['eos_id']}",
+             f"  model: {a['cell']} x{a['layers']} encoder{' bidirectional' if a['bidirectional'] else ''} -> "
+             f"decoder, attention={a['attention']} embed={a['embed']} hidden={a['hidden']}"]
+    for entry in manifest.get("state") or []:
+        lines.append(f"  state: {entry['output']} -> {entry['input']} {entry['dtype']} {entry['shape']} "
+                     f"starts at the {entry['initial']}'s {entry['input']}")
+    if manifest.get("context"):
+        lines.append("  context (fixed per source, from the encoder): "
+                     + ", ".join(f"{c['input']} {c['shape']}" for c in manifest["context"]))
+    for name, entry in manifest["files"].items():
+        lines.append(f"  {name}: {entry['bytes'] / 1e6:.2f} MB sha256={entry['sha256'][:12]}")
+    v = manifest.get("validation", {})
+    for variant, what in (("fp32", "fp32 vs torch"), ("int8", "int8 numba vs onnxruntime")):
+        for graph, report in (v.get(variant) or {}).items():
+            lines.append(f"  parity {graph} {what} ({report['compared']}): max|diff| {report['max_abs_diff']} "
+                         f"over {report['cases']} cases")
+    if "dev" in v:
+        d = v["dev"]
+        lines.append("  dev: " + ", ".join(f"{k}={d[k]}" for k in d if k != "source") + f" ({d['source']})")
+    q = manifest.get("quantization")
+    if q:
+        lines.append("  int8 size ratio: " + ", ".join(f"{g} {p.get('size_ratio')}" for g, p in q.items()))
     return "\n".join(lines)
 
 

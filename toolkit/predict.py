@@ -2,7 +2,8 @@
 
 Imports only ``rnnkit.runtime`` (never torch): ``rnnkit predict`` runs on devices
 without it.  A classifier bundle writes ``{"text", "label", "score", "scores"}`` lines, a
-tagging bundle ``{"tokens", "tags", "scores"}`` lines.
+tagging bundle ``{"tokens", "tags", "scores"}`` lines, an encoder-decoder ``{"input", "output",
+"score"}`` lines (plus ``"nbest": [{"output", "score"}, ...]`` with ``--nbest``).
 """
 
 from __future__ import annotations
@@ -74,8 +75,15 @@ def _read_jsonl_sentences(path: Path, text_field: str, encoding: str):
                              f"string; choose the key with --text-field")
 
 
-def write_predictions(model, sources, items, output_path, batch_size: int, show_progress: bool) -> None:
-    run = model.tag if model.bundle.task == "tag" else model.predict
+def write_predictions(model, sources, items, output_path, batch_size: int, show_progress: bool,
+                      beam: int | None = None, nbest: int | None = None, alpha: float | None = None,
+                      max_output_tokens: int | None = None) -> None:
+    """``beam``/``nbest``/``alpha``/``max_output_tokens``: seq2seq bundles only (see ``Model.nbest``)."""
+    task = model.bundle.task
+    if task == "seq2seq":
+        run = _seq2seq_run(model, items, beam, nbest, alpha, max_output_tokens)
+    else:
+        run = model.tag if task == "tag" else model.predict
     sink = atomic_writer(output_path) if output_path else nullcontext(sys.stdout)
     bar = (click.progressbar(length=len(items), label="predicting", file=sys.stderr)
            if show_progress else nullcontext())
@@ -88,6 +96,35 @@ def write_predictions(model, sources, items, output_path, batch_size: int, show_
                 raise InputError(f"{_locate(str(exc), sources, start)}") from None
             for r in results:
                 out.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+
+
+class _Line:
+    """One seq2seq JSON line: the input, its best output and score[, the n best]."""
+
+    def __init__(self, text: str, hypotheses, nbest: bool):
+        self.text, self.hypotheses, self.nbest = text, hypotheses, nbest
+
+    def to_dict(self) -> dict:
+        best = self.hypotheses[0]
+        line = {"input": self.text, "output": best.output, "score": best.score}
+        if self.nbest:
+            line["nbest"] = [h.to_dict() for h in self.hypotheses]
+        return line
+
+
+def _seq2seq_run(model, items, beam: int, nbest: int | None, alpha: float | None, max_output_tokens: int | None):
+    from ..runtime.decode import DEFAULT_ALPHA
+
+    n = nbest or 1
+    beam = beam if beam is not None else max(5, n)
+    alpha = DEFAULT_ALPHA if alpha is None else alpha
+
+    def run(texts, batch_size, progress):
+        found = model.nbest(texts, n=n, beam=beam, alpha=alpha, max_output_tokens=max_output_tokens,
+                            batch_size=batch_size, progress=progress)
+        return [_Line(t, h, nbest is not None) for t, h in zip(texts, found)]
+
+    return run
 
 
 def _locate(message: str, sources: list[str], offset: int) -> str:
