@@ -52,10 +52,10 @@ def read_split(path) -> tuple[list[str], list[list[str]]]:
 
 
 def scores(outputs: list[str], refs: list[list[str]]) -> tuple[float, float]:
-    from rnnkit.toolkit.seq_metrics import g2p_scores
+    from rnnkit.toolkit.seq_metrics import evaluate_outputs
 
-    result = g2p_scores([o.translate(STRESS) for o in outputs], refs)
-    return result["wer"], result["per"]
+    result = evaluate_outputs([o.translate(STRESS) for o in outputs], refs)
+    return result["sequence_error_rate"], result["token_error_rate"]
 
 
 def timed(fn, words: list[str]) -> tuple[list[str], float]:

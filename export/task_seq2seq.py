@@ -40,6 +40,7 @@ from ..runtime.errors import InputError
 from ..runtime.manifest import LanguageModelIO, Seq2SeqIO as IO
 from ..runtime.model import length_buckets
 from ..runtime.tolerance import Tolerance
+from ..toolkit.seq_metrics import edit_distance
 from .exporter import DevSet, Exportable, Forward, GraphSpec
 from .validate import BATCH_SIZES, LENGTHS, ParityReport, compare_scores, compare_tensor, outputs
 
@@ -267,16 +268,6 @@ def _steps(graphs: dict[str, Forward], config) -> Steps:
     return Steps(named(graphs["encoder"], IO.encoder_outputs(config.cell, config.attention)),
                  named(graphs["decoder"], IO.decoder_outputs(config.cell, config.attention)),
                  config.cell, config.attention, config.bos_id, config.eos_id, config.target_vocab_size)
-
-
-def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
-    """Levenshtein distance (insertions, deletions, substitutions all cost 1)."""
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-    return row[-1]
 
 
 def seq2seq_dev_metrics(forwards: dict[str, dict[str, Forward]], dev: DevSet, max_length: int, config,

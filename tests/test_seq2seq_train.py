@@ -177,3 +177,34 @@ def test_cli_train_seq2seq(tmp_path):
     assert r.exit_code == 1 and "bad.tsv:2: no tab" in r.output
     r = CliRunner().invoke(cli, args + ["--teacher-forcing", "0"])
     assert r.exit_code == 2
+
+
+def test_cli_train_export_predict_end_to_end(tmp_path):
+    """The user's path: train on a CMUdict file, export with int8 (its dev set found beside the
+    checkpoint), predict a words file to JSONL; the bundle's dev record has references."""
+    from click.testing import CliRunner
+
+    from rnnkit.toolkit.cli import cli
+    from rnnkit.toolkit.devset import dev_set_for
+
+    write_cmudict(tmp_path / "toy.dict", toy_g2p(120, 2))
+    run = CliRunner().invoke
+    r = run(cli, ["train", "seq2seq", "--train", str(tmp_path / "toy.dict"), "--format", "cmudict",
+                  "--out", str(tmp_path / "ckpt"), "--layers", "1", "--hidden", "16", "--embed", "8",
+                  "--epochs", "2", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    dev = dev_set_for(tmp_path / "ckpt")
+    assert dev is not None and dev.source.endswith("dev.tsv") and len(dev.items) == len(dev.labels) > 0
+    assert all(not any(ch.isdigit() for ch in ref) for ref in dev.labels)  # stress stripped, as trained
+    r = run(cli, ["export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "g2p.bundle"), "--int8",
+                  "--min-agreement", "0"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "g2p.bundle" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["task"] == "seq2seq" and "fp32_exact_match" in manifest["validation"]["dev"]
+    (tmp_path / "words.txt").write_text("abc\nxo\n", encoding="utf-8")
+    r = run(cli, ["predict", str(tmp_path / "g2p.bundle"), "--input", str(tmp_path / "words.txt"),
+                  "--output", str(tmp_path / "out.jsonl"), "--beam", "3"])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [x["input"] for x in lines] == ["abc", "xo"]
+    assert all(isinstance(x["output"], str) and x["score"] <= 0 for x in lines)

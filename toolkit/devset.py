@@ -24,6 +24,12 @@ def dev_set_for(checkpoint, dev_path=None, text_field="text", label_field="label
     config = training.get("config", {})
     if task == "lm":
         read = _text_reader(config)
+    elif task == "seq2seq":
+        # training wrote the dev pairs it used beside the weights, in their final (normalised) form
+        own = Path(checkpoint) / "dev.tsv"
+        if dev_path:
+            return _read_pairs_dev(dev_path, training.get("format", "tsv"))
+        return _read_pairs_dev(own, "tsv") if own.is_file() else None
     else:
         read = _tagged_reader(config) if task == "tag" else _labelled_reader(config, text_field, label_field, dev_path)
     if dev_path:
@@ -78,3 +84,12 @@ def _text_reader(config: dict):
         return DevSet([text], None, source)
 
     return read
+
+
+def _read_pairs_dev(path, fmt: str) -> DevSet:
+    """Encoder-decoders: sources with their first reference (the int8 gate compares decisions along
+    fp32's own outputs; the references only add exact match / token error rate to the record)."""
+    from .pairs import group_pairs, read_pairs
+
+    examples = group_pairs(read_pairs(path, fmt))
+    return DevSet([e.source for e in examples], [e.references[0] for e in examples], str(path))
