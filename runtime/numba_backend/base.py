@@ -5,7 +5,10 @@ at load time with the node and the values of those inputs that are constant
 (initializers), so it can check its attributes and pre-pack weights (transpose, make
 contiguous, keep int8) before the first run; it is then called with the runtime values
 of all its inputs (``None`` for an omitted optional input) and returns a tuple with one
-array per node output.
+array per node output.  A constant input is passed as the value the op left in its
+``consts`` after construction: an op that has packed a weight into its own layout may set
+that entry to None (it then receives None there and must use its packed copy), so that the
+weight is held once.
 
 Unsupported ops or attributes raise ``UnsupportedError`` at construction, naming the node
 and the op, so nothing ever runs wrongly.

@@ -3,8 +3,10 @@
 At load: initializers and ``Constant`` nodes become numpy arrays; nodes are put in
 topological order; every node's ``(domain, op_type)`` must be in ``OPS`` (the whole graph is
 refused with one error listing every unsupported node otherwise); nodes whose inputs are
-all constant are folded; the rest become a plan of ``(op, argument template, input slots,
-output slots, slots to free)``, so a run is one short Python loop.
+all constant are folded; the rest become ``plan.Step``s (op, constant inputs, input and output
+slots) that ``plan.compile_plan`` turns into one generated Python function: a run is a feed check
+and straight-line calls (see ``plan.py``, also for the memo of nodes computed from input shapes and
+1-D integer inputs only, and the MatMul + bias fusion).
 
 int8 weights stay int8: ``DequantizeLinear(int8|uint8 constant, scale, zero_point)``,
 optionally followed by ``Reshape`` to a constant shape, is not folded into a float array
@@ -14,10 +16,11 @@ absent means none).  Other consumers get the dequantized float array.  rnnkit's 
 RNN graphs write ``DequantizeLinear(W_q [D*G*H, I], scale [D*G*H], zp zeros, axis=0) ->
 Reshape([D, G*H, I]) -> GRU.W``; GRU then receives ``QuantizedWeight(q [D, G*H, I],
 scale [D, G*H], zero_point=None, axis=-1)`` (``zero_point`` is None whenever it is all 0).
+``MatMul`` takes its constant ``B`` this way too (the int8 LM head, ``matmul.py``).
 
 Ops are called with every input positionally: runtime values, the constant (array or
-``QuantizedWeight``, the same object as in the op's ``consts``) where the input is
-constant, ``None`` where an optional input is omitted.  Initializers that are also listed
+``QuantizedWeight``, the object the op left in its ``consts``: None if it packed the weight
+into its own copy) where the input is constant, ``None`` where an optional input is omitted.  Initializers that are also listed
 as graph inputs are treated as constants (not overridable by feeds).
 
 Must not import torch or onnxruntime.
@@ -34,10 +37,12 @@ from onnx import numpy_helper
 
 from ..errors import BundleError, InputError, RnnkitError, UnsupportedError
 from . import config
+from . import matmul as _matmul
 from . import ops as _ops
 from . import quant_ops as _quant_ops
 from .base import QuantizedWeight, node_label
 from .ops import numpy_dtype
+from .plan import Step, compile_plan, feed_checker
 
 
 def _rnn_ops() -> dict:
@@ -50,7 +55,7 @@ def _rnn_ops() -> dict:
     return rnn_ops.OPS
 
 
-OPS = {**_ops.OPS, **_quant_ops.OPS, **_rnn_ops()}
+OPS = {**_ops.OPS, **_matmul.OPS, **_quant_ops.OPS, **_rnn_ops()}
 """Every op the numba backend runs, keyed by ``(domain, op_type)``; the claimed set."""
 
 _DOMAINS = {"": "", "ai.onnx": "", "com.microsoft": "com.microsoft"}
@@ -239,30 +244,30 @@ class NumbaSession:
                     if name:
                         consts[name] = np.asarray(value)
                 continue
-            template = [op_consts.get(i) for i in range(len(ins))]
+            template = [op.consts.get(i) for i in range(len(ins))]  # what the op kept (see base.Op)
             dynamic = [(i, slots[n]) for i, n in enumerate(ins) if n and i not in op_consts]
             outs = []
             for name in node.output:
                 if name:
                     slots[name] = len(slots)
                 outs.append(slots[name] if name else -1)
-            steps.append((op, template, dynamic, outs))
+            steps.append(Step(op, template, dynamic, outs, key))
 
         # Graph outputs that are constants (or int8 weights) are materialised once here.
-        self._const_outputs = {n: const(n) for n in self.output_names if n not in slots}
-        keep = {slots[n] for n in self.output_names if n in slots}
-        last_use = {}
-        for k, (_, _, dynamic, _) in enumerate(steps):
-            for _, s in dynamic:
-                last_use[s] = k
-        frees = [[] for _ in steps]
-        for s, k in last_use.items():
-            if s not in keep:
-                frees[k].append(s)
-        self._plan = [(op, template, dynamic, outs, frees[k])
-                      for k, (op, template, dynamic, outs) in enumerate(steps)]
-        self._slots = slots
-        self._n_slots = len(slots)
+        outputs = [("slot", slots[n]) if n in slots else ("const", const(n)) for n in self.output_names]
+        # 1-D integer inputs (sequence lengths) may key the memo of the nodes computed from them and shapes
+        keyed = frozenset(i for i, info in enumerate(self._inputs) if info.dtype is not None
+                          and info.dtype.kind in "biu" and info.shape is not None and len(info.shape) <= 1)
+        self._body, self._plan = compile_plan(steps, len(self.input_names), outputs, self._node_error,
+                                              keyed=keyed)
+        self._fast_feeds = feed_checker(self.input_names, [i.dtype for i in self._inputs],
+                                        [i.shape for i in self._inputs])
+        self._all_outputs = tuple(range(len(self.output_names)))
+        self._picks: dict[tuple, tuple] = {}
+
+    def _node_error(self, step: Step, e: Exception) -> InputError:
+        return InputError(f"{self.path}: {node_label(step.op.node)} failed on the given inputs "
+                          f"({type(e).__name__}: {e}); check the input shapes")
 
     # ---------------------------------------------------------------- run
     def get_inputs(self) -> list[TensorInfo]:
@@ -272,6 +277,7 @@ class NumbaSession:
         return list(self._outputs)
 
     def _check_feeds(self, feeds: dict) -> list:
+        """Every problem with ``feeds`` in one ``InputError``; else the input arrays in graph-input order."""
         problems = []
         unknown = sorted(set(feeds) - set(self.input_names))
         if unknown:
@@ -279,7 +285,7 @@ class NumbaSession:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             problems.append(f"missing input(s) {missing}")
-        values = [None] * self._n_slots
+        values = [None] * len(self._inputs)
         for k, info in enumerate(self._inputs):
             if info.name not in feeds:
                 continue
@@ -299,29 +305,27 @@ class NumbaSession:
                              f" (the graph's inputs: {[(i.name, str(i.dtype), i.shape) for i in self._inputs]})")
         return values
 
+    def _pick(self, output_names) -> tuple:
+        key = tuple(output_names)
+        pick = self._picks.get(key)
+        if pick is None:
+            unknown = [n for n in key if n not in self.output_names]
+            if unknown:
+                raise InputError(f"{self.path}: unknown output(s) {unknown}; the graph's outputs are "
+                                 f"{self.output_names}")
+            pick = tuple(self.output_names.index(n) for n in key)
+            if len(self._picks) < 64:
+                self._picks[key] = pick
+        return pick
+
     def run(self, output_names: list[str] | None, input_feed: dict, run_options=None) -> list[np.ndarray]:
         """Run the graph: ``output_names`` (None = all graph outputs) from ``input_feed``."""
-        names = self.output_names if output_names is None else list(output_names)
-        unknown = [n for n in names if n not in self.output_names]
-        if unknown:
-            raise InputError(f"{self.path}: unknown output(s) {unknown}; the graph's outputs are {self.output_names}")
-        values = self._check_feeds(input_feed)
-        for op, template, dynamic, outs, free in self._plan:
-            args = list(template)
-            for i, s in dynamic:
-                args[i] = values[s]
-            try:
-                result = op(*args)
-            except (ValueError, IndexError) as e:  # numpy's shape/index errors: bad feed shapes
-                raise InputError(f"{self.path}: {node_label(op.node)} failed on the given inputs "
-                                 f"({type(e).__name__}: {e}); check the input shapes") from e
-            for s, v in zip(outs, result):
-                if s >= 0:
-                    values[s] = v
-            for s in free:
-                values[s] = None
-        return [np.asarray(self._const_outputs[n]) if n in self._const_outputs else np.asarray(values[self._slots[n]])
-                for n in names]
+        pick = self._all_outputs if output_names is None else self._pick(output_names)
+        args = self._fast_feeds(input_feed)
+        if args is None:  # not the plain case: the full check names every problem (or converts lists)
+            args = self._check_feeds(input_feed)
+        results = self._body(*args)
+        return [results[i] for i in pick]
 
 
 def load_session(model_or_path, threads: int | None = None) -> NumbaSession:

@@ -50,7 +50,8 @@ class NumpyOp(Op):
 
 
 def _elementwise(fn, name):
-    cls = type(name, (NumpyOp,), {"compute": lambda self, *xs: np.asarray(fn(*xs))})
+    # fresh_output: every call returns a new array (plan.py may then compute an Add/Mul into it)
+    cls = type(name, (NumpyOp,), {"compute": lambda self, *xs: np.asarray(fn(*xs)), "fresh_output": True})
     return cls
 
 
@@ -90,8 +91,17 @@ Not = _elementwise(np.logical_not, "Not")
 And = _elementwise(np.logical_and, "And")
 Or = _elementwise(np.logical_or, "Or")
 Xor = _elementwise(np.logical_xor, "Xor")
-Where = _elementwise(np.where, "Where")
-MatMul = _elementwise(np.matmul, "MatMul")
+
+
+class Where(NumpyOp):
+    """Where; a condition that is true everywhere (the usual time mask of a full-length step)
+    returns ``x`` itself (unless it is a constant) when it already has the result's shape and dtype."""
+
+    def compute(self, cond, x, y):
+        if (1 not in self.consts and cond.size == 1 and y.size == 1 and cond.ndim <= x.ndim and y.ndim <= x.ndim
+                and x.dtype == y.dtype and cond.dtype == np.bool_ and cond.reshape(-1)[0]):
+            return x
+        return np.asarray(np.where(cond, x, y))
 
 
 class Identity(NumpyOp):
@@ -150,6 +160,8 @@ class Cast(NumpyOp):
             self.refuse(f"round_mode={self.attr('round_mode')!r}")
 
     def compute(self, x):
+        if x.dtype.kind in "biu":  # nothing to warn about (np.errstate costs more than the cast)
+            return x.astype(self.to)
         with np.errstate(invalid="ignore", over="ignore"):
             return x.astype(self.to)
 
@@ -169,9 +181,21 @@ class Size(NumpyOp):
 class Reshape(NumpyOp):
     supported_attributes = frozenset({"allowzero"})
 
+    def __init__(self, node, consts):
+        super().__init__(node, consts)
+        self.copy_zeros = not self.attr("allowzero", 0)  # 0 copies the input's dim
+        shape = consts.get(1)
+        self.shape = None if shape is None else [int(d) for d in shape]
+        self.has_zero = self.shape is not None and 0 in self.shape
+
     def compute(self, x, shape):
-        shape = [int(d) for d in shape]
-        if not self.attr("allowzero", 0):  # 0 copies the input's dim
+        if self.shape is not None:
+            if not (self.has_zero and self.copy_zeros):
+                return x.reshape(self.shape)
+            shape = self.shape
+        else:
+            shape = [int(d) for d in shape]
+        if self.copy_zeros:
             shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
         return x.reshape(shape)
 
@@ -179,9 +203,13 @@ class Reshape(NumpyOp):
 class Transpose(NumpyOp):
     supported_attributes = frozenset({"perm"})
 
-    def compute(self, x):
+    def __init__(self, node, consts):
+        super().__init__(node, consts)
         perm = self.attr("perm")
-        return np.transpose(x, perm if perm else None)
+        self.perm = tuple(perm) if perm else None
+
+    def compute(self, x):
+        return x.transpose(self.perm) if self.perm is not None else x.transpose()
 
 
 class Concat(NumpyOp):
@@ -200,19 +228,38 @@ def _axes(op, given):
 
 
 class Unsqueeze(NumpyOp):
+    """Unsqueeze as a reshape (a view, like ``np.expand_dims``, for a fraction of its cost)."""
+
     supported_attributes = frozenset({"axes"})
 
+    def __init__(self, node, consts):
+        super().__init__(node, consts)
+        given = consts.get(1)
+        self.axes = _axes(self, given) if given is not None or 1 not in consts else None
+
     def compute(self, x, axes=None):
-        axes = _axes(self, axes)
+        axes = self.axes if self.axes is not None else _axes(self, axes)
         rank = x.ndim + len(axes)
-        return np.expand_dims(x, tuple(sorted(a % rank for a in axes)))
+        where = sorted(a % rank for a in axes)
+        if len(set(where)) != len(where):
+            raise ValueError(f"repeated axis in Unsqueeze axes {axes}")
+        shape = list(x.shape)
+        for a in where:
+            shape.insert(a, 1)
+        return x.reshape(shape)
 
 
 class Squeeze(NumpyOp):
     supported_attributes = frozenset({"axes"})
 
+    def __init__(self, node, consts):
+        super().__init__(node, consts)
+        given = consts.get(1)
+        self.axes = _axes(self, given) if given is not None else None
+        self.const_axes = 1 in consts or len(node.input) < 2 or not node.input[1]
+
     def compute(self, x, axes=None):
-        axes = _axes(self, axes)
+        axes = self.axes if self.const_axes else _axes(self, axes)
         if axes is None:
             return np.squeeze(x)
         return np.squeeze(x, axis=tuple(a % x.ndim for a in axes))
@@ -221,7 +268,38 @@ class Squeeze(NumpyOp):
 class Slice(NumpyOp):
     supported_attributes = frozenset({"starts", "ends", "axes"})  # opset 1 keeps them as attributes
 
+    def __init__(self, node, consts):
+        super().__init__(node, consts)
+        # Constant starts/ends/axes/steps with every step positive: ONNX's clamping is Python's own
+        # slice semantics, so the index is built once per input rank.
+        self.slices = None
+        given = [i for i in range(1, 5) if len(node.input) > i and node.input[i]]
+        if given and all(i in consts for i in given):
+            starts, ends = consts[1], consts[2]
+            axes = consts.get(3)
+            steps = consts.get(4)
+        elif not given:
+            starts, ends, axes, steps = self.attr("starts"), self.attr("ends"), self.attr("axes"), None
+        else:
+            return
+        if starts is None or ends is None:
+            return
+        starts, ends = [int(v) for v in np.ravel(starts)], [int(v) for v in np.ravel(ends)]
+        axes = list(range(len(starts))) if axes is None else [int(a) for a in np.ravel(axes)]
+        steps = [1] * len(starts) if steps is None else [int(v) for v in np.ravel(steps)]
+        if len({len(starts), len(ends), len(axes), len(steps)}) == 1 and all(v > 0 for v in steps):
+            self.slices = [(a, slice(b, e, st)) for a, b, e, st in zip(axes, starts, ends, steps)]
+            self.by_rank: dict[int, tuple] = {}
+
     def compute(self, x, starts=None, ends=None, axes=None, steps=None):
+        if self.slices is not None:
+            index = self.by_rank.get(x.ndim)
+            if index is None:
+                index = [slice(None)] * x.ndim
+                for a, sl in self.slices:
+                    index[a % x.ndim] = sl
+                index = self.by_rank[x.ndim] = tuple(index)
+            return x[index]
         if starts is None:
             starts, ends, axes = self.attr("starts"), self.attr("ends"), self.attr("axes")
         starts, ends = [int(s) for s in np.ravel(starts)], [int(e) for e in np.ravel(ends)]
@@ -272,6 +350,7 @@ class Gather(NumpyOp):
 
 class Gemm(NumpyOp):
     supported_attributes = frozenset({"alpha", "beta", "transA", "transB"})
+    fresh_output = True
 
     def compute(self, a, b, c=None):
         a = a.T if self.attr("transA", 0) else a
@@ -419,7 +498,6 @@ OPS = {
     ("", "LessOrEqual"): LessOrEqual,
     ("", "Log"): Log,
     ("", "LogSoftmax"): LogSoftmax,
-    ("", "MatMul"): MatMul,
     ("", "Mul"): Mul,
     ("", "Neg"): Neg,
     ("", "Not"): Not,

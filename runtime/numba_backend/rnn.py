@@ -5,12 +5,14 @@
 One driver (``_run_rows``) owns direction, layout, ``sequence_lens`` and the initial state; the
 three cells (``_rnn_cell``, ``_gru_cell`` + ``_gru_reset``, ``_lstm_cell``) are only gate math.
 The input projection ``X @ W^T + b`` for all time steps and both directions is one pass
-(``_project``, the step's mat-vec kernels on 16 rows at a time); the step loop then runs entirely in numba.  ``prange`` runs
-over batch rows only, one contiguous chunk of rows per thread; batch 1 or one thread takes the
-serial driver (no threading overhead).
+(``matvec.project``: the step's mat-vec kernels 4 rows at a time; 8-bit weights are widened to
+fp32 once per call, or, for at most 16 rows such as a one-token step, read as 8-bit by the
+int16-split mat-vec); the step loop then runs entirely in numba.  ``prange`` runs over batch rows
+only, one contiguous chunk of rows per thread; batch 1 or one thread takes the serial driver, one
+compiled call for the projection, the steps and the outputs' allocation (no threading overhead).
 
-The step's mat-vec kernels (packed weight blocks, fp32 FMAs and exact int8 x int16 sums) live in
-``matvec.py``; the tanh/sigmoid approximations in ``activations.py``.
+The mat-vec kernels (packed weight blocks, fp32 FMAs and exact int8 x int16 sums) and the
+projection live in ``matvec.py``; the tanh/sigmoid approximations in ``activations.py``.
 
 Semantics follow onnxruntime: ``Y`` is zero at and after a row's sequence length; ``Y_h``/``Y_c``
 are the state after the last valid step (forward) or after reading back to t=0 (reverse).  A
@@ -31,7 +33,8 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .activations import NO_CLIP, _ONE, _ZERO, _clip, _sigmoid, _tanh, fast_sigmoid, fast_tanh  # noqa: F401
-from .matvec import PB, _fma1, _fma4, _k_padded, _matvec, _matvec_q16, pack_blocks  # noqa: F401
+from .matvec import (PB, _as_int8, _block_f32, _fma1, _fma4, _k_padded, _matvec, _matvec_q16,  # noqa: F401
+                     _project, _project_any, pack_blocks, project)
 
 # numba 0.68 accepts a bool, dict or set for `fastmath`, not config.FASTMATH's frozenset.
 JIT = dict(_JIT, fastmath=set(FASTMATH))
@@ -159,6 +162,21 @@ def _rows_serial(kind, dirs, layout, xw, T1, T2, rs, rz, rbh, P, lens, h0, c0, Y
                   h0, c0, Y, hn, cn, clip, flag)
 
 
+@njit(**JIT)
+def _project_rows_serial(kind, dirs, layout, X, Wb, ws, wz, bias, T1, T2, rs, rz, rbh, P, lens, h0, c0, clip, flag):
+    """The projection and _rows_serial in one call, X (T, B, I) or (B, T, I) C-contiguous fp32:
+    returns Y, Y_h, Y_c (layout 0 shapes for the states)."""
+    A0, A1 = X.shape[0], X.shape[1]
+    nd, Bn, H = h0.shape
+    xw = np.empty((A0, A1, ws.shape[0]), np.float32)
+    _project_any(X.reshape(A0 * A1, X.shape[2]), Wb, ws, wz, bias, xw.reshape(A0 * A1, ws.shape[0]))
+    Y = np.empty((A0, nd, A1, H) if layout == 0 else (A0, A1, nd, H), np.float32)
+    hn = np.empty((nd, Bn, H), np.float32)
+    cn = np.empty((nd, Bn, H), np.float32)
+    _rows_serial(kind, dirs, layout, xw, T1, T2, rs, rz, rbh, P, lens, h0, c0, Y, hn, cn, clip, flag)
+    return Y, hn, cn
+
+
 @njit(parallel=True, **JIT)
 def _rows_parallel(kind, dirs, layout, xw, T1, T2, rs, rz, rbh, P, lens, h0, c0, Y, hn, cn, clip, flag,
                    threads):
@@ -169,75 +187,6 @@ def _rows_parallel(kind, dirs, layout, xw, T1, T2, rs, rz, rbh, P, lens, h0, c0,
         for ci in prange(chunks):
             _run_rows(kind, d, ci * B // chunks, (ci + 1) * B // chunks, dirs[d], layout, xw, T1[d], T2[d], rs[d],
                       rz[d], rbh[d], P[d], lens, h0, c0, Y, hn, cn, clip, flag)
-
-
-def _block_f32(Q, cb, scale, zp, buf):
-    """Block cb of packed weights as fp32 (Kp, PB): a view of fp32 blocks, or 8-bit pairs widened
-    into buf as (q - zp) * scale, the dequantized weights exactly."""
-    if Q.dtype == np.float32:
-        return Q[cb]
-    K = 2 * Q.shape[1]
-    q = Q[cb].reshape(K // 2, PB, 2)
-    for kk in range(K // 2):
-        for e in range(2):
-            buf[2 * kk + e] = (q[kk, :, e].astype(np.float32) - zp[cb * PB:cb * PB + PB]) * scale[cb * PB:cb * PB + PB]
-    return buf
-
-
-@overload(_block_f32, jit_options=dict(JIT, cache=False))
-def _block_f32_jit(Q, cb, scale, zp, buf):
-    if isinstance(Q.dtype, types.Float):
-        return lambda Q, cb, scale, zp, buf: Q[cb]
-
-    def widen(Q, cb, scale, zp, buf):
-        q = Q[cb]
-        c0 = cb * PB
-        for kk in range(q.shape[0]):
-            for j in range(PB):
-                s, z = scale[c0 + j], zp[c0 + j]
-                buf[2 * kk, j] = (np.float32(q[kk, 2 * j]) - z) * s
-                buf[2 * kk + 1, j] = (np.float32(q[kk, 2 * j + 1]) - z) * s
-        return buf
-
-    return widen
-
-
-@njit(**JIT)
-def _project(X, Q, scale, zp, bias, out):
-    """out = (X @ (M - zp)) * scale + bias for M (I, C) packed in Q (pack_blocks); X is (N, I), out
-    (N, C) C-contiguous.  One block of 64 columns at a time (8-bit blocks are widened to fp32 once,
-    8 KB -> 32 KB at I = 128) against all rows of X, 4 rows per call: fp32 activations, exact with
-    respect to the dequantized weights; 8-bit M costs one widening pass over it per call."""
-    N, I = X.shape
-    C = out.shape[1]
-    ncb = Q.shape[0]
-    Kp = _k_padded(Q)
-    width = ncb * PB
-    Xp = np.zeros((N, Kp), np.float32)
-    for r in range(N):
-        for k in range(I):
-            Xp[r, k] = X[r, k]
-    direct = width == C
-    dst = out if direct else np.empty((N, width), np.float32)
-    buf = np.empty((Kp, PB), np.float32)
-    for cb in range(ncb):
-        wb = _block_f32(Q, cb, scale, zp, buf)
-        for r0 in range(0, N - 3, 4):
-            _fma4(wb, 0, Xp, r0, Kp, dst, width, cb * PB)
-        for r0 in range(N - N % 4, N):
-            _fma1(wb, 0, Xp, r0, Kp, dst, width, cb * PB)
-    for r in range(N):
-        for j in range(C):
-            out[r, j] = dst[r, j] + bias[j]
-
-
-def _as_int8(q, scale, zero_point):
-    """uint8 (q - zp) == int8 (q - 128) - (zp - 128): one kernel specialisation (int8) for both."""
-    q = np.asarray(q)
-    zp = np.asarray(zero_point, np.float32)
-    if q.dtype == np.uint8:
-        return (q.astype(np.int16) - 128).astype(np.int8), scale, zp - 128
-    return q, scale, zp
 
 
 class PackedRNN:
@@ -280,6 +229,7 @@ class PackedRNN:
         # blocks of (I, nd*GH): both directions in one pass (8.4M MACs at T=64, I=128, H=256 LSTM:
         # 0.105 ms vs numpy/OpenBLAS sgemm 0.150 ms; batch 32: 3.4 vs 4.2 ms)
         self.Wb = pack_blocks(np.ascontiguousarray(np.concatenate(list(q), axis=1))[None])[0]
+        self.I = q.shape[1]  # input size
         B = np.zeros((nd, 2 * GH), np.float32) if B is None else np.asarray(B, np.float32)
         bias = B[:, :GH] + B[:, GH:]
         self.rbh = np.zeros((nd, hidden), np.float32)
@@ -292,52 +242,74 @@ class PackedRNN:
 
     def project(self, X: np.ndarray) -> np.ndarray:
         """X (A0, A1, I) -> X W^T + biases, (A0, A1, nd*G*H), both directions in one pass."""
-        X2 = np.ascontiguousarray(X.reshape(-1, X.shape[-1]), dtype=np.float32)
+        X2 = X.reshape(-1, X.shape[-1])
+        if X2.dtype != np.float32 or not X2.flags.c_contiguous:
+            X2 = np.ascontiguousarray(X2, dtype=np.float32)
         out = np.empty((X2.shape[0], self.ws.shape[0]), np.float32)
-        _project(X2, self.Wb, self.ws, self.wz, self.bias, out)
+        project(X2, self.Wb, self.ws, self.wz, self.bias, out)
         return out.reshape(X.shape[0], X.shape[1], -1)
 
 
-def run(packed: PackedRNN, X, *, direction="forward", layout=0, sequence_lens=None, initial_h=None,
+_DIRS = {"forward": np.array([0], np.int64), "reverse": np.array([1], np.int64),
+         "bidirectional": np.array([0, 1], np.int64)}  # never written: shared by every call
+
+
+def _state(v, shape, layout, what):
+    """An initial state as a C-contiguous fp32 (nd, B, H) array (zeros when not given)."""
+    if v is None:
+        return np.zeros(shape, np.float32)
+    if v.dtype != np.float32:
+        v = v.astype(np.float32)
+    if layout:
+        v = v.transpose(1, 0, 2)
+    if v.shape != shape:
+        raise ValueError(f"{what} has shape {list(v.shape)}, expected {list(shape)} (layout {layout})")
+    return v if v.flags.c_contiguous else np.ascontiguousarray(v)
+
+
+def run(packed: PackedRNN, X, direction="forward", layout=0, sequence_lens=None, initial_h=None,
         initial_c=None, clip=None, flag=None, threads=None):
     """Run a packed RNN/GRU/LSTM on X; returns (Y, Y_h, Y_c) in the node's ``layout``.
 
     ``flag`` is ``input_forget`` for LSTM (``linear_before_reset`` is taken from ``packed``).
     """
-    X = np.asarray(X, dtype=np.float32)
+    X = np.asarray(X)
     if X.ndim != 3:
         raise ValueError(f"X must be 3-D, got shape {X.shape}")
+    if X.shape[2] != packed.I:
+        raise ValueError(f"X has {X.shape[2]} inputs per step (shape {list(X.shape)}), W expects {packed.I}")
     T, Bn = (X.shape[0], X.shape[1]) if layout == 0 else (X.shape[1], X.shape[0])
     H, nd = packed.H, packed.nd
-    if direction == "bidirectional":
-        dirs = np.array([0, 1], np.int64)
-    else:
-        dirs = np.array([1 if direction == "reverse" else 0], np.int64)
+    dirs = _DIRS[direction]
     if len(dirs) != nd:
         raise ValueError(f"direction {direction!r} needs {len(dirs)} weight sets, W/R have {nd}")
-    lens = (np.full(Bn, T, np.int64) if sequence_lens is None
-            else np.ascontiguousarray(np.asarray(sequence_lens).astype(np.int64).reshape(-1)))
-
-    def state(v):
-        if v is None:
-            return np.zeros((nd, Bn, H), np.float32)
-        v = np.asarray(v, np.float32)
-        return np.ascontiguousarray(v.transpose(1, 0, 2) if layout else v)
-
-    h0, c0 = state(initial_h), state(initial_c)
-    xw = packed.project(X)
-    Y = np.empty((T, nd, Bn, H) if layout == 0 else (Bn, T, nd, H), np.float32)
-    hn = np.empty((nd, Bn, H), np.float32)
-    cn = np.empty((nd, Bn, H), np.float32)
+    if sequence_lens is None:
+        lens = np.full(Bn, T, np.int64)
+    else:
+        lens = np.asarray(sequence_lens).reshape(-1)
+        if lens.dtype != np.int64 and lens.dtype != np.int32:  # the kernels are compiled for both
+            lens = lens.astype(np.int64)
+        if lens.shape[0] != Bn:
+            raise ValueError(f"sequence_lens has {lens.shape[0]} entries for a batch of {Bn}")
+    shape = (nd, Bn, H)
+    h0 = _state(initial_h, shape, layout, "initial_h")
+    c0 = _state(initial_c, shape, layout, "initial_c")
     clipv = NO_CLIP if clip is None else np.float32(clip)
     fl = packed.lbr if packed.kind == GRU else int(bool(flag))
-    nthreads = numba.get_num_threads() if threads is None else threads
-    args = (packed.kind, dirs, int(layout), xw, packed.T1, packed.T2, packed.rs, packed.rz, packed.rbh, packed.P,
-            lens, h0, c0, Y, hn, cn, clipv, fl)
-    if Bn > 1 and nthreads > 1:
-        _rows_parallel(*args, nthreads)
-    else:
-        _rows_serial(*args)
+    nthreads = 1 if Bn == 1 else numba.get_num_threads() if threads is None else threads
+    if nthreads > 1:
+        Y = np.empty((T, nd, Bn, H) if layout == 0 else (Bn, T, nd, H), np.float32)
+        hn = np.empty(shape, np.float32)
+        cn = np.empty(shape, np.float32)
+        xw = packed.project(X)
+        _rows_parallel(packed.kind, dirs, int(layout), xw, packed.T1, packed.T2, packed.rs, packed.rz, packed.rbh,
+                       packed.P, lens, h0, c0, Y, hn, cn, clipv, fl, nthreads)
+    else:  # one compiled call: projection, steps and the outputs' allocation
+        if X.dtype != np.float32 or not X.flags.c_contiguous:
+            X = np.ascontiguousarray(X, dtype=np.float32)
+        Y, hn, cn = _project_rows_serial(packed.kind, dirs, int(layout), X, packed.Wb, packed.ws, packed.wz,
+                                         packed.bias, packed.T1, packed.T2, packed.rs, packed.rz, packed.rbh,
+                                         packed.P, lens, h0, c0, clipv, fl)
     if layout:
         hn, cn = hn.transpose(1, 0, 2), cn.transpose(1, 0, 2)
     return Y, hn, cn

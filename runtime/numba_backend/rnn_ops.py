@@ -52,6 +52,7 @@ class _Recurrent(Op):
         if self.clip is not None and not self.clip > 0:
             self.refuse(f"clip={self.clip} must be positive")
         self.hidden = self.attr("hidden_size", None)
+        self.n_out = min(self.n_outputs, len(node.output)) if node.output else self.n_outputs
         self.flag = 0
         self._packed = None
         if self._weights_constant():
@@ -112,11 +113,9 @@ class _Recurrent(Op):
         if packed is None:
             packed = self._pack(*(self.consts.get(i, v) for i, v in zip(self._weight_indices(),
                                                                           (W, R, B, P))))
-        Y, Yh, Yc = rnn.run(packed, X, direction=self.direction, layout=self.layout,
-                            sequence_lens=sequence_lens, initial_h=initial_h, initial_c=initial_c,
-                            clip=self.clip, flag=self.flag)
-        out = (Y, Yh, Yc)[:self.n_outputs]
-        return out[:len(self.node.output)] if self.node.output else out
+        out = rnn.run(packed, X, self.direction, self.layout, sequence_lens, initial_h, initial_c, self.clip,
+                      self.flag)
+        return out[:self.n_out]
 
 
 class RNN(_Recurrent):
@@ -193,9 +192,8 @@ class DynamicQuantizeLSTM(LSTM):
         if packed is None:
             vals = (W, R, B, P, W_scale, W_zero_point, R_scale, R_zero_point)
             packed = self._pack(*(self.consts.get(i, v) for i, v in zip(self._weight_indices(), vals)))
-        Y, Yh, Yc = rnn.run(packed, X, direction=self.direction, layout=0, sequence_lens=sequence_lens,
-                            initial_h=initial_h, initial_c=initial_c, clip=self.clip, flag=self.flag)
-        return (Y, Yh, Yc)[:len(self.node.output) or 3]
+        out = rnn.run(packed, X, self.direction, 0, sequence_lens, initial_h, initial_c, self.clip, self.flag)
+        return out[:self.n_out]
 
 
 OPS: dict[tuple[str, str], type[Op]] = {

@@ -1,0 +1,116 @@
+"""ONNX ``MatMul``, with the constant right-hand side prepared once at load.
+
+A runtime ``B`` is plain ``np.matmul``.  A constant 2-D ``B`` (the classifier or LM head) is
+prepared when the node is built:
+
+* float32: kept transposed, ``(N, K)`` C-contiguous, and ``A (..., K)`` is multiplied as one 2-D
+  product: a single row (the generation step) with ``matvec.gemv_rows``, one contiguous dot
+  product per output (on the 256 x 10000 LM head, weights from L3: 339 us, against 358 us for
+  numpy's sgemv ``B^T @ a`` and 365 us for ``a @ B``), more rows with ``A @ (B^T)^T`` (sgemm).
+  The original layout is dropped, so the weight is held once.
+* int8/uint8 (``DequantizeLinear`` with one scale per tensor or per output column, which the
+  graph loader hands over as a ``QuantizedWeight``): stays 8-bit, packed in column blocks
+  (``matvec.pack_blocks``), and runs ``matvec.project``: the int16-split mat-vec for up to
+  ``Q16_ROWS`` rows (a quarter of fp32's memory traffic, fp32 accuracy with respect to the
+  dequantized weights), per-block widening to fp32 above that.  Any other quantized layout is
+  dequantized at load.
+
+A following ``Add`` of a constant fp32 bias ``(N,)`` is fused by plan.py (``with_bias``): the bias
+is added as the products are written.  Whatever the path, the result equals ``np.matmul(A, B)`` (dequantized ``B``) to fp32 rounding,
+with numpy's broadcasting and errors for the shapes the fast paths do not take.  Must not
+import torch or onnxruntime.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import QuantizedWeight
+from .matvec import _as_int8, gemv_rows, pack_blocks, project
+from .ops import NumpyOp
+
+
+class MatMul(NumpyOp):
+    quantized_inputs = frozenset({1})  # see graph.py: consts[1] may be a QuantizedWeight
+    fresh_output = True  # always a new array (plan.py may add a bias into it)
+
+    def __init__(self, node, consts):
+        super().__init__(node, consts)
+        self.bt = self.q = None
+        b = consts.get(1)
+        if isinstance(b, QuantizedWeight):
+            if not self._pack_quantized(b):
+                consts[1] = b = b.dequantize()
+        if isinstance(b, np.ndarray) and b.ndim == 2 and b.dtype == np.float32:
+            self.bt = np.ascontiguousarray(b.T)  # (N, K)
+            self.K, self.N = b.shape
+            self.zero_bias = np.zeros(self.N, np.float32)
+            consts[1] = None  # held once, as bt: the op ignores its B argument from now on
+
+    def _pack_quantized(self, w: QuantizedWeight) -> bool:
+        q = np.asarray(w.q)
+        scale = np.asarray(w.scale, np.float32)
+        zp = np.zeros((), np.float32) if w.zero_point is None else np.asarray(w.zero_point, np.float32)
+        if q.ndim != 2 or q.dtype not in (np.int8, np.uint8):
+            return False
+        K, N = q.shape
+        per_column = scale.shape == (N,) and w.axis in (1, -1) and zp.size in (1, N)
+        if not (per_column or (scale.size == 1 and zp.size == 1)):
+            return False
+        q, scale, zp = _as_int8(q, scale, zp)
+        self.q = pack_blocks(np.ascontiguousarray(q)[None])[0]
+        self.scale = np.ascontiguousarray(np.broadcast_to(scale.reshape(-1), (N,)), np.float32)
+        self.zp = np.ascontiguousarray(np.broadcast_to(zp.reshape(-1), (N,)), np.float32)
+        self.zero_bias = np.zeros(N, np.float32)
+        self.K, self.N = K, N
+        self.consts[1] = None  # the packed blocks are the only copy
+        return True
+
+    def compute(self, a, b=None):
+        return self.biased(a, b, None)
+
+    def with_bias(self, bias):
+        """``f(a, b) = MatMul(a, b) + bias`` in one pass (plan.py fuses a following Add of a
+        constant), or None when this node cannot: B not a prepared constant, bias not fp32 (N,)."""
+        if (self.bt is None and self.q is None) or not isinstance(bias, np.ndarray) \
+                or bias.dtype != np.float32 or bias.shape != (self.N,):
+            return None
+        return lambda a, b=None: self.biased(a, b, bias)
+
+    def biased(self, a, b, bias):
+        """MatMul(a, b) (+ bias (N,) when given)."""
+        if self.bt is None and self.q is None:
+            return np.matmul(a, b)
+        if a.dtype != np.float32 or a.ndim == 0 or a.shape[-1] != self.K:
+            y = np.matmul(a, self._dense())  # numpy's promotion and shape errors
+            return y if bias is None else y + bias
+        lead = a.shape[:-1]
+        a2 = a.reshape(-1, self.K)
+        if self.q is not None or a2.shape[0] == 1:
+            if not a2.flags.c_contiguous:
+                a2 = np.ascontiguousarray(a2)
+            out = np.empty((a2.shape[0], self.N), np.float32)
+            bias_ = self.zero_bias if bias is None else bias
+            if self.q is not None:
+                project(a2, self.q, self.scale, self.zp, bias_, out)
+            else:
+                gemv_rows(self.bt, a2[0], bias_, out[0])
+        else:
+            out = np.dot(a2, self.bt.T)
+            if bias is not None:
+                out += bias
+        return out.reshape(lead + (self.N,))
+
+    def _dense(self) -> np.ndarray:
+        """B as float32 (K, N), for the inputs the fast paths do not take."""
+        if self.bt is not None:
+            return self.bt.T
+        k = np.arange(self.K)
+        # unpack the blocks: [cb, kk, 2j + e] = M[2kk + e, cb*PB + j]
+        ncb, nkk, two_pb = self.q.shape
+        pb = two_pb // 2
+        m = self.q.reshape(ncb, nkk, pb, 2).transpose(1, 3, 0, 2).reshape(2 * nkk, ncb * pb)
+        return ((m[k, :self.N].astype(np.float32) - self.zp) * self.scale).astype(np.float32)
+
+
+OPS = {("", "MatMul"): MatMul}
