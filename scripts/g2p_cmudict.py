@@ -32,6 +32,9 @@ PRESETS = {  # Seq2SeqTrainConfig overrides (token options: the config's G2P def
                   lr=3e-3, lr_schedule="cosine", epochs=5),
     # best: sized for <= 70 min on one loaded core (timed: ~0.30 s per 128-pair batch, 898 batches,
     # ~4.6 min per epoch + ~0.5 min dev decoding); a bidirectional 2x192 encoder, 384-wide decoder
+    # medium: what fits ~35 min on one core (~2.4 min per epoch measured); also the faster bundle
+    "medium": dict(cell="lstm", layers=2, hidden=256, embed=128, attention="dot", dropout=0.25, batch_size=128,
+                   lr=3e-3, lr_schedule="cosine", epochs=14),
     "best": dict(cell="lstm", layers=2, hidden=384, embed=128, attention="dot", dropout=0.3, batch_size=128,
                  lr=2e-3, lr_schedule="cosine", epochs=11),
 }
