@@ -98,10 +98,17 @@ def single_graph(build, check, oracle: Forward, vocab_size: int, char_vocab_size
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, int8: bool = False,
                       dev: DevSet | None = None, min_agreement: float = 0.99,
                       max_length: int = DEFAULT_MAX_LENGTH, log: Callable[[str], None] = print,
-                      max_loss_delta: float = 0.02) -> dict:
+                      max_loss_delta: float = 0.02, lexicon: str | os.PathLike | None = None,
+                      lexicon_format: str | None = None) -> dict:
     """``max_loss_delta``: language models only, the int8 gate (nats/token of dev loss above fp32);
-    ``min_agreement``: classifiers and taggers (share of dev labels/tags int8 agrees with fp32 on)."""
+    ``min_agreement``: classifiers and taggers (share of dev labels/tags int8 agrees with fp32 on);
+    ``lexicon``: encoder-decoders only, pairs stored in the bundle for ``translate(lookup=True)``
+    (format ``lexicon_format``, default the training data's; CMUdict stress as in training)."""
     task = checkpoint_task(checkpoint)
+    if lexicon is not None and task != "seq2seq":
+        raise InputError(f"--lexicon: only encoder-decoder (seq2seq) bundles carry a lexicon; {checkpoint} is "
+                         f"a {task} checkpoint")
+    attachments = {}
     if task == "seq2seq":
         from ..toolkit.train_seq2seq import load_seq2seq_checkpoint
         from .task_seq2seq import seq2seq_exportable
@@ -109,6 +116,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, int
         ckpt = load_seq2seq_checkpoint(checkpoint)
         item = seq2seq_exportable(ckpt.config, _numpy(ckpt.model), ckpt.source_tokenizer, ckpt.target_tokenizer,
                                   ckpt.model)
+        if lexicon is not None:
+            attachments["lexicon"] = _lexicon_attachment(lexicon, lexicon_format, ckpt)
     elif task == "lm":
         from ..toolkit.train_lm import load_lm_checkpoint
         from .task_lm import lm_exportable
@@ -129,7 +138,26 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, int
                                      _torch_forward(ckpt.model))
     source = {"checkpoint": str(Path(checkpoint).resolve()), "training": _training_summary(ckpt.meta)}
     return export(item, out, int8=int8, dev=dev, min_agreement=min_agreement, max_length=max_length, log=log,
-                  source=source)
+                  source=source, attachments=attachments)
+
+
+def _lexicon_attachment(path, fmt: str | None, ckpt) -> Callable[[Path], dict]:
+    from ..runtime.lexicon import LEXICON_FILE, write_lexicon
+    from ..toolkit.pairs import read_pairs
+    from ..toolkit.train_seq2seq import reference_form
+
+    training = ckpt.meta.get("training", {})
+    lexicon_path = Path(path)
+    pairs = read_pairs(lexicon_path, fmt or training.get("format", "tsv"),
+                       keep_stress=bool(training.get("keep_stress", False)))
+    target = ckpt.target_tokenizer
+
+    def write(folder: Path) -> dict:
+        count = write_lexicon(folder / LEXICON_FILE, ((s, reference_form(target, t)) for s, t in pairs),
+                              ckpt.source_tokenizer.normalize)
+        return {"file": LEXICON_FILE, "sources": count, "from": str(lexicon_path.resolve())}
+
+    return write
 
 
 def export_module(module, tokenizer: WordTokenizer, labels: Sequence[str], out: str | os.PathLike,
@@ -292,13 +320,15 @@ def _sessions(model: onnx.ModelProto, path: Path) -> dict[str, Forward]:
 # -- the pipeline ----------------------------------------------------------------------------
 
 def export(item: Exportable, out, *, int8: bool = False, dev: DevSet | None = None, min_agreement: float = 0.99,
-           max_length: int = DEFAULT_MAX_LENGTH, log: Callable[[str], None] = print, source: dict | None = None) -> dict:
+           max_length: int = DEFAULT_MAX_LENGTH, log: Callable[[str], None] = print, source: dict | None = None,
+           attachments: dict[str, Callable[[Path], dict]] | None = None) -> dict:
     """Write, check and validate every graph of ``item`` (and its int8 sibling), measure the dev set,
     and commit the bundle; any failure leaves nothing at ``out``.
 
     Per-graph records (the graph's IO in ``graph``, ``validation.fp32`` / ``validation.int8``,
     ``quantization``) are stored flat for a single-graph bundle (``model.onnx``) and keyed by graph
-    name (``encoder``, ``decoder``) for a bundle with several."""
+    name (``encoder``, ``decoder``) for a bundle with several.  ``attachments``: manifest key -> a
+    function that writes its file(s) into the bundle folder and returns the key's record (a lexicon)."""
     if not 0.0 <= min_agreement <= 1.0:
         raise InputError(f"--min-agreement must be in [0, 1], got {min_agreement}")
     if int8 and dev is None:
@@ -358,6 +388,8 @@ def export(item: Exportable, out, *, int8: bool = False, dev: DevSet | None = No
                                   f"{dev.source} ({metrics['examples']} {metrics['unit']}), below --min-agreement "
                                   f"{min_agreement:.2%}; nothing was written. Export without --int8, or lower "
                                   f"--min-agreement if that is acceptable")
+        for key, write in (attachments or {}).items():
+            manifest[key] = write(writer.tmp)
         return {"path": str(writer.commit(manifest)), "manifest": manifest}
 
 

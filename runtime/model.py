@@ -26,6 +26,7 @@ from .bundle import Bundle, open_bundle
 from .decode import DEFAULT_ALPHA, Candidate, Steps, beam_search, check_options, greedy, output_limit
 from .errors import InputError
 from .generate import Sampling, check_max_tokens, choose, log_probs, top_tokens
+from .lexicon import Lexicon
 from .manifest import ClassifierIO, LanguageModelIO, TaggerIO
 from .state import State, check_ids
 from .tokenizer import UNK_ID, pad_ids
@@ -336,17 +337,20 @@ class Model:
 
     def nbest(self, texts: Sequence[str] | str, n: int = 5, beam: int | None = None, alpha: float = DEFAULT_ALPHA,
               max_output_tokens: int | None = None, batch_size: int = 32,
-              progress: Callable[[int], None] | None = None) -> list[list[Hypothesis]]:
+              progress: Callable[[int], None] | None = None, lookup: bool = False) -> list[list[Hypothesis]]:
         """The ``n`` best outputs of each text, best first, by beam search of width ``beam`` (default
         ``n``; clamped to the number of target tokens that can be generated); ``beam=1`` is greedy.
 
         ``alpha``: GNMT length penalty exponent (0: rank by log-probability); ``max_output_tokens``:
         output tokens per text (default ``2 x source tokens + 10``, at most 1024).  Texts are decoded
         ``batch_size`` at a time (``batch_size x beam`` decoder rows), grouped by length;
-        ``progress(k)`` is called after each batch of k texts."""
+        ``progress(k)`` is called after each batch of k texts.  ``lookup``: texts found in the bundle's
+        lexicon (``rnnkit export --lexicon``) get its outputs (score 0.0), the rest are decoded."""
         self._require_task("seq2seq", "nbest()")
         if isinstance(texts, str):
             texts = [texts]
+        if lookup:
+            return self._nbest_with_lookup(list(texts), n, beam, alpha, max_output_tokens, batch_size, progress)
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
             raise InputError(f"n must be an integer >= 1, got {n!r}")
         beam = n if beam is None else beam
@@ -373,9 +377,36 @@ class Model:
 
     def translate(self, texts: Sequence[str] | str, beam: int = 5, alpha: float = DEFAULT_ALPHA,
                   max_output_tokens: int | None = None, batch_size: int = 32,
-                  progress: Callable[[int], None] | None = None) -> list[str]:
+                  progress: Callable[[int], None] | None = None, lookup: bool = False) -> list[str]:
         """The best output of each text (beam search; ``beam=1``: greedy); see ``nbest``."""
-        return [h[0].output for h in self.nbest(texts, 1, beam, alpha, max_output_tokens, batch_size, progress)]
+        return [h[0].output for h in self.nbest(texts, 1, beam, alpha, max_output_tokens, batch_size, progress,
+                                                 lookup)]
+
+    @property
+    def lexicon(self) -> Lexicon:
+        """The bundle's lexicon (``rnnkit export --lexicon``), read on first use."""
+        if getattr(self, "_lexicon", None) is None:
+            record = self.bundle.manifest.get("lexicon")
+            if not isinstance(record, dict) or record.get("file") not in self.bundle.manifest["files"]:
+                raise InputError(f"{self.bundle.path}: this bundle has no lexicon to look words up in; re-export "
+                                 f"it with --lexicon FILE, or drop lookup / --lookup")
+            self._lexicon = Lexicon.read(self.bundle.path / record["file"], self.bundle.tokenizer.normalize)
+        return self._lexicon
+
+    def _nbest_with_lookup(self, texts, n, beam, alpha, max_output_tokens, batch_size, progress):
+        known = [self.lexicon.get(t) if isinstance(t, str) else None for t in texts]
+        todo = [i for i, k in enumerate(known) if k is None]
+        decoded = self.nbest([texts[i] for i in todo], n, beam, alpha, max_output_tokens, batch_size, progress)
+        results: list[list[Hypothesis]] = [[] for _ in texts]
+        for i, found in zip(todo, decoded):
+            results[i] = found
+        for i, outputs in enumerate(known):
+            if outputs is not None:
+                results[i] = [Hypothesis(o, o.split() if self.target_tokenizer.level == "word" else list(o), 0.0, 0.0)
+                              for o in outputs[:n]]
+        if progress and len(texts) > len(todo):
+            progress(len(texts) - len(todo))
+        return results
 
     def translate_one(self, text: str, beam: int = 5, **options) -> str:
         """``translate`` for one text."""

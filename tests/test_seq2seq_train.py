@@ -197,7 +197,7 @@ def test_cli_train_export_predict_end_to_end(tmp_path):
     assert dev is not None and dev.source.endswith("dev.tsv") and len(dev.items) == len(dev.labels) > 0
     assert all(not any(ch.isdigit() for ch in ref) for ref in dev.labels)  # stress stripped, as trained
     r = run(cli, ["export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "g2p.bundle"), "--int8",
-                  "--min-agreement", "0"])
+                  "--min-agreement", "0", "--lexicon", str(tmp_path / "toy.dict")])
     assert r.exit_code == 0, r.output
     manifest = json.loads((tmp_path / "g2p.bundle" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["task"] == "seq2seq" and "fp32_exact_match" in manifest["validation"]["dev"]
@@ -208,3 +208,25 @@ def test_cli_train_export_predict_end_to_end(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [x["input"] for x in lines] == ["abc", "xo"]
     assert all(isinstance(x["output"], str) and x["score"] <= 0 for x in lines)
+
+    # the lexicon: looked up only when asked, stress stripped as in training, case-insensitive
+    from rnnkit.runtime import load
+    from rnnkit.runtime.errors import BundleError, InputError
+
+    model = load(tmp_path / "g2p.bundle", backend="onnxruntime")
+    assert manifest["lexicon"]["sources"] == len({w for w, _ in toy_g2p(120, 2)})
+    word, phones = toy_g2p(120, 2)[0]
+    assert model.translate([word.upper(), "zzz"], beam=1, lookup=True)[0] == phones
+    hyps = model.nbest([word.upper()], n=2, beam=2, lookup=True)[0]
+    assert hyps[0].output == phones and hyps[0].score == 0.0
+    assert model.translate(["zzz"], beam=1, lookup=True) == model.translate(["zzz"], beam=1)
+    r = run(cli, ["predict", str(tmp_path / "g2p.bundle"), word, "--lookup"])
+    assert r.exit_code == 0 and json.loads(r.output)["output"] == phones, r.output
+    r = run(cli, ["export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "plain.bundle")])
+    assert r.exit_code == 0, r.output
+    with pytest.raises(InputError, match="no lexicon to look words up in"):
+        load(tmp_path / "plain.bundle", backend="onnxruntime").translate([word], lookup=True)
+    lexicon = tmp_path / "g2p.bundle" / "lexicon.tsv"
+    lexicon.write_text(lexicon.read_text(encoding="utf-8").replace(phones, "B B B", 1), encoding="utf-8")
+    with pytest.raises(BundleError, match="lexicon.tsv"):
+        load(tmp_path / "g2p.bundle", backend="onnxruntime")

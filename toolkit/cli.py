@@ -241,14 +241,19 @@ def train_seq2seq_cmd(train_path, dev_path, out_dir, fmt, keep_stress, **options
               help="Tokens kept per text at run time.")
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--label-field", default="label", show_default=True)
-def export_cmd(checkpoint, out, int8, dev_path, min_agreement, max_loss_delta, max_length, text_field, label_field):
+@click.option("--lexicon", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="seq2seq: pairs to store in the bundle for `rnnkit predict --lookup` (e.g. cmudict.dict).")
+@click.option("--lexicon-format", type=click.Choice(["tsv", "cmudict", "tatoeba"]), default=None,
+              help="Format of --lexicon (default: the training data's).")
+def export_cmd(checkpoint, out, int8, dev_path, min_agreement, max_loss_delta, max_length, text_field, label_field,
+               lexicon, lexicon_format):
     """Export CHECKPOINT to a validated ONNX bundle."""
     from ..export.exporter import export_checkpoint
     from .devset import dev_set_for
 
     dev = dev_set_for(checkpoint, dev_path, text_field, label_field)
     result = export_checkpoint(checkpoint, out, int8=int8, dev=dev, min_agreement=min_agreement,
-                               max_loss_delta=max_loss_delta,
+                               max_loss_delta=max_loss_delta, lexicon=lexicon, lexicon_format=lexicon_format,
                                max_length=max_length, log=lambda m: click.echo(m, err=True))
     click.echo(summary(result["manifest"], result["path"]))
 
@@ -284,8 +289,11 @@ def export_cmd(checkpoint, out, int8, dev_path, min_agreement, max_loss_delta, m
               help="seq2seq: length penalty ((5+n)/6)^alpha on scores (default 0.6; 0 = raw log-probability).")
 @click.option("--max-output-tokens", type=click.IntRange(1, 1024), default=None,
               help="seq2seq: output tokens per input (default 2 x input tokens + 10).")
+@click.option("--lookup", is_flag=True, default=None,
+              help="seq2seq: answer inputs found in the bundle's lexicon from it (score 0.0); decode the rest.")
 def predict(bundle, texts, input_paths, output_path, backend, int8, batch_size, threads, text_field, pretokenized,
-            encoding, engine, scheduler, workers, partition_size, resume, beam, nbest, alpha, max_output_tokens):
+            encoding, engine, scheduler, workers, partition_size, resume, beam, nbest, alpha, max_output_tokens,
+            lookup):
     """Classify, tag or translate TEXTS (or --input FILE, or stdin lines) with BUNDLE. Never imports torch.
 
     Writes JSON lines: {"text", "label", "score", "scores"} for a classifier,
@@ -294,8 +302,8 @@ def predict(bundle, texts, input_paths, output_path, backend, int8, batch_size, 
     "score"}, ...], best first).  --engine dask (classifiers and taggers) writes a folder:
     part-NNNNN.jsonl (the same rows plus an "id", "FILE-INDEX:LINE"), errors.jsonl, _job.json, and
     _SUCCESS last."""
-    decoding = {k: v for k, v in dict(beam=beam, nbest=nbest, alpha=alpha, max_output_tokens=max_output_tokens).items()
-                if v is not None}
+    decoding = {k: v for k, v in dict(beam=beam, nbest=nbest, alpha=alpha, max_output_tokens=max_output_tokens,
+                                      lookup=lookup or None).items() if v is not None}
     if engine == "dask":
         if decoding:
             raise click.UsageError(f"{', '.join('--' + k.replace('_', '-') for k in decoding)} need --engine local "

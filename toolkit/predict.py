@@ -77,11 +77,11 @@ def _read_jsonl_sentences(path: Path, text_field: str, encoding: str):
 
 def write_predictions(model, sources, items, output_path, batch_size: int, show_progress: bool,
                       beam: int | None = None, nbest: int | None = None, alpha: float | None = None,
-                      max_output_tokens: int | None = None) -> None:
-    """``beam``/``nbest``/``alpha``/``max_output_tokens``: seq2seq bundles only (see ``Model.nbest``)."""
+                      max_output_tokens: int | None = None, lookup: bool = False) -> None:
+    """``beam``/``nbest``/``alpha``/``max_output_tokens``/``lookup``: seq2seq bundles only (see ``Model.nbest``)."""
     task = model.bundle.task
     if task == "seq2seq":
-        run = _seq2seq_run(model, items, beam, nbest, alpha, max_output_tokens)
+        run = _seq2seq_run(model, items, beam, nbest, alpha, max_output_tokens, lookup)
     else:
         run = model.tag if task == "tag" else model.predict
     sink = atomic_writer(output_path) if output_path else nullcontext(sys.stdout)
@@ -112,7 +112,8 @@ class _Line:
         return line
 
 
-def _seq2seq_run(model, items, beam: int, nbest: int | None, alpha: float | None, max_output_tokens: int | None):
+def _seq2seq_run(model, items, beam: int, nbest: int | None, alpha: float | None, max_output_tokens: int | None,
+                 lookup: bool = False):
     from ..runtime.decode import DEFAULT_ALPHA
 
     n = nbest or 1
@@ -121,7 +122,7 @@ def _seq2seq_run(model, items, beam: int, nbest: int | None, alpha: float | None
 
     def run(texts, batch_size, progress):
         found = model.nbest(texts, n=n, beam=beam, alpha=alpha, max_output_tokens=max_output_tokens,
-                            batch_size=batch_size, progress=progress)
+                            batch_size=batch_size, progress=progress, lookup=lookup)
         return [_Line(t, h, nbest is not None) for t, h in zip(texts, found)]
 
     return run
