@@ -147,9 +147,12 @@ def _lexicon_attachment(path, fmt: str | None, ckpt) -> Callable[[Path], dict]:
     from ..toolkit.train_seq2seq import reference_form
 
     training = ckpt.meta.get("training", {})
-    lexicon_path = Path(path)
-    pairs = read_pairs(lexicon_path, fmt or training.get("format", "tsv"),
-                       keep_stress=bool(training.get("keep_stress", False)))
+    lexicon_path, fmt = Path(path), fmt or training.get("format", "tsv")
+    try:
+        pairs = read_pairs(lexicon_path, fmt, keep_stress=bool(training.get("keep_stress", False)))
+    except InputError as exc:
+        raise InputError(f"--lexicon (read as {fmt}, the training data's format): {exc}; give "
+                         f"--lexicon-format tsv|cmudict|tatoeba to read it otherwise") from None
     target = ckpt.target_tokenizer
 
     def write(folder: Path) -> dict:
