@@ -8,7 +8,8 @@ outputs before scoring, as rnnkit's split is stress-free).  g2p_en's WER is repo
 claimed: its training split is unknown, so the test words may be in its training data.
 
     pip install g2p-en==2.1.0          # the `compare` extra; only this benchmark needs it
-    python benchmarks/g2p_speed.py --bundle runs/g2p-best/bundle --split runs/g2p-best/test.tsv
+    python benchmarks/g2p_speed.py --bundle runs/g2p-medium/bundle --bundle runs/g2p-small/bundle \
+        --split runs/g2p-medium/test.tsv
 
 g2p_en downloads NLTK data when imported; its neural model needs none of it, so ``nltk.download``
 is replaced by a no-op before the import and its CMUdict lookup table by an empty dict (we time
@@ -21,6 +22,7 @@ import argparse
 import sys
 import time
 import types
+from pathlib import Path
 
 import common  # noqa: F401  (pins 1 thread before numpy loads)
 import numpy as np
@@ -66,7 +68,7 @@ def timed(fn, words: list[str]) -> tuple[list[str], float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--bundle", required=True, action="append", help="a G2P bundle (repeat to compare several)")
     ap.add_argument("--split", required=True, help="test split TSV (word<TAB>phones)")
     ap.add_argument("--words", type=int, default=2000, help="test words timed (seeded sample; 0: all)")
     ap.add_argument("--batch", type=int, default=256)
@@ -89,15 +91,17 @@ def main() -> None:
     base = wps
     rows.append(["g2p_en 2.1.0 (numpy GRU, no attention)", "fp32", "greedy", 1, wps, 1.0, *scores(out, refs)])
 
-    for backend in ("onnxruntime", "numba"):
-        for int8 in (False, True):
-            model = load(args.bundle, backend=backend, int8=int8, threads=1)
-            model.translate(words[:64], beam=1)  # warm-up (numba: JIT cache load)
-            kind = "int8" if int8 else "fp32"
-            for beam, batch in ((1, 1), (1, args.batch), (5, args.batch)):
-                out, wps = timed(lambda ws: model.translate(ws, beam=beam, batch_size=batch), words)
-                rows.append([f"rnnkit {backend}", kind, "greedy" if beam == 1 else f"beam {beam}", batch, wps,
-                             wps / base, *scores(out, refs)])
+    for bundle in args.bundle:
+        name = Path(bundle).resolve().parent.name if Path(bundle).name == "bundle" else Path(bundle).name
+        for backend in ("onnxruntime", "numba"):
+            for int8 in (False, True):
+                model = load(bundle, backend=backend, int8=int8, threads=1)
+                model.translate(words[:64], beam=1)  # warm-up (numba: JIT cache load)
+                kind = "int8" if int8 else "fp32"
+                for beam, batch in ((1, 1), (1, args.batch), (5, args.batch)):
+                    out, wps = timed(lambda ws: model.translate(ws, beam=beam, batch_size=batch), words)
+                    rows.append([f"rnnkit {name}, {backend}", kind, "greedy" if beam == 1 else f"beam {beam}",
+                                 batch, wps, wps / base, *scores(out, refs)])
     print(table(["engine", "weights", "search", "batch", "words/s", "x g2p_en", "WER", "PER"],
                 [[r[0], r[1], r[2], r[3], round(r[4]), round(r[5], 2), f"{100 * r[6]:.2f}%", f"{100 * r[7]:.2f}%"]
                  for r in rows]))
