@@ -99,8 +99,15 @@ def _require(manifest: dict, key: str, kind, where: Path):
     return value
 
 
+# Bundles shipped inside the package, opened by name when no such path exists (see runtime/assets/README.md).
+ASSETS = Path(__file__).resolve().parent / "assets"
+BUILTIN = ("g2p-cmudict",)
+
+
 def open_bundle(path: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
     path = Path(path)
+    if not path.exists() and str(path) in BUILTIN:
+        path = ASSETS / str(path)
     if not path.exists():
         raise BundleError(f"{path}: no such bundle; create one with `rnnkit export CKPT --out {path}`")
     if not path.is_dir():

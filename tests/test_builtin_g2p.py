@@ -1,0 +1,49 @@
+"""The G2P bundle shipped in the package: opened by name, verified like any bundle, the same
+outputs on both backends, its lexicon used only when asked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rnnkit.runtime import load
+from rnnkit.runtime.bundle import ASSETS, open_bundle
+from rnnkit.runtime.errors import BundleError
+
+WORDS = ["cat", "dog", "phoneme", "translation", "rnnkit", "Zyx"]
+
+
+def test_opens_by_name_and_is_verified():
+    bundle = open_bundle("g2p-cmudict")
+    assert bundle.path == ASSETS / "g2p-cmudict" and bundle.task == "seq2seq" and bundle.has_int8
+    assert bundle.manifest["lexicon"]["sources"] > 100_000
+    with pytest.raises(BundleError, match="no such bundle"):
+        open_bundle("g2p-cmudict-nonexistent")
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_backends_agree_and_known_words_come_out_right(int8):
+    outputs = {b: load("g2p-cmudict", backend=b, int8=int8, threads=1).translate(WORDS, beam=5)
+               for b in ("onnxruntime", "numba")}
+    assert outputs["onnxruntime"] == outputs["numba"]
+    assert outputs["onnxruntime"][:2] == ["K AE T", "D AO G"]
+    assert all(out and not any(c.isdigit() for c in out) for out in outputs["onnxruntime"])
+
+
+def test_lookup_answers_dictionary_words_from_the_lexicon():
+    model = load("g2p-cmudict", backend="onnxruntime", threads=1)
+    looked = model.nbest(["Hello", "rnnkit"], n=2, beam=2, lookup=True)
+    assert [h.output for h in looked[0]] == ["HH AH L OW", "HH EH L OW"] and looked[0][0].score == 0.0
+    assert looked[1][0].output == model.translate(["rnnkit"], beam=2)[0] and looked[1][0].score < 0
+
+
+def test_predict_cli_by_name():
+    from click.testing import CliRunner
+
+    from rnnkit.toolkit.cli import cli
+
+    r = CliRunner().invoke(cli, ["predict", "g2p-cmudict", "cat", "--beam", "1"])
+    assert r.exit_code == 0, r.output
+    line = json.loads(r.output)
+    assert line["input"] == "cat" and line["output"] == "K AE T" and -1.0 < line["score"] < 0
