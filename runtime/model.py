@@ -85,6 +85,7 @@ class Model:
         self.sessions = {name: backends.open_session(bundle.graph(int8, name), bundle.model_path(int8, name),
                                                      self.backend, threads) for name in bundle.graph_names}
         self.session = self.sessions.get("model")  # single-graph tasks
+        self._lexicon: Lexicon | None = None      # seq2seq: read on first lookup
         # numba's parallel kernels are not safe to enter from several threads at once: serialise runs there
         self._lock = threading.Lock() if self.backend == "numba" else None
         arch = bundle.manifest["architecture"]
@@ -385,7 +386,7 @@ class Model:
     @property
     def lexicon(self) -> Lexicon:
         """The bundle's lexicon (``rnnkit export --lexicon``), read on first use."""
-        if getattr(self, "_lexicon", None) is None:
+        if self._lexicon is None:
             record = self.bundle.manifest.get("lexicon")
             if not isinstance(record, dict) or record.get("file") not in self.bundle.manifest["files"]:
                 raise InputError(f"{self.bundle.path}: this bundle has no lexicon to look words up in; re-export "

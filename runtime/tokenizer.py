@@ -72,6 +72,20 @@ def target_ids(ids: Iterable[int]) -> list[int]:
     return out
 
 
+def _tokens(vocab: Sequence[str], ids: Iterable[int], skip_pad: bool, unknown: str,
+            unk_id_is_unknown: bool = False) -> list[str]:
+    """``decode``'s id -> token mapping: ``unknown`` for ids outside ``vocab`` (and for ``<unk>``
+    itself when ``unk_id_is_unknown``: a character model shows it as U+FFFD, not as "<unk>")."""
+    out = []
+    for i in ids:
+        i = int(i)
+        if skip_pad and i == PAD_ID:
+            continue
+        known = 0 <= i < len(vocab) and not (unk_id_is_unknown and i == UNK_ID)
+        out.append(vocab[i] if known else unknown)
+    return out
+
+
 class WordTokenizer:
     """Word-level tokenizer; ``vocab[i]`` is the token with id ``i``."""
 
@@ -158,13 +172,7 @@ class WordTokenizer:
 
     def decode(self, ids: Iterable[int], skip_pad: bool = True) -> str:
         """Tokens joined by spaces (tokenization is lossy: spacing is not restored)."""
-        out = []
-        for i in ids:
-            i = int(i)
-            if skip_pad and i == PAD_ID:
-                continue
-            out.append(self.vocab[i] if 0 <= i < len(self.vocab) else UNK)
-        return " ".join(out)
+        return " ".join(_tokens(self.vocab, ids, skip_pad, unknown=UNK))
 
     def decode_target(self, ids: Iterable[int]) -> str:
         """Text of a seq2seq decoder's output: stops at ``</s>``, drops ``<s>`` / ``<pad>``."""
@@ -297,13 +305,7 @@ class CharTokenizer:
         return self._index.get(token, UNK_ID)
 
     def decode(self, ids: Iterable[int], skip_pad: bool = True) -> str:
-        out = []
-        for i in ids:
-            i = int(i)
-            if skip_pad and i == PAD_ID:
-                continue
-            out.append(self.vocab[i] if 0 <= i < len(self.vocab) and i != UNK_ID else "\ufffd")
-        return "".join(out)
+        return "".join(_tokens(self.vocab, ids, skip_pad, unknown="\ufffd", unk_id_is_unknown=True))
 
     def decode_target(self, ids: Iterable[int]) -> str:
         """Text of a seq2seq decoder's output: stops at ``</s>``, drops ``<s>`` / ``<pad>``."""

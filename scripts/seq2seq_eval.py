@@ -46,6 +46,7 @@ def main() -> None:
     refs = None
     for int8 in (False, True):
         model = load(args.bundle, backend="onnxruntime", int8=int8, threads=1)
+        other = load(args.bundle, backend="numba", int8=int8, threads=1) if args.parity else None
         if refs is None:
             target = model.bundle.target_tokenizer
             refs = [[reference_form(target, r) for r in e.references] for e in examples]
@@ -59,8 +60,7 @@ def main() -> None:
                                       "WER": round(100 * scores["sequence_error_rate"], 2),
                                       "BLEU": round(scores["bleu"], 2), "seconds": round(seconds, 1)}
             print(key, report["results"][key], flush=True)
-            if args.parity:
-                other = load(args.bundle, backend="numba", int8=int8, threads=1)
+            if other is not None:
                 same = other.translate(sources[:args.parity], beam=beam, alpha=args.alpha, batch_size=args.batch_size)
                 agree = sum(a == b for a, b in zip(same, outputs[:args.parity]))
                 report["numba_parity"][key] = f"{agree}/{len(same)} identical outputs"

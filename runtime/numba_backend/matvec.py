@@ -123,12 +123,7 @@ def _make_madd(nr: int):
                         part = builder.add(builder.shuffle_vector(prod, prod, even),
                                            builder.shuffle_vector(prod, prod, odd))
                         builder.store(builder.add(builder.load(accs[r][v]), part), accs[r][v])
-            for r in range(nr):
-                obase = builder.gep(o_ary.data, [builder.add(builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)),
-                                                                         ostride_v), ooff_v)])
-                for v in range(nvec):
-                    ptr = builder.bitcast(builder.gep(obase, [ir.Constant(ooff_v.type, 16 * v)]), v16.as_pointer())
-                    builder.store(builder.load(accs[r][v]), ptr, align=4)
+            _store_rows(builder, o_ary, accs, r0_v, ostride_v, ooff_v, v16)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -144,6 +139,17 @@ def _make_madd(nr: int):
 
 
 _madd2, _madd4 = _make_madd(2), _make_madd(4)
+
+
+def _store_rows(builder, o_ary, accs, r0_v, ostride_v, ooff_v, vector):
+    """Write the register accumulators ``accs[r][v]`` (16-lane ``vector``s) to
+    out[r0 + r, ooff + 16 v : ooff + 16 (v + 1)]: the epilogue both kernels share."""
+    for r, row in enumerate(accs):
+        obase = builder.gep(o_ary.data, [builder.add(builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)),
+                                                                 ostride_v), ooff_v)])
+        for v, acc in enumerate(row):
+            ptr = builder.bitcast(builder.gep(obase, [ir.Constant(ooff_v.type, 16 * v)]), vector.as_pointer())
+            builder.store(builder.load(acc), ptr, align=4)
 
 
 def _make_fma(nr: int):
@@ -189,12 +195,7 @@ def _make_fma(nr: int):
                     for r in range(nr):
                         prod = builder.fmul(hb[r], wv, flags=("contract",))
                         builder.store(builder.fadd(builder.load(accs[r][v]), prod, flags=("contract",)), accs[r][v])
-            for r in range(nr):
-                obase = builder.gep(o_ary.data, [builder.add(builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)),
-                                                                         ostride_v), ooff_v)])
-                for v in range(nvec):
-                    ptr = builder.bitcast(builder.gep(obase, [ir.Constant(ooff_v.type, 16 * v)]), vf.as_pointer())
-                    builder.store(builder.load(accs[r][v]), ptr, align=4)
+            _store_rows(builder, o_ary, accs, r0_v, ostride_v, ooff_v, vf)
             return context.get_dummy_value()
 
         return sig, codegen
