@@ -243,9 +243,14 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing(gru_bundle, tmp_path
 
         def kill_when_busy(p):
             # kill -9 the victim while it holds a partition in flight, after some partitions are written
-            if not killed and p.partitions_done >= 3 and c.client.processing(workers=[victim]).get(victim):
+            if killed or p.partitions_done < 3:
+                return
+            # read what it holds *before* the kill: once it is dead the scheduler may already have
+            # dropped the worker, and asking about it then raises KeyError (seen on CI)
+            in_flight = c.client.processing(workers=[victim]).get(victim)
+            if in_flight:
+                killed.update(at=p.partitions_done, in_flight=len(in_flight))
                 os.kill(pids[victim], signal.SIGKILL)
-                killed.update(at=p.partitions_done, in_flight=len(c.client.processing(workers=[victim])[victim]))
 
         summary = predict(gru_bundle, [str(src)], tmp_path / "out", scheduler=c.address, partition_size=500,
                           backend="onnxruntime", progress=kill_when_busy)
