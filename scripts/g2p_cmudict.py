@@ -37,6 +37,9 @@ PRESETS = {  # Seq2SeqTrainConfig overrides (token options: the config's G2P def
                    lr=3e-3, lr_schedule="cosine", epochs=14),
     "best": dict(cell="lstm", layers=2, hidden=384, embed=128, attention="dot", dropout=0.3, batch_size=128,
                  lr=2e-3, lr_schedule="cosine", epochs=11),
+    # large: best's network trained longer (~100 min on one core) with label smoothing 0.1
+    "large": dict(cell="lstm", layers=2, hidden=384, embed=128, attention="dot", dropout=0.3, batch_size=128,
+                  lr=2e-3, lr_schedule="cosine", epochs=20, label_smoothing=0.1),
 }
 
 

@@ -72,3 +72,59 @@ def naive_rnn(kind, X, W, R, B=None, sequence_lens=None, initial_h=None, initial
     if layout:
         Y, Yh, Yc = Y.transpose(2, 0, 1, 3), Yh.transpose(1, 0, 2), Yc.transpose(1, 0, 2)
     return Y.astype(np.float32), Yh.astype(np.float32), Yc.astype(np.float32)
+
+
+def uint8_params(a):
+    """onnxruntime's GetQuantizationParameter (uint8) for an fp32 array: (scale, zero point)."""
+    a = np.asarray(a, np.float32)
+    lo, hi = min(np.float32(a.min()), np.float32(0)), max(np.float32(a.max()), np.float32(0))
+    scale = np.float32((hi - lo) / np.float32(255)) if hi != lo else np.float32(1)
+    return scale, float(np.rint(np.clip(np.float32(0) - lo / scale, 0, 255)))
+
+
+def quantize_u8(a, scale, zp):
+    """onnxruntime's QuantizeLinear to uint8 (a / scale, round half to even, + zp, saturate), as float64."""
+    return np.clip(np.rint(np.asarray(a, np.float32) / scale) + zp, 0, 255).astype(np.float64)
+
+
+def naive_dq_lstm(X, Wq, w_scale, w_zp, Rq, r_scale, r_zp, B=None, sequence_lens=None, P=None, *,
+                  direction="forward"):
+    """com.microsoft.DynamicQuantizeLSTM as onnxruntime computes it, one batch row at a time.
+
+    Wq [nd, I, 4H], Rq [nd, H, 4H] 8-bit; scales and zero points [nd, 4H].  X[:, b] is quantized
+    to uint8 once for the row's whole sequence, h before every step (the parameters from the
+    fp32 values, ``uint8_params``); each product is the exact integer sum times
+    fp32(a_scale * w_scale); the gates in float64.  onnxruntime takes one parameter set per
+    matrix, i.e. per batch: the same as this at batch 1.  Returns (Y, Y_h, Y_c) float32.
+    """
+    X = np.asarray(X, np.float32)
+    T, Bn, _ = X.shape
+    nd, H = Rq.shape[0], Rq.shape[1]
+    GH = 4 * H
+    B = np.zeros((nd, 2 * GH)) if B is None else np.asarray(B, np.float64)
+    P = np.zeros((nd, 3 * H)) if P is None else np.asarray(P, np.float64)
+    lens = np.full(Bn, T) if sequence_lens is None else np.asarray(sequence_lens)
+    Y = np.zeros((T, nd, Bn, H))
+    Yh = np.zeros((nd, Bn, H))
+    Yc = np.zeros((nd, Bn, H))
+
+    def qmatmul(a, q, scale, zp):  # a (K,) or (T, K) fp32 values -> (.., 4H) float64
+        s, z = uint8_params(a)
+        acc = (quantize_u8(a, s, z) - z) @ (np.asarray(q, np.float64) - zp)
+        return (acc.astype(np.float32) * (np.float32(s) * np.asarray(scale, np.float32))).astype(np.float64)
+
+    for d in range(nd):
+        reverse = direction == "reverse" or (direction == "bidirectional" and d == 1)
+        for b in range(Bn):
+            xw = qmatmul(X[:, b], Wq[d], w_scale[d], w_zp[d])
+            h, c = np.zeros(H), np.zeros(H)
+            for t in (range(lens[b] - 1, -1, -1) if reverse else range(lens[b])):
+                a = xw[t] + qmatmul(h.astype(np.float32), Rq[d], r_scale[d], r_zp[d]) + B[d, :GH] + B[d, GH:]
+                pi, po, pf = P[d, :H], P[d, H:2 * H], P[d, 2 * H:]
+                i = _sig(a[:H] + pi * c)
+                f = _sig(a[2 * H:3 * H] + pf * c)
+                c = f * c + i * np.tanh(a[3 * H:])
+                h = _sig(a[H:2 * H] + po * c) * np.tanh(c)
+                Y[t, d, b] = h
+            Yh[d, b], Yc[d, b] = h, c
+    return Y.astype(np.float32), Yh.astype(np.float32), Yc.astype(np.float32)

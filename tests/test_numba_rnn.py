@@ -17,7 +17,7 @@ from pathlib import Path
 import numba
 import numpy as np
 import pytest
-from naive_rnn import naive_rnn
+from naive_rnn import naive_dq_lstm, naive_rnn
 from onnx import TensorProto, helper, numpy_helper
 
 from rnnkit.runtime.errors import UnsupportedError
@@ -309,19 +309,26 @@ def test_dynamic_quantize_lstm_uint8_zero_points_vs_onnxruntime():
     consts = {"W": Wq, "R": Rq, "B": rng.normal(size=(nd, 8 * H)).astype(np.float32),
               "P": rng.normal(size=(nd, 3 * H)).astype(np.float32),
               "W_scale": w_scale, "W_zero_point": w_zp, "R_scale": r_scale, "R_zero_point": r_zp}
-    feeds = {"X": rng.normal(size=(6, 2, I)).astype(np.float32), "sequence_lens": np.array([6, 3], np.int32)}
     node = helper.make_node("DynamicQuantizeLSTM", ["X", "W", "R", "B", "sequence_lens", "", "", "P", "W_scale",
                                                     "W_zero_point", "R_scale", "R_zero_point"],
                             ["Y", "Y_h", "Y_c"], domain="com.microsoft", hidden_size=H, direction="bidirectional",
                             name="dq_0")
-    got = run_node(node, feeds, consts)
-    assert_close(got, _ort(single_node_model(node, feeds, consts), feeds), INT8)
-    # the dequantized fp32 LSTM (onnx layout: W^T) is what the int8 kernels compute (to fp32 accuracy)
-    Wd = ((Wq.astype(np.float32) - w_zp[:, None, None]) * w_scale[:, None, None]).transpose(0, 2, 1)
-    Rd = ((Rq.astype(np.float32) - r_zp[:, None]) * r_scale[:, None]).transpose(0, 2, 1)
-    want = naive_rnn("LSTM", feeds["X"], Wd, Rd, consts["B"], feeds["sequence_lens"], None, None, consts["P"],
-                     direction="bidirectional")
-    assert_close(got, dict(zip(["Y", "Y_h", "Y_c"], want)), FP32)
+    X = rng.normal(size=(6, 2, I)).astype(np.float32)
+    for feeds in ({"X": X, "sequence_lens": np.array([6, 3], np.int32)},  # ragged batch
+                  {"X": X[:, :1], "sequence_lens": np.array([6], np.int32)}):  # batch 1
+        got = run_node(node, feeds, consts)
+        ort_out = _ort(single_node_model(node, feeds, consts), feeds)
+        # X and h quantized to uint8 at run time as onnxruntime does: at batch 1 (one parameter set
+        # per matrix = per row) the same numbers to fp32 accuracy ...
+        bn = feeds["X"].shape[1]
+        assert_close(got, ort_out, FP32 if bn == 1 else INT8, f"batch {bn} vs onnxruntime")
+        # ... and per batch row in a batch, where onnxruntime's one set for the whole batch differs
+        # by about one activation step: the oracle computes onnxruntime's algorithm row by row
+        want = naive_dq_lstm(feeds["X"], Wq, np.broadcast_to(w_scale[:, None], (nd, 4 * H)),
+                             np.broadcast_to(w_zp[:, None], (nd, 4 * H)).astype(np.float64), Rq, r_scale,
+                             r_zp.astype(np.float64), consts["B"], feeds["sequence_lens"], consts["P"],
+                             direction="bidirectional")
+        assert_close(got, dict(zip(["Y", "Y_h", "Y_c"], want)), FP32, "vs the per-row oracle")
 
 
 # --- refusals and plain-Python kernels -----------------------------------------------------------
@@ -404,3 +411,29 @@ def test_matvec_q16_error_bound(K, hmax):
     V[1, 3] = np.nan
     rnn._matvec(V, rows, Q, scale, zp, got, 0, C)
     assert np.isnan(got[1]).all() and not np.isnan(got[[0, 2, 3, 4, 5, 6]]).any()
+
+
+@pytest.mark.parametrize("K,C", [(256, 1024), (37, 200), (8, 64)])
+def test_u8_dot_kernels_are_exact(K, C):
+    """Both lowerings of the uint8 x int8 block product (vpdpbusd where the target has
+    AVX512-VNNI, int16 pairs elsewhere) give the exact integer products of onnxruntime's
+    quantization of each row (rows of 1 and 4 kernels, K and C not multiples of the blocks)."""
+    from naive_rnn import quantize_u8, uint8_params
+
+    from rnnkit.runtime.numba_backend import qdot
+    rng = np.random.default_rng(K)
+    M = rng.integers(-128, 128, (1, K, C)).astype(np.int8)
+    ws, wz = (rng.random(C) * 0.01).astype(np.float32), np.full(C, 3, np.float32)
+    Q, zterm = qdot.pack_quads(M)[0], qdot.zero_point_terms(M, wz[None])[0]
+    V = np.zeros((5, 4 * Q.shape[1]), np.float32)
+    V[:, :K] = rng.standard_normal((5, K))
+    V[2, :K] = np.abs(V[2, :K])  # a row with min > 0: its range is widened to 0
+    want = np.empty((5, C), np.float32)
+    for i in range(5):
+        s, z = uint8_params(V[i, :K])
+        acc = (quantize_u8(V[i, :K], s, z) - z).astype(np.int64) @ (M[0].astype(np.int64) - 3)
+        want[i] = acc.astype(np.float32) * (np.float32(s) * ws)
+    for vnni in (True, False) if qdot.VNNI else (False,):
+        got = np.zeros((5, C), np.float32)
+        qdot.matvec_u8(V, 5, Q, zterm, ws, wz, got, 0, C, *qdot.workspace(5, Q), vnni)
+        np.testing.assert_array_equal(got, want, err_msg=f"vnni={vnni}")

@@ -34,6 +34,7 @@ class _Recurrent(Op):
     P_index: ClassVar[int | None] = None  # input index of the peepholes (LSTM)
     # W and R may arrive as QuantizedWeight (int8 graphs): the kernels run on the int8 blocks.
     quantized_inputs: ClassVar[frozenset[int]] = frozenset({1, 2})
+    dynamic: ClassVar[bool] = False  # activations quantized at run time (DynamicQuantizeLSTM)
 
     def __init__(self, node, consts):
         super().__init__(node, consts)
@@ -105,7 +106,7 @@ class _Recurrent(Op):
         if Wshape[0] != self.nd:
             self.refuse(f"W has {Wshape[0]} direction(s), expected {self.nd}")
         return rnn.PackedRNN(_KIND[self.cell], H, W, R, B, P, linear_before_reset=self.attrs.get(
-            "linear_before_reset", 0))
+            "linear_before_reset", 0), dynamic=self.dynamic)
 
     # -- run -------------------------------------------------------------------------------
     def __call__(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
@@ -152,10 +153,12 @@ class DynamicQuantizeLSTM(LSTM):
     Inputs: X, W [nd, input, 4H] and R [nd, H, 4H] int8/uint8 (already transposed relative to the
     ONNX LSTM), B, sequence_lens, initial_h, initial_c, P, W_scale, W_zero_point, R_scale,
     R_zero_point; scales and zero points are per tensor ``[nd]`` or per channel ``[nd, 4H]``.
-    onnxruntime also quantizes X and h to uint8 at run time; we keep activations fp32 (weight-only
-    int8), which differs from it by about one activation quantization step (INT8 tolerance).
-    No ``layout`` attribute.
+    Like onnxruntime, X and h are quantized to uint8 at run time (``qdot.py``: its parameter and
+    rounding rules, exact int32 sums), with one parameter set per batch row (onnxruntime: per
+    matrix, the same at batch 1).  No ``layout`` attribute.
     """
+
+    dynamic = True
 
     supported_attributes = frozenset({"activations", "clip", "direction", "hidden_size", "input_forget"})
 

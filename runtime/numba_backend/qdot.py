@@ -1,0 +1,334 @@
+"""uint8 x int8 products of dynamically quantized activations, computed as onnxruntime computes them.
+
+onnxruntime's ``DynamicQuantizeLSTM`` does not multiply fp32 activations by int8 weights: before
+each quantized GEMM it quantizes the activation matrix ``A`` to uint8 (``GetQuantizationParameter``:
+the range ``[min(A, 0), max(A, 0)]`` over the whole matrix, ``scale = (max - min) / 255``, zero
+point ``round_half_even(-min / scale)``; ``q = clamp(round_half_even(a / scale) + zp, 0, 255)``),
+sums ``(q - zp) (w - w_zp)`` exactly in int32 and scales each column by ``a_scale * w_scale[col]``.
+This module does the same, so an int8 LSTM gives onnxruntime's numbers on both backends:
+
+* ``quantize_rows``: the activation parameters and uint8 image, one parameter set per *group* of
+  rows (a batch row's whole sequence for the input projection, one row for a recurrent step).
+  onnxruntime takes one set for its whole matrix, i.e. for the whole batch; per batch row is the
+  same at batch 1 and keeps a row's result independent of its batch neighbours (rows run alone
+  equal rows run in a batch, which every other rnnkit path guarantees too).
+* ``pack_quads``: int8 weights ``(nd, K, C)`` in blocks of 64 columns whose 4 consecutive K share
+  one 32-bit lane, the operand order of ``vpdpbusd`` (64 u8 x s8 products per AVX512-VNNI
+  instruction, 4x the fp32 FMA rate, weights read as they are stored).
+* ``_make_dot(nr)``: the block product for ``nr`` rows, LLVM vector IR that calls ``vpdpbusd``
+  where the compile target has AVX512-VNNI and otherwise widens to int16 pairs that X86 lowers to
+  ``vpmaddwd`` (AVX2/AVX512BW; other targets get the same IR lowered generically).  Both give the
+  exact int32 sums, so the choice changes speed only.
+* ``matvec_u8`` (a recurrent step) and ``project_u8`` (the input projection of all steps).
+
+Zero points: ``sum (q - zq)(w - zw) = sum q w - zq colsum(w) - zw sum q + K zq zw`` with K the
+padded length (padding has q = zq and w = 0, which contributes nothing).  Must not import torch or
+onnxruntime.
+"""
+
+from __future__ import annotations
+
+from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
+from .config import FASTMATH, JIT as _JIT
+
+import llvmlite.binding as ll
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from .matvec import PB, _aligned_empty
+
+JIT = dict(_JIT, fastmath=set(FASTMATH))
+# Quantization divides (a / scale, as onnxruntime does): no reciprocal or reassociation may
+# change a rounding, so these loops compile without fast-math.
+EXACT = dict(_JIT, fastmath=False)
+KQ = 8  # K is zero-padded to a multiple of this (whole quads, and the fp32 kernels' padding)
+
+
+def _target_has_vnni() -> bool:
+    """Whether numba compiles for a CPU with AVX512-VNNI (its own feature string when set)."""
+    feats = numba.config.CPU_FEATURES
+    if feats is not None:
+        return "+avx512vnni" in feats.split(",")
+    if numba.config.CPU_NAME not in (None, "host"):
+        return False  # a named portable target: do not assume the host's extensions
+    try:
+        return bool(ll.get_host_cpu_features().get("avx512vnni", False))
+    except RuntimeError:  # features unavailable on this platform
+        return False
+
+
+VNNI = _target_has_vnni()
+
+
+def pack_quads(M: np.ndarray) -> np.ndarray:
+    """(nd, K, C) int8 -> (nd, ceil(C/PB), Kp/4, 4*PB), [cb, kq, 4j + e] = M[4kq + e, cb*PB + j],
+    zero-padded (K to Kp, a multiple of KQ; C to PB), cache-line aligned."""
+    nd, K, C = M.shape
+    Kp, ncb = -(-K // KQ) * KQ, -(-C // PB)
+    out = np.zeros((nd, Kp, ncb * PB), np.int8)
+    out[:, :K, :C] = M
+    blocks = _aligned_empty((nd, ncb, Kp // 4, 4 * PB), np.int8)
+    blocks[...] = out.reshape(nd, Kp // 4, 4, ncb, PB).transpose(0, 3, 1, 4, 2).reshape(nd, ncb, Kp // 4, 4 * PB)
+    return blocks
+
+
+def zero_point_terms(M: np.ndarray, zp: np.ndarray) -> np.ndarray:
+    """(nd, K, C) int8 weights, (nd, C) zero points -> (nd, C) float64 ``colsum(M) - Kp zp``: with
+    it ``sum (q - zq)(w - zw) = acc - zq (colsum - Kp zw) - zw sum(q)``, every term an integer held
+    exactly in float64 (|.| < 2^53), so the kernels may add them in any order."""
+    Kp = -(-M.shape[1] // KQ) * KQ
+    return M.astype(np.int64).sum(axis=1) - Kp * np.asarray(zp, np.float64)
+
+
+def _make_dot(nr: int, vnni: bool):
+    """out[r0 + r, ooff:ooff+PB] = sum over kq < nkq, e < 4 of hq[r0 + r, 4kq + e] * W[woff + kq*4PB + 4j + e]
+    for r < nr, int32; hq (rows, 4 nkq) uint8, W int8 blocks (pack_quads), out (rows, ostride) int32.
+    The nr x 4 vectors of 16 int32 sums stay in registers over the whole K loop; each weight
+    vector is loaded once for all nr rows."""
+
+    @intrinsic
+    def dot(typingctx, W, woff, hq, r0, nkq, out, ostride, ooff):
+        if not (isinstance(W, types.Array) and W.dtype == types.int8
+                and isinstance(hq, types.Array) and hq.dtype == types.uint8 and hq.ndim == 2
+                and isinstance(out, types.Array) and out.dtype == types.int32 and out.ndim == 2):
+            return None
+        sig = types.void(W, types.intp, hq, types.intp, types.intp, out, types.intp, types.intp)
+        nvec = PB // 16
+
+        def codegen(context, builder, signature, args):
+            w_arg, woff_v, h_arg, r0_v, nkq_v, o_arg, ostride_v, ooff_v = args
+            w_ary = context.make_array(signature.args[0])(context, builder, w_arg)
+            h_ary = context.make_array(signature.args[2])(context, builder, h_arg)
+            o_ary = context.make_array(signature.args[5])(context, builder, o_arg)
+            i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+            v16 = ir.VectorType(i32, 16)
+            # VNNI: one accumulator of 16 column sums per vector; int16 pairs: two, each lane
+            # holding a column's pair sums (k 0+1 and k 2+3 in neighbouring lanes), folded at the end
+            nacc = 1 if vnni else 2
+            accs = [[[cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(nacc)]
+                     for _ in range(nvec)] for _ in range(nr)]
+            wbase = builder.gep(w_ary.data, [woff_v])
+            hquads = builder.bitcast(h_ary.data, i32.as_pointer())
+            hrows = [builder.gep(hquads, [builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)), nkq_v)])
+                     for r in range(nr)]
+            splat = ir.Constant(v16, [0] * 16)
+            if vnni:
+                fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16, v16, v16]),
+                                                    "llvm.x86.avx512.vpdpbusd.512")
+            else:
+                v32_16, v32_32 = ir.VectorType(i16, 32), ir.VectorType(i32, 32)
+                even = ir.Constant(v16, [2 * i for i in range(16)])
+                odd = ir.Constant(v16, [2 * i + 1 for i in range(16)])
+                halves = [ir.Constant(ir.VectorType(i32, 32), list(range(32 * s, 32 * s + 32))) for s in range(2)]
+            with cgutils.for_range(builder, nkq_v) as loop:
+                kq = loop.index
+                hb = []
+                for r in range(nr):
+                    quad = builder.load(builder.gep(hrows[r], [kq]), align=1)
+                    b = builder.insert_element(ir.Constant(v16, None), quad, ir.Constant(i32, 0))
+                    b = builder.shuffle_vector(b, b, splat)  # the row's 4 activations in every lane
+                    if not vnni:  # as 64 int16 (zero-extended bytes), split in two halves
+                        b16 = builder.zext(builder.bitcast(b, ir.VectorType(i8, 64)), ir.VectorType(i16, 64))
+                        b = [builder.sext(builder.shuffle_vector(b16, b16, h), v32_32) for h in halves]
+                    hb.append(b)
+                row = builder.gep(wbase, [builder.mul(kq, ir.Constant(kq.type, 4 * PB))])
+                for v in range(nvec):
+                    ptr = builder.bitcast(builder.gep(row, [ir.Constant(kq.type, 64 * v)]), v16.as_pointer())
+                    w = builder.load(ptr, align=64)
+                    if vnni:
+                        for r in range(nr):
+                            acc = accs[r][v][0]
+                            builder.store(builder.call(fn, [builder.load(acc), hb[r], w]), acc)
+                        continue
+                    w16 = builder.sext(builder.bitcast(w, ir.VectorType(i8, 64)), ir.VectorType(i16, 64))
+                    ws = [builder.sext(builder.shuffle_vector(w16, w16, h), v32_32) for h in halves]
+                    for r in range(nr):
+                        for s in range(2):  # even + odd lanes of an i32 product of int16s: vpmaddwd
+                            prod = builder.mul(hb[r][s], ws[s])
+                            part = builder.add(builder.shuffle_vector(prod, prod, even),
+                                               builder.shuffle_vector(prod, prod, odd))
+                            acc = accs[r][v][s]
+                            builder.store(builder.add(builder.load(acc), part), acc)
+            ncols = ir.Constant(v16, [2 * i for i in range(8)] + [16 + 2 * i for i in range(8)])
+            ncols2 = ir.Constant(v16, [2 * i + 1 for i in range(8)] + [16 + 2 * i + 1 for i in range(8)])
+            for r in range(nr):
+                orow = builder.gep(o_ary.data, [builder.add(builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)),
+                                                                        ostride_v), ooff_v)])
+                for v in range(nvec):
+                    if vnni:
+                        total = builder.load(accs[r][v][0])
+                    else:  # lanes (2c, 2c+1) of half s hold column 8s + c's two pair sums
+                        a, b = builder.load(accs[r][v][0]), builder.load(accs[r][v][1])
+                        total = builder.add(builder.shuffle_vector(a, b, ncols), builder.shuffle_vector(a, b, ncols2))
+                    p = builder.bitcast(builder.gep(orow, [ir.Constant(ooff_v.type, 16 * v)]), v16.as_pointer())
+                    builder.store(total, p, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    def dot_py(W, woff, hq, r0, nkq, out, ostride, ooff):
+        """Plain numpy (NUMBA_DISABLE_JIT=1)."""
+        w = W.reshape(-1)[woff:woff + nkq * 4 * PB].reshape(nkq, PB, 4).astype(np.int64)
+        for r in range(r0, r0 + nr):
+            h = hq[r, :4 * nkq].reshape(nkq, 1, 4).astype(np.int64)
+            out[r, ooff:ooff + PB] = (w * h).sum(axis=(0, 2)).astype(np.int32)
+
+    return dot_py if numba.config.DISABLE_JIT else dot
+
+
+_dot4, _dot1 = _make_dot(4, VNNI), _make_dot(1, VNNI)
+_dot4_pairs, _dot1_pairs = _make_dot(4, False), _make_dot(1, False)  # the portable lowering (tested)
+
+
+@njit(**EXACT)
+def _params(lo, hi):
+    """onnxruntime's GetQuantizationParameter for uint8 from a range: (scale, zero point)."""
+    lo = min(lo, np.float32(0.0))
+    hi = max(hi, np.float32(0.0))
+    scale = np.float32((hi - lo) / np.float32(255.0)) if hi != lo else np.float32(1.0)
+    z = np.float32(np.float32(0.0) - lo / scale)
+    z = min(max(z, np.float32(0.0)), np.float32(255.0))
+    return scale, np.float32(np.rint(z))
+
+
+@njit(**EXACT)
+def _range(x, lo, hi):
+    """(min, max) of x folded into (lo, hi), and whether x holds a NaN or inf."""
+    probe = np.float32(0.0)
+    for v in x:
+        lo = v if v < lo else lo
+        hi = v if v > hi else hi
+        probe += v * np.float32(0.0)  # NaN for a NaN or inf
+    return lo, hi, probe != np.float32(0.0)
+
+
+@njit(**EXACT)
+def _quantize_row(x, s, z, hq):
+    """hq[:len(x)] = clamp(rint(x / s) + z, 0, 255), hq[len(x):] = z; returns the sum of hq.
+    The division is the one onnxruntime's MlasQuantizeLinear does (no reciprocal: this function
+    compiles without fast-math, and still vectorises: it is elementwise)."""
+    K = x.shape[0]
+    total = 0
+    for k in range(K):
+        q = min(max(np.float32(np.rint(x[k] / s)) + z, np.float32(0.0)), np.float32(255.0))
+        qi = np.int32(q)
+        hq[k] = np.uint8(qi)
+        total += qi
+    zi = np.int32(z)
+    for k in range(K, hq.shape[0]):
+        hq[k] = np.uint8(zi)
+    return total + (hq.shape[0] - K) * zi
+
+
+@njit(**EXACT)
+def _dequantize(acc, z, qsum, zterm, wscale, wzp, c0, ncols, out, s):
+    """out[j] = (acc[c0 + j] - z zterm[c] - zw[c] qsum) * fp32(s * wscale[c]), c = c0 + j: the int32
+    sum with both zero points removed (exact integers in float64), scaled as onnxruntime scales it.
+    No fast-math (no reassociation of the fp32 products); elementwise, so it vectorises."""
+    zf, qf = np.float64(z), np.float64(qsum)
+    for j in range(ncols):
+        c = c0 + j
+        v = np.float64(acc[c]) - zf * zterm[c] - np.float64(wzp[c]) * qf
+        out[j] = np.float32(v) * (s * wscale[c])
+
+
+@njit(**JIT)
+def _dots(Q, hq, N, acc, vnni_kernels):
+    """acc (N, ncb*PB) int32 = hq (N, Kp) uint8 times the blocks Q, 4 rows per pass over a block."""
+    ncb, nkq = Q.shape[0], Q.shape[1]
+    width = acc.shape[1]
+    for cb in range(ncb):
+        off = cb * nkq * 4 * PB
+        for r0 in range(0, N - 3, 4):
+            if vnni_kernels:
+                _dot4(Q, off, hq, r0, nkq, acc, width, cb * PB)
+            else:
+                _dot4_pairs(Q, off, hq, r0, nkq, acc, width, cb * PB)
+        for r0 in range(N - N % 4, N):
+            if vnni_kernels:
+                _dot1(Q, off, hq, r0, nkq, acc, width, cb * PB)
+            else:
+                _dot1_pairs(Q, off, hq, r0, nkq, acc, width, cb * PB)
+
+
+def _dots_any(Q, hq, N, acc, vnni_kernels):
+    """``_dots`` for 8-bit blocks and a no-op for fp32 ones, so that ``matvec_u8``/``project_u8``
+    compile inside kernels specialised for either weight type (rnn.py calls them directly: a
+    direct call lets LLVM inline the quantization loops, measured 1.7 us per LSTM-256 step
+    faster than the same call through an overload)."""
+    if Q.dtype == np.int8:
+        _dots(Q, hq, N, acc, vnni_kernels)
+
+
+@overload(_dots_any, jit_options=dict(JIT, cache=False))
+def _dots_any_jit(Q, hq, N, acc, vnni_kernels):
+    if Q.dtype != types.int8:
+        return lambda Q, hq, N, acc, vnni_kernels: None
+    return lambda Q, hq, N, acc, vnni_kernels: _dots(Q, hq, N, acc, vnni_kernels)
+
+
+def workspace(n: int, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(hq, acc) buffers of ``matvec_u8`` for up to n rows of blocks Q."""
+    return np.empty((n, 4 * Q.shape[1]), np.uint8), np.empty((n, Q.shape[0] * PB), np.int32)
+
+
+@njit(**JIT)
+def matvec_u8(V, n, Q, zterm, wscale, wzp, out, c0, ncols, hq, acc, vnni_kernels=VNNI):
+    """out[i, c0:c0+ncols] = V[i] quantized to uint8 (one parameter set per row, onnxruntime's
+    rules) times the weights ``(q - wzp) * wscale`` packed in Q (pack_quads), rows i < n; V is
+    (>= n, K <= Kp) fp32; ``hq``/``acc`` are ``workspace`` buffers for >= n rows.  A row holding a
+    NaN or inf outputs NaN."""
+    K = V.shape[1]
+    scale = np.empty(n, np.float32)
+    zp = np.empty(n, np.float32)
+    qsum = np.empty(n, np.int64)
+    for i in range(n):
+        lo, hi, bad = _range(V[i, :K], np.float32(0.0), np.float32(0.0))
+        scale[i], zp[i] = _params(lo, hi)
+        qsum[i] = _quantize_row(V[i, :K], scale[i], zp[i], hq[i])
+        if bad:
+            scale[i] = np.float32(np.nan)
+    _dots_any(Q, hq, n, acc, vnni_kernels)
+    for i in range(n):
+        _dequantize(acc[i], zp[i], qsum[i], zterm, wscale, wzp, c0, ncols, out[i, c0:c0 + ncols], scale[i])
+
+
+@njit(**JIT)
+def project_u8(X, layout, Q, zterm, wscale, wzp, bias, out, vnni_kernels=VNNI):
+    """out (A0*A1, C) = X (A0, A1, I) times the weights in Q plus bias, X quantized with one
+    parameter set per batch row (axis 1 of X for layout 0, axis 0 for layout 1): the input
+    projection of every step, onnxruntime's one GEMM over the sequence."""
+    A0, A1, I = X.shape
+    C = out.shape[1]
+    nb = A1 if layout == 0 else A0
+    lo = np.zeros(nb, np.float32)
+    hi = np.zeros(nb, np.float32)
+    bad = np.zeros(nb, np.bool_)
+    for a in range(A0):
+        for b in range(A1):
+            g = b if layout == 0 else a
+            lo[g], hi[g], badrow = _range(X[a, b], lo[g], hi[g])
+            bad[g] = bad[g] or badrow
+    scale = np.empty(nb, np.float32)
+    zp = np.empty(nb, np.float32)
+    for g in range(nb):
+        scale[g], zp[g] = _params(lo[g], hi[g])
+    N = A0 * A1
+    hq, acc = np.empty((N, 4 * Q.shape[1]), np.uint8), np.empty((N, Q.shape[0] * PB), np.int32)
+    qsum = np.empty(N, np.int64)
+    for a in range(A0):
+        for b in range(A1):
+            r = a * A1 + b
+            qsum[r] = _quantize_row(X[a, b], scale[b if layout == 0 else a], zp[b if layout == 0 else a], hq[r])
+    _dots_any(Q, hq, N, acc, vnni_kernels)
+    for a in range(A0):
+        for b in range(A1):
+            r, g = a * A1 + b, (b if layout == 0 else a)
+            s = np.float32(np.nan) if bad[g] else scale[g]
+            _dequantize(acc[r], zp[g], qsum[r], zterm, wscale, wzp, 0, C, out[r], s)
+            for j in range(C):
+                out[r, j] += bias[j]
