@@ -435,5 +435,5 @@ def test_u8_dot_kernels_are_exact(K, C):
         want[i] = acc.astype(np.float32) * (np.float32(s) * ws)
     for vnni in (True, False) if qdot.VNNI else (False,):
         got = np.zeros((5, C), np.float32)
-        qdot.matvec_u8(V, 5, Q, zterm, ws, wz, got, 0, C, *qdot.workspace(5, Q), vnni)
+        qdot.matvec_u8(V, 5, Q, zterm, ws, got, 0, C, *qdot.workspace(5, Q), vnni)
         np.testing.assert_array_equal(got, want, err_msg=f"vnni={vnni}")

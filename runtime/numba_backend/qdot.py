@@ -76,19 +76,30 @@ def pack_quads(M: np.ndarray) -> np.ndarray:
     return blocks
 
 
+KMAX = 16384  # padded K up to which every int32 term of the zero-point correction fits (see below)
+
+
 def zero_point_terms(M: np.ndarray, zp: np.ndarray) -> np.ndarray:
-    """(nd, K, C) int8 weights, (nd, C) zero points -> (nd, C) float64 ``colsum(M) - Kp zp``: with
-    it ``sum (q - zq)(w - zw) = acc - zq (colsum - Kp zw) - zw sum(q)``, every term an integer held
-    exactly in float64 (|.| < 2^53), so the kernels may add them in any order."""
+    """(nd, K, C) int8 weights, (nd, C) integer zero points -> (nd, 2, C) int32 ``[colsum(M) - Kp zp,
+    zp]``: ``sum (q - zq)(w - zw) = acc - zq (colsum - Kp zw) - zw sum(q)``.  With |w|, |zw| <= 128,
+    q, zq <= 255 and Kp <= KMAX the three terms stay below 2^31 together, so the correction is
+    exact in int32 (16 lanes per AVX-512 vector)."""
     Kp = -(-M.shape[1] // KQ) * KQ
-    return M.astype(np.int64).sum(axis=1) - Kp * np.asarray(zp, np.float64)
+    if Kp > KMAX:
+        raise ValueError(f"int8 LSTM input size {M.shape[1]} is over {KMAX}: the int32 sums could overflow")
+    zp = np.broadcast_to(np.asarray(zp, np.float64), (M.shape[0], M.shape[2]))
+    if not np.array_equal(zp, np.rint(zp)) or np.abs(zp).max(initial=0) > 128:
+        raise ValueError("int8 weight zero points must be integers in [-128, 128]")
+    zpi = zp.astype(np.int64)
+    return np.stack([M.astype(np.int64).sum(axis=1) - Kp * zpi, zpi], axis=1).astype(np.int32)
 
 
 def _make_dot(nr: int, vnni: bool):
     """out[r0 + r, ooff:ooff+PB] = sum over kq < nkq, e < 4 of hq[r0 + r, 4kq + e] * W[woff + kq*4PB + 4j + e]
     for r < nr, int32; hq (rows, 4 nkq) uint8, W int8 blocks (pack_quads), out (rows, ostride) int32.
     The nr x 4 vectors of 16 int32 sums stay in registers over the whole K loop; each weight
-    vector is loaded once for all nr rows."""
+    vector is loaded once for all nr rows.  (At one row the 4 accumulator chains do not limit it:
+    splitting them in 8 measured no faster; the step streams its weights from L2.)"""
 
     @intrinsic
     def dot(typingctx, W, woff, hq, r0, nkq, out, ostride, ooff):
@@ -212,7 +223,7 @@ def _quantize_row(x, s, z, hq):
     The division is the one onnxruntime's MlasQuantizeLinear does (no reciprocal: this function
     compiles without fast-math, and still vectorises: it is elementwise)."""
     K = x.shape[0]
-    total = 0
+    total = np.int32(0)
     for k in range(K):
         q = min(max(np.float32(np.rint(x[k] / s)) + z, np.float32(0.0)), np.float32(255.0))
         qi = np.int32(q)
@@ -221,18 +232,19 @@ def _quantize_row(x, s, z, hq):
     zi = np.int32(z)
     for k in range(K, hq.shape[0]):
         hq[k] = np.uint8(zi)
-    return total + (hq.shape[0] - K) * zi
+    return total + np.int32(hq.shape[0] - K) * zi
 
 
 @njit(**EXACT)
-def _dequantize(acc, z, qsum, zterm, wscale, wzp, c0, ncols, out, s):
-    """out[j] = (acc[c0 + j] - z zterm[c] - zw[c] qsum) * fp32(s * wscale[c]), c = c0 + j: the int32
-    sum with both zero points removed (exact integers in float64), scaled as onnxruntime scales it.
-    No fast-math (no reassociation of the fp32 products); elementwise, so it vectorises."""
-    zf, qf = np.float64(z), np.float64(qsum)
+def _dequantize(acc, z, qsum, zterm, wscale, c0, ncols, out, s):
+    """out[j] = (acc[c] - z zterm[0, c] - zterm[1, c] qsum) * fp32(s * wscale[c]), c = c0 + j: the
+    int32 sum with both zero points removed (exact, see zero_point_terms), scaled as onnxruntime
+    scales it.  No fast-math (no reassociation of the fp32 products); elementwise, so it vectorises."""
+    zi, qi = np.int32(z), np.int32(qsum)
+    corr, zw = zterm[0], zterm[1]
     for j in range(ncols):
         c = c0 + j
-        v = np.float64(acc[c]) - zf * zterm[c] - np.float64(wzp[c]) * qf
+        v = acc[c] - zi * corr[c] - zw[c] * qi
         out[j] = np.float32(v) * (s * wscale[c])
 
 
@@ -277,15 +289,15 @@ def workspace(n: int, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(**JIT)
-def matvec_u8(V, n, Q, zterm, wscale, wzp, out, c0, ncols, hq, acc, vnni_kernels=VNNI):
+def matvec_u8(V, n, Q, zterm, wscale, out, c0, ncols, hq, acc, vnni_kernels=VNNI):
     """out[i, c0:c0+ncols] = V[i] quantized to uint8 (one parameter set per row, onnxruntime's
-    rules) times the weights ``(q - wzp) * wscale`` packed in Q (pack_quads), rows i < n; V is
-    (>= n, K <= Kp) fp32; ``hq``/``acc`` are ``workspace`` buffers for >= n rows.  A row holding a
+    rules) times the weights ``(q - zp) * wscale`` packed in Q (pack_quads; ``zterm`` from
+    zero_point_terms), rows i < n; V is (>= n, K <= Kp) fp32; ``hq``/``acc`` are ``workspace`` buffers for >= n rows.  A row holding a
     NaN or inf outputs NaN."""
     K = V.shape[1]
     scale = np.empty(n, np.float32)
     zp = np.empty(n, np.float32)
-    qsum = np.empty(n, np.int64)
+    qsum = np.empty(n, np.int32)
     for i in range(n):
         lo, hi, bad = _range(V[i, :K], np.float32(0.0), np.float32(0.0))
         scale[i], zp[i] = _params(lo, hi)
@@ -294,11 +306,11 @@ def matvec_u8(V, n, Q, zterm, wscale, wzp, out, c0, ncols, hq, acc, vnni_kernels
             scale[i] = np.float32(np.nan)
     _dots_any(Q, hq, n, acc, vnni_kernels)
     for i in range(n):
-        _dequantize(acc[i], zp[i], qsum[i], zterm, wscale, wzp, c0, ncols, out[i, c0:c0 + ncols], scale[i])
+        _dequantize(acc[i], zp[i], qsum[i], zterm, wscale, c0, ncols, out[i, c0:c0 + ncols], scale[i])
 
 
 @njit(**JIT)
-def project_u8(X, layout, Q, zterm, wscale, wzp, bias, out, vnni_kernels=VNNI):
+def project_u8(X, layout, Q, zterm, wscale, bias, out, vnni_kernels=VNNI):
     """out (A0*A1, C) = X (A0, A1, I) times the weights in Q plus bias, X quantized with one
     parameter set per batch row (axis 1 of X for layout 0, axis 0 for layout 1): the input
     projection of every step, onnxruntime's one GEMM over the sequence."""
@@ -319,7 +331,7 @@ def project_u8(X, layout, Q, zterm, wscale, wzp, bias, out, vnni_kernels=VNNI):
         scale[g], zp[g] = _params(lo[g], hi[g])
     N = A0 * A1
     hq, acc = np.empty((N, 4 * Q.shape[1]), np.uint8), np.empty((N, Q.shape[0] * PB), np.int32)
-    qsum = np.empty(N, np.int64)
+    qsum = np.empty(N, np.int32)
     for a in range(A0):
         for b in range(A1):
             r = a * A1 + b
@@ -329,6 +341,6 @@ def project_u8(X, layout, Q, zterm, wscale, wzp, bias, out, vnni_kernels=VNNI):
         for b in range(A1):
             r, g = a * A1 + b, (b if layout == 0 else a)
             s = np.float32(np.nan) if bad[g] else scale[g]
-            _dequantize(acc[r], zp[g], qsum[r], zterm, wscale, wzp, 0, C, out[r], s)
+            _dequantize(acc[r], zp[g], qsum[r], zterm, wscale, 0, C, out[r], s)
             for j in range(C):
                 out[r, j] += bias[j]

@@ -132,7 +132,7 @@ def _run_rows(kind, d, b0, b1, reverse, layout, xw, T1, T2, rs, rz, rcs, aq, rbh
             for k in range(H):
                 va[k] = hi[k]
         if aq:
-            matvec_u8(V, m, T1, rcs, rs, rz, g, 0, GH, hq, acc)
+            matvec_u8(V, m, T1, rcs, rs, g, 0, GH, hq, acc)
         else:
             _matvec(V, m, T1, rs, rz, g, 0, 2 * H if two_pass else GH)
         if two_pass:
@@ -180,7 +180,7 @@ def _project_rows_serial(kind, dirs, layout, X, Wb, ws, wz, wcs, bias, T1, T2, r
     nd, Bn, H = h0.shape
     xw = np.empty((A0, A1, ws.shape[0]), np.float32)
     if aq:
-        project_u8(X, layout, Wb, wcs, ws, wz, bias, xw.reshape(A0 * A1, ws.shape[0]))
+        project_u8(X, layout, Wb, wcs, ws, bias, xw.reshape(A0 * A1, ws.shape[0]))
     else:
         _project_any(X.reshape(A0 * A1, X.shape[2]), Wb, ws, wz, bias, xw.reshape(A0 * A1, ws.shape[0]))
     Y = np.empty((A0, nd, A1, H) if layout == 0 else (A0, A1, nd, H), np.float32)
@@ -233,7 +233,7 @@ class PackedRNN:
             self.rs = np.ones((R.shape[0], GH), np.float32)
             self.rz = np.zeros((R.shape[0], GH), np.float32)
         nd = self.nd = RT.shape[0]
-        self.rcs = zero_point_terms(RT, self.rz) if self.aq else np.zeros((nd, GH))
+        self.rcs = zero_point_terms(RT, self.rz) if self.aq else np.zeros((nd, 2, GH), np.int32)
         if self.aq:
             self.T1 = pack_quads(RT)
             self.T2 = np.zeros(self.T1.shape[:1] + (0,) + self.T1.shape[2:], self.T1.dtype)
@@ -255,7 +255,7 @@ class PackedRNN:
         # 0.105 ms vs numpy/OpenBLAS sgemm 0.150 ms; batch 32: 3.4 vs 4.2 ms)
         Wcat = np.ascontiguousarray(np.concatenate(list(q), axis=1))[None]
         self.Wb = (pack_quads if self.aq else pack_blocks)(Wcat)[0]
-        self.wcs = zero_point_terms(Wcat, self.wz[None])[0] if self.aq else np.zeros(nd * GH)
+        self.wcs = zero_point_terms(Wcat, self.wz[None])[0] if self.aq else np.zeros((2, nd * GH), np.int32)
         self.I = q.shape[1]  # input size
         B = np.zeros((nd, 2 * GH), np.float32) if B is None else np.asarray(B, np.float32)
         bias = B[:, :GH] + B[:, GH:]
@@ -275,8 +275,7 @@ class PackedRNN:
             X2 = np.ascontiguousarray(X2, dtype=np.float32)
         out = np.empty((X2.shape[0], self.ws.shape[0]), np.float32)
         if self.aq:
-            project_u8(X2.reshape(X.shape[0], X.shape[1], -1), layout, self.Wb, self.wcs, self.ws, self.wz,
-                       self.bias, out)
+            project_u8(X2.reshape(X.shape[0], X.shape[1], -1), layout, self.Wb, self.wcs, self.ws, self.bias, out)
         else:
             project(X2, self.Wb, self.ws, self.wz, self.bias, out)
         return out.reshape(X.shape[0], X.shape[1], -1)
