@@ -16,9 +16,14 @@ every decision is recorded in the returned ``params`` for the manifest:
   The numba backend recognises this canonical form and runs an int8 kernel; onnxruntime
   constant-folds it back to fp32 at load, so there it saves file size and download, not RAM
   or time.  ``per_channel=False`` keeps the form with one scale per direction repeated on rows.
-* MatMul/Gemm weights with at least ``min_matmul_elements`` values (the attention ``proj``):
-  weight-only ``DequantizeLinear`` per output channel.  Smaller ones (the head with few
-  labels, attention ``v``) and all biases stay fp32: a few KiB, and the head decides the label.
+* MatMul weights with at least ``min_matmul_elements`` values (LM heads, attention keys and
+  projections): ``com.microsoft.DynamicQuantizeMatMul`` with int8 weights per output channel,
+  the activation quantized to uint8 at run time.  Not ``DequantizeLinear -> MatMul``: onnxruntime
+  (1.31) rewrites that pair into ``MatMulNBits``, which quantizes activations its own way, so the
+  graph would no longer say what onnxruntime computes; this op is computed identically by both
+  backends.  Gemm weights that large keep weight-only ``DequantizeLinear`` per output channel.
+  Smaller weights (the head with few labels, attention ``v``) and all biases stay fp32: a few
+  KiB, and the head decides the label.
 
 Imports onnx and numpy only; the numbers are validated by the caller against the fp32 graph.
 """
@@ -143,6 +148,18 @@ def _gru_rnn(rw: _Rewriter, node: onnx.NodeProto, per_channel: bool) -> dict:
 
 def _matmul(rw: _Rewriter, node: onnx.NodeProto, per_channel: bool) -> dict:
     name = node.input[1]
+    w = rw.inits[name]
+    if node.op_type == "MatMul" and w.ndim == 2:
+        q, scale = quantize_symmetric(w, 1 if per_channel else None)
+        scale = scale.reshape(-1) if per_channel else scale.reshape(())
+        rw.node("DynamicQuantizeMatMul", [node.input[0], rw.const(f"{name}_quantized", q),
+                                          rw.const(f"{name}_scale", scale),
+                                          rw.const(f"{name}_zero_point", np.zeros(scale.shape, np.int8))],
+                list(node.output), node.name, domain=MS_DOMAIN)
+        return {"node": node.name, "op": "DynamicQuantizeMatMul", "tensors": [name],
+                "granularity": "per-channel" if per_channel else "per-tensor", "axis": 1 if per_channel else None,
+                "method": "int8 weights; activations quantized to uint8 at run time",
+                "compute": "int8 (both backends, the same numbers)"}
     trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
     axis = 0 if (node.op_type == "Gemm" and trans_b) else 1  # the output-channel axis of B
     info = rw.dequantize(name, rw.inits[name], axis, per_channel, f"{name}_dequantized")

@@ -66,7 +66,28 @@ class _DequantizeLinear13(OpRun):
 
 
 _DequantizeLinear13.__name__ = "DequantizeLinear"
-REF_OPS = [_ragged(_RefLSTM, "LSTM"), _ragged(_RefGRU, "GRU"), _ragged(_RefRNN, "RNN"), _DequantizeLinear13]
+
+
+class DynamicQuantizeMatMul(OpRun):
+    """onnxruntime's com.microsoft.DynamicQuantizeMatMul, written from ContribOperators.md: A to
+    uint8 like DynamicQuantizeLinear (one range for the whole tensor, including 0), exact integer
+    product with (B - b_zero_point), times a_scale * b_scale (per column or scalar)."""
+
+    op_domain = "com.microsoft"
+
+    def _run(self, a, b, b_scale, b_zero_point=None, bias=None):
+        lo, hi = min(float(a.min()), 0.0), max(float(a.max()), 0.0)
+        scale = np.float32((np.float32(hi) - np.float32(lo)) / np.float32(255)) if hi != lo else np.float32(1)
+        zp = np.rint(np.clip(np.float32(0) - np.float32(lo) / scale, 0, 255))
+        qa = np.clip(np.rint(a.astype(np.float32) / scale) + zp, 0, 255) - zp
+        bz = 0 if b_zero_point is None else b_zero_point.astype(np.float64)
+        acc = np.matmul(qa.astype(np.float64), b.astype(np.float64) - bz)  # exact: integers < 2^53
+        y = acc.astype(np.float32) * (scale * b_scale.astype(np.float32))
+        return (y if bias is None else y + bias).astype(np.float32),
+
+
+REF_OPS = [_ragged(_RefLSTM, "LSTM"), _ragged(_RefGRU, "GRU"), _ragged(_RefRNN, "RNN"), _DequantizeLinear13,
+           DynamicQuantizeMatMul]
 
 
 def make(cell="gru", bidirectional=False, pooling="last", layers=1, hidden=5, embed=4, seed=0):

@@ -179,7 +179,40 @@ class _IntMatMulToFloat(NumpyOp):
 
 
 class DynamicQuantizeMatMul(_IntMatMulToFloat):
+    """With a constant 2-D int8 ``B`` and constant scale/zero point (rnnkit's int8 MatMuls) the
+    weights are packed once for ``qdot.project_u8`` (u8 x s8 ``vpdpbusd`` products, A quantized
+    with onnxruntime's rules as one matrix, exactly as here otherwise); anything else runs the
+    generic integer product."""
+
+    def __init__(self, node, consts):
+        super().__init__(node, consts)
+        self._packed = None
+        b, scale, zp = consts.get(1), consts.get(2), consts.get(3)
+        if (b is not None and b.ndim == 2 and b.dtype == np.int8 and scale is not None
+                and (zp is not None or not (len(node.input) > 3 and node.input[3]))):
+            from . import qdot  # noqa: PLC0415  (compiles its kernels on first use only)
+
+            n = b.shape[1]
+            scale = np.broadcast_to(np.asarray(scale, np.float32).reshape(-1), (n,))
+            zp = np.zeros(n, np.float32) if zp is None else np.broadcast_to(
+                np.asarray(zp, np.float32).reshape(-1), (n,))
+            try:
+                zterm = qdot.zero_point_terms(b[None], zp[None])[0]
+            except ValueError:
+                return  # too large or odd zero points: the generic path below
+            self._packed = (qdot.pack_quads(b[None])[0], zterm, np.ascontiguousarray(scale),
+                            np.zeros(n, np.float32))
+
     def compute(self, a, b, b_scale, b_zero_point=None, bias=None):
+        if self._packed is not None and a.ndim >= 1 and a.shape[-1] == b.shape[0]:
+            from .qdot import project_u8  # noqa: PLC0415
+
+            Q, zterm, scale, zeros = self._packed
+            a2 = np.ascontiguousarray(a, np.float32).reshape(1, -1, a.shape[-1])  # one group: per tensor
+            out = np.empty((a2.shape[1], b.shape[1]), np.float32)
+            project_u8(a2, 1, Q, zterm, scale, zeros, out)
+            out = out.reshape(a.shape[:-1] + (b.shape[1],))
+            return out + bias if bias is not None else out
         a_q, a_scale, a_zp = dynamic_quantize(a)
         acc = _matmul_int(a_q, a_zp, b, b_zero_point)
         return self._finish(acc, a_scale, b_scale, bias)
