@@ -4,10 +4,11 @@
         [--ops LSTM GRU] [--reps 50] [--alone]
 
 For each (op, hidden, batch) it times, side by side: onnxruntime's LSTM/GRU node
-(intra_op_num_threads=1), the numba op on the same weights (numba.set_num_threads(1)), the numba
-op with int8 weights (weight-only, per-row scales, as the graph loader hands QuantizedWeight over)
+(intra_op_num_threads=1), the numba op on the same weights (numba.set_num_threads(1)), numba int8
 and, for LSTM, onnxruntime's DynamicQuantizeLSTM made by quantize_dynamic (int8 x uint8 VNNI dot
-products; onnxruntime has no int8 GRU).  Prints medians (and minima) in ms, and ratios of medians
+products; onnxruntime has no int8 GRU).  numba int8 is, for LSTM, that same DynamicQuantizeLSTM
+node (activations quantized at run time as onnxruntime does, qdot.py) and, for GRU, the
+weight-only form rnnkit exports (per-row int8 weights times fp32 activations).  Prints medians (and minima) in ms, and ratios of medians
 with the 25-75% range of the per-round ratios (round-robin: one run of each per round), for
 numba fp32 / onnxruntime fp32, numba int8 / onnxruntime int8 and numba int8 / the faster fp32.
 Never an assertion.  Larger batches run fewer rounds (--reps / (batch/4), at least 10).
@@ -147,10 +148,16 @@ def main():
                     logging.getLogger().setLevel(logging.ERROR)
                     onnx.save(m, f"{d}/f.onnx")
                     quantize_dynamic(f"{d}/f.onnx", f"{d}/q.onnx", weight_type=QuantType.QInt8)
-                    qs = session(onnx.load(f"{d}/q.onnx"))
+                    qm = onnx.load(f"{d}/q.onnx")
+                qs = session(qm)
+                (qnode,) = [n for n in qm.graph.node if n.op_type == "DynamicQuantizeLSTM"]
+                inits = {t.name: numpy_helper.to_array(t) for t in qm.graph.initializer}
+                dq = OPS[("com.microsoft", "DynamicQuantizeLSTM")](
+                    qnode, {i: inits[n] for i, n in enumerate(qnode.input) if n in inits})
             for batch in a.batch:
                 X = rng.normal(size=(a.steps, batch, a.input)).astype(np.float32)
-                fns = [lambda: sess.run(None, {"X": X}), lambda: fp(X, W, R, B), lambda: q8(X, None, None, B)]
+                int8 = (lambda: dq(X)) if op == "LSTM" else (lambda: q8(X, None, None, B))
+                fns = [lambda: sess.run(None, {"X": X}), lambda: fp(X, W, R, B), int8]
                 if qs is not None:
                     fns.append(lambda: qs.run(None, {"X": X}))
                 reps = max(10, a.reps // max(1, batch // 4))
