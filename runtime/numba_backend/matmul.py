@@ -3,11 +3,14 @@
 A runtime ``B`` is plain ``np.matmul``.  A constant 2-D ``B`` (the classifier or LM head) is
 prepared when the node is built:
 
-* float32: kept transposed, ``(N, K)`` C-contiguous, and ``A (..., K)`` is multiplied as one 2-D
-  product: a single row (the generation step) with ``matvec.gemv_rows``, one contiguous dot
-  product per output (on the 256 x 10000 LM head, weights from L3: 339 us, against 358 us for
-  numpy's sgemv ``B^T @ a`` and 365 us for ``a @ B``), more rows with ``A @ (B^T)^T`` (sgemm).
-  The original layout is dropped, so the weight is held once.
+* float32: packed in column blocks (``matvec.pack_blocks``) and ``A (..., K)`` multiplied as one
+  2-D product by ``matvec.project`` (the RNN input projection's kernel: 4 rows per pass over each
+  block, sums in registers).  One row (the generation step, the 256 x 10000 LM head, weights from
+  L3) 347 us, level with numpy's sgemv (342 us); 7 rows of a 256 x 256 attention projection 10 us
+  against 43 us for numpy's ``a @ B^T.T``.  No BLAS call: numpy's OpenBLAS starts its own threads,
+  ignores the ``threads`` option and, with another process busy on a core, spun 100x slower
+  (G2P decoding at 8 instead of 204 words/s on 2 cores).  The original layout is dropped, so the
+  weight is held once.
 * int8/uint8 (``DequantizeLinear`` with one scale per tensor or per output column, which the
   graph loader hands over as a ``QuantizedWeight``): stays 8-bit, packed in column blocks
   (``matvec.pack_blocks``), and runs ``matvec.project``: the int16-split mat-vec for up to
@@ -26,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import QuantizedWeight
-from .matvec import _as_int8, gemv_rows, pack_blocks, project
+from .matvec import _as_int8, pack_blocks, project
 from .ops import NumpyOp
 
 
@@ -36,16 +39,18 @@ class MatMul(NumpyOp):
 
     def __init__(self, node, consts):
         super().__init__(node, consts)
-        self.bt = self.q = None
+        self.q = None
         b = consts.get(1)
         if isinstance(b, QuantizedWeight):
             if not self._pack_quantized(b):
                 consts[1] = b = b.dequantize()
         if isinstance(b, np.ndarray) and b.ndim == 2 and b.dtype == np.float32:
-            self.bt = np.ascontiguousarray(b.T)  # (N, K)
             self.K, self.N = b.shape
+            self.q = pack_blocks(np.ascontiguousarray(b)[None])[0]
+            self.scale = np.ones(self.N, np.float32)  # unused by fp32 blocks
+            self.zp = np.zeros(self.N, np.float32)
             self.zero_bias = np.zeros(self.N, np.float32)
-            consts[1] = None  # held once, as bt: the op ignores its B argument from now on
+            consts[1] = None  # held once, as blocks: the op ignores its B argument from now on
 
     def _pack_quantized(self, w: QuantizedWeight) -> bool:
         q = np.asarray(w.q)
@@ -72,39 +77,31 @@ class MatMul(NumpyOp):
     def with_bias(self, bias):
         """``f(a, b) = MatMul(a, b) + bias`` in one pass (plan.py fuses a following Add of a
         constant), or None when this node cannot: B not a prepared constant, bias not fp32 (N,)."""
-        if (self.bt is None and self.q is None) or not isinstance(bias, np.ndarray) \
+        if self.q is None or not isinstance(bias, np.ndarray) \
                 or bias.dtype != np.float32 or bias.shape != (self.N,):
             return None
         return lambda a, b=None: self.biased(a, b, bias)
 
     def biased(self, a, b, bias):
         """MatMul(a, b) (+ bias (N,) when given)."""
-        if self.bt is None and self.q is None:
+        if self.q is None:
             return np.matmul(a, b)
         if a.dtype != np.float32 or a.ndim == 0 or a.shape[-1] != self.K:
             y = np.matmul(a, self._dense())  # numpy's promotion and shape errors
             return y if bias is None else y + bias
         lead = a.shape[:-1]
         a2 = a.reshape(-1, self.K)
-        if self.q is not None or a2.shape[0] == 1:
-            if not a2.flags.c_contiguous:
-                a2 = np.ascontiguousarray(a2)
-            out = np.empty((a2.shape[0], self.N), np.float32)
-            bias_ = self.zero_bias if bias is None else bias
-            if self.q is not None:
-                project(a2, self.q, self.scale, self.zp, bias_, out)
-            else:
-                gemv_rows(self.bt, a2[0], bias_, out[0])
-        else:
-            out = np.dot(a2, self.bt.T)
-            if bias is not None:
-                out += bias
+        if not a2.flags.c_contiguous:
+            a2 = np.ascontiguousarray(a2)
+        out = np.empty((a2.shape[0], self.N), np.float32)
+        project(a2, self.q, self.scale, self.zp, self.zero_bias if bias is None else bias, out)
         return out.reshape(lead + (self.N,))
 
     def _dense(self) -> np.ndarray:
         """B as float32 (K, N), for the inputs the fast paths do not take."""
-        if self.bt is not None:
-            return self.bt.T
+        if self.q.dtype == np.float32:  # [cb, k, j] = M[k, cb*PB + j]
+            ncb, kp, pb = self.q.shape
+            return np.ascontiguousarray(self.q.transpose(1, 0, 2).reshape(kp, ncb * pb)[:self.K, :self.N])
         k = np.arange(self.K)
         # unpack the blocks: [cb, kk, 2j + e] = M[2kk + e, cb*PB + j]
         ncb, nkk, two_pb = self.q.shape

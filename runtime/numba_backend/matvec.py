@@ -10,8 +10,7 @@ fp32 accuracy.  The loops are LLVM vector IR (numba ``@intrinsic``): numba's own
 to 256-bit vectors, emits int16 dot products only on xmm and cannot hold sums in registers across
 the K loop (measurements in benchmarks/rnn_op_speed.py).  Under ``NUMBA_DISABLE_JIT=1`` the same
 functions run as numpy.  Also here: ``project`` (rows times a packed matrix plus a bias: the RNN
-input projection, MatMul with an int8 constant) and ``gemv_rows`` (an fp32 ``(N, K)`` matrix times
-one vector: MatMul's one-row case).  Must not import torch or onnxruntime.
+input projection, and MatMul with a constant weight, fp32 or 8-bit).  Must not import torch or onnxruntime.
 """
 
 from __future__ import annotations
@@ -464,16 +463,3 @@ def _project_any_jit(X, Q, scale, zp, bias, out):
             _project(X, Q, scale, zp, bias, out)
 
     return run
-
-
-@njit(**JIT)
-def gemv_rows(W, x, bias, out):
-    """out[n] = W[n] . x + bias[n] for fp32 W (N, K) C-contiguous: one row dot product at a time,
-    streaming W once (the LM head: 339 us against numpy/OpenBLAS sgemv's 358 us for W @ x + b at
-    256 x 10000, weights coming from L3)."""
-    N, K = W.shape
-    for n in range(N):
-        s = _ZERO
-        for k in range(K):
-            s += W[n, k] * x[k]
-        out[n] = s + bias[n]
