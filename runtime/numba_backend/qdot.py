@@ -7,11 +7,11 @@ point ``round_half_even(-min / scale)``; ``q = clamp(round_half_even(a / scale) 
 sums ``(q - zp) (w - w_zp)`` exactly in int32 and scales each column by ``a_scale * w_scale[col]``.
 This module does the same, so an int8 LSTM gives onnxruntime's numbers on both backends:
 
-* ``quantize_rows``: the activation parameters and uint8 image, one parameter set per *group* of
-  rows (a batch row's whole sequence for the input projection, one row for a recurrent step).
-  onnxruntime takes one set for its whole matrix, i.e. for the whole batch; per batch row is the
-  same at batch 1 and keeps a row's result independent of its batch neighbours (rows run alone
-  equal rows run in a batch, which every other rnnkit path guarantees too).
+* ``_range`` / ``_params`` / ``_quantize_row``: the activation parameters and uint8 image, one
+  parameter set per batch row (its whole sequence for the input projection, its state for a
+  recurrent step).  onnxruntime takes one set for its whole matrix, i.e. for the whole batch; per
+  batch row is the same at batch 1 and keeps a row's result independent of its batch neighbours
+  (rows run alone equal rows run in a batch, which every other rnnkit path guarantees too).
 * ``pack_quads``: int8 weights ``(nd, K, C)`` in blocks of 64 columns whose 4 consecutive K share
   one 32-bit lane, the operand order of ``vpdpbusd`` (64 u8 x s8 products per AVX512-VNNI
   instruction, 4x the fp32 FMA rate, weights read as they are stored).
@@ -19,10 +19,11 @@ This module does the same, so an int8 LSTM gives onnxruntime's numbers on both b
   where the compile target has AVX512-VNNI and otherwise widens to int16 pairs that X86 lowers to
   ``vpmaddwd`` (AVX2/AVX512BW; other targets get the same IR lowered generically).  Both give the
   exact int32 sums, so the choice changes speed only.
-* ``matvec_u8`` (a recurrent step) and ``project_u8`` (the input projection of all steps).
+* ``matvec_u8`` (a recurrent step) and ``project_u8`` (the input projection of all steps, and
+  ``DynamicQuantizeMatMul`` with one parameter set for the whole tensor, as onnxruntime does).
 
 Zero points: ``sum (q - zq)(w - zw) = sum q w - zq colsum(w) - zw sum q + K zq zw`` with K the
-padded length (padding has q = zq and w = 0, which contributes nothing).  Must not import torch or
+padded length (padding has q = zq and w = 0, which contributes nothing); ``zero_point_terms``.  Must not import torch or
 onnxruntime.
 """
 
@@ -292,8 +293,8 @@ def workspace(n: int, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def matvec_u8(V, n, Q, zterm, wscale, out, c0, ncols, hq, acc, vnni_kernels=VNNI):
     """out[i, c0:c0+ncols] = V[i] quantized to uint8 (one parameter set per row, onnxruntime's
     rules) times the weights ``(q - zp) * wscale`` packed in Q (pack_quads; ``zterm`` from
-    zero_point_terms), rows i < n; V is (>= n, K <= Kp) fp32; ``hq``/``acc`` are ``workspace`` buffers for >= n rows.  A row holding a
-    NaN or inf outputs NaN."""
+    zero_point_terms), rows i < n; V is (>= n, K <= Kp) fp32; ``hq``/``acc`` are ``workspace``
+    buffers for >= n rows.  A row holding a NaN or inf outputs NaN."""
     K = V.shape[1]
     scale = np.empty(n, np.float32)
     zp = np.empty(n, np.float32)
