@@ -315,6 +315,29 @@ def test_dynamic_quantize_matmul_matches_onnxruntime(per_column, zero_point, bia
     assert INT8.close(y, e), INT8.worst(y, e)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 200), (1, 3, 200), (2, 5, 200)])
+def test_dynamic_quantize_matmul_as_rnnkit_exports_it_equals_onnxruntime(shape):
+    """rnnkit's int8 MatMul (symmetric int8 per column, zero points 0): numba's packed u8 x s8
+    path computes onnxruntime's numbers to fp32 rounding, one row or many (one activation range
+    for the whole tensor on both)."""
+    rng = np.random.default_rng(5)
+    K, N = shape[-1], 300
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    inits = [numpy_helper.from_array(q, "B"), numpy_helper.from_array(scale, "b_scale"),
+             numpy_helper.from_array(np.zeros(N, np.int8), "b_zp")]
+    node = helper.make_node("DynamicQuantizeMatMul", ["A", "B", "b_scale", "b_zp"], ["Y"], domain="com.microsoft")
+    model = _model([node], [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["B", "T", K])],
+                   [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["B", "T", N])], inits, ms=True)
+    session = NumbaSession(model)
+    assert session._plan[0][0]._packed is not None  # the packed path, not the generic integer product
+    a = rng.standard_normal(shape).astype(np.float32)
+    (y,) = session.run(None, {"A": a})
+    (e,) = _ort(model, {"A": a})
+    assert FP32.close(y, e), FP32.worst(y, e)
+
+
 def test_matmul_integer_to_float_matches_onnxruntime():
     rng = np.random.default_rng(4)
     M, K, N = 6, 33, 9
