@@ -48,6 +48,7 @@ import warnings
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import rnnkit.runtime.numba_backend.config  # noqa: E402,F401  (numba settings before numba loads)
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
