@@ -437,3 +437,31 @@ def test_u8_dot_kernels_are_exact(K, C):
         got = np.zeros((5, C), np.float32)
         qdot.matvec_u8(V, 5, Q, zterm, ws, got, 0, C, *qdot.workspace(5, Q), vnni)
         np.testing.assert_array_equal(got, want, err_msg=f"vnni={vnni}")
+
+
+def test_dynamic_quantize_lstm_rows_do_not_depend_on_their_batch():
+    """Activations are quantized per batch row (onnxruntime: per batch matrix), so a row run alone
+    equals the same row in a ragged batch, when its padding is zeros as in rnnkit's graphs (the
+    range covers the row's padded sequence, as onnxruntime's covers its whole matrix); threads
+    and layout change nothing."""
+    rng = np.random.default_rng(0)
+    H, I, G = 32, 16, 128
+    Wq, Rq = (rng.integers(-127, 128, (2, k, G)).astype(np.int8) for k in (I, H))
+    scale, zp = np.full((2, G), 0.01, np.float32), np.zeros((2, G), np.float32)
+    packed = rnn.PackedRNN(rnn.LSTM, H, (Wq, scale, zp), (Rq, scale, zp), rng.standard_normal((2, 2 * G)).astype(
+        np.float32), None, dynamic=True)
+    lens = np.array([9, 3, 5, 1, 9, 7, 2, 4])
+    X = rng.standard_normal((9, 8, I)).astype(np.float32)
+    for r, n in enumerate(lens):
+        X[n:, r] = 0
+    batch = rnn.run(packed, X, "bidirectional", sequence_lens=lens, threads=1)
+    Y1, h1, c1 = rnn.run(packed, np.ascontiguousarray(X.transpose(1, 0, 2)), "bidirectional", layout=1,
+                         sequence_lens=lens)  # (B, T, nd, H), (B, nd, H)
+    for got in (rnn.run(packed, X, "bidirectional", sequence_lens=lens, threads=2),
+                (Y1.transpose(1, 2, 0, 3), h1.transpose(1, 0, 2), c1.transpose(1, 0, 2))):
+        for g, w in zip(got, batch):
+            np.testing.assert_array_equal(g, w)
+    for r in (1, 3, 7):
+        alone = rnn.run(packed, X[:lens[r], r:r + 1], "bidirectional", sequence_lens=lens[r:r + 1])
+        np.testing.assert_array_equal(alone[1], batch[1][:, r:r + 1])
+        np.testing.assert_array_equal(alone[0][:, :, 0], batch[0][:lens[r], :, r])

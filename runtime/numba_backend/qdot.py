@@ -11,7 +11,9 @@ This module does the same, so an int8 LSTM gives onnxruntime's numbers on both b
   parameter set per batch row (its whole sequence for the input projection, its state for a
   recurrent step).  onnxruntime takes one set for its whole matrix, i.e. for the whole batch; per
   batch row is the same at batch 1 and keeps a row's result independent of its batch neighbours
-  (rows run alone equal rows run in a batch, which every other rnnkit path guarantees too).
+  (rows run alone equal rows run in a batch, which every other rnnkit path guarantees too).  The
+  input range covers the row's whole padded sequence, as onnxruntime's covers its whole matrix;
+  rnnkit's graphs pad with zeros, which every range contains anyway.
 * ``pack_quads``: int8 weights ``(nd, K, C)`` in blocks of 64 columns whose 4 consecutive K share
   one 32-bit lane, the operand order of ``vpdpbusd`` (64 u8 x s8 products per AVX512-VNNI
   instruction, 4x the fp32 FMA rate, weights read as they are stored).
