@@ -33,13 +33,13 @@ def test_backends_agree_and_known_words_come_out_right():
 def test_int8_encoder_matches_onnxruntime_at_batch_1():
     """int8 LSTMs (DynamicQuantizeLSTM) quantize their activations at run time with onnxruntime's
     rules on both backends: onnxruntime takes one parameter set per batch, numba one per row, the
-    same at batch 1, so the int8 encoder's outputs agree to fp32 accuracy there, through rnnkit's
-    own onnxruntime session (its QDQ rewrites off: the weight-only attention keys stay what the
-    graph says, dequantized weights times fp32 activations, as numba computes them)."""
+    same at batch 1, so the int8 encoder's LSTM outputs agree to fp32 accuracy there.  The
+    attention keys are a DynamicQuantizeMatMul of those outputs: a 1e-7 difference can move one
+    activation across a rounding boundary, one quantization step (INT8 tolerance)."""
     import numpy as np
 
     from rnnkit.runtime.backends import open_session
-    from rnnkit.runtime.tolerance import FP32
+    from rnnkit.runtime.tolerance import FP32, INT8
 
     model = load("g2p-cmudict", backend="onnxruntime", threads=1)
     bundle = open_bundle("g2p-cmudict")
@@ -51,7 +51,8 @@ def test_int8_encoder_matches_onnxruntime_at_batch_1():
         feeds = {"source_ids": ids, "source_lens": np.array([ids.shape[1]], np.int32)}
         want, got = (dict(zip(names, sessions[b].run(names, feeds))) for b in ("onnxruntime", "numba"))
         for name in names:
-            assert FP32.close(got[name], want[name]), f"{word}: {name} off by {FP32.worst(got[name], want[name]):.3g}"
+            tol = INT8 if name == "keys" else FP32
+            assert tol.close(got[name], want[name]), f"{word}: {name} off by {tol.worst(got[name], want[name]):.3g}"
 
 
 def test_lookup_answers_dictionary_words_from_the_lexicon():
