@@ -12,7 +12,9 @@ only, one contiguous chunk of rows per thread; batch 1 or one thread takes the s
 compiled call for the projection, the steps and the outputs' allocation (no threading overhead).
 
 The mat-vec kernels (packed weight blocks, fp32 FMAs and exact int8 x int16 sums) and the
-projection live in ``matvec.py``; the tanh/sigmoid approximations in ``activations.py``.
+projection live in ``matvec.py``; onnxruntime's DynamicQuantizeLSTM arithmetic (activations
+quantized to uint8 per step, u8 x s8 sums) in ``qdot.py``; the tanh/sigmoid approximations in
+``activations.py``.
 
 Semantics follow onnxruntime: ``Y`` is zero at and after a row's sequence length; ``Y_h``/``Y_c``
 are the state after the last valid step (forward) or after reading back to t=0 (reverse).  A
@@ -99,7 +101,7 @@ def _run_rows(kind, d, b0, b1, reverse, layout, xw, T1, T2, rs, rz, rcs, aq, rbh
     xw is X W^T + biases, (T, B, nd*G*H) for layout 0 or (B, T, ...) for layout 1.  At step s the
     rows with s < length are active; forward reads t = s, reverse t = length-1-s.  ``aq``: the
     recurrent product quantizes h to uint8 per row and step (qdot.matvec_u8, T1 in quads, rcs
-    its column sums), as onnxruntime's DynamicQuantizeLSTM does; else ``_matvec``.
+    its zero-point terms), as onnxruntime's DynamicQuantizeLSTM does; else ``_matvec``.
     """
     H = h0.shape[2]
     GH = rs.shape[0]
