@@ -141,8 +141,9 @@ def main():
             sess = session(m)
             node = m.graph.node[0]
             fp = OPS[("", op)](node, {1: W, 2: R, 3: B})
-            q8 = OPS[("", op)](node, {1: quantize_rows(W), 2: quantize_rows(R), 3: B})
-            qs = None
+            qs = q8 = None
+            if op != "LSTM":  # weight-only int8 (LSTM's int8 is the DynamicQuantizeLSTM node below)
+                q8 = OPS[("", op)](node, {1: quantize_rows(W), 2: quantize_rows(R), 3: B})
             if op == "LSTM":  # onnxruntime has an int8 LSTM (DynamicQuantizeLSTM), no int8 GRU
                 with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
                     warnings.simplefilter("ignore")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -252,3 +253,21 @@ def s2s_bundles(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+def edit_manifest(bundle: Path, change) -> Path:
+    """Apply ``change`` to a bundle's manifest.json in place (tests of bundle verification)."""
+    from rnnkit.runtime.manifest import MANIFEST_FILE
+
+    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
+    change(manifest)
+    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return bundle
+
+
+def rehash(bundle: Path, name: str) -> None:
+    """Record a bundle file's new digest and size in its manifest (so only the content check fails)."""
+    from rnnkit.runtime.bundle import sha256_file
+
+    edit_manifest(bundle, lambda m: m["files"].update(
+        {name: {"sha256": sha256_file(bundle / name), "bytes": (bundle / name).stat().st_size}}))

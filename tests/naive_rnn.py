@@ -31,7 +31,12 @@ def _cell(kind, x, h, c, W, R, Wb, Rb, P, clip, lbr, input_forget):
             n = W[2 * H:] @ x + Wb[2 * H:] + R[2 * H:] @ (r * h) + Rb[2 * H:]
         n = np.tanh(_clip(n, clip))
         return (1 - z) * n + z * h, c
-    a = W @ x + Wb + R @ h + Rb  # i, o, f, c
+    return _lstm_gates(W @ x + Wb + R @ h + Rb, c, P, clip, input_forget)
+
+
+def _lstm_gates(a, c, P, clip=None, input_forget=0):
+    """LSTM gate math from the pre-activations a (i, o, f, c) -> (h, c)."""
+    H = c.shape[0]
     pi, po, pf = P[:H], P[H:2 * H], P[2 * H:]
     i = _sig(_clip(a[:H] + pi * c, clip))
     f = 1 - i if input_forget else _sig(_clip(a[2 * H:3 * H] + pf * c, clip))
@@ -39,6 +44,14 @@ def _cell(kind, x, h, c, W, R, Wb, Rb, P, clip, lbr, input_forget):
     c = f * c + i * g
     o = _sig(_clip(a[H:2 * H] + po * c, clip))
     return o * np.tanh(c), c
+
+
+def _setup(T, Bn, nd, GH, H, B, P, sequence_lens):
+    """Defaults (zero biases and peepholes, full lengths) and zeroed outputs Y, Y_h, Y_c (float64)."""
+    B = np.zeros((nd, 2 * GH)) if B is None else np.asarray(B, np.float64)
+    P = np.zeros((nd, 3 * H)) if P is None else np.asarray(P, np.float64)
+    lens = np.full(Bn, T) if sequence_lens is None else np.asarray(sequence_lens)
+    return B, P, lens, np.zeros((T, nd, Bn, H)), np.zeros((nd, Bn, H)), np.zeros((nd, Bn, H))
 
 
 def naive_rnn(kind, X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, *,
@@ -52,12 +65,7 @@ def naive_rnn(kind, X, W, R, B=None, sequence_lens=None, initial_h=None, initial
     T, Bn, _ = X.shape
     nd, GH, _ = W.shape
     H = R.shape[2]
-    B = np.zeros((nd, 2 * GH)) if B is None else np.asarray(B, np.float64)
-    P = np.zeros((nd, 3 * H)) if P is None else np.asarray(P, np.float64)
-    lens = np.full(Bn, T) if sequence_lens is None else np.asarray(sequence_lens)
-    Y = np.zeros((T, nd, Bn, H))
-    Yh = np.zeros((nd, Bn, H))
-    Yc = np.zeros((nd, Bn, H))
+    B, P, lens, Y, Yh, Yc = _setup(T, Bn, nd, GH, H, B, P, sequence_lens)
     for d in range(nd):
         reverse = direction == "reverse" or (direction == "bidirectional" and d == 1)
         for b in range(Bn):
@@ -100,13 +108,7 @@ def naive_dq_lstm(X, Wq, w_scale, w_zp, Rq, r_scale, r_zp, B=None, sequence_lens
     X = np.asarray(X, np.float32)
     T, Bn, _ = X.shape
     nd, H = Rq.shape[0], Rq.shape[1]
-    GH = 4 * H
-    B = np.zeros((nd, 2 * GH)) if B is None else np.asarray(B, np.float64)
-    P = np.zeros((nd, 3 * H)) if P is None else np.asarray(P, np.float64)
-    lens = np.full(Bn, T) if sequence_lens is None else np.asarray(sequence_lens)
-    Y = np.zeros((T, nd, Bn, H))
-    Yh = np.zeros((nd, Bn, H))
-    Yc = np.zeros((nd, Bn, H))
+    B, P, lens, Y, Yh, Yc = _setup(T, Bn, nd, 4 * H, H, B, P, sequence_lens)
 
     def qmatmul(a, q, scale, zp):  # a (K,) or (T, K) fp32 values -> (.., 4H) float64
         s, z = uint8_params(a)
@@ -119,12 +121,8 @@ def naive_dq_lstm(X, Wq, w_scale, w_zp, Rq, r_scale, r_zp, B=None, sequence_lens
             xw = qmatmul(X[:, b], Wq[d], w_scale[d], w_zp[d])
             h, c = np.zeros(H), np.zeros(H)
             for t in (range(lens[b] - 1, -1, -1) if reverse else range(lens[b])):
-                a = xw[t] + qmatmul(h.astype(np.float32), Rq[d], r_scale[d], r_zp[d]) + B[d, :GH] + B[d, GH:]
-                pi, po, pf = P[d, :H], P[d, H:2 * H], P[d, 2 * H:]
-                i = _sig(a[:H] + pi * c)
-                f = _sig(a[2 * H:3 * H] + pf * c)
-                c = f * c + i * np.tanh(a[3 * H:])
-                h = _sig(a[H:2 * H] + po * c) * np.tanh(c)
+                a = xw[t] + qmatmul(h.astype(np.float32), Rq[d], r_scale[d], r_zp[d]) + B[d, :4 * H] + B[d, 4 * H:]
+                h, c = _lstm_gates(a, c, P[d])
                 Y[t, d, b] = h
             Yh[d, b], Yc[d, b] = h, c
     return Y.astype(np.float32), Yh.astype(np.float32), Yc.astype(np.float32)

@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 import pytest
 
+from conftest import edit_manifest, rehash
 from rnnkit.runtime import BundleError, load, open_bundle
-from rnnkit.runtime.bundle import sha256_file
 from rnnkit.runtime.manifest import MANIFEST_FILE, MODEL_FP32
 
 
@@ -20,17 +20,6 @@ def bundle(gru_bundle, tmp_path) -> Path:
     copy = tmp_path / "b"
     shutil.copytree(gru_bundle, copy)
     return copy
-
-
-def edit_manifest(bundle: Path, change) -> None:
-    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
-    change(manifest)
-    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
-
-
-def rehash(bundle: Path, name: str) -> None:
-    edit_manifest(bundle, lambda m: m["files"].update(
-        {name: {"sha256": sha256_file(bundle / name), "bytes": (bundle / name).stat().st_size}}))
 
 
 def test_good_bundle_opens(bundle):

@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import G2P, make_seq2seq  # noqa: E402
+from conftest import G2P, edit_manifest, make_seq2seq, rehash  # noqa: E402
 from rnnkit.export.exporter import DevSet, export_checkpoint, export_seq2seq, session_forward  # noqa: E402
 from rnnkit.export.graph_seq2seq import (build_decoder_graph, build_encoder_graph, check_decoder_graph,  # noqa: E402
                                          check_encoder_graph)
@@ -24,7 +24,6 @@ from rnnkit.export.task_seq2seq import (check_seq2seq_parity, torch_decoder_forw
                                         torch_encoder_forward)
 from rnnkit.runtime import BundleError, InputError, ParityError, UnsupportedError, open_bundle  # noqa: E402
 from rnnkit.runtime.backends import open_session  # noqa: E402
-from rnnkit.runtime.bundle import sha256_file  # noqa: E402
 from rnnkit.runtime.manifest import MANIFEST_FILE, Seq2SeqIO as IO  # noqa: E402
 from rnnkit.runtime.tolerance import FP32, INT8_SEQUENCE  # noqa: E402
 from rnnkit.toolkit.configs import ATTENTIONS  # noqa: E402
@@ -190,12 +189,6 @@ def test_open_bundle_verifies_both_graphs(s2s_bundles, tmp_path):
         shutil.copytree(good, target)
         return target
 
-    def edit(bundle: Path, change) -> Path:
-        m = json.loads((bundle / MANIFEST_FILE).read_text())
-        change(m)
-        (bundle / MANIFEST_FILE).write_text(json.dumps(m))
-        return bundle
-
     corrupted = copy()
     data = bytearray((corrupted / IO.decoder_file).read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -203,25 +196,24 @@ def test_open_bundle_verifies_both_graphs(s2s_bundles, tmp_path):
     with pytest.raises(BundleError, match=r"decoder.onnx: sha256 does not match"):
         open_bundle(corrupted)
     with pytest.raises(BundleError, match=r"'files' does not list encoder.onnx"):
-        open_bundle(edit(copy(), lambda m: m["files"].pop(IO.encoder_file)))
+        open_bundle(edit_manifest(copy(), lambda m: m["files"].pop(IO.encoder_file)))
     with pytest.raises(BundleError, match=r"only part of the int8 graphs"):
-        open_bundle(edit(copy(), lambda m: m["files"].pop(IO.encoder_int8_file)))
+        open_bundle(edit_manifest(copy(), lambda m: m["files"].pop(IO.encoder_int8_file)))
     with pytest.raises(BundleError, match=r"'graph.decoder.outputs' names"):
-        open_bundle(edit(copy(), lambda m: m["graph"]["decoder"]["outputs"].pop()))
+        open_bundle(edit_manifest(copy(), lambda m: m["graph"]["decoder"]["outputs"].pop()))
     with pytest.raises(BundleError, match=r"'state' is"):
-        open_bundle(edit(copy(), lambda m: m["state"][0].update(initial="zeros")))
+        open_bundle(edit_manifest(copy(), lambda m: m["state"][0].update(initial="zeros")))
     with pytest.raises(BundleError, match=r"'target_tokenizer.vocab' has \d+ entries but 'architecture.target_vocab"):
-        open_bundle(edit(copy(), lambda m: m["target_tokenizer"]["vocab"].append("ZZ")))
+        open_bundle(edit_manifest(copy(), lambda m: m["target_tokenizer"]["vocab"].append("ZZ")))
     with pytest.raises(BundleError, match=r"bos_id=3, eos_id=3"):
-        open_bundle(edit(copy(), lambda m: m["architecture"].update(bos_id=3)))
+        open_bundle(edit_manifest(copy(), lambda m: m["architecture"].update(bos_id=3)))
     swapped = copy()                                                       # a decoder from another model
     model = onnx.load(str(swapped / IO.decoder_file))
     table = next(t for t in model.graph.initializer if t.name == "target_embedding.weight")
     table.dims[0] += 1
     table.raw_data += b"\0" * (4 * table.dims[1])
     onnx.save_model(model, str(swapped / IO.decoder_file))
-    edit(swapped, lambda m: m["files"].update({IO.decoder_file: {"sha256": sha256_file(swapped / IO.decoder_file),
-                                                                 "bytes": (swapped / IO.decoder_file).stat().st_size}}))
+    rehash(swapped, IO.decoder_file)
     with pytest.raises(BundleError, match=r"target_embedding has \d+ rows but manifest.json 'architecture.target_voc"):
         open_bundle(swapped)
 

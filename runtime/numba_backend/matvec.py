@@ -127,14 +127,21 @@ def _make_madd(nr: int):
 
         return sig, codegen
 
-    def madd_py(W, woff, hq, r0, nkk, out, ostride, ooff):
-        """Plain numpy (NUMBA_DISABLE_JIT=1)."""
-        w = W.reshape(-1)[woff:woff + nkk * 2 * PB].reshape(nkk, PB, 2).astype(np.int64)
+    return grouped_dot_py(nr, 2) if numba.config.DISABLE_JIT else madd
+
+
+def grouped_dot_py(nr: int, group: int):
+    """Plain numpy (NUMBA_DISABLE_JIT=1) of a block product over K packed ``group`` at a time
+    (pairs here, quads in qdot.py): out[r0 + r, ooff:ooff+PB] = sum over kg < nk, e < group of
+    W[woff + kg*group*PB + group*j + e] * hq[r0 + r, group*kg + e], exact, int32."""
+
+    def dot_py(W, woff, hq, r0, nk, out, ostride, ooff):
+        w = W.reshape(-1)[woff:woff + nk * group * PB].reshape(nk, PB, group).astype(np.int64)
         for r in range(r0, r0 + nr):
-            h = hq[r, :2 * nkk].reshape(nkk, 1, 2).astype(np.int64)
+            h = hq[r, :group * nk].reshape(nk, 1, group).astype(np.int64)
             out[r, ooff:ooff + PB] = (w * h).sum(axis=(0, 2)).astype(np.int32)
 
-    return madd_py if numba.config.DISABLE_JIT else madd
+    return dot_py
 
 
 _madd2, _madd4 = _make_madd(2), _make_madd(4)

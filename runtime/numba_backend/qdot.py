@@ -42,7 +42,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from .matvec import PB, _aligned_empty
+from .matvec import PB, _aligned_empty, grouped_dot_py
 
 JIT = dict(_JIT, fastmath=set(FASTMATH))
 # Quantization divides (a / scale, as onnxruntime does): no reciprocal or reassociation may
@@ -184,14 +184,7 @@ def _make_dot(nr: int, vnni: bool):
 
         return sig, codegen
 
-    def dot_py(W, woff, hq, r0, nkq, out, ostride, ooff):
-        """Plain numpy (NUMBA_DISABLE_JIT=1)."""
-        w = W.reshape(-1)[woff:woff + nkq * 4 * PB].reshape(nkq, PB, 4).astype(np.int64)
-        for r in range(r0, r0 + nr):
-            h = hq[r, :4 * nkq].reshape(nkq, 1, 4).astype(np.int64)
-            out[r, ooff:ooff + PB] = (w * h).sum(axis=(0, 2)).astype(np.int32)
-
-    return dot_py if numba.config.DISABLE_JIT else dot
+    return grouped_dot_py(nr, 4) if numba.config.DISABLE_JIT else dot
 
 
 _dot4, _dot1 = _make_dot(4, VNNI), _make_dot(1, VNNI)
@@ -286,7 +279,8 @@ def _dots_any_jit(Q, hq, N, acc, vnni_kernels):
     return lambda Q, hq, N, acc, vnni_kernels: _dots(Q, hq, N, acc, vnni_kernels)
 
 
-def workspace(n: int, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@njit(**JIT)
+def workspace(n, Q):
     """(hq, acc) buffers of ``matvec_u8`` for up to n rows of blocks Q."""
     return np.empty((n, 4 * Q.shape[1]), np.uint8), np.empty((n, Q.shape[0] * PB), np.int32)
 
@@ -335,15 +329,16 @@ def project_u8(X, layout, Q, zterm, wscale, bias, out, vnni_kernels=VNNI):
     N = A0 * A1
     hq, acc = np.empty((N, 4 * Q.shape[1]), np.uint8), np.empty((N, Q.shape[0] * PB), np.int32)
     qsum = np.empty(N, np.int32)
+    group = np.empty(N, np.int64)  # the batch row of each row of X flattened
     for a in range(A0):
         for b in range(A1):
             r = a * A1 + b
-            qsum[r] = _quantize_row(X[a, b], scale[b if layout == 0 else a], zp[b if layout == 0 else a], hq[r])
+            group[r] = b if layout == 0 else a
+            qsum[r] = _quantize_row(X[a, b], scale[group[r]], zp[group[r]], hq[r])
     _dots_any(Q, hq, N, acc, vnni_kernels)
-    for a in range(A0):
-        for b in range(A1):
-            r, g = a * A1 + b, (b if layout == 0 else a)
-            s = np.float32(np.nan) if bad[g] else scale[g]
-            _dequantize(acc[r], zp[g], qsum[r], zterm, wscale, 0, C, out[r], s)
-            for j in range(C):
-                out[r, j] += bias[j]
+    for r in range(N):
+        g = group[r]
+        s = np.float32(np.nan) if bad[g] else scale[g]
+        _dequantize(acc[r], zp[g], qsum[r], zterm, wscale, 0, C, out[r], s)
+        for j in range(C):
+            out[r, j] += bias[j]

@@ -202,15 +202,14 @@ class DynamicQuantizeMatMul(_IntMatMulToFloat):
                 return  # too large or odd zero points: the generic path below
             self._packed = (qdot.pack_quads(b[None])[0], zterm, np.ascontiguousarray(scale),
                             np.zeros(n, np.float32))
+            self._project_u8 = qdot.project_u8
 
     def compute(self, a, b, b_scale, b_zero_point=None, bias=None):
         if self._packed is not None and a.ndim >= 1 and a.shape[-1] == b.shape[0]:
-            from .qdot import project_u8  # noqa: PLC0415
-
             Q, zterm, scale, zeros = self._packed
             a2 = np.ascontiguousarray(a, np.float32).reshape(1, -1, a.shape[-1])  # one group: per tensor
             out = np.empty((a2.shape[1], b.shape[1]), np.float32)
-            project_u8(a2, 1, Q, zterm, scale, zeros, out)
+            self._project_u8(a2, 1, Q, zterm, scale, zeros, out)
             out = out.reshape(a.shape[:-1] + (b.shape[1],))
             return out + bias if bias is not None else out
         a_q, a_scale, a_zp = dynamic_quantize(a)

@@ -37,7 +37,7 @@ from numba.extending import overload
 from .activations import NO_CLIP, _ONE, _ZERO, _clip, _sigmoid, _tanh, fast_sigmoid, fast_tanh  # noqa: F401
 from .matvec import (PB, _as_int8, _block_f32, _fma1, _fma4, _k_padded, _matvec, _matvec_q16,  # noqa: F401
                      _project, _project_any, pack_blocks, project)
-from .qdot import matvec_u8, pack_quads, project_u8, zero_point_terms
+from .qdot import matvec_u8, pack_quads, project_u8, workspace, zero_point_terms
 
 # numba 0.68 accepts a bool, dict or set for `fastmath`, not config.FASTMATH's frozenset.
 JIT = dict(_JIT, fastmath=set(FASTMATH))
@@ -94,14 +94,14 @@ def _lstm_cell(x, g, h, c, P, rbh, clip, flag):
 
 
 @njit(**JIT)
-def _run_rows(kind, d, b0, b1, reverse, layout, xw, T1, T2, rs, rz, rcs, aq, rbh, P, lens, h0, c0, Y, hn, cn, clip,
+def _run_rows(kind, d, b0, b1, reverse, layout, xw, T1, T2, rs, rz, rzt, aq, rbh, P, lens, h0, c0, Y, hn, cn, clip,
               flag):
     """The driver: one direction d of batch rows b0..b1-1, all rows stepping together.
 
     xw is X W^T + biases, (T, B, nd*G*H) for layout 0 or (B, T, ...) for layout 1.  At step s the
     rows with s < length are active; forward reads t = s, reverse t = length-1-s.  ``aq``: the
-    recurrent product quantizes h to uint8 per row and step (qdot.matvec_u8, T1 in quads, rcs
-    its zero-point terms), as onnxruntime's DynamicQuantizeLSTM does; else ``_matvec``.
+    recurrent product quantizes h to uint8 per row and step (qdot.matvec_u8, T1 in quads, rzt
+    its zero_point_terms), as onnxruntime's DynamicQuantizeLSTM does; else ``_matvec``.
     """
     H = h0.shape[2]
     GH = rs.shape[0]
@@ -117,8 +117,7 @@ def _run_rows(kind, d, b0, b1, reverse, layout, xw, T1, T2, rs, rz, rcs, aq, rbh
     V = np.zeros((n, 4 * T1.shape[1] if aq else _k_padded(T1)), np.float32)  # padded inputs; cols >= H stay 0
     g = np.empty((n, GH), np.float32)
     act = np.empty(n, np.int64)
-    hq = np.empty((n if aq else 0, 4 * T1.shape[1]), np.uint8)  # matvec_u8's buffers
-    acc = np.empty((n if aq else 0, T1.shape[0] * PB), np.int32)
+    hq, acc = workspace(n if aq else 0, T1)  # matvec_u8's buffers
     tix = np.empty(n, np.int64)
     two_pass = kind == GRU and flag == 0
     for s in range(steps):
@@ -134,7 +133,7 @@ def _run_rows(kind, d, b0, b1, reverse, layout, xw, T1, T2, rs, rz, rcs, aq, rbh
             for k in range(H):
                 va[k] = hi[k]
         if aq:
-            matvec_u8(V, m, T1, rcs, rs, g, 0, GH, hq, acc)
+            matvec_u8(V, m, T1, rzt, rs, g, 0, GH, hq, acc)
         else:
             _matvec(V, m, T1, rs, rz, g, 0, 2 * H if two_pass else GH)
         if two_pass:
@@ -167,14 +166,14 @@ def _run_rows(kind, d, b0, b1, reverse, layout, xw, T1, T2, rs, rz, rcs, aq, rbh
 
 
 @njit(**JIT)
-def _rows_serial(kind, dirs, layout, xw, T1, T2, rs, rz, rcs, aq, rbh, P, lens, h0, c0, Y, hn, cn, clip, flag):
+def _rows_serial(kind, dirs, layout, xw, T1, T2, rs, rz, rzt, aq, rbh, P, lens, h0, c0, Y, hn, cn, clip, flag):
     for d in range(T1.shape[0]):
-        _run_rows(kind, d, 0, h0.shape[1], dirs[d], layout, xw, T1[d], T2[d], rs[d], rz[d], rcs[d], aq, rbh[d], P[d],
+        _run_rows(kind, d, 0, h0.shape[1], dirs[d], layout, xw, T1[d], T2[d], rs[d], rz[d], rzt[d], aq, rbh[d], P[d],
                   lens, h0, c0, Y, hn, cn, clip, flag)
 
 
 @njit(**JIT)
-def _project_rows_serial(kind, dirs, layout, X, Wb, ws, wz, wcs, bias, T1, T2, rs, rz, rcs, aq, rbh, P, lens, h0, c0,
+def _project_rows_serial(kind, dirs, layout, X, Wb, ws, wz, wzt, bias, T1, T2, rs, rz, rzt, aq, rbh, P, lens, h0, c0,
                          clip, flag):
     """The projection and _rows_serial in one call, X (T, B, I) or (B, T, I) C-contiguous fp32:
     returns Y, Y_h, Y_c (layout 0 shapes for the states)."""
@@ -182,18 +181,18 @@ def _project_rows_serial(kind, dirs, layout, X, Wb, ws, wz, wcs, bias, T1, T2, r
     nd, Bn, H = h0.shape
     xw = np.empty((A0, A1, ws.shape[0]), np.float32)
     if aq:
-        project_u8(X, layout, Wb, wcs, ws, bias, xw.reshape(A0 * A1, ws.shape[0]))
+        project_u8(X, layout, Wb, wzt, ws, bias, xw.reshape(A0 * A1, ws.shape[0]))
     else:
         _project_any(X.reshape(A0 * A1, X.shape[2]), Wb, ws, wz, bias, xw.reshape(A0 * A1, ws.shape[0]))
     Y = np.empty((A0, nd, A1, H) if layout == 0 else (A0, A1, nd, H), np.float32)
     hn = np.empty((nd, Bn, H), np.float32)
     cn = np.empty((nd, Bn, H), np.float32)
-    _rows_serial(kind, dirs, layout, xw, T1, T2, rs, rz, rcs, aq, rbh, P, lens, h0, c0, Y, hn, cn, clip, flag)
+    _rows_serial(kind, dirs, layout, xw, T1, T2, rs, rz, rzt, aq, rbh, P, lens, h0, c0, Y, hn, cn, clip, flag)
     return Y, hn, cn
 
 
 @njit(parallel=True, **JIT)
-def _rows_parallel(kind, dirs, layout, xw, T1, T2, rs, rz, rcs, aq, rbh, P, lens, h0, c0, Y, hn, cn, clip, flag,
+def _rows_parallel(kind, dirs, layout, xw, T1, T2, rs, rz, rzt, aq, rbh, P, lens, h0, c0, Y, hn, cn, clip, flag,
                    threads):
     """prange over batch only: one contiguous chunk of rows per thread."""
     B = h0.shape[1]
@@ -201,7 +200,7 @@ def _rows_parallel(kind, dirs, layout, xw, T1, T2, rs, rz, rcs, aq, rbh, P, lens
     for d in range(T1.shape[0]):
         for ci in prange(chunks):
             _run_rows(kind, d, ci * B // chunks, (ci + 1) * B // chunks, dirs[d], layout, xw, T1[d], T2[d], rs[d],
-                      rz[d], rcs[d], aq, rbh[d], P[d], lens, h0, c0, Y, hn, cn, clip, flag)
+                      rz[d], rzt[d], aq, rbh[d], P[d], lens, h0, c0, Y, hn, cn, clip, flag)
 
 
 class PackedRNN:
@@ -235,7 +234,7 @@ class PackedRNN:
             self.rs = np.ones((R.shape[0], GH), np.float32)
             self.rz = np.zeros((R.shape[0], GH), np.float32)
         nd = self.nd = RT.shape[0]
-        self.rcs = zero_point_terms(RT, self.rz) if self.aq else np.zeros((nd, 2, GH), np.int32)
+        self.rzt = zero_point_terms(RT, self.rz) if self.aq else np.zeros((nd, 2, GH), np.int32)
         if self.aq:
             self.T1 = pack_quads(RT)
             self.T2 = np.zeros(self.T1.shape[:1] + (0,) + self.T1.shape[2:], self.T1.dtype)
@@ -257,7 +256,7 @@ class PackedRNN:
         # 0.105 ms vs numpy/OpenBLAS sgemm 0.150 ms; batch 32: 3.4 vs 4.2 ms)
         Wcat = np.ascontiguousarray(np.concatenate(list(q), axis=1))[None]
         self.Wb = (pack_quads if self.aq else pack_blocks)(Wcat)[0]
-        self.wcs = zero_point_terms(Wcat, self.wz[None])[0] if self.aq else np.zeros((2, nd * GH), np.int32)
+        self.wzt = zero_point_terms(Wcat, self.wz[None])[0] if self.aq else np.zeros((2, nd * GH), np.int32)
         self.I = q.shape[1]  # input size
         B = np.zeros((nd, 2 * GH), np.float32) if B is None else np.asarray(B, np.float32)
         bias = B[:, :GH] + B[:, GH:]
@@ -277,7 +276,7 @@ class PackedRNN:
             X2 = np.ascontiguousarray(X2, dtype=np.float32)
         out = np.empty((X2.shape[0], self.ws.shape[0]), np.float32)
         if self.aq:
-            project_u8(X2.reshape(X.shape[0], X.shape[1], -1), layout, self.Wb, self.wcs, self.ws, self.bias, out)
+            project_u8(X2.reshape(X.shape[0], X.shape[1], -1), layout, self.Wb, self.wzt, self.ws, self.bias, out)
         else:
             project(X2, self.Wb, self.ws, self.wz, self.bias, out)
         return out.reshape(X.shape[0], X.shape[1], -1)
@@ -335,14 +334,14 @@ def run(packed: PackedRNN, X, direction="forward", layout=0, sequence_lens=None,
         hn = np.empty(shape, np.float32)
         cn = np.empty(shape, np.float32)
         xw = packed.project(X, layout)
-        _rows_parallel(packed.kind, dirs, int(layout), xw, packed.T1, packed.T2, packed.rs, packed.rz, packed.rcs,
+        _rows_parallel(packed.kind, dirs, int(layout), xw, packed.T1, packed.T2, packed.rs, packed.rz, packed.rzt,
                        packed.aq, packed.rbh, packed.P, lens, h0, c0, Y, hn, cn, clipv, fl, nthreads)
     else:  # one compiled call: projection, steps and the outputs' allocation
         if X.dtype != np.float32 or not X.flags.c_contiguous:
             X = np.ascontiguousarray(X, dtype=np.float32)
         Y, hn, cn = _project_rows_serial(packed.kind, dirs, int(layout), X, packed.Wb, packed.ws, packed.wz,
-                                         packed.wcs, packed.bias, packed.T1, packed.T2, packed.rs, packed.rz,
-                                         packed.rcs, packed.aq, packed.rbh, packed.P, lens, h0, c0, clipv, fl)
+                                         packed.wzt, packed.bias, packed.T1, packed.T2, packed.rs, packed.rz,
+                                         packed.rzt, packed.aq, packed.rbh, packed.P, lens, h0, c0, clipv, fl)
     if layout:
         hn, cn = hn.transpose(1, 0, 2), cn.transpose(1, 0, 2)
     return Y, hn, cn
