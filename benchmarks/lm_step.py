@@ -5,7 +5,8 @@ checkpoint) and a word LM step with a 10,000-word vocabulary (LSTM 2x512 by defa
 (``RecurrentLM`` with its state tuple; also with ``torch.backends.mkldnn`` off, torch's faster path at
 B=1 on CPU), rnnkit onnxruntime fp32/int8, rnnkit numba fp32/int8, all in
 this one run.  What is timed is the decoding step an app runs: feed one token id with the carried
-state, get the logits and the new state (``State.run``); greedy choice in numpy is timed too for
+state, get the logits and the new state (``State.feed_id``, the step ``generate`` runs; ``State.run``
+of one id adds ~1 us); greedy choice in numpy is timed too for
 rnnkit (``generate``) as tokens per second over ``--tokens`` tokens.
 
     python benchmarks/lm_step.py                                   # random weights
@@ -92,7 +93,7 @@ def bench(name: str, ckpt_path, n_tokens: int) -> list[list]:
             m = load(bundle, backend=backend, int8=int8, threads=1)
             m.warmup()
             s = m.spawn_state()
-            runs[f"rnnkit {backend} {'int8' if int8 else 'fp32'}"] = (lambda s=s: s.run([5]), m)
+            runs[f"rnnkit {backend} {'int8' if int8 else 'fp32'}"] = (lambda s=s: s.feed_id(5), m)
     rows, base = [], None
     for label, (fn, model) in runs.items():
         med, p99 = stats_ms(timeit(fn, repeat=500, warmup=20, budget_s=15))

@@ -102,6 +102,12 @@ class Model:
             self.state_inputs = LanguageModelIO.state_inputs(arch["cell"])
             self.state_outputs = LanguageModelIO.state_outputs(arch["cell"])
             self._state_shape = (int(arch["layers"]), int(arch["hidden"]))
+            # the step's fixed parts, built once: a generation step is ~0.05-0.5 ms, and Python done
+            # per call after a 10 MB head has streamed through the caches costs several times its
+            # warm price (benchmarks/lm_step.py)
+            self._step_outputs = [LanguageModelIO.logits, *self.state_outputs]
+            self._state_names = [LanguageModelIO.STATE_PAIRS[o] for o in self.state_outputs]
+            self._full_lengths: dict[tuple[int, int], np.ndarray] = {}
             self.token_separator = "" if self.tokenizer.level == "char" else " "
 
     def __repr__(self) -> str:
@@ -218,10 +224,20 @@ class Model:
              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """One call of the step graph: (B, T) ids from ``state`` -> (B, T, V) logits, the new state."""
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
-        lens = np.full(ids.shape[0], ids.shape[1], np.int32) if lengths is None else lengths.astype(np.int32)
+        lens = self._lengths(ids.shape) if lengths is None else lengths.astype(np.int32)
         feeds = {LanguageModelIO.input_ids: ids, LanguageModelIO.sequence_lens: lens, **state}
-        out = self._run([LanguageModelIO.logits, *self.state_outputs], feeds)
-        return out[0], {LanguageModelIO.STATE_PAIRS[o]: v for o, v in zip(self.state_outputs, out[1:])}
+        out = self._run(self._step_outputs, feeds)
+        return out[0], dict(zip(self._state_names, out[1:]))
+
+    def _lengths(self, shape: tuple[int, int]) -> np.ndarray:
+        """(B,) int32 lengths T, read-only and kept per (B, T): every step of a stream feeds the same."""
+        lens = self._full_lengths.get(shape)
+        if lens is None:
+            lens = np.full(shape[0], shape[1], np.int32)
+            lens.flags.writeable = False
+            if len(self._full_lengths) < 64:
+                self._full_lengths[shape] = lens
+        return lens
 
     def spawn_state(self) -> State:
         """A fresh streaming state (zeros): ``state.run(chunk)`` as text arrives, ``reset()``, ``copy()``."""

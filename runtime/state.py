@@ -77,8 +77,15 @@ class State:
         return logits
 
     def feed_id(self, token_id: int) -> np.ndarray:
-        """Feed one token id -> its logits (V,): the generation step."""
-        return self.run([int(token_id)])[0]
+        """Feed one token id -> its logits (V,): the generation step (``run([token_id])[0]``, with
+        less Python per call: at a few hundred microseconds per step, that is measurable)."""
+        if type(token_id) is not int or not 0 <= token_id < self.model.vocab_size:
+            token_id, = check_ids([token_id], self.model.vocab_size)
+        logits, self.values = self.model.step(np.array([[token_id]], np.int64), self.values)
+        logits = logits[0, 0]
+        self.last_logits = logits.copy()   # the caller may write into the array it is given
+        self.tokens += 1
+        return logits
 
     def __repr__(self) -> str:
         return f"State(tokens={self.tokens}, {', '.join(f'{k}{list(v.shape)}' for k, v in self.values.items())})"

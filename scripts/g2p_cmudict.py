@@ -11,6 +11,7 @@ edit distance to the closest reference over the sum of those references' lengths
 
     .venv/bin/python scripts/g2p_cmudict.py --preset small --limit 600 --epochs 1 --out /tmp/g2p-smoke
     nice -n 5 .venv/bin/python scripts/g2p_cmudict.py --preset best --threads 1 --out /work/runs/g2p-best
+    .venv/bin/python scripts/g2p_cmudict.py --preset large-ft --init runs/g2p-large/ckpt --out runs/g2p-large-ft
 
 Goal (issue 6): test WER <= 24%, PER <= 6.5% (stress-free).  The exported bundle's beam-search
 numbers come from ``evaluate_outputs`` (``rnnkit.toolkit.seq_metrics``) on ``test.tsv``.
@@ -40,6 +41,9 @@ PRESETS = {  # Seq2SeqTrainConfig overrides (token options: the config's G2P def
     # large: best's network trained longer (~100 min on one core) with label smoothing 0.1
     "large": dict(cell="lstm", layers=2, hidden=384, embed=128, attention="dot", dropout=0.3, batch_size=128,
                   lr=2e-3, lr_schedule="cosine", epochs=20, label_smoothing=0.1),
+    # large-ft: a second cosine cycle from a trained checkpoint (--init runs/g2p-large/ckpt), at a quarter of
+    # large's peak rate (a warm restart: SGDR, Loshchilov & Hutter 2017); architecture from the checkpoint
+    "large-ft": dict(dropout=0.3, batch_size=128, lr=5e-4, lr_schedule="cosine", epochs=8, label_smoothing=0.1),
 }
 
 
@@ -52,6 +56,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="model seed (the word split always uses seed 0)")
     ap.add_argument("--keep-stress", action="store_true", help="keep the 0/1/2 stress digits on vowels")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "g2p")
+    ap.add_argument("--init", type=Path, help="fine-tune this checkpoint (trained on the same split: large-ft)")
     args = ap.parse_args()
 
     from rnnkit.toolkit.pairs import group_pairs, group_split, read_cmudict, write_pairs
@@ -67,7 +72,10 @@ def main() -> None:
         parts = {name: [pr for pr in p if pr[0] in keep[name]] for name, p in parts.items()}
     for name, p in parts.items():
         write_pairs(args.out / f"{name}.tsv", p)
-    overrides = {**PRESETS[args.preset], **({"epochs": args.epochs} if args.epochs else {})}
+    overrides = {**PRESETS[args.preset], **({"epochs": args.epochs} if args.epochs else {}),
+                 **({"init": str(args.init)} if args.init else {})}
+    if args.preset.endswith("-ft") and not args.init:
+        ap.error(f"--preset {args.preset} fine-tunes a trained checkpoint: give --init CKPT")
     config = Seq2SeqTrainConfig(seed=args.seed, threads=args.threads, **overrides)
     result = train_seq2seq(args.out / "train.tsv", args.out / "ckpt", config, dev_path=args.out / "dev.tsv")
 

@@ -109,6 +109,28 @@ def test_reset_really_resets_and_copy_forks(lm_bundles):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_feed_id_is_run_of_one_id(lm_bundles, backend):
+    """feed_id (the generation step, a leaner path) = run([id])[0]: logits, state, counters, checks."""
+    model = load(lm_bundles("lstm", 2), backend=backend)
+    a, b = model.spawn_state(), model.spawn_state()
+    ids = model.encode_chunk("the cat sat")
+    for i in ids[:-1]:
+        a.run([i])
+        b.feed_id(np.int64(i) if i % 2 else i)                     # numpy integers are ids too
+    out_a, out_b = a.run([ids[-1]])[0], b.feed_id(ids[-1])
+    np.testing.assert_array_equal(out_b, out_a)
+    assert out_b.shape == (model.vocab_size,) and b.tokens == a.tokens == len(ids)
+    for name in model.state_inputs:
+        np.testing.assert_array_equal(b.values[name], a.values[name])
+    out_b[:] = 0                                                   # the caller's array is the caller's
+    np.testing.assert_array_equal(b.last_logits, out_a)
+    for bad in (True, -1, model.vocab_size, 2.0, "a"):
+        with pytest.raises(InputError, match="not an id of this model's vocabulary"):
+            b.feed_id(bad)
+    assert b.tokens == len(ids)                                    # a refused id feeds nothing
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_states_never_interfere_across_threads(lm_bundles, backend):
     model = load(lm_bundles("lstm", 1), backend=backend)
     vocab = model.tokenizer.vocab[2:]

@@ -139,6 +139,34 @@ def test_checkpoint_round_trip_and_split_files(trained):
         result.dev["accuracy"])
 
 
+def test_fine_tuning_starts_from_the_checkpoint(trained, tmp_path):
+    """--init: the checkpoint's weights, vocabularies and architecture are the starting point (the
+    config's model options are ignored); its dev score before any update is the checkpoint's."""
+    from rnnkit.toolkit.pairs import read_tsv, write_pairs
+    from rnnkit.toolkit.train_seq2seq import load_seq2seq_checkpoint, train_seq2seq
+    _, result = trained
+    base = load_seq2seq_checkpoint(result.out_dir)
+    dev = tmp_path / "dev.tsv"
+    write_pairs(dev, read_tsv(result.out_dir / "dev.tsv"))
+    train = write_cmudict(tmp_path / "more.dict", toy_g2p(120, 1))
+    lines = []
+    config = Seq2SeqTrainConfig(epochs=1, init=str(result.out_dir), **{**FAST, "hidden": 8, "cell": "lstm",
+                                                                        "lr": 1e-9})
+    tuned = train_seq2seq(train, tmp_path / "ft", config, dev_path=dev, fmt="cmudict", progress=False,
+                          log=lines.append)
+    assert any(line.startswith(f"fine-tuning {result.out_dir}: gru 1x32") for line in lines), lines
+    ckpt = load_seq2seq_checkpoint(tuned.out_dir)
+    assert ckpt.config == base.config
+    assert ckpt.source_tokenizer.vocab == base.source_tokenizer.vocab
+    assert ckpt.target_tokenizer.vocab == base.target_tokenizer.vocab
+    for name, w in base.model.state_dict().items():   # lr 1e-9: one epoch moves nothing visible
+        np.testing.assert_allclose(ckpt.model.state_dict()[name].numpy(), w.numpy(), atol=1e-6, err_msg=name)
+    assert tuned.dev["accuracy"] == pytest.approx(result.dev["accuracy"])
+    with pytest.raises(BundleError, match="nope"):
+        train_seq2seq(train, tmp_path / "ft2", Seq2SeqTrainConfig(epochs=1, init=str(tmp_path / "nope"), **FAST),
+                      dev_path=dev, fmt="cmudict", progress=False, log=None)
+
+
 def test_tampered_checkpoint_is_refused(trained, tmp_path):
     import shutil
 

@@ -215,6 +215,8 @@ _S = Seq2SeqTrainConfig()
 @click.option("--dev-split", type=click.FloatRange(0, 0.9, min_open=True), default=_S.dev_split, show_default=True)
 @click.option("--encoding", default=_S.encoding, show_default=True)
 @click.option("--threads", type=click.IntRange(0), default=_S.threads, show_default=True)
+@click.option("--init", type=click.Path(), default=_S.init,
+              help="Fine-tune: start from this seq2seq checkpoint (its weights, vocabularies and architecture).")
 def train_seq2seq_cmd(train_path, dev_path, out_dir, fmt, keep_stress, **options):
     """Train an encoder-decoder (grapheme-to-phoneme, translation)."""
     from .train_seq2seq import train_seq2seq

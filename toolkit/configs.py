@@ -324,6 +324,8 @@ class Seq2SeqTrainConfig:
     min_freq: int = 1              # word level: drop tokens seen fewer times in training
     dev_split: float = 0.05        # without a dev file: share of TRAIN's sources held out (grouped)
     encoding: str = "utf-8"
+    init: str = ""                 # fine-tune: start from this seq2seq checkpoint's weights, tokenizers and
+                                   # architecture (the model options above are then taken from it)
 
     def __post_init__(self):
         problems = []

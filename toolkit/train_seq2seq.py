@@ -227,7 +227,11 @@ def train_seq2seq(train_path, out_dir, config: Seq2SeqTrainConfig | None = None,
         train_pairs, dev_pairs = split_dev(pairs, config.dev_split, config.seed)
         split = {"dev_split": config.dev_split, "split_seed": config.seed, "grouped_by": "source"}
     split["dev_file"] = DEV_FILE
-    src_tok, tgt_tok = build_tokenizers(train_pairs, config)
+    init = load_seq2seq_checkpoint(config.init) if config.init else None
+    if init is not None:  # fine-tuning keeps the model's vocabularies: its embeddings are indexed by them
+        src_tok, tgt_tok = init.source_tokenizer, init.target_tokenizer
+    else:
+        src_tok, tgt_tok = build_tokenizers(train_pairs, config)
     sources, targets, dropped = encode_pairs(train_pairs, src_tok, tgt_tok, config.max_source_len,
                                              config.max_target_len)
     if not sources:
@@ -237,10 +241,16 @@ def train_seq2seq(train_path, out_dir, config: Seq2SeqTrainConfig | None = None,
     log(f"{len(sources)} train pairs ({dropped} dropped by the length filters or empty), "
         f"{len(dev_examples)} dev sources ({len(dev_pairs)} pairs); vocabulary {src_tok.vocab_size} source / "
         f"{tgt_tok.vocab_size} target")
-    model_config = Seq2SeqConfig(source_vocab_size=src_tok.vocab_size, target_vocab_size=tgt_tok.vocab_size,
-                                 cell=config.cell, embed=config.embed, hidden=config.hidden, layers=config.layers,
-                                 bidirectional=config.bidirectional, attention=config.attention,
-                                 dropout=config.dropout, bos_id=BOS_ID, eos_id=EOS_ID)
+    if init is not None:
+        model_config = Seq2SeqConfig(**{**init.config.to_dict(), "dropout": config.dropout})
+        c = model_config
+        log(f"fine-tuning {config.init}: {c.cell} {c.layers}x{c.hidden}, embed {c.embed}, attention {c.attention} "
+            "(architecture and vocabularies from the checkpoint)")
+    else:
+        model_config = Seq2SeqConfig(source_vocab_size=src_tok.vocab_size, target_vocab_size=tgt_tok.vocab_size,
+                                     cell=config.cell, embed=config.embed, hidden=config.hidden, layers=config.layers,
+                                     bidirectional=config.bidirectional, attention=config.attention,
+                                     dropout=config.dropout, bos_id=BOS_ID, eos_id=EOS_ID)
     lengths = np.array([len(s) for s in sources], dtype=np.float64)
 
     def step(model, idx):
@@ -262,8 +272,13 @@ def train_seq2seq(train_path, out_dir, config: Seq2SeqTrainConfig | None = None,
                 f"dev token err {dev['token_error_rate']:.4f}  seq err {dev['sequence_error_rate']:.4f}  "
                 f"BLEU {dev['bleu']:.2f}")
 
-    result = fit(config, lambda: Seq2Seq(model_config), lengths, step, evaluate, report, progress, log,
-                 better=BETTER[config.best_by])
+    def make_model():
+        model = Seq2Seq(model_config)
+        if init is not None:
+            model.load_state_dict(init.model.state_dict())
+        return model
+
+    result = fit(config, make_model, lengths, step, evaluate, report, progress, log, better=BETTER[config.best_by])
     best = result.best_dev
     training = training_record(config, result, train_path, dev_path, split, len(sources), len(dev_examples),
                                best)

@@ -394,23 +394,25 @@ def _project(X, Q, scale, zp, bias, out):
     C = out.shape[1]
     ncb = Q.shape[0]
     Kp = _k_padded(Q)
-    width = ncb * PB
     Xp = np.zeros((N, Kp), np.float32)
     for r in range(N):
         for k in range(I):
             Xp[r, k] = X[r, k]
-    direct = width == C
-    dst = out if direct else np.empty((N, width), np.float32)
+    full = C // PB  # blocks with all 64 columns in out are written there; a padded last one goes via tail
+    tail = np.empty((N, PB), np.float32)
     buf = np.empty((_widened_rows(Q), PB), np.float32)
     for cb in range(ncb):
         wb = _block_f32(Q, cb, scale, zp, buf)
+        dst, stride, off = (out, C, cb * PB) if cb < full else (tail, PB, 0)
         for r0 in range(0, N - 3, 4):
-            _fma4(wb, 0, Xp, r0, Kp, dst, width, cb * PB)
+            _fma4(wb, 0, Xp, r0, Kp, dst, stride, off)
         for r0 in range(N - N % 4, N):
-            _fma1(wb, 0, Xp, r0, Kp, dst, width, cb * PB)
+            _fma1(wb, 0, Xp, r0, Kp, dst, stride, off)
     for r in range(N):
-        for j in range(C):
-            out[r, j] = dst[r, j] + bias[j]
+        for j in range(full * PB):
+            out[r, j] += bias[j]
+        for j in range(C - full * PB):
+            out[r, full * PB + j] = tail[r, j] + bias[full * PB + j]
 
 
 def _as_int8(q, scale, zero_point):

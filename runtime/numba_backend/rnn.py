@@ -4,6 +4,8 @@
 
 One driver (``_run_rows``) owns direction, layout, ``sequence_lens`` and the initial state; the
 three cells (``_rnn_cell``, ``_gru_cell`` + ``_gru_reset``, ``_lstm_cell``) are only gate math.
+The cell kind and the activation quantization are compile-time literals of the driver, so a model
+compiles only its own cell and arithmetic (see "Compile-time choices" below).
 The input projection ``X @ W^T + b`` for all time steps and both directions is one pass
 (``matvec.project``: the step's mat-vec kernels 4 rows at a time; 8-bit weights are widened to
 fp32 once per call, or, for at most 16 rows such as a one-token step, read as 8-bit by the
@@ -31,7 +33,7 @@ from .config import FASTMATH, JIT as _JIT
 
 import numba
 import numpy as np
-from numba import njit, prange, types
+from numba import literally, njit, prange, types
 from numba.extending import overload
 
 from .activations import NO_CLIP, _ONE, _ZERO, _clip, _sigmoid, _tanh, fast_sigmoid, fast_tanh  # noqa: F401
@@ -93,6 +95,97 @@ def _lstm_cell(x, g, h, c, P, rbh, clip, flag):
         h[j] = o * _tanh(cn)
 
 
+# Compile-time choices.  The drivers take the cell ``kind`` and ``aq`` (activations quantized, the
+# DynamicQuantizeLSTM arithmetic) as literals (``literally`` in the entry points), and these
+# overloads pick one implementation per literal at typing time: an fp32 LSTM compiles no GRU/RNN
+# gate math and no uint8 kernels (numba types and lowers both sides of a runtime ``if``).  With the
+# element loops that end _run_rows, the first compile of an fp32 LSTM classifier's step went from
+# 21.4 to 10.1 s on a loaded 2-core machine (benchmarks/cold_start.py has the clean figures).  A
+# non-literal argument (a direct call from Python) gets every branch, as before.
+
+def _cell(kind, x, g, h, c, P, rbh, clip, flag):
+    """The gate math of one row for cell ``kind``."""
+    if kind == LSTM:
+        _lstm_cell(x, g, h, c, P, rbh, clip, flag)
+    elif kind == GRU:
+        _gru_cell(x, g, h, c, P, rbh, clip, flag)
+    else:
+        _rnn_cell(x, g, h, c, P, rbh, clip, flag)
+
+
+@overload(_cell, jit_options=dict(JIT, cache=False), prefer_literal=True)
+def _cell_jit(kind, x, g, h, c, P, rbh, clip, flag):
+    if not isinstance(kind, types.IntegerLiteral):
+        return _cell
+    return _literal_cell(kind.literal_value)
+
+
+def _literal_cell(k):
+    if k == LSTM:
+        return lambda kind, x, g, h, c, P, rbh, clip, flag: _lstm_cell(x, g, h, c, P, rbh, clip, flag)
+    if k == GRU:
+        return lambda kind, x, g, h, c, P, rbh, clip, flag: _gru_cell(x, g, h, c, P, rbh, clip, flag)
+    return lambda kind, x, g, h, c, P, rbh, clip, flag: _rnn_cell(x, g, h, c, P, rbh, clip, flag)
+
+
+def _gru_second_pass(kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, rz, clip):
+    """GRU with linear_before_reset=0: V = r * h for the active rows, then g[:, 2H:] = V @ R_h^T."""
+    if kind != GRU:
+        return
+    H = h.shape[1]
+    GH = rs.shape[0]
+    for a in range(m):
+        b, t = b0 + act[a], tix[a]
+        x = xw[t, b, d * GH:(d + 1) * GH] if layout == 0 else xw[b, t, d * GH:(d + 1) * GH]
+        _gru_reset(x, g[a], h[act[a]], V[a], clip)
+    _matvec(V, m, T2, rs, rz, g, 2 * H, H)
+
+
+@overload(_gru_second_pass, jit_options=dict(JIT, cache=False), prefer_literal=True)
+def _gru_second_pass_jit(kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, rz, clip):
+    if isinstance(kind, types.IntegerLiteral) and kind.literal_value != GRU:
+        return lambda kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, rz, clip: None
+    return _gru_second_pass
+
+
+def _recurrent(aq, V, m, T1, rs, rz, rzt, g, ncols, hq, acc):
+    """g[:m, :ncols] = the rows of V times the recurrent weights T1: h quantized to uint8 per row and
+    step (qdot.matvec_u8, onnxruntime's DynamicQuantizeLSTM) when ``aq``, else ``_matvec``."""
+    if aq:
+        matvec_u8(V, m, T1, rzt, rs, g, 0, ncols, hq, acc)
+    else:
+        _matvec(V, m, T1, rs, rz, g, 0, ncols)
+
+
+@overload(_recurrent, jit_options=dict(JIT, cache=False), prefer_literal=True)
+def _recurrent_jit(aq, V, m, T1, rs, rz, rzt, g, ncols, hq, acc):
+    if isinstance(aq, types.BooleanLiteral):
+        if aq.literal_value:
+            return lambda aq, V, m, T1, rs, rz, rzt, g, ncols, hq, acc: matvec_u8(V, m, T1, rzt, rs, g, 0, ncols,
+                                                                                 hq, acc)
+        return lambda aq, V, m, T1, rs, rz, rzt, g, ncols, hq, acc: _matvec(V, m, T1, rs, rz, g, 0, ncols)
+    return _recurrent
+
+
+def _input_projection(aq, X, layout, Wb, ws, wz, wzt, bias, out):
+    """out (A0*A1, nd*G*H) = X W^T + biases for X (A0, A1, I): uint8 activations (project_u8) when
+    ``aq``, else fp32 (``_project_any``)."""
+    if aq:
+        project_u8(X, layout, Wb, wzt, ws, bias, out)
+    else:
+        _project_any(X.reshape(X.shape[0] * X.shape[1], X.shape[2]), Wb, ws, wz, bias, out)
+
+
+@overload(_input_projection, jit_options=dict(JIT, cache=False), prefer_literal=True)
+def _input_projection_jit(aq, X, layout, Wb, ws, wz, wzt, bias, out):
+    if isinstance(aq, types.BooleanLiteral):
+        if aq.literal_value:
+            return lambda aq, X, layout, Wb, ws, wz, wzt, bias, out: project_u8(X, layout, Wb, wzt, ws, bias, out)
+        return lambda aq, X, layout, Wb, ws, wz, wzt, bias, out: _project_any(
+            X.reshape(X.shape[0] * X.shape[1], X.shape[2]), Wb, ws, wz, bias, out)
+    return _input_projection
+
+
 @njit(**JIT)
 def _run_rows(kind, d, b0, b1, reverse, layout, xw, T1, T2, rs, rz, rzt, aq, rbh, P, lens, h0, c0, Y, hn, cn, clip,
               flag):
@@ -121,7 +214,7 @@ def _run_rows(kind, d, b0, b1, reverse, layout, xw, T1, T2, rs, rz, rzt, aq, rbh
     tix = np.empty(n, np.int64)
     two_pass = kind == GRU and flag == 0
     for s in range(steps):
-        m = 0
+        m = np.int64(0)  # not the literal 0: calls would compile once more for Literal[int](0)
         for i in range(n):
             if s < L[i]:
                 act[m] = i
@@ -132,26 +225,14 @@ def _run_rows(kind, d, b0, b1, reverse, layout, xw, T1, T2, rs, rz, rzt, aq, rbh
             va = V[a]
             for k in range(H):
                 va[k] = hi[k]
-        if aq:
-            matvec_u8(V, m, T1, rzt, rs, g, 0, GH, hq, acc)
-        else:
-            _matvec(V, m, T1, rs, rz, g, 0, 2 * H if two_pass else GH)
+        _recurrent(aq, V, m, T1, rs, rz, rzt, g, 2 * H if two_pass else GH, hq, acc)
         if two_pass:
-            for a in range(m):
-                b, t = b0 + act[a], tix[a]
-                x = xw[t, b, d * GH:(d + 1) * GH] if layout == 0 else xw[b, t, d * GH:(d + 1) * GH]
-                _gru_reset(x, g[a], h[act[a]], V[a], clip)
-            _matvec(V, m, T2, rs, rz, g, 2 * H, H)
+            _gru_second_pass(kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, rz, clip)
         for a in range(m):
             i = act[a]
             b, t = b0 + i, tix[a]
             x = xw[t, b, d * GH:(d + 1) * GH] if layout == 0 else xw[b, t, d * GH:(d + 1) * GH]
-            if kind == LSTM:
-                _lstm_cell(x, g[a], h[i], c[i], P, rbh, clip, flag)
-            elif kind == GRU:
-                _gru_cell(x, g[a], h[i], c[i], P, rbh, clip, flag)
-            else:
-                _rnn_cell(x, g[a], h[i], c[i], P, rbh, clip, flag)
+            _cell(kind, x, g[a], h[i], c[i], P, rbh, clip, flag)
             y = Y[t, d, b] if layout == 0 else Y[b, t, d]
             for j in range(H):
                 y[j] = h[i, j]
@@ -161,8 +242,10 @@ def _run_rows(kind, d, b0, b1, reverse, layout, xw, T1, T2, rs, rz, rzt, aq, rbh
             y = Y[t, d, b] if layout == 0 else Y[b, t, d]
             for j in range(H):
                 y[j] = _ZERO
-    hn[d, b0:b1] = h
-    cn[d, b0:b1] = c
+    for i in range(n):  # element loops: a slice assignment compiles numba's shape-error formatting (~4 s)
+        for j in range(H):
+            hn[d, b0 + i, j] = h[i, j]
+            cn[d, b0 + i, j] = c[i, j]
 
 
 @njit(**JIT)
@@ -177,13 +260,12 @@ def _project_rows_serial(kind, dirs, layout, X, Wb, ws, wz, wzt, bias, T1, T2, r
                          clip, flag):
     """The projection and _rows_serial in one call, X (T, B, I) or (B, T, I) C-contiguous fp32:
     returns Y, Y_h, Y_c (layout 0 shapes for the states)."""
+    literally(kind)  # one compilation per cell kind and activation quantization (see _cell)
+    literally(aq)
     A0, A1 = X.shape[0], X.shape[1]
     nd, Bn, H = h0.shape
     xw = np.empty((A0, A1, ws.shape[0]), np.float32)
-    if aq:
-        project_u8(X, layout, Wb, wzt, ws, bias, xw.reshape(A0 * A1, ws.shape[0]))
-    else:
-        _project_any(X.reshape(A0 * A1, X.shape[2]), Wb, ws, wz, bias, xw.reshape(A0 * A1, ws.shape[0]))
+    _input_projection(aq, X, layout, Wb, ws, wz, wzt, bias, xw.reshape(A0 * A1, ws.shape[0]))
     Y = np.empty((A0, nd, A1, H) if layout == 0 else (A0, A1, nd, H), np.float32)
     hn = np.empty((nd, Bn, H), np.float32)
     cn = np.empty((nd, Bn, H), np.float32)
@@ -195,6 +277,8 @@ def _project_rows_serial(kind, dirs, layout, X, Wb, ws, wz, wzt, bias, T1, T2, r
 def _rows_parallel(kind, dirs, layout, xw, T1, T2, rs, rz, rzt, aq, rbh, P, lens, h0, c0, Y, hn, cn, clip, flag,
                    threads):
     """prange over batch only: one contiguous chunk of rows per thread."""
+    literally(kind)
+    literally(aq)
     B = h0.shape[1]
     chunks = min(B, threads)
     for d in range(T1.shape[0]):
