@@ -33,7 +33,7 @@ from .config import FASTMATH, JIT as _JIT
 
 import numba
 import numpy as np
-from numba import literally, njit, prange, types
+from numba import njit, prange, types
 from numba.extending import overload
 
 from .activations import NO_CLIP, _ONE, _ZERO, _clip, _sigmoid, _tanh, fast_sigmoid, fast_tanh  # noqa: F401
@@ -96,7 +96,7 @@ def _lstm_cell(x, g, h, c, P, rbh, clip, flag):
 
 
 # Compile-time choices.  The drivers take the cell ``kind`` and ``aq`` (activations quantized, the
-# DynamicQuantizeLSTM arithmetic) as literals (``literally`` in the entry points), and these
+# DynamicQuantizeLSTM arithmetic) as literals (constants of the entry points, ``_entries``), and these
 # overloads pick one implementation per literal at typing time: an fp32 LSTM compiles no GRU/RNN
 # gate math and no uint8 kernels (numba types and lowers both sides of a runtime ``if``).  With the
 # element loops that end _run_rows, the first compile of an fp32 LSTM classifier's step went from
@@ -260,8 +260,6 @@ def _project_rows_serial(kind, dirs, layout, X, Wb, ws, wz, wzt, bias, T1, T2, r
                          clip, flag):
     """The projection and _rows_serial in one call, X (T, B, I) or (B, T, I) C-contiguous fp32:
     returns Y, Y_h, Y_c (layout 0 shapes for the states)."""
-    literally(kind)  # one compilation per cell kind and activation quantization (see _cell)
-    literally(aq)
     A0, A1 = X.shape[0], X.shape[1]
     nd, Bn, H = h0.shape
     xw = np.empty((A0, A1, ws.shape[0]), np.float32)
@@ -277,14 +275,34 @@ def _project_rows_serial(kind, dirs, layout, X, Wb, ws, wz, wzt, bias, T1, T2, r
 def _rows_parallel(kind, dirs, layout, xw, T1, T2, rs, rz, rzt, aq, rbh, P, lens, h0, c0, Y, hn, cn, clip, flag,
                    threads):
     """prange over batch only: one contiguous chunk of rows per thread."""
-    literally(kind)
-    literally(aq)
     B = h0.shape[1]
     chunks = min(B, threads)
     for d in range(T1.shape[0]):
         for ci in prange(chunks):
             _run_rows(kind, d, ci * B // chunks, (ci + 1) * B // chunks, dirs[d], layout, xw, T1[d], T2[d], rs[d],
                       rz[d], rzt[d], aq, rbh[d], P[d], lens, h0, c0, Y, hn, cn, clip, flag)
+
+
+def _entries(kind: int, aq: bool):
+    """The serial and parallel entry points for one cell ``kind`` and activation quantization: njit
+    wrappers that pass both on as constants, which numba types as literals (an int or bool from a
+    Python caller is not one, and ``numba.literally`` runs the compiler's front end again on every
+    call from Python: 25 ms).  Closures over an int and a bool cache on disk like any function."""
+
+    @njit(**JIT)
+    def serial(dirs, layout, X, Wb, ws, wz, wzt, bias, T1, T2, rs, rz, rzt, rbh, P, lens, h0, c0, clip, flag):
+        return _project_rows_serial(kind, dirs, layout, X, Wb, ws, wz, wzt, bias, T1, T2, rs, rz, rzt, aq, rbh, P,
+                                    lens, h0, c0, clip, flag)
+
+    @njit(**JIT)
+    def parallel(dirs, layout, xw, T1, T2, rs, rz, rzt, rbh, P, lens, h0, c0, Y, hn, cn, clip, flag, threads):
+        _rows_parallel(kind, dirs, layout, xw, T1, T2, rs, rz, rzt, aq, rbh, P, lens, h0, c0, Y, hn, cn, clip, flag,
+                       threads)
+
+    return serial, parallel
+
+
+_ENTRIES = {(k, q): _entries(k, q) for k, q in ((RNN, False), (GRU, False), (LSTM, False), (LSTM, True))}
 
 
 class PackedRNN:
@@ -418,14 +436,16 @@ def run(packed: PackedRNN, X, direction="forward", layout=0, sequence_lens=None,
         hn = np.empty(shape, np.float32)
         cn = np.empty(shape, np.float32)
         xw = packed.project(X, layout)
-        _rows_parallel(packed.kind, dirs, int(layout), xw, packed.T1, packed.T2, packed.rs, packed.rz, packed.rzt,
-                       packed.aq, packed.rbh, packed.P, lens, h0, c0, Y, hn, cn, clipv, fl, nthreads)
+        _ENTRIES[packed.kind, packed.aq][1](dirs, int(layout), xw, packed.T1, packed.T2, packed.rs, packed.rz,
+                                            packed.rzt, packed.rbh, packed.P, lens, h0, c0, Y, hn, cn, clipv, fl,
+                                            nthreads)
     else:  # one compiled call: projection, steps and the outputs' allocation
         if X.dtype != np.float32 or not X.flags.c_contiguous:
             X = np.ascontiguousarray(X, dtype=np.float32)
-        Y, hn, cn = _project_rows_serial(packed.kind, dirs, int(layout), X, packed.Wb, packed.ws, packed.wz,
-                                         packed.wzt, packed.bias, packed.T1, packed.T2, packed.rs, packed.rz,
-                                         packed.rzt, packed.aq, packed.rbh, packed.P, lens, h0, c0, clipv, fl)
+        Y, hn, cn = _ENTRIES[packed.kind, packed.aq][0](dirs, int(layout), X, packed.Wb, packed.ws, packed.wz,
+                                                        packed.wzt, packed.bias, packed.T1, packed.T2, packed.rs,
+                                                        packed.rz, packed.rzt, packed.rbh, packed.P, lens, h0, c0,
+                                                        clipv, fl)
     if layout:
         hn, cn = hn.transpose(1, 0, 2), cn.transpose(1, 0, 2)
     return Y, hn, cn
