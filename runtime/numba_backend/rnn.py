@@ -98,10 +98,11 @@ def _lstm_cell(x, g, h, c, P, rbh, clip, flag):
 # Compile-time choices.  The drivers take the cell ``kind`` and ``aq`` (activations quantized, the
 # DynamicQuantizeLSTM arithmetic) as literals (constants of the entry points, ``_entries``), and these
 # overloads pick one implementation per literal at typing time: an fp32 LSTM compiles no GRU/RNN
-# gate math and no uint8 kernels (numba types and lowers both sides of a runtime ``if``).  With the
-# element loops that end _run_rows, the first compile of an fp32 LSTM classifier's step went from
-# 21.4 to 10.1 s on a loaded 2-core machine (benchmarks/cold_start.py has the clean figures).  A
-# non-literal argument (a direct call from Python) gets every branch, as before.
+# gate math and no uint8 input projection (numba types and lowers both sides of a runtime ``if``).
+# With the element loops that end _run_rows, the first compile of an fp32 LSTM classifier went from
+# 14.1 to 8.2 s on an idle 2-core machine (int8: 17.5 -> 9.4 s).  The recurrent product keeps its
+# runtime ``if aq`` (see _run_rows).  A non-literal argument (a direct call from Python) gets every
+# branch, as before.
 
 def _cell(kind, x, g, h, c, P, rbh, clip, flag):
     """The gate math of one row for cell ``kind``."""
@@ -146,25 +147,6 @@ def _gru_second_pass_jit(kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, 
     if isinstance(kind, types.IntegerLiteral) and kind.literal_value != GRU:
         return lambda kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, rz, clip: None
     return _gru_second_pass
-
-
-def _recurrent(aq, V, m, T1, rs, rz, rzt, g, ncols, hq, acc):
-    """g[:m, :ncols] = the rows of V times the recurrent weights T1: h quantized to uint8 per row and
-    step (qdot.matvec_u8, onnxruntime's DynamicQuantizeLSTM) when ``aq``, else ``_matvec``."""
-    if aq:
-        matvec_u8(V, m, T1, rzt, rs, g, 0, ncols, hq, acc)
-    else:
-        _matvec(V, m, T1, rs, rz, g, 0, ncols)
-
-
-@overload(_recurrent, jit_options=dict(JIT, cache=False), prefer_literal=True)
-def _recurrent_jit(aq, V, m, T1, rs, rz, rzt, g, ncols, hq, acc):
-    if isinstance(aq, types.BooleanLiteral):
-        if aq.literal_value:
-            return lambda aq, V, m, T1, rs, rz, rzt, g, ncols, hq, acc: matvec_u8(V, m, T1, rzt, rs, g, 0, ncols,
-                                                                                 hq, acc)
-        return lambda aq, V, m, T1, rs, rz, rzt, g, ncols, hq, acc: _matvec(V, m, T1, rs, rz, g, 0, ncols)
-    return _recurrent
 
 
 def _input_projection(aq, X, layout, Wb, ws, wz, wzt, bias, out):
@@ -225,7 +207,10 @@ def _run_rows(kind, d, b0, b1, reverse, layout, xw, T1, T2, rs, rz, rzt, aq, rbh
             va = V[a]
             for k in range(H):
                 va[k] = hi[k]
-        _recurrent(aq, V, m, T1, rs, rz, rzt, g, 2 * H if two_pass else GH, hq, acc)
+        if aq:  # a runtime branch on purpose: through a literal overload the uint8 step measured 5% slower
+            matvec_u8(V, m, T1, rzt, rs, g, 0, GH, hq, acc)
+        else:
+            _matvec(V, m, T1, rs, rz, g, 0, 2 * H if two_pass else GH)
         if two_pass:
             _gru_second_pass(kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, rz, clip)
         for a in range(m):
