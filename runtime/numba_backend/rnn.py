@@ -100,7 +100,7 @@ def _lstm_cell(x, g, h, c, P, rbh, clip, flag):
 # overloads pick one implementation per literal at typing time: an fp32 LSTM compiles no GRU/RNN
 # gate math and no uint8 input projection (numba types and lowers both sides of a runtime ``if``).
 # With the element loops that end _run_rows, the first compile of an fp32 LSTM classifier went from
-# 14.1 to 8.2 s on an idle 2-core machine (int8: 17.5 -> 9.4 s).  The recurrent product keeps its
+# 14.2 to 8.2 s on an idle 2-core machine (int8: 17.6 -> 10.6 s).  The recurrent product keeps its
 # runtime ``if aq`` (see _run_rows).  A non-literal argument (a direct call from Python) gets every
 # branch, as before.
 
