@@ -1,0 +1,95 @@
+"""The numba backend compiles once: no compilation on repeated runs in a process, none in a second
+process that finds the on-disk cache.  A dispatch that recompiles (or re-runs the compiler's front
+end, as ``numba.literally`` does on every call from Python) gives the same numbers, only slower,
+so the numeric tests cannot see it; numba's compile events can."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_python
+from rnnkit.runtime import load
+
+numba = pytest.importorskip("numba")
+
+
+class CompileCounter:
+    """Counts ``numba:compile`` events (every dispatcher compilation, cached or not) while active."""
+
+    def __enter__(self):
+        from numba.core import event
+
+        counter = self
+
+        class Listener(event.Listener):
+            def on_start(self, ev):
+                counter.n += 1
+
+            def on_end(self, ev):
+                pass
+
+        self.n = 0
+        self._listener = Listener()
+        event.register("numba:compile", self._listener)
+        return self
+
+    def __exit__(self, *exc):
+        from numba.core import event
+
+        event.unregister("numba:compile", self._listener)
+
+
+def test_repeated_runs_compile_nothing(gru_bundle, lm_bundles, s2s_bundles):
+    """After one call of each shape class, further calls (other lengths, batch sizes, threads)
+    reuse the compiled kernels: LSTM (int8 too), GRU, RNN, an LM step and a seq2seq decode."""
+    runs = []
+    for int8 in (False, True):
+        m = load(gru_bundle, backend="numba", int8=int8)
+        runs.append(lambda m=m: m.predict(["a good film", "bad", "the plot runs and runs"]))
+    for cell, layers in (("lstm", 2), ("rnn", 1)):
+        for int8 in ((False, True) if cell == "lstm" else (False,)):
+            m = load(lm_bundles(cell, layers), backend="numba", int8=int8)
+            state = m.spawn_state()
+            runs.append(lambda state=state: (state.run("the cat "), state.feed_id(5)))
+    m = load(s2s_bundles(), backend="numba")
+    runs.append(lambda m=m: (m.translate(["cat", "horse"]), m.translate(["dog"], beam=2)))
+    for run in runs:
+        run()                                                     # compiles (or loads from the cache)
+    with CompileCounter() as counter:
+        for run in runs:
+            for _ in range(3):
+                run()
+    assert counter.n == 0, f"{counter.n} compilations on repeated runs"
+
+
+CHILD = """
+import json, sys
+import numpy as np
+from numba.core import event
+n = [0]
+class L(event.Listener):
+    def on_start(self, ev): n[0] += 1
+    def on_end(self, ev): pass
+event.register("numba:compile", L())
+from rnnkit.runtime import load
+m = load(sys.argv[1], backend="numba", int8=sys.argv[2] == "int8")
+probs = m.predict(["a good film", "bad"])
+print(json.dumps({"compiles": n[0], "label": [p.label for p in probs]}))
+"""
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_a_second_process_compiles_nothing(gru_bundle, tmp_path, int8):
+    """The on-disk cache serves a fresh interpreter: the kernels' closures over constants (the RNN
+    entry points) and overloads included."""
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    arg = "int8" if int8 else "fp32"
+    first = run_python(CHILD, str(gru_bundle), arg, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr
+    second = run_python(CHILD, str(gru_bundle), arg, env=env, timeout=300)
+    assert second.returncode == 0, second.stderr
+    a, b = json.loads(first.stdout.splitlines()[-1]), json.loads(second.stdout.splitlines()[-1])
+    assert a["compiles"] > 0 and b["compiles"] == 0, (a, b)
+    assert a["label"] == b["label"]
