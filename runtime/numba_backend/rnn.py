@@ -362,10 +362,8 @@ class PackedRNN:
         if X2.dtype != np.float32 or not X2.flags.c_contiguous:
             X2 = np.ascontiguousarray(X2, dtype=np.float32)
         out = np.empty((X2.shape[0], self.ws.shape[0]), np.float32)
-        if self.aq:
-            project_u8(X2.reshape(X.shape[0], X.shape[1], -1), layout, self.Wb, self.wzt, self.ws, self.bias, out)
-        else:
-            project(X2, self.Wb, self.ws, self.wz, self.bias, out)
+        _input_projection(self.aq, X2.reshape(X.shape[0], X.shape[1], -1), layout, self.Wb, self.ws, self.wz,
+                          self.wzt, self.bias, out)
         return out.reshape(X.shape[0], X.shape[1], -1)
 
 
