@@ -17,7 +17,7 @@ import sys
 import common  # noqa: F401  (pins 1 thread before numpy/torch load)
 import numpy as np
 
-from common import WORK, machine, stats_ms, table, timeit
+from common import WORK, machine, stats_ms, table, timeit_blocks
 
 VOCAB, EMBED, TIME = 20000, 128, 64
 
@@ -76,7 +76,8 @@ def bench(cell: str, hidden: int, batch: int) -> list[list]:
             m = load(bundle, backend=backend, int8=int8, threads=1)
             m.warmup()
             runs[f"rnnkit {backend} {'int8' if int8 else 'fp32'}"] = (lambda m=m: m.predict(batch_texts, batch_size=batch))
-    times = {name: stats_ms(timeit(fn)) for name, fn in runs.items()}
+    # side by side (common.timeit_blocks): noise falls on every runtime alike
+    times = {name: stats_ms(t) for name, t in timeit_blocks(runs, rounds=20, block=20 if batch == 1 else 5).items()}
     base = times["onnxruntime raw session"][0]
     return [[f"{cell.upper()}({hidden})", batch, name, med, p99, med / base] for name, (med, p99) in times.items()]
 

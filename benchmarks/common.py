@@ -32,6 +32,26 @@ def timeit(fn, repeat: int = 200, warmup: int = 10, budget_s: float = 20.0) -> n
     return np.array(times)
 
 
+def timeit_blocks(fns: dict, rounds: int = 20, block: int = 50, warmup: int = 5) -> dict:
+    """Per-call seconds of each ``fns[name]()``, measured side by side: ``rounds`` rounds, each running
+    every function for ``warmup`` untimed then ``block`` timed calls (the order rotated per round).
+    A noisy neighbour or a frequency change then hits every contender alike, while each block still
+    runs in its own steady state (its weights in cache, as in an app that calls one model repeatedly);
+    timing each contender in one long stretch of its own let a burst of noise decide a 5% ratio."""
+    names = list(fns)
+    times: dict = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[n]
+            for _ in range(warmup):
+                fn()
+            for _ in range(block):
+                start = time.perf_counter()
+                fn()
+                times[n].append(time.perf_counter() - start)
+    return {n: np.array(t) for n, t in times.items()}
+
+
 def stats_ms(times: np.ndarray) -> tuple[float, float]:
     return float(np.median(times) * 1e3), float(np.percentile(times, 99) * 1e3)
 

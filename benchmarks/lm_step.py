@@ -7,7 +7,9 @@ B=1 on CPU), rnnkit onnxruntime fp32/int8, rnnkit numba fp32/int8, all in
 this one run.  What is timed is the decoding step an app runs: feed one token id with the carried
 state, get the logits and the new state (``State.feed_id``, the step ``generate`` runs; ``State.run``
 of one id adds ~1 us); greedy choice in numpy is timed too for
-rnnkit (``generate``) as tokens per second over ``--tokens`` tokens.
+rnnkit (``generate``) as tokens per second over ``--tokens`` tokens.  The runtimes are timed side by
+side (``common.timeit_blocks``: ``--rounds`` rounds of ``--block`` steps each, order rotated), so
+machine noise falls on all of them alike.
 
     python benchmarks/lm_step.py                                   # random weights
     python benchmarks/lm_step.py --checkpoint runs/shakespeare-small/ckpt
@@ -22,7 +24,7 @@ import time
 import common  # noqa: F401  (pins 1 thread before numpy/torch load)
 import numpy as np
 
-from common import WORK, machine, stats_ms, table, timeit
+from common import WORK, machine, stats_ms, table, timeit_blocks
 
 
 def random_checkpoint(name: str, vocab_size: int, cell: str, layers: int, hidden: int, embed: int):
@@ -62,7 +64,7 @@ def gemv_floor(model):
     return step
 
 
-def bench(name: str, ckpt_path, n_tokens: int) -> list[list]:
+def bench(name: str, ckpt_path, n_tokens: int, rounds: int, block: int) -> list[list]:
     import torch
 
     from rnnkit.export.exporter import DevSet, export_checkpoint
@@ -94,9 +96,10 @@ def bench(name: str, ckpt_path, n_tokens: int) -> list[list]:
             m.warmup()
             s = m.spawn_state()
             runs[f"rnnkit {backend} {'int8' if int8 else 'fp32'}"] = (lambda s=s: s.feed_id(5), m)
+    times = timeit_blocks({label: fn for label, (fn, _) in runs.items()}, rounds=rounds, block=block)
     rows, base = [], None
     for label, (fn, model) in runs.items():
-        med, p99 = stats_ms(timeit(fn, repeat=500, warmup=20, budget_s=15))
+        med, p99 = stats_ms(times[label])
         base = base or med
         tps = ""
         if model is not None:  # end to end: greedy generate, sampling in numpy included
@@ -106,7 +109,7 @@ def bench(name: str, ckpt_path, n_tokens: int) -> list[list]:
         else:
             tps = f"{1e3 / med:.0f} (step only)"
         rows.append([name, label, med, p99, med / base, tps])
-        print(f"  done {name} {label}", file=sys.stderr)
+    print(f"  done {name}", file=sys.stderr)
     return rows, ckpt.config
 
 
@@ -118,6 +121,8 @@ def main(argv=None):
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--word-vocab", type=int, default=10000)
     parser.add_argument("--tokens", type=int, default=300, help="tokens generated for the tokens/s column")
+    parser.add_argument("--rounds", type=int, default=40, help="rounds of side-by-side timing (common.timeit_blocks)")
+    parser.add_argument("--block", type=int, default=50, help="timed steps per runtime and round")
     args = parser.parse_args(argv)
     import torch
 
@@ -127,7 +132,7 @@ def main(argv=None):
     word = random_checkpoint("word", args.word_vocab, args.cell, args.layers, args.hidden, 256)
     rows, configs = [], []
     for name, path in (("char", char), (f"word {args.word_vocab}", word)):
-        r, c = bench(name, path, args.tokens)
+        r, c = bench(name, path, args.tokens, args.rounds, args.block)
         rows += r
         configs.append(f"{name}: {c.cell.upper()} {c.layers}x{c.hidden}, embed {c.embed}, vocab {c.vocab_size}")
     print(f"LM generation step, B=1, state carried ({'; '.join(configs)}) -- {machine()}")

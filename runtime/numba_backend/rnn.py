@@ -367,12 +367,16 @@ class PackedRNN:
         return out.reshape(X.shape[0], X.shape[1], -1)
 
 
+_F32 = np.dtype(np.float32)
+_LENGTH_TYPES = (np.dtype(np.int32), np.dtype(np.int64))  # the kernels are compiled for both
 _DIRS = {"forward": np.array([0], np.int64), "reverse": np.array([1], np.int64),
          "bidirectional": np.array([0, 1], np.int64)}  # never written: shared by every call
 
 
 def _state(v, shape, layout, what):
     """An initial state as a C-contiguous fp32 (nd, B, H) array (zeros when not given)."""
+    if type(v) is np.ndarray and not layout and v.dtype == _F32 and v.shape == shape and v.flags.c_contiguous:
+        return v  # the carried state of a stream, as the previous step returned it
     if v is None:
         return np.zeros(shape, np.float32)
     if v.dtype != np.float32:
@@ -390,7 +394,8 @@ def run(packed: PackedRNN, X, direction="forward", layout=0, sequence_lens=None,
 
     ``flag`` is ``input_forget`` for LSTM (``linear_before_reset`` is taken from ``packed``).
     """
-    X = np.asarray(X)
+    if type(X) is not np.ndarray:
+        X = np.asarray(X)
     if X.ndim != 3:
         raise ValueError(f"X must be 3-D, got shape {X.shape}")
     if X.shape[2] != packed.I:
@@ -402,9 +407,11 @@ def run(packed: PackedRNN, X, direction="forward", layout=0, sequence_lens=None,
         raise ValueError(f"direction {direction!r} needs {len(dirs)} weight sets, W/R have {nd}")
     if sequence_lens is None:
         lens = np.full(Bn, T, np.int64)
+    elif type(sequence_lens) is np.ndarray and sequence_lens.shape == (Bn,) and sequence_lens.dtype in _LENGTH_TYPES:
+        lens = sequence_lens
     else:
         lens = np.asarray(sequence_lens).reshape(-1)
-        if lens.dtype != np.int64 and lens.dtype != np.int32:  # the kernels are compiled for both
+        if lens.dtype not in _LENGTH_TYPES:
             lens = lens.astype(np.int64)
         if lens.shape[0] != Bn:
             raise ValueError(f"sequence_lens has {lens.shape[0]} entries for a batch of {Bn}")
@@ -423,7 +430,7 @@ def run(packed: PackedRNN, X, direction="forward", layout=0, sequence_lens=None,
                                             packed.rzt, packed.rbh, packed.P, lens, h0, c0, Y, hn, cn, clipv, fl,
                                             nthreads)
     else:  # one compiled call: projection, steps and the outputs' allocation
-        if X.dtype != np.float32 or not X.flags.c_contiguous:
+        if X.dtype != _F32 or not X.flags.c_contiguous:
             X = np.ascontiguousarray(X, dtype=np.float32)
         Y, hn, cn = _ENTRIES[packed.kind, packed.aq][0](dirs, int(layout), X, packed.Wb, packed.ws, packed.wz,
                                                         packed.wzt, packed.bias, packed.T1, packed.T2, packed.rs,
