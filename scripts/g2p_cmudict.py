@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--keep-stress", action="store_true", help="keep the 0/1/2 stress digits on vowels")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "g2p")
     ap.add_argument("--init", type=Path, help="fine-tune this checkpoint (trained on the same split: large-ft)")
+    ap.add_argument("--split-only", action="store_true",
+                    help="write train.tsv / dev.tsv / test.tsv to --out and stop (e.g. for benchmarks/g2p_speed.py)")
     args = ap.parse_args()
 
     from rnnkit.toolkit.pairs import group_pairs, group_split, read_cmudict, write_pairs
@@ -72,6 +74,9 @@ def main() -> None:
         parts = {name: [pr for pr in p if pr[0] in keep[name]] for name, p in parts.items()}
     for name, p in parts.items():
         write_pairs(args.out / f"{name}.tsv", p)
+    if args.split_only:
+        print(json.dumps({"out": str(args.out), "pairs": {k: len(v) for k, v in parts.items()}}))
+        return
     overrides = {**PRESETS[args.preset], **({"epochs": args.epochs} if args.epochs else {}),
                  **({"init": str(args.init)} if args.init else {})}
     if args.preset.endswith("-ft") and not args.init:

@@ -117,3 +117,27 @@ def test_target_tokenizers_have_bos_eos_and_decode_target():
     moved = {**chars.to_dict(), "vocab": ["<pad>", "<unk>", "</s>", "<s>"]}   # swapped
     with pytest.raises(BundleError, match="longer than one character"):
         CharTokenizer.from_dict(moved)
+
+
+def test_g2p_recipe_writes_the_published_split_without_training(tmp_path):
+    """``scripts/g2p_cmudict.py --split-only``: the seeded word split the README's G2P figures use,
+    written with no training; every word on one side, alternate pronunciations kept together."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root.parent / "shared" / "datasets" / "cmudict" / "cmudict.dict").is_file():
+        pytest.skip("../shared/datasets/cmudict is absent (CI has it)")
+    subprocess.run([sys.executable, str(root / "scripts" / "g2p_cmudict.py"), "--split-only", "--out", str(tmp_path)],
+                   check=True, capture_output=True)
+    words = {}
+    for name in ("train", "dev", "test"):
+        pairs = read_tsv(tmp_path / f"{name}.tsv")
+        words[name] = {p[0] for p in pairs}
+        assert len(pairs) >= len(words[name]) > 0
+    assert not (words["train"] & words["test"]) and not (words["train"] & words["dev"]) \
+        and not (words["dev"] & words["test"])
+    total = sum(len(w) for w in words.values())
+    assert abs(len(words["test"]) / total - 0.10) < 0.01 and abs(len(words["dev"]) / total - 0.05) < 0.01
+    assert not (tmp_path / "ckpt").exists()  # no training happened
