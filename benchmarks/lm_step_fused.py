@@ -1,18 +1,19 @@
-"""What a fused LM step would buy: the numba plan's step vs the same kernels in one compiled call.
+"""The numba LM step with and without its fused step, and its kernels with no Python around them.
 
-An experiment, not a runtime path.  For the word LM of issue 3 (LSTM 1x256, embed 256, vocabulary
-10,000, random weights, B=1, state carried) it times, side by side (``common.timeit_blocks``):
+For the word LM of issue 3 (LSTM 1x256, embed 256, vocabulary 10,000, random weights, B=1, state
+carried) it times, side by side (``common.timeit_blocks``):
 
 * the numpy GEMV floor (issue 3's yardstick, as in ``lm_step.py``);
-* ``State.feed_id`` on the numba backend: the generated plan (Gather -> Transpose -> LSTM ->
-  Transpose -> Reshape -> MatMul + bias -> Where) behind ``Model.step`` and the session;
-* one ``@njit`` function doing the same step with the bundle's own packed weights and rnnkit's
-  kernels (embedding row, input projection, recurrent mat-vec, LSTM gate math, head), i.e. the
-  step with no Python between the ops.  Its logits are checked against ``feed_id``'s first.
+* ``State.feed_id`` on the numba backend as shipped: the session runs rnnkit's LM step graph as one
+  compiled call (``runtime/numba_backend/fused_lm.py``);
+* ``State.feed_id`` with the fused step switched off: the generated plan, one call per node
+  (Gather -> Transpose -> LSTM -> Transpose -> Reshape -> MatMul + bias -> Where);
+* an experiment, not a runtime path: one ``@njit`` function doing the same step with the bundle's
+  packed weights and rnnkit's kernels (embedding row, input projection, recurrent mat-vec, LSTM gate
+  math, head) into preallocated outputs, called directly: what is left when no Python and no
+  allocation surrounds the kernels.  Its logits are checked against ``feed_id``'s first.
 
-The difference between the last two rows is the Python the plan costs per token; a fused step (one
-compiled call per token for a recognised LM step graph) would remove most of it.  Repeated
-``--repeats`` times in one process (the ratio moves between runs on a shared machine).
+Repeated ``--repeats`` times in one process (the ratio moves between runs on a shared machine).
 
     python benchmarks/lm_step_fused.py
 """
@@ -52,12 +53,14 @@ def main(argv=None):
     if [st.key[1] for st in model.session._plan][-7:] != ["Gather", "Transpose", "LSTM", "Transpose", "Reshape",
                                                            "MatMul", "Where"]:
         raise SystemExit("the LM step graph is not the one this experiment reproduces; update it")
+    if model.session._fused is None:
+        raise SystemExit("the numba session did not fuse this LM step graph (runtime/numba_backend/fused_lm.py)")
     packed, head, table_e = plan["LSTM"].op._packed, plan["MatMul"].op, plan["Gather"].template[0]
     weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(model.bundle.model_path())).graph.initializer}
     head_bias = weights["head.bias"]
 
     @njit(**JIT)
-    def fused(token, E, Wb, ws, wz, bias, T1, rs, rz, P, rbh, h, c, Hq, hscale, hzp, hbias, logits):
+    def kernels_only(token, E, Wb, ws, wz, bias, T1, rs, rz, P, rbh, h, c, Hq, hscale, hzp, hbias, logits):
         H = h.shape[0]
         x = np.empty((1, E.shape[1]), np.float32)
         for k in range(E.shape[1]):
@@ -75,18 +78,29 @@ def main(argv=None):
     h, c = np.zeros(256, np.float32), np.zeros(256, np.float32)
     logits = np.empty((1, 10000), np.float32)
 
-    def fused_step():
-        fused(5, table_e, packed.Wb, packed.ws, packed.wz, packed.bias, packed.T1, packed.rs, packed.rz, packed.P,
+    def kernels_step():
+        kernels_only(5, table_e, packed.Wb, packed.ws, packed.wz, packed.bias, packed.T1, packed.rs, packed.rz, packed.P,
               packed.rbh, h, c, head.q, head.scale, head.zp, head_bias, logits)
 
     state = model.spawn_state()
     for _ in range(3):  # the same three tokens from the zero state: the same logits
-        fused_step()
+        kernels_step()
         expected = state.feed_id(5)
     np.testing.assert_allclose(logits[0], expected, rtol=1e-5, atol=1e-5)
 
-    runs = {"numpy GEMV floor": gemv_floor(load_lm_checkpoint(ckpt).model), "numba plan (State.feed_id)": lambda: state.feed_id(5),
-            "numba kernels in one call (experiment)": fused_step}
+    plan_state, session = model.spawn_state(), model.session
+
+    def plan_step():  # the same call with the session's fused step switched off
+        fused_lm, session._fused = session._fused, None
+        try:
+            return plan_state.feed_id(5)
+        finally:
+            session._fused = fused_lm
+
+    runs = {"numpy GEMV floor": gemv_floor(load_lm_checkpoint(ckpt).model),
+            "numba State.feed_id (fused step, as shipped)": lambda: state.feed_id(5),
+            "numba State.feed_id, fused step off (the plan)": plan_step,
+            "kernels in one call, nothing around (experiment)": kernels_step}
     rows = []
     for rep in range(args.repeats):
         times = timeit_blocks(runs, rounds=40, block=50)

@@ -6,7 +6,9 @@ refused with one error listing every unsupported node otherwise); nodes whose in
 all constant are folded; the rest become ``plan.Step``s (op, constant inputs, input and output
 slots) that ``plan.compile_plan`` turns into one generated Python function: a run is a feed check
 and straight-line calls (see ``plan.py``, also for the memo of nodes computed from input shapes and
-1-D integer inputs only, and the MatMul + bias fusion).
+1-D integer inputs only, and the MatMul + bias fusion).  rnnkit's fp32 language-model step graph is
+also recognised as a whole (``fused_lm.py``) and then runs as one compiled call, the plan taking the
+calls that step declines.
 
 int8 weights stay int8: ``DequantizeLinear(int8|uint8 constant, scale, zero_point)``,
 optionally followed by ``Reshape`` to a constant shape, is not folded into a float array
@@ -37,6 +39,7 @@ from onnx import numpy_helper
 
 from ..errors import BundleError, InputError, RnnkitError, UnsupportedError
 from . import config
+from . import fused_lm as _fused_lm
 from . import matmul as _matmul
 from . import ops as _ops
 from . import quant_ops as _quant_ops
@@ -176,6 +179,7 @@ class NumbaSession:
     def __init__(self, model, threads: int | None = None):
         model, self.path = _load_model(model)
         config.set_threads(threads)
+        self._threads = threads
         self.opsets = {_DOMAINS.get(o.domain, o.domain): o.version for o in model.opset_import}
         g = model.graph
         bad_types = unsupported_types(model)
@@ -258,6 +262,8 @@ class NumbaSession:
         # 1-D integer inputs (sequence lengths) may key the memo of the nodes computed from them and shapes
         keyed = frozenset(i for i, info in enumerate(self._inputs) if info.dtype is not None
                           and info.dtype.kind in "biu" and info.shape is not None and len(info.shape) <= 1)
+        # rnnkit's LM step graph: a few calls around the compiled kernels instead of one per node
+        self._fused = _fused_lm.match(steps, self.input_names, self.output_names, self._threads)
         self._body, self._plan = compile_plan(steps, len(self.input_names), outputs, self._node_error,
                                               keyed=keyed)
         self._fast_feeds = feed_checker(self.input_names, [i.dtype for i in self._inputs],
@@ -324,7 +330,9 @@ class NumbaSession:
         args = self._fast_feeds(input_feed)
         if args is None:  # not the plain case: the full check names every problem (or converts lists)
             args = self._check_feeds(input_feed)
-        results = self._body(*args)
+        results = self._fused(*args) if self._fused is not None else None
+        if results is None:  # not the fused graph, or not its plain case
+            results = self._body(*args)
         return [results[i] for i in pick]
 
 

@@ -388,6 +388,15 @@ def _state(v, shape, layout, what):
     return v if v.flags.c_contiguous else np.ascontiguousarray(v)
 
 
+def serial(packed: PackedRNN, dirs, layout: int, X, lens, h0, c0, clip, flag):
+    """The one compiled call of ``run`` on one thread, for checked arguments: X C-contiguous fp32,
+    ``lens`` int32/int64 (B,), h0/c0 C-contiguous fp32 (nd, B, H), ``clip`` a float32 (``NO_CLIP``:
+    none), ``flag`` as ``run`` computes it.  Returns Y, Y_h, Y_c (states in layout 0)."""
+    return _ENTRIES[packed.kind, packed.aq][0](dirs, layout, X, packed.Wb, packed.ws, packed.wz, packed.wzt,
+                                              packed.bias, packed.T1, packed.T2, packed.rs, packed.rz, packed.rzt,
+                                              packed.rbh, packed.P, lens, h0, c0, clip, flag)
+
+
 def run(packed: PackedRNN, X, direction="forward", layout=0, sequence_lens=None, initial_h=None,
         initial_c=None, clip=None, flag=None, threads=None):
     """Run a packed RNN/GRU/LSTM on X; returns (Y, Y_h, Y_c) in the node's ``layout``.
@@ -432,10 +441,7 @@ def run(packed: PackedRNN, X, direction="forward", layout=0, sequence_lens=None,
     else:  # one compiled call: projection, steps and the outputs' allocation
         if X.dtype != _F32 or not X.flags.c_contiguous:
             X = np.ascontiguousarray(X, dtype=np.float32)
-        Y, hn, cn = _ENTRIES[packed.kind, packed.aq][0](dirs, int(layout), X, packed.Wb, packed.ws, packed.wz,
-                                                        packed.wzt, packed.bias, packed.T1, packed.T2, packed.rs,
-                                                        packed.rz, packed.rzt, packed.rbh, packed.P, lens, h0, c0,
-                                                        clipv, fl)
+        Y, hn, cn = serial(packed, dirs, int(layout), X, lens, h0, c0, clipv, fl)
     if layout:
         hn, cn = hn.transpose(1, 0, 2), cn.transpose(1, 0, 2)
     return Y, hn, cn
