@@ -17,7 +17,7 @@ What is recognised (fp32 weights; anything else runs on the plan)::
 
     X = Transpose[1,0,2](Gather(E, ids))                   E: a constant fp32 (V, E) table
     per layer l: Y, Y_h[, Y_c] = RNN/GRU/LSTM(X, W, R, B, lens, h_l[, c_l])
-                 forward, layout 0, weights constant (packed once by the op), no runtime P
+                 forward, layout 0, weights constant (packed once by the op), no P input
                  h_l = initial_h (one layer) or Slice(initial_h, [l], [l+1], [0]); c_l likewise
                  next X = Reshape[0,0,H](Transpose[0,2,1,3](Y))
     final_h = Y_h (one layer) or Concat[axis 0](Y_h of every layer); final_c likewise
@@ -138,13 +138,11 @@ def match(steps, input_names: list[str], output_names: list[str], threads: int |
         lens = lens or ins[4]
         if ins[4] != lens or lens not in inputs:
             return None
-        states = []
         for k, name in enumerate(ins[5:7] if op.cell == "LSTM" else ins[5:6]):
             source = _layer_state(g, name, len(layers), inputs)
             if source is None or state_in[k] not in (None, source):
                 return None
             state_in[k] = source
-            states.append(name)
         layers.append(rec)
         y = node.output[0]
         t = g.user(y, "Transpose", perm=(0, 2, 1, 3))

@@ -262,7 +262,7 @@ class NumbaSession:
         # 1-D integer inputs (sequence lengths) may key the memo of the nodes computed from them and shapes
         keyed = frozenset(i for i, info in enumerate(self._inputs) if info.dtype is not None
                           and info.dtype.kind in "biu" and info.shape is not None and len(info.shape) <= 1)
-        # rnnkit's LM step graph: a few calls around the compiled kernels instead of one per node
+        # rnnkit's fp32 LM step graph: one compiled call instead of one Python call per node
         self._fused = _fused_lm.match(steps, self.input_names, self.output_names, self._threads)
         self._body, self._plan = compile_plan(steps, len(self.input_names), outputs, self._node_error,
                                               keyed=keyed)
