@@ -34,6 +34,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
     import onnx
+
+    import rnnkit.runtime.numba_backend.config  # noqa: F401  (rnnkit's numba settings before numba loads)
     from numba import njit
     from onnx import numpy_helper
 

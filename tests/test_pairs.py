@@ -124,12 +124,12 @@ def test_g2p_recipe_writes_the_published_split_without_training(tmp_path):
     written with no training; every word on one side, alternate pronunciations kept together."""
     import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    if not (root.parent / "shared" / "datasets" / "cmudict" / "cmudict.dict").is_file():
+    from conftest import ROOT, SHARED
+
+    if not (SHARED / "cmudict" / "cmudict.dict").is_file():
         pytest.skip("../shared/datasets/cmudict is absent (CI has it)")
-    subprocess.run([sys.executable, str(root / "scripts" / "g2p_cmudict.py"), "--split-only", "--out", str(tmp_path)],
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "g2p_cmudict.py"), "--split-only", "--out", str(tmp_path)],
                    check=True, capture_output=True)
     words = {}
     for name in ("train", "dev", "test"):

@@ -38,6 +38,8 @@ Must not import torch or onnxruntime.
 
 from __future__ import annotations
 
+from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
+
 import numba
 import numpy as np
 from numba import njit
@@ -46,9 +48,6 @@ from . import rnn
 from .matvec import _project_any
 from .matmul import MatMul
 from .rnn_ops import _Recurrent
-
-_INT = (np.dtype(np.int32), np.dtype(np.int64))
-
 
 def _const(st, i):
     """The constant at input ``i`` of a plan step (None if runtime or absent)."""
@@ -215,8 +214,8 @@ def _layer_state(g: _Graph, name: str, layer: int, inputs: set) -> str | None:
 
 def _fused_entry(kind: int):
     """The whole step for cell ``kind`` as one compiled function (a constant ``kind``, typed as a
-    literal like ``rnn._entries``): embedding rows, every layer through the RNN driver (the code
-    ``rnn.serial`` runs), the head's packed MatMul + bias into one (B*T, V) array, the time mask.
+    literal like ``rnn._entries``): embedding rows, every layer through the RNN driver (what
+    ``rnn.run`` runs on one thread), the head's packed MatMul + bias into one (B*T, V) array, the time mask.
     Per-layer weights come as tuples (one entry per layer, the same array types)."""
 
     @njit(**rnn.JIT)
@@ -274,24 +273,22 @@ class FusedLMStep:
 
     def __init__(self, table, ops, head, bias, order, out_order, threads):
         self.table, self.head, self.bias = table, head, bias
-        self.packed = [op._packed for op in ops]
         self.order, self.out_order = order, out_order
         self.lstm = ops[0].cell == "LSTM"
-        self.H, self.L = self.packed[0].H, len(ops)
-        self.clips = [rnn.NO_CLIP if op.clip is None else np.float32(op.clip) for op in ops]
-        self.flags = [p.lbr if p.kind == rnn.GRU else int(bool(op.flag)) for op, p in zip(ops, self.packed)]
+        packed = [op._packed for op in ops]
+        self.H, self.L = packed[0].H, len(ops)
         self.threads = threads
-        packed = self.packed
         self.weights = tuple(tuple(getattr(p, k) for p in packed) for k in
                              ("Wb", "ws", "wz", "wzt", "bias", "T1", "T2", "rs", "rz", "rzt", "rbh", "P"))
-        self.layer_args = (tuple(self.clips), tuple(self.flags))
+        clips, flags = zip(*(rnn.kernel_scalars(p, op.clip, op.flag) for op, p in zip(ops, packed)))
+        self.layer_args = (clips, flags)
         self.entry = _ENTRIES[packed[0].kind]
 
     def __call__(self, *args):
         a = [args[i] for i in self.order]
         ids, lens, h0 = a[0], a[1], a[2]
         c0 = a[3] if self.lstm else h0
-        if ids.ndim != 2 or ids.dtype.kind not in "iu" or lens.dtype not in _INT or lens.shape != (ids.shape[0],):
+        if ids.ndim != 2 or ids.dtype.kind not in "iu" or lens.dtype not in rnn._LENGTH_TYPES or lens.shape != (ids.shape[0],):
             return None
         B, T = ids.shape
         shape = (self.L, B, self.H)

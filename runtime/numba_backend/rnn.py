@@ -388,13 +388,11 @@ def _state(v, shape, layout, what):
     return v if v.flags.c_contiguous else np.ascontiguousarray(v)
 
 
-def serial(packed: PackedRNN, dirs, layout: int, X, lens, h0, c0, clip, flag):
-    """The one compiled call of ``run`` on one thread, for checked arguments: X C-contiguous fp32,
-    ``lens`` int32/int64 (B,), h0/c0 C-contiguous fp32 (nd, B, H), ``clip`` a float32 (``NO_CLIP``:
-    none), ``flag`` as ``run`` computes it.  Returns Y, Y_h, Y_c (states in layout 0)."""
-    return _ENTRIES[packed.kind, packed.aq][0](dirs, layout, X, packed.Wb, packed.ws, packed.wz, packed.wzt,
-                                              packed.bias, packed.T1, packed.T2, packed.rs, packed.rz, packed.rzt,
-                                              packed.rbh, packed.P, lens, h0, c0, clip, flag)
+def kernel_scalars(packed: PackedRNN, clip, flag) -> tuple:
+    """The drivers' ``clip`` (a float32, ``NO_CLIP`` for none) and ``flag`` (``linear_before_reset``
+    for GRU, taken from ``packed``; ``input_forget`` for LSTM) for a node's attributes."""
+    return (NO_CLIP if clip is None else np.float32(clip),
+            packed.lbr if packed.kind == GRU else int(bool(flag)))
 
 
 def run(packed: PackedRNN, X, direction="forward", layout=0, sequence_lens=None, initial_h=None,
@@ -427,8 +425,7 @@ def run(packed: PackedRNN, X, direction="forward", layout=0, sequence_lens=None,
     shape = (nd, Bn, H)
     h0 = _state(initial_h, shape, layout, "initial_h")
     c0 = _state(initial_c, shape, layout, "initial_c")
-    clipv = NO_CLIP if clip is None else np.float32(clip)
-    fl = packed.lbr if packed.kind == GRU else int(bool(flag))
+    clipv, fl = kernel_scalars(packed, clip, flag)
     nthreads = 1 if Bn == 1 else numba.get_num_threads() if threads is None else threads
     if nthreads > 1:
         Y = np.empty((T, nd, Bn, H) if layout == 0 else (Bn, T, nd, H), np.float32)
@@ -441,7 +438,10 @@ def run(packed: PackedRNN, X, direction="forward", layout=0, sequence_lens=None,
     else:  # one compiled call: projection, steps and the outputs' allocation
         if X.dtype != _F32 or not X.flags.c_contiguous:
             X = np.ascontiguousarray(X, dtype=np.float32)
-        Y, hn, cn = serial(packed, dirs, int(layout), X, lens, h0, c0, clipv, fl)
+        Y, hn, cn = _ENTRIES[packed.kind, packed.aq][0](dirs, int(layout), X, packed.Wb, packed.ws, packed.wz,
+                                                        packed.wzt, packed.bias, packed.T1, packed.T2, packed.rs,
+                                                        packed.rz, packed.rzt, packed.rbh, packed.P, lens, h0, c0,
+                                                        clipv, fl)
     if layout:
         hn, cn = hn.transpose(1, 0, 2), cn.transpose(1, 0, 2)
     return Y, hn, cn
