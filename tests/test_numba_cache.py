@@ -93,3 +93,30 @@ def test_a_second_process_compiles_nothing(gru_bundle, tmp_path, int8):
     a, b = json.loads(first.stdout.splitlines()[-1]), json.loads(second.stdout.splitlines()[-1])
     assert a["compiles"] > 0 and b["compiles"] == 0, (a, b)
     assert a["label"] == b["label"]
+
+
+KEY = """
+import os, sys
+os.environ.pop("NUMBA_CACHE_DIR", None)
+if sys.argv[1] == "numba first":
+    import numba
+from rnnkit.runtime.numba_backend import config
+import numba
+print(numba.config.CACHE_DIR)
+print(config._cache_key())
+config.L2_BYTES *= 2
+print(config._cache_key())
+"""
+
+
+@pytest.mark.parametrize("order", ["rnnkit first", "numba first"])
+def test_cache_folder_is_keyed_by_the_backend_sources_and_l2(tmp_path, order):
+    """numba checks a cached function against its own source file only, so kernels inlined from
+    another module would be served stale after an upgrade: rnnkit's cache folder is one per hash of
+    the backend's sources and of the L2 size compiled into the kernels (config._cache_key).  numba
+    imported before rnnkit is told the folder too (else it caches next to the package)."""
+    r = run_python(KEY, order, env={"RNNKIT_CACHE_DIR": str(tmp_path)}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    folder, key, other = r.stdout.split()[-3:]
+    assert folder == str(tmp_path / "numba" / key)
+    assert len(key) == 12 and other != key

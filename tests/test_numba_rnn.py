@@ -365,20 +365,32 @@ def test_kernels_are_valid_python():
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["in-L2", "streamed"])
 @pytest.mark.parametrize("rows", [1, 2, 5, 17])
-def test_matvec_fp32_blocks(rows):
-    """The fp32 mat-vec over packed blocks (4 rows at once, then one by one), padded K and C."""
+def test_matvec_fp32_blocks(rows, streamed):
+    """The fp32 mat-vec over packed blocks (4 rows at once, then one by one), padded K and C; and
+    for weights larger than this machine's L2 the prefetching kernels (matvec._fma*s)."""
+    from rnnkit.runtime.numba_backend import matvec
+    from rnnkit.runtime.numba_backend.config import L2_BYTES
+
     rng = np.random.default_rng(10 + rows)
-    K, C = 19, 70  # neither a multiple of KP nor of PB
+    K = 19 if not streamed else 259  # neither a multiple of KP nor of PB
+    C = 70 if not streamed else L2_BYTES // (264 * 4) + 70
     M = rng.normal(size=(1, K, C)).astype(np.float32)
     Q = rnn.pack_blocks(M)[0]
+    assert matvec._streamed(Q) == streamed
     V = np.zeros((rows, Q.shape[1]), np.float32)
     V[:, :K] = rng.normal(size=(rows, K))
     got = np.full((rows, C + 3), 7.0, np.float32)
     ones, zeros = np.ones(C + 3, np.float32), np.zeros(C + 3, np.float32)
     rnn._matvec(V, rows, Q, ones, zeros, got, 3, C)
-    np.testing.assert_allclose(got[:, 3:], V[:, :K].astype(np.float64) @ M[0], rtol=1e-5, atol=1e-5)
+    want = V[:, :K].astype(np.float64) @ M[0]
+    np.testing.assert_allclose(got[:, 3:], want, rtol=1e-5, atol=1e-5 * np.sqrt(K / 19))
     assert (got[:, :3] == 7.0).all()  # columns before c0 untouched
+    bias = rng.normal(size=C).astype(np.float32)  # the same blocks as a projection (MatMul + bias)
+    out = np.empty((rows, C), np.float32)
+    matvec._project(V[:, :K], Q, ones, zeros, bias, out)
+    np.testing.assert_allclose(out, want + bias, rtol=1e-5, atol=1e-5 * np.sqrt(K / 19))
 
 
 @pytest.mark.parametrize("K,hmax", [(19, 1.0), (256, 0.7), (600, 3.0)])

@@ -10,10 +10,46 @@ from __future__ import annotations
 
 import os
 
+import hashlib
+import sys
+
+
+def _l2_bytes() -> int:
+    """One core's L2 cache in bytes (Linux sysfs; 1 MiB where it cannot be read).  Weight matrices
+    larger than this are streamed from L3 or memory at every step and read with software prefetch
+    (``matvec._make_fma``); smaller ones stay in L2, where prefetching only costs load slots."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as f:
+            text = f.read().strip().upper()
+        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+        return int(text.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        return 1 << 20
+
+
+L2_BYTES = _l2_bytes()
+
+
+def _cache_key() -> str:
+    """A short hash of this backend's sources and of the L2 size its kernels were built for.
+
+    numba checks a cached function against its own file only: a kernel inlined from another module
+    (matvec's into rnn's drivers) would be served stale after an upgrade that changed that module.
+    One cache folder per version of the sources avoids that; ``L2_BYTES`` is compiled into the
+    kernels as a constant, so it is part of the key too."""
+    h = hashlib.sha1(str(L2_BYTES).encode())
+    folder = os.path.dirname(os.path.abspath(__file__))
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), "rb") as f:
+                h.update(name.encode() + b"\0" + f.read())
+    return h.hexdigest()[:12]
+
+
 if "NUMBA_CACHE_DIR" not in os.environ:
     _base = os.environ.get("RNNKIT_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "rnnkit")
-    os.environ["NUMBA_CACHE_DIR"] = os.path.join(_base, "numba")
+    os.environ["NUMBA_CACHE_DIR"] = os.path.join(_base, "numba", _cache_key())
 
 
 def _wide_vectors() -> None:
@@ -41,6 +77,13 @@ def _wide_vectors() -> None:
 
 
 _wide_vectors()
+
+if "numba.core.config" in sys.modules:
+    # numba was imported first (by the app, another library, a test module): it has read its
+    # settings already and would cache rnnkit's kernels next to the package (its in-tree locator,
+    # chosen when a function is decorated).  Let it read them again.  The vector width still only
+    # applies if numba has compiled nothing yet in this process.
+    sys.modules["numba.core.config"].reload_config()
 
 # Every fast-math flag except nnan/ninf: a NaN or inf must still propagate (so a leak of
 # padding shows up in tests) and comparisons with -inf (masked max pooling) stay exact.
