@@ -8,9 +8,8 @@ site-packages, a container image) still caches its compiled kernels.
 
 from __future__ import annotations
 
-import os
-
 import hashlib
+import os
 import sys
 
 

@@ -166,11 +166,10 @@ def _make_fma(nr: int, ahead: int = 0):
 
     ``ahead`` > 0: each k also prefetches the 4 cache lines ``ahead`` floats further on (past the
     block too: blocks are consecutive, and a prefetch never faults), for weights streamed from L3
-    or memory.  Measured on the AMD EPYC of session 6 (1 thread, the word LM head, 10 MB): without
-    it the head took 87-92 us in most processes and 103-110 us in about one in three, for the same
-    code and data (numpy's sgemv: 104-115 us in all); with ``ahead`` = 1024 (4 KB) 85-90 us in all
-    16 processes tried (512: the same).  On weights that stay in L2 (LSTM H=256, 1 MB) the four
-    extra prefetches per k cost ~10%, hence two variants, chosen by size (_streamed)."""
+    or memory, where without it the same kernel ran ~25% slower in most processes and fast in a few
+    (``benchmarks/head_prefetch.py``; 4 KB ahead measured as good as 2 KB).  On weights that stay in
+    L2 (LSTM H=256, 1 MB) the four extra prefetches per k cost ~10%: two variants, chosen by size
+    (_streamed)."""
 
     @intrinsic
     def fma(typingctx, W, woff, V, r0, nk, out, ostride, ooff):
@@ -196,7 +195,7 @@ def _make_fma(nr: int, ahead: int = 0):
                      for r in range(nr)]
             splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
             i8p = ir.IntType(8).as_pointer()
-            prefetch = cgutils.get_or_insert_function(
+            prefetch = ahead and cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8")
             with cgutils.for_range(builder, nk_v) as loop:
                 k = loop.index
