@@ -73,7 +73,7 @@ def main(argv=None):
         for k in range(H):
             v[0, k] = h[k]
         g = np.empty((1, rs.shape[1]), np.float32)
-        _matvec(v, 1, T1[0], rs[0], rz[0], g, 0, rs.shape[1])
+        _matvec(v, 1, T1[0], rs[0], rz[0], g, 0, rs.shape[1], False)
         _lstm_cell(xw[0], g[0], h, c, P[0], rbh[0], NO_CLIP, 0)
         _project_any(h.reshape(1, H), Hq, hscale, hzp, hbias, logits)
 

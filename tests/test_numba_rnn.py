@@ -387,6 +387,9 @@ def test_matvec_fp32_blocks(rows, streamed):
     want = V[:, :K].astype(np.float64) @ M[0]
     np.testing.assert_allclose(got[:, 3:], want, rtol=1e-5, atol=1e-5 * np.sqrt(K / 19))
     assert (got[:, :3] == 7.0).all()  # columns before c0 untouched
+    back = np.full((rows, C + 3), 7.0, np.float32)  # the blocks last to first: the same sums, bit for bit
+    rnn._matvec(V, rows, Q, ones, zeros, back, 3, C, True)
+    assert np.array_equal(back, got)
     bias = rng.normal(size=C).astype(np.float32)  # the same blocks as a projection (MatMul + bias)
     out = np.empty((rows, C), np.float32)
     matvec._project(V[:, :K], Q, ones, zeros, bias, out)
@@ -420,6 +423,9 @@ def test_matvec_q16_error_bound(K, hmax):
     err = np.abs(got - exact)
     assert (err <= bound).all(), (err / np.maximum(bound, 1e-30)).max()
     assert not got[2].any()
+    back = np.empty((rows, C), np.float32)  # the blocks last to first: the same sums, bit for bit
+    rnn._matvec(V, rows, Q, scale, zp, back, 0, C, True)
+    assert np.array_equal(back, got)
     V[1, 3] = np.nan
     rnn._matvec(V, rows, Q, scale, zp, got, 0, C)
     assert np.isnan(got[1]).all() and not np.isnan(got[[0, 2, 3, 4, 5, 6]]).any()

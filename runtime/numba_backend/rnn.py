@@ -129,7 +129,7 @@ def _literal_cell(k):
     return lambda kind, x, g, h, c, P, rbh, clip, flag: _rnn_cell(x, g, h, c, P, rbh, clip, flag)
 
 
-def _gru_second_pass(kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, rz, clip):
+def _gru_second_pass(kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, rz, clip, back):
     """GRU with linear_before_reset=0: V = r * h for the active rows, then g[:, 2H:] = V @ R_h^T."""
     if kind != GRU:
         return
@@ -139,13 +139,13 @@ def _gru_second_pass(kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, rz, 
         b, t = b0 + act[a], tix[a]
         x = xw[t, b, d * GH:(d + 1) * GH] if layout == 0 else xw[b, t, d * GH:(d + 1) * GH]
         _gru_reset(x, g[a], h[act[a]], V[a], clip)
-    _matvec(V, m, T2, rs, rz, g, 2 * H, H)
+    _matvec(V, m, T2, rs, rz, g, 2 * H, H, back)
 
 
 @overload(_gru_second_pass, jit_options=dict(JIT, cache=False), prefer_literal=True)
-def _gru_second_pass_jit(kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, rz, clip):
+def _gru_second_pass_jit(kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, rz, clip, back):
     if isinstance(kind, types.IntegerLiteral) and kind.literal_value != GRU:
-        return lambda kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, rz, clip: None
+        return lambda kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, rz, clip, back: None
     return _gru_second_pass
 
 
@@ -207,12 +207,13 @@ def _run_rows(kind, d, b0, b1, reverse, layout, xw, T1, T2, rs, rz, rzt, aq, rbh
             va = V[a]
             for k in range(H):
                 va[k] = hi[k]
+        back = (s & 1) == 1  # blocks back and forth: what one step read last is still in cache (_matvec)
         if aq:  # a runtime branch on purpose: through a literal overload the uint8 step measured 5% slower
             matvec_u8(V, m, T1, rzt, rs, g, 0, GH, hq, acc)
         else:
-            _matvec(V, m, T1, rs, rz, g, 0, 2 * H if two_pass else GH)
+            _matvec(V, m, T1, rs, rz, g, 0, 2 * H if two_pass else GH, back)
         if two_pass:
-            _gru_second_pass(kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, rz, clip)
+            _gru_second_pass(kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, rz, clip, back)
         for a in range(m):
             i = act[a]
             b, t = b0 + i, tix[a]
