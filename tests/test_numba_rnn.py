@@ -365,20 +365,16 @@ def test_kernels_are_valid_python():
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
 
 
-@pytest.mark.parametrize("streamed", [False, True], ids=["in-L2", "streamed"])
+@pytest.mark.parametrize("K,C", [(19, 70), (259, 1100)])
 @pytest.mark.parametrize("rows", [1, 2, 5, 17])
-def test_matvec_fp32_blocks(rows, streamed):
-    """The fp32 mat-vec over packed blocks (4 rows at once, then one by one), padded K and C; and
-    for weights larger than this machine's L2 the prefetching kernels (matvec._fma*s)."""
+def test_matvec_fp32_blocks(rows, K, C):
+    """The fp32 mat-vec over packed blocks (4 rows at once, then one by one), padded K and C (neither
+    a multiple of KP nor of PB), forwards and backwards; the same blocks as a projection."""
     from rnnkit.runtime.numba_backend import matvec
-    from rnnkit.runtime.numba_backend.config import L2_BYTES
 
     rng = np.random.default_rng(10 + rows)
-    K = 19 if not streamed else 259  # neither a multiple of KP nor of PB
-    C = 70 if not streamed else L2_BYTES // (264 * 4) + 70
     M = rng.normal(size=(1, K, C)).astype(np.float32)
     Q = rnn.pack_blocks(M)[0]
-    assert matvec._streamed(Q) == streamed
     V = np.zeros((rows, Q.shape[1]), np.float32)
     V[:, :K] = rng.normal(size=(rows, K))
     got = np.full((rows, C + 3), 7.0, np.float32)

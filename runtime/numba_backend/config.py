@@ -13,31 +13,13 @@ import os
 import sys
 
 
-def _l2_bytes() -> int:
-    """One core's L2 cache in bytes (Linux sysfs; 1 MiB where it cannot be read).  Weight matrices
-    larger than this are streamed from L3 or memory at every step and read with software prefetch
-    (``matvec._make_fma``); smaller ones stay in L2, where prefetching only costs load slots."""
-    try:
-        with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as f:
-            text = f.read().strip().upper()
-        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
-        return int(text.rstrip("KM")) * scale
-    except (OSError, ValueError):
-        return 1 << 20
-
-
-L2_BYTES = _l2_bytes()
-
-
-def _cache_key() -> str:
-    """A short hash of this backend's sources and of the L2 size its kernels were built for.
+def _cache_key(folder: str = os.path.dirname(os.path.abspath(__file__))) -> str:
+    """A short hash of this backend's sources (the ``.py`` files of ``folder``).
 
     numba checks a cached function against its own file only: a kernel inlined from another module
-    (matvec's into rnn's drivers) would be served stale after an upgrade that changed that module.
-    One cache folder per version of the sources avoids that; ``L2_BYTES`` is compiled into the
-    kernels as a constant, so it is part of the key too."""
-    h = hashlib.sha1(str(L2_BYTES).encode())
-    folder = os.path.dirname(os.path.abspath(__file__))
+    (matvec's into rnn's drivers) would be served stale after an upgrade that changed only that
+    module.  One cache folder per version of the sources avoids that."""
+    h = hashlib.sha1()
     for name in sorted(os.listdir(folder)):
         if name.endswith(".py"):
             with open(os.path.join(folder, name), "rb") as f:

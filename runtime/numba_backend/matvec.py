@@ -16,7 +16,7 @@ input projection, and MatMul with a constant weight, fp32 or 8-bit).  Must not i
 from __future__ import annotations
 
 from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
-from .config import FASTMATH, JIT as _JIT, L2_BYTES
+from .config import FASTMATH, JIT as _JIT
 
 import numba
 import numpy as np
@@ -158,18 +158,13 @@ def _store_rows(builder, o_ary, accs, r0_v, ostride_v, ooff_v, vector):
             builder.store(builder.load(acc), ptr, align=4)
 
 
-def _make_fma(nr: int, ahead: int = 0):
+def _make_fma(nr: int):
     """The fp32 twin of _make_madd: out[r0 + r, ooff:ooff+PB] = sum over k < nk of
     W[woff + k*PB + j] * V[r0 + r, k] (r < nr), the nr x 4 x 16 sums in registers over the K loop,
     one broadcast of V[r, k] per k, each weight vector loaded once for the nr rows.  Sums in k
-    order (fmul + fadd with ``contract``: FMAs where the target has them).
-
-    ``ahead`` > 0: each k also prefetches the 4 cache lines ``ahead`` floats further on (past the
-    block too: blocks are consecutive, and a prefetch never faults), for weights streamed from L3
-    or memory, where without it the same kernel ran ~25% slower in most processes and fast in a few
-    (``benchmarks/head_prefetch.py``; 4 KB ahead measured as good as 2 KB).  On weights that stay in
-    L2 (LSTM H=256, 1 MB) the four extra prefetches per k cost ~10%: two variants, chosen by size
-    (_streamed)."""
+    order (fmul + fadd with ``contract``: FMAs where the target has them).  No software prefetch:
+    measured in session 6 (docs/design.md), it helped weights read from L3 and cost 20% where the
+    model's weights come from memory."""
 
     @intrinsic
     def fma(typingctx, W, woff, V, r0, nk, out, ostride, ooff):
@@ -194,9 +189,6 @@ def _make_fma(nr: int, ahead: int = 0):
             vrows = [builder.gep(v_ary.data, [builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)), vstride)])
                      for r in range(nr)]
             splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
-            i8p = ir.IntType(8).as_pointer()
-            prefetch = ahead and cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8")
             with cgutils.for_range(builder, nk_v) as loop:
                 k = loop.index
                 hb = []
@@ -205,9 +197,6 @@ def _make_fma(nr: int, ahead: int = 0):
                     xv = builder.insert_element(ir.Constant(ir.VectorType(f32, 1), None), x, ir.Constant(i32, 0))
                     hb.append(builder.shuffle_vector(xv, xv, splat))
                 row = builder.gep(wbase, [builder.mul(k, ir.Constant(k.type, PB))])
-                for v in range(nvec if ahead else 0):  # read, keep in all levels (prefetcht0), data
-                    line = builder.bitcast(builder.gep(row, [ir.Constant(k.type, ahead + 16 * v)]), i8p)
-                    builder.call(prefetch, [line, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
                 for v in range(nvec):
                     ptr = builder.bitcast(builder.gep(row, [ir.Constant(k.type, 16 * v)]), vf.as_pointer())
                     wv = builder.load(ptr, align=4)
@@ -228,14 +217,6 @@ def _make_fma(nr: int, ahead: int = 0):
 
 
 _fma1, _fma4 = _make_fma(1), _make_fma(4)
-_fma1s, _fma4s = _make_fma(1, ahead=1024), _make_fma(4, ahead=1024)  # 4 KB ahead: streamed weights
-_STREAMED = L2_BYTES  # a compile-time constant: config's cache key includes it
-
-
-@njit(**JIT)
-def _streamed(Q):
-    """True if packed fp32 weights Q do not fit in one core's L2: read with prefetch (_fma*s)."""
-    return Q.size * 4 > _STREAMED
 
 
 @njit(**JIT)
@@ -247,19 +228,12 @@ def _matvec_f32(V, n, Q, out, c0, ncols, backwards):
     direct = width == ncols  # no padded columns: the sums go straight to out (contiguous rows)
     dst = out if direct else np.empty((n, width), np.float32)
     stride, off = (out.shape[1], c0) if direct else (width, 0)
-    stream = _streamed(Q)
     for i in range(ncb):  # 4 rows per pass over a block of weights, then the rest one by one
         cb = ncb - 1 - i if backwards else i
         for r0 in range(0, n - 3, 4):
-            if stream:
-                _fma4s(Q, cb * K * PB, V, r0, K, dst, stride, off + cb * PB)
-            else:
-                _fma4(Q, cb * K * PB, V, r0, K, dst, stride, off + cb * PB)
+            _fma4(Q, cb * K * PB, V, r0, K, dst, stride, off + cb * PB)
         for r0 in range(n - n % 4, n):
-            if stream:
-                _fma1s(Q, cb * K * PB, V, r0, K, dst, stride, off + cb * PB)
-            else:
-                _fma1(Q, cb * K * PB, V, r0, K, dst, stride, off + cb * PB)
+            _fma1(Q, cb * K * PB, V, r0, K, dst, stride, off + cb * PB)
     if not direct:
         for i in range(n):
             for j in range(ncols):
@@ -441,20 +415,13 @@ def _project(X, Q, scale, zp, bias, out):
     full = C // PB  # blocks with all 64 columns in out are written there; a padded last one goes via tail
     tail = np.empty((N, PB), np.float32)
     buf = np.empty((_widened_rows(Q), PB), np.float32)
-    stream = _widened_rows(Q) == 0 and _streamed(Q)  # fp32 blocks are read in place
     for cb in range(ncb):
         wb = _block_f32(Q, cb, scale, zp, buf)
         dst, stride, off = (out, C, cb * PB) if cb < full else (tail, PB, 0)
         for r0 in range(0, N - 3, 4):
-            if stream:
-                _fma4s(wb, 0, Xp, r0, Kp, dst, stride, off)
-            else:
-                _fma4(wb, 0, Xp, r0, Kp, dst, stride, off)
+            _fma4(wb, 0, Xp, r0, Kp, dst, stride, off)
         for r0 in range(N - N % 4, N):
-            if stream:
-                _fma1s(wb, 0, Xp, r0, Kp, dst, stride, off)
-            else:
-                _fma1(wb, 0, Xp, r0, Kp, dst, stride, off)
+            _fma1(wb, 0, Xp, r0, Kp, dst, stride, off)
     for r in range(N):
         for j in range(full * PB):
             out[r, j] += bias[j]
