@@ -390,6 +390,22 @@ def test_matvec_fp32_blocks(rows, K, C):
     out = np.empty((rows, C), np.float32)
     matvec._project(V[:, :K], Q, ones, zeros, bias, out)
     np.testing.assert_allclose(out, want + bias, rtol=1e-5, atol=1e-5 * np.sqrt(K / 19))
+    ahead = np.empty((rows, C), np.float32)  # with software prefetch (_fma*p): the same sums, bit for bit
+    matvec._project(V[:, :K], Q, ones, zeros, bias, ahead, True)
+    assert np.array_equal(ahead, out)
+
+
+def test_prefetch_only_for_weights_between_l2_and_half_the_l3(monkeypatch):
+    """matvec.prefetched: weights larger than L2 and at most half the L3 (read from L3 at every call)
+    get software prefetch; those that fit in L2, or will come from memory, do not; nor any where
+    the cache sizes are unknown."""
+    from rnnkit.runtime.numba_backend import matvec
+
+    monkeypatch.setattr(matvec, "_L2", 1 << 20)
+    monkeypatch.setattr(matvec, "_L3", 32 << 20)
+    assert [matvec.prefetched(n << 20) for n in (1, 2, 10, 16, 17, 20)] == [False, True, True, True, False, False]
+    monkeypatch.setattr(matvec, "_L3", 0)
+    assert not matvec.prefetched(10 << 20)
 
 
 @pytest.mark.parametrize("K,hmax", [(19, 1.0), (256, 0.7), (600, 3.0)])

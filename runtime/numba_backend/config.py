@@ -13,6 +13,29 @@ import os
 import sys
 
 
+def cache_bytes(level: int) -> int:
+    """One core's data/unified cache of ``level`` (2: L2, 3: the L3 it shares) in bytes, from Linux
+    sysfs; 0 where it cannot be read (then nothing is prefetched: matvec.prefetched)."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for index in sorted(os.listdir(base)):
+            folder = os.path.join(base, index)
+            if not index.startswith("index"):
+                continue
+            with open(os.path.join(folder, "level")) as f:
+                if int(f.read()) != level:
+                    continue
+            with open(os.path.join(folder, "type")) as f:
+                if f.read().strip() == "Instruction":
+                    continue
+            with open(os.path.join(folder, "size")) as f:
+                text = f.read().strip().upper()
+            return int(text.rstrip("KMG")) << {"K": 10, "M": 20, "G": 30}.get(text[-1:], 0)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def _cache_key(folder: str = os.path.dirname(os.path.abspath(__file__))) -> str:
     """A short hash of this backend's sources (the ``.py`` files of ``folder``).
 

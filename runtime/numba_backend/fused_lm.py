@@ -220,7 +220,7 @@ def _fused_entry(kind: int):
 
     @njit(**rnn.JIT)
     def step(ids, lens, h0, c0, table, Wb, ws, wz, wzt, bias, T1, T2, rs, rz, rzt, rbh, P, clips, flags,
-             Hq, hs, hz, hb):
+             Hq, hs, hz, hb, ahead):
         B, T = ids.shape
         L, _, H = h0.shape
         V, E = table.shape
@@ -253,7 +253,7 @@ def _fused_entry(kind: int):
                 for j in range(H):
                     rows[b * T + t, j] = x[t, b, j]
         logits = np.empty((B * T, N), np.float32)
-        _project_any(rows, Hq, hs, hz, hb, logits)
+        _project_any(rows, Hq, hs, hz, hb, logits, ahead)
         for b in range(B):  # Where(t < lens, ., 0)
             for t in range(max(lens[b], 0), T):
                 for j in range(N):
@@ -298,7 +298,7 @@ class FusedLMStep:
         if B > 1 and (numba.get_num_threads() if self.threads is None else self.threads) > 1:
             return None  # the plan's ops run the batch in parallel
         logits, hn, cn, ok = self.entry(ids, lens, h0, c0, self.table, *self.weights, *self.layer_args,
-                                        self.head.q, self.head.scale, self.head.zp, self.bias)
+                                        self.head.q, self.head.scale, self.head.zp, self.bias, self.head.ahead)
         if not ok:
             return None
         out = (logits, hn, cn) if self.lstm else (logits, hn)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import QuantizedWeight
-from .matvec import _as_int8, pack_blocks, project
+from .matvec import _as_int8, pack_blocks, prefetched, project
 from .ops import NumpyOp
 
 
@@ -40,6 +40,7 @@ class MatMul(NumpyOp):
     def __init__(self, node, consts):
         super().__init__(node, consts)
         self.q = None
+        self.ahead = False  # software prefetch (matvec.prefetched): fp32 weights read from L3
         b = consts.get(1)
         if isinstance(b, QuantizedWeight):
             if not self._pack_quantized(b):
@@ -47,6 +48,7 @@ class MatMul(NumpyOp):
         if isinstance(b, np.ndarray) and b.ndim == 2 and b.dtype == np.float32:
             self.K, self.N = b.shape
             self.q = pack_blocks(np.ascontiguousarray(b)[None])[0]
+            self.ahead = prefetched(self.q.nbytes)
             self.scale = np.ones(self.N, np.float32)  # unused by fp32 blocks
             self.zp = np.zeros(self.N, np.float32)
             self.zero_bias = np.zeros(self.N, np.float32)
@@ -94,7 +96,7 @@ class MatMul(NumpyOp):
         if not a2.flags.c_contiguous:
             a2 = np.ascontiguousarray(a2)
         out = np.empty((a2.shape[0], self.N), np.float32)
-        project(a2, self.q, self.scale, self.zp, self.zero_bias if bias is None else bias, out)
+        project(a2, self.q, self.scale, self.zp, self.zero_bias if bias is None else bias, out, self.ahead)
         return out.reshape(lead + (self.N,))
 
     def _dense(self) -> np.ndarray:

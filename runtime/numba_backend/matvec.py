@@ -16,7 +16,7 @@ input projection, and MatMul with a constant weight, fp32 or 8-bit).  Must not i
 from __future__ import annotations
 
 from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
-from .config import FASTMATH, JIT as _JIT
+from .config import FASTMATH, JIT as _JIT, cache_bytes
 
 import numba
 import numpy as np
@@ -158,13 +158,15 @@ def _store_rows(builder, o_ary, accs, r0_v, ostride_v, ooff_v, vector):
             builder.store(builder.load(acc), ptr, align=4)
 
 
-def _make_fma(nr: int):
+def _make_fma(nr: int, ahead: int = 0):
     """The fp32 twin of _make_madd: out[r0 + r, ooff:ooff+PB] = sum over k < nk of
     W[woff + k*PB + j] * V[r0 + r, k] (r < nr), the nr x 4 x 16 sums in registers over the K loop,
     one broadcast of V[r, k] per k, each weight vector loaded once for the nr rows.  Sums in k
-    order (fmul + fadd with ``contract``: FMAs where the target has them).  No software prefetch:
-    measured in session 6 (docs/design.md), it helped weights read from L3 and cost 20% where the
-    model's weights come from memory."""
+    order (fmul + fadd with ``contract``: FMAs where the target has them).
+
+    ``ahead`` > 0: each k also prefetches the 4 cache lines ``ahead`` floats further on (past the
+    block too: blocks are consecutive, and a prefetch never faults).  Used only where ``prefetched``
+    says so (a MatMul's weights read from L3 at every call); see docs/design.md."""
 
     @intrinsic
     def fma(typingctx, W, woff, V, r0, nk, out, ostride, ooff):
@@ -189,6 +191,9 @@ def _make_fma(nr: int):
             vrows = [builder.gep(v_ary.data, [builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)), vstride)])
                      for r in range(nr)]
             splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+            i8p = ir.IntType(8).as_pointer()
+            prefetch = ahead and cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8")
             with cgutils.for_range(builder, nk_v) as loop:
                 k = loop.index
                 hb = []
@@ -197,6 +202,9 @@ def _make_fma(nr: int):
                     xv = builder.insert_element(ir.Constant(ir.VectorType(f32, 1), None), x, ir.Constant(i32, 0))
                     hb.append(builder.shuffle_vector(xv, xv, splat))
                 row = builder.gep(wbase, [builder.mul(k, ir.Constant(k.type, PB))])
+                for v in range(nvec if ahead else 0):  # read, keep in all levels (prefetcht0), data
+                    line = builder.bitcast(builder.gep(row, [ir.Constant(k.type, ahead + 16 * v)]), i8p)
+                    builder.call(prefetch, [line, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
                 for v in range(nvec):
                     ptr = builder.bitcast(builder.gep(row, [ir.Constant(k.type, 16 * v)]), vf.as_pointer())
                     wv = builder.load(ptr, align=4)
@@ -217,6 +225,16 @@ def _make_fma(nr: int):
 
 
 _fma1, _fma4 = _make_fma(1), _make_fma(4)
+_fma1p, _fma4p = _make_fma(1, ahead=1024), _make_fma(4, ahead=1024)  # 4 KB ahead
+_L2, _L3 = cache_bytes(2), cache_bytes(3)
+
+
+def prefetched(nbytes: int) -> bool:
+    """Whether ``project`` should read fp32 weights of ``nbytes`` with software prefetch: larger than
+    one core's L2 (else they stay there, and the prefetches cost ~10%) and at most half the L3 (so
+    they are likely read from L3, where prefetching made the word LM's 10 MB head 80-86 us in every
+    process instead of ~85 or 102-107 us; from memory it made a 20 MB head 7% slower)."""
+    return _L2 > 0 and _L3 > 0 and _L2 < nbytes <= _L3 // 2
 
 
 @njit(**JIT)
@@ -399,11 +417,12 @@ def _widened_rows_jit(Q):
 
 
 @njit(**JIT)
-def _project(X, Q, scale, zp, bias, out):
+def _project(X, Q, scale, zp, bias, out, ahead=False):
     """out = (X @ (M - zp)) * scale + bias for M (I, C) packed in Q (pack_blocks); X is (N, I), out
     (N, C) C-contiguous.  One block of 64 columns at a time (8-bit blocks are widened to fp32 once,
     8 KB -> 32 KB at I = 128) against all rows of X, 4 rows per call: fp32 activations, exact with
-    respect to the dequantized weights; 8-bit M costs one widening pass over it per call."""
+    respect to the dequantized weights; 8-bit M costs one widening pass over it per call.
+    ``ahead``: fp32 blocks read with software prefetch (``prefetched``)."""
     N, I = X.shape
     C = out.shape[1]
     ncb = Q.shape[0]
@@ -415,13 +434,20 @@ def _project(X, Q, scale, zp, bias, out):
     full = C // PB  # blocks with all 64 columns in out are written there; a padded last one goes via tail
     tail = np.empty((N, PB), np.float32)
     buf = np.empty((_widened_rows(Q), PB), np.float32)
+    ahead = ahead and _widened_rows(Q) == 0  # fp32 blocks, read in place
     for cb in range(ncb):
         wb = _block_f32(Q, cb, scale, zp, buf)
         dst, stride, off = (out, C, cb * PB) if cb < full else (tail, PB, 0)
         for r0 in range(0, N - 3, 4):
-            _fma4(wb, 0, Xp, r0, Kp, dst, stride, off)
+            if ahead:
+                _fma4p(wb, 0, Xp, r0, Kp, dst, stride, off)
+            else:
+                _fma4(wb, 0, Xp, r0, Kp, dst, stride, off)
         for r0 in range(N - N % 4, N):
-            _fma1(wb, 0, Xp, r0, Kp, dst, stride, off)
+            if ahead:
+                _fma1p(wb, 0, Xp, r0, Kp, dst, stride, off)
+            else:
+                _fma1(wb, 0, Xp, r0, Kp, dst, stride, off)
     for r in range(N):
         for j in range(full * PB):
             out[r, j] += bias[j]
@@ -456,7 +482,7 @@ def _project_q16(X, Q, scale, zp, bias, out):
             out[r, j] += bias[j]
 
 
-def project(X, Q, scale, zp, bias, out):
+def project(X, Q, scale, zp, bias, out, ahead=False):
     """out = (X @ (M - zp)) * scale + bias, M (I, C) packed in Q (pack_blocks), X (N, I) fp32.
 
     8-bit M and at most ``Q16_ROWS`` rows: ``_matvec_q16`` reads the weights as 8-bit, 2 int16
@@ -466,20 +492,20 @@ def project(X, Q, scale, zp, bias, out):
     if Q.dtype != np.float32 and X.shape[0] <= Q16_ROWS:
         _project_q16(X, Q, scale, zp, bias, out)
     else:
-        _project(X, Q, scale, zp, bias, out)
+        _project(X, Q, scale, zp, bias, out, ahead)
 
 
-def _project_any(X, Q, scale, zp, bias, out):
+def _project_any(X, Q, scale, zp, bias, out, ahead=False):
     """``project`` callable from compiled code (the choice is made at compile time on Q's dtype)."""
-    project(X, Q, scale, zp, bias, out)
+    project(X, Q, scale, zp, bias, out, ahead)
 
 
 @overload(_project_any, jit_options=dict(JIT, cache=False))
-def _project_any_jit(X, Q, scale, zp, bias, out):
+def _project_any_jit(X, Q, scale, zp, bias, out, ahead=False):
     if isinstance(Q.dtype, types.Float):
-        return lambda X, Q, scale, zp, bias, out: _project(X, Q, scale, zp, bias, out)
+        return lambda X, Q, scale, zp, bias, out, ahead=False: _project(X, Q, scale, zp, bias, out, ahead)
 
-    def run(X, Q, scale, zp, bias, out):
+    def run(X, Q, scale, zp, bias, out, ahead=False):
         if X.shape[0] <= Q16_ROWS:
             _project_q16(X, Q, scale, zp, bias, out)
         else:
