@@ -83,8 +83,8 @@ def main(argv=None):
     logits = np.empty((1, 10000), np.float32)
 
     def kernels_step():
-        kernels_only(5, table_e, packed.Wb, packed.ws, packed.wz, packed.bias, packed.T1, packed.rs, packed.rz, packed.P,
-              packed.rbh, h, c, head.q, head.scale, head.zp, head_bias, logits)
+        kernels_only(5, table_e, packed.Wb, packed.ws, packed.wz, packed.bias, packed.T1, packed.rs, packed.rz,
+                     packed.P, packed.rbh, h, c, head.q, head.scale, head.zp, head_bias, logits)
 
     state = model.spawn_state()
     for _ in range(3):  # the same three tokens from the zero state: the same logits

@@ -49,6 +49,7 @@ from .matvec import _project_any
 from .matmul import MatMul
 from .rnn_ops import _Recurrent
 
+
 def _const(st, i):
     """The constant at input ``i`` of a plan step (None if runtime or absent)."""
     return st.template[i] if i < len(st.template) else None
@@ -288,7 +289,8 @@ class FusedLMStep:
         a = [args[i] for i in self.order]
         ids, lens, h0 = a[0], a[1], a[2]
         c0 = a[3] if self.lstm else h0
-        if ids.ndim != 2 or ids.dtype.kind not in "iu" or lens.dtype not in rnn._LENGTH_TYPES or lens.shape != (ids.shape[0],):
+        if (ids.ndim != 2 or ids.dtype.kind not in "iu" or lens.dtype not in rnn._LENGTH_TYPES
+                or lens.shape != (ids.shape[0],)):
             return None
         B, T = ids.shape
         shape = (self.L, B, self.H)
