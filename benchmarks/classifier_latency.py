@@ -25,7 +25,7 @@ VOCAB, EMBED, TIME = 20000, 128, 64
 def make_bundle(cell: str, hidden: int):
     import torch
 
-    from rnnkit.export.exporter import DevSet, export_checkpoint
+    from rnnkit.toolkit.export_checkpoint import DevSet, export_checkpoint
     from rnnkit.runtime.tokenizer import WordTokenizer
     from rnnkit.toolkit.checkpoint import save_checkpoint
     from rnnkit.toolkit.models import ClassifierConfig, RecurrentClassifier

@@ -38,7 +38,7 @@ def make_bundle() -> Path:
     bundle = WORK / "dask" / "mr_small.bundle"
     if (bundle / "manifest.json").is_file():
         return bundle
-    from rnnkit.export.exporter import export_checkpoint
+    from rnnkit.toolkit.export_checkpoint import export_checkpoint
     from rnnkit.toolkit.demo import ASSET
     from rnnkit.toolkit.devset import dev_set_for
 

@@ -67,7 +67,7 @@ def gemv_floor(model):
 def bench(name: str, ckpt_path, n_tokens: int, rounds: int, block: int) -> list[list]:
     import torch
 
-    from rnnkit.export.exporter import DevSet, export_checkpoint
+    from rnnkit.toolkit.export_checkpoint import DevSet, export_checkpoint
     from rnnkit.runtime import load
     from rnnkit.toolkit.train_lm import load_lm_checkpoint
 

@@ -22,7 +22,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", type=Path, help="folder of checkpoints (one sub-folder each)")
     args = parser.parse_args(argv)
-    from rnnkit.export.exporter import export_checkpoint
+    from rnnkit.toolkit.export_checkpoint import export_checkpoint
     from rnnkit.toolkit.devset import dev_set_for
 
     rows = []

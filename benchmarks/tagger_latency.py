@@ -58,7 +58,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import torch
 
-    from rnnkit.export.exporter import DevSet, export_checkpoint
+    from rnnkit.toolkit.export_checkpoint import DevSet, export_checkpoint
     from rnnkit.runtime import load
     from rnnkit.toolkit.train_tag import load_tagger_checkpoint
 

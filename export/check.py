@@ -4,10 +4,11 @@ Each check targets a trap we measured in ``torch.onnx.export`` (torch 2.13): rec
 unrolled into MatMul chains with a frozen time axis, a fixed ``time`` dim on a second export,
 ``initial_h``/``initial_c`` read from one tensor, GRU with ``linear_before_reset`` other than 1,
 and recurrent nodes that ignore ``sequence_lens`` (so a bidirectional pass reads padding).
-``check_graph`` collects every problem and raises one ``UnsupportedError`` listing them all.
-Works on fp32 graphs and on the int8 graphs of ``rnnkit.export.quantize``.  The checks every
-task shares (``contract_problems``: IO, recurrent nodes, MatMul count) are public so that the
-tagger's checker (``rnnkit.export.graph_tagger``) runs the same ones.
+Every task's checker (``check_*_graph`` in ``rnnkit.export.task_*``) runs the checks all graphs
+share (``contract_problems``: IO against the task's ``Signature``, the task in the metadata,
+recurrent nodes, initial state, MatMul count), adds its own, and raises one ``UnsupportedError``
+listing every problem (``raise_problems``).  Works on fp32 graphs and on the int8 graphs of
+``rnnkit.export.quantize``.
 
 Imports onnx only (no torch, no onnxruntime).
 """
@@ -19,10 +20,6 @@ from onnx import TensorProto, helper
 
 from rnnkit.runtime.errors import UnsupportedError
 from rnnkit.runtime.manifest import ClassifierIO
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # only the dataclass fields are read here
-    from rnnkit.toolkit.configs import ClassifierConfig
 
 MS_DOMAIN = "com.microsoft"
 RECURRENT = {"RNN", "LSTM", "GRU", "DynamicQuantizeLSTM"}
@@ -34,15 +31,6 @@ DEFAULT_ACTIVATIONS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"],
                        "LSTM": ["Sigmoid", "Tanh", "Tanh"], "DynamicQuantizeLSTM": ["Sigmoid", "Tanh", "Tanh"]}
 # ops that pass one tensor through unchanged in value, for tracing where an input comes from
 PASS_THROUGH = {"Identity", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Transpose"}
-EXPECTED_INPUTS = {ClassifierIO.input_ids: (TensorProto.INT64, ("batch", "time")),
-                   ClassifierIO.sequence_lens: (TensorProto.INT32, ("batch",))}
-
-
-def expected_matmuls(config: ClassifierConfig) -> int:
-    """MatMul-like nodes outside the recurrent ops: the head, plus proj and v for attention."""
-    return 1 + (2 if config.pooling == "attention" else 0)
-
-
 def _root(name: str, producers: dict[str, onnx.NodeProto]) -> str:
     """Follow pass-through ops back to the tensor a value comes from."""
     seen = set()
@@ -147,11 +135,12 @@ def check_recurrent(node: onnx.NodeProto, config, producers: dict[str, onnx.Node
 
 
 def contract_problems(model: onnx.ModelProto, config, inputs: dict, outputs: dict, contract: str, count: str,
-                      matmuls: int, matmul_parts: str, sequence_lens: str | None = ClassifierIO.sequence_lens
-                      ) -> list[str]:
-    """Every problem shared by all tasks' graphs: onnx.checker, IO (``check_io``), no control
-    flow, one allowed recurrent node per layer (``check_recurrent`` each, reading the graph input
-    ``sequence_lens``), ``matmuls`` MatMul-like nodes outside them (``matmul_parts`` says which).
+                      matmuls: int, matmul_parts: str, sequence_lens: str | None = ClassifierIO.sequence_lens,
+                      task: str | None = None, initial_state: str | None = None) -> list[str]:
+    """Every problem shared by all tasks' graphs: onnx.checker, IO (``check_io``), ``task`` in the
+    metadata (when given), no control flow, one allowed recurrent node per layer (``check_recurrent``
+    each, reading the graph input ``sequence_lens``; with ``initial_state``, what goes wrong when a
+    node reads no initial_h), ``matmuls`` MatMul-like nodes outside them (``matmul_parts`` says which).
     Returns the list; the caller adds its own."""
     problems: list[str] = []
     try:
@@ -181,6 +170,12 @@ def contract_problems(model: onnx.ModelProto, config, inputs: dict, outputs: dic
     for n in rec:
         if n.op_type in allowed:
             check_recurrent(n, config, producers, problems, sequence_lens)
+        if initial_state and (len(n.input) < 6 or not n.input[5]):
+            problems.append(f"{n.op_type} node '{n.name}' does not read an initial_h; {initial_state}")
+    if task is not None:
+        found = {p.key: p.value for p in model.metadata_props}.get("rnnkit.task")
+        if found != task:
+            problems.append(f"metadata 'rnnkit.task' is {found!r}, expected {task!r}")
     return problems
 
 
@@ -189,11 +184,3 @@ def raise_problems(problems: list[str], what: str) -> None:
     if problems:
         raise UnsupportedError(f"ONNX graph for a {what} has {len(problems)} "
                                "problem(s):\n  - " + "\n  - ".join(problems))
-
-
-def check_graph(model: onnx.ModelProto, config: ClassifierConfig) -> None:
-    """Raise one ``UnsupportedError`` listing every way ``model`` breaks the classifier contract."""
-    outputs = {ClassifierIO.logits: (TensorProto.FLOAT, ("batch", config.num_labels))}
-    parts = "head + attention" if config.pooling == "attention" else "head"
-    raise_problems(contract_problems(model, config, EXPECTED_INPUTS, outputs, "ClassifierIO", "num_labels",
-                                     expected_matmuls(config), parts), f"{config.cell} classifier")

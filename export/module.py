@@ -4,10 +4,12 @@ Users bring any module built from one ``nn.Embedding``, one ``nn.RNN``/``nn.LSTM
 (batch_first or not), a final ``nn.Linear`` head and weight-free glue (dropout, identity,
 containers).  ``config_from_module`` reads sizes, directions, layers and biases from the
 modules and returns a ``ClassifierConfig`` plus numpy weights keyed like
-``RecurrentClassifier.state_dict()``, ready for ``rnnkit.export.graph``.  Anything we cannot
+``RecurrentClassifier.state_dict()``, ready for ``rnnkit.export.task_classify``.  Anything we cannot
 write faithfully (projections, relu RNNs, extra layers, a second recurrent module) raises
 ``UnsupportedError``: a loud refusal, never a silently different model.  The forward itself is
-not read; parity with it is checked by the export validation.
+not read; parity with it is checked by the export validation, and this module helps that
+validation speak about the user's code: ``one_direction_hint`` finds out whether only one
+direction of a bidirectional module disagrees with the graph.
 
 Imports torch (export side only).
 """
@@ -19,8 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
+from rnnkit.export.architecture import ClassifierConfig
+from rnnkit.export.nets import AttentionPooling
+from rnnkit.export.oracle import module_path as module_path
 from rnnkit.runtime.errors import UnsupportedError
-from rnnkit.toolkit.models import AttentionPooling, ClassifierConfig
 
 CELL_OF = {nn.LSTM: "lstm", nn.GRU: "gru", nn.RNN: "rnn"}
 GLUE = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity,
@@ -161,3 +165,61 @@ def config_from_module(module: nn.Module, pooling: str = "last", padding_idx: in
     weights["head.bias"] = (_np(head.bias) if head.bias is not None
                             else np.zeros(head.out_features, np.float32))
     return config, weights
+
+
+def one_direction_hint(module: nn.Module, call, config, weights: dict[str, np.ndarray], output: str,
+                       seed: int = 0) -> str | None:
+    """When only one direction of a bidirectional module disagrees with the graph, say which.
+
+    Zeroing a direction's weights and biases in the last layer makes its output exactly 0 at every
+    step (each cell's state stays 0), in the module and in the graph alike.  If the two differ, and
+    agree once direction d is zeroed, everything but d already agreed: d is what the forward reads
+    differently.  The probe runs the user's forward on a copy and the graph (written from the zeroed
+    weights) on onnxruntime, over ragged batches of 3 at lengths 7 and 33; None when the unchanged
+    module already agrees there, or zeroing either direction does not help."""
+    import copy
+
+    import onnxruntime as ort
+    import torch
+
+    from ..runtime.tolerance import FP32
+    from .oracle import torch_forward
+    from .pipeline import session_forward
+    from .task_classify import build_classifier_graph
+    from .validate import _probabilities, _rows_differ, outputs, parity_feeds
+
+    parts = find_parts(module, config.pooling)
+    last = config.layers - 1
+    feeds = list(parity_feeds(config.vocab_size, seed=seed, batch_sizes=(3,), lengths=(7, 33)))
+
+    def agree(module: nn.Module, weights: dict[str, np.ndarray]) -> bool:
+        graph = build_classifier_graph(config, weights, {})
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        oracle = _probabilities(torch_forward(module, call, user=True), output)
+        candidate = _probabilities(session_forward(session))
+        return all(not _rows_differ(outputs(candidate(f)), outputs(oracle(f)), f["sequence_lens"], FP32).any()
+                   for f in feeds)
+
+    if agree(module, weights):  # the difference does not show on these short batches (e.g. a truncation)
+        return None
+    for suffix, name in (("_reverse", "backward"), ("", "forward")):
+        keys = [f"{kind}_{part}_l{last}{suffix}" for kind in ("weight", "bias") for part in ("ih", "hh")]
+        zeroed = copy.deepcopy(module)
+        rnn = zeroed.get_submodule(parts.rnn)
+        with torch.no_grad():
+            for key in keys:
+                if getattr(rnn, key, None) is not None:
+                    getattr(rnn, key).zero_()
+        graph_weights = {k: (np.zeros_like(v) if k.startswith("rnn.") and k[4:] in keys else v)
+                         for k, v in weights.items()}
+        if agree(zeroed, graph_weights):
+            where = ("its final state after reading each row back to the first token (h_n[-1], or the "
+                     "backward half of output at t=0), not e.g. the backward half of output at the row's last "
+                     "token, which has read one token" if name == "backward" and config.pooling == "last" else
+                     f"pooling={config.pooling!r} over the row's real tokens")
+            return (f"only the {name} direction differs: with its weights zeroed (last layer, in the module and in "
+                    f"the graph) every row agrees. rnnkit reads the {name} direction as {where}; the forward "
+                    f"reads it otherwise")
+    return None

@@ -1,4 +1,4 @@
-"""Int8 weight quantization of the graphs rnnkit writes (``rnnkit.export.graph*``), every task's.
+"""Int8 weight quantization of the graphs rnnkit writes (``rnnkit.export.task_*``), every task's.
 
 onnxruntime's ``quantize_dynamic`` has no GRU/RNN handler, so we rewrite the graph ourselves.
 Every scheme is symmetric int8 (zero point 0, range [-127, 127], scale = max|w| / 127), and

@@ -1,65 +1,240 @@
-"""The encoder-decoder task on the shared export pipeline: two graphs, their torch oracles, parity cases, dev metrics.
+"""The encoder-decoder task on the export pipeline: two graph writers (encoder, decoder step) per
+``Seq2SeqIO``, their checkers, the ``Exportable``.  Its oracles, parity cases and dev metrics are
+``rnnkit.export.validate_seq2seq``'s.
 
-Parity (each graph on its own ragged feeds, against ``Seq2Seq.encode`` / ``Seq2Seq.decode``):
+Same approach as ``rnnkit.export.task_lm`` (written from numpy weights keyed like
+``Seq2Seq.state_dict()``, native RNN/LSTM/GRU ops, only ops the numba backend runs).
+Shapes: S = source time, T = target time, L = layers, H = hidden, He = H / directions, V = target vocabulary::
 
-* encoder: ``source_ids``/``source_lens`` at batch sizes {1, 3, 8} x source lengths {1, 7, 33, 200}
-  (row 0 full length, the others random); ``memory``, ``keys`` and the initial state within FP32,
-  ``memory``/``keys`` exactly 0 past each length, every row equal to that row alone at its length;
-* decoder: random non-zero state, random ``memory``/``keys`` (non-zero past the lengths too, so a
-  missing mask shows), ragged ``source_lens``, and ``input_ids`` chunks of T = 1 (a decode step)
-  and T = 7 (teacher forcing), same source lengths; ``log_probs`` (same argmax up to ties), final
-  state and ``attention`` (exactly 0 on padding) within FP32, every row equal to that row alone
-  with its memory cut to its length.
+    encoder.onnx
+    source_ids (B, S) -Gather-> (B, S, E) -Transpose-> (S, B, E)
+      -> per layer one RNN/LSTM/GRU node reading source_lens (bidirectional: both directions)
+         Y (S, D, B, He), Y_h (D, B, He) [, Y_c]
+      -> bridge per layer: Y_h (D, B, He) -Transpose, Reshape-> (1, B, D*He) (torch's
+         cat(forward, backward)), Concat over layers -> initial_h (L, B, H)   [initial_c likewise]
+      last Y -> (B, S, H) -Where(s < source_lens, ., 0)-> memory;  memory -MatMul W_k^T-> keys
 
-int8: numba's int8 graphs against onnxruntime's at source lengths up to 33 (see
-``rnnkit.export.validate``), on probabilities within ``INT8_SEQUENCE``: the decoder's own, and the
-encoder's read out through the fp32 torch decoder (onnxruntime's int8 LSTM quantizes its
-activations, numba's does not, and on a trained model their raw hidden states drift apart by up
-to ~0.5 in a unit at 33 steps, measured, while the probabilities they lead to stay within
-``INT8_SEQUENCE``).  Longer-range int8 quality is gated on the dev set instead:
+    decoder.onnx (one step, T = 1, or a teacher-forced chunk)
+    input_ids (B, T) -Gather-> (T, B, E) -> per layer a node starting from its slice of
+      initial_h [initial_c], no sequence_lens (every row runs all T steps) -> final_h [final_c]
+    y (B, T, H) -> scores (B, T, S): dot   y @ keys^T
+                                     additive  v . tanh(y W_q^T + b_q + keys)  (via (B, T, S, H))
+      -Where(s < source_lens, ., -inf)-> Softmax -> attention (B, T, S), exactly 0 on padding
+      context = attention @ memory;  h~ = tanh([context; y] W_c^T + b_c)
+    h~ (or y without attention) -MatMul+Add-> (B, T, V) -LogSoftmax-> log_probs
 
-Dev metrics run the exported graphs through the runtime's own decode loop
-(``rnnkit.runtime.decode``): greedy outputs of fp32 (and int8), with references (``DevSet.labels``)
-their exact-match accuracy, token error rate (edit distance / reference tokens) and teacher-forced
-loss in nats per token; for int8, ``int8_agreement`` = the share of next-token decisions where
-int8, fed fp32's greedy output, picks fp32's token (``</s>`` included) -- the default
-``--min-agreement`` gate of the pipeline -- and ``int8_output_agreement``, the share of
-identical outputs (reported, not gated: one early difference changes a whole output).
+Why the encoder computes ``keys``: both score functions project the source with a matrix that
+does not depend on the step (Luong's ``W_a m``, Bahdanau's ``W_k m``), so projecting once per
+source and reusing it every step turns an (S x H x H) product per step into an (S x H) one.
 
-Imports torch only inside the oracles.
+Imports onnx and numpy (torch only inside the oracles).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
+import onnx
+from onnx import TensorProto
 
-from ..runtime.decode import Steps, greedy, output_limit, teacher_forced
 from ..runtime.errors import InputError
 from ..runtime.manifest import LanguageModelIO, Seq2SeqIO as IO
-from ..runtime.model import length_buckets
-from ..runtime.tolerance import Tolerance
-from ..toolkit.seq_metrics import edit_distance
-from .exporter import DevSet, Exportable, Forward, GraphSpec
-from .validate import BATCH_SIZES, LENGTHS, ParityReport, compare_scores, compare_tensor, outputs
+from .architecture import Seq2SeqConfig
+from .check import contract_problems, raise_problems
+from .graph_builder import (BATCH, TIME, GraphBuilder, Signature, Stack, batch_major, embed, graph_metadata,
+                            layer_input, length_mask, linear, make_model, merge_metadata, node_name, require,
+                            transposed, write_recurrent_layer, write_state_stack)
+from .pipeline import DevSet, Exportable, GraphSpec, numpy_weights
+from .validate import Forward
+from .validate_seq2seq import (SOURCE_TIME, check_seq2seq_parity, seq2seq_dev_metrics, torch_decoder_forward,
+                               torch_encoder_forward)
 
-TARGET_LENGTHS = (1, 7)            # decoder chunks, alternating over the source lengths: a step, teacher forcing
-INT8_LENGTHS = (1, 7, 33)          # as language models: longer int8 runs are covered by the dev agreement
-MAX_DEV_SOURCES = 2000             # bounds export time
-DEV_BATCH = 64
-# axes of every graph output: 'batch' is cut for a row alone, 'source' past each source length is exactly 0
-AXES = {IO.memory: ("batch", "source", "hidden"), IO.keys: ("batch", "source", "hidden"),
-        IO.initial_h: ("layers", "batch", "hidden"), IO.initial_c: ("layers", "batch", "hidden"),
-        IO.final_h: ("layers", "batch", "hidden"), IO.final_c: ("layers", "batch", "hidden"),
-        IO.log_probs: ("batch", "time", "vocab"), IO.attention: ("batch", "time", "source")}
+TASK = "seq2seq"
+# MatMul-like nodes outside the recurrent ops: encoder keys; decoder head + scores/context/combine (+ query, v)
+ENCODER_MATMULS = {"none": 0, "dot": 1, "additive": 1}
+DECODER_MATMULS = {"none": 1, "dot": 4, "additive": 5}
+
+
+def encoder_stack(config: Seq2SeqConfig) -> Stack:
+    return Stack(config.cell, config.encoder_hidden, config.layers, config.bidirectional)
+
+
+def decoder_stack(config: Seq2SeqConfig) -> Stack:
+    return Stack(config.cell, config.hidden, config.layers, False)
+
+
+def state_contract(config: Seq2SeqConfig) -> list[dict]:
+    """The manifest's ``state`` section: the decoder's recurrent state, carried from call to call,
+    starting from the encoder's output of the same name (the bridge)."""
+    return [{"input": i, "output": o, "dtype": "float32", "shape": [config.layers, BATCH, config.hidden],
+             "initial": "encoder"}
+            for i, o in zip(LanguageModelIO.state_inputs(config.cell), LanguageModelIO.state_outputs(config.cell))]
+
+
+def context_contract(config: Seq2SeqConfig) -> list[dict]:
+    """The manifest's ``context`` section: decoder inputs fixed for a whole decode (per source row),
+    and where they come from; empty without attention."""
+    if config.attention == "none":
+        return []
+    source = [config.hidden]
+    return [{"input": IO.memory, "from": "encoder output", "dtype": "float32", "shape": [BATCH, SOURCE_TIME, *source]},
+            {"input": IO.keys, "from": "encoder output", "dtype": "float32", "shape": [BATCH, SOURCE_TIME, *source]},
+            {"input": IO.source_lens, "from": "encoder input", "dtype": "int32", "shape": [BATCH]}]
+
+
+def attention_keys(config: Seq2SeqConfig) -> list[str]:
+    if config.attention == "none":
+        return []
+    keys = ["attention.key.weight", "attention.combine.weight", "attention.combine.bias"]
+    if config.attention == "additive":
+        keys += ["attention.query.weight", "attention.query.bias", "attention.v.weight"]
+    return keys
+
+
+def _io(config: Seq2SeqConfig, names: tuple[str, ...]) -> dict:
+    """Graph IO names -> (dtype, axes) as the contract declares them."""
+    h, state = config.hidden, (TensorProto.FLOAT, (config.layers, BATCH, config.hidden))
+    known = {IO.source_ids: (TensorProto.INT64, (BATCH, SOURCE_TIME)), IO.source_lens: (TensorProto.INT32, (BATCH,)),
+             IO.memory: (TensorProto.FLOAT, (BATCH, SOURCE_TIME, h)), IO.keys: (TensorProto.FLOAT, (BATCH, SOURCE_TIME, h)),
+             IO.input_ids: (TensorProto.INT64, (BATCH, TIME)),
+             IO.log_probs: (TensorProto.FLOAT, (BATCH, TIME, config.target_vocab_size)),
+             IO.attention: (TensorProto.FLOAT, (BATCH, TIME, SOURCE_TIME))}
+    return {n: known.get(n, state) for n in names}
+
+
+def encoder_signature(config: Seq2SeqConfig) -> tuple[Signature, Signature]:
+    """The encoder graph's inputs and outputs (``Seq2SeqIO``), as written and as checked."""
+    return _io(config, IO.encoder_inputs()), _io(config, IO.encoder_outputs(config.cell, config.attention))
+
+
+def decoder_signature(config: Seq2SeqConfig) -> tuple[Signature, Signature]:
+    """The decoder step graph's inputs and outputs (``Seq2SeqIO``), as written and as checked."""
+    return (_io(config, IO.decoder_inputs(config.cell, config.attention)),
+            _io(config, IO.decoder_outputs(config.cell, config.attention)))
+
+
+# -- encoder ---------------------------------------------------------------------------------------
+
+
+def _bridge(g: GraphBuilder, stack: Stack, y_h: str, layer: int, kind: str, out: str | None) -> str:
+    """Y_h / Y_c (D, B, He) of one encoder layer -> (1, B, D*He): the directions side by side."""
+    if stack.directions == 1:
+        return y_h  # already (1, B, H); named by the node itself
+    t = g.op("Transpose", [y_h], f"bridge_{kind}_{layer}_transpose", perm=[1, 0, 2])      # (B, D, He)
+    shape = g.ints(f"bridge_{kind}_{layer}_shape", [1, -1, stack.directions * stack.hidden])
+    return g.op("Reshape", [t, shape], f"bridge_{kind}_{layer}", outputs=[out] if out else None)
+
+
+def build_encoder_graph(config: Seq2SeqConfig, weights: dict[str, np.ndarray],
+                        metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+    """Numpy weights (``Seq2Seq.state_dict()`` keys) -> the encoder graph."""
+    meta = merge_metadata(graph_metadata(TASK, config, "encoder"), metadata)
+    require(weights, ["source_embedding.weight"] + attention_keys(config)[:1], "Seq2Seq.state_dict()")
+    stack, layers = encoder_stack(config), config.layers
+    state_names = LanguageModelIO.state_inputs(config.cell)              # initial_h[, initial_c]
+    g = GraphBuilder()
+    x = embed(g, weights, "source_embedding", IO.source_ids, time_major="source_time_major")  # (S, B, E)
+    finals: dict[str, list[str]] = {n: [] for n in state_names}
+    y = ""
+    for layer in range(layers):
+        name = node_name(stack, layer, "encoder")
+        single = layers == 1 and stack.directions == 1  # the node's own Y_h is the graph output
+        outs = [f"{name}.Y"] + [n if single else f"{name}.{k}" for n, k in zip(state_names, ("Y_h", "Y_c"))]
+        res = write_recurrent_layer(g, stack, weights, layer, x, IO.source_lens, outputs=tuple(outs),
+                                    prefix="encoder")
+        y = res[0]
+        for n, kind, value in zip(state_names, ("h", "c"), res[1:]):
+            finals[n].append(_bridge(g, stack, value, layer, kind, n if layers == 1 else None))
+        if layer + 1 < layers:
+            x = layer_input(g, stack, layer, y, prefix="encoder")
+    if layers > 1:
+        for n in state_names:
+            g.op("Concat", finals[n], f"{n}_concat", outputs=[n], axis=0)                     # (L, B, H)
+
+    if config.attention != "none":
+        memory = batch_major(g, stack, y, name="memory_unmasked")                              # (B, S, H)
+        mask, _ = length_mask(g, IO.source_ids, IO.source_lens)                                # (B, S)
+        mask = g.op("Unsqueeze", [mask, g.ints("axes_mask", [2])], "source_mask")              # (B, S, 1)
+        # Where, not Mul: the contract says exactly 0 past each length, whatever a backend leaves there
+        g.op("Where", [mask, memory, g.const("zero_f32", 0.0)], "memory", outputs=[IO.memory])
+        g.op("MatMul", [IO.memory, g.const("attention.key.W_t", transposed(weights, "attention.key.weight"))],
+             "keys", outputs=[IO.keys])                                                        # (B, S, H)
+    return make_model(g, f"rnnkit_{config.cell}_seq2seq_encoder", *encoder_signature(config), meta)
+
+
+# -- decoder ---------------------------------------------------------------------------------------
+
+
+def _attention(g: GraphBuilder, config: Seq2SeqConfig, weights, y: str) -> str:
+    """y (B, T, H) -> h~ (B, T, H); writes the ``attention`` output (B, T, S)."""
+    if config.attention == "dot":                                       # Luong "general": y . (W_a m)
+        keys_t = g.op("Transpose", [IO.keys], "keys_transpose", perm=[0, 2, 1])               # (B, H, S)
+        scores = g.op("MatMul", [y, keys_t], "attention_scores")                              # (B, T, S)
+    else:                                                               # Bahdanau: v . tanh(W_q y + b_q + W_k m)
+        q = linear(g, y, weights, "attention.query", "attention_query")
+        q = g.op("Unsqueeze", [q, g.ints("axes_q", [2])], "attention_query_4d")              # (B, T, 1, H)
+        k = g.op("Unsqueeze", [IO.keys, g.ints("axes_k", [1])], "attention_keys_4d")         # (B, 1, S, H)
+        e = g.op("Tanh", [g.op("Add", [q, k], "attention_energy_sum")], "attention_energy")  # (B, T, S, H)
+        s = g.op("MatMul", [e, g.const("attention.v.W_t", transposed(weights, "attention.v.weight"))],
+                 "attention_scores_4d")                                                        # (B, T, S, 1)
+        scores = g.op("Squeeze", [s, g.ints("axes_v", [3])], "attention_scores")             # (B, T, S)
+    mask, _ = length_mask(g, IO.memory, IO.source_lens)                                       # (B, S)
+    mask = g.op("Unsqueeze", [mask, g.ints("axes_mask", [1])], "source_mask")                 # (B, 1, S)
+    scores = g.op("Where", [mask, scores, g.const("neg_inf", -np.inf)], "attention_masked")  # source_lens >= 1
+    g.op("Softmax", [scores], "attention_softmax", outputs=[IO.attention], axis=-1)           # exp(-inf) = 0
+    context = g.op("MatMul", [IO.attention, IO.memory], "attention_context")                  # (B, T, H)
+    both = g.op("Concat", [context, y], "attention_concat", axis=-1)                          # (B, T, 2H)
+    h = linear(g, both, weights, "attention.combine", "attention_combine")
+    return g.op("Tanh", [h], "attention_output")                                              # h~ (B, T, H)
+
+
+def build_decoder_graph(config: Seq2SeqConfig, weights: dict[str, np.ndarray],
+                        metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+    """Numpy weights (``Seq2Seq.state_dict()`` keys) -> the decoder step graph."""
+    meta = merge_metadata(graph_metadata(TASK, config, "decoder"), metadata)
+    require(weights, ["target_embedding.weight", "head.weight", "head.bias"] + attention_keys(config),
+            "Seq2Seq.state_dict()")
+    stack = decoder_stack(config)
+    g = GraphBuilder()
+    x = embed(g, weights, "target_embedding", IO.input_ids, time_major="target_time_major")  # (T, B, E)
+    y = write_state_stack(g, stack, weights, x, "", prefix="decoder")   # no sequence_lens: every row runs all T
+    h = batch_major(g, stack, y)                                                               # (B, T, H)
+    if config.attention != "none":
+        h = _attention(g, config, weights, h)
+    z = linear(g, h, weights, "head", "head")                                                 # (B, T, V)
+    g.op("LogSoftmax", [z], "log_softmax", outputs=[IO.log_probs], axis=-1)
+    return make_model(g, f"rnnkit_{config.cell}_seq2seq_decoder", *decoder_signature(config), meta)
+
+
+# -- checks ----------------------------------------------------------------------------------------
+
+
+def check_encoder_graph(model: onnx.ModelProto, config: Seq2SeqConfig) -> None:
+    """Raise one ``UnsupportedError`` listing every way ``model`` breaks the encoder contract (fp32 and int8)."""
+    problems = contract_problems(model, encoder_stack(config), *encoder_signature(config), "Seq2SeqIO encoder",
+                                 "hidden/layers", ENCODER_MATMULS[config.attention], "attention keys",
+                                 sequence_lens=IO.source_lens, task=TASK)
+    raise_problems(problems, f"{config.cell} seq2seq encoder")
+
+
+def check_decoder_graph(model: onnx.ModelProto, config: Seq2SeqConfig) -> None:
+    """Raise one ``UnsupportedError`` listing every way ``model`` breaks the decoder contract (fp32 and int8)."""
+    parts = "head" + ("" if config.attention == "none" else
+                      " + attention scores/context/combine" + (" + query/v" if config.attention == "additive" else ""))
+    problems = contract_problems(model, decoder_stack(config), *decoder_signature(config), "Seq2SeqIO decoder",
+                                 "target_vocab_size/layers/hidden", DECODER_MATMULS[config.attention], parts,
+                                 sequence_lens=None, task=TASK,
+                                 initial_state="the decoder would ignore the encoder's state")
+    if not any(n.op_type == "LogSoftmax" and IO.log_probs in n.output for n in model.graph.node):
+        problems.append(f"'{IO.log_probs}' is not produced by a LogSoftmax node; the runtime adds log-probabilities "
+                        "as they come")
+    raise_problems(problems, f"{config.cell} seq2seq decoder")
+
+
+# -- the task ------------------------------------------------------------------------------------
 
 
 def seq2seq_exportable(config, weights: dict[str, np.ndarray], source_tokenizer, target_tokenizer, module
                        ) -> Exportable:
-    from .graph_seq2seq import (build_decoder_graph, build_encoder_graph, check_decoder_graph, check_encoder_graph,
-                                context_contract, state_contract)
-
     for side, tokenizer, size in (("source", source_tokenizer, config.source_vocab_size),
                                   ("target", target_tokenizer, config.target_vocab_size)):
         if tokenizer.vocab_size != size:
@@ -68,9 +243,10 @@ def seq2seq_exportable(config, weights: dict[str, np.ndarray], source_tokenizer,
 
     def parity(graph: str):
         # int8 encoders are compared through the torch decoder, on probabilities (see check_seq2seq_parity)
-        def run(oracle_name, oracle, candidates, tol, int8):
+        def run(oracle_name, oracle, candidates, tol, int8, max_length=None, args=None):
             readout = torch_decoder_forward(module) if int8 and graph == "encoder" else None
-            return check_seq2seq_parity(graph, config, oracle_name, oracle, candidates, tol, int8, readout=readout)
+            return check_seq2seq_parity(graph, config, oracle_name, oracle, candidates, tol, int8, readout=readout,
+                                        max_length=None if int8 else max_length)
         return run
 
     graphs = [GraphSpec("encoder", IO.encoder_file, IO.encoder_int8_file, build_encoder_graph, check_encoder_graph,
@@ -83,239 +259,9 @@ def seq2seq_exportable(config, weights: dict[str, np.ndarray], source_tokenizer,
 
     entries = {"source_tokenizer": source_tokenizer.to_dict(), "target_tokenizer": target_tokenizer.to_dict(),
                "state": state_contract(config), "context": context_contract(config)}
-    return Exportable("seq2seq", config, weights, graphs, entries=entries, unit="tokens", dev_metrics=dev_metrics)
+    return Exportable(TASK, config, weights, graphs, entries=entries, unit="tokens", dev_metrics=dev_metrics)
 
 
-# -- torch oracles -----------------------------------------------------------------------------------
-
-def torch_encoder_forward(module) -> Forward:
-    import torch
-
-    module.eval()
-
-    def forward(feed: dict):
-        ids = torch.from_numpy(feed[IO.source_ids])
-        lens = torch.from_numpy(feed[IO.source_lens].astype(np.int64))
-        with torch.no_grad():
-            memory, keys, state = module.encode(ids, lens)
-        out = ([memory, keys] if keys is not None else []) + list(state)
-        return tuple(t.numpy().astype(np.float32) for t in out)
-
-    return forward
-
-
-def torch_decoder_forward(module) -> Forward:
-    import torch
-
-    module.eval()
-    c = module.config
-
-    def forward(feed: dict):
-        ids = torch.from_numpy(feed[IO.input_ids])
-        state = tuple(torch.from_numpy(feed[n]) for n in LanguageModelIO.state_inputs(c.cell))
-        memory = keys = lens = None
-        if c.attention != "none":
-            memory, keys = torch.from_numpy(feed[IO.memory]), torch.from_numpy(feed[IO.keys])
-            lens = torch.from_numpy(feed[IO.source_lens].astype(np.int64))
-        with torch.no_grad():
-            logits, final, weights = module.decode(ids, state, memory, keys, lens)
-        out = [torch.log_softmax(logits, dim=-1), *final] + ([weights] if weights is not None else [])
-        return tuple(t.numpy().astype(np.float32) for t in out)
-
-    return forward
-
-
-# -- parity --------------------------------------------------------------------------------------------
-
-def parity_feeds(graph: str, config, seed: int = 0, batch_sizes=BATCH_SIZES, lengths=LENGTHS):
-    """Ragged feeds for the ``encoder`` or ``decoder`` graph (see the module docstring)."""
-    rng = np.random.default_rng(seed)
-    for batch in batch_sizes:
-        for k, source_time in enumerate(lengths):
-            lens = rng.integers(1, source_time + 1, size=batch).astype(np.int32)
-            lens[0] = source_time
-            if graph == "encoder":
-                ids = rng.integers(2, max(3, config.source_vocab_size), size=(batch, source_time)).astype(np.int64)
-                ids[np.arange(source_time)[None, :] >= lens[:, None]] = 0
-                yield {IO.source_ids: ids, IO.source_lens: lens}
-                continue
-            time = TARGET_LENGTHS[k % len(TARGET_LENGTHS)]
-            feed = {IO.input_ids: rng.integers(2, config.target_vocab_size, size=(batch, time)).astype(np.int64)}
-            for name in LanguageModelIO.state_inputs(config.cell):
-                feed[name] = (0.5 * rng.standard_normal((config.layers, batch, config.hidden))).astype(np.float32)
-            if config.attention != "none":
-                for name in (IO.memory, IO.keys):
-                    feed[name] = (0.5 * rng.standard_normal((batch, source_time, config.hidden))).astype(np.float32)
-                feed[IO.source_lens] = lens
-            yield feed
-
-
-def _source_lens(feed: dict) -> np.ndarray | None:
-    return feed.get(IO.source_lens)
-
-
-def row_alone(feed: dict, i: int) -> dict:
-    """Row i of a batch as a batch of one, its source cut to its own length."""
-    lens = _source_lens(feed)
-    n = None if lens is None else int(lens[i])
-    out = {}
-    for name, value in feed.items():
-        if name in (IO.initial_h, IO.initial_c):
-            out[name] = value[:, i:i + 1]
-        elif name in (IO.source_ids, IO.memory, IO.keys):
-            out[name] = value[i:i + 1, :n]
-        else:                                                       # source_lens, input_ids
-            out[name] = value[i:i + 1]
-    return out
-
-
-def _row(name: str, value: np.ndarray, i: int, n: int | None) -> np.ndarray:
-    index = tuple(slice(i, i + 1) if axis == "batch" else slice(None, n) if axis == "source" else slice(None)
-                  for axis in AXES[name])
-    return value[index]
-
-
-def read_out(encoder: Forward, decoder: Forward, config) -> Forward:
-    """``encoder`` followed by a fixed fp32 ``decoder`` reading its outputs (the chunk ``<s> 4 5``,
-    the same for every row): the encoder's effect on what users see, as the decoder's log-probabilities."""
-    names = IO.encoder_outputs(config.cell, config.attention)
-
-    def forward(feed: dict):
-        encoded = dict(zip(names, outputs(encoder(feed))))
-        batch = feed[IO.source_ids].shape[0]
-        chunk = np.minimum([config.bos_id, 4, 5], config.target_vocab_size - 1)
-        step = {IO.input_ids: np.tile(np.asarray(chunk, np.int64), (batch, 1)), **encoded}
-        if config.attention != "none":
-            step[IO.source_lens] = feed[IO.source_lens]
-        return outputs(decoder(step))[0]
-
-    return forward
-
-
-def check_seq2seq_parity(graph: str, config, oracle_name: str, oracle: Forward, candidates: dict[str, Forward],
-                         tol: Tolerance, int8: bool, seed: int = 0, batch_sizes=BATCH_SIZES, lengths=None,
-                         readout: Forward | None = None) -> ParityReport:
-    """The ``encoder`` or ``decoder`` graph's parity report (see the module docstring); every miss listed.
-    ``lengths``: source lengths (default {1, 7, 33, 200}, int8 {1, 7, 33}).  ``readout`` (a fp32
-    decoder): compare encoders through it, on probabilities (``read_out``), instead of on their raw
-    outputs -- for int8, whose LSTM hidden states differ between backends by more than what
-    reaches the probabilities (onnxruntime quantizes activations, numba does not)."""
-    names = (IO.encoder_outputs(config.cell, config.attention) if graph == "encoder"
-             else IO.decoder_outputs(config.cell, config.attention))
-    if readout is not None:
-        oracle = read_out(oracle, readout, config)
-        candidates = {name: read_out(f, readout, config) for name, f in candidates.items()}
-        names = (IO.log_probs,)
-    lengths = lengths or (INT8_LENGTHS if int8 else LENGTHS)
-    compared = ("probabilities" if int8 else "log_probs") if names[0] == IO.log_probs else "outputs"
-    compared += " through the fp32 decoder" if readout is not None else ""
-    report = ParityReport(tol.name, oracle_name, worst={name: 0.0 for name in candidates}, compared=compared,
-                          batch_sizes=tuple(batch_sizes), lengths=tuple(lengths))
-    for feed in parity_feeds(graph, config, seed, batch_sizes, lengths):
-        lens = _source_lens(feed)
-        if graph == "encoder":
-            batch, where = feed[IO.source_ids].shape[0], f"batch={len(lens)} source_time={feed[IO.source_ids].shape[1]}"
-        else:
-            batch, time = feed[IO.input_ids].shape
-            where = f"batch={batch} time={time}" + (f" source_time={feed[IO.memory].shape[1]}" if lens is not None else "")
-        where += f" source_lens={lens.tolist()}" if lens is not None else ""
-        expected = dict(zip(names, outputs(oracle(feed))))
-        for backend, forward in candidates.items():
-            report.cases += 1
-            actual = dict(zip(names, outputs(forward(feed))))
-            _compare(report, backend, where, actual, expected, lens, tol, int8)
-            for i in range(batch if batch > 1 else 0):
-                n = None if lens is None else int(lens[i])
-                alone = dict(zip(names, outputs(forward(row_alone(feed, i)))))
-                in_batch = {k: _row(k, v, i, n) for k, v in actual.items()}
-                _compare(report, backend, f"{where} row {i} alone vs in batch", alone, in_batch,
-                         None if lens is None else lens[i:i + 1], tol, int8)
-    return report
-
-
-def _compare(report: ParityReport, backend: str, where: str, actual: dict, expected: dict, lens, tol: Tolerance,
-             int8: bool) -> None:
-    if list(actual) != list(expected) or any(v is None for v in actual.values()):
-        report.failures.append(f"{backend} @ {where}: outputs {list(actual)}, expected {list(expected)}")
-        return
-    for name, e in expected.items():
-        a = actual[name]
-        if name == IO.log_probs:                                    # every target position is real
-            full = np.full(e.shape[0], e.shape[1], np.int64)
-            if int8:
-                compare_scores(report, backend, where, np.exp(a), np.exp(e), full, tol, True)
-            else:
-                compare_scores(report, backend, where, a, e, full, tol.scaled(e), False)
-            continue
-        if int8 and name in (IO.final_h, IO.final_c, IO.attention):  # int8 decoder: what users see, as LMs
-            continue
-        compare_tensor(report, backend, where, f"'{name}'", a, e, tol)
-        axes = AXES[name]
-        if "source" in axes and lens is not None and a.shape == e.shape:
-            at = axes.index("source")
-            past = np.arange(a.shape[at])[None, :] >= lens[:, None]                          # (B, S)
-            past = np.broadcast_to(np.expand_dims(past, 2 if at == 1 else 1), a.shape)       # onto (B, S, H) / (B, T, S)
-            if np.any(a[past] != 0):
-                report.failures.append(f"{backend} @ {where}: '{name}' is not exactly 0 past a source's length")
-
-
-# -- dev metrics ---------------------------------------------------------------------------------------
-
-def _steps(graphs: dict[str, Forward], config) -> Steps:
-    def named(forward: Forward, names: tuple[str, ...]):
-        return lambda feeds: dict(zip(names, outputs(forward(feeds))))
-
-    return Steps(named(graphs["encoder"], IO.encoder_outputs(config.cell, config.attention)),
-                 named(graphs["decoder"], IO.decoder_outputs(config.cell, config.attention)),
-                 config.cell, config.attention, config.bos_id, config.eos_id, config.target_vocab_size)
-
-
-def seq2seq_dev_metrics(forwards: dict[str, dict[str, Forward]], dev: DevSet, max_length: int, config,
-                        source_tokenizer, target_tokenizer) -> dict:
-    keep = [i for i, text in enumerate(dev.items[:MAX_DEV_SOURCES]) if source_tokenizer.encode(text)]
-    sources = [source_tokenizer.encode(dev.items[i])[:max_length] for i in keep]
-    refs = [target_tokenizer.encode(dev.labels[i]) for i in keep] if dev.labels is not None else None
-    buckets = list(length_buckets([len(s) for s in sources], DEV_BATCH))
-    result = {"source": dev.source, "sentences": len(sources), "examples": 0, "unit": "tokens",
-              "decoding": "greedy"}
-    decoded = {}
-    for variant, graphs in forwards.items():
-        steps = _steps(graphs, config)
-        out = [None] * len(sources)
-        for rows in buckets:
-            batch = [sources[r] for r in rows]
-            for r, c in zip(rows, greedy(steps, batch, [output_limit(len(s)) for s in batch])):
-                out[r] = c
-        decoded[variant] = out
-        result["examples"] = sum(len(c.ids) + c.finished for c in decoded["fp32"])
-        if refs is not None:
-            n = max(1, len(sources))
-            result[f"{variant}_exact_match"] = round(sum(c.ids == r for c, r in zip(out, refs)) / n, 6)
-            errors = sum(edit_distance(c.ids, r) for c, r in zip(out, refs))
-            result[f"{variant}_token_error_rate"] = round(errors / max(1, sum(len(r) for r in refs)), 6)
-            nll, count = 0.0, 0
-            for rows in buckets:
-                forced = teacher_forced(steps, [sources[r] for r in rows], [refs[r] for r in rows])
-                for r, lp in zip(rows, forced):
-                    gold = refs[r] + [config.eos_id]
-                    nll -= float(lp[np.arange(len(gold)), gold].astype(np.float64).sum())
-                    count += len(gold)
-            result[f"{variant}_loss"] = round(nll / max(1, count), 5)
-    if "int8" in decoded:
-        steps = _steps(forwards["int8"], config)
-        agree = total = 0
-        for rows in buckets:
-            fp32 = [decoded["fp32"][r] for r in rows]
-            forced = teacher_forced(steps, [sources[r] for r in rows], [c.ids for c in fp32])
-            for c, lp in zip(fp32, forced):
-                gold = c.ids + ([config.eos_id] if c.finished else [])
-                lp = lp[:len(gold)].copy()
-                lp[:, steps.never] = -np.inf                           # as the decode loop: never <pad>, <s>
-                agree += int((lp.argmax(-1) == np.asarray(gold, np.int64)).sum())
-                total += len(gold)
-        result["int8_agreement"] = round(agree / total, 6) if total else 1.0
-        same = sum(a.ids == b.ids for a, b in zip(decoded["int8"], decoded["fp32"]))
-        result["int8_output_agreement"] = round(same / max(1, len(sources)), 6)
-        if refs is not None:
-            result["int8_exact_match_drop_pt"] = round(100 * (result["fp32_exact_match"] - result["int8_exact_match"]), 3)
-    return result
+def from_module(module, source_tokenizer, target_tokenizer) -> Exportable:
+    """A ``Seq2Seq`` (its own ``encode`` / ``decode`` are the oracles) with the tokenizers it was trained with."""
+    return seq2seq_exportable(module.config, numpy_weights(module), source_tokenizer, target_tokenizer, module)

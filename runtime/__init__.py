@@ -9,15 +9,21 @@
 
     g2p = load("g2p.bundle")                            # an encoder-decoder: greedy / beam search
     g2p.translate(["hello"], beam=5)                    # -> ["HH AH0 L OW1"]
+
+``load`` returns the bundle's task object (``Classifier``, ``Tagger``, ``LanguageModel``,
+``EncoderDecoder``), each a ``Model`` with only its own task's methods plus ``run_batch``.
 """
 
 from .bundle import Bundle as Bundle, open_bundle as open_bundle
 from .errors import (BackendUnavailableError as BackendUnavailableError, BundleError as BundleError,
                      InputError as InputError, ParityError as ParityError, RnnkitError as RnnkitError,
                      UnsupportedError as UnsupportedError)
-from .model import (Hypothesis as Hypothesis, Model as Model, Prediction as Prediction, Tagging as Tagging,
-                    load as load)
+from .classifier import Classifier as Classifier, Prediction as Prediction
+from .encoder_decoder import EncoderDecoder as EncoderDecoder, Hypothesis as Hypothesis, Translation as Translation
+from .language_model import Generation as Generation, LanguageModel as LanguageModel
+from .model import Model as Model, load as load
 from .state import State as State
+from .tagger import Tagger as Tagger, Tagging as Tagging
 
 __version__ = "0.1.0"
 

@@ -3,11 +3,27 @@
 A bundle is a folder: ``manifest.json`` (task, architecture, tokenizer(s), labels, graph
 contract, sha256 of every file, validation and quantization results) and the ONNX
 files it lists: ``model.onnx`` [+ ``model.int8.onnx``], or for an encoder-decoder
-``encoder.onnx`` and ``decoder.onnx`` [+ both ``*.int8.onnx``].  ``open_bundle`` checks, before any backend sees a byte of the graph:
-the manifest parses and has every key with the right type; every listed file exists
-with the recorded size and sha256; no ONNX tensor points at external data outside the
-bundle folder (path traversal); declared shapes and sizes are sane; the tokenizer
-agrees with the architecture and the embedding.
+``encoder.onnx`` and ``decoder.onnx`` [+ both ``*.int8.onnx``].  ``open_bundle`` checks all of
+it before any backend sees a byte of a graph, and refuses with a ``BundleError`` that names the
+file, what was found, what was expected and what to do:
+
+1. ``manifest.json`` is JSON (at most ``MAX_MANIFEST_BYTES``, no duplicate keys) whose
+   ``manifest_sha256`` matches its canonical form (``manifest.canonical_json``), so the vocabulary,
+   labels and contract are covered like the files are; every listed file exists inside the
+   folder with the recorded size and sha256.
+2. The manifest agrees with itself: every key has its type; labels, tokenizers and their
+   vocabularies (bounded: ``tokenizer.py``), the state contract, and the graph contract's names,
+   dtypes (``manifest.VALUE_DTYPES``), ranks and fixed widths follow from the architecture.
+3. Every graph (fp32 and int8; both graphs of seq2seq) is read without trusting it
+   (``graph_file.py``: tensors in subgraphs included, external data only from listed files,
+   only ops rnnkit writes) and checked against the manifest (``graph_contract.py``: inputs and
+   outputs, precision, head width, embedding rows, recurrent nodes, int8 parameters; and
+   ``graph_shapes.py``: the shapes it computes at two input sizes).
+
+This stops corruption, truncation, accidental edits, files from different exports, and a hostile
+bundle's attempts at resource exhaustion, path traversal or a hang.  It cannot tell a well-formed
+model that was re-hashed with a re-sealed manifest from a genuine one: that needs a signature
+(docs/threat-model.md).
 
 Must not import torch, onnxruntime or numba.
 """
@@ -24,17 +40,20 @@ import onnx
 
 from .errors import BundleError
 from .charset import CharVocab
-from .manifest import (FORMAT_VERSION, MANIFEST_FILE, ClassifierIO, LanguageModelIO, Seq2SeqIO, TaggerIO,
-                       graph_files)
-from .tokenizer import PAD_ID, UNK_ID, CharTokenizer, WordTokenizer, tokenizer_from_dict
+from .graph_contract import check_graph
+from .graph_file import MAX_DIM, REEXPORT, brief, inside, is_int, load_graph
+from .manifest import (DIGEST_KEY, FORMAT_VERSION, MANIFEST_FILE, VALUE_DTYPES, LanguageModelIO, Seq2SeqIO,
+                       TaggerIO, manifest_digest)
+from .tasks import TASKS
+from .tokenizer import BOS, EOS, CharTokenizer, WordTokenizer, tokenizer_from_dict
 
-TASKS = ("classify", "tag", "lm", "seq2seq")
-CLASSES_KEY = {"classify": "num_labels", "tag": "num_tags", "lm": None, "seq2seq": None}  # sized like 'labels'
-# embedding initializer -> (the graph holding it, the architecture key giving its rows)
-EMBEDDINGS = {"seq2seq": {"source_embedding.weight": ("encoder", "source_vocab_size"),
-                          "target_embedding.weight": ("decoder", "target_vocab_size")}}
-DEFAULT_EMBEDDINGS = {"embedding.weight": ("model", "vocab_size")}
-MAX_DIM = 1 << 24  # no declared size in an rnnkit graph comes near 16 M; larger is corruption
+CELLS = ("rnn", "lstm", "gru")
+ATTENTIONS = ("none", "additive", "dot")
+# integer architecture keys, each in 0..MAX_DIM when present (0: a tagger without characters)
+ARCH_INTS = ("vocab_size", "num_labels", "num_tags", "embed", "hidden", "layers", "source_vocab_size",
+             "target_vocab_size", "char_vocab_size", "char_embed", "char_filters", "char_kernel", "bos_id",
+             "eos_id", "padding_idx")
+MAX_MANIFEST_BYTES = 256 << 20  # a million-word vocabulary is about 20 MB of JSON
 
 
 def sha256_file(path: Path) -> str:
@@ -61,15 +80,15 @@ class Bundle:
 
     @property
     def graph_names(self) -> list[str]:
-        """``["model"]``, or ``["encoder", "decoder"]`` for seq2seq."""
-        return list(graph_files(self.task))
+        """``["model"]``, or ``["encoder", "decoder"]`` for seq2seq (the task's contract's ``files``)."""
+        return list(TASKS[self.task].io.files)
 
     @property
     def has_int8(self) -> bool:
-        return all(int8 in self.manifest["files"] for _, int8 in graph_files(self.task).values())
+        return all(int8 in self.manifest["files"] for _, int8 in TASKS[self.task].io.files.values())
 
     def model_path(self, int8: bool = False, name: str = "model") -> Path:
-        files = graph_files(self.task)
+        files = TASKS[self.task].io.files
         if name not in files:
             raise BundleError(f"{self.path / MANIFEST_FILE}: a {self.task} bundle has no graph {name!r} "
                               f"(it has {list(files)})")
@@ -80,10 +99,12 @@ class Bundle:
         return self.path / file
 
     def graph(self, int8: bool = False, name: str = "model") -> onnx.ModelProto:
-        """The verified ModelProto (external data already checked to stay inside the bundle)."""
+        """The verified ModelProto (every graph is loaded and checked by ``open_bundle``)."""
         path = self.model_path(int8, name)
         if path.name not in self.graphs:
-            self.graphs[path.name] = _load_graph(path, self.path)
+            model = load_graph(path, self.path, self.manifest["files"])
+            check_graph(self, model, name, path, int8)
+            self.graphs[path.name] = model
         return self.graphs[path.name]
 
 
@@ -93,9 +114,9 @@ def _require(manifest: dict, key: str, kind, where: Path):
         if not isinstance(value, dict) or part not in value:
             raise BundleError(f"{where}: missing key '{key}'; the bundle is incomplete, re-export it")
         value = value[part]
-    if not isinstance(value, kind):
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise BundleError(f"{where}: '{key}' must be {getattr(kind, '__name__', kind)}, "
-                          f"got {type(value).__name__}; re-export the bundle")
+                          f"got {type(value).__name__}; {REEXPORT}")
     return value
 
 
@@ -114,56 +135,115 @@ def open_bundle(path: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
         raise BundleError(f"{path}: a bundle is a directory with {MANIFEST_FILE} and model.onnx; "
                           f"pass the directory, not a file")
     where = path / MANIFEST_FILE
-    if not where.is_file():
-        raise BundleError(f"{where}: missing; this is not an rnnkit bundle (or the export was interrupted)")
-    try:
-        manifest = json.loads(where.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{where}: not valid JSON ({exc}); the bundle is corrupted, re-export it") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != "rnnkit-bundle":
-        raise BundleError(f"{where}: 'format' must be 'rnnkit-bundle'; this is not an rnnkit bundle")
-    version = _require(manifest, "format_version", int, where)
-    if version != FORMAT_VERSION:
-        raise BundleError(f"{where}: 'format_version' is {version} but this rnnkit reads {FORMAT_VERSION}; "
-                          f"upgrade rnnkit or re-export the bundle")
+    manifest = _read_manifest(where)
     task = _require(manifest, "task", str, where)
     if task not in TASKS:
         raise BundleError(f"{where}: 'task' is {task!r}; this rnnkit runs {list(TASKS)}")
+    spec = TASKS[task]
     files = _require(manifest, "files", dict, where)
-    expected = graph_files(task)
+    expected = spec.io.files
     for fp32, int8 in expected.values():
         if fp32 not in files:
-            raise BundleError(f"{where}: 'files' does not list {fp32}; re-export the bundle")
+            raise BundleError(f"{where}: 'files' does not list {fp32}; {REEXPORT}")
     int8_files = [int8 for _, int8 in expected.values()]
     if any(f in files for f in int8_files) and not all(f in files for f in int8_files):
-        raise BundleError(f"{where}: 'files' lists only part of the int8 graphs {int8_files}; re-export the bundle")
+        raise BundleError(f"{where}: 'files' lists only part of the int8 graphs {int8_files}; {REEXPORT}")
     for name, entry in files.items():
         _check_file(path, name, entry, where, verify_hashes)
-    _check_graph_contract(manifest, where)
-    labels = _require(manifest, "labels", list, where) if task in ("classify", "tag") else []
-    if task in ("classify", "tag") and (not labels or not all(isinstance(x, str) for x in labels)
+    arch = _check_architecture(manifest, where)
+    labels = _require(manifest, "labels", list, where) if spec.labels_key else []
+    if spec.labels_key and (not labels or not all(isinstance(x, str) and 0 < len(x) <= 1024 for x in labels)
                                         or len(set(labels)) != len(labels)):
-        raise BundleError(f"{where}: 'labels' must be a non-empty list of distinct strings; re-export the bundle")
-    arch = _require(manifest, "architecture", dict, where)
-    if task == "seq2seq":
-        tokenizer = _tokenizer(manifest, "source_tokenizer", "source_vocab_size", where)
-        target = _tokenizer(manifest, "target_tokenizer", "target_vocab_size", where)
-        _check_special_ids(manifest, target, where)
-    else:
-        tokenizer, target = _tokenizer(manifest, "tokenizer", "vocab_size", where), None
-    key = CLASSES_KEY[task]
+        raise BundleError(f"{where}: 'labels' must be a non-empty list of distinct strings of 1..1024 characters; "
+                          f"{REEXPORT}")
+    key = spec.labels_key
     if key is not None and arch.get(key) != len(labels):
         raise BundleError(f"{where}: 'architecture.{key}' is {arch.get(key)} but 'labels' has "
-                          f"{len(labels)} entries; re-export the bundle")
+                          f"{len(labels)} entries; {REEXPORT}")
+    tokenizer, *targets = [_tokenizer(manifest, k, size_key, where) for k, size_key in spec.tokenizers]
+    target = targets[0] if targets else None
+    if target is not None:                       # a decoder: its <s> and </s>
+        _check_special_ids(manifest, target, where)
     charset = None
     if manifest.get("charset") is not None:
         charset = CharVocab.from_dict(_require(manifest, "charset", dict, where), source=str(where))
-        if charset.size != arch.get("char_vocab_size"):
+        if spec.io is not TaggerIO or charset.size != arch.get("char_vocab_size"):
             raise BundleError(f"{where}: 'charset' has {charset.size} entries but 'architecture.char_vocab_size' "
-                              f"is {arch.get('char_vocab_size')}; re-export the bundle")
+                              f"is {arch.get('char_vocab_size')} (only taggers have one); {REEXPORT}")
+    _check_graph_contract(manifest, labels, where)
     bundle = Bundle(path, manifest, tokenizer, labels, charset, target)
-    _check_embeddings(bundle, where)
+    for name in bundle.graph_names:  # every graph, before the first prediction
+        for int8 in (False, True) if bundle.has_int8 else (False,):
+            bundle.graph(int8, name)
     return bundle
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    """json object hook: two parsers may disagree on which of two equal keys wins, so none may repeat."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen = set()
+        raise ValueError(f"duplicate key {next(k for k, _ in pairs if k in seen or seen.add(k))!r}")
+    return result
+
+
+def _read_manifest(where: Path) -> dict:
+    """Parse manifest.json and check ``manifest_sha256`` before reading anything else from it."""
+    if not where.is_file():
+        raise BundleError(f"{where}: missing; this is not an rnnkit bundle (or the export was interrupted)")
+    size = where.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{where}: {size} bytes, more than the {MAX_MANIFEST_BYTES >> 20} MiB a manifest may have; "
+                          f"the file is corrupted or not an rnnkit manifest, {REEXPORT}")
+    try:
+        manifest = json.loads(where.read_bytes().decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise BundleError(f"{where}: not valid JSON ({brief(exc, 200)}); the bundle is corrupted, "
+                          f"re-export it") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "rnnkit-bundle":
+        raise BundleError(f"{where}: 'format' must be 'rnnkit-bundle'; this is not an rnnkit bundle")
+    version = _require(manifest, "format_version", int, where)
+    if version != FORMAT_VERSION:  # first: the version says how to read the rest, the digest included
+        raise BundleError(f"{where}: 'format_version' is {version} but this rnnkit reads {FORMAT_VERSION}; "
+                          f"upgrade rnnkit or re-export the bundle")
+    recorded = manifest.get(DIGEST_KEY)
+    if not isinstance(recorded, str):
+        raise BundleError(f"{where}: no '{DIGEST_KEY}' (got {type(recorded).__name__}): the manifest is not "
+                          f"covered by a checksum (bundles written before rnnkit checked it); {REEXPORT}")
+    try:
+        actual = manifest_digest(manifest)
+    except ValueError:  # a lone surrogate: no UTF-8 encoding, so no canonical form
+        raise BundleError(f"{where}: holds a string that is not valid Unicode; the manifest is corrupted, "
+                          f"{REEXPORT}") from None
+    if actual != recorded:
+        raise BundleError(f"{where}: '{DIGEST_KEY}' is {recorded[:16]!r}... but the manifest's content hashes to "
+                          f"{actual[:16]!r}...: manifest.json is corrupted or was edited (its vocabulary, labels "
+                          f"and contract decide every answer); re-export or re-copy the bundle")
+    return manifest
+
+
+def _check_architecture(manifest: dict, where: Path) -> dict:
+    arch = _require(manifest, "architecture", dict, where)
+    spec = TASKS[manifest["task"]]
+    decoder = len(spec.tokenizers) > 1           # an encoder-decoder: <s>/</s> ids and an attention kind
+    needed = ["layers", "hidden"] + [size_key for _, size_key in spec.tokenizers] + (
+        ["bos_id", "eos_id"] if decoder else [])
+    if spec.labels_key:
+        needed.append(spec.labels_key)
+    for key in needed:
+        _require(manifest, f"architecture.{key}", int, where)
+    bad = {k: arch[k] for k in ARCH_INTS if k in arch and (not is_int(arch[k]) or not 0 <= arch[k] <= MAX_DIM)}
+    bad.update({k: arch[k] for k in ("layers", "hidden") if k not in bad and arch[k] < 1})
+    if bad:
+        raise BundleError(f"{where}: 'architecture' has {bad}; sizes are integers in 0..{MAX_DIM} (layers and hidden "
+                          f"at least 1); {REEXPORT}")
+    if _require(manifest, "architecture.cell", str, where) not in CELLS:
+        raise BundleError(f"{where}: 'architecture.cell' is {arch['cell']!r}, expected one of {list(CELLS)}; "
+                          f"{REEXPORT}")
+    if decoder and _require(manifest, "architecture.attention", str, where) not in ATTENTIONS:
+        raise BundleError(f"{where}: 'architecture.attention' is {arch['attention']!r}, expected one of "
+                          f"{list(ATTENTIONS)}; {REEXPORT}")
+    return arch
 
 
 def _tokenizer(manifest: dict, key: str, size_key: str, where: Path) -> WordTokenizer | CharTokenizer:
@@ -172,28 +252,30 @@ def _tokenizer(manifest: dict, key: str, size_key: str, where: Path) -> WordToke
     size = _require(manifest, f"architecture.{size_key}", int, where)
     if tokenizer.vocab_size != size:
         raise BundleError(f"{where}: '{key}.vocab' has {tokenizer.vocab_size} entries but "
-                          f"'architecture.{size_key}' is {size}; re-export the bundle")
+                          f"'architecture.{size_key}' is {size}; {REEXPORT}")
     return tokenizer
 
 
 def _check_special_ids(manifest: dict, target, where: Path) -> None:
-    """seq2seq: <s> and </s> are two distinct target ids, neither <pad> nor <unk>."""
+    """seq2seq: bos_id and eos_id are the target vocabulary's <s> and </s> (ids 2 and 3)."""
     ids = {k: _require(manifest, f"architecture.{k}", int, where) for k in ("bos_id", "eos_id")}
-    bad = {k: v for k, v in ids.items() if not 0 <= v < target.vocab_size or v in (PAD_ID, UNK_ID)}
-    if bad or ids["bos_id"] == ids["eos_id"]:
-        raise BundleError(f"{where}: 'architecture' has bos_id={ids['bos_id']}, eos_id={ids['eos_id']}; they must be "
-                          f"two distinct target ids in 2..{target.vocab_size - 1} (0 and 1 are <pad> and <unk>); "
-                          f"re-export the bundle")
+    tokens = {k: target.vocab[v] if 0 <= v < target.vocab_size else None for k, v in ids.items()}
+    if tokens != {"bos_id": BOS, "eos_id": EOS}:
+        raise BundleError(f"{where}: 'architecture' has bos_id={ids['bos_id']}, eos_id={ids['eos_id']}, which are "
+                          f"{tokens['bos_id']!r} and {tokens['eos_id']!r} in 'target_tokenizer.vocab'; they must be "
+                          f"{BOS!r} and {EOS!r}; {REEXPORT}")
 
 
 def _check_file(root: Path, name: str, entry, where: Path, verify_hashes: bool) -> None:
-    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not isinstance(entry.get("bytes"), int):
-        raise BundleError(f"{where}: 'files.{name}' must be {{'sha256': str, 'bytes': int}}; re-export the bundle")
-    target = (root / name).resolve()
-    if root.resolve() not in target.parents:
-        raise BundleError(f"{where}: 'files' names {name!r}, which is outside the bundle directory; refusing it")
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not is_int(entry.get("bytes")):
+        raise BundleError(f"{where}: 'files.{name}' must be {{'sha256': str, 'bytes': int}}; {REEXPORT}")
+    target = inside(root, name)
+    if target is None:
+        raise BundleError(f"{where}: 'files' names {name!r}, which is outside the bundle directory (or not a file "
+                          f"name); refusing it")
     if not target.is_file():
-        raise BundleError(f"{root / name}: listed in {MANIFEST_FILE} but missing; the bundle is incomplete, re-export it")
+        raise BundleError(f"{root / name}: listed in {MANIFEST_FILE} but missing; the bundle is incomplete, "
+                          f"re-export it")
     size = target.stat().st_size
     if size != entry["bytes"]:
         raise BundleError(f"{root / name}: {size} bytes but {MANIFEST_FILE} records {entry['bytes']}; the file is "
@@ -203,98 +285,83 @@ def _check_file(root: Path, name: str, entry, where: Path, verify_hashes: bool) 
                           f"the file is corrupted or was modified, re-export or re-copy the bundle")
 
 
-def _check_graph_contract(manifest: dict, where: Path) -> None:
+def _contract(manifest: dict, labels: list[str]) -> dict[str, dict[str, list]]:
+    """Graph name -> {input/output name: expected dims}: an int is a fixed width from the
+    architecture, a string one of the axes the runtime varies, by the name the exporters give it
+    (graph_shapes.AXIS_SIZES sizes them by these names).  A name means the same in every task
+    (manifest.VALUE_DTYPES) except the head, whose width and rank the task's registry entry gives."""
+    spec, arch = TASKS[manifest["task"]], manifest["architecture"]
+    b, t, s, hidden = "batch", "time", "source_time", arch["hidden"]
+    state = [arch["layers"], b, hidden]
+    dims = {Seq2SeqIO.input_ids: [b, t], LanguageModelIO.sequence_lens: [b], TaggerIO.char_ids: [b, t, "chars"],
+            Seq2SeqIO.source_ids: [b, s], Seq2SeqIO.source_lens: [b], Seq2SeqIO.memory: [b, s, hidden],
+            Seq2SeqIO.keys: [b, s, hidden], Seq2SeqIO.attention: [b, t, s],
+            **{n: state for pair in LanguageModelIO.STATE_PAIRS.items() for n in pair}}
+    width = len(labels) if spec.labels_key else arch[spec.head.width]
+    dims[spec.head.output] = [b, t, width] if spec.head.per_token else [b, width]
+    return {graph: {n: dims[n] for n in inputs + outputs} for graph, (inputs, outputs) in _io_names(manifest).items()}
+
+
+def _io_names(manifest: dict) -> dict[str, tuple[tuple, tuple]]:
+    """Graph name -> (input names, output names) of the task's contract (manifest.py)."""
+    return TASKS[manifest["task"]].io.graph_io(manifest["architecture"], bool(manifest.get("charset")))
+
+
+def _check_graph_contract(manifest: dict, labels: list[str], where: Path) -> None:
+    """The manifest's 'graph' section against the task's contract: names (in order), dtypes, ranks,
+    symbolic axes where the runtime varies them, and fixed widths equal to the architecture's."""
     graph = _require(manifest, "graph", dict, where)
-    task = manifest["task"]
-    if task == "classify":
-        io = {"": (ClassifierIO.inputs, ClassifierIO.outputs)}
-    elif task == "lm":
-        cell = _require(manifest, "architecture.cell", str, where)
-        io = {"": (LanguageModelIO.inputs(cell), LanguageModelIO.outputs(cell))}
-        _check_state_contract(manifest, LanguageModelIO.state_inputs(cell), LanguageModelIO.state_outputs(cell),
-                              "zeros", where)
-    elif task == "seq2seq":
-        cell = _require(manifest, "architecture.cell", str, where)
-        attention = _require(manifest, "architecture.attention", str, where)
-        io = {"encoder.": (Seq2SeqIO.encoder_inputs(), Seq2SeqIO.encoder_outputs(cell, attention)),
-              "decoder.": (Seq2SeqIO.decoder_inputs(cell, attention), Seq2SeqIO.decoder_outputs(cell, attention))}
-        _check_state_contract(manifest, LanguageModelIO.state_inputs(cell), LanguageModelIO.state_outputs(cell),
-                              "encoder", where)
-    else:
-        io = {"": (TaggerIO.inputs_with_chars if manifest.get("charset") else TaggerIO.inputs, TaggerIO.outputs)}
-    for prefix, sides in io.items():
-        for side, expected in zip(("inputs", "outputs"), sides):
+    task, spec = manifest["task"], TASKS[manifest["task"]]
+    if spec.state is not None:                   # the recurrent state the runtime carries, and where it starts
+        _check_state_contract(manifest, spec.state, where)
+    if spec.state == "encoder":                  # a decoder also reads the encoder's context at every step
+        _check_context(manifest, where)
+    contract = _contract(manifest, labels)
+    for gname, (inputs, outputs) in _io_names(manifest).items():
+        prefix = "" if gname == "model" else f"{gname}."
+        for side, expected in (("inputs", inputs), ("outputs", outputs)):
             declared = _require(manifest, f"graph.{prefix}{side}", list, where)
-            names = [d.get("name") for d in declared if isinstance(d, dict)]
+            names = [d.get("name") if isinstance(d, dict) else None for d in declared]
             if names != list(expected):
                 raise BundleError(f"{where}: 'graph.{prefix}{side}' names {names} but a {task} bundle has "
-                                  f"{list(expected)}; re-export the bundle")
+                                  f"{list(expected)}; {REEXPORT}")
             for d in declared:
-                for dim in d.get("shape", []):
-                    if isinstance(dim, int) and not 0 < dim <= MAX_DIM or not isinstance(dim, (int, str)):
-                        raise BundleError(f"{where}: 'graph.{prefix}{side}' declares {d['name']!r} with dimension "
-                                          f"{dim!r}; dimensions are names or 1..{MAX_DIM}; the manifest is corrupted")
+                dtype = VALUE_DTYPES[d["name"]]
+                want = contract[gname][d["name"]]
+                shape = d.get("shape")
+                if d.get("dtype") != dtype or not isinstance(shape, list) or len(shape) != len(want) or any(
+                        type(x) is not type(w) or x != w for x, w in zip(shape, want)):  # noqa: E721 -- 1 is not True
+                    raise BundleError(f"{where}: 'graph.{prefix}{side}' declares {d['name']!r} as {d.get('dtype')!r} "
+                                      f"{shape!r}; this {task} model's contract is {dtype!r} {want!r} (named axes "
+                                      f"where the runtime varies the size); the manifest is corrupted, {REEXPORT}")
     max_length = graph.get("max_length")
-    if not isinstance(max_length, int) or not 0 < max_length <= MAX_DIM:
+    if not is_int(max_length) or not 0 < max_length <= MAX_DIM:
         raise BundleError(f"{where}: 'graph.max_length' is {max_length!r}; expected an integer in 1..{MAX_DIM}")
 
 
-def _check_state_contract(manifest: dict, inputs: tuple, outputs: tuple, initial: str, where: Path) -> None:
+def _check_state_contract(manifest: dict, initial: str, where: Path) -> None:
     """The ``state`` section: one entry per state input, fed by the matching output, shaped
     (architecture.layers, 'batch', architecture.hidden), float32, starting from ``initial``
     (zeros for a language model; the encoder's output of the same name for seq2seq)."""
     state = _require(manifest, "state", list, where)
     arch = manifest["architecture"]
-    want = [{"input": i, "output": o, "dtype": "float32", "shape": [arch.get("layers"), "batch", arch.get("hidden")],
-             "initial": initial} for i, o in zip(inputs, outputs)]
+    cell = arch["cell"]
+    want = [{"input": i, "output": o, "dtype": "float32", "shape": [arch["layers"], "batch", arch["hidden"]],
+             "initial": initial}
+            for i, o in zip(LanguageModelIO.state_inputs(cell), LanguageModelIO.state_outputs(cell))]
     if state != want:
-        raise BundleError(f"{where}: 'state' is {state!r} but a {manifest['task']} {arch.get('cell')} model with this "
-                          f"architecture has {want!r}; the manifest is inconsistent, re-export the bundle")
+        raise BundleError(f"{where}: 'state' is {state!r} but a {manifest['task']} {cell} model with this "
+                          f"architecture has {want!r}; the manifest is inconsistent, {REEXPORT}")
 
 
-def _load_graph(model_path: Path, root: Path) -> onnx.ModelProto:
-    try:
-        model = onnx.load(str(model_path), load_external_data=False)
-    except Exception as exc:  # protobuf raises its own DecodeError family
-        raise BundleError(f"{model_path}: not a readable ONNX file ({type(exc).__name__}); "
-                          f"the bundle is corrupted, re-export it") from None
-    external = [t for t in _all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
-    for tensor in external:
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        target = (root / location).resolve()
-        if os.path.isabs(location) or root.resolve() not in target.parents:
-            raise BundleError(f"{model_path}: tensor {tensor.name!r} points at external data {location!r} "
-                              f"outside the bundle directory; refusing to read it (path traversal)")
-        if not target.is_file():
-            raise BundleError(f"{model_path}: tensor {tensor.name!r} needs external data {location!r}, "
-                              f"which is missing; re-copy the whole bundle directory")
-    if external:
-        onnx.load_external_data_for_model(model, str(root))
-    for tensor in _all_tensors(model):
-        if any(d < 0 or d > MAX_DIM for d in tensor.dims):
-            raise BundleError(f"{model_path}: initializer {tensor.name!r} declares shape {list(tensor.dims)}; "
-                              f"the file is corrupted, re-export the bundle")
-    return model
-
-
-def _all_tensors(model: onnx.ModelProto):
-    yield from model.graph.initializer
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-
-
-def _check_embeddings(bundle: Bundle, where: Path) -> None:
-    """Each embedding table must have one row per vocabulary entry."""
-    arch = bundle.manifest["architecture"]
-    for tensor_name, (graph_name, size_key) in EMBEDDINGS.get(bundle.task, DEFAULT_EMBEDDINGS).items():
-        graph = bundle.graph(int8=False, name=graph_name)
-        for tensor in graph.graph.initializer:
-            if tensor.name == tensor_name:
-                rows = tensor.dims[0] if tensor.dims else None
-                if rows != arch[size_key]:
-                    raise BundleError(f"{bundle.model_path(False, graph_name)}: {tensor_name.split('.')[0]} has {rows} "
-                                      f"rows but {where.name} 'architecture.{size_key}' is {arch[size_key]}; the model "
-                                      f"and its vocabulary do not belong together, re-export the bundle")
-                break
+def _check_context(manifest: dict, where: Path) -> None:
+    """seq2seq's ``context`` section: the decoder inputs fixed for a whole decode (none without attention)."""
+    hidden = manifest["architecture"]["hidden"]
+    want = [] if manifest["architecture"]["attention"] == "none" else [
+        {"input": n, "from": f"encoder {side}", "dtype": dtype, "shape": shape}
+        for n, side, dtype, shape in ((Seq2SeqIO.memory, "output", "float32", ["batch", "source_time", hidden]),
+                                      (Seq2SeqIO.keys, "output", "float32", ["batch", "source_time", hidden]),
+                                      (Seq2SeqIO.source_lens, "input", "int32", ["batch"]))]
+    if manifest.get("context") != want:
+        raise BundleError(f"{where}: 'context' is {manifest.get('context')!r} but this architecture has {want!r}; "
+                          f"the manifest is inconsistent, {REEXPORT}")

@@ -1,14 +1,14 @@
 """The worker side of the Dask engine: the bundle plugin, the per-process model cache, the partition task.
 
-Imported only by ``rnnkit.runtime.distributed`` when a job runs (it imports ``distributed``);
-must not import torch.
+Imported only by ``rnnkit.runtime.distributed`` when a job runs (it imports ``distributed``),
+and never imports it back: what both sides need is ``model_spec.ModelSpec``.  Must not import torch.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -17,11 +17,13 @@ from pathlib import Path
 
 from distributed import WorkerPlugin, get_worker
 
-from .errors import InputError, RnnkitError
+from .batch import run_items
+from .errors import RnnkitError
 from .manifest import MANIFEST_FILE
 from .model import load
+from .model_spec import ModelSpec
 
-_MODELS: dict[tuple, object] = {}   # (digest, backend, int8, threads) -> Model, one per worker process
+_MODELS: dict[tuple, object] = {}   # (digest, backend, int8, threads) -> task object, one per worker process
 _LOADS: dict[tuple, int] = {}       # how many times this process loaded it (1 unless something is wrong)
 _LOCK = threading.Lock()
 
@@ -66,8 +68,8 @@ def materialise(root: Path, digest: str, files: dict[str, bytes]) -> Path:
     return target
 
 
-def worker_model(spec):
-    """This process's model for ``spec`` (a ``distributed.ModelSpec``), loaded and verified on first use only."""
+def worker_model(spec: ModelSpec):
+    """This process's model for ``spec``, loaded and verified on first use only."""
     key = (spec.digest, spec.backend, spec.int8, spec.threads)
     with _LOCK:
         if key not in _MODELS:
@@ -80,28 +82,17 @@ def worker_model(spec):
         return _MODELS[key], _LOADS[key]
 
 
-def run_partition(spec, ids: list[str], items: list) -> dict:
+def run_partition(spec: ModelSpec, ids: list[str], items: list) -> dict:
     """Predict one partition -> {"text": JSON lines, "rows", "errors": [(position, message)], "worker", ...}.
 
-    A batch that fails on one bad item (a text with no tokens, a sentence over ``max_length``)
-    is retried item by item, so only the bad items become errors.
+    Items the model refuses (a text with no tokens, a sentence over ``max_length``) become errors
+    and the rest are predicted (``batch.run_items`` over the task object's ``run_batch``, as local
+    ``rnnkit predict`` does).
     """
-    from .distributed import TASK_METHODS
-
     wall, cpu = time.perf_counter(), time.process_time()
     model, loads = worker_model(spec)
-    run = getattr(model, TASK_METHODS[model.bundle.task])
-    errors: list[tuple[int, str]] = []
-    try:
-        results = run(items, batch_size=spec.batch_size)
-    except InputError:
-        results = []
-        for position, item in enumerate(items):
-            try:
-                results.append(run([item], batch_size=1)[0])
-            except InputError as exc:
-                results.append(None)
-                errors.append((position, re.sub(r"^(text|sentence) #0 ", r"\1 ", str(exc))))
+    run = functools.partial(model.run_batch, truncate=spec.truncate)
+    results, errors = run_items(run, items, spec.batch_size)
     text = "".join(json.dumps({"id": i, **r.to_dict()}, ensure_ascii=False) + "\n"
                    for i, r in zip(ids, results) if r is not None)
     return {"text": text, "rows": len(ids) - len(errors), "errors": errors,

@@ -2,17 +2,22 @@
 
 ``predict(bundle, inputs, out_dir, scheduler=None, ...)`` reads the inputs on the client as
 one stream of rows with stable ids (``rnnkit.runtime.partitions``), cuts it into partitions,
-and runs each partition on a worker with the same ``Model.predict`` / ``Model.tag`` that
-local ``rnnkit predict`` uses.  Output is one ``part-NNNNN.jsonl`` per partition (the local
-output rows plus an ``id``), bad records go to ``errors.jsonl`` as ``{"id", "source",
-"error"}``, and ``_SUCCESS`` (the counts, as JSON) is written last.
+and runs each partition on a worker with the same ``run_batch`` of the bundle's task object
+that local ``rnnkit predict`` uses (tasks whose registry entry says ``dask``).  Output is one
+``part-NNNNN.jsonl`` per partition (the local output rows plus an ``id``), bad records go to
+``errors.jsonl`` as ``{"id", "source", "error"}``, and ``_SUCCESS`` (the counts, as JSON) is
+written last.
 
 Exactly once: a worker returns its partition's rows as serialised JSON lines; the client
 writes ``_errors/part-NNNNN.jsonl`` then ``part-NNNNN.jsonl`` through ``atomic_writer``
 (temporary sibling, fsync, rename).  A worker killed mid-run only loses results the client
 has not received; Dask re-runs those tasks elsewhere and each partition file is written once
 under its final name, so no row is lost or duplicated.  ``resume=True`` skips partitions
-whose file exists (the part file is the partition's commit marker).
+whose file exists (the part file is the partition's commit marker); ``_job.json`` records the
+sha256 of every input, and a resume refuses inputs whose content changed (an edited file would
+shift rows between partitions: some lost, some twice).  Bad records of every kind -- unreadable
+bytes, invalid JSON, a wrong type, a lone surrogate, a text the model refuses -- go to
+``errors.jsonl``; the job carries on and ``_SUCCESS`` checks rows in = predictions + errors.
 
 Workers need no shared filesystem: inputs are read and outputs written by the client, and the
 bundle travels as bytes in a worker plugin (``rnnkit.runtime.dask_worker``) that writes it into
@@ -36,24 +41,16 @@ from pathlib import Path
 from typing import Callable
 
 from . import backends
-from .bundle import open_bundle
+from .bundle import open_bundle, sha256_file
 from .errors import InputError, RnnkitError, UnsupportedError
 from .io import atomic_writer, fsync_dir
 from .manifest import MANIFEST_FILE
+from .model_spec import ModelSpec
 from .partitions import expand_inputs, iter_rows, partitions
+from .records import read_records
+from .tasks import TASKS
 
-TASK_METHODS = {"classify": "predict", "tag": "tag"}   # bundle task -> Model method; generate is out of scope
 JOB_FILE, SUCCESS_FILE, ERRORS_FILE, ERRORS_DIR = "_job.json", "_SUCCESS", "errors.jsonl", "_errors"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a worker needs to run a partition (pickled into every task: keep it small)."""
-    digest: str          # sha256 of the bundle's manifest.json (which holds every file's sha256)
-    backend: str         # resolved on the client, so every worker runs the same backend
-    int8: bool
-    threads: int         # backend threads per model; 1 with one worker process per core
-    batch_size: int
 
 
 @dataclass
@@ -96,35 +93,45 @@ def part_name(index: int) -> str:
 def predict(bundle, inputs, out_dir, *, scheduler: str | None = None, client=None, workers: int | None = None,
             partition_size: int = 10_000, backend: str = "auto", int8: bool = False, threads: int = 1,
             batch_size: int = 64, text_field: str = "text", encoding: str = "utf-8", pretokenized: bool = False,
-            resume: bool = False, progress: Callable[[Progress], None] | None = None) -> Summary:
+            resume: bool = False, progress: Callable[[Progress], None] | None = None,
+            hint: dict | None = None, truncate: bool = False) -> Summary:
     """Run BUNDLE over INPUTS (paths or globs: txt/CSV/TSV/JSONL) on Dask; write OUT_DIR; return the counts.
 
     ``client``: an existing ``distributed.Client``; else ``scheduler`` ("tcp://host:port") to
     connect to; else a local cluster of ``workers`` processes (default: one per core) with one
     thread each.  ``resume``: continue a job in OUT_DIR (same bundle, inputs and partition size)
     instead of refusing a non-empty OUT_DIR.  ``progress(Progress)`` is called as partitions finish.
+    ``hint``: how messages name the settings (``records.read_records``); default: these arguments.
+    ``truncate``: a text over the bundle's max_length is cut to it (``"truncated": N`` in its line)
+    instead of going to errors.jsonl.
     """
     start = time.perf_counter()
     b = open_bundle(bundle)
-    if b.task not in TASK_METHODS:  # checked before Dask is needed: the answer does not depend on it
-        raise UnsupportedError(f"{bundle}: --engine dask runs {list(TASK_METHODS)} bundles, not {b.task!r} "
+    task = TASKS[b.task]
+    if not task.dask:  # checked before Dask is needed: the answer does not depend on it
+        raise UnsupportedError(f"{bundle}: --engine dask runs {[n for n, t in TASKS.items() if t.dask]} bundles, "
+                               f"not {b.task!r} "
                                f"(generation and seq2seq decoding have no distributed runner); use --engine local")
     try:
         import distributed
     except ImportError:
         raise RnnkitError("--engine dask needs Dask distributed; run `pip install \"rnnkit[dask]\"` "
                           "(or `pip install \"dask[distributed]\"`)") from None
-    if b.task == "classify" and pretokenized:
+    if pretokenized and not task.token_lists:
         raise InputError("--pretokenized applies to tagging bundles only")
     if int8:
         b.model_path(int8=True)              # refuse now, not on every worker
     files = expand_inputs(inputs)
-    spec = ModelSpec(bundle_digest(b.path), backends.resolve(backend), int8, threads, batch_size)
+    hint = hint or {text_field: "text_field=", "encoding": "encoding="}
+    read_records(files[0], (text_field,), encoding=encoding, hint=hint)   # an unknown encoding: refuse now
+    spec = ModelSpec(bundle_digest(b.path), backends.resolve(backend), int8, threads, batch_size, bool(truncate))
     out = Path(out_dir)
+    # --resume compares each input's sha256: an edit in place keeps its path and size
     job = {"bundle": str(b.path), "bundle_digest": spec.digest, "task": b.task, "backend": spec.backend,
            "int8": int8, "partition_size": partition_size, "text_field": text_field, "encoding": encoding,
-           "pretokenized": pretokenized,
-           "inputs": [{"index": i, "path": str(f), "bytes": f.stat().st_size} for i, f in enumerate(files)]}
+           "pretokenized": pretokenized, "truncate": bool(truncate),
+           "inputs": [{"index": i, "path": str(f), "bytes": f.stat().st_size, "sha256": sha256_file(f)}
+                      for i, f in enumerate(files)]}
     _prepare_out_dir(out, job, resume)
 
     own_cluster = None
@@ -137,7 +144,7 @@ def predict(bundle, inputs, out_dir, *, scheduler: str | None = None, client=Non
             client = distributed.Client(own_cluster)
     try:
         _register_bundle(client, b.path, spec.digest)
-        state = _run(client, spec, files, out, job, resume, progress)
+        state = _run(client, spec, files, out, job, resume, progress, hint)
     finally:
         if own_cluster is not None:
             client.close()
@@ -171,6 +178,7 @@ def _prepare_out_dir(out: Path, job: dict, resume: bool) -> None:
             raise InputError(f"--output {out}: has files but no {JOB_FILE}; it is not an rnnkit dask output, "
                              f"so --resume cannot continue it; choose an empty or new folder")
         old = json.loads(previous.read_text(encoding="utf-8"))
+        _check_inputs(out, old.get("inputs"), job["inputs"])
         changed = [k for k in job if k != "bundle" and old.get(k) != job[k]]
         if changed:
             raise InputError(f"--output {out}: --resume needs the same job, but {', '.join(changed)} differ from "
@@ -187,6 +195,18 @@ def _prepare_out_dir(out: Path, job: dict, resume: bool) -> None:
         json.dump(job, handle, indent=2)
 
 
+def _check_inputs(out: Path, old, new) -> None:
+    """Resume only over the same bytes: partitions are cut by row position, so an edited input would
+    leave finished partitions holding rows that no longer exist and shift the rest."""
+    if not isinstance(old, list) or [i.get("path") for i in old] != [i["path"] for i in new]:
+        return                                    # a different file list: reported as "inputs differ"
+    for before, now in zip(old, new):
+        if before.get("sha256") != now["sha256"]:
+            was = f"sha256 {before['sha256'][:12]}..." if before.get("sha256") else "no recorded sha256"
+            raise InputError(f"--output {out}: --resume: the input {now['path']} changed since the job started "
+                             f"({was}, now {now['sha256'][:12]}...); rerun without --resume into a new folder")
+
+
 @dataclass
 class _State:
     progress: Progress = field(default_factory=Progress)
@@ -198,7 +218,7 @@ class _State:
     task_cpu_seconds: float = 0.0
 
 
-def _run(client, spec: ModelSpec, files, out: Path, job: dict, resume: bool, progress) -> _State:
+def _run(client, spec: ModelSpec, files, out: Path, job: dict, resume: bool, progress, hint: dict) -> _State:
     from distributed import as_completed
 
     from .dask_worker import run_partition
@@ -226,7 +246,8 @@ def _run(client, spec: ModelSpec, files, out: Path, job: dict, resume: bool, pro
         if progress:
             progress(p)
 
-    rows = iter_rows(files, job["text_field"], job["encoding"], job["task"] == "tag", job["pretokenized"])
+    token_lists = TASKS[job["task"]].token_lists
+    rows = iter_rows(files, job["text_field"], job["encoding"], token_lists, job["pretokenized"], hint)
     for part in partitions(rows, job["partition_size"]):
         p.rows_read += part.rows
         p.partitions_read += 1

@@ -31,3 +31,10 @@ class UnsupportedError(RnnkitError):
 
 class ParityError(RnnkitError):
     """Export-time validation found outputs outside tolerance (the message lists every miss)."""
+
+
+class TaskMismatchError(InputError, AttributeError):
+    """A task object was asked for another task's method (a classifier's ``generate``): the bundle is the wrong kind.
+
+    An ``AttributeError`` (the object has no such method: ``hasattr`` is False) that the CLI reports
+    like any ``RnnkitError``."""

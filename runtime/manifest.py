@@ -8,8 +8,14 @@ Must not import torch, onnxruntime or numba.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+# sha256 of the manifest's canonical form (``canonical_json``), stored in the manifest itself:
+# the files' digests cover the graphs, this one covers the vocabulary, labels and contract.
+DIGEST_KEY = "manifest_sha256"
 MODEL_FP32 = "model.onnx"
 MODEL_INT8 = "model.int8.onnx"
 OPSET = 17  # LSTM/GRU/RNN with `layout`, DynamicQuantizeLinear, Softmax over one axis
@@ -24,6 +30,12 @@ class ClassifierIO:
 
     inputs = (input_ids, sequence_lens)
     outputs = (logits,)
+    files = {"model": (MODEL_FP32, MODEL_INT8)}   # graph name -> (fp32 file, int8 file)
+
+    @classmethod
+    def graph_io(cls, arch: dict, chars: bool = False) -> dict[str, tuple[tuple, tuple]]:
+        """Graph name -> (input names, output names), as every contract answers it."""
+        return {"model": (cls.inputs, cls.outputs)}
 
 
 # Keys mirrored into the ONNX file's metadata_props, so a stray .onnx identifies itself.
@@ -41,6 +53,11 @@ class TaggerIO:
     inputs = (input_ids, sequence_lens)
     inputs_with_chars = (input_ids, sequence_lens, char_ids)
     outputs = (logits,)
+    files = ClassifierIO.files
+
+    @classmethod
+    def graph_io(cls, arch: dict, chars: bool = False) -> dict[str, tuple[tuple, tuple]]:
+        return {"model": (cls.inputs_with_chars if chars else cls.inputs, cls.outputs)}
 
 
 class LanguageModelIO:
@@ -61,6 +78,11 @@ class LanguageModelIO:
     final_c = "final_c"              # LSTM only
 
     STATE_PAIRS = {final_h: initial_h, final_c: initial_c}  # output -> the input it feeds next call
+    files = ClassifierIO.files
+
+    @classmethod
+    def graph_io(cls, arch: dict, chars: bool = False) -> dict[str, tuple[tuple, tuple]]:
+        return {"model": (cls.inputs(arch["cell"]), cls.outputs(arch["cell"]))}
 
     @classmethod
     def state_inputs(cls, cell: str) -> tuple[str, ...]:
@@ -112,6 +134,12 @@ class Seq2SeqIO:
     files = {"encoder": (encoder_file, encoder_int8_file), "decoder": (decoder_file, decoder_int8_file)}
 
     @classmethod
+    def graph_io(cls, arch: dict, chars: bool = False) -> dict[str, tuple[tuple, tuple]]:
+        cell, attention = arch["cell"], arch["attention"]
+        return {"encoder": (cls.encoder_inputs(), cls.encoder_outputs(cell, attention)),
+                "decoder": (cls.decoder_inputs(cell, attention), cls.decoder_outputs(cell, attention))}
+
+    @classmethod
     def encoder_inputs(cls) -> tuple[str, ...]:
         return (cls.source_ids, cls.source_lens)
 
@@ -129,6 +157,38 @@ class Seq2SeqIO:
     def decoder_outputs(cls, cell: str, attention: str) -> tuple[str, ...]:
         weights = (cls.attention,) if attention != "none" else ()
         return (cls.log_probs,) + LanguageModelIO.state_outputs(cell) + weights
+
+
+# dtype of each graph input/output name: one meaning per name in every task (ids int64, lengths
+# int32, everything computed float32); their ranks and widths follow from the architecture
+# (runtime/bundle.py, ``_contract``).
+VALUE_DTYPES = {
+    "input_ids": "int64", "sequence_lens": "int32", "char_ids": "int64", "source_ids": "int64", "source_lens": "int32",
+    "initial_h": "float32", "initial_c": "float32", "final_h": "float32", "final_c": "float32", "memory": "float32",
+    "keys": "float32", "attention": "float32", "log_probs": "float32", "logits": "float32",
+}
+
+
+def canonical_json(manifest: dict) -> bytes:
+    """The bytes ``manifest_sha256`` covers: the manifest without that key, as
+    ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` encoded as UTF-8
+    (Python's float repr, NaN as ``NaN``).  Key order, indentation and escapes in the file do not
+    matter: the digest is of the parsed content, so re-indenting a manifest keeps it valid and
+    editing any value does not.  Raises ValueError for a string no UTF-8 can hold (a lone surrogate)."""
+    body = {k: v for k, v in manifest.items() if k != DIGEST_KEY}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def manifest_digest(manifest: dict) -> str:
+    return hashlib.sha256(canonical_json(manifest)).hexdigest()
+
+
+def seal(manifest: dict) -> dict:
+    """Set ``manifest_sha256`` for the manifest as a reader will parse it (after a JSON round trip:
+    tuples are lists, keys are strings), so the writer and ``open_bundle`` hash the same thing."""
+    manifest.pop(DIGEST_KEY, None)
+    manifest[DIGEST_KEY] = manifest_digest(json.loads(json.dumps(manifest)))
+    return manifest
 
 
 def graph_files(task: str) -> dict[str, tuple[str, str]]:

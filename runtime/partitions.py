@@ -1,9 +1,10 @@
 """Reading many input files as one stream of rows with stable ids, cut into fixed-size partitions.
 
-Used by the distributed engine (``rnnkit.runtime.distributed``).  Unlike ``io.read_records``,
-which stops at the first bad line (right for a local run a user is watching), these readers
-turn a bad record -- invalid bytes, invalid JSON, a missing key, an empty text -- into an
-error row and carry on, so one bad line in a crawl does not fail a million-row job.
+Used by the distributed engine (``rnnkit.runtime.distributed``).  Files are read by the one
+record reader (``rnnkit.runtime.records``) and turned into model inputs by ``batch.items_of``,
+exactly as local ``rnnkit predict`` does: a bad record -- invalid bytes, invalid JSON, a missing
+key, a non-string text, an empty text -- becomes an error row and the job carries on, so one bad
+line in a crawl does not fail a million-row job.
 
 Ids: ``"<file index>:<line number>"``, where the file index is the position of the file in
 the sorted, de-duplicated expansion of the input patterns (written to ``_job.json``) and the
@@ -17,16 +18,15 @@ Pure stdlib; must not import torch or dask.
 
 from __future__ import annotations
 
-import csv
 import glob
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from .batch import items_of
 from .errors import InputError
-from .io import JSONL, TABULAR
+from .records import read_records
 
 
 @dataclass
@@ -68,27 +68,17 @@ def expand_inputs(patterns: list[str] | tuple[str, ...] | str) -> list[Path]:
 
 
 def iter_rows(files: list[Path], text_field: str = "text", encoding: str = "utf-8", tagging: bool = False,
-              pretokenized: bool = False) -> Iterator[tuple[str, str, object, str | None]]:
+              pretokenized: bool = False, hint: dict | None = None) -> Iterator[tuple[str, str, object, str | None]]:
     """Yield ``(id, source, item, error)`` for every record of every file; ``error`` is None for a good row.
 
     Problems with a whole file (no header, a missing column) raise ``InputError``: they are
-    configuration mistakes, not bad records.
+    configuration mistakes, not bad records.  ``hint``: see ``records.read_records``.
     """
     for index, path in enumerate(files):
-        suffix = path.suffix.lower()
-        if suffix in TABULAR:
-            rows = _tabular(path, text_field, encoding, TABULAR[suffix])
-        elif suffix in JSONL:
-            rows = _jsonl(path, text_field, encoding, tagging)
-        else:
-            rows = _plain(path, encoding)
-        for line, item, error in rows:
-            if error is None:
-                if tagging and pretokenized and isinstance(item, str):
-                    item = item.split()
-                elif not tagging and not item.strip():
-                    error = "empty text; remove it or give it some words"
-            yield f"{index}:{line}", f"{path}:{line}", (None if error else item), error
+        records = read_records(path, (text_field,), encoding=encoding, hint=hint,
+                               tokens="tokens" if tagging else None)
+        for source, item, error in items_of(records, text_field, tagging, pretokenized):
+            yield f"{index}:{source.rpartition(':')[2]}", source, item, error
 
 
 def partitions(rows: Iterator[tuple[str, str, object, str | None]], size: int) -> Iterator[Partition]:
@@ -108,97 +98,3 @@ def partitions(rows: Iterator[tuple[str, str, object, str | None]], size: int) -
             part = Partition(part.index + 1)
     if part.rows:
         yield part
-
-
-def _decoded_lines(path: Path, encoding: str) -> Iterator[tuple[int, str | None, str | None]]:
-    """(line number, text or None, error or None) for each physical line."""
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                yield number, raw.decode(encoding).rstrip("\r\n"), None
-            except UnicodeDecodeError as exc:
-                near = raw.rstrip(b"\r\n")[max(0, exc.start - 10):exc.start + 10]
-                yield number, None, f"invalid {encoding} at byte {exc.start} of the line ({near!r})"
-
-
-def _plain(path: Path, encoding: str):
-    for number, line, error in _decoded_lines(path, encoding):
-        if error or line.strip():       # blank lines are skipped, as by local `rnnkit predict`
-            yield number, line, error
-
-
-def _jsonl(path: Path, text_field: str, encoding: str, tagging: bool):
-    for number, line, error in _decoded_lines(path, encoding):
-        if error:
-            yield number, None, error
-            continue
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield number, None, f"invalid JSON ({exc.msg} at column {exc.colno})"
-            continue
-        if not isinstance(record, dict):
-            yield number, None, f"expected a JSON object, got {type(record).__name__}"
-            continue
-        tokens = record.get("tokens")
-        if tagging and isinstance(tokens, list) and all(isinstance(t, str) for t in tokens):
-            yield number, tokens, None
-        elif isinstance(record.get(text_field), str):
-            yield number, record[text_field], None
-        elif isinstance(record.get(text_field), (int, float)) and not isinstance(record.get(text_field), bool):
-            yield number, str(record[text_field]), None
-        else:
-            yield number, None, (f"no string {text_field!r} (keys: {sorted(record)}); "
-                                 f"choose the field with --text-field")
-
-
-def _tabular(path: Path, text_field: str, encoding: str, delimiter: str):
-    lines = _decoded_lines(path, encoding)
-    pending: list[tuple[int, str]] = []     # bad lines met while csv pulled the next row
-    consumed: list[int] = []                # physical line numbers pulled for the current row
-
-    def good_lines():
-        for number, line, error in lines:
-            if error:
-                pending.append((number, error))
-                continue
-            consumed.append(number)
-            yield line + "\n"     # csv needs the newline of a quoted multi-line field
-
-    reader = csv.reader(good_lines(), delimiter=delimiter)
-    header = next(reader, None)
-    if pending and (header is None or pending[0][0] < consumed[0]):
-        raise InputError(f"{path}:{pending[0][0]}: the header line is not valid {encoding}; re-encode the "
-                         f"file as UTF-8 or pass --encoding (e.g. latin-1)")
-    if not header:
-        raise InputError(f"{path}: empty file; expected a header row with a {text_field!r} column")
-    header = [h.strip() for h in header]
-    if text_field not in header:
-        raise InputError(f"{path}: no column {text_field!r} in the header (columns: {header}); "
-                         f"choose the column with --text-field")
-    column = header.index(text_field)
-    while True:
-        consumed.clear()
-        try:
-            row = next(reader)
-        except StopIteration:
-            row = None
-        except csv.Error as exc:
-            row, bad = None, str(exc)
-            yield (consumed[0] if consumed else 0), None, f"unreadable CSV row ({bad})"
-            continue
-        for number, error in pending:
-            yield number, None, error
-        pending.clear()
-        if row is None:
-            return
-        if not row or not any(cell.strip() for cell in row):
-            continue
-        number = consumed[0]
-        if len(row) < len(header):
-            yield number, None, (f"{len(row)} columns but the header has {len(header)}; "
-                                 f"quote fields that contain the delimiter")
-        else:
-            yield number, row[column], None

@@ -1,12 +1,16 @@
 """Streaming state of a language model: feed text as it arrives, never re-run a prefix.
 
-``Model.spawn_state() -> State``; ``State.run(chunk)`` feeds the chunk's tokens through the
+``LanguageModel.spawn_state() -> State``; ``State.run(chunk)`` feeds the chunk's tokens through the
 bundle's step graph starting from the carried state and keeps the new state (the graph's
 ``final_*`` outputs become the next call's ``initial_*`` inputs, as the manifest's ``state``
 section records); ``reset()`` returns to the initial (zero) state; ``copy()`` forks a stream
 (e.g. to try several continuations of one prefix).  Each ``State`` owns its arrays, so any
 number of states from one model run side by side, also from several threads; the model's
 session is shared (onnxruntime sessions are thread-safe; numba runs are serialised by the model).
+
+A state needs four things of its model, named by the ``Stepper`` protocol below (implemented by
+``rnnkit.runtime.language_model.LanguageModel``); this module depends on nothing else, so the
+language model imports it and never the other way round.
 
 Chunking never changes the result: running a text in any chunks equals running it at once
 (tested as a property over random chunkings, every cell and layer count).  At char level any
@@ -18,20 +22,30 @@ Must not import torch, onnxruntime or numba.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
 from .errors import InputError
 
-if TYPE_CHECKING:
-    from .model import Model
+
+class Stepper(Protocol):
+    """What a ``State`` calls on its model: the step graph, its initial state and the chunk encoder."""
+
+    vocab_size: int      # logits per token
+    max_length: int      # the longest chunk one graph call takes (longer chunks run in pieces)
+
+    def initial_state(self, batch: int = 1) -> dict[str, np.ndarray]: ...
+
+    def step(self, input_ids: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]: ...
+
+    def encode_chunk(self, chunk: str | Sequence[int]) -> list[int]: ...
 
 
 class State:
     """The recurrent state of one stream (batch 1) of a language model, plus its last logits."""
 
-    def __init__(self, model: "Model"):
+    def __init__(self, model: Stepper):
         self.model = model
         self.reset()
 

@@ -1,7 +1,10 @@
 """Word tokenizer shared by training (``rnnkit.toolkit``) and serving (``rnnkit.runtime``).
 
 Text -> NFKC-normalised (optionally lower-cased) string -> words and single punctuation
-marks by one Unicode-aware regex -> ids, with ``<pad>`` = 0 and ``<unk>`` = 1.  The
+marks by one Unicode-aware regex -> ids, with ``<pad>`` = 0 and ``<unk>`` = 1.  The regex is
+rnnkit's own, chosen by name (``SPLITTERS``): a manifest says ``"splitter": "words"`` and can
+never supply a pattern, so a bundle from an untrusted source cannot make ``predict`` hang on a
+catastrophically backtracking regex.  The
 vocabulary is built deterministically (frequency, then alphabetical order) so the same
 corpus gives the same ids on every platform.  ``to_dict`` / ``from_dict`` is the JSON form
 stored in checkpoints and bundle manifests; ``from_dict`` validates every key and raises
@@ -35,7 +38,19 @@ TARGET_SPECIALS = (PAD, UNK, BOS, EOS)
 # Words (letters/digits/underscore in any script, with inner apostrophes: "it's", "don’t")
 # or any single non-space, non-word character (punctuation, symbols).
 DEFAULT_PATTERN = r"\w+(?:['’]\w+)*|[^\w\s]"
-TOKENIZER_KEYS = {"level", "lowercase", "normalization", "pattern", "vocab"}
+# The word splitters rnnkit writes, by name.  A name's pattern never changes (another pattern gets
+# another name): a bundle's ids are only right with the exact splitting it was trained with.
+SPLITTERS = {"words": DEFAULT_PATTERN}
+DEFAULT_SPLITTER = "words"
+# Checkpoints and bundles written before splitters had names stored the regex itself under
+# "pattern"; only the strings rnnkit wrote are accepted, mapped to their names.
+LEGACY_PATTERNS = {DEFAULT_PATTERN: "words"}
+NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD")  # unicodedata's forms
+TOKENIZER_KEYS = {"level", "lowercase", "normalization", "splitter", "vocab"}
+# A vocabulary is data from the bundle: bounded so that a hostile one cannot exhaust memory or
+# time on lookups (a real entry is a word, a character or a special; 1024 characters is generous).
+MAX_TOKEN_CHARS = 1024
+MAX_VOCAB = 1 << 24  # the embedding table's rows; bundle.MAX_DIM bounds them the same way
 
 
 def pad_ids(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -92,12 +107,15 @@ class WordTokenizer:
     level = "word"
 
     def __init__(self, vocab: Sequence[str] = SPECIALS, lowercase: bool = True,
-                 pattern: str = DEFAULT_PATTERN, normalization: str = "NFKC"):
+                 splitter: str = DEFAULT_SPLITTER, normalization: str = "NFKC"):
+        if splitter not in SPLITTERS:
+            raise ValueError(f"splitter must be one of {sorted(SPLITTERS)}, got {splitter!r}")
         self.vocab = list(vocab)
         self.lowercase = bool(lowercase)
-        self.pattern = pattern
+        self.splitter = splitter
+        self.pattern = SPLITTERS[splitter]  # rnnkit's own regex: never text from a file
         self.normalization = normalization
-        self._regex = re.compile(pattern)
+        self._regex = re.compile(self.pattern)
         self._index = {tok: i for i, tok in enumerate(self.vocab)}
 
     # -- building ---------------------------------------------------------------------
@@ -182,7 +200,7 @@ class WordTokenizer:
 
     def to_dict(self) -> dict:
         return {"level": self.level, "lowercase": self.lowercase, "normalization": self.normalization,
-                "pattern": self.pattern, "vocab": list(self.vocab)}
+                "splitter": self.splitter, "vocab": list(self.vocab)}
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "manifest.json") -> "WordTokenizer":
@@ -192,6 +210,17 @@ class WordTokenizer:
                               "-- re-export the bundle")
         problems = []
         key = lambda k: f"'tokenizer.{k}'"  # noqa: E731
+        d = dict(d)
+        if "pattern" in d and "splitter" not in d:  # written before splitters had names
+            pattern = d.pop("pattern")
+            if isinstance(pattern, str) and pattern in LEGACY_PATTERNS:
+                d["splitter"] = LEGACY_PATTERNS[pattern]
+            else:
+                shown = pattern if not isinstance(pattern, str) or len(pattern) <= 80 else pattern[:80] + "..."
+                problems.append(f"{key('pattern')} is {shown!r}, which is not a pattern rnnkit writes; the tokenizer "
+                                f"names one of rnnkit's splitters ({', '.join(map(repr, sorted(SPLITTERS)))}) and "
+                                "never runs a regular expression from a file")
+                d["splitter"] = DEFAULT_SPLITTER  # reported above; keeps the key checks below quiet
         missing = sorted(TOKENIZER_KEYS - d.keys())
         if missing:
             problems.append(f"'tokenizer' lacks key(s) {', '.join(map(repr, missing))}")
@@ -203,20 +232,18 @@ class WordTokenizer:
             problems.append(f"{key('level')} is {d['level']!r}, expected {cls.level!r}")
         if "lowercase" in d and not isinstance(d["lowercase"], bool):
             problems.append(f"{key('lowercase')} is {d['lowercase']!r}, expected true or false")
-        if "normalization" in d and d["normalization"] not in ("NFC", "NFKC", "NFD", "NFKD"):
+        if "normalization" in d and d["normalization"] not in NORMALIZATIONS:
             problems.append(f"{key('normalization')} is {d['normalization']!r}, "
                             "expected one of NFC, NFKC, NFD, NFKD")
-        if "pattern" in d:
-            try:
-                re.compile(d["pattern"])
-            except (re.error, TypeError) as e:
-                problems.append(f"{key('pattern')} is not a valid regular expression ({e})")
+        if "splitter" in d and (not isinstance(d["splitter"], str) or d["splitter"] not in SPLITTERS):
+            problems.append(f"{key('splitter')} is {d['splitter']!r}, expected one of "
+                            f"{', '.join(map(repr, sorted(SPLITTERS)))} (rnnkit's own word splitters)")
         if "vocab" in d:
             problems += _vocab_problems(d["vocab"], "tokenizer.vocab")
         if problems:
             raise BundleError(f"{source}: " + "; ".join(problems) + " -- re-export the bundle "
                               "or retrain; the tokenizer section must come from WordTokenizer.to_dict()")
-        return cls(d["vocab"], lowercase=d["lowercase"], pattern=d["pattern"],
+        return cls(d["vocab"], lowercase=d["lowercase"], splitter=d["splitter"],
                    normalization=d["normalization"])
 
 
@@ -227,19 +254,25 @@ def _vocab_problems(vocab, name: str) -> list[str]:
     if len(vocab) < len(SPECIALS):
         problems.append(f"'{name}' has {len(vocab)} entries, expected at least {len(SPECIALS)} "
                         f"({', '.join(SPECIALS)} first)")
+    if len(vocab) > MAX_VOCAB:
+        return problems + [f"'{name}' has {len(vocab)} entries, more than rnnkit's limit of {MAX_VOCAB}"]
     bad = [i for i, t in enumerate(vocab) if not isinstance(t, str) or not t]
     if bad:
         problems.append(f"'{name}' has non-string or empty entries at index {bad[:5]}")
+    long = [i for i, t in enumerate(vocab) if isinstance(t, str) and len(t) > MAX_TOKEN_CHARS]
+    if long:
+        problems.append(f"'{name}' has entries longer than {MAX_TOKEN_CHARS} characters at index {long[:5]}")
     for i, special in enumerate(SPECIALS[: len(vocab)]):
         if vocab[i] != special:
             problems.append(f"'{name}[{i}]' is {vocab[i]!r}, expected {special!r}")
     seen: set[str] = set()
-    dups = []
+    repeated: dict[str, None] = {}  # ordered, and O(1) per entry: a hostile vocabulary may repeat millions
     for t in vocab:
         if isinstance(t, str):
-            if t in seen and t not in dups:
-                dups.append(t)
+            if t in seen:
+                repeated[t] = None
             seen.add(t)
+    dups = list(repeated)
     if dups:
         problems.append(f"'{name}' has duplicate entr{'y' if len(dups) == 1 else 'ies'} "
                         + ", ".join(repr(t) for t in dups[:5]))
@@ -327,7 +360,7 @@ class CharTokenizer:
                             f"(optionally {sorted(CHAR_TOKENIZER_OPTIONAL)})")
         if not isinstance(d.get("lowercase", False), bool):
             problems.append(f"'tokenizer.lowercase' is {d['lowercase']!r}, expected true or false")
-        if d.get("normalization") not in ("NFC", "NFKC", "NFD", "NFKD"):
+        if d.get("normalization") not in NORMALIZATIONS:
             problems.append(f"'tokenizer.normalization' is {d.get('normalization')!r}, expected one of NFC, NFKC, NFD, NFKD")
         if "vocab" in d:
             problems += _vocab_problems(d["vocab"], "tokenizer.vocab")

@@ -53,7 +53,7 @@ def main() -> None:
               "train_chars": result.num_train, "dev_chars": result.num_dev,
               "history": result.history}
     if not args.no_export:
-        from rnnkit.export.exporter import export_checkpoint
+        from rnnkit.toolkit.export_checkpoint import export_checkpoint
         from rnnkit.runtime import load
         from rnnkit.toolkit.devset import dev_set_for
 

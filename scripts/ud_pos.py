@@ -54,7 +54,7 @@ def onnx_tags(model, tokenizer, charset, sentences, batch_size=64):
 
 
 def run(name, overrides, args):
-    from rnnkit.export.graph_tagger import build_tagger_graph, check_tagger_graph
+    from rnnkit.export.task_tag import build_tagger_graph, check_tagger_graph
     from rnnkit.export.quantize import quantize_classifier
     from rnnkit.toolkit.conll import read_tagged
     from rnnkit.toolkit.tag_metrics import evaluate_tags

@@ -62,7 +62,7 @@ def write_dev(path: Path, n: int = 60, seed: int = 1) -> Path:
 def gru_bundle(tmp_path_factory) -> Path:
     """A validated fp32 + int8 GRU bundle (built once per session)."""
     pytest.importorskip("torch")
-    from rnnkit.export.exporter import DevSet, export_checkpoint
+    from rnnkit.toolkit.export_checkpoint import DevSet, export_checkpoint
 
     root = tmp_path_factory.mktemp("bundle")
     ckpt = make_checkpoint(root / "ckpt", cell="gru", bidirectional=True, pooling="max")
@@ -120,7 +120,7 @@ def make_tagger_checkpoint(out: Path, cell: str = "lstm", bidirectional: bool = 
 def tag_bundle(tmp_path_factory) -> Path:
     """A validated fp32 + int8 tagging bundle with character features (built once per session)."""
     pytest.importorskip("torch")
-    from rnnkit.export.exporter import DevSet, export_checkpoint
+    from rnnkit.toolkit.export_checkpoint import DevSet, export_checkpoint
 
     root = tmp_path_factory.mktemp("tagbundle")
     ckpt = make_tagger_checkpoint(root / "ckpt")
@@ -157,7 +157,7 @@ def lm_bundles(tmp_path_factory):
     """Validated fp32 char-LM bundles for every (cell, layers) in {rnn, lstm, gru} x {1, 2}; the
     lstm x2 one also int8 (built lazily, once per session)."""
     pytest.importorskip("torch")
-    from rnnkit.export.exporter import DevSet, export_checkpoint
+    from rnnkit.toolkit.export_checkpoint import DevSet, export_checkpoint
 
     root = tmp_path_factory.mktemp("lm")
     cache: dict = {}
@@ -255,18 +255,23 @@ def s2s_bundles(tmp_path_factory):
     return get
 
 
-def edit_manifest(bundle: Path, change) -> Path:
-    """Apply ``change`` to a bundle's manifest.json in place (tests of bundle verification)."""
-    from rnnkit.runtime.manifest import MANIFEST_FILE
+def edit_manifest(bundle: Path, change, seal: bool = True) -> Path:
+    """Apply ``change`` to a bundle's manifest.json in place (tests of bundle verification) and, with
+    ``seal``, record the edited manifest's own digest (``manifest_sha256``), so that the check under
+    test is the deeper one; ``seal=False`` leaves the old digest: an edit the checksum must catch."""
+    from rnnkit.runtime.manifest import MANIFEST_FILE, seal as seal_manifest
 
-    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
+    manifest = json.loads((bundle / MANIFEST_FILE).read_text(encoding="utf-8"))
     change(manifest)
-    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
+    if seal:
+        seal_manifest(manifest)
+    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
     return bundle
 
 
 def rehash(bundle: Path, name: str) -> None:
-    """Record a bundle file's new digest and size in its manifest (so only the content check fails)."""
+    """Record a bundle file's new digest and size in its manifest, and re-seal the manifest (so that only
+    the checks past the checksums can fail)."""
     from rnnkit.runtime.bundle import sha256_file
 
     edit_manifest(bundle, lambda m: m["files"].update(

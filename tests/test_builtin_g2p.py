@@ -55,6 +55,7 @@ def test_int8_encoder_matches_onnxruntime_at_batch_1():
             assert tol.close(got[name], want[name]), f"{word}: {name} off by {tol.worst(got[name], want[name]):.3g}"
 
 
+@pytest.mark.slow
 def test_lookup_answers_dictionary_words_from_the_lexicon():
     model = load("g2p-cmudict", backend="onnxruntime", threads=1)
     looked = model.nbest(["Hello", "rnnkit"], n=2, beam=2, lookup=True)

@@ -57,28 +57,32 @@ def test_usage_error_exit_2(gru_bundle):
 
 
 def test_invalid_utf8_input_names_line(gru_bundle, tmp_path):
+    # a bad record is reported by its line and the run goes on (docs/records.md); --strict stops
     src = tmp_path / "in.txt"
     src.write_bytes(b"fine line\nbad \xff line\n")
     result = CliRunner().invoke(cli, ["predict", str(gru_bundle), "--input", str(src)])
-    assert result.exit_code == 1
-    assert f"Error: {src}:2: invalid utf-8 at byte 4" in result.output
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 1
+    assert f"bad record {src}:2: invalid utf-8 at byte 4" in result.stderr
+    assert "2 rows in, 1 predictions, 1 errors" in result.stderr
+    result = CliRunner().invoke(cli, ["predict", str(gru_bundle), "--input", str(src), "--strict"])
+    assert result.exit_code == 1 and f"Error: {src}:2: invalid utf-8 at byte 4" in result.output
 
 
 def test_empty_text_in_csv_names_line(gru_bundle, tmp_path):
     src = tmp_path / "in.csv"
     src.write_text("text,id\nfine,1\n   ,2\n")
-    result = CliRunner().invoke(cli, ["predict", str(gru_bundle), "--input", str(src)])
+    result = CliRunner().invoke(cli, ["predict", str(gru_bundle), "--input", str(src), "--strict"])
     assert result.exit_code == 1 and f"Error: {src}:3: empty text" in result.output
 
 
 def test_failed_prediction_leaves_previous_output(gru_bundle, tmp_path, monkeypatch):
     out = tmp_path / "out.jsonl"
     out.write_text("previous\n")
-    from rnnkit.runtime.model import Model
+    from rnnkit.runtime import Classifier
 
     def boom(self, *a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(Model, "predict", boom)
+    monkeypatch.setattr(Classifier, "run_batch", boom)
     CliRunner().invoke(cli, ["predict", str(gru_bundle), "hi", "--output", str(out)])
     assert out.read_text() == "previous\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]  # no partial file left behind
@@ -96,6 +100,7 @@ def kill_9_once_written(args: list[str], folder, pattern: str) -> None:
     proc.wait()
 
 
+@pytest.mark.slow
 def test_kill_9_leaves_no_output(gru_bundle, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("".join(f"a good film with a plot number {i}\n" for i in range(200_000)))
@@ -128,6 +133,7 @@ def test_export_command_writes_bundle_and_summary(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow
 def test_kill_9_during_export_leaves_no_bundle(tmp_path):
     pytest.importorskip("torch")
     from conftest import make_checkpoint
@@ -136,12 +142,13 @@ def test_kill_9_during_export_leaves_no_bundle(tmp_path):
     out = tmp_path / "b"
     kill_9_once_written(["export", str(ckpt), "--out", str(out)], tmp_path, ".b.tmp-*/model.onnx")
     assert not out.exists()  # only the hidden temporary folder remains, and the next export removes it
-    from rnnkit.export.exporter import export_checkpoint
+    from rnnkit.toolkit.export_checkpoint import export_checkpoint
 
     export_checkpoint(ckpt, out, log=lambda m: None)
     assert out.is_dir() and not list(tmp_path.glob(".b.tmp-*"))
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     """README set-up command 1: the embedded model exported, quantized and compared on both backends."""
     pytest.importorskip("torch")
@@ -157,6 +164,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "sentiment.bundle" / "model.int8.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_train_export_predict_through_the_cli(tmp_path):
     """The user's path: rnnkit train classify -> export --int8 -> predict, on a tiny TSV."""
     pytest.importorskip("torch")
@@ -181,6 +189,7 @@ def test_train_export_predict_through_the_cli(tmp_path):
     assert [json.loads(line)["label"] for line in result.stdout.splitlines()] == ["pos", "neg"]
 
 
+@pytest.mark.slow
 def test_train_tag_through_the_cli(tmp_path):
     pytest.importorskip("torch")
     from conftest import synthetic_sentences

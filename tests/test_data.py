@@ -118,8 +118,8 @@ def test_invalid_utf8_names_file_line_and_offset(tmp_path):
     f = write(tmp_path / "rt.pos", "fine\nalso fine\n", encoding="utf-8")
     f.write_bytes(f.read_bytes() + b"caf\xe9 au lait\n")
     msg = err(tmp_path)
-    assert f"{f}:3: invalid utf-8 byte 0xE9 at byte offset 18 (line 3, byte 4 of the line)" in msg
-    assert "latin-1" in msg
+    assert f"{f}:3: invalid utf-8 at byte 3 of the line (b'caf\\xe9 au lait')" in msg
+    assert "1 bad record;" in msg and "latin-1" in msg
 
 
 def test_invalid_json_line(tmp_path):
@@ -129,7 +129,7 @@ def test_invalid_json_line(tmp_path):
 
 def test_json_line_not_an_object(tmp_path):
     f = write(tmp_path / "d.jsonl", '["a", "b"]\n')
-    assert f"{f}:1: expected a JSON object per line, got list" in err(f)
+    assert f"{f}:1: expected a JSON object per line, got an array" in err(f)
 
 
 @pytest.mark.parametrize("name, content, line, field", [
@@ -144,14 +144,37 @@ def test_empty_text_or_label(tmp_path, name, content, line, field):
     assert f"{f}:{line}: {field}" in err(f)
 
 
-def test_empty_line_in_folder_file(tmp_path):
-    f = write(tmp_path / "x.pos", "good\n \nnice\n")
-    assert f"{f}:2: empty or whitespace-only line" in err(tmp_path)
+def test_blank_lines_in_folder_file_are_skipped(tmp_path):
+    f = write(tmp_path / "x.pos", "good\n \n\r\nnice\n")
+    assert [(e.text, e.source) for e in read_examples(tmp_path)] == [("good", f"{f}:1"), ("nice", f"{f}:4")]
 
 
 def test_csv_row_with_wrong_field_count(tmp_path):
     f = write(tmp_path / "d.csv", "text,label\nhello, world,pos\n")
     assert f"{f}:2: row has 3 fields but the header has 2" in err(f)
+
+
+def test_bad_records_counted_first_five_listed(tmp_path):
+    # training refuses the file as a whole: the count, and the first 5 locations with their reasons
+    rows = ['{"text": "ok", "label": "a"}'] + ['{"text": "x", "label": true}'] * 6 + ['{"text": "y", "label": 7}']
+    f = write(tmp_path / "d.jsonl", "\n".join(rows) + "\n")
+    msg = err(f)
+    assert msg.startswith(f"{f}: 6 bad records; training data is used whole")
+    assert f"{f}:6: 'label' is a boolean (true); expected a string or an integer" in msg
+    assert f"{f}:7:" not in msg and "... and 1 more" in msg
+
+
+def test_jsonl_integer_label_and_tsv_quotes_are_text(tmp_path):
+    f = write(tmp_path / "d.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": 1.5}\n')
+    assert "'label' is a number (1.5); expected a string or an integer" in err(f)
+    f = write(tmp_path / "d.tsv", 'text\tlabel\n"Quoted" start\t1\n"open quote\t0\nlast\t1\n')
+    assert [e.text for e in read_examples(f)] == ['"Quoted" start', '"open quote', "last"]
+
+
+def test_csv_malformed_record_does_not_swallow_the_next_rows(tmp_path):
+    f = write(tmp_path / "d.csv", 'text,label\n"never closed,a\nnext,b\n')
+    msg = err(f)
+    assert f"{f}: 1 bad record;" in msg and f"{f}:2: the quote opened at line 2, column 1 is never closed" in msg
 
 
 # -- split and labels -------------------------------------------------------------------

@@ -27,6 +27,8 @@ from rnnkit.runtime.partitions import expand_inputs, iter_rows, partitions  # no
 from rnnkit.runtime.tolerance import FP32  # noqa: E402
 from rnnkit.toolkit.cli import cli  # noqa: E402
 
+pytestmark = pytest.mark.slow  # subprocesses, compiles or many exports: not in the fast subset
+
 DASK = [sys.executable, "-m", "dask"]
 
 
@@ -156,7 +158,7 @@ def test_classify_matches_local_predict(cluster, gru_bundle, tmp_path):
     assert json.loads((out / "_SUCCESS").read_text())["rows_out"] == len(rows)
     # bad records: reported with their ids, the job still finished
     assert {e["id"]: e["error"].split(" ")[0] for e in errors} == {
-        "3:2": "empty", "3:3": "invalid", "3:4": "invalid", "3:5": "no"}
+        "3:2": "empty", "3:3": "invalid", "3:4": "invalid", "3:5": "object"}
     assert errors[1]["source"].endswith("d.jsonl:3") and "invalid utf-8 at byte 14" in errors[1]["error"]
     assert {r["id"] for r in rows if r["id"].startswith("3:")} == {"3:1", "3:6", "3:7"}
     # same rows as local `rnnkit predict`, file by file (numbering: JSONL/txt lines from 1, CSV rows from 2)
@@ -263,3 +265,70 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing(gru_bundle, tmp_path
         assert killed["at"] < summary.partitions
     finally:
         c.close()
+
+
+# -- bad records of every kind, content digests, permissions (issue 15) --------------------------
+def test_imdb_style_tsv_every_row_through_dask(cluster, gru_bundle, tmp_path):
+    from test_records import imdb_like, write_imdb
+
+    rows = imdb_like()
+    src, out = tmp_path / "imdb.tsv", tmp_path / "out"
+    write_imdb(src, rows)
+    result = CliRunner().invoke(cli, ["predict", str(gru_bundle), "--input", str(src), "--output", str(out),
+                                      "--engine", "dask", "--scheduler", cluster.address, "--partition-size", "300",
+                                      "--text-field", "sentence"])
+    assert result.exit_code == 0, result.output
+    assert "1000 rows in, 1000 predictions, 0 errors" in result.output
+    assert [r["text"] for r in read_parts(out)] == [s for s, _ in rows]
+
+
+def test_poison_lines_of_every_kind_go_to_errors(cluster, gru_bundle, tmp_path):
+    from rnnkit.runtime.distributed import predict
+    from test_records import max_length_of, poison_jsonl
+
+    data, n_good, n_bad = poison_jsonl(max_length_of(gru_bundle))
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "a.jsonl").write_bytes(data)
+    # CSV: a quote never closed (costs its line only), a short row, invalid bytes; TSV: a tab too many
+    (root / "b.csv").write_bytes(b'text,n\n"never closed,1\ngood film,2\nshort\nbad \xff,3\n"a ""fine"" one",4\n')
+    (root / "c.tsv").write_bytes(b'text\tn\n"quoted start\t1\ttoo many\n"quoted start\t2\n')
+    old = os.umask(0o022)
+    try:
+        summary = predict(gru_bundle, [str(root / "*")], tmp_path / "out", scheduler=cluster.address,
+                          partition_size=5, backend="onnxruntime")
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    rows = read_parts(out)
+    errors = [json.loads(line) for line in (out / "errors.jsonl").open(encoding="utf-8")]
+    assert (out / "_SUCCESS").is_file()
+    assert summary.rows_in == n_good + n_bad + 5 + 2 == len(rows) + len(errors)
+    assert (summary.rows_out, summary.errors) == (n_good + 2 + 1, n_bad + 3 + 1)
+    assert {e["id"] for e in errors} >= {f"0:{2 * i + 2}" for i in range(n_bad)} | {"1:2", "1:4", "1:5", "2:2"}
+    assert {r["id"] for r in rows if r["id"][0] != "0"} == {"1:3", "1:6", "2:3"}
+    by_id = {e["id"]: e["error"] for e in errors}
+    assert "nested too deeply" in by_id["0:6"] and "lone surrogate U+D800" in by_id["0:8"]
+    assert f"more than this bundle's max_length {max_length_of(gru_bundle)}" in by_id["0:22"]
+    # outputs follow the umask like any file the user writes: 0644 files, 0755 folders under 022
+    assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir() if p.is_file()} == {"0o644"}
+    assert oct(out.stat().st_mode & 0o777) == "0o755" == oct((out / "_errors").stat().st_mode & 0o777)
+
+
+def test_resume_refuses_an_input_edited_in_place(cluster, gru_bundle, tmp_path):
+    from rnnkit.runtime.distributed import predict
+
+    texts, _ = synthetic_texts(300, 8)
+    src, out = tmp_path / "in.txt", tmp_path / "out"
+    src.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    predict(gru_bundle, [str(src)], out, scheduler=cluster.address, partition_size=100)
+    (out / "_SUCCESS").unlink()
+    (out / "part-00001.jsonl").unlink()
+    data = src.read_bytes()
+    src.write_bytes(data.replace(b"a", b"e", 1))               # same path, same size, other content
+    with pytest.raises(InputError, match=r"the input .*in.txt changed since the job started .* rerun without "
+                                         r"--resume into a new folder"):
+        predict(gru_bundle, [str(src)], out, scheduler=cluster.address, partition_size=100, resume=True)
+    src.write_bytes(data)                                        # the original bytes: resume goes on
+    again = predict(gru_bundle, [str(src)], out, scheduler=cluster.address, partition_size=100, resume=True)
+    assert again.partitions_skipped == 2 and again.rows_out == 300

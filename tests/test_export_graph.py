@@ -24,8 +24,8 @@ from onnx.reference.ops.op_rnn import RNN_14 as _RefRNN  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
-from rnnkit.export.check import check_graph  # noqa: E402
-from rnnkit.export.graph import build_classifier_graph  # noqa: E402
+from rnnkit.export.task_classify import check_classifier_graph as check_graph  # noqa: E402
+from rnnkit.export.task_classify import build_classifier_graph  # noqa: E402
 from rnnkit.export.module import config_from_module, find_parts  # noqa: E402
 from rnnkit.export.quantize import quantize_classifier  # noqa: E402
 from rnnkit.runtime.errors import UnsupportedError  # noqa: E402
@@ -133,6 +133,7 @@ MATRIX = list(itertools.product(["rnn", "lstm", "gru"], [False, True],
                                 ["last", "mean", "max", "attention"], [1, 2]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell,bidirectional,pooling,layers", MATRIX,
                          ids=[f"{c}-{'bi' if b else 'uni'}-{p}-L{n}" for c, b, p, n in MATRIX])
 def test_graph_matches_torch(cell, bidirectional, pooling, layers):

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import LM_TEXT, make_lm_checkpoint, run_python
+from conftest import LM_TEXT, edit_manifest, make_lm_checkpoint, run_python
 from rnnkit.runtime import InputError, load
 from rnnkit.runtime.generate import Sampling, choose, distribution
 from rnnkit.runtime.manifest import LanguageModelIO as IO
@@ -263,9 +263,7 @@ def test_tampered_state_contract_is_refused(lm_bundles, tmp_path):
 
     copy = tmp_path / "b"
     shutil.copytree(lm_bundles("gru", 1), copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["state"][0]["shape"] = [3, "batch", 7]
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(copy, lambda m: m["state"][0].update(shape=[3, "batch", 7]))   # re-sealed: the deeper check
     with pytest.raises(BundleError, match="'state'"):
         open_bundle(copy)
 
@@ -285,6 +283,7 @@ def test_word_level_lm(lm_bundles):
     model.spawn_state().run("the zebra sat")                    # unknown words read as <unk>, as in training
 
 
+@pytest.mark.slow
 def test_runtime_generate_never_imports_torch(lm_bundles):
     out = run_python("import sys, json\nfrom rnnkit.runtime import load\n"
                      "m = load(sys.argv[1], backend='numba')\nprint(m.generate_text('the', 5, seed=1))\n"
@@ -356,11 +355,11 @@ def test_int8_lm_graph_structure(lm_bundles):
 
 @pytest.mark.slow
 def test_int8_export_fails_on_dev_loss_gate(tmp_path):
-    from rnnkit.export.exporter import DevSet, export_checkpoint
+    from rnnkit.toolkit.export_checkpoint import DevSet, export_checkpoint
     from rnnkit.runtime import ParityError
 
     ckpt = make_lm_checkpoint(tmp_path / "c", "gru", 1)
-    with pytest.raises(ParityError, match="more than --max-loss-delta -1"):
+    with pytest.raises(ParityError, match="more than max_loss_delta -1"):
         export_checkpoint(ckpt, tmp_path / "b", int8=True, dev=DevSet([LM_TEXT * 3], None, "lm"),
                           max_loss_delta=-1, log=lambda m: None)
     assert not (tmp_path / "b").exists()
@@ -390,6 +389,7 @@ def test_state_of_another_model_is_refused(lm_bundles):
         b.next_tokens(state, 3)
 
 
+@pytest.mark.slow
 def test_cosine_schedule_decays_to_a_tenth(tmp_path):
     pytest.importorskip("torch")
     from rnnkit.toolkit.configs import LMTrainConfig

@@ -13,6 +13,8 @@ import pytest
 from conftest import run_python
 from rnnkit.runtime import load
 
+pytestmark = pytest.mark.slow  # subprocesses, compiles or many exports: not in the fast subset
+
 numba = pytest.importorskip("numba")
 
 

@@ -17,6 +17,7 @@ CASES = conformance.selected_cases()
 _RESULTS: dict = {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_onnx_case(case):
     result = _RESULTS[case.name] = conformance.run_case(case)

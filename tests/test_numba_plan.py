@@ -5,8 +5,6 @@ constant fp32 or int8 weight.  Every optimised run is compared with the same gra
 optimisation (bit for bit where the arithmetic is the same), with onnx's ReferenceEvaluator and,
 for int8, with the dequantized graph."""
 
-import functools
-
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -18,6 +16,7 @@ from rnnkit.runtime.errors import InputError  # noqa: E402
 from rnnkit.runtime.numba_backend import NumbaSession  # noqa: E402
 from rnnkit.runtime.numba_backend import graph as graph_mod  # noqa: E402
 from rnnkit.runtime.numba_backend import matvec  # noqa: E402
+from rnnkit.runtime.numba_backend import passes as passes_mod  # noqa: E402
 from rnnkit.runtime.numba_backend import plan as plan_mod  # noqa: E402
 from rnnkit.runtime.tolerance import FP32  # noqa: E402
 
@@ -31,13 +30,8 @@ def _model(nodes, inputs, outputs, inits=(), opset=17):
 
 
 def _plain(model):
-    """The same graph through the unoptimised plan: no memo, no fusion."""
-    original = graph_mod.compile_plan
-    graph_mod.compile_plan = functools.partial(original, optimize=False)
-    try:
-        return NumbaSession(model)
-    finally:
-        graph_mod.compile_plan = original
+    """The same graph through the unoptimised plan: no pass, no memo, no fusion."""
+    return NumbaSession(model, passes=())
 
 
 def _lm_head(seed=0, bias=True):
@@ -101,7 +95,7 @@ def test_optimised_plan_equals_plain_plan_and_reference(bias):
 
 def test_prelude_runs_shape_and_length_nodes_once_per_signature(monkeypatch):
     s = NumbaSession(_lm_head())
-    prelude = [s._plan[k].op.node.op_type for k in plan_mod.prelude_steps(s._plan, 2, frozenset({1}))]
+    prelude = [s._plan[k].op.node.op_type for k in passes_mod.prelude_steps(s._plan, 2, frozenset({1}))]
     assert sorted(prelude) == sorted(["Shape", "Gather", "Range", "Unsqueeze", "Cast", "Unsqueeze", "Less",
                                       "Unsqueeze"])
     less = graph_mod.OPS[("", "Less")]
@@ -336,8 +330,9 @@ def test_matmul_int8_weight_matches_dequantized(rows, kind):
     bias = rng.standard_normal(N).astype(np.float32)
     model = _matmul_model(None, dq=(q, scale, zp, 1), bias=bias)
     s = NumbaSession(model)
-    matmul = next(st.op for st in s._plan if st.op.node.op_type == "MatMul")
-    assert matmul.q is not None and matmul.consts[1] is None  # kept 8-bit, once
+    unfused = NumbaSession(model, passes=passes_mod.NAMES - {"fuse_matmul_bias"})  # the MatMul op itself
+    matmul = next(st.op for st in unfused._plan if st.op.node.op_type == "MatMul")
+    assert matmul.packed_matrix().q.dtype == np.int8 and matmul.consts[1] is None  # kept 8-bit, once
     dense = (q.astype(np.float32) - zp.astype(np.float32)) * scale
     np.testing.assert_allclose(matmul._dense(), dense, rtol=1e-6)
     a = rng.standard_normal((rows, K)).astype(np.float32)

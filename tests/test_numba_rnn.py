@@ -240,6 +240,7 @@ def quantize_rows(w, zero_point=False):
     return QuantizedWeight(q, scale, None, -1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
 def test_quantized_weights_vs_dequantized_oracle(cell):
     # The kernels compute with the dequantized weights to fp32 accuracy (activations split into two
@@ -255,6 +256,7 @@ def test_quantized_weights_vs_dequantized_oracle(cell):
         assert not np.allclose(deq["R"], consts["R"], atol=1e-6)  # the int8 path was really exercised
 
 
+@pytest.mark.slow
 def test_quantized_weight_per_tensor_with_zero_point():
     rng = np.random.default_rng(7)
     node, feeds, consts = random_case(rng, "GRU", H=6)
@@ -268,6 +270,7 @@ def test_quantized_weight_per_tensor_with_zero_point():
     assert_close(run_node(node, feeds, dict(consts, **qs)), oracle(node, feeds, deq), FP32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("direction", ["forward", "bidirectional"])
 def test_dynamic_quantize_lstm_vs_onnxruntime(tmp_path, direction, per_channel):
@@ -348,6 +351,7 @@ def test_unsupported_attribute_is_refused(cell, attrs, needle):
     assert needle in str(e.value)
 
 
+@pytest.mark.slow
 def test_kernels_are_valid_python():
     """NUMBA_DISABLE_JIT=1: the same kernels as plain Python agree with the oracle."""
     code = (
@@ -365,6 +369,7 @@ def test_kernels_are_valid_python():
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("K,C", [(19, 70), (259, 1100)])
 @pytest.mark.parametrize("rows", [1, 2, 5, 17])
 def test_matvec_fp32_blocks(rows, K, C):
@@ -443,6 +448,7 @@ def test_matvec_q16_error_bound(K, hmax):
     assert np.isnan(got[1]).all() and not np.isnan(got[[0, 2, 3, 4, 5, 6]]).any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("K,C", [(256, 1024), (37, 200), (8, 64)])
 def test_u8_dot_kernels_are_exact(K, C):
     """Both lowerings of the uint8 x int8 block product (vpdpbusd where the target has
@@ -469,6 +475,7 @@ def test_u8_dot_kernels_are_exact(K, C):
         np.testing.assert_array_equal(got, want, err_msg=f"vnni={vnni}")
 
 
+@pytest.mark.slow
 def test_dynamic_quantize_lstm_rows_do_not_depend_on_their_batch():
     """Activations are quantized per batch row (onnxruntime: per batch matrix), so a row run alone
     equals the same row in a ragged batch, when its padding is zeros as in rnnkit's graphs (the

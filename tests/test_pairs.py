@@ -119,6 +119,8 @@ def test_target_tokenizers_have_bos_eos_and_decode_target():
         CharTokenizer.from_dict(moved)
 
 
+@pytest.mark.slow
+@pytest.mark.shared
 def test_g2p_recipe_writes_the_published_split_without_training(tmp_path):
     """``scripts/g2p_cmudict.py --split-only``: the seeded word split the README's G2P figures use,
     written with no training; every word on one side, alternate pronunciations kept together."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run_python, synthetic_texts
-from rnnkit.runtime import BackendUnavailableError, InputError, load
+from rnnkit.runtime import InputError, load
 from rnnkit.runtime.model import length_buckets, pad
 from rnnkit.runtime.tolerance import FP32, INT8
 
@@ -63,6 +63,7 @@ def test_length_buckets_cover_every_row_once():
     assert ids.tolist() == [[4, 5], [6, 0]] and lens.tolist() == [2, 1]
 
 
+@pytest.mark.slow
 def test_runtime_never_imports_torch(gru_bundle):
     code = ("import sys; from rnnkit.runtime import load;"
             "m = load(sys.argv[1], backend='onnxruntime'); m.predict(['good film']);"
@@ -75,6 +76,7 @@ def test_runtime_never_imports_torch(gru_bundle):
     assert not any(m.startswith(("rnnkit.export", "rnnkit.toolkit")) for m in modules)
 
 
+@pytest.mark.slow
 def test_cli_predict_never_imports_torch(gru_bundle):
     code = ("import sys; from rnnkit.toolkit.cli import cli\n"
             "try:\n    cli(['predict', sys.argv[1], 'good film'], prog_name='rnnkit')\n"
@@ -88,6 +90,7 @@ def test_cli_predict_never_imports_torch(gru_bundle):
 BLOCK = "import sys; sys.modules[{!r}] = None\n"
 
 
+@pytest.mark.slow
 def test_without_onnxruntime_numba_serves(gru_bundle):
     code = (BLOCK.format("onnxruntime") + "from rnnkit.runtime import load\n"
             "m = load(sys.argv[1]); print(m.backend); print(m.predict(['good'])[0].label)\n"
@@ -100,6 +103,7 @@ def test_without_onnxruntime_numba_serves(gru_bundle):
     assert "pip install onnxruntime" in lines[2]
 
 
+@pytest.mark.slow
 def test_without_numba_onnxruntime_serves(gru_bundle):
     code = (BLOCK.format("numba") + "from rnnkit.runtime import load\n"
             "m = load(sys.argv[1]); print(m.backend); m.predict(['good'])\n"
@@ -116,4 +120,60 @@ def test_unknown_backend_named():
 
     with pytest.raises(InputError, match=r"backend 'tpu' is unknown; choose one of auto, onnxruntime, numba"):
         resolve("tpu")
-    assert issubclass(BackendUnavailableError, Exception)
+
+
+# -- one long-input policy: refused past max_length unless truncate=True, which the result states --------
+
+def test_long_text_is_refused_or_truncated_and_says_so(gru_bundle):
+    model = load(gru_bundle, backend="numba")
+    model.max_length = 5                                   # as a bundle exported with max_length=5
+    long_text, head = "good bad fine weak dull great film", "good bad fine weak dull"
+    with pytest.raises(InputError, match=r"^text #1 has 7 tokens, more than this bundle's max_length 5; split it, "
+                                         r"or pass truncate=True to use its first 5 tokens"):
+        model.predict(["fine", long_text])
+    short, cut = model.predict(["fine", long_text], truncate=True)
+    assert short.truncated == 0 and "truncated" not in short.to_dict()
+    assert cut.truncated == 2 and cut.to_dict()["truncated"] == 2
+    alone = model.predict(head)[0]                         # the first max_length tokens, nothing else
+    assert cut.label == alone.label and FP32.close(np.array(list(cut.scores.values())),
+                                                   np.array(list(alone.scores.values())))
+    with pytest.raises(InputError, match=r"truncate must be True or False, got 5"):
+        model.predict([long_text], truncate=5)
+
+
+def test_long_sentence_is_refused_or_truncated_and_says_so(tag_bundle):
+    model = load(tag_bundle, backend="numba")
+    model.max_length = 3
+    with pytest.raises(InputError, match=r"^sentence #0 has 4 tokens, more than this bundle's max_length 3; split "
+                                         r"it, or pass truncate=True"):
+        model.tag(["The film runs ."])
+    cut, empty = model.tag(["The film runs .", []], truncate=True)
+    assert cut.tokens == ["The", "film", "runs"] and len(cut.tags) == 3 and cut.truncated == 1
+    assert cut.to_dict()["truncated"] == 1 and "truncated" not in empty.to_dict()
+    assert cut.tags == model.tag([["The", "film", "runs"]])[0].tags
+
+
+def test_long_source_is_refused_or_truncated_and_says_so(s2s_bundles):
+    model = load(s2s_bundles("gru", "additive", False))
+    model.max_length = 5
+    with pytest.raises(InputError, match=r"^text #0 has 9 tokens, more than this bundle's max_length 5; split it, "
+                                         r"or pass truncate=True"):
+        model.nbest(["horsefish"])
+    cut, whole = model.nbest(["horsefish", "horse"], n=2, beam=2, truncate=True)
+    assert [h.output for h in cut] == [h.output for h in whole] and all(h.truncated == 4 for h in cut)
+    assert cut[0].to_dict()["truncated"] == 4 and "truncated" not in whole[0].to_dict()
+    assert model.translate(["horsefish"], truncate=True) == model.translate(["horse"])
+
+
+def test_language_model_chunks_long_texts_exactly(lm_bundles):
+    """A language model has no length limit: State.run feeds max_length-token chunks, carrying the state."""
+    from rnnkit.export.task_lm import MAX_CHUNK
+
+    model = load(lm_bundles("lstm", 1), backend="numba")
+    text = "the cat sat on the mat. " * 30                   # 720 characters: three chunks of at most 256
+    assert model.max_length == MAX_CHUNK < len(text)
+    chunked = model.score(text)
+    model.max_length = 10_000
+    whole = model.score(text)
+    assert len(chunked["logprobs"]) == len(text) - 1
+    assert np.allclose(chunked["logprobs"], whole["logprobs"], atol=1e-5)

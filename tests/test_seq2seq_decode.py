@@ -132,6 +132,7 @@ def torch_greedy(module, ids: list[int], limit: int) -> tuple[list[int], bool]:
     return out, False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS)
 def test_greedy_equals_torch_greedy_on_both_backends(s2s_bundles, config):
     pytest.importorskip("torch")
@@ -189,10 +190,12 @@ def test_hypotheses_and_bad_input(s2s_bundles):
         model.nbest(["dog"], n=3, beam=2)
     cut = model.nbest(["horse"], n=1, beam=2, max_output_tokens=2)[0][0]
     assert cut.tokens == ["HH", "AO"] and not cut.finished
-    with pytest.raises(InputError, match=r"a seq2seq bundle has no predict\(\); use translate\(\)"):
+    with pytest.raises(AttributeError, match=r"a seq2seq bundle has no predict\(\); load a classifier bundle "
+                                             r"\(rnnkit train classify\); this one has translate\(\)"):
         model.predict(["dog"])
 
 
+@pytest.mark.slow
 def test_runtime_decodes_without_torch(s2s_bundles):
     bundle = s2s_bundles("rnn", "none", False)
     code = ("import sys; from rnnkit.runtime import load; m = load(sys.argv[1], backend='numba'); "

@@ -108,6 +108,7 @@ def trained(tmp_path_factory):
     return tmp, result
 
 
+@pytest.mark.slow
 def test_training_learns_the_toy_g2p_and_reports_per_wer(trained):
     tmp, result = trained
     assert result.dev["token_error_rate"] < 0.15, result.history   # 0.076 when written
@@ -207,6 +208,7 @@ def test_cli_train_seq2seq(tmp_path):
     assert r.exit_code == 2
 
 
+@pytest.mark.slow
 def test_cli_train_export_predict_end_to_end(tmp_path):
     """The user's path: train on a CMUdict file, export with int8 (its dev set found beside the
     checkpoint), predict a words file to JSONL; the bundle's dev record has references."""

@@ -132,7 +132,7 @@ def test_word_lookup_normalises_whole_tokens():
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from rnnkit.export.graph_tagger import build_tagger_graph, check_tagger_graph  # noqa: E402
+from rnnkit.export.task_tag import build_tagger_graph, check_tagger_graph  # noqa: E402
 from rnnkit.export.quantize import quantize_classifier  # noqa: E402
 from rnnkit.runtime.tolerance import INT8  # noqa: E402
 from rnnkit.toolkit.tagger import RecurrentTagger, TaggerConfig  # noqa: E402
@@ -256,7 +256,7 @@ def test_graph_contract_and_checks():
     config, _, weights = make("gru", True, True)
     model = build_tagger_graph(config, weights)
     props = {p.key: p.value for p in model.metadata_props}
-    assert props["rnnkit.task"] == "tag" and props["rnnkit.architecture"] == "bigru-1x5-char7"
+    assert props["rnnkit.task"] == "tag" and props["rnnkit.architecture"] == "gru x1 bi"  # as in a bundle
     assert not {n.op_type for n in model.graph.node} - {
         "Gather", "Transpose", "Reshape", "Shape", "Concat", "Unsqueeze", "Slice", "Cast", "Range", "Less",
         "Equal", "Not", "Where", "Add", "MatMul", "Tanh", "ReduceMax", "ConstantOfShape", "GRU"}
@@ -304,6 +304,7 @@ def _synthetic(path, n, seed):
     return path
 
 
+@pytest.mark.slow
 def test_train_tagger_learns_and_roundtrips(tmp_path):
     from rnnkit.toolkit.train_tag import TagTrainConfig, load_tagger_checkpoint, train_tagger
     train = _synthetic(tmp_path / "train.tsv", 150, 0)

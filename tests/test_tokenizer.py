@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from rnnkit.runtime.errors import BundleError, InputError
-from rnnkit.runtime.tokenizer import PAD_ID, UNK_ID, WordTokenizer
+from rnnkit.runtime import tokenizer as tokenizer_module
+from rnnkit.runtime.tokenizer import DEFAULT_PATTERN, PAD_ID, UNK_ID, WordTokenizer
 
 
 def test_tokenize_words_punctuation_and_apostrophes():
@@ -98,7 +99,10 @@ def _dict(**changes):
     ({"vocab": ["<pad>", "<unk>", 3]}, "non-string or empty entries at index [2]"),
     ({"level": "char"}, "'tokenizer.level' is 'char', expected 'word'"),
     ({"lowercase": "yes"}, "'tokenizer.lowercase' is 'yes', expected true or false"),
-    ({"pattern": "("}, "'tokenizer.pattern' is not a valid regular expression"),
+    ({"splitter": "regex"}, "'tokenizer.splitter' is 'regex', expected one of 'words'"),
+    ({"splitter": ["words"]}, "'tokenizer.splitter' is ['words'], expected one of 'words'"),
+    ({"pattern": DEFAULT_PATTERN}, "unknown key(s) 'pattern'"),  # a legacy key, but next to 'splitter': ambiguous
+    ({"vocab": ["<pad>", "<unk>", "w" * 1025]}, "entries longer than 1024 characters at index [2]"),
     ({"extra": 1}, "unknown key(s) 'extra'"),
 ])
 def test_from_dict_rejects(changes, message):
@@ -114,6 +118,48 @@ def test_from_dict_reports_missing_keys_and_source():
         WordTokenizer.from_dict(d, source="ckpt/config.json")
 
 
+def _legacy(pattern):
+    d = _dict()
+    del d["splitter"]
+    d["pattern"] = pattern
+    return d
+
+
+def test_legacy_pattern_string_maps_to_its_splitter():
+    """Checkpoints and bundles written before splitters had names stored rnnkit's own regex."""
+    tok = WordTokenizer.from_dict(_legacy(DEFAULT_PATTERN))
+    assert tok.splitter == "words" and tok.to_dict()["splitter"] == "words" and "pattern" not in tok.to_dict()
+    assert tok.tokenize("It's GREAT!") == ["it's", "great", "!"]
+
+
+@pytest.mark.parametrize("pattern", [r"(a+)+$", r"(\w+\s?)+$", "(", 42, r"\w+"])
+def test_any_other_pattern_is_refused_without_being_compiled(pattern, monkeypatch):
+    """A manifest's regex is never run: a catastrophically backtracking one cannot make predict hang."""
+    d = _legacy(pattern)
+
+    class NoRegex:  # the tokenizer module's view of `re`: compiling anything fails the test
+        @staticmethod
+        def compile(*args):
+            raise AssertionError(f"compiled a regex: {args!r}")
+
+    monkeypatch.setattr(tokenizer_module, "re", NoRegex)
+    with pytest.raises(BundleError, match=r"'tokenizer.pattern' is .*, which is not a pattern rnnkit writes; the "
+                                          r"tokenizer names one of rnnkit's splitters \('words'\)"):
+        WordTokenizer.from_dict(d)
+
+
+def test_unknown_splitter_in_code_is_a_value_error():
+    with pytest.raises(ValueError, match=r"splitter must be one of \['words'\], got 'spaces'"):
+        WordTokenizer(splitter="spaces")
+
+
+def test_vocabulary_size_is_bounded(monkeypatch):
+    monkeypatch.setattr(tokenizer_module, "MAX_VOCAB", 5)
+    with pytest.raises(BundleError, match=r"'tokenizer.vocab' has 6 entries, more than rnnkit's limit of 5"):
+        WordTokenizer.from_dict(_dict(vocab=["<pad>", "<unk>", "a", "b", "c", "d"]))
+
+
+@pytest.mark.slow
 def test_runtime_tokenizer_does_not_import_torch():
     code = "import sys, rnnkit.runtime.tokenizer; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

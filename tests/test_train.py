@@ -55,6 +55,7 @@ def test_training_learns_separable_data(trained):
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_other_seed_differs(data, trained, tmp_path):
     result, _, _ = trained
     again = train_classifier(data, tmp_path / "again", TrainConfig(**FAST), progress=False, log=None)

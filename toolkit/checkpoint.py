@@ -1,16 +1,21 @@
-"""Training checkpoints: a directory with ``config.json``, ``weights.pt`` and ``curves.png``.
+"""Training checkpoints of every task: a directory with ``config.json``, ``weights.pt`` and ``curves.png``.
 
-``config.json`` holds everything needed to rebuild the model and its tokenizer (format
-name and version, task, model config, tokenizer, label names, training record);
-``weights.pt`` is a plain ``state_dict`` saved with ``torch.save`` and read back with
-``torch.load(weights_only=True)``, so loading a checkpoint never unpickles arbitrary
-objects.  Writes are atomic: everything goes to a temporary sibling directory that is
-renamed into place only when complete, so an interrupted run never leaves a half-written
-checkpoint.  Problems with a checkpoint on disk raise ``BundleError`` naming the file and key.
+``config.json`` holds everything needed to rebuild the model and its tokenizer(s) (format
+name and version, task, architecture config under ``model``, tokenizer, labels / tags /
+charset / target tokenizer, training record); ``weights.pt`` is a plain ``state_dict`` saved
+with ``torch.save`` and read back with ``torch.load(weights_only=True)``, so loading a
+checkpoint never unpickles arbitrary objects.  Writes are atomic: everything goes to a
+temporary sibling directory that is renamed into place only when complete, so an interrupted
+run never leaves a half-written checkpoint.  Problems with a checkpoint on disk raise
+``BundleError`` naming the file and key.
+
 ``write_checkpoint``, ``read_checkpoint`` (``read_checkpoint_config`` + ``model_config``),
-``raise_inconsistent`` and ``load_weights`` serve every task; the tagger's ``save_tagger_checkpoint`` (``rnnkit.toolkit.train_tag``) uses them too.
+``raise_inconsistent`` and ``load_weights`` serve every task; each task has its
+``save_*_checkpoint`` / ``load_*_checkpoint`` pair here, and ``load_any_checkpoint`` reads
+whichever task a folder holds (``rnnkit export``).  While a run trains, the folder also holds
+``resume/state.pt`` (``rnnkit.toolkit.resume``).
 
-Imports torch (through ``rnnkit.toolkit.models``); never imported by ``rnnkit.runtime``.
+Imports torch; never imported by ``rnnkit.runtime``.
 """
 
 from __future__ import annotations
@@ -21,14 +26,20 @@ import shutil
 import uuid
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from rnnkit.export.architecture import ClassifierConfig, LMConfig, Seq2SeqConfig, TaggerConfig
+from rnnkit.export.nets import RecurrentClassifier, RecurrentLM, RecurrentTagger, Seq2Seq
+from rnnkit.runtime.charset import CharVocab
 from rnnkit.runtime.errors import BundleError, InputError
-from rnnkit.runtime.tokenizer import WordTokenizer, tokenizer_from_dict
-from rnnkit.toolkit.models import ClassifierConfig, RecurrentClassifier
+from rnnkit.runtime.tokenizer import BOS_ID, EOS_ID, TARGET_SPECIALS, WordTokenizer, tokenizer_from_dict
+from rnnkit.toolkit.pairs import write_pairs
+from rnnkit.toolkit.seq2seq import Tokenizer, decode_texts
+from rnnkit.toolkit.tag_metrics import confusion_table
+from rnnkit.toolkit.tagger import predict_tag_ids
 
 FORMAT = "rnnkit-checkpoint"
 FORMAT_VERSION = 1
@@ -36,7 +47,13 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 CURVES_FILE = "curves.png"
 REQUIRED_KEYS = ("format", "format_version", "task", "model", "tokenizer")
-TASK_KEYS = {"classify": ("labels",), "tag": ("charset", "tags"), "lm": (), "seq2seq": ("target_tokenizer",)}  # checked once 'task' is known
+RESUME_DIR = "resume"   # out/resume/state.pt: only while a run is in progress (or was killed)
+STATE_FILE = "state.pt"
+STATE_FORMAT = "rnnkit-resume-state-1"
+CONFUSION_PNG, CONFUSION_TSV = "confusion.png", "confusion.tsv"  # tagger: the best epoch's dev confusion
+DEV_FILE = "dev.tsv"          # seq2seq: the dev pairs used, so later scripts can evaluate
+TASK_KEYS = {"classify": ("labels",), "tag": ("charset", "tags"), "lm": (), "seq2seq": ("target_tokenizer",)}
+# ^ checked once 'task' is known
 
 
 @dataclass
@@ -56,6 +73,44 @@ class Checkpoint:
 
     def predict(self, texts: list[str]) -> list[str]:
         return [self.labels[i] for i in self.logits(texts).argmax(axis=1)]
+
+
+@dataclass
+class TagCheckpoint:
+    model: RecurrentTagger         # eval mode
+    config: TaggerConfig
+    tokenizer: WordTokenizer
+    charset: CharVocab | None      # None without character features
+    tags: list[str]                # tag id i -> tags[i]
+    meta: dict                     # the whole config.json
+    path: Path
+
+    def predict(self, sentences: Sequence[Sequence[str]]) -> list[list[str]]:
+        return [[self.tags[i] for i in row] for row in
+                predict_tag_ids(self.model, self.tokenizer, self.charset, sentences)]
+
+
+@dataclass
+class LMCheckpoint:
+    model: RecurrentLM             # eval mode
+    config: LMConfig
+    tokenizer: Tokenizer
+    meta: dict
+    path: Path
+
+
+@dataclass
+class Seq2SeqCheckpoint:
+    model: Seq2Seq                 # eval mode
+    config: Seq2SeqConfig
+    source_tokenizer: Tokenizer
+    target_tokenizer: Tokenizer
+    meta: dict                     # the whole config.json
+    path: Path
+
+    def translate(self, sources: Sequence[str], max_len: int | None = None) -> list[str]:
+        """Greedy outputs (in the target tokenizer's form) of ``sources``, in order."""
+        return decode_texts(self.model, self.source_tokenizer, self.target_tokenizer, sources, max_len)
 
 
 def is_checkpoint(path) -> bool:
@@ -79,11 +134,13 @@ def check_out_dir(out_dir) -> Path:
 
 
 def save_checkpoint(out_dir, model: RecurrentClassifier, tokenizer: WordTokenizer,
-                    labels: list[str], training: dict | None = None, plot: bool = True) -> Path:
+                    labels: list[str], training: dict | None = None, plot: bool = True,
+                    resume: dict | None = None) -> Path:
     """Write ``out_dir`` atomically; replaces an existing checkpoint, refuses anything else.
 
     ``training`` is stored as is (must be JSON-serialisable); when it has a non-empty
-    ``history`` list and ``plot`` is true, ``curves.png`` is drawn from it.
+    ``history`` list and ``plot`` is true, ``curves.png`` is drawn from it.  ``resume``: the
+    state of a run in progress (``loop.fit``), written as ``resume/state.pt``.
     """
     config = model.config
     if tokenizer.vocab_size != config.vocab_size:
@@ -93,15 +150,19 @@ def save_checkpoint(out_dir, model: RecurrentClassifier, tokenizer: WordTokenize
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "task": "classify",
             "model": config.to_dict(), "tokenizer": tokenizer.to_dict(), "labels": list(labels),
             "training": training or {}}
-    return write_checkpoint(out_dir, meta, model.state_dict(), plot=plot)
+    return write_checkpoint(out_dir, meta, model.state_dict(), plot=plot, resume=resume)
 
 
 def write_checkpoint(out_dir, meta: dict, state_dict: dict, plot: bool = True,
-                     extras: Callable[[Path], None] | None = None) -> Path:
+                     extras: Callable[[Path], None] | None = None, resume: dict | None = None) -> Path:
     """Write ``config.json`` (``meta``), ``weights.pt`` (``state_dict``), ``curves.png`` (when
-    ``plot`` and ``meta["training"]`` has a history) and whatever ``extras(tmp_dir)`` writes,
-    all into a temporary sibling that replaces ``out_dir`` only when complete (any task)."""
+    ``plot`` and ``meta["training"]`` has a history), whatever ``extras(tmp_dir)`` writes and,
+    with ``resume``, ``resume/state.pt``, all into a temporary sibling that replaces ``out_dir``
+    only when complete (any task)."""
     out = check_out_dir(out_dir).resolve()
+    if resume is not None:
+        # marked here, with the state it describes, so the two can never disagree
+        meta = {**meta, "training": {**(meta.get("training") or {}), "in_progress": True}}
     text = json.dumps(meta, indent=1, ensure_ascii=False)  # fail before touching the disk
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(out, "tmp")
@@ -114,6 +175,9 @@ def write_checkpoint(out_dir, meta: dict, state_dict: dict, plot: bool = True,
             plot_curves(history, tmp / CURVES_FILE)
         if extras is not None:
             extras(tmp)
+        if resume is not None:
+            (tmp / RESUME_DIR).mkdir()
+            torch.save(resume, tmp / RESUME_DIR / STATE_FILE)
         if out.exists():
             # rename the old checkpoint aside first: the target is never half old, half new
             old = _sibling(out, "old")
@@ -261,3 +325,149 @@ def _check_state(state: dict, expected: dict, weights: Path, config, rows: dict[
     if problems:
         raise BundleError(f"{weights}: does not match {CONFIG_FILE}: " + "; ".join(problems)
                           + " -- weights and config come from different runs; retrain or restore both")
+
+
+# -- per task ---------------------------------------------------------------------------------
+
+
+def save_tagger_checkpoint(out_dir, model: RecurrentTagger, tokenizer: WordTokenizer, charset: CharVocab | None,
+                           tags: list[str], training: dict | None = None, plot: bool = True,
+                           resume: dict | None = None) -> Path:
+    """Write ``out_dir`` atomically (``rnnkit.toolkit.checkpoint.write_checkpoint``), adding the
+    best epoch's dev confusion as ``confusion.tsv`` (and ``confusion.png`` when plotting);
+    ``resume``: the state of a run in progress, written as ``resume/state.pt``."""
+    c = model.config
+    if tokenizer.vocab_size != c.vocab_size or len(tags) != c.num_tags:
+        raise ValueError("tokenizer / tags do not match the model config")
+    if (charset is None) == c.use_chars or (charset is not None and charset.size != c.char_vocab_size):
+        raise ValueError("charset does not match the model's char_vocab_size")
+    training = training or {}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "task": "tag", "model": c.to_dict(),
+            "tokenizer": tokenizer.to_dict(), "charset": charset.to_dict() if charset else None,
+            "tags": list(tags), "training": training}
+    dev = training.get("dev", {})
+
+    def confusion(tmp: Path) -> None:
+        if "confusion" not in dev:
+            return
+        (tmp / CONFUSION_TSV).write_text(confusion_table(dev["confusion"], tags), encoding="utf-8")
+        if plot and training.get("history"):
+            from rnnkit.toolkit.tag_metrics import plot_confusion
+            plot_confusion(dev["confusion"], tags, tmp / CONFUSION_PNG,
+                           title=f"dev, best epoch {training.get('best_epoch')}: accuracy {dev['accuracy']:.4f}")
+
+    return write_checkpoint(out_dir, meta, model.state_dict(), plot=plot, extras=confusion, resume=resume)
+
+
+def load_tagger_checkpoint(path) -> TagCheckpoint:
+    meta, config, tokenizer = read_checkpoint(path, "tag", TaggerConfig)
+    source = str(Path(path) / CONFIG_FILE)
+    charset = CharVocab.from_dict(meta["charset"], source=source) if meta["charset"] is not None else None
+    tags = meta["tags"]
+    problems = []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags) or len(tags) != config.num_tags:
+        problems.append(f"'tags' must be a list of {config.num_tags} strings ('model.num_tags')")
+    if (charset.size if charset else 0) != config.char_vocab_size:
+        problems.append(f"'charset.chars' has {charset.size if charset else 0} entries but "
+                        f"'model.char_vocab_size' is {config.char_vocab_size}")
+    raise_inconsistent(path, problems, tokenizer, config)
+    rows = {"embedding.weight": "vocab_size", "head.weight": "num_tags", "char_embedding.weight": "char_vocab_size"}
+    model = load_weights(Path(path), RecurrentTagger(config), rows)
+    return TagCheckpoint(model, config, tokenizer, charset, list(tags), meta, Path(path))
+
+
+def save_lm_checkpoint(out_dir, model: RecurrentLM, tokenizer, training: dict | None = None,
+                       plot: bool = True, resume: dict | None = None) -> Path:
+    c = model.config
+    if tokenizer.vocab_size != c.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} entries but model vocab_size is {c.vocab_size}")
+    training = training or {}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "task": "lm", "model": c.to_dict(),
+            "tokenizer": tokenizer.to_dict(), "training": training}
+
+    def curves(tmp: Path) -> None:
+        if plot and training.get("history"):
+            from rnnkit.toolkit.plots import plot_lm_curves
+            plot_lm_curves(training["history"], tmp / CURVES_FILE, unit=training.get("dev", {}).get("unit", "token"))
+
+    return write_checkpoint(out_dir, meta, model.state_dict(), plot=False, extras=curves, resume=resume)
+
+
+def load_lm_checkpoint(path) -> LMCheckpoint:
+    meta, config, tokenizer = read_checkpoint(path, "lm", LMConfig)
+    raise_inconsistent(path, [], tokenizer, config)
+    model = load_weights(Path(path), RecurrentLM(config), {"embedding.weight": "vocab_size",
+                                                           "head.weight": "vocab_size"})
+    return LMCheckpoint(model, config, tokenizer, meta, Path(path))
+
+
+def save_seq2seq_checkpoint(out_dir, model: Seq2Seq, source_tokenizer: Tokenizer, target_tokenizer: Tokenizer,
+                            training: dict | None = None, dev_pairs: Sequence[tuple[str, str]] | None = None,
+                            plot: bool = True, resume: dict | None = None) -> Path:
+    c = model.config
+    if source_tokenizer.vocab_size != c.source_vocab_size or target_tokenizer.vocab_size != c.target_vocab_size:
+        raise ValueError(f"tokenizers have {source_tokenizer.vocab_size} / {target_tokenizer.vocab_size} entries "
+                         f"but the model's vocab sizes are {c.source_vocab_size} / {c.target_vocab_size}")
+    training = training or {}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "task": "seq2seq", "model": c.to_dict(),
+            "tokenizer": source_tokenizer.to_dict(), "target_tokenizer": target_tokenizer.to_dict(),
+            "training": training}
+
+    def extras(tmp: Path) -> None:
+        if dev_pairs is not None:
+            write_pairs(tmp / DEV_FILE, dev_pairs)
+        if plot and training.get("history"):
+            from rnnkit.toolkit.plots import plot_curves
+            best = training.get("dev", {})
+            plot_curves(training["history"], tmp / CURVES_FILE,
+                        title=f"best epoch {training.get('best_epoch')}: dev exact match "
+                              f"{best.get('accuracy', float('nan')):.4f}, token err "
+                              f"{best.get('token_error_rate', float('nan')):.4f}")
+
+    return write_checkpoint(out_dir, meta, model.state_dict(), plot=False, extras=extras, resume=resume)
+
+
+def load_seq2seq_checkpoint(path) -> Seq2SeqCheckpoint:
+    """A ``train_seq2seq`` checkpoint -> model (eval mode), config, both tokenizers, config.json."""
+    path = Path(path)
+    meta, config, src_tok = read_checkpoint(path, "seq2seq", Seq2SeqConfig)
+    cfg = path / CONFIG_FILE
+    tgt_tok = tokenizer_from_dict(meta["target_tokenizer"], source=f"{cfg} (target_tokenizer)")
+    problems = []
+    if src_tok.vocab_size != config.source_vocab_size:
+        problems.append(f"'tokenizer.vocab' has {src_tok.vocab_size} entries but 'model.source_vocab_size' "
+                        f"is {config.source_vocab_size}")
+    if tgt_tok.vocab_size != config.target_vocab_size:
+        problems.append(f"'target_tokenizer.vocab' has {tgt_tok.vocab_size} entries but "
+                        f"'model.target_vocab_size' is {config.target_vocab_size}")
+    specials = tgt_tok.vocab[:len(TARGET_SPECIALS)]
+    if specials != list(TARGET_SPECIALS) or (config.bos_id, config.eos_id) != (BOS_ID, EOS_ID):
+        problems.append(f"'target_tokenizer.vocab' starts {specials} with bos_id/eos_id "
+                        f"{config.bos_id}/{config.eos_id}, expected {list(TARGET_SPECIALS)} and {BOS_ID}/{EOS_ID}")
+    if problems:
+        raise BundleError(f"{cfg}: " + "; ".join(problems) + " -- the checkpoint is inconsistent; retrain it")
+    model = load_weights(path, Seq2Seq(config), {"source_embedding.weight": "source_vocab_size",
+                                                 "target_embedding.weight": "target_vocab_size",
+                                                 "head.weight": "target_vocab_size"})
+    return Seq2SeqCheckpoint(model, config, src_tok, tgt_tok, meta, path)
+
+
+def checkpoint_task(checkpoint) -> str:
+    """The task a checkpoint folder holds ("classify" when its config.json predates tasks)."""
+    path = Path(checkpoint) / CONFIG_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("task", "classify")
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing; {checkpoint} is not an rnnkit checkpoint directory") from None
+    except (OSError, ValueError, AttributeError) as exc:
+        raise BundleError(f"{path}: unreadable ({exc}); the checkpoint is corrupted, retrain it") from None
+
+
+
+def load_any_checkpoint(path):
+    """The checkpoint at ``path``, whichever task it holds (``checkpoint_task``)."""
+    return LOADERS[checkpoint_task(path)](path)
+
+
+LOADERS = {"classify": load_checkpoint, "tag": load_tagger_checkpoint, "lm": load_lm_checkpoint,
+           "seq2seq": load_seq2seq_checkpoint}

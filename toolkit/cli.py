@@ -45,6 +45,8 @@ def train():
 
 
 _T = TrainConfig()  # the defaults live in one place: the dataclass
+RESUME_HELP = ("Continue the run that was killed or interrupted in --out (from its last finished epoch; same "
+               "options and data, only --epochs may change): the result is the uninterrupted run's.")
 
 
 @train.command("classify")
@@ -77,11 +79,12 @@ _T = TrainConfig()  # the defaults live in one place: the dataclass
 @click.option("--label-field", default=_T.label_field, show_default=True)
 @click.option("--encoding", default=_T.encoding, show_default=True)
 @click.option("--threads", type=click.IntRange(0), default=_T.threads, show_default=True, help="torch threads (0: min(4, cores)).")
-def train_classify(train_path, dev_path, out_dir, **options):
+@click.option("--resume", "resume", is_flag=True, help=RESUME_HELP)
+def train_classify(train_path, dev_path, out_dir, resume, **options):
     """Train a text classifier (sentiment, topics, ...)."""
     from .train import train_classifier
 
-    result = train_classifier(train_path, out_dir, TrainConfig(**options), dev_path=dev_path)
+    result = train_classifier(train_path, out_dir, TrainConfig(**options), dev_path=dev_path, resume=resume)
     click.echo(f"best dev accuracy {result.dev_accuracy:.4f} (epoch {result.best_epoch}); checkpoint: {result.out_dir}")
 
 
@@ -116,11 +119,12 @@ _G = TagTrainConfig()
 @click.option("--max-vocab", type=click.IntRange(3), default=_G.max_vocab, show_default=True)
 @click.option("--encoding", default=_G.encoding, show_default=True)
 @click.option("--threads", type=click.IntRange(0), default=_G.threads, show_default=True)
-def train_tag(train_path, dev_path, out_dir, **options):
+@click.option("--resume", "resume", is_flag=True, help=RESUME_HELP)
+def train_tag(train_path, dev_path, out_dir, resume, **options):
     """Train a sequence tagger (POS tagging, ...)."""
     from .train_tag import train_tagger
 
-    result = train_tagger(train_path, out_dir, TagTrainConfig(**options), dev_path=dev_path)
+    result = train_tagger(train_path, out_dir, TagTrainConfig(**options), dev_path=dev_path, resume=resume)
     click.echo(f"best dev accuracy {result.dev_accuracy:.4f} (epoch {result.best_epoch}); checkpoint: {result.out_dir}")
 
 
@@ -157,11 +161,12 @@ _L = LMTrainConfig()
 @click.option("--min-freq", type=click.IntRange(1), default=_L.min_freq, show_default=True, help="Word level only.")
 @click.option("--encoding", default=_L.encoding, show_default=True)
 @click.option("--threads", type=click.IntRange(0), default=_L.threads, show_default=True)
-def train_lm_cmd(train_path, dev_path, out_dir, **options):
+@click.option("--resume", "resume", is_flag=True, help=RESUME_HELP)
+def train_lm_cmd(train_path, dev_path, out_dir, resume, **options):
     """Train a language model (text generation, next-word suggestion)."""
     from .train_lm import train_lm
 
-    result = train_lm(train_path, out_dir, LMTrainConfig(**options), dev_path=dev_path)
+    result = train_lm(train_path, out_dir, LMTrainConfig(**options), dev_path=dev_path, resume=resume)
     click.echo(f"best dev loss {result.dev_loss:.4f} nats/token (epoch {result.best_epoch}); "
                f"checkpoint: {result.out_dir}")
 
@@ -217,12 +222,13 @@ _S = Seq2SeqTrainConfig()
 @click.option("--threads", type=click.IntRange(0), default=_S.threads, show_default=True)
 @click.option("--init", type=click.Path(), default=_S.init,
               help="Fine-tune: start from this seq2seq checkpoint (its weights, vocabularies and architecture).")
-def train_seq2seq_cmd(train_path, dev_path, out_dir, fmt, keep_stress, **options):
+@click.option("--resume", "resume", is_flag=True, help=RESUME_HELP)
+def train_seq2seq_cmd(train_path, dev_path, out_dir, fmt, keep_stress, resume, **options):
     """Train an encoder-decoder (grapheme-to-phoneme, translation)."""
     from .train_seq2seq import train_seq2seq
 
     result = train_seq2seq(train_path, out_dir, Seq2SeqTrainConfig(**options), dev_path=dev_path, fmt=fmt,
-                           keep_stress=keep_stress)
+                           keep_stress=keep_stress, resume=resume)
     d = result.dev
     click.echo(f"best epoch {result.best_epoch}: dev exact match {d['accuracy']:.4f}, token error rate "
                f"{d['token_error_rate']:.4f}, BLEU {d['bleu']:.2f}; checkpoint: {result.out_dir}")
@@ -250,13 +256,13 @@ def train_seq2seq_cmd(train_path, dev_path, out_dir, fmt, keep_stress, **options
 def export_cmd(checkpoint, out, int8, dev_path, min_agreement, max_loss_delta, max_length, text_field, label_field,
                lexicon, lexicon_format):
     """Export CHECKPOINT to a validated ONNX bundle."""
-    from ..export.exporter import export_checkpoint
+    from .export_checkpoint import CLI_FLAGS, export_checkpoint
     from .devset import dev_set_for
 
     dev = dev_set_for(checkpoint, dev_path, text_field, label_field)
     result = export_checkpoint(checkpoint, out, int8=int8, dev=dev, min_agreement=min_agreement,
                                max_loss_delta=max_loss_delta, lexicon=lexicon, lexicon_format=lexicon_format,
-                               max_length=max_length, log=lambda m: click.echo(m, err=True))
+                               max_length=max_length, log=lambda m: click.echo(m, err=True), flags=CLI_FLAGS)
     click.echo(summary(result["manifest"], result["path"]))
 
 
@@ -283,6 +289,13 @@ def export_cmd(checkpoint, out, int8, dev_path, min_agreement, max_loss_delta, m
 @click.option("--partition-size", type=click.IntRange(1), default=10_000, show_default=True,
               help="--engine dask: rows per partition (one output file each).")
 @click.option("--resume", is_flag=True, help="--engine dask: continue a job in a non-empty --output folder.")
+@click.option("--errors", "errors_path", type=click.Path(),
+              help="Bad records as JSON lines {\"source\", \"error\"} (written atomically). Default: stderr. "
+                   "--engine dask: always OUT_DIR/errors.jsonl.")
+@click.option("--strict", is_flag=True, help="Stop with exit code 1 at the first bad record (default: report it, go on).")
+@click.option("--truncate", is_flag=True,
+              help="Use the first max_length tokens of a longer text (its line says \"truncated\": N) instead of "
+                   "refusing it as a bad record.")
 @click.option("--beam", type=click.IntRange(1, 1024), default=None,
               help="seq2seq: beam width (default 5; 1 = greedy; clamped to the target vocabulary).")
 @click.option("--nbest", type=click.IntRange(1, 1024), default=None,
@@ -294,8 +307,8 @@ def export_cmd(checkpoint, out, int8, dev_path, min_agreement, max_loss_delta, m
 @click.option("--lookup", is_flag=True, default=None,
               help="seq2seq: answer inputs found in the bundle's lexicon from it (score 0.0); decode the rest.")
 def predict(bundle, texts, input_paths, output_path, backend, int8, batch_size, threads, text_field, pretokenized,
-            encoding, engine, scheduler, workers, partition_size, resume, beam, nbest, alpha, max_output_tokens,
-            lookup):
+            encoding, engine, scheduler, workers, partition_size, resume, errors_path, strict, truncate, beam, nbest,
+            alpha, max_output_tokens, lookup):
     """Classify, tag or translate TEXTS (or --input FILE, or stdin lines) with BUNDLE. Never imports torch.
 
     Writes JSON lines: {"text", "label", "score", "scores"} for a classifier,
@@ -303,17 +316,22 @@ def predict(bundle, texts, input_paths, output_path, backend, int8, batch_size, 
     (score: log-probability with the --alpha length penalty; with --nbest also "nbest": [{"output",
     "score"}, ...], best first).  --engine dask (classifiers and taggers) writes a folder:
     part-NNNNN.jsonl (the same rows plus an "id", "FILE-INDEX:LINE"), errors.jsonl, _job.json, and
-    _SUCCESS last."""
+    _SUCCESS last.  Bad records (unreadable, or refused by the model) are reported and skipped:
+    see docs/records.md."""
     decoding = {k: v for k, v in dict(beam=beam, nbest=nbest, alpha=alpha, max_output_tokens=max_output_tokens,
                                       lookup=lookup or None).items() if v is not None}
     if engine == "dask":
         if decoding:
             raise click.UsageError(f"{', '.join('--' + k.replace('_', '-') for k in decoding)} need --engine local "
                                    "(seq2seq bundles are decoded locally)")
+        for flag, value in (("--errors", errors_path), ("--strict", strict)):
+            if value:
+                raise click.UsageError(f"{flag} needs --engine local (--engine dask writes OUT_DIR/errors.jsonl "
+                                       f"and carries on)")
         return _predict_dask(bundle, texts, input_paths, output_path, backend, int8, batch_size, threads,
-                             text_field, pretokenized, encoding, scheduler, workers, partition_size, resume)
+                             text_field, pretokenized, encoding, scheduler, workers, partition_size, resume, truncate)
     from ..runtime import load
-    from .predict import read_texts, write_predictions
+    from .predict import finish, read_texts, write_predictions
 
     for flag, value in (("--scheduler", scheduler), ("--workers", workers), ("--resume", resume)):
         if value:
@@ -332,14 +350,16 @@ def predict(bundle, texts, input_paths, output_path, backend, int8, batch_size, 
                                f"{bundle} is a {task} bundle")
     if pretokenized and task == "seq2seq":
         raise click.UsageError(f"--pretokenized applies to tagging bundles; {bundle} is a {task} bundle")
-    sources, items = read_texts(texts, input_path, text_field, encoding, task == "tag", pretokenized)
-    write_predictions(model, sources, items, output_path, batch_size, show_progress=input_path is not None,
-                      **decoding)
+    rows = read_texts(texts, input_path, text_field, encoding, task == "tag", pretokenized)
+    report = write_predictions(model, rows, output_path, batch_size, show_progress=input_path is not None,
+                               strict=strict, truncate=truncate, **decoding)
+    finish(report, errors_path, summary=not texts)
 
 
 def _predict_dask(bundle, texts, input_paths, output_path, backend, int8, batch_size, threads, text_field,
-                  pretokenized, encoding, scheduler, workers, partition_size, resume):
+                  pretokenized, encoding, scheduler, workers, partition_size, resume, truncate=False):
     from ..runtime.distributed import predict as distributed_predict
+    from .predict import cli_hint
 
     if texts or not input_paths:
         raise click.UsageError("--engine dask reads --input files (TEXTS and stdin are for the local engine)")
@@ -355,7 +375,8 @@ def _predict_dask(bundle, texts, input_paths, output_path, backend, int8, batch_
     summary = distributed_predict(bundle, list(input_paths), output_path, scheduler=scheduler, workers=workers,
                                   partition_size=partition_size, backend=backend, int8=int8, threads=threads or 1,
                                   batch_size=batch_size, text_field=text_field, encoding=encoding,
-                                  pretokenized=pretokenized, resume=resume, progress=show)
+                                  pretokenized=pretokenized, resume=resume, progress=show, hint=cli_hint(text_field),
+                                  truncate=truncate)
     click.echo("", err=True)
     skipped = f", {summary.partitions_skipped} kept from an earlier run" if summary.partitions_skipped else ""
     click.echo(f"{summary.rows_in} rows in, {summary.rows_out} predictions, {summary.errors} errors "

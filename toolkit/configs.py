@@ -1,18 +1,19 @@
-"""Configuration dataclasses of rnnkit's models and training runs (torch-free).
+"""Training configuration dataclasses, one per ``rnnkit train`` task (torch-free).
 
-Kept apart from ``models.py`` / ``train.py`` so the CLI can show defaults and the
-exporter can read a configuration without importing torch.
+Kept apart from ``train*.py`` so the CLI can show defaults without importing torch.  The
+architecture configs (``ClassifierConfig`` ...) live in ``rnnkit.export.architecture``, read by
+training and export alike; they are re-exported here for the CLI's choices.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
+from ..export.architecture import (ATTENTIONS as ATTENTIONS, CELL_TYPES as CELL_TYPES, POOLINGS as POOLINGS,
+                                   ClassifierConfig as ClassifierConfig, LMConfig as LMConfig,
+                                   Seq2SeqConfig as Seq2SeqConfig)
 from ..runtime.charset import MAX_CHARS
 from ..runtime.errors import InputError
-
-CELL_TYPES = ("rnn", "lstm", "gru")
-POOLINGS = ("last", "mean", "max", "attention")
 
 
 def range_problems(config, at_least_one=(), fractions=(), non_negative=()) -> list[str]:
@@ -26,32 +27,10 @@ def range_problems(config, at_least_one=(), fractions=(), non_negative=()) -> li
     return problems
 
 
-@dataclass
-class ClassifierConfig:
-    vocab_size: int            # rows of the embedding, <pad>=0 and <unk>=1 included
-    num_labels: int            # classes of the head
-    cell: str = "lstm"         # rnn | lstm | gru
-    embed: int = 128           # embedding width
-    hidden: int = 256          # recurrent state width per direction
-    layers: int = 1            # stacked recurrent layers
-    bidirectional: bool = False
-    pooling: str = "last"      # last | mean | max | attention: how T states become one vector
-    dropout: float = 0.3       # on embeddings, between layers and before the head (training only)
-    padding_idx: int = 0       # the tokenizer's <pad> id
-
-    def __post_init__(self):
-        if self.cell not in CELL_TYPES:
-            raise ValueError(f"cell must be one of {list(CELL_TYPES)}, got {self.cell!r}")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
-
-    @property
-    def directions(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
+def refuse(problems: list[str]) -> None:
+    """Every problem of a training configuration in one ``InputError``."""
+    if problems:
+        raise InputError("invalid training configuration: " + "; ".join(problems))
 
 
 @dataclass
@@ -95,8 +74,7 @@ class TrainConfig:
                                    ("patience", "threads", "max_length", "clip", "weight_decay"))
         if self.max_vocab < 3:
             problems.append(f"max_vocab must be >= 3 (<pad>, <unk> and one word), got {self.max_vocab}")
-        if problems:
-            raise InputError("invalid training configuration: " + "; ".join(problems))
+        refuse(problems)
 
 
 @dataclass
@@ -149,87 +127,7 @@ class TagTrainConfig:
             problems.append(f"column must be upos or xpos, got {self.column!r}")
         if not 0.0 < self.dev_split < 1.0:
             problems.append(f"dev_split must be in (0, 1), got {self.dev_split}")
-        if problems:
-            raise InputError("invalid training configuration: " + "; ".join(problems))
-
-
-@dataclass
-class LMConfig:
-    vocab_size: int            # rows of the embedding and columns of the head, <pad>=0 and <unk>=1 included
-    cell: str = "lstm"         # rnn | lstm | gru
-    embed: int = 128           # token embedding width
-    hidden: int = 512          # recurrent state width
-    layers: int = 2            # stacked recurrent layers
-    dropout: float = 0.2       # on embeddings, between layers and before the head (training only)
-    padding_idx: int = 0       # the tokenizer's <pad> id
-    bidirectional: bool = False  # always False: a language model reads left to right
-
-    def __post_init__(self):
-        if self.cell not in CELL_TYPES:
-            raise ValueError(f"cell must be one of {list(CELL_TYPES)}, got {self.cell!r}")
-        if self.bidirectional:
-            raise ValueError("a language model is unidirectional (it predicts the next token from the left context)")
-        for name in ("vocab_size", "embed", "hidden", "layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-    @property
-    def directions(self) -> int:
-        return 1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-ATTENTIONS = ("none", "additive", "dot")
-
-
-@dataclass
-class Seq2SeqConfig:
-    """An encoder-decoder (``rnnkit.toolkit.seq2seq.Seq2Seq``).
-
-    The encoder's per-layer final states (both directions concatenated when bidirectional)
-    are the decoder's initial states, so ``hidden`` is the decoder's width and the
-    concatenated encoder width; a bidirectional encoder uses ``hidden // 2`` per direction.
-    """
-
-    source_vocab_size: int     # source embedding rows, <pad>=0 and <unk>=1 included
-    target_vocab_size: int     # target embedding rows and head columns: <pad>=0 <unk>=1 <s>=2 </s>=3 ...
-    cell: str = "lstm"         # rnn | lstm | gru, encoder and decoder alike
-    embed: int = 128           # source and target embedding width
-    hidden: int = 256          # decoder state width = encoder memory width
-    layers: int = 2            # encoder and decoder layers (the decoder's layer i starts from the encoder's)
-    bidirectional: bool = True  # encoder only
-    attention: str = "dot"     # none | additive (Bahdanau's score) | dot (Luong's "general": h W m)
-    dropout: float = 0.2       # embeddings, between layers, before the head (training only)
-    padding_idx: int = 0
-    bos_id: int = 2            # decoding starts from <s>
-    eos_id: int = 3            # and stops at </s>
-
-    def __post_init__(self):
-        if self.cell not in CELL_TYPES:
-            raise ValueError(f"cell must be one of {list(CELL_TYPES)}, got {self.cell!r}")
-        if self.attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {list(ATTENTIONS)}, got {self.attention!r}")
-        for name in ("source_vocab_size", "embed", "hidden", "layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.target_vocab_size <= max(self.bos_id, self.eos_id):
-            raise ValueError(f"target_vocab_size must exceed the <s>/</s> ids, got {self.target_vocab_size}")
-        if self.bidirectional and self.hidden % 2:
-            raise ValueError(f"a bidirectional encoder splits hidden between its two directions: "
-                             f"hidden must be even, got {self.hidden}")
-
-    @property
-    def directions(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    @property
-    def encoder_hidden(self) -> int:
-        return self.hidden // self.directions
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+        refuse(problems)
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -277,8 +175,7 @@ class LMTrainConfig:
             problems.append(f"max_vocab must be >= 3, got {self.max_vocab}")
         if not 0.0 < self.dev_split < 1.0:
             problems.append(f"dev_split must be in (0, 1), got {self.dev_split}")
-        if problems:
-            raise InputError("invalid training configuration: " + "; ".join(problems))
+        refuse(problems)
 
 
 LEVELS = ("char", "word")
@@ -347,5 +244,4 @@ class Seq2SeqTrainConfig:
                 problems.append(f"{name} must be >= 5 (the specials and one token), got {getattr(self, name)}")
         if not 0.0 < self.dev_split < 1.0:
             problems.append(f"dev_split must be in (0, 1), got {self.dev_split}")
-        if problems:
-            raise InputError("invalid training configuration: " + "; ".join(problems))
+        refuse(problems)

@@ -1,15 +1,19 @@
 """Reading labelled text-classification data and splitting off a dev set.
 
-Formats (picked by the path): ``.csv`` / ``.tsv`` (csv module, header row required),
-``.jsonl`` / ``.json`` (one JSON object per line), or a folder of plain-text files, one
-file per label, one example per line (the MR layout: ``rt-polarity.pos`` -> label ``pos``).
-Every problem raises ``InputError`` naming the file, the line and the column/key, and what
-to do.  Files are decoded strictly with ``encoding`` (default utf-8): an invalid byte is
-reported with its line and byte offset instead of being replaced silently, because a
+Formats (picked by the path): ``.csv`` / ``.tsv`` / ``.jsonl`` (``.json``, ``.ndjson``) read by the
+one record reader (``rnnkit.runtime.records``: header row required for CSV/TSV, RFC 4180 quoting
+in CSV, none in TSV, blank lines skipped), or a folder of plain-text files, one file per label,
+one example per line (the MR layout: ``rt-polarity.pos`` -> label ``pos``).  A JSONL label may be
+a string or an integer.  Files are decoded strictly with ``encoding`` (default utf-8): an invalid
+byte is reported with its line and byte offset instead of being replaced silently, because a
 replaced character changes tokens without anyone noticing.  (The MR copy in
 ``shared/datasets/mr_polarity`` is valid UTF-8; the Latin-1 copy used by Kim 2014 needs
 ``encoding="latin-1"``.)  A leading byte-order mark is dropped.  The folder reader skips
 sub-folders, hidden files and documentation (README*, LICENSE*, CHANGELOG*, *.md, *.rst).
+
+Bad records stop the read with one ``InputError`` giving their count and the first five (file:line
+and why): training data is curated, and training on the rest would silently give another model
+(``rnnkit predict``, by contrast, reports bad records and goes on; see docs/records.md).
 
 Pure stdlib; no torch (the CLI imports this module to validate data cheaply).
 """
@@ -17,21 +21,22 @@ Pure stdlib; no torch (the CLI imports this module to validate data cheaply).
 from __future__ import annotations
 
 import codecs
-import csv
 import hashlib
-import io
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from rnnkit.runtime.errors import InputError
+from rnnkit.runtime.records import FORMATS, read_records
 
 # Folder reader: these names are documentation, not labels (the MR folder has a README.md).
 IGNORED_PREFIXES = ("readme", "license", "licence", "changelog")
 IGNORED_SUFFIXES = (".md", ".rst")
 # Files named like `pos.txt` take their label from the stem, not from the text extension.
 TEXT_SUFFIXES = (".txt", ".text")
+SHOWN = 5  # bad records listed in the error (the count covers all of them)
+# Training runs from Python (TrainConfig) and from `rnnkit train` / `rnnkit export`: name both.
+HINT = {"encoding": "encoding= (--encoding)"}
 
 
 @dataclass(frozen=True)
@@ -55,100 +60,40 @@ def read_examples(path, text_field: str = "text", label_field: str = "label",
     if path.is_dir():
         return _read_folder(path, encoding)
     suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        return _read_table(path, text_field, label_field, encoding,
-                           delimiter="\t" if suffix == ".tsv" else ",")
-    if suffix in (".jsonl", ".json"):
-        return _read_jsonl(path, text_field, label_field, encoding)
-    raise InputError(f"{path}: unknown data format {suffix or '(no extension)'!r} -- use a .csv, "
-                     ".tsv, .jsonl/.json file or a folder with one text file per label")
-
-
-def _decode(path: Path, encoding: str) -> str:
-    data = path.read_bytes()
-    try:
-        text = data.decode(encoding)
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise InputError(
-            f"{path}:{line}: invalid {encoding} byte 0x{data[e.start]:02X} at byte offset {e.start} "
-            f"(line {line}, byte {column} of the line) -- re-save the file as UTF-8 or pass the "
-            "file's real encoding (encoding='latin-1' / --encoding latin-1)") from None
-    if text.startswith("\ufeff"):  # byte-order mark written by some editors / Excel
-        text = text[1:]
-    if not text.strip():
-        raise InputError(f"{path}: the file is empty -- it needs at least one example")
-    return text
-
-
-def _check(path: Path, line: int, text, label, text_field: str, label_field: str) -> Example:
-    if text is None or not str(text).strip():
-        raise InputError(f"{path}:{line}: {text_field!r} is empty -- remove the line or give it a text")
-    if label is None or not str(label).strip():
-        raise InputError(f"{path}:{line}: {label_field!r} is empty -- every example needs a label")
-    return Example(str(text), str(label).strip(), f"{path}:{line}")
-
-
-def _read_table(path: Path, text_field: str, label_field: str, encoding: str,
-                delimiter: str) -> list[Example]:
-    reader = csv.reader(io.StringIO(_decode(path, encoding), newline=""), delimiter=delimiter)
-    try:
-        header = next(reader)
-    except csv.Error as e:
-        raise InputError(f"{path}:1: cannot parse the header row ({e})") from None
-    header = [h.strip() for h in header]
-    missing = [f for f in (text_field, label_field) if f not in header]
-    if missing:
-        raise InputError(
-            f"{path}:1: header has no column {' or '.join(map(repr, missing))}; available columns: "
-            f"{', '.join(map(repr, header))} -- the first row must be a header; choose others with "
-            "text_field=/label_field= (--text-field / --label-field)")
-    ti, li = header.index(text_field), header.index(label_field)
-    examples = []
-    line = reader.line_num
-    try:
-        for row in reader:
-            start, line = line + 1, reader.line_num
-            if not row or not any(c.strip() for c in row):
-                continue  # blank line
-            if len(row) != len(header):
-                raise InputError(f"{path}:{start}: row has {len(row)} fields but the header has "
-                                 f"{len(header)} -- quote fields containing {delimiter!r}")
-            examples.append(_check(path, start, row[ti], row[li], text_field, label_field))
-    except csv.Error as e:
-        raise InputError(f"{path}:{reader.line_num}: cannot parse the row ({e})") from None
+    if suffix not in FORMATS:
+        raise InputError(f"{path}: unknown data format {suffix or '(no extension)'!r} -- use a .csv, "
+                         ".tsv, .jsonl/.json file or a folder with one text file per label")
+    hint = {**HINT, text_field: "text_field= (--text-field)", label_field: "label_field= (--label-field)"}
+    examples, bad = [], []
+    for source, values, error in read_records(path, (text_field, label_field), encoding=encoding, hint=hint,
+                                              labels=(label_field,)):
+        error = error or _problem(values[text_field], values[label_field], text_field, label_field)
+        if error:
+            bad.append((source, error))
+        else:
+            examples.append(Example(values[text_field], values[label_field].strip(), source))
+    _refuse(path, bad)
     if not examples:
-        raise InputError(f"{path}: the file has a header but no examples")
+        what = "has a header but no examples" if FORMATS[suffix] in ("csv", "tsv") else "is empty"
+        raise InputError(f"{path}: the file {what} -- it needs at least one example")
     return examples
 
 
-def _read_jsonl(path: Path, text_field: str, label_field: str, encoding: str) -> list[Example]:
-    examples = []
-    for line, raw in enumerate(_decode(path, encoding).splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{line}: invalid JSON at column {e.colno} ({e.msg}) -- "
-                             "the file must hold one JSON object per line") from None
-        if not isinstance(obj, dict):
-            raise InputError(f"{path}:{line}: expected a JSON object per line, got {type(obj).__name__}")
-        for field in (text_field, label_field):
-            if field not in obj:
-                raise InputError(
-                    f"{path}:{line}: object has no key {field!r}; available keys: "
-                    f"{', '.join(map(repr, obj))} -- choose others with text_field=/label_field= "
-                    "(--text-field / --label-field)")
-        text, label = obj[text_field], obj[label_field]
-        if not isinstance(text, str):
-            raise InputError(f"{path}:{line}: {text_field!r} is {type(text).__name__}, expected a string")
-        if isinstance(label, (dict, list)):
-            raise InputError(f"{path}:{line}: {label_field!r} is {type(label).__name__}, "
-                             "expected a string or number")
-        examples.append(_check(path, line, text, label, text_field, label_field))
-    return examples
+def _problem(text: str, label: str, text_field: str, label_field: str) -> str | None:
+    if not text.strip():
+        return f"{text_field!r} is empty -- remove the line or give it a text"
+    if not label.strip():
+        return f"{label_field!r} is empty -- every example needs a label"
+    return None
+
+
+def _refuse(path: Path, bad: list[tuple[str, str]]) -> None:
+    if bad:
+        shown = "".join(f"\n  {source}: {error}" for source, error in bad[:SHOWN])
+        more = f"\n  ... and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
+        raise InputError(f"{path}: {len(bad)} bad record{'s' if len(bad) > 1 else ''}; training data is used whole "
+                         f"(training on the rest would silently give another model) -- fix or remove "
+                         f"{'them' if len(bad) > 1 else 'it'}:{shown}{more}")
 
 
 def folder_label(name: str) -> str:
@@ -170,18 +115,18 @@ def _read_folder(path: Path, encoding: str) -> list[Example]:
     if not files:
         raise InputError(f"{path}: the folder has no data files -- put one text file per label "
                          "in it (e.g. reviews.pos, reviews.neg), one example per line")
-    examples = []
+    examples, bad = [], []
     for f in files:
         label = folder_label(f.name)
-        lines = _decode(f, encoding).split("\n")  # not splitlines(): U+2028 etc. are not line ends
-        if lines[-1] == "":
-            lines.pop()  # the "" after the final newline is not a line
-        for line, raw in enumerate(lines, start=1):
-            raw = raw.rstrip("\r")
-            if not raw.strip():
-                raise InputError(f"{f}:{line}: empty or whitespace-only line -- remove it "
-                                 "(every line is one example)")
-            examples.append(Example(raw, label, f"{f}:{line}"))
+        # plain text whatever the extension: one example per line, blank lines skipped
+        for source, values, error in read_records(f, ("text",), encoding=encoding, format="txt", hint=HINT):
+            if error:
+                bad.append((source, error))
+            else:
+                examples.append(Example(values["text"], label, source))
+    _refuse(path, bad)
+    if not examples:
+        raise InputError(f"{path}: the data files are empty -- put one example per line in them")
     return examples
 
 

@@ -19,7 +19,7 @@ SAMPLES = [
 
 
 def run_demo(out: str, echo=print) -> dict:
-    from ..export.exporter import export_checkpoint
+    from .export_checkpoint import export_checkpoint
     from ..runtime import load
     from .devset import dev_set_for
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..export.exporter import DevSet
+from ..export.pipeline import DevSet
 from ..runtime.errors import BundleError
 
 

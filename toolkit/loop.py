@@ -8,13 +8,19 @@ early after ``patience`` epochs without improvement and reloads the best weights
 supplies only its loss on one batch (``step``), its dev evaluation and the extra fields of its
 history record / log line.  Same seed, same machine -> identical dev metrics.
 
+After every epoch ``fit`` hands the task the best epoch so far and a resume state (``snapshot``)
+to write (``checkpoint.write_checkpoint(resume=...)``); given that state back (``resume``), it
+continues where the killed run stopped and ends with the uninterrupted run's weights and history.
+
 Imports torch; the CLI imports this module inside the command body only.
 """
 
 from __future__ import annotations
 
-import os
+import copy
+import json
 import math
+import os
 import random
 import sys
 import time
@@ -27,6 +33,7 @@ import torch
 from torch import nn
 
 from rnnkit.runtime.tokenizer import PAD_ID, UNK_ID
+from rnnkit.toolkit.checkpoint import STATE_FORMAT
 
 
 @contextmanager
@@ -137,7 +144,9 @@ def fit(config, make_model: Callable[[], nn.Module], lengths: np.ndarray | None,
         evaluate: Callable[[nn.Module], dict], report: Callable[[dict], tuple[dict, str]],
         progress: bool, log: Callable[[str], None], *,
         epoch_batches: Callable[[np.random.Generator], list] | None = None,
-        better: Callable[[dict, dict], bool] = higher_accuracy) -> Fit:
+        better: Callable[[dict, dict], bool] = higher_accuracy,
+        save: Callable[[Fit, dict], object] | None = None, identity: dict | None = None,
+        resume: dict | None = None) -> Fit:
     """Train ``make_model()`` on the examples whose lengths are ``lengths``.
 
     ``config``: a ``TrainConfig`` / ``TagTrainConfig`` (threads, seed, lr, weight_decay, epochs,
@@ -147,6 +156,12 @@ def fit(config, make_model: Callable[[], nn.Module], lengths: np.ndarray | None,
     ``epoch_batches(rng)`` replaces the length-bucketed shuffled batches (a language model's
     truncated-BPTT windows must come in order, so its state can be carried from one to the next);
     ``better(dev, best)`` picks the best epoch (default: higher dev accuracy; LMs: lower dev loss).
+
+    ``save(fit_so_far, state)``: called after every epoch with the best epoch so far and the
+    resume state (``snapshot``; ``identity`` is stored in it); the task writes both, atomically
+    (``checkpoint.write_checkpoint(resume=state)``).  ``resume``: a state read back from disk;
+    training continues after its epoch exactly as the uninterrupted run would have (same batches,
+    dropout masks, optimizer moments: identical weights and dev metrics).
     """
     with torch_settings(config.threads):
         rng = seed_all(config.seed)
@@ -155,31 +170,25 @@ def fit(config, make_model: Callable[[], nn.Module], lengths: np.ndarray | None,
         # configs without the field (classifier, tagger) train at a constant rate
         cosine = getattr(config, "lr_schedule", "constant") == "cosine"
         history: list[dict] = []
-        best, best_state, stale = None, None, 0
+        best, best_state, stale, stopped, done, before = None, None, 0, False, 0, 0.0
+        if resume is not None:
+            # after make_model / Adam (which draw from the seeded RNGs), so every state is the stored one
+            history, best, best_state, stale, stopped, done, before = restore(resume, model, optim, rng)
+            log(f"resuming after epoch {done}/{config.epochs} (best epoch {best[0]}"
+                f"{', stopped early' if stopped else ''})")
         start = time.perf_counter()
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(done + 1, config.epochs + 1):
+            if stopped:
+                break
             t0 = time.perf_counter()
             model.train()
             todo = epoch_batches(rng) if epoch_batches else batches(lengths, config.batch_size, rng)
-            loss_sum, seen = 0.0, 0
-            with Progress(progress, len(todo), f"epoch {epoch}/{config.epochs}") as bar:
-                for i, idx in enumerate(todo):
-                    if cosine:
-                        set_lr(optim, config.lr * cosine_factor((epoch - 1 + i / len(todo)) / config.epochs))
-                    loss, n = step(model, idx)
-                    optim.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if config.clip > 0:
-                        nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-                    optim.step()
-                    loss_sum += loss.item() * n
-                    seen += n
-                    bar.update(loss_sum / seen)
-            dev = evaluate(model)
+            loss_sum, seen = train_epoch(config, model, optim, step, todo, epoch, cosine, progress)
+            dev = plain(evaluate(model))  # plain: the same numbers whether kept in memory or resumed
             fields, text = report(dev)
-            record = {"epoch": epoch, "train_loss": loss_sum / seen, "dev_loss": dev["loss"], **fields,
-                      "lr": optim.param_groups[0]["lr"],
-                      "seconds": round(time.perf_counter() - t0, 2)}
+            record = plain({"epoch": epoch, "train_loss": loss_sum / seen, "dev_loss": dev["loss"], **fields,
+                            "lr": optim.param_groups[0]["lr"],
+                            "seconds": round(time.perf_counter() - t0, 2)})
             history.append(record)
             improved = best is None or better(dev, best[1])
             if improved:
@@ -190,13 +199,83 @@ def fit(config, make_model: Callable[[], nn.Module], lengths: np.ndarray | None,
             log(f"epoch {epoch}/{config.epochs}  train loss {record['train_loss']:.4f}  dev loss "
                 f"{dev['loss']:.4f}  dev acc {dev['accuracy']:.4f}  {text}  "
                 f"({record['seconds']:.1f}s){'  *' if improved else ''}")
-            if config.patience and stale >= config.patience:
+            stopped = bool(config.patience and stale >= config.patience)
+            if save is not None:
+                elapsed = before + time.perf_counter() - start
+                best_model = copy.deepcopy(model)
+                best_model.load_state_dict(best_state)
+                save(Fit(best_model.eval(), list(history), best[0], best[1], elapsed),
+                     snapshot(config, identity, epoch, stopped, model, optim, rng, history, best, best_state,
+                              stale, elapsed))
+            if stopped:
                 log(f"no better dev result for {stale} epochs: stopping early")
-                break
-        elapsed = time.perf_counter() - start
+        elapsed = before + time.perf_counter() - start
         model.load_state_dict(best_state)
         model.eval()
     return Fit(model, history, best[0], best[1], elapsed)
+
+
+def train_epoch(config, model: nn.Module, optim: torch.optim.Optimizer, step, todo: list, epoch: int,
+                cosine: bool, progress: bool) -> tuple[float, int]:
+    """One pass over the batches ``todo`` -> (sum of the batch losses weighted by ``n``, sum of ``n``)."""
+    loss_sum, seen = 0.0, 0
+    with Progress(progress, len(todo), f"epoch {epoch}/{config.epochs}") as bar:
+        for i, idx in enumerate(todo):
+            if cosine:
+                set_lr(optim, config.lr * cosine_factor((epoch - 1 + i / len(todo)) / config.epochs))
+            loss, n = step(model, idx)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+            optim.step()
+            loss_sum += loss.item() * n
+            seen += n
+            bar.update(loss_sum / seen)
+    return loss_sum, seen
+
+
+def plain(obj):
+    """``obj`` as JSON gives it back (numpy scalars and arrays -> Python numbers and lists): what
+    config.json stores, and what a resume state may hold (it is read with ``weights_only=True``)."""
+    def tolist(o):
+        if hasattr(o, "tolist"):
+            return o.tolist()
+        raise TypeError(f"{type(o).__name__} in a dev result or history record is not JSON-serialisable")
+
+    return json.loads(json.dumps(obj, default=tolist))
+
+
+def snapshot(config, identity: dict | None, epoch: int, stopped: bool, model: nn.Module,
+             optim: torch.optim.Optimizer, rng: np.random.Generator, history: list[dict], best: tuple,
+             best_state: dict, stale: int, elapsed: float) -> dict:
+    """Everything ``restore`` needs to continue after ``epoch`` bit for bit: weights, optimizer
+    moments, every RNG the loop or a task's ``step`` draws from (Python, numpy's global and the
+    batching Generator, torch: dropout, word dropout, scheduled sampling), best epoch, stale count."""
+    legacy = np.random.get_state(legacy=False)
+    return {"format": STATE_FORMAT, "identity": identity, "epochs": config.epochs, "epoch": epoch,
+            "stopped": stopped, "elapsed": elapsed, "history": history, "stale": stale,
+            "best_epoch": best[0], "best_dev": best[1], "best_model": best_state,
+            "model": model.state_dict(), "optimizer": optim.state_dict(),
+            "rng": {"python": random.getstate(), "numpy": rng.bit_generator.state,
+                    "numpy_global": {**legacy, "state": {**legacy["state"], "key": legacy["state"]["key"].tolist()}},
+                    "torch": torch.get_rng_state()}}
+
+
+def restore(state: dict, model: nn.Module, optim: torch.optim.Optimizer, rng: np.random.Generator):
+    """Load ``snapshot``'s state into the fresh ``model``, ``optim`` and RNGs -> (history, best,
+    best_state, stale, stopped, epochs done, seconds spent)."""
+    model.load_state_dict(state["model"])
+    optim.load_state_dict(state["optimizer"])
+    r = state["rng"]
+    random.setstate(r["python"])
+    legacy = r["numpy_global"]
+    np.random.set_state({**legacy, "state": {**legacy["state"],
+                                             "key": np.asarray(legacy["state"]["key"], dtype=np.uint32)}})
+    rng.bit_generator.state = r["numpy"]
+    torch.set_rng_state(r["torch"])
+    return (list(state["history"]), (state["best_epoch"], state["best_dev"]), state["best_model"], state["stale"],
+            state["stopped"], state["epoch"], state["elapsed"])
 
 
 def training_record(config, result: Fit, train_path, dev_path, split: dict, num_train: int,

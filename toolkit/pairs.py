@@ -51,7 +51,8 @@ def _open_text(path, encoding: str):
     if not p.is_file():
         raise InputError(f"{p}: no such pairs file -- give a TSV (source<TAB>target) or CMUdict file")
     raw = gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb")
-    return p, io.TextIOWrapper(raw, encoding=encoding, newline="")
+    # lines end at \n only (newline="" would also end them at a lone \r, cutting a pair in two)
+    return p, io.TextIOWrapper(raw, encoding=encoding, newline="\n")
 
 
 def _lines(path, encoding: str):

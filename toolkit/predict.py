@@ -1,137 +1,135 @@
-"""Batch prediction for the CLI: read inputs, predict in length buckets, write JSON lines atomically.
+"""Batch prediction for the CLI: read records, predict in length buckets, write JSON lines atomically.
 
 Imports only ``rnnkit.runtime`` (never torch): ``rnnkit predict`` runs on devices
 without it.  A classifier bundle writes ``{"text", "label", "score", "scores"}`` lines, a
 tagging bundle ``{"tokens", "tags", "scores"}`` lines, an encoder-decoder ``{"input", "output",
 "score"}`` lines (plus ``"nbest": [{"output", "score"}, ...]`` with ``--nbest``).
+
+Inputs are read by the one record reader (``rnnkit.runtime.records``), as training and the Dask
+engine read them.  A bad record -- unreadable, or refused by the model -- does not stop the run
+(see docs/records.md): it goes to ``--errors FILE`` (JSON lines ``{"source", "error"}``) or to
+stderr, and the run ends with ``N rows in, M predictions, K errors``.  ``--strict`` stops at the
+first bad record instead; a run where every record is bad fails (a wrong ``--text-field`` or
+``--encoding`` looks like that).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from contextlib import nullcontext
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import click
 
+from ..runtime.batch import items_of, run_items
 from ..runtime.errors import InputError
-from ..runtime.io import JSONL, atomic_writer, read_lines, read_records
+from ..runtime.io import atomic_writer
+from ..runtime.records import Record, check_text, read_records
+from ..runtime.tasks import task_of
 
 CHUNK = 4096  # items predicted per step: bounds memory on huge inputs, keeps the bar moving
 
 
+@dataclass
+class Report:
+    rows: int                     # records read, good and bad (blank lines are not records)
+    predictions: int              # lines written
+    errors: list[tuple[str, str]] = field(default_factory=list)   # (source, why), in input order
+
+
+def cli_hint(text_field: str) -> dict[str, str]:
+    """How messages name the settings on the command line (see ``records.read_records``)."""
+    return {text_field: "--text-field", "encoding": "--encoding"}
+
+
 def read_texts(texts, input_path, text_field: str, encoding: str, tagging: bool = False,
-               pretokenized: bool = False) -> tuple[list[str], list]:
-    """(sources, items): from arguments, a file, or stdin lines.
+               pretokenized: bool = False) -> list[tuple[str, object, str | None]]:
+    """``(source, item, error)`` per record: from arguments, a file, or stdin (plain-text lines,
+    read by the same code as a ``.txt`` file: the same bytes give the same rows).
 
-    Classification refuses empty texts by location.  Tagging items are raw strings (split by
-    the bundle's tokenizer) or token lists (``--pretokenized`` lines, JSONL ``tokens``);
-    an empty sentence is allowed and gets an empty result.
+    Tagging items are raw strings (split by the bundle's tokenizer) or token lists
+    (``--pretokenized`` lines, JSONL ``tokens``); an empty sentence gets an empty result.
     """
+    hint = cli_hint(text_field)
     if texts:
-        pairs = [(f"argument {i + 1}", t) for i, t in enumerate(texts)]
-    elif input_path and tagging and Path(input_path).suffix.lower() in JSONL:
-        pairs = list(_read_jsonl_sentences(Path(input_path), text_field, encoding))
+        records = [Record(f"argument {i + 1}", None, f"{problem} (undecodable bytes in the argument?)")
+                   if (problem := check_text(t)) else Record(f"argument {i + 1}", {text_field: t}, None)
+                   for i, t in enumerate(texts)]
     elif input_path:
-        pairs = [(where, record[text_field]) for where, record in read_records(input_path, (text_field,), encoding)]
+        records = read_records(input_path, (text_field,), encoding=encoding, hint=hint,
+                               tokens="tokens" if tagging else None)
     else:
-        data = sys.stdin.buffer.read()
-        try:
-            lines = data.decode(encoding).splitlines()
-        except UnicodeDecodeError as exc:
-            raise InputError(f"stdin: invalid {encoding} at byte {exc.start}; re-encode as UTF-8 or pass --encoding") from None
-        pairs = [(f"stdin:{n}", line) for n, line in enumerate(lines, 1) if line.strip()]
-    if not pairs:
-        raise InputError(f"{input_path or 'stdin'}: nothing to predict")
-    sources = [p[0] for p in pairs]
-    items = [p[1] for p in pairs]
-    if tagging:
-        if pretokenized:
-            items = [i.split() if isinstance(i, str) else i for i in items]
-        return sources, items
-    for where, text in zip(sources, items):
-        if not text.strip():
-            raise InputError(f"{where}: empty text; remove it or give it some words")
-    return sources, items
+        records = read_records(sys.stdin.buffer, (text_field,), encoding=encoding, hint=hint, name="stdin")
+    rows = list(items_of(records, text_field, tagging, pretokenized))
+    if not rows:
+        raise InputError(f"{input_path or 'stdin'}: nothing to predict (no records; blank lines are skipped)")
+    return rows
 
 
-def _read_jsonl_sentences(path: Path, text_field: str, encoding: str):
-    for number, line in read_lines(path, encoding):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-        tokens = record.get("tokens") if isinstance(record, dict) else None
-        if isinstance(tokens, list) and all(isinstance(t, str) for t in tokens):
-            yield where, tokens
-        elif isinstance(record, dict) and isinstance(record.get(text_field), str):
-            yield where, record[text_field]
-        else:
-            raise InputError(f"{where}: expected an object with a 'tokens' list of strings or a {text_field!r} "
-                             f"string; choose the key with --text-field")
+def write_predictions(model, rows, output_path, batch_size: int, show_progress: bool, strict: bool = False,
+                      truncate: bool = False, beam: int | None = None, nbest: int | None = None, alpha: float | None = None,
+                      max_output_tokens: int | None = None, lookup: bool = False) -> Report:
+    """Predict the good ``rows`` (``read_texts``) into ``output_path`` (stdout if None) -> a ``Report``.
 
-
-def write_predictions(model, sources, items, output_path, batch_size: int, show_progress: bool,
-                      beam: int | None = None, nbest: int | None = None, alpha: float | None = None,
-                      max_output_tokens: int | None = None, lookup: bool = False) -> None:
-    """``beam``/``nbest``/``alpha``/``max_output_tokens``/``lookup``: seq2seq bundles only (see ``Model.nbest``)."""
-    task = model.bundle.task
-    if task == "seq2seq":
-        run = _seq2seq_run(model, items, beam, nbest, alpha, max_output_tokens, lookup)
-    else:
-        run = model.tag if task == "tag" else model.predict
+    ``strict``: raise ``InputError`` at the first bad record (nothing is written).  ``truncate``: a
+    text over the bundle's max_length is cut to it (the line says ``"truncated": N`` tokens) instead
+    of being a bad record.
+    ``beam``/``nbest``/``alpha``/``max_output_tokens``/``lookup``: seq2seq bundles only (see
+    ``EncoderDecoder.run_batch``).  Every task object is run through its ``run_batch``; a bundle
+    whose task is run by another command (a language model: ``rnnkit generate``) is refused.
+    """
+    task = task_of(model.task)
+    if task.verb != "predict":
+        raise InputError(f"{model.bundle.path}: a {model.task} bundle has no predict(); use {task.verb}() "
+                         f"(rnnkit {task.verb})")
+    decoding = {k: v for k, v in dict(beam=beam, nbest=nbest, alpha=alpha, max_output_tokens=max_output_tokens,
+                                      lookup=lookup or None).items() if v is not None}
+    run = functools.partial(model.run_batch, truncate=truncate, **decoding)
+    bad = [(i, error) for i, (_, _, error) in enumerate(rows) if error is not None]
+    if strict and bad:
+        raise _strict(rows, *bad[0])
+    good = [i for i, (_, _, error) in enumerate(rows) if error is None]
     sink = atomic_writer(output_path) if output_path else nullcontext(sys.stdout)
-    bar = (click.progressbar(length=len(items), label="predicting", file=sys.stderr)
+    bar = (click.progressbar(length=len(good), label="predicting", file=sys.stderr)
            if show_progress else nullcontext())
+    written = 0
     with sink as out, bar as progress:
-        for start in range(0, len(items), CHUNK):
-            try:
-                results = run(items[start:start + CHUNK], batch_size=batch_size,
-                              progress=progress.update if show_progress else None)
-            except InputError as exc:  # "sentence #i" inside the chunk -> the input's own location
-                raise InputError(f"{_locate(str(exc), sources, start)}") from None
+        for start in range(0, len(good), CHUNK):
+            chunk = good[start:start + CHUNK]
+            results, refused = run_items(run, [rows[i][1] for i in chunk], batch_size,
+                                         progress.update if show_progress else None)
+            if strict and refused:
+                raise _strict(rows, chunk[refused[0][0]], refused[0][1])
+            bad.extend((chunk[position], error) for position, error in refused)
             for r in results:
-                out.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+                if r is not None:
+                    out.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+                    written += 1
+    return Report(len(rows), written, [(rows[i][0], error) for i, error in sorted(bad)])
 
 
-class _Line:
-    """One seq2seq JSON line: the input, its best output and score[, the n best]."""
-
-    def __init__(self, text: str, hypotheses, nbest: bool):
-        self.text, self.hypotheses, self.nbest = text, hypotheses, nbest
-
-    def to_dict(self) -> dict:
-        best = self.hypotheses[0]
-        line = {"input": self.text, "output": best.output, "score": best.score}
-        if self.nbest:
-            line["nbest"] = [h.to_dict() for h in self.hypotheses]
-        return line
-
-
-def _seq2seq_run(model, items, beam: int, nbest: int | None, alpha: float | None, max_output_tokens: int | None,
-                 lookup: bool = False):
-    from ..runtime.decode import DEFAULT_ALPHA
-
-    n = nbest or 1
-    beam = beam if beam is not None else max(5, n)
-    alpha = DEFAULT_ALPHA if alpha is None else alpha
-
-    def run(texts, batch_size, progress):
-        found = model.nbest(texts, n=n, beam=beam, alpha=alpha, max_output_tokens=max_output_tokens,
-                            batch_size=batch_size, progress=progress, lookup=lookup)
-        return [_Line(t, h, nbest is not None) for t, h in zip(texts, found)]
-
-    return run
+def finish(report: Report, errors_path, summary: bool = True) -> None:
+    """Report the bad records (``errors_path``: JSON lines, atomically; else stderr) and the counts;
+    raise ``InputError`` when records were read but none could be predicted."""
+    if errors_path:
+        with atomic_writer(errors_path) as handle:
+            for source, error in report.errors:
+                handle.write(json.dumps({"source": source, "error": error}, ensure_ascii=False) + "\n")
+    else:
+        for source, error in report.errors:
+            click.echo(f"bad record {source}: {error}", err=True)
+    if summary or report.errors:
+        where = f" ({errors_path})" if errors_path and report.errors else ""
+        click.echo(f"{report.rows} rows in, {report.predictions} predictions, {len(report.errors)} errors{where}",
+                   err=True)
+    if report.rows and not report.predictions:
+        source, error = report.errors[0]
+        raise InputError(f"nothing predicted: all {report.rows} records are bad (first: {source}: {error}); "
+                         f"check --text-field and --encoding")
 
 
-def _locate(message: str, sources: list[str], offset: int) -> str:
-    import re
-
-    match = re.match(r"(?:text|sentence) #(\d+)", message)
-    if not match:
-        return message
-    return f"{sources[offset + int(match.group(1))]}: {message}"
+def _strict(rows, index: int, error: str) -> InputError:
+    return InputError(f"{rows[index][0]}: {error} (--strict stops at the first bad record; without it bad "
+                      f"records are reported and the run goes on)")

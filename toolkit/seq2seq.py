@@ -1,130 +1,27 @@
-"""PyTorch encoder-decoder with attention (translation, grapheme-to-phoneme).
+"""Encoder-decoders on the training side: padded batches, greedy decoding in torch, decoded texts.
 
-Layout (the contract ``rnnkit.export`` reads to write the encoder graph and the decoder step
-graph as native ONNX ops):
-
-* ``source_embedding`` -> ``encoder`` (RNN/LSTM/GRU, ``layers``, optionally bidirectional with
-  ``hidden // 2`` per direction) over packed source rows -> ``memory`` (B, S, hidden), zero
-  past each row's length.  The decoder's initial state for layer ``i`` is the encoder's final
-  state of layer ``i``, both directions concatenated (OpenNMT's bridge-free ``brnn`` scheme:
-  no extra weights, and the decoder starts from a summary of the whole source).
-* ``target_embedding`` -> ``decoder`` (unidirectional, ``layers``, width ``hidden``) ->
-  attention over ``memory`` -> ``head``.  Attention follows Luong et al. (2015) in placement:
-  it reads the decoder's *output* ``h_t`` after the step, then ``h~_t = tanh(W_c [c_t; h_t])``
-  feeds the head.  Scores: ``dot`` is Luong's "general" ``h_t . (W_a m_s)``; ``additive`` is
-  Bahdanau's ``v . tanh(W_q h_t + W_k m_s)``.  Both key projections (``W_a m``, ``W_k m``) depend
-  on the source only, so the encoder graph computes them once as ``keys`` and each decoder
-  step is a matrix-vector product over them.  ``attention="none"``: the head reads ``h_t``.
-* No input feeding: the decoder's input at step t is only the embedding of token t-1, so
-  teacher-forced training runs the whole target through one RNN call (fast on CPUs) and the
-  exported decoder graph can run one step or a whole forced chunk.
+The model itself (``Seq2Seq``) and its ``Seq2SeqConfig`` live in ``rnnkit.export.nets`` /
+``rnnkit.export.architecture``, read by training and export alike; they are re-exported here.
+``greedy_decode`` is the torch oracle of the runtime's ONNX decoding and the dev metric of every
+training epoch; ``decode_texts`` serves ``Seq2SeqCheckpoint.translate`` and the dev evaluation.
 
 Imports torch; never imported by ``rnnkit.runtime`` or at CLI import time.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
 import torch
-from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .configs import Seq2SeqConfig as Seq2SeqConfig
-from .models import CELLS
+from rnnkit.export.architecture import Seq2SeqConfig as Seq2SeqConfig
+from rnnkit.export.nets import Attention as Attention, Seq2Seq as Seq2Seq
+from rnnkit.runtime.tokenizer import BOS_ID, EOS_ID, CharTokenizer, WordTokenizer, pad_ids
 
-State = tuple[torch.Tensor, ...]  # (h,) or (h, c), each (layers, B, hidden)
+EVAL_BATCH = 256   # pairs per no-grad batch (dev loss and greedy decoding)
 
-
-class Attention(nn.Module):
-    """Scores decoder outputs against precomputed keys and mixes ``memory`` into ``h~``."""
-
-    def __init__(self, kind: str, hidden: int):
-        super().__init__()
-        self.kind = kind
-        if kind == "dot":
-            self.key = nn.Linear(hidden, hidden, bias=False)        # W_a
-        else:
-            self.key = nn.Linear(hidden, hidden, bias=False)        # W_k
-            self.query = nn.Linear(hidden, hidden)                  # W_q (+ bias)
-            self.v = nn.Linear(hidden, 1, bias=False)
-        self.combine = nn.Linear(2 * hidden, hidden)                # W_c over [c_t; h_t]
-
-    def keys(self, memory: torch.Tensor) -> torch.Tensor:
-        return self.key(memory)                                     # (B, S, hidden)
-
-    def forward(self, h: torch.Tensor, memory: torch.Tensor, keys: torch.Tensor,
-                source_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """h (B, T, H), memory/keys (B, S, H), source_mask (B, S) bool -> (h~ (B, T, H), weights (B, T, S))."""
-        if self.kind == "dot":
-            scores = torch.bmm(h, keys.transpose(1, 2))                                    # (B, T, S)
-        else:
-            e = torch.tanh(self.query(h).unsqueeze(2) + keys.unsqueeze(1))                 # (B, T, S, H)
-            scores = self.v(e).squeeze(-1)                                                 # (B, T, S)
-        scores = scores.masked_fill(~source_mask.unsqueeze(1), float("-inf"))
-        weights = torch.softmax(scores, dim=-1)
-        context = torch.bmm(weights, memory)                                               # (B, T, H)
-        return torch.tanh(self.combine(torch.cat([context, h], dim=-1))), weights
-
-
-class Seq2Seq(nn.Module):
-    def __init__(self, config: Seq2SeqConfig):
-        super().__init__()
-        self.config = c = config
-        self.source_embedding = nn.Embedding(c.source_vocab_size, c.embed, padding_idx=c.padding_idx)
-        self.target_embedding = nn.Embedding(c.target_vocab_size, c.embed, padding_idx=c.padding_idx)
-        drop = c.dropout if c.layers > 1 else 0.0
-        self.encoder = CELLS[c.cell](c.embed, c.encoder_hidden, num_layers=c.layers, batch_first=True,
-                                     bidirectional=c.bidirectional, dropout=drop)
-        self.decoder = CELLS[c.cell](c.embed, c.hidden, num_layers=c.layers, batch_first=True, dropout=drop)
-        self.attention = Attention(c.attention, c.hidden) if c.attention != "none" else None
-        self.dropout = nn.Dropout(c.dropout)
-        self.head = nn.Linear(c.hidden, c.target_vocab_size)
-
-    # -- encoder ---------------------------------------------------------------------------
-
-    def encode(self, source_ids: torch.Tensor, source_lens: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor | None, State]:
-        """source_ids (B, S) int64 padded with <pad>; source_lens (B,) >= 1
-        -> memory (B, S, hidden) (0 past each length), keys (B, S, hidden) or None, decoder initial state."""
-        c = self.config
-        batch, time = source_ids.shape
-        x = self.dropout(self.source_embedding(source_ids))
-        packed = pack_padded_sequence(x, source_lens.cpu(), batch_first=True, enforce_sorted=False)
-        out, final = self.encoder(packed)
-        memory, _ = pad_packed_sequence(out, batch_first=True, total_length=time)
-        finals = final if isinstance(final, tuple) else (final,)
-        state = tuple(self._bridge(f, batch) for f in finals)
-        keys = self.attention.keys(memory) if self.attention is not None else None
-        return memory, keys, state
-
-    def _bridge(self, final: torch.Tensor, batch: int) -> torch.Tensor:
-        """(layers * directions, B, H/D) -> (layers, B, hidden): directions of a layer side by side."""
-        c = self.config
-        d = final.view(c.layers, c.directions, batch, c.encoder_hidden)
-        return torch.cat([d[:, k] for k in range(c.directions)], dim=-1)
-
-    # -- decoder ---------------------------------------------------------------------------
-
-    def decode(self, input_ids: torch.Tensor, state: State, memory: torch.Tensor, keys: torch.Tensor | None,
-               source_lens: torch.Tensor) -> tuple[torch.Tensor, State, torch.Tensor | None]:
-        """input_ids (B, T): the previous target tokens (<s> first); state from ``encode`` or the
-        last call -> logits (B, T, V), the state after the T tokens, attention weights (B, T, S) or None.
-
-        One step is T = 1; teacher forcing passes the whole shifted target at once."""
-        c = self.config
-        x = self.dropout(self.target_embedding(input_ids))
-        hx = state if c.cell == "lstm" else state[0]
-        y, final = self.decoder(x, hx)                                                     # (B, T, H)
-        weights = None
-        if self.attention is not None:
-            mask = torch.arange(memory.shape[1], device=memory.device)[None, :] < source_lens[:, None]
-            y, weights = self.attention(y, memory, keys, mask)
-        logits = self.head(self.dropout(y))
-        return logits, (tuple(final) if isinstance(final, tuple) else (final,)), weights
-
-    def forward(self, source_ids: torch.Tensor, source_lens: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: logits (B, T, V) for target ``input_ids`` (B, T) = <s> + target[:-1]."""
-        memory, keys, state = self.encode(source_ids, source_lens)
-        return self.decode(input_ids, state, memory, keys, source_lens)[0]
+Tokenizer = CharTokenizer | WordTokenizer
 
 
 @torch.no_grad()
@@ -159,3 +56,35 @@ def greedy_decode(model: Seq2Seq, source_ids: torch.Tensor, source_lens: torch.T
         row = row[:n]
         rows.append(row[: row.index(c.eos_id)] if c.eos_id in row else row)
     return rows
+
+
+def tensors(sources: list[list[int]], targets: list[list[int]] | None = None):
+    """Padded batch: source ids (B, S), lengths int64 (B,), and with targets the decoder input
+    ``<s> t`` and the expected output ``t </s>`` (B, T+1)."""
+    src, lens = pad_ids(sources)
+    out = (torch.from_numpy(src), torch.from_numpy(lens).long())
+    if targets is None:
+        return out
+    inp, _ = pad_ids([[BOS_ID] + t for t in targets])
+    gold, _ = pad_ids([t + [EOS_ID] for t in targets])
+    return out + (torch.from_numpy(inp), torch.from_numpy(gold))
+
+
+def by_length(rows: list[list[int]]) -> list[np.ndarray]:
+    order = np.argsort([len(r) for r in rows], kind="stable")
+    return [order[i:i + EVAL_BATCH] for i in range(0, len(order), EVAL_BATCH)]
+
+
+def decode_texts(model: Seq2Seq, src_tok: Tokenizer, tgt_tok: Tokenizer, sources: Sequence[str],
+                 max_len: int | None = None) -> list[str]:
+    """Greedy outputs of ``sources`` (batched by length, returned in input order); a source
+    with no tokens gives ''."""
+    rows = [src_tok.encode(s) for s in sources]
+    out = [""] * len(rows)
+    keep = [i for i, r in enumerate(rows) if r]
+    for idx in by_length([rows[i] for i in keep]):
+        ids = [keep[i] for i in idx]
+        src, lens = tensors([rows[i] for i in ids])
+        for i, hyp in zip(ids, greedy_decode(model, src, lens, max_len)):
+            out[i] = tgt_tok.decode_target(hyp)
+    return out

@@ -22,22 +22,10 @@ import re
 from collections import Counter
 from typing import Sequence
 
+from ..export.validate_seq2seq import edit_distance as edit_distance
 from ..runtime.errors import InputError
 
 MAX_ORDER = 4
-
-
-def edit_distance(a: Sequence, b: Sequence) -> int:
-    """Levenshtein distance (unit insert / delete / substitute) between two token sequences."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
 
 
 def _check(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> None:

@@ -4,9 +4,10 @@ Reads the data (``rnnkit.toolkit.data``), builds the word vocabulary on the trai
 split only, trains ``RecurrentClassifier`` with Adam, gradient-norm clipping and
 length-bucketed batches, evaluates dev accuracy / macro-F1 after every epoch, keeps the
 best epoch's weights (by dev accuracy, earliest on ties) and writes a checkpoint
-(``rnnkit.toolkit.checkpoint``) with its training curves.  The epoch loop, seeding and
-determinism settings are ``rnnkit.toolkit.loop``'s (shared with the tagger); this module
-supplies the classifier's batches, loss, dev metrics and log line.
+(``rnnkit.toolkit.checkpoint``) with its training curves: after every epoch with the state to
+``resume`` from (a kill loses at most one epoch), at the end without it.  The epoch loop,
+seeding and determinism settings are ``rnnkit.toolkit.loop``'s (shared with the tagger); this
+module supplies the classifier's batches, loss, dev metrics and log line.
 
 Imports torch; the CLI imports this module inside the command body only.
 """
@@ -24,11 +25,12 @@ from torch import nn
 from rnnkit.runtime.errors import InputError
 from rnnkit.runtime.tokenizer import WordTokenizer, pad_ids
 from rnnkit.toolkit import metrics
-from rnnkit.toolkit.checkpoint import check_out_dir, save_checkpoint
+from rnnkit.toolkit.checkpoint import save_checkpoint
 from rnnkit.toolkit.data import Example, check_labels, read_examples, split_dev
 from rnnkit.toolkit.configs import ClassifierConfig, TrainConfig as TrainConfig
 from rnnkit.toolkit.loop import batches, drop_words, fit, read_splits, training_record
 from rnnkit.toolkit.models import RecurrentClassifier
+from rnnkit.toolkit.resume import check_resume, fingerprint, read_resume_state, run_identity
 
 
 @dataclass
@@ -100,12 +102,15 @@ def evaluate_file(checkpoint, data_path, text_field: str = "text", label_field: 
 
 
 def train_classifier(train_path, out_dir, config: TrainConfig | None = None, dev_path=None,
-                     progress: bool = True, log: Callable[[str], None] | None = print) -> TrainResult:
+                     progress: bool = True, log: Callable[[str], None] | None = print,
+                     resume: bool = False) -> TrainResult:
     """Train on ``train_path`` (dev from ``dev_path`` or a ``config.dev_split`` of TRAIN) and
-    write the best epoch's checkpoint to ``out_dir``."""
+    write the best epoch's checkpoint to ``out_dir`` (``resume``: continue the interrupted run
+    there, with the same options and data; only ``epochs`` may change)."""
     config = config or TrainConfig()
     log = log or (lambda _msg: None)
-    out = check_out_dir(out_dir)  # fail now, not after an hour of training
+    out = Path(out_dir)
+    interrupted = read_resume_state(out, resume)  # fail now, not after an hour of training
     read = dict(text_field=config.text_field, label_field=config.label_field, encoding=config.encoding)
     train_ex, dev_ex, split = read_splits(lambda p: read_examples(p, **read), train_path, dev_path, config,
                                          split_dev, stratified=True)
@@ -119,6 +124,10 @@ def train_classifier(train_path, out_dir, config: TrainConfig | None = None, dev
     train_y = np.array([label_id[ex.label] for ex in train_ex], dtype=np.int64)
     dev_y = np.array([label_id[ex.label] for ex in dev_ex], dtype=np.int64)
     log(f"{len(train_ex)} train / {len(dev_ex)} dev examples, labels {labels}, vocabulary {tok.vocab_size}")
+    identity = run_identity("classify", config, fingerprint([[ex.text, ex.label] for ex in train_ex],
+                                                            [[ex.text, ex.label] for ex in dev_ex]))
+    if interrupted is not None:
+        check_resume(out, interrupted, identity, config.epochs)
 
     model_config = ClassifierConfig(
         vocab_size=tok.vocab_size, num_labels=len(labels), cell=config.cell, embed=config.embed,
@@ -136,12 +145,16 @@ def train_classifier(train_path, out_dir, config: TrainConfig | None = None, dev
         return ({"dev_accuracy": dev["accuracy"], "dev_macro_f1": dev["macro_f1"]},
                 f"dev macro-F1 {dev['macro_f1']:.4f}")
 
+    def save(result, snapshot=None):  # after each epoch: with the resume state, no plots; at the end: None
+        training = training_record(config, result, train_path, dev_path, split, len(train_ex), len(dev_ex),
+                                   {k: result.best_dev[k] for k in ("accuracy", "macro_f1", "loss", "confusion")})
+        return save_checkpoint(out, result.model, tok, labels, training, plot=snapshot is None, resume=snapshot)
+
     result = fit(config, lambda: RecurrentClassifier(model_config), np.array([len(s) for s in train_x]),
-                 step, lambda model: evaluate(model, dev_x, dev_y), report, progress, log)
-    model, best_epoch, best_dev, elapsed = result.model, result.best_epoch, result.best_dev, result.elapsed
-    training = training_record(config, result, train_path, dev_path, split, len(train_ex), len(dev_ex),
-                               {k: best_dev[k] for k in ("accuracy", "macro_f1", "loss", "confusion")})
-    path = save_checkpoint(out, model, tok, labels, training)
+                 step, lambda model: evaluate(model, dev_x, dev_y), report, progress, log,
+                 save=save, identity=identity, resume=interrupted)
+    best_epoch, best_dev, elapsed = result.best_epoch, result.best_dev, result.elapsed
+    path = save(result)
     log(f"best epoch {best_epoch}: dev accuracy {best_dev['accuracy']:.4f}, macro-F1 "
         f"{best_dev['macro_f1']:.4f}; checkpoint written to {path} ({elapsed:.1f}s)")
     return TrainResult(path, best_epoch, best_dev["accuracy"], best_dev["macro_f1"], result.history,

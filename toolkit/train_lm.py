@@ -8,7 +8,9 @@ context does not).  Dev is the ``--dev`` file or, without one, the last ``dev_sp
 position (nanoGPT's 90/10 split of tinyshakespeare); its loss is reported in nats per token
 (nats/char at char level) with perplexity ``exp(loss)``.  The epoch loop (seeding, clipping,
 progress, best epoch by dev loss, patience) is ``rnnkit.toolkit.loop.fit``; checkpoints are
-``rnnkit.toolkit.checkpoint.write_checkpoint``'s directory with ``"task": "lm"`` and ``curves.png``.
+``rnnkit.toolkit.checkpoint.write_checkpoint``'s directory with ``"task": "lm"`` and ``curves.png``,
+written after every epoch with the state to ``resume`` from (every epoch starts its streams from
+zeros, so no recurrent state crosses an epoch: the state is the loop's alone).
 
 Imports torch; the CLI imports this module inside the command body only.
 """
@@ -26,11 +28,12 @@ from torch import nn
 
 from rnnkit.runtime.errors import InputError
 from rnnkit.runtime.tokenizer import CharTokenizer, WordTokenizer
-from rnnkit.toolkit.checkpoint import (CONFIG_FILE, CURVES_FILE, FORMAT, FORMAT_VERSION, check_out_dir,
-                                       load_weights, raise_inconsistent, read_checkpoint, write_checkpoint)
+from rnnkit.toolkit.checkpoint import (CONFIG_FILE, LMCheckpoint as LMCheckpoint, load_lm_checkpoint as load_lm_checkpoint,
+                                       save_lm_checkpoint)
 from rnnkit.toolkit.configs import LMTrainConfig as LMTrainConfig
 from rnnkit.toolkit.lm import LMConfig, RecurrentLM
 from rnnkit.toolkit.loop import fit, lower_loss, training_record
+from rnnkit.toolkit.resume import check_resume, fingerprint, read_resume_state, run_identity
 
 DEV_STREAMS, DEV_WINDOW = 16, 256  # dev evaluation: parallel streams and window (state carried, no grad)
 
@@ -44,15 +47,6 @@ class LMTrainResult:
     train_time_s: float = 0.0
     num_train: int = 0             # tokens
     num_dev: int = 0
-
-
-@dataclass
-class LMCheckpoint:
-    model: RecurrentLM             # eval mode
-    config: LMConfig
-    tokenizer: CharTokenizer | WordTokenizer
-    meta: dict
-    path: Path
 
 
 def read_text(path, encoding: str = "utf-8") -> str:
@@ -117,12 +111,14 @@ def evaluate_lm(model: RecurrentLM, ids: np.ndarray, rows: int = DEV_STREAMS, wi
 
 
 def train_lm(train_path, out_dir, config: LMTrainConfig | None = None, dev_path=None, progress: bool = True,
-             log: Callable[[str], None] | None = print) -> LMTrainResult:
+             log: Callable[[str], None] | None = print, resume: bool = False) -> LMTrainResult:
     """Train on the text of ``train_path`` (dev: ``dev_path`` or the last ``dev_split`` of it) and
-    write the best epoch's checkpoint (lowest dev loss) to ``out_dir``."""
+    write the best epoch's checkpoint (lowest dev loss) to ``out_dir`` (``resume``: continue the
+    interrupted run there, with the same options and data; only ``epochs`` may change)."""
     config = config or LMTrainConfig()
     log = log or (lambda _msg: None)
-    out = check_out_dir(out_dir)
+    out = Path(out_dir)
+    interrupted = read_resume_state(out, resume)
     text = read_text(train_path, config.encoding)
     if dev_path is not None:
         train_text, dev_text, split = text, read_text(dev_path, config.encoding), {"dev": str(dev_path)}
@@ -136,6 +132,9 @@ def train_lm(train_path, out_dir, config: LMTrainConfig | None = None, dev_path=
     dev_ids = np.asarray(tok.encode(dev_text), dtype=np.int64)
     unit = "char" if config.level == "char" else "token"
     log(f"{len(train_ids)} train / {len(dev_ids)} dev {unit}s, vocabulary {tok.vocab_size}")
+    identity = run_identity("lm", config, fingerprint(train_ids, dev_ids))
+    if interrupted is not None:
+        check_resume(out, interrupted, identity, config.epochs)
     data = streams(train_ids, config.batch_size)                                  # (B, N)
     starts = windows(data, config.bptt)
     model_config = LMConfig(vocab_size=tok.vocab_size, cell=config.cell, embed=config.embed, hidden=config.hidden,
@@ -157,41 +156,20 @@ def train_lm(train_path, out_dir, config: LMTrainConfig | None = None, dev_path=
         return ({"dev_perplexity": dev["perplexity"], "dev_accuracy": dev["accuracy"]},
                 f"dev perplexity {dev['perplexity']:.3f}")
 
+    def save(result, snapshot=None):  # after each epoch: with the resume state, no plots; at the end: None
+        training = training_record(config, result, train_path, dev_path, split, len(train_ids), len(dev_ids),
+                                   {**result.best_dev, "unit": unit})
+        return save_lm_checkpoint(out, result.model, tok, training, plot=snapshot is None, resume=snapshot)
+
     result = fit(config, lambda: RecurrentLM(model_config), None, step, lambda m: evaluate_lm(m, dev_ids), report,
-                 progress, log, epoch_batches=lambda _rng: starts, better=lower_loss)
+                 progress, log, epoch_batches=lambda _rng: starts, better=lower_loss,
+                 save=save, identity=identity, resume=interrupted)
     best = result.best_dev
-    training = training_record(config, result, train_path, dev_path, split, len(train_ids), len(dev_ids),
-                               {**best, "unit": unit})
-    path = save_lm_checkpoint(out, result.model, tok, training)
+    path = save(result)
     log(f"best epoch {result.best_epoch}: dev loss {best['loss']:.4f} nats/{unit} (perplexity "
         f"{best['perplexity']:.3f}); checkpoint written to {path} ({result.elapsed:.1f}s)")
     return LMTrainResult(path, result.best_epoch, best["loss"], result.history, result.elapsed,
                          len(train_ids), len(dev_ids))
-
-
-def save_lm_checkpoint(out_dir, model: RecurrentLM, tokenizer, training: dict | None = None,
-                       plot: bool = True) -> Path:
-    c = model.config
-    if tokenizer.vocab_size != c.vocab_size:
-        raise ValueError(f"tokenizer has {tokenizer.vocab_size} entries but model vocab_size is {c.vocab_size}")
-    training = training or {}
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "task": "lm", "model": c.to_dict(),
-            "tokenizer": tokenizer.to_dict(), "training": training}
-
-    def curves(tmp: Path) -> None:
-        if plot and training.get("history"):
-            from rnnkit.toolkit.plots import plot_lm_curves
-            plot_lm_curves(training["history"], tmp / CURVES_FILE, unit=training.get("dev", {}).get("unit", "token"))
-
-    return write_checkpoint(out_dir, meta, model.state_dict(), plot=False, extras=curves)
-
-
-def load_lm_checkpoint(path) -> LMCheckpoint:
-    meta, config, tokenizer = read_checkpoint(path, "lm", LMConfig)
-    raise_inconsistent(path, [], tokenizer, config)
-    model = load_weights(Path(path), RecurrentLM(config), {"embedding.weight": "vocab_size",
-                                                           "head.weight": "vocab_size"})
-    return LMCheckpoint(model, config, tokenizer, meta, Path(path))
 
 
 __all__ = ["LMTrainConfig", "LMTrainResult", "LMCheckpoint", "train_lm", "evaluate_lm", "save_lm_checkpoint",

@@ -18,7 +18,8 @@ without, at char level), so the scores measure the model, not detokenization.
 The epoch loop is ``loop.fit`` (best epoch by ``best_by``); the checkpoint directory has
 ``config.json`` with ``"task": "seq2seq"`` (``tokenizer`` = source tokenizer, ``target_tokenizer``),
 ``weights.pt``, ``curves.png`` and ``dev.tsv`` (the dev pairs used, so later scripts can
-evaluate).  ``load_seq2seq_checkpoint`` reads it back.
+evaluate); written after every epoch with the state to ``resume`` from, at the end without it.
+``load_seq2seq_checkpoint`` reads it back.
 
 Imports torch; the CLI imports this module inside the command body only.
 """
@@ -33,21 +34,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from rnnkit.runtime.errors import BundleError, InputError
-from rnnkit.runtime.tokenizer import (BOS_ID, EOS_ID, PAD_ID, TARGET_SPECIALS, CharTokenizer, WordTokenizer,
-                                      pad_ids, tokenizer_from_dict)
-from rnnkit.toolkit.checkpoint import (CONFIG_FILE, CURVES_FILE, FORMAT, FORMAT_VERSION, check_out_dir,
-                                       load_weights, read_checkpoint, write_checkpoint)
+from rnnkit.runtime.errors import InputError
+from rnnkit.runtime.tokenizer import BOS_ID, EOS_ID, PAD_ID, TARGET_SPECIALS, CharTokenizer, WordTokenizer
+from rnnkit.toolkit.checkpoint import (DEV_FILE, Seq2SeqCheckpoint,
+                                       load_seq2seq_checkpoint as load_seq2seq_checkpoint, save_seq2seq_checkpoint)
 from rnnkit.toolkit.configs import Seq2SeqTrainConfig as Seq2SeqTrainConfig
 from rnnkit.toolkit.loop import fit, lower_loss, training_record
-from rnnkit.toolkit.pairs import Example, Pair, group_pairs, group_split, read_pairs, write_pairs
-from rnnkit.toolkit.seq2seq import Seq2Seq, Seq2SeqConfig, greedy_decode
+from rnnkit.toolkit.pairs import Example, Pair, group_pairs, group_split, read_pairs
+from rnnkit.toolkit.resume import check_resume, fingerprint, read_resume_state, run_identity
+from rnnkit.toolkit.seq2seq import Seq2Seq, Seq2SeqConfig, Tokenizer, by_length, decode_texts, tensors
 from rnnkit.toolkit.seq_metrics import evaluate_outputs
-
-DEV_FILE = "dev.tsv"
-EVAL_BATCH = 256   # pairs per no-grad batch (dev loss and greedy decoding)
-
-Tokenizer = CharTokenizer | WordTokenizer
 
 
 @dataclass
@@ -59,20 +55,6 @@ class Seq2SeqTrainResult:
     train_time_s: float = 0.0
     num_train: int = 0             # training pairs kept
     num_dev: int = 0               # dev sources
-
-
-@dataclass
-class Seq2SeqCheckpoint:
-    model: Seq2Seq                 # eval mode
-    config: Seq2SeqConfig
-    source_tokenizer: Tokenizer
-    target_tokenizer: Tokenizer
-    meta: dict                     # the whole config.json
-    path: Path
-
-    def translate(self, sources: Sequence[str], max_len: int | None = None) -> list[str]:
-        """Greedy outputs (in the target tokenizer's form) of ``sources``, in order."""
-        return decode_texts(self.model, self.source_tokenizer, self.target_tokenizer, sources, max_len)
 
 
 # -- tokens ------------------------------------------------------------------------------------
@@ -114,18 +96,6 @@ def encode_pairs(pairs: Sequence[Pair], src_tok: Tokenizer, tgt_tok: Tokenizer, 
     return sources, targets, dropped
 
 
-def tensors(sources: list[list[int]], targets: list[list[int]] | None = None):
-    """Padded batch: source ids (B, S), lengths int64 (B,), and with targets the decoder input
-    ``<s> t`` and the expected output ``t </s>`` (B, T+1)."""
-    src, lens = pad_ids(sources)
-    out = (torch.from_numpy(src), torch.from_numpy(lens).long())
-    if targets is None:
-        return out
-    inp, _ = pad_ids([[BOS_ID] + t for t in targets])
-    gold, _ = pad_ids([t + [EOS_ID] for t in targets])
-    return out + (torch.from_numpy(inp), torch.from_numpy(gold))
-
-
 def sampled_logits(model: Seq2Seq, src, lens, inp, ratio: float) -> torch.Tensor:
     """Scheduled sampling: step by step, each row's next input is the reference token with
     probability ``ratio``, else the model's own arg-max (no gradient through the choice)."""
@@ -142,32 +112,13 @@ def sampled_logits(model: Seq2Seq, src, lens, inp, ratio: float) -> torch.Tensor
 
 # -- evaluation -------------------------------------------------------------------------------
 
-def _by_length(rows: list[list[int]]) -> list[np.ndarray]:
-    order = np.argsort([len(r) for r in rows], kind="stable")
-    return [order[i:i + EVAL_BATCH] for i in range(0, len(order), EVAL_BATCH)]
-
-
-def decode_texts(model: Seq2Seq, src_tok: Tokenizer, tgt_tok: Tokenizer, sources: Sequence[str],
-                 max_len: int | None = None) -> list[str]:
-    """Greedy outputs of ``sources`` (batched by length, returned in input order); a source
-    with no tokens gives ''."""
-    rows = [src_tok.encode(s) for s in sources]
-    out = [""] * len(rows)
-    keep = [i for i, r in enumerate(rows) if r]
-    for idx in _by_length([rows[i] for i in keep]):
-        ids = [keep[i] for i in idx]
-        src, lens = tensors([rows[i] for i in ids])
-        for i, hyp in zip(ids, greedy_decode(model, src, lens, max_len)):
-            out[i] = tgt_tok.decode_target(hyp)
-    return out
-
 
 @torch.no_grad()
 def teacher_forced_loss(model: Seq2Seq, sources: list[list[int]], targets: list[list[int]]) -> tuple[float, float]:
     """(mean token cross-entropy in nats, token accuracy) of the teacher-forced decoder."""
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
-    for idx in _by_length(sources):
+    for idx in by_length(sources):
         src, lens, inp, gold = tensors([sources[i] for i in idx], [targets[i] for i in idx])
         logits = model(src, lens, inp)
         loss_sum += nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1),
@@ -210,15 +161,9 @@ def split_dev(pairs: Sequence[Pair], fraction: float, seed: int) -> tuple[list[P
     return train, dev
 
 
-def train_seq2seq(train_path, out_dir, config: Seq2SeqTrainConfig | None = None, dev_path=None, fmt: str = "tsv",
-                  keep_stress: bool = False, progress: bool = True,
-                  log: Callable[[str], None] | None = print) -> Seq2SeqTrainResult:
-    """Train on the pairs of ``train_path`` (format ``fmt``: tsv | cmudict | tatoeba; dev:
-    ``dev_path`` in the same format, or a grouped ``dev_split`` of TRAIN) and write the best
-    epoch's checkpoint to ``out_dir``."""
-    config = config or Seq2SeqTrainConfig()
-    log = log or (lambda _msg: None)
-    out = check_out_dir(out_dir)
+def _read_splits(train_path, dev_path, fmt: str, keep_stress: bool, config: Seq2SeqTrainConfig
+                 ) -> tuple[list[Pair], list[Pair], dict]:
+    """-> (training pairs, dev pairs, the split's record): ``dev_path``'s pairs, or a grouped split of TRAIN."""
     pairs = read_pairs(train_path, fmt, config.encoding, keep_stress)
     if dev_path is not None:
         train_pairs, dev_pairs = pairs, read_pairs(dev_path, fmt, config.encoding, keep_stress)
@@ -226,7 +171,36 @@ def train_seq2seq(train_path, out_dir, config: Seq2SeqTrainConfig | None = None,
     else:
         train_pairs, dev_pairs = split_dev(pairs, config.dev_split, config.seed)
         split = {"dev_split": config.dev_split, "split_seed": config.seed, "grouped_by": "source"}
-    split["dev_file"] = DEV_FILE
+    return train_pairs, dev_pairs, {**split, "dev_file": DEV_FILE}
+
+
+def _model_config(config: Seq2SeqTrainConfig, init: Seq2SeqCheckpoint | None, src_tok: Tokenizer,
+                  tgt_tok: Tokenizer, log: Callable[[str], None]) -> Seq2SeqConfig:
+    """The architecture to train: the options' (new vocabularies), or ``--init``'s checkpoint's with
+    the options' dropout (fine-tuning keeps the shapes its weights have)."""
+    if init is None:
+        return Seq2SeqConfig(source_vocab_size=src_tok.vocab_size, target_vocab_size=tgt_tok.vocab_size,
+                             cell=config.cell, embed=config.embed, hidden=config.hidden, layers=config.layers,
+                             bidirectional=config.bidirectional, attention=config.attention,
+                             dropout=config.dropout, bos_id=BOS_ID, eos_id=EOS_ID)
+    c = Seq2SeqConfig(**{**init.config.to_dict(), "dropout": config.dropout})
+    log(f"fine-tuning {config.init}: {c.cell} {c.layers}x{c.hidden}, embed {c.embed}, attention {c.attention} "
+        "(architecture and vocabularies from the checkpoint)")
+    return c
+
+
+def train_seq2seq(train_path, out_dir, config: Seq2SeqTrainConfig | None = None, dev_path=None, fmt: str = "tsv",
+                  keep_stress: bool = False, progress: bool = True,
+                  log: Callable[[str], None] | None = print, resume: bool = False) -> Seq2SeqTrainResult:
+    """Train on the pairs of ``train_path`` (format ``fmt``: tsv | cmudict | tatoeba; dev:
+    ``dev_path`` in the same format, or a grouped ``dev_split`` of TRAIN) and write the best
+    epoch's checkpoint to ``out_dir`` (``resume``: continue the interrupted run there, with the
+    same options and data; only ``epochs`` may change)."""
+    config = config or Seq2SeqTrainConfig()
+    log = log or (lambda _msg: None)
+    out = Path(out_dir)
+    interrupted = read_resume_state(out, resume)
+    train_pairs, dev_pairs, split = _read_splits(train_path, dev_path, fmt, keep_stress, config)
     init = load_seq2seq_checkpoint(config.init) if config.init else None
     if init is not None:  # fine-tuning keeps the model's vocabularies: its embeddings are indexed by them
         src_tok, tgt_tok = init.source_tokenizer, init.target_tokenizer
@@ -241,17 +215,13 @@ def train_seq2seq(train_path, out_dir, config: Seq2SeqTrainConfig | None = None,
     log(f"{len(sources)} train pairs ({dropped} dropped by the length filters or empty), "
         f"{len(dev_examples)} dev sources ({len(dev_pairs)} pairs); vocabulary {src_tok.vocab_size} source / "
         f"{tgt_tok.vocab_size} target")
-    if init is not None:
-        model_config = Seq2SeqConfig(**{**init.config.to_dict(), "dropout": config.dropout})
-        c = model_config
-        log(f"fine-tuning {config.init}: {c.cell} {c.layers}x{c.hidden}, embed {c.embed}, attention {c.attention} "
-            "(architecture and vocabularies from the checkpoint)")
-    else:
-        model_config = Seq2SeqConfig(source_vocab_size=src_tok.vocab_size, target_vocab_size=tgt_tok.vocab_size,
-                                     cell=config.cell, embed=config.embed, hidden=config.hidden, layers=config.layers,
-                                     bidirectional=config.bidirectional, attention=config.attention,
-                                     dropout=config.dropout, bos_id=BOS_ID, eos_id=EOS_ID)
+    model_config = _model_config(config, init, src_tok, tgt_tok, log)
     lengths = np.array([len(s) for s in sources], dtype=np.float64)
+    # the encoded pairs: the vocabularies (built here, or --init's) are covered too
+    identity = run_identity("seq2seq", config, fingerprint(sources, targets, encode_pairs(dev_pairs, src_tok, tgt_tok)),
+                            format=fmt, keep_stress=keep_stress)
+    if interrupted is not None:
+        check_resume(out, interrupted, identity, config.epochs)
 
     def step(model, idx):
         src, lens, inp, gold = tensors([sources[i] for i in idx], [targets[i] for i in idx])
@@ -278,69 +248,23 @@ def train_seq2seq(train_path, out_dir, config: Seq2SeqTrainConfig | None = None,
             model.load_state_dict(init.model.state_dict())
         return model
 
-    result = fit(config, make_model, lengths, step, evaluate, report, progress, log, better=BETTER[config.best_by])
+    def save(result, snapshot=None):  # after each epoch: with the resume state, no plots; at the end: None
+        training = training_record(config, result, train_path, dev_path, split, len(sources), len(dev_examples),
+                                   result.best_dev)
+        training["format"] = fmt
+        training["keep_stress"] = keep_stress
+        return save_seq2seq_checkpoint(out, result.model, src_tok, tgt_tok, training, dev_pairs,
+                                       plot=snapshot is None, resume=snapshot)
+
+    result = fit(config, make_model, lengths, step, evaluate, report, progress, log, better=BETTER[config.best_by],
+                 save=save, identity=identity, resume=interrupted)
     best = result.best_dev
-    training = training_record(config, result, train_path, dev_path, split, len(sources), len(dev_examples),
-                               best)
-    training["format"] = fmt
-    training["keep_stress"] = keep_stress
-    path = save_seq2seq_checkpoint(out, result.model, src_tok, tgt_tok, training, dev_pairs)
+    path = save(result)
     log(f"best epoch {result.best_epoch}: dev token err {best['token_error_rate']:.4f}, seq err "
         f"{best['sequence_error_rate']:.4f}, BLEU {best['bleu']:.2f}, loss {best['loss']:.4f}; "
         f"checkpoint written to {path} ({result.elapsed:.1f}s)")
     return Seq2SeqTrainResult(path, result.best_epoch, best, result.history, result.elapsed, len(sources),
                               len(dev_examples))
-
-
-def save_seq2seq_checkpoint(out_dir, model: Seq2Seq, source_tokenizer: Tokenizer, target_tokenizer: Tokenizer,
-                            training: dict | None = None, dev_pairs: Sequence[Pair] | None = None,
-                            plot: bool = True) -> Path:
-    c = model.config
-    if source_tokenizer.vocab_size != c.source_vocab_size or target_tokenizer.vocab_size != c.target_vocab_size:
-        raise ValueError(f"tokenizers have {source_tokenizer.vocab_size} / {target_tokenizer.vocab_size} entries "
-                         f"but the model's vocab sizes are {c.source_vocab_size} / {c.target_vocab_size}")
-    training = training or {}
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "task": "seq2seq", "model": c.to_dict(),
-            "tokenizer": source_tokenizer.to_dict(), "target_tokenizer": target_tokenizer.to_dict(),
-            "training": training}
-
-    def extras(tmp: Path) -> None:
-        if dev_pairs is not None:
-            write_pairs(tmp / DEV_FILE, dev_pairs)
-        if plot and training.get("history"):
-            from rnnkit.toolkit.plots import plot_curves
-            best = training.get("dev", {})
-            plot_curves(training["history"], tmp / CURVES_FILE,
-                        title=f"best epoch {training.get('best_epoch')}: dev exact match "
-                              f"{best.get('accuracy', float('nan')):.4f}, token err "
-                              f"{best.get('token_error_rate', float('nan')):.4f}")
-
-    return write_checkpoint(out_dir, meta, model.state_dict(), plot=False, extras=extras)
-
-
-def load_seq2seq_checkpoint(path) -> Seq2SeqCheckpoint:
-    """A ``train_seq2seq`` checkpoint -> model (eval mode), config, both tokenizers, config.json."""
-    path = Path(path)
-    meta, config, src_tok = read_checkpoint(path, "seq2seq", Seq2SeqConfig)
-    cfg = path / CONFIG_FILE
-    tgt_tok = tokenizer_from_dict(meta["target_tokenizer"], source=f"{cfg} (target_tokenizer)")
-    problems = []
-    if src_tok.vocab_size != config.source_vocab_size:
-        problems.append(f"'tokenizer.vocab' has {src_tok.vocab_size} entries but 'model.source_vocab_size' "
-                        f"is {config.source_vocab_size}")
-    if tgt_tok.vocab_size != config.target_vocab_size:
-        problems.append(f"'target_tokenizer.vocab' has {tgt_tok.vocab_size} entries but "
-                        f"'model.target_vocab_size' is {config.target_vocab_size}")
-    specials = tgt_tok.vocab[:len(TARGET_SPECIALS)]
-    if specials != list(TARGET_SPECIALS) or (config.bos_id, config.eos_id) != (BOS_ID, EOS_ID):
-        problems.append(f"'target_tokenizer.vocab' starts {specials} with bos_id/eos_id "
-                        f"{config.bos_id}/{config.eos_id}, expected {list(TARGET_SPECIALS)} and {BOS_ID}/{EOS_ID}")
-    if problems:
-        raise BundleError(f"{cfg}: " + "; ".join(problems) + " -- the checkpoint is inconsistent; retrain it")
-    model = load_weights(path, Seq2Seq(config), {"source_embedding.weight": "source_vocab_size",
-                                                 "target_embedding.weight": "target_vocab_size",
-                                                 "head.weight": "target_vocab_size"})
-    return Seq2SeqCheckpoint(model, config, src_tok, tgt_tok, meta, path)
 
 
 __all__ = ["Seq2SeqTrainConfig", "Seq2SeqTrainResult", "Seq2SeqCheckpoint", "train_seq2seq", "evaluate_seq2seq",

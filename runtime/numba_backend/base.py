@@ -68,10 +68,24 @@ def node_label(node: onnx.NodeProto) -> str:
 
 
 class Op:
-    """Base class of numba-backend ops (see the module docstring)."""
+    """Base class of numba-backend ops (see the module docstring).
+
+    Capabilities are declared here, with the defaults of an op that has none, so that the passes
+    (``passes.py``) ask an op what it offers instead of probing for attributes: a class attribute
+    for a fixed property, a method returning None for an offer that depends on the node's constants.
+    """
 
     #: attributes this implementation understands; anything else is refused at load.
     supported_attributes: ClassVar[frozenset[str]] = frozenset()
+    #: input indices that may arrive as a ``QuantizedWeight`` (int8 kept int8) instead of a float array;
+    #: ``passes.fold_quantized_weights`` hands such a constant over only to these inputs.
+    quantized_inputs: ClassVar[frozenset[int]] = frozenset()
+    #: every call returns new arrays that nothing else holds, so a consumer that is the value's only
+    #: reader may compute into them (``passes.reuse_inplace``).
+    fresh_output: ClassVar[bool] = False
+    #: the version of the node's domain's opset (set by the graph loader; "latest" for an op built by
+    #: hand), for the few ops whose semantics changed between opsets.
+    opset: int = 10**6
 
     def __init__(self, node: onnx.NodeProto, consts: dict[int, np.ndarray | QuantizedWeight]):
         self.node = node
@@ -91,6 +105,22 @@ class Op:
 
     def __call__(self, *inputs):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # -- capabilities offered to the passes (None: not offered) -------------------------------
+    def with_bias(self, bias: np.ndarray) -> Callable | None:
+        """``f(*inputs) = self(*inputs)[0] + bias`` in one pass over the output, for a constant
+        ``bias`` (``passes.fuse_matmul_bias``), or None when this node cannot take it."""
+        return None
+
+    def packed_matrix(self):
+        """The node's constant right-hand matrix as its kernel reads it (``matmul.PackedMatrix``), so
+        that a fusion may run the same kernel (``passes.fuse_recurrent_step``), or None."""
+        return None
+
+    def recurrent_layer(self):
+        """This recurrent node as a layer a fused step may run (``rnn_ops.RecurrentLayer``: cell,
+        packed weights, directions, clip): constant weights, layout 0, fp32 activations; else None."""
+        return None
 
 
 OpFactory = Callable[[onnx.NodeProto, dict], Op]

@@ -104,3 +104,9 @@ def set_threads(threads: int | None) -> None:
         import numba
 
         numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+
+# A truncated cache file (full disk, killed copy) is a miss with one line on stderr, not an
+# UnpicklingError from every later run (cache.py).  Here, after NUMBA_CACHE_DIR is set.
+from . import cache as _cache  # noqa: E402
+
+_cache.install()

@@ -2,23 +2,13 @@
 
 At load: initializers and ``Constant`` nodes become numpy arrays; nodes are put in
 topological order; every node's ``(domain, op_type)`` must be in ``OPS`` (the whole graph is
-refused with one error listing every unsupported node otherwise); nodes whose inputs are
-all constant are folded; the rest become ``plan.Step``s (op, constant inputs, input and output
-slots) that ``plan.compile_plan`` turns into one generated Python function: a run is a feed check
-and straight-line calls (see ``plan.py``, also for the memo of nodes computed from input shapes and
-1-D integer inputs only, and the MatMul + bias fusion).  rnnkit's fp32 language-model step graph is
-also recognised as a whole (``fused_lm.py``) and then runs as one compiled call, the plan taking the
-calls that step declines.
-
-int8 weights stay int8: ``DequantizeLinear(int8|uint8 constant, scale, zero_point)``,
-optionally followed by ``Reshape`` to a constant shape, is not folded into a float array
-but handed to the consuming op as a ``QuantizedWeight`` -- if, and only if, the op's class
-lists that input index in its ``quantized_inputs`` class attribute (a ``frozenset[int]``;
-absent means none).  Other consumers get the dequantized float array.  rnnkit's int8
-RNN graphs write ``DequantizeLinear(W_q [D*G*H, I], scale [D*G*H], zp zeros, axis=0) ->
-Reshape([D, G*H, I]) -> GRU.W``; GRU then receives ``QuantizedWeight(q [D, G*H, I],
-scale [D, G*H], zero_point=None, axis=-1)`` (``zero_point`` is None whenever it is all 0).
-``MatMul`` takes its constant ``B`` this way too (the int8 LM head, ``matmul.py``).
+refused with one error listing every unsupported node otherwise); ``passes.fold_quantized_weights``
+keeps int8 weights int8 (``QuantizedWeight``, handed only to the inputs an op lists in
+``quantized_inputs``; other consumers get the dequantized array); nodes whose inputs are all
+constant are folded; the rest become ``program.Step``s, which the passes rewrite (``passes.py``:
+the recurrent step fusion, the prelude, MatMul + bias, in-place Add/Mul, liveness) and
+``plan.compile_plan`` turns into one generated Python function: a run is a feed check and
+straight-line calls.
 
 Ops are called with every input positionally: runtime values, the constant (array or
 ``QuantizedWeight``, the object the op left in its ``consts``: None if it packed the weight
@@ -39,13 +29,14 @@ from onnx import numpy_helper
 
 from ..errors import BundleError, InputError, RnnkitError, UnsupportedError
 from . import config
-from . import fused_lm as _fused_lm
 from . import matmul as _matmul
 from . import ops as _ops
+from . import passes as _passes
 from . import quant_ops as _quant_ops
 from .base import QuantizedWeight, node_label
 from .ops import numpy_dtype
-from .plan import Step, compile_plan, feed_checker
+from .plan import compile_plan, feed_checker
+from .program import Program, Step, StepFailed
 
 
 def _rnn_ops() -> dict:
@@ -137,46 +128,12 @@ def _topological(graph: onnx.GraphProto, available: set[str], where: str) -> lis
     return order
 
 
-def _quantized_constant(node, x, scale, zero_point) -> QuantizedWeight | None:
-    """The ``QuantizedWeight`` of ``DequantizeLinear(x int8|uint8, scale, zp)``, or None."""
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    if x.dtype not in (np.int8, np.uint8) or scale.dtype != np.float32 or attrs.get("block_size", 0) \
-            or attrs.get("output_dtype", 0):
-        return None
-    zp = None if zero_point is None or not np.any(zero_point) else zero_point
-    if scale.size == 1 and scale.ndim <= 1:
-        return QuantizedWeight(x, scale.reshape(()), None if zp is None else zp.reshape(()), axis=1)
-    if scale.ndim != 1 or x.ndim == 0:
-        return None
-    axis = attrs.get("axis", 1) % x.ndim
-    return QuantizedWeight(x, scale, zp, axis=axis)
-
-
-def _reshape_quantized(w: QuantizedWeight, node, shape: np.ndarray) -> QuantizedWeight | None:
-    """Reshape keeps a weight int8 when the scales still map to whole rows of the last axis."""
-    allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
-    dims = [int(d) for d in shape]
-    if not allowzero:
-        dims = [w.q.shape[i] if d == 0 else d for i, d in enumerate(dims)]
-    try:
-        q = np.ascontiguousarray(w.q.reshape(dims))
-    except ValueError:
-        return None
-    scale = np.asarray(w.scale)
-    if scale.ndim == 0:
-        return QuantizedWeight(q, w.scale, w.zero_point, axis=w.axis)
-    rows = w.q.ndim == 2 and w.axis == 0 or w.axis == -1  # one scale per row of the last axis
-    if rows and q.ndim >= 2 and q.shape[-1] == w.q.shape[-1]:
-        lead = q.shape[:-1]
-        zp = None if w.zero_point is None else np.asarray(w.zero_point).reshape(lead)
-        return QuantizedWeight(q, scale.reshape(lead), zp, axis=-1)
-    return None
-
-
 class NumbaSession:
     """An ONNX model loaded for the numba backend; ``run`` has onnxruntime's call shape."""
 
-    def __init__(self, model, threads: int | None = None):
+    def __init__(self, model, threads: int | None = None, passes=_passes.NAMES):
+        """``passes``: the names of the optional passes to run (``passes.NAMES``, the default: all of
+        them; ``()``: none, every node runs as it is written)."""
         model, self.path = _load_model(model)
         config.set_threads(threads)
         self._threads = threads
@@ -200,15 +157,26 @@ class NumbaSession:
         self.input_names = [i.name for i in self._inputs]
         self.output_names = [o.name for o in self._outputs]
         order = _topological(g, set(consts) | set(self.input_names), self.path)
-        self._build(order, consts)
+        quant: dict[str, QuantizedWeight] = {}
+        if "fold_quantized_weights" in passes:
+            order, quant = _passes.fold_quantized_weights(order, consts)
+        program = self._build(order, consts, quant)
+        if "fold_quantized_weights" in passes:
+            program.fired["fold_quantized_weights"] = len(quant)
+        self.program = _passes.run_passes(program, passes)
+        self._body = compile_plan(self.program, self._node_error)
+        self._plan = self.program.steps
+        self._fast_feeds = feed_checker(self.input_names, [i.dtype for i in self._inputs],
+                                        [i.shape for i in self._inputs])
+        self._all_outputs = tuple(range(len(self.output_names)))
+        self._picks: dict[tuple, tuple] = {}
 
     # ---------------------------------------------------------------- load
-    def _build(self, order, consts: dict) -> None:
-        quant: dict[str, QuantizedWeight] = {}
-
+    def _build(self, order, consts: dict, quant: dict) -> Program:
+        """One op per node; nodes with constant inputs only are folded, the rest become steps."""
         def const(name):
             if name not in consts:
-                consts[name] = quant[name].dequantize()
+                consts[name] = quant[name].dequantize()  # a consumer that wants floats
             return consts[name]
 
         slots = {name: i for i, name in enumerate(self.input_names)}
@@ -217,36 +185,12 @@ class NumbaSession:
             key = (_DOMAINS.get(node.domain, node.domain), node.op_type)
             ins = list(node.input)
             const_at = [i for i, n in enumerate(ins) if n and (n in consts or n in quant)]
-            folded = len(const_at) == sum(1 for n in ins if n)
-            if folded and key == ("", "DequantizeLinear"):
-                args = [const(n) if n else None for n in ins] + [None] * (3 - len(ins))
-                w = _quantized_constant(node, *args[:3])
-                if w is not None:
-                    quant[node.output[0]] = w  # dequantized only if a consumer needs floats
-                    continue
-            if folded and key == ("", "Reshape") and ins[0] in quant:
-                w = _reshape_quantized(quant[ins[0]], node, const(ins[1]))
-                if w is not None:
-                    quant[node.output[0]] = w
-                    continue
-            accepts = getattr(OPS[key], "quantized_inputs", frozenset())
-            op_consts = {i: quant[ins[i]] if ins[i] in quant and i in accepts else const(ins[i])
-                         for i in const_at}
+            accepts = OPS[key].quantized_inputs
+            op_consts = {i: quant[ins[i]] if ins[i] in quant and i in accepts else const(ins[i]) for i in const_at}
             op = OPS[key](node, dict(op_consts))
-            try:
-                op.opset = self.opsets.get(key[0], 0)
-            except AttributeError:
-                pass
-            if folded:
-                try:
-                    outs = op(*[op_consts.get(i) for i in range(len(ins))])
-                except RnnkitError:
-                    raise
-                except Exception as e:
-                    raise BundleError(f"{self.path}: constant folding of {node_label(node)} failed: {e}") from e
-                for name, value in zip(node.output, outs):
-                    if name:
-                        consts[name] = np.asarray(value)
+            op.opset = self.opsets.get(key[0], 0)
+            if len(const_at) == sum(1 for n in ins if n):
+                consts.update(self._fold(op, node, [op_consts.get(i) for i in range(len(ins))]))
                 continue
             template = [op.consts.get(i) for i in range(len(ins))]  # what the op kept (see base.Op)
             dynamic = [(i, slots[n]) for i, n in enumerate(ins) if n and i not in op_consts]
@@ -256,22 +200,26 @@ class NumbaSession:
                     slots[name] = len(slots)
                 outs.append(slots[name] if name else -1)
             steps.append(Step(op, template, dynamic, outs, key))
-
         # Graph outputs that are constants (or int8 weights) are materialised once here.
         outputs = [("slot", slots[n]) if n in slots else ("const", const(n)) for n in self.output_names]
         # 1-D integer inputs (sequence lengths) may key the memo of the nodes computed from them and shapes
         keyed = frozenset(i for i, info in enumerate(self._inputs) if info.dtype is not None
                           and info.dtype.kind in "biu" and info.shape is not None and len(info.shape) <= 1)
-        # rnnkit's fp32 LM step graph: one compiled call instead of one Python call per node
-        self._fused = _fused_lm.match(steps, self.input_names, self.output_names, self._threads)
-        self._body, self._plan = compile_plan(steps, len(self.input_names), outputs, self._node_error,
-                                              keyed=keyed)
-        self._fast_feeds = feed_checker(self.input_names, [i.dtype for i in self._inputs],
-                                        [i.shape for i in self._inputs])
-        self._all_outputs = tuple(range(len(self.output_names)))
-        self._picks: dict[tuple, tuple] = {}
+        return Program(steps, len(self.input_names), outputs, keyed)
+
+    def _fold(self, op, node, args) -> dict:
+        """The values of a node whose inputs are all constant, by output name."""
+        try:
+            outs = op(*args)
+        except RnnkitError:
+            raise
+        except Exception as e:
+            raise BundleError(f"{self.path}: constant folding of {node_label(node)} failed: {e}") from e
+        return {name: np.asarray(value) for name, value in zip(node.output, outs) if name}
 
     def _node_error(self, step: Step, e: Exception) -> InputError:
+        if isinstance(e, StepFailed):  # inside a fused step's fallback: name the node that failed
+            step, e = e.step, e.cause
         return InputError(f"{self.path}: {node_label(step.op.node)} failed on the given inputs "
                           f"({type(e).__name__}: {e}); check the input shapes")
 
@@ -330,9 +278,7 @@ class NumbaSession:
         args = self._fast_feeds(input_feed)
         if args is None:  # not the plain case: the full check names every problem (or converts lists)
             args = self._check_feeds(input_feed)
-        results = self._fused(*args) if self._fused is not None else None
-        if results is None:  # not the fused graph, or not its plain case
-            results = self._body(*args)
+        results = self._body(*args)
         return [results[i] for i in pick]
 
 

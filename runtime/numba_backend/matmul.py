@@ -18,13 +18,15 @@ prepared when the node is built:
   dequantized weights), per-block widening to fp32 above that.  Any other quantized layout is
   dequantized at load.
 
-A following ``Add`` of a constant fp32 bias ``(N,)`` is fused by plan.py (``with_bias``): the bias
-is added as the products are written.  Whatever the path, the result equals ``np.matmul(A, B)`` (dequantized ``B``) to fp32 rounding,
-with numpy's broadcasting and errors for the shapes the fast paths do not take.  Must not
+A following ``Add`` of a constant fp32 bias ``(N,)`` is fused by ``passes.fuse_matmul_bias``
+(``with_bias``): the bias is added as the products are written.  Whatever the path, the result
+equals ``np.matmul(A, B)`` (dequantized ``B``) to fp32 rounding, with numpy's broadcasting and errors for the shapes the fast paths do not take.  Must not
 import torch or onnxruntime.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -33,9 +35,19 @@ from .matvec import _as_int8, pack_blocks, prefetched, project
 from .ops import NumpyOp
 
 
+class PackedMatrix(NamedTuple):
+    """A constant (K, N) right-hand side as ``matvec.project`` reads it: ``project(A, q, scale, zp,
+    bias, out, ahead)`` computes ``A @ M + bias``.  What ``MatMul.packed_matrix`` offers a fusion."""
+
+    q: np.ndarray  # M in column blocks (pack_blocks): fp32, or int8 (uint8 shifted to int8)
+    scale: np.ndarray  # (N,) per-column scale (ones for fp32)
+    zp: np.ndarray  # (N,) per-column zero point (zeros for fp32)
+    ahead: bool  # read with software prefetch (matvec.prefetched)
+
+
 class MatMul(NumpyOp):
-    quantized_inputs = frozenset({1})  # see graph.py: consts[1] may be a QuantizedWeight
-    fresh_output = True  # always a new array (plan.py may add a bias into it)
+    quantized_inputs = frozenset({1})  # see passes.fold_quantized_weights: consts[1] may be a QuantizedWeight
+    fresh_output = True  # always a new array (passes.reuse_inplace may add into it)
 
     def __init__(self, node, consts):
         super().__init__(node, consts)
@@ -83,6 +95,10 @@ class MatMul(NumpyOp):
                 or bias.dtype != np.float32 or bias.shape != (self.N,):
             return None
         return lambda a, b=None: self.biased(a, b, bias)
+
+    def packed_matrix(self) -> PackedMatrix | None:
+        """The prepared constant B (see ``base.Op.packed_matrix``), or None when B is a runtime value."""
+        return None if self.q is None else PackedMatrix(self.q, self.scale, self.zp, self.ahead)
 
     def biased(self, a, b, bias):
         """MatMul(a, b) (+ bias (N,) when given)."""

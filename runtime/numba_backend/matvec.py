@@ -500,6 +500,9 @@ def _project_any(X, Q, scale, zp, bias, out, ahead=False):
     project(X, Q, scale, zp, bias, out, ahead)
 
 
+project_jit = _project_any  # its public name, for compiled callers in other modules (recurrent_fusion.py)
+
+
 @overload(_project_any, jit_options=dict(JIT, cache=False))
 def _project_any_jit(X, Q, scale, zp, bias, out, ahead=False):
     if isinstance(Q.dtype, types.Float):

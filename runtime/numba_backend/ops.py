@@ -40,8 +40,6 @@ def numpy_dtype(elem_type: int) -> np.dtype | None:
 class NumpyOp(Op):
     """An op whose ``__call__`` is ``fn(self, *inputs) -> array``, wrapped into a 1-tuple."""
 
-    opset = 10**6  # set by the graph loader; "latest" when an op is built by hand
-
     def __call__(self, *xs):
         return (self.compute(*xs),)
 
@@ -50,7 +48,7 @@ class NumpyOp(Op):
 
 
 def _elementwise(fn, name):
-    # fresh_output: every call returns a new array (plan.py may then compute an Add/Mul into it)
+    # fresh_output: every call returns a new array (passes.reuse_inplace may compute an Add/Mul into it)
     cls = type(name, (NumpyOp,), {"compute": lambda self, *xs: np.asarray(fn(*xs)), "fresh_output": True})
     return cls
 
@@ -322,7 +320,7 @@ class Gather(NumpyOp):
     """Gather; a per-row int8 table (``QuantizedWeight``, axis 0) is looked up, then dequantized."""
 
     supported_attributes = frozenset({"axis"})
-    quantized_inputs = frozenset({0})  # see graph.py: consts[0] may be a QuantizedWeight
+    quantized_inputs = frozenset({0})  # see passes.fold_quantized_weights: consts[0] may be a QuantizedWeight
 
     def __init__(self, node, consts):
         super().__init__(node, consts)

@@ -97,6 +97,24 @@ def zero_point_terms(M: np.ndarray, zp: np.ndarray) -> np.ndarray:
     return np.stack([M.astype(np.int64).sum(axis=1) - Kp * zpi, zpi], axis=1).astype(np.int32)
 
 
+def _store_sums(builder, accs, out, r0_v, ostride_v, ooff_v, vnni: bool) -> None:
+    """``_make_dot``'s last part: the accumulators of each row's column vectors into ``out``."""
+    v16 = ir.VectorType(ir.IntType(32), 16)
+    ncols = ir.Constant(v16, [2 * i for i in range(8)] + [16 + 2 * i for i in range(8)])
+    ncols2 = ir.Constant(v16, [2 * i + 1 for i in range(8)] + [16 + 2 * i + 1 for i in range(8)])
+    for r in range(len(accs)):
+        orow = builder.gep(out, [builder.add(builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)), ostride_v),
+                                             ooff_v)])
+        for v in range(len(accs[r])):
+            if vnni:
+                total = builder.load(accs[r][v][0])
+            else:  # lanes (2c, 2c+1) of half s hold column 8s + c's two pair sums
+                a, b = builder.load(accs[r][v][0]), builder.load(accs[r][v][1])
+                total = builder.add(builder.shuffle_vector(a, b, ncols), builder.shuffle_vector(a, b, ncols2))
+            p = builder.bitcast(builder.gep(orow, [ir.Constant(ooff_v.type, 16 * v)]), v16.as_pointer())
+            builder.store(total, p, align=4)
+
+
 def _make_dot(nr: int, vnni: bool):
     """out[r0 + r, ooff:ooff+PB] = sum over kq < nkq, e < 4 of hq[r0 + r, 4kq + e] * W[woff + kq*4PB + 4j + e]
     for r < nr, int32; hq (rows, 4 nkq) uint8, W int8 blocks (pack_quads), out (rows, ostride) int32.
@@ -167,19 +185,7 @@ def _make_dot(nr: int, vnni: bool):
                                                builder.shuffle_vector(prod, prod, odd))
                             acc = accs[r][v][s]
                             builder.store(builder.add(builder.load(acc), part), acc)
-            ncols = ir.Constant(v16, [2 * i for i in range(8)] + [16 + 2 * i for i in range(8)])
-            ncols2 = ir.Constant(v16, [2 * i + 1 for i in range(8)] + [16 + 2 * i + 1 for i in range(8)])
-            for r in range(nr):
-                orow = builder.gep(o_ary.data, [builder.add(builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)),
-                                                                        ostride_v), ooff_v)])
-                for v in range(nvec):
-                    if vnni:
-                        total = builder.load(accs[r][v][0])
-                    else:  # lanes (2c, 2c+1) of half s hold column 8s + c's two pair sums
-                        a, b = builder.load(accs[r][v][0]), builder.load(accs[r][v][1])
-                        total = builder.add(builder.shuffle_vector(a, b, ncols), builder.shuffle_vector(a, b, ncols2))
-                    p = builder.bitcast(builder.gep(orow, [ir.Constant(ooff_v.type, 16 * v)]), v16.as_pointer())
-                    builder.store(total, p, align=4)
+            _store_sums(builder, accs, o_ary.data, r0_v, ostride_v, ooff_v, vnni)
             return context.get_dummy_value()
 
         return sig, codegen

@@ -13,7 +13,7 @@ Must not import torch or onnxruntime.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
@@ -23,6 +23,20 @@ from .base import Op, QuantizedWeight
 _DEFAULT_ACTIVATIONS = {"RNN": ["tanh"], "GRU": ["sigmoid", "tanh"], "LSTM": ["sigmoid", "tanh", "tanh"]}
 _KIND = {"RNN": rnn.RNN, "GRU": rnn.GRU, "LSTM": rnn.LSTM}
 _DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
+
+
+class RecurrentLayer(NamedTuple):
+    """A recurrent node as a fused step runs it (``Op.recurrent_layer``): what ``rnn.run`` would pass
+    its serial driver for this node."""
+
+    kind: int  # rnn.RNN / rnn.GRU / rnn.LSTM
+    hidden: int  # H
+    directions: int  # nd
+    inputs: int  # I, the input size W expects
+    weights: rnn.RNNWeights  # the packed weights
+    dirs: np.ndarray  # per direction: 1 if it reads backwards (rnn.DIRS)
+    clip: np.float32  # rnn.kernel_scalars: NO_CLIP for none
+    flag: int  # GRU linear_before_reset / LSTM input_forget
 
 
 class _Recurrent(Op):
@@ -107,6 +121,14 @@ class _Recurrent(Op):
             self.refuse(f"W has {Wshape[0]} direction(s), expected {self.nd}")
         return rnn.PackedRNN(_KIND[self.cell], H, W, R, B, P, linear_before_reset=self.attrs.get(
             "linear_before_reset", 0), dynamic=self.dynamic)
+
+    def recurrent_layer(self) -> RecurrentLayer | None:
+        """See ``base.Op.recurrent_layer``: packed weights, layout 0 and fp32 activations only."""
+        p = self._packed
+        if p is None or p.aq or self.layout != 0:
+            return None
+        clip, flag = rnn.kernel_scalars(p, self.clip, self.flag)
+        return RecurrentLayer(p.kind, p.H, p.nd, p.I, p.weights, rnn.DIRS[self.direction], clip, flag)
 
     # -- run -------------------------------------------------------------------------------
     def __call__(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):

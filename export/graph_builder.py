@@ -1,10 +1,20 @@
-"""The ONNX pieces every rnnkit graph writer shares: node builder, recurrent stack, time mask.
+"""The graph builder: every ONNX piece two task writers would otherwise each write.
 
-``rnnkit.export.graph`` (classifier) and ``rnnkit.export.graph_tagger`` (tagger) differ only in
-what comes before the recurrent layers (word / char features) and after them (pooling + Gemm,
-or a per-token head).  The layers themselves are written here once: torch's
-``rnn.weight_ih_l{k}[_reverse]`` tensors become ONNX ``W``, ``R``, ``B`` and one native
-RNN/LSTM/GRU node per layer reads ``sequence_lens``, so padding is never read as tokens.
+A task module (``rnnkit.export.task_*``) writes only what is its own (pooling, char CNN,
+attention, the bridge); the rest is here, once:
+
+* ``GraphBuilder``: nodes and initializers with readable, unique names;
+* ``embed``: ``Gather`` on a torch ``nn.Embedding`` table, optionally ``Transpose`` to time-major;
+* the recurrent layers: torch's ``{prefix}.weight_ih_l{k}[_reverse]`` tensors become ONNX ``W``,
+  ``R``, ``B`` and one native RNN/LSTM/GRU node per layer (``write_recurrent_layer``), stacked
+  with ``sequence_lens`` on every layer (``write_stack``) or with explicit state too,
+  ``initial_* -> final_*`` (``write_state_stack``: a language model, a decoder step);
+* ``linear``: a torch ``nn.Linear`` as ``MatMul`` by its transposed weight + ``Add``;
+* ``time_mask`` / ``length_mask``: ``arange(T) < sequence_lens``;
+* ``make_model``: the graph's inputs and outputs declared from one ``Signature`` (name ->
+  dtype and axes, in the order of the runtime's IO class) that the task's checker reads too,
+  and ``graph_metadata`` mirrored into ``metadata_props``;
+* ``require``: the missing-weight check, every missing key named at once.
 
 Gate order (ONNX Operators.md, LSTM/GRU): torch LSTM ``i,f,g,o`` -> ONNX ``i,o,f,c``; torch GRU
 ``r,z,n`` -> ONNX ``z,r,h`` with ``linear_before_reset=1`` (torch applies the reset gate after
@@ -23,7 +33,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from rnnkit.runtime.errors import UnsupportedError
-from rnnkit.runtime.manifest import METADATA_KEYS, OPSET
+from rnnkit.runtime.manifest import FORMAT_VERSION, METADATA_KEYS, OPSET, LanguageModelIO
 
 RECURRENT_OPS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -141,18 +151,6 @@ def layer_input(g: GraphBuilder, config, layer: int, y: str, prefix: str = "rnn"
                 f"{name}_out")
 
 
-def write_recurrent_stack(g: GraphBuilder, config, weights: dict[str, np.ndarray], x: str,
-                          sequence_lens: str) -> tuple[str, str]:
-    """x (T, B, I) -> last layer's Y (T, D, B, H) and Y_h (D, B, H), one native node per layer;
-    every layer reads the graph input ``sequence_lens`` (the task's IO names it)."""
-    y = y_h = ""
-    for layer in range(config.layers):
-        y, y_h = write_recurrent_layer(g, config, weights, layer, x, sequence_lens)[:2]
-        if layer + 1 < config.layers:
-            x = layer_input(g, config, layer, y)
-    return y, y_h
-
-
 def batch_major(g: GraphBuilder, config, y: str, name: str = "y_batch") -> str:
     """Y (T, D, B, H) -> (B, T, D*H): both directions of a token side by side, as torch's output."""
     ybt = g.op("Transpose", [y], f"{name}_major", perm=[2, 0, 1, 3])                       # (B, T, D, H)
@@ -178,6 +176,96 @@ def length_mask(g: GraphBuilder, input_ids: str, sequence_lens: str) -> tuple[st
     return g.op("Less", [steps, lens], "time_mask"), lens                         # (B, T)
 
 
+def write_stack(g: GraphBuilder, config, weights: dict[str, np.ndarray], x: str,
+                sequence_lens: str) -> tuple[str, str]:
+    """x (T, B, I) -> last layer's Y (T, D, B, H) and Y_h (D, B, H), one native node per layer;
+    every layer reads the graph input ``sequence_lens`` (the task's IO names it)."""
+    y = y_h = ""
+    for layer in range(config.layers):
+        y, y_h = write_recurrent_layer(g, config, weights, layer, x, sequence_lens)[:2]
+        if layer + 1 < config.layers:
+            x = layer_input(g, config, layer, y)
+    return y, y_h
+
+
+def write_state_stack(g: GraphBuilder, config, weights: dict[str, np.ndarray], x: str, sequence_lens: str,
+                      prefix: str = "rnn") -> str:
+    """x (T, B, I) -> last layer's Y (T, 1, B, H), every layer starting from its slice of the graph
+    inputs ``initial_h`` [``initial_c``] (L, B, H) and its final states concatenated into the graph
+    outputs ``final_h`` [``final_c``] (``LanguageModelIO``'s state contract).  With one layer the
+    state inputs feed the node directly and its own ``Y_h`` is named ``final_h``."""
+    io, layers, lstm = LanguageModelIO, config.layers, config.cell == "lstm"
+    axis0 = g.ints("axes_layers", [0]) if layers > 1 else ""
+
+    def layer_state(name: str, layer: int) -> str:                                 # (L, B, H) -> (1, B, H)
+        if layers == 1:
+            return name
+        return g.op("Slice", [name, g.ints(f"{name}_start_{layer}", [layer]),
+                              g.ints(f"{name}_end_{layer}", [layer + 1]), axis0], f"{name}_{layer}")
+
+    finals_h, finals_c, y = [], [], ""
+    for layer in range(layers):
+        name = node_name(config, layer, prefix)
+        outs = [f"{name}.Y", io.final_h if layers == 1 else f"{name}.Y_h"]
+        if lstm:
+            outs.append(io.final_c if layers == 1 else f"{name}.Y_c")
+        res = write_recurrent_layer(g, config, weights, layer, x, sequence_lens, layer_state(io.initial_h, layer),
+                                    layer_state(io.initial_c, layer) if lstm else "", outputs=tuple(outs),
+                                    prefix=prefix)
+        y = res[0]
+        finals_h.append(res[1])
+        if lstm:
+            finals_c.append(res[2])
+        if layer + 1 < layers:
+            x = layer_input(g, config, layer, y, prefix=prefix)
+    if layers > 1:
+        g.op("Concat", finals_h, "final_h_concat", outputs=[io.final_h], axis=0)
+        if lstm:
+            g.op("Concat", finals_c, "final_c_concat", outputs=[io.final_c], axis=0)
+    return y
+
+
+def embed(g: GraphBuilder, weights: dict[str, np.ndarray], module: str, ids: str, time_major: str = "") -> str:
+    """``ids`` (B, T) through the torch ``nn.Embedding`` named ``module`` -> (B, T, E) (node ``module``),
+    or (T, B, E) with ``time_major`` (the Transpose's name), as the recurrent layers read it."""
+    x = g.op("Gather", [g.const(f"{module}.weight", weights[f"{module}.weight"]), ids], module, axis=0)
+    return g.op("Transpose", [x], time_major, perm=[1, 0, 2]) if time_major else x
+
+
+def transposed(weights: dict[str, np.ndarray], key: str) -> np.ndarray:
+    """torch Linear weight (out, in) -> MatMul's right operand (in, out)."""
+    return np.ascontiguousarray(np.asarray(weights[key], dtype=np.float32).T)
+
+
+def linear(g: GraphBuilder, x: str, weights: dict[str, np.ndarray], module: str, name: str,
+           outputs: list[str] | None = None) -> str:
+    """The torch ``nn.Linear`` named ``module`` on x (..., in) -> (..., out): ``MatMul`` by its
+    transposed weight (``{module}.W_t``; ``{name}_matmul``), then ``Add`` of its bias (node ``name``)."""
+    z = g.op("MatMul", [x, g.const(f"{module}.W_t", transposed(weights, f"{module}.weight"))], f"{name}_matmul")
+    return g.op("Add", [z, g.const(f"{module}.bias", weights[f"{module}.bias"])], name, outputs=outputs)
+
+
+def require(weights: dict[str, np.ndarray], keys: list[str], contract: str) -> None:
+    """Every key of ``keys`` missing from ``weights``, in one ``UnsupportedError`` (``contract``: whose
+    ``state_dict()`` the keys follow, e.g. ``RecurrentLM.state_dict()``)."""
+    missing = [k for k in keys if k not in weights]
+    if missing:
+        raise UnsupportedError(f"weights: missing {missing} (keys must follow {contract})")
+
+
+# A graph's inputs or outputs, in order: name -> (TensorProto dtype, axes); an axis is a dim_param
+# (symbolic, e.g. BATCH) or an int from the config (e.g. num_labels).  Written by ``make_model`` and
+# checked by ``rnnkit.export.check.contract_problems`` from the same task function.
+Signature = dict[str, tuple[int, tuple]]
+
+
+def graph_metadata(task: str, config, part: str = "") -> dict[str, str]:
+    """``METADATA_KEYS`` for a graph of ``task``: e.g. ``lstm x2 bi`` (``part``: a bundle with several
+    graphs names which one, ``lstm x2 bi encoder``)."""
+    arch = f"{config.cell} x{config.layers}{' bi' if config.bidirectional else ''}" + (f" {part}" if part else "")
+    return {"rnnkit.task": task, "rnnkit.format_version": str(FORMAT_VERSION), "rnnkit.architecture": arch}
+
+
 def merge_metadata(defaults: dict[str, str], metadata: dict[str, str] | None) -> dict[str, str]:
     """The caller's ``metadata_props`` over the defaults; only ``METADATA_KEYS`` are allowed."""
     unknown = sorted(set(metadata or {}) - set(METADATA_KEYS))
@@ -187,9 +275,14 @@ def merge_metadata(defaults: dict[str, str], metadata: dict[str, str] | None) ->
     return {**defaults, **(metadata or {})}
 
 
-def make_model(g: GraphBuilder, name: str, inputs: list, outputs: list, meta: dict[str, str]) -> onnx.ModelProto:
-    """Nodes + initializers -> an opset-``OPSET`` model with the metadata keys mirrored into it."""
-    graph = helper.make_graph(g.nodes, name, inputs=inputs, outputs=outputs, initializer=g.inits)
+def make_model(g: GraphBuilder, name: str, inputs: Signature, outputs: Signature,
+               meta: dict[str, str]) -> onnx.ModelProto:
+    """Nodes + initializers -> an opset-``OPSET`` model declaring ``inputs`` / ``outputs``, with the
+    metadata keys mirrored into it."""
+    def declare(signature: Signature) -> list[onnx.ValueInfoProto]:
+        return [helper.make_tensor_value_info(n, dtype, list(axes)) for n, (dtype, axes) in signature.items()]
+
+    graph = helper.make_graph(g.nodes, name, inputs=declare(inputs), outputs=declare(outputs), initializer=g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="rnnkit", producer_version=producer_version())
     model.ir_version = 8  # opset 17's IR; lets onnxruntime >= 1.17 load it

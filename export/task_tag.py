@@ -1,6 +1,6 @@
-"""Write a ``RecurrentTagger`` as an ONNX graph with native RNN/LSTM/GRU ops, and check it.
+"""The tagging task (many-to-many) on the export pipeline: graph writer, checker, ``Exportable``, oracle.
 
-Same approach and reasons as ``rnnkit.export.graph`` (no ``torch.onnx.export``; written from
+Same approach and reasons as ``rnnkit.export.task_classify`` (no ``torch.onnx.export``; written from
 numpy weights keyed like ``RecurrentTagger.state_dict()``; only ops the numba backend runs;
 ``Conv`` is not one of them, so the char CNN is an im2col: k shifted ``Slice``s of the
 zero-padded char embeddings, ``Concat``, ``MatMul``).  Graph (D = directions, H = hidden,
@@ -19,36 +19,42 @@ The im2col window ``j`` of output position ``c`` reads padded position ``c + j``
 ``j*Ec + e``.  Char table row 0 is <pad>; it is written as zeros (``padding_idx`` keeps it zero
 in torch) so padded positions equal Conv1d's zero padding.
 
-Imports onnx and numpy only (no torch, no onnxruntime).
+Imports onnx and numpy (torch only inside the oracle).
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from rnnkit.export.check import contract_problems, raise_problems
-from rnnkit.export.recurrent import (BATCH, TIME, GraphBuilder, batch_major, make_model, merge_metadata,
-                                     time_mask, write_recurrent_stack)
-from rnnkit.runtime.errors import UnsupportedError
-from rnnkit.runtime.manifest import FORMAT_VERSION, TaggerIO
+from ..runtime.charset import encode_sentences
+from ..runtime.manifest import TaggerIO as IO
+from ..runtime.tokenizer import WordTokenizer
+from .architecture import TaggerConfig
+from .check import contract_problems, raise_problems
+from .graph_builder import (BATCH, TIME, GraphBuilder, Signature, batch_major, embed, graph_metadata, linear,
+                            make_model, merge_metadata, require, time_mask, write_stack)
+from .oracle import torch_forward
+from .pipeline import DEV_BATCH, DevSet, Exportable, numpy_weights, single_graph
+from .validate import Forward
 
-if TYPE_CHECKING:  # toolkit.tagger imports torch; only the dataclass fields are read here
-    from rnnkit.toolkit.tagger import TaggerConfig
-
+TASK = "tag"
 CHARS = "chars"  # dim_param of the characters-per-word axis
 INT64_MAX = np.iinfo(np.int64).max
 
 
-def default_metadata(config: TaggerConfig) -> dict[str, str]:
-    """e.g. ``bilstm-1x128-char64`` for ``rnnkit.architecture``."""
-    bi = "bi" if config.bidirectional else ""
-    chars = f"-char{config.char_filters}" if config.use_chars else ""
-    return {"rnnkit.task": "tag", "rnnkit.format_version": str(FORMAT_VERSION),
-            "rnnkit.architecture": f"{bi}{config.cell}-{config.layers}x{config.hidden}{chars}"}
+def signature(config: TaggerConfig) -> tuple[Signature, Signature]:
+    """The graph's inputs and outputs (``TaggerIO``; ``char_ids`` with character features)."""
+    inputs = {IO.input_ids: (TensorProto.INT64, (BATCH, TIME)), IO.sequence_lens: (TensorProto.INT32, (BATCH,))}
+    if config.use_chars:
+        inputs[IO.char_ids] = (TensorProto.INT64, (BATCH, TIME, CHARS))
+    return inputs, {IO.logits: (TensorProto.FLOAT, (BATCH, TIME, config.num_tags))}
+
+
+def expected_matmuls(config: TaggerConfig) -> int:
+    """MatMul-like nodes outside the recurrent ops: the head, plus the char CNN's im2col MatMul."""
+    return 1 + (1 if config.use_chars else 0)
 
 
 def _char_features(g: GraphBuilder, config: TaggerConfig, weights, zero: str) -> str:
@@ -56,7 +62,7 @@ def _char_features(g: GraphBuilder, config: TaggerConfig, weights, zero: str) ->
     k, p = config.char_kernel, config.char_kernel // 2
     table = np.array(weights["char_embedding.weight"], dtype=np.float32)
     table[0] = 0.0                                                                # <pad> = Conv1d's zero padding
-    ids = TaggerIO.char_ids
+    ids = IO.char_ids
     if p:
         shape = g.op("Shape", [ids], "char_ids_shape")
         bt = g.op("Slice", [shape, g.ints("zero_1d", [0]), g.ints("two_1d", [2])], "char_bt_shape")
@@ -76,7 +82,7 @@ def _char_features(g: GraphBuilder, config: TaggerConfig, weights, zero: str) ->
     w = w.transpose(2, 1, 0).reshape(k * config.char_embed, config.char_filters)  # row j*Ec + e
     conv = g.op("MatMul", [cols, g.const("char_conv.W_im2col", w)], "char_conv_matmul")
     conv = g.op("Add", [conv, g.const("char_conv.bias", weights["char_conv.bias"])], "char_conv")  # (B, T, C, F)
-    real = g.op("Not", [g.op("Equal", [TaggerIO.char_ids, g.ints("zero_i64_scalar", 0)], "char_is_pad")],
+    real = g.op("Not", [g.op("Equal", [IO.char_ids, g.ints("zero_i64_scalar", 0)], "char_is_pad")],
                 "char_is_real")                                                  # (B, T, C)
     real4 = g.op("Unsqueeze", [real, g.ints("axes_3", [3])], "char_is_real_4d")   # (B, T, C, 1)
     neg = g.op("Where", [real4, conv, g.const("neg_inf", -np.inf)], "char_conv_masked")
@@ -91,59 +97,79 @@ def _char_features(g: GraphBuilder, config: TaggerConfig, weights, zero: str) ->
 def build_tagger_graph(config: TaggerConfig, weights: dict[str, np.ndarray],
                        metadata: dict[str, str] | None = None) -> onnx.ModelProto:
     """Numpy weights (``RecurrentTagger.state_dict()`` keys) -> ONNX tagger graph."""
-    meta = merge_metadata(default_metadata(config), metadata)
+    meta = merge_metadata(graph_metadata(TASK, config), metadata)
     needed = ["embedding.weight", "head.weight", "head.bias"]
     if config.use_chars:
         needed += ["char_embedding.weight", "char_conv.weight", "char_conv.bias"]
-    missing = [k for k in needed if k not in weights]
-    if missing:
-        raise UnsupportedError(f"weights: missing {missing} (keys must follow RecurrentTagger.state_dict())")
-
+    require(weights, needed, "RecurrentTagger.state_dict()")
     g = GraphBuilder()
     zero = g.const("zero_f32", 0.0)
-    x = g.op("Gather", [g.const("embedding.weight", weights["embedding.weight"]), TaggerIO.input_ids],
-             "embedding", axis=0)                                                # (B, T, E)
+    x = embed(g, weights, "embedding", IO.input_ids)                               # (B, T, E)
     if config.use_chars:
         x = g.op("Concat", [x, _char_features(g, config, weights, zero)], "token_features", axis=2)  # (B, T, E+F)
     x = g.op("Transpose", [x], "time_major", perm=[1, 0, 2])                       # (T, B, I)
-    y, _ = write_recurrent_stack(g, config, weights, x, TaggerIO.sequence_lens)
-    ybt = batch_major(g, config, y)                                               # (B, T, D*H)
-    head_w = np.ascontiguousarray(np.asarray(weights["head.weight"], dtype=np.float32).T)  # (D*H, K)
-    z = g.op("MatMul", [ybt, g.const("head.W_t", head_w)], "head_matmul")
-    z = g.op("Add", [z, g.const("head.bias", weights["head.bias"])], "head")      # (B, T, K)
+    y, _ = write_stack(g, config, weights, x, IO.sequence_lens)
+    z = linear(g, batch_major(g, config, y), weights, "head", "head")             # (B, T, K)
     # Where, not Mul, so a NaN at padding cannot leak
-    mask, _ = time_mask(g, TaggerIO.input_ids, TaggerIO.sequence_lens)           # (B, T, 1)
-    g.op("Where", [mask, z, zero], "logits_masked", outputs=[TaggerIO.logits])
-
-    inputs = [helper.make_tensor_value_info(TaggerIO.input_ids, TensorProto.INT64, [BATCH, TIME]),
-              helper.make_tensor_value_info(TaggerIO.sequence_lens, TensorProto.INT32, [BATCH])]
-    if config.use_chars:
-        inputs.append(helper.make_tensor_value_info(TaggerIO.char_ids, TensorProto.INT64, [BATCH, TIME, CHARS]))
-    outputs = [helper.make_tensor_value_info(TaggerIO.logits, TensorProto.FLOAT, [BATCH, TIME, config.num_tags])]
-    return make_model(g, f"rnnkit_{config.cell}_tagger", inputs, outputs, meta)
-
-
-def expected_matmuls(config: TaggerConfig) -> int:
-    """MatMul-like nodes outside the recurrent ops: the head, plus the char CNN's im2col MatMul."""
-    return 1 + (1 if config.use_chars else 0)
+    mask, _ = time_mask(g, IO.input_ids, IO.sequence_lens)                        # (B, T, 1)
+    g.op("Where", [mask, z, zero], "logits_masked", outputs=[IO.logits])
+    return make_model(g, f"rnnkit_{config.cell}_tagger", *signature(config), meta)
 
 
 def check_tagger_graph(model: onnx.ModelProto, config: TaggerConfig) -> None:
     """Raise one ``UnsupportedError`` listing every way ``model`` breaks the tagger contract
-    (fp32 graphs and the int8 graphs of ``quantize_classifier``)."""
-    inputs = {TaggerIO.input_ids: (TensorProto.INT64, (BATCH, TIME)),
-              TaggerIO.sequence_lens: (TensorProto.INT32, (BATCH,))}
-    if config.use_chars:
-        inputs[TaggerIO.char_ids] = (TensorProto.INT64, (BATCH, TIME, CHARS))
-    outputs = {TaggerIO.logits: (TensorProto.FLOAT, (BATCH, TIME, config.num_tags))}
-    problems = contract_problems(model, config, inputs, outputs, "TaggerIO", "num_tags", expected_matmuls(config),
-                                 "head + char CNN" if config.use_chars else "head")
-    props = {p.key: p.value for p in model.metadata_props}
-    if props.get("rnnkit.task") != "tag":
-        problems.append(f"metadata 'rnnkit.task' is {props.get('rnnkit.task')!r}, expected 'tag'")
+    (fp32 graphs and their int8 siblings)."""
+    problems = contract_problems(model, config, *signature(config), "TaggerIO", "num_tags", expected_matmuls(config),
+                                 "head + char CNN" if config.use_chars else "head", task=TASK)
     if any(n.op_type == "Conv" for n in model.graph.node):
         problems.append("Conv node in the graph; the numba backend has no Conv (write the char CNN as im2col)")
     raise_problems(problems, f"{config.cell} tagger")
 
 
-__all__ = ["build_tagger_graph", "check_tagger_graph", "default_metadata", "expected_matmuls"]
+def tagger_exportable(config, weights, tokenizer: WordTokenizer, charset, tags: list[str], oracle: Forward
+                      ) -> Exportable:
+    def encode_dev(dev: DevSet, max_length: int):
+        sentences = [s[:max_length] for s in dev.items if len(s)]
+        gold_tags = [g[:max_length] for s, g in zip(dev.items, dev.labels or dev.items) if len(s)]
+        order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+        feeds, gold = [], []
+        for start in range(0, len(order), DEV_BATCH):
+            rows = [sentences[i] for i in order[start:start + DEV_BATCH]]
+            ids, lens = encode_sentences(tokenizer, rows)
+            feed = {IO.input_ids: ids, IO.sequence_lens: lens}
+            if charset is not None:
+                feed[IO.char_ids] = charset.encode_batch(rows)
+            feeds.append(feed)
+            if dev.labels is not None:
+                gold += [tags.index(t) if t in tags else -1 for i in order[start:start + DEV_BATCH]
+                         for t in gold_tags[i]]
+        return feeds, (np.array(gold) if dev.labels is not None else None)
+
+    entries = {"tokenizer": tokenizer.to_dict(), "labels": list(tags),
+               "charset": charset.to_dict() if charset is not None else None}
+    graphs = single_graph(build_tagger_graph, check_tagger_graph, oracle, config.vocab_size, config.char_vocab_size)
+    return Exportable(TASK, config, weights, graphs, encode_dev, entries, unit="tokens")
+
+
+def torch_tagger_forward(module) -> Forward:
+    chars = None
+
+    def call(m, ids, lens):
+        import torch
+
+        return m(ids, lens, None if chars is None else torch.from_numpy(chars))
+
+    inner = torch_forward(module, call)
+
+    def forward(feed: dict) -> np.ndarray:
+        nonlocal chars
+        chars = feed.get(IO.char_ids)
+        return inner(feed)
+
+    return forward
+
+
+def from_module(module, tokenizer: WordTokenizer, charset, tags: list[str]) -> Exportable:
+    """A ``RecurrentTagger`` (its own forward is the oracle) with its tokenizer, charset and tag names."""
+    return tagger_exportable(module.config, numpy_weights(module), tokenizer, charset, list(tags),
+                             torch_tagger_forward(module))
