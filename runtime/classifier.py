@@ -37,14 +37,12 @@ class Classifier(Session):
 
     task = "classify"
     noun = "a classifier"
+    verb = "predict"
 
     def __init__(self, bundle, backend: str = "auto", int8: bool = False, threads: int | None = None):
         super().__init__(bundle, backend, int8, threads)
         self.labels = bundle.labels
         self.vocab_size = int(bundle.manifest["architecture"]["vocab_size"])
-
-    def _instead(self, name: str) -> str:
-        return "; this one has predict()"
 
     def logits(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """(B, T) int64 ids padded with 0, (B,) lengths >= 1 -> (B, num_labels) float32."""

@@ -62,6 +62,7 @@ class EncoderDecoder(Session):
 
     task = "seq2seq"
     noun = "an encoder-decoder"
+    verb = "translate"
 
     def __init__(self, bundle, backend: str = "auto", int8: bool = False, threads: int | None = None):
         super().__init__(bundle, backend, int8, threads)
@@ -73,9 +74,6 @@ class EncoderDecoder(Session):
         # a beam wider than the tokens that can be generated is clamped to them (no duplicate hypotheses)
         self.max_beam = self.vocab_size - len(self._steps.never)
         self._lexicon: Lexicon | None = None      # read on first lookup
-
-    def _instead(self, name: str) -> str:
-        return "; this one has translate()"
 
     def encode_sources(self, texts: Sequence[str], truncate: bool = False) -> list[list[int]]:
         """Source texts -> id rows.  Words / characters outside the source vocabulary become ``<unk>``

@@ -41,6 +41,7 @@ class LanguageModel(Session):
 
     task = "lm"
     noun = "a language-model"
+    verb = "generate"
 
     def __init__(self, bundle, backend: str = "auto", int8: bool = False, threads: int | None = None):
         super().__init__(bundle, backend, int8, threads)
@@ -56,9 +57,6 @@ class LanguageModel(Session):
         self._state_names = [LanguageModelIO.STATE_PAIRS[o] for o in self.state_outputs]
         self._full_lengths: dict[tuple[int, int], np.ndarray] = {}
         self.token_separator = "" if self.tokenizer.level == "char" else " "
-
-    def _instead(self, name: str) -> str:
-        return "; this one has generate()"
 
     # -- the step graph ---------------------------------------------------------------------
     def initial_state(self, batch: int = 1) -> dict[str, np.ndarray]:

@@ -37,6 +37,7 @@ class Session:
 
     task = ""      # the manifest's 'task' this class runs (set by each task class)
     noun = ""      # what the task is called in messages: "a classifier bundle"
+    verb = ""      # its main method, offered when another task's method is asked for
 
     # ``bundle`` is an ``open_bundle`` result, not imported here even for typing: the bundle's checks
     # read the task registry, which imports this module.
@@ -65,11 +66,7 @@ class Session:
         kinds = " or ".join(cls.noun for cls in owners)
         verbs = ", ".join(f"rnnkit train {cls.task}" for cls in owners)
         raise TaskMismatchError(f"a {self.task} bundle has no {name}(); load {kinds} bundle ({verbs})"
-                                f"{self._instead(name)}", name=name, obj=self)
-
-    def _instead(self, name: str) -> str:
-        """What this task offers in place of another task's method (the message's tail)."""
-        return ""
+                                f"; this one has {self.verb}()", name=name, obj=self)
 
     # -- the one batch entry point ---------------------------------------------------------
     def run_batch(self, items: Sequence, batch_size: int = 32, progress: Progress | None = None,

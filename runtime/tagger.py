@@ -38,14 +38,12 @@ class Tagger(Session):
 
     task = "tag"
     noun = "a tagger"
+    verb = "tag"
 
     def __init__(self, bundle, backend: str = "auto", int8: bool = False, threads: int | None = None):
         super().__init__(bundle, backend, int8, threads)
         self.labels = bundle.labels
         self.vocab_size = int(bundle.manifest["architecture"]["vocab_size"])
-
-    def _instead(self, name: str) -> str:
-        return "; this one has tag()"
 
     def logits(self, input_ids: np.ndarray, lengths: np.ndarray, char_ids: np.ndarray | None = None) -> np.ndarray:
         """(B, T) int64 ids padded with 0, (B,) lengths >= 1[, (B, T, C) char ids] -> (B, T, num_tags) float32."""
