@@ -16,11 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import common  # noqa: F401
 import numpy as np
-
 from common import WORK, machine, table
 
 RNNKIT = [sys.executable, "-m", "rnnkit.toolkit"]
@@ -54,9 +52,15 @@ def main(argv=None):
         first = wall(predict + ["--backend", "numba"] + flag, fresh)
         times = [wall(predict + ["--backend", "numba"] + flag, fresh) for _ in range(args.runs)]
         shutil.rmtree(cache, ignore_errors=True)
-        rows.append([f"numba {'int8' if int8 else 'fp32'}", f"{first:.2f} s (first-ever compile)",
-                     float(np.median(times)), float(min(times))])
-    print(f"Cold start of `rnnkit predict BUNDLE \"text\"` ({args.cell.upper()}(256) classifier) -- {machine()}")
+        rows.append(
+            [
+                f"numba {'int8' if int8 else 'fp32'}",
+                f"{first:.2f} s (first-ever compile)",
+                float(np.median(times)),
+                float(min(times)),
+            ]
+        )
+    print(f'Cold start of `rnnkit predict BUNDLE "text"` ({args.cell.upper()}(256) classifier) -- {machine()}')
     print(table(["backend", "empty JIT cache", "warm: median s", "warm: min s"], rows))
 
 

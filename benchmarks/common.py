@@ -41,7 +41,7 @@ def timeit_blocks(fns: dict, rounds: int = 20, block: int = 50, warmup: int = 5)
     names = list(fns)
     times: dict = {n: [] for n in names}
     for r in range(rounds):
-        for n in names[r % len(names):] + names[:r % len(names)]:
+        for n in names[r % len(names) :] + names[: r % len(names)]:
             fn = fns[n]
             for _ in range(warmup):
                 fn()
@@ -70,8 +70,10 @@ def machine() -> str:
 
 def table(headers: list[str], rows: list[list]) -> str:
     """A GitHub-markdown table (what the README pastes)."""
+
     def fmt(x):
         return f"{x:.3f}" if isinstance(x, float) else str(x)
+
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(fmt(x) for x in row) + " |" for row in rows]
     return "\n".join(lines)

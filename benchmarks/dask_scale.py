@@ -4,7 +4,7 @@
 
 Data: ``--rows`` MR-like review lines sampled (seeded, with replacement) from
 ``../shared/datasets/mr_polarity`` when present, else synthetic sentiment text.  Model: the
-embedded ``toolkit/assets/mr_small`` GRU exported to a bundle (cached in the work folder).
+``mr_small`` GRU of the rnnkit-demo-mr package (the ``train`` extra) exported to a bundle (cached in the work folder).
 
 1. local: `rnnkit predict --input data.jsonl --output local.jsonl --threads 1` (a subprocess).
 2. dask, 1 and 2 worker processes (1 thread each, a LocalCluster on this machine): the job timed
@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import common  # noqa: F401  (pins 1 thread before numpy loads)
-
 from common import ROOT, WORK, machine, table
 
 MR = ROOT.parent / "shared" / "datasets" / "mr_polarity"
@@ -38,9 +37,9 @@ def make_bundle() -> Path:
     bundle = WORK / "dask" / "mr_small.bundle"
     if (bundle / "manifest.json").is_file():
         return bundle
-    from rnnkit.toolkit.export_checkpoint import export_checkpoint
     from rnnkit.toolkit.demo import ASSET
     from rnnkit.toolkit.devset import dev_set_for
+    from rnnkit.toolkit.export_checkpoint import export_checkpoint
 
     export_checkpoint(ASSET, bundle, int8=True, dev=dev_set_for(ASSET, ASSET / "dev.tsv"), log=lambda m: None)
     return bundle
@@ -54,8 +53,12 @@ def make_data(rows: int) -> tuple[Path, str]:
     if not path.is_file():
         rng = np.random.default_rng(0)
         if source == "mr_polarity":
-            lines = [line.strip() for name in ("rt-polarity.pos", "rt-polarity.neg")
-                     for line in (MR / name).read_text(encoding="latin-1").splitlines() if line.strip()]
+            lines = [
+                line.strip()
+                for name in ("rt-polarity.pos", "rt-polarity.neg")
+                for line in (MR / name).read_text(encoding="latin-1").splitlines()
+                if line.strip()
+            ]
         else:
             sys.path.insert(0, str(ROOT / "tests"))
             from conftest import synthetic_texts
@@ -75,8 +78,23 @@ def rnnkit_cli() -> list[str]:
 def local_run(bundle: Path, data: Path, backend: str) -> tuple[float, list[str]]:
     out = WORK / "dask" / "local.jsonl"
     start = time.perf_counter()
-    subprocess.run([*rnnkit_cli(), "predict", str(bundle), "--input", str(data), "--output", str(out),
-                    "--threads", "1", "--backend", backend], check=True, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            *rnnkit_cli(),
+            "predict",
+            str(bundle),
+            "--input",
+            str(data),
+            "--output",
+            str(out),
+            "--threads",
+            "1",
+            "--backend",
+            backend,
+        ],
+        check=True,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - start, out.read_text(encoding="utf-8").splitlines()
 
 
@@ -102,8 +120,12 @@ def dask_runs(bundle, data, local, workers: int, partition_size: int, backend: s
 
     rows = []
     start = time.perf_counter()
-    with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         started = time.perf_counter() - start
         for run in ("fresh cluster", "warm cluster"):
             out = WORK / "dask" / f"out_{workers}w_{run.split()[0]}"
@@ -111,9 +133,20 @@ def dask_runs(bundle, data, local, workers: int, partition_size: int, backend: s
             s = predict(bundle, [str(data)], out, client=client, partition_size=partition_size, backend=backend)
             seconds = s.seconds + (started if run == "fresh cluster" else 0.0)
             n, dups, same, worst = compare(out, local)
-            rows.append([f"dask, {workers} worker{'s' if workers > 1 else ''}, {run}", s.rows_in, n, dups,
-                         round(seconds, 2), round(s.rows_in / seconds), f"{same}/{len(local)}", f"{worst:.1e}",
-                         sum(s.model_loads.values()), f"{s.task_seconds:.1f} / {s.task_cpu_seconds:.1f}"])
+            rows.append(
+                [
+                    f"dask, {workers} worker{'s' if workers > 1 else ''}, {run}",
+                    s.rows_in,
+                    n,
+                    dups,
+                    round(seconds, 2),
+                    round(s.rows_in / seconds),
+                    f"{same}/{len(local)}",
+                    f"{worst:.1e}",
+                    sum(s.model_loads.values()),
+                    f"{s.task_seconds:.1f} / {s.task_cpu_seconds:.1f}",
+                ]
+            )
     return rows
 
 
@@ -126,16 +159,47 @@ def kill_run(bundle, data, local, partition_size: int, backend: str) -> list:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     dask = [sys.executable, "-m", "dask"]
-    procs = [subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                               "--scheduler-file", str(root / "s.json")], stderr=subprocess.DEVNULL)]
+    procs = [
+        subprocess.Popen(
+            [
+                *dask,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(root / "s.json"),
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     try:
         while not (root / "s.json").exists():
             time.sleep(0.2)
         address = json.loads((root / "s.json").read_text())["address"]
         for name in ("w0", "w1"):
-            procs.append(subprocess.Popen([*dask, "worker", address, "--nthreads", "1", "--no-nanny",
-                                           "--no-dashboard", "--host", "127.0.0.1", "--name", name,
-                                           "--local-directory", str(root / name)], stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        *dask,
+                        "worker",
+                        address,
+                        "--nthreads",
+                        "1",
+                        "--no-nanny",
+                        "--no-dashboard",
+                        "--host",
+                        "127.0.0.1",
+                        "--name",
+                        name,
+                        "--local-directory",
+                        str(root / name),
+                    ],
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         with distributed.Client(address) as client:
             client.wait_for_workers(2, timeout=60)
             pids = client.run(os.getpid)
@@ -150,13 +214,28 @@ def kill_run(bundle, data, local, partition_size: int, backend: str) -> list:
                     killed.update(at=p.partitions_done, in_flight=in_flight)
 
             out = root / "out"
-            s = predict(bundle, [str(data)], out, scheduler=address, partition_size=partition_size,
-                        backend=backend, progress=kill)
+            s = predict(
+                bundle,
+                [str(data)],
+                out,
+                scheduler=address,
+                partition_size=partition_size,
+                backend=backend,
+                progress=kill,
+            )
         n, dups, same, worst = compare(out, local)
-        return [f"kill -9 one of 2 workers after {killed['at']}/{total} partitions "
-                f"({killed['in_flight']} in flight on it)", s.rows_in, n, dups, round(s.seconds, 2),
-                round(s.rows_in / s.seconds), f"{same}/{len(local)}", f"{worst:.1e}", sum(s.model_loads.values()),
-                f"{s.task_seconds:.1f} / {s.task_cpu_seconds:.1f}"]
+        return [
+            f"kill -9 one of 2 workers after {killed['at']}/{total} partitions ({killed['in_flight']} in flight on it)",
+            s.rows_in,
+            n,
+            dups,
+            round(s.seconds, 2),
+            round(s.rows_in / s.seconds),
+            f"{same}/{len(local)}",
+            f"{worst:.1e}",
+            sum(s.model_loads.values()),
+            f"{s.task_seconds:.1f} / {s.task_cpu_seconds:.1f}",
+        ]
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -177,7 +256,7 @@ def cpu_ceiling() -> float:
     times = {}
     for n in (1, 2):
         with ProcessPoolExecutor(n) as pool:
-            list(pool.map(_spin, range(n)))              # start the processes
+            list(pool.map(_spin, range(n)))  # start the processes
             start = time.perf_counter()
             list(pool.map(_spin, range(4)))
             times[n] = time.perf_counter() - start
@@ -199,23 +278,49 @@ def main() -> None:
     bundle = make_bundle()
     data, source = make_data(args.rows)
     seconds, local = local_run(bundle, data, args.backend)
-    headers = ["run", "rows in", "rows out", "duplicate ids", "seconds", "rows/s", "rows identical to local",
-               "max abs score diff", "model loads", "worker task s / CPU s"]
-    rows = [["local `rnnkit predict` (1 process, 1 thread)", len(local), len(local), 0, round(seconds, 2),
-             round(len(local) / seconds), "-", "-", 1, "-"]]
+    headers = [
+        "run",
+        "rows in",
+        "rows out",
+        "duplicate ids",
+        "seconds",
+        "rows/s",
+        "rows identical to local",
+        "max abs score diff",
+        "model loads",
+        "worker task s / CPU s",
+    ]
+    rows = [
+        [
+            "local `rnnkit predict` (1 process, 1 thread)",
+            len(local),
+            len(local),
+            0,
+            round(seconds, 2),
+            round(len(local) / seconds),
+            "-",
+            "-",
+            1,
+            "-",
+        ]
+    ]
     for workers in (1, 2):
         rows += dask_runs(bundle, data, local, workers, args.partition_size, args.backend)
     if not args.skip_kill:
         rows.append(kill_run(bundle, data, local, args.partition_size, args.backend))
     ceiling = cpu_ceiling()
-    print(f"# Dask scale-out: {args.rows} {source} rows, mr_small GRU bundle, {args.backend} fp32, "
-          f"partitions of {args.partition_size}; {machine().replace(', 1 thread', '')}")
+    print(
+        f"# Dask scale-out: {args.rows} {source} rows, mr_small GRU bundle, {args.backend} fp32, "
+        f"partitions of {args.partition_size}; {machine().replace(', 1 thread', '')}"
+    )
     print(table(headers, rows))
     warm = {r[0].split(",")[1].strip(): r[5] for r in rows if "warm" in r[0]}
     fresh = {r[0].split(",")[1].strip(): r[5] for r in rows if "fresh" in r[0]}
-    print(f"\nspeed-up 2 workers / 1 worker: {warm['2 workers'] / warm['1 worker']:.2f}x warm, "
-          f"{fresh['2 workers'] / fresh['1 worker']:.2f}x fresh; a pure-Python loop in 2 processes vs 1, "
-          f"measured in the same run: {ceiling:.2f}x (load average now: {load_average()})")
+    print(
+        f"\nspeed-up 2 workers / 1 worker: {warm['2 workers'] / warm['1 worker']:.2f}x warm, "
+        f"{fresh['2 workers'] / fresh['1 worker']:.2f}x fresh; a pure-Python loop in 2 processes vs 1, "
+        f"measured in the same run: {ceiling:.2f}x (load average now: {load_average()})"
+    )
 
 
 if __name__ == "__main__":

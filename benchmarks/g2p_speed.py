@@ -26,7 +26,6 @@ from pathlib import Path
 
 import common  # noqa: F401  (pins 1 thread before numpy loads)
 import numpy as np
-
 from common import machine, table
 
 STRESS = str.maketrans("", "", "012")
@@ -100,11 +99,26 @@ def main() -> None:
                 kind = "int8" if int8 else "fp32"
                 for beam, batch in ((1, 1), (1, args.batch), (5, args.batch)):
                     out, wps = timed(lambda ws: model.translate(ws, beam=beam, batch_size=batch), words)
-                    rows.append([f"rnnkit {name}, {backend}", kind, "greedy" if beam == 1 else f"beam {beam}",
-                                 batch, wps, wps / base, *scores(out, refs)])
-    print(table(["engine", "weights", "search", "batch", "words/s", "x g2p_en", "WER", "PER"],
-                [[r[0], r[1], r[2], r[3], round(r[4]), round(r[5], 2), f"{100 * r[6]:.2f}%", f"{100 * r[7]:.2f}%"]
-                 for r in rows]))
+                    rows.append(
+                        [
+                            f"rnnkit {name}, {backend}",
+                            kind,
+                            "greedy" if beam == 1 else f"beam {beam}",
+                            batch,
+                            wps,
+                            wps / base,
+                            *scores(out, refs),
+                        ]
+                    )
+    print(
+        table(
+            ["engine", "weights", "search", "batch", "words/s", "x g2p_en", "WER", "PER"],
+            [
+                [r[0], r[1], r[2], r[3], round(r[4]), round(r[5], 2), f"{100 * r[6]:.2f}%", f"{100 * r[7]:.2f}%"]
+                for r in rows
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ state, get the logits and the new state (``State.feed_id``, the step ``generate`
 of one id adds ~1 us); greedy choice in numpy is timed too for
 rnnkit (``generate``) as tokens per second over ``--tokens`` tokens.  The runtimes are timed side by
 side (``common.timeit_blocks``: ``--rounds`` rounds of ``--block`` steps each, order rotated), so
-machine noise falls on all of them alike.
+machine noise falls on all of them alike.  The bundle's fp32 step graph is also timed in both forms
+(``sequence_lens`` as exported, and portable: ``rnnkit.export.portable``) on bare onnxruntime and numba
+sessions, one token with the state carried; a second table gives portable / sequence_lens per backend.
 
     python benchmarks/lm_step.py                                   # random weights
     python benchmarks/lm_step.py --checkpoint runs/shakespeare-small/ckpt
@@ -23,8 +25,8 @@ import time
 
 import common  # noqa: F401  (pins 1 thread before numpy/torch load)
 import numpy as np
-
 from common import WORK, machine, stats_ms, table, timeit_blocks
+from graph_forms import BACKENDS, FORMS, RATIO_HEADERS, form_sessions, label, ratio_rows
 
 
 def random_checkpoint(name: str, vocab_size: int, cell: str, layers: int, hidden: int, embed: int):
@@ -39,8 +41,9 @@ def random_checkpoint(name: str, vocab_size: int, cell: str, layers: int, hidden
     else:
         tok = WordTokenizer(list(SPECIALS) + [f"w{i}" for i in range(vocab_size - 2)])
     torch.manual_seed(0)
-    model = RecurrentLM(LMConfig(vocab_size=tok.vocab_size, cell=cell, embed=embed, hidden=hidden, layers=layers,
-                                 dropout=0.0)).eval()
+    model = RecurrentLM(
+        LMConfig(vocab_size=tok.vocab_size, cell=cell, embed=embed, hidden=hidden, layers=layers, dropout=0.0)
+    ).eval()
     return save_lm_checkpoint(WORK / f"lm-{name}.ckpt", model, tok, plot=False)
 
 
@@ -67,15 +70,21 @@ def gemv_floor(model):
 def bench(name: str, ckpt_path, n_tokens: int, rounds: int, block: int) -> list[list]:
     import torch
 
-    from rnnkit.toolkit.export_checkpoint import DevSet, export_checkpoint
     from rnnkit.runtime import load
+    from rnnkit.toolkit.export_checkpoint import DevSet, export_checkpoint
     from rnnkit.toolkit.train_lm import load_lm_checkpoint
 
     ckpt = load_lm_checkpoint(ckpt_path)
     vocab = ckpt.tokenizer.vocab
     dev_text = ("".join(vocab[2:]) * 40) if ckpt.tokenizer.level == "char" else " ".join(vocab[2:2002])
-    bundle = export_checkpoint(ckpt_path, WORK / f"lm-{name}.bundle", int8=True, min_agreement=0.0,
-                               dev=DevSet([dev_text], None, "benchmark text"), log=lambda m: None)["path"]
+    bundle = export_checkpoint(
+        ckpt_path,
+        WORK / f"lm-{name}.bundle",
+        int8=True,
+        min_agreement=0.0,
+        dev=DevSet([dev_text], None, "benchmark text"),
+        log=lambda m: None,
+    )["path"]
     token = torch.tensor([[5]])
     state = [ckpt.model.initial_state(1)]
 
@@ -88,18 +97,26 @@ def bench(name: str, ckpt_path, n_tokens: int, rounds: int, block: int) -> list[
         with torch.backends.mkldnn.flags(enabled=False):
             return torch_step()
 
-    runs = {"torch eager": (torch_step, None), "torch eager, mkldnn off": (torch_step_no_mkldnn, None),
-            "numpy GEMV floor (same weights)": (gemv_floor(ckpt.model), None)}
+    runs = {
+        "torch eager": (torch_step, None),
+        "torch eager, mkldnn off": (torch_step_no_mkldnn, None),
+        "numpy GEMV floor (same weights)": (gemv_floor(ckpt.model), None),
+    }
     for backend in ("onnxruntime", "numba"):
         for int8 in (False, True):
             m = load(bundle, backend=backend, int8=int8, threads=1)
             m.warmup()
             s = m.spawn_state()
             runs[f"rnnkit {backend} {'int8' if int8 else 'fp32'}"] = (lambda s=s: s.feed_id(5), m)
-    times = timeit_blocks({label: fn for label, (fn, _) in runs.items()}, rounds=rounds, block=block)
+    graph = load(bundle, backend="onnxruntime", threads=1).bundle.graph()
+    sessions = form_sessions(graph, f"lm-{name.split()[0]}")
+    for form in FORMS:
+        for backend in BACKENDS:
+            runs[label(form, backend)] = (graph_step(graph, sessions[form, backend], ckpt.config), None)
+    times = timeit_blocks({name_: fn for name_, (fn, _) in runs.items()}, rounds=rounds, block=block)
     rows, base = [], None
-    for label, (fn, model) in runs.items():
-        med, p99 = stats_ms(times[label])
+    for label_, (fn, model) in runs.items():
+        med, p99 = stats_ms(times[label_])
         base = base or med
         tps = ""
         if model is not None:  # end to end: greedy generate, sampling in numpy included
@@ -108,9 +125,28 @@ def bench(name: str, ckpt_path, n_tokens: int, rounds: int, block: int) -> list[
             tps = f"{n / (time.perf_counter() - start):.0f}"
         else:
             tps = f"{1e3 / med:.0f} (step only)"
-        rows.append([name, label, med, p99, med / base, tps])
+        rows.append([name, label_, med, p99, med / base, tps])
     print(f"  done {name}", file=sys.stderr)
-    return rows, ckpt.config
+    medians = {k: stats_ms(v) for k, v in times.items()}
+    return rows, ckpt.config, ratio_rows(medians, [name])
+
+
+def graph_step(graph, session, config):
+    """One token (id 5) through a bare session of the step graph, its final state fed back as the
+    next call's initial state (what ``State.feed_id`` does around the session)."""
+    inputs = [v.name for v in graph.graph.input]
+    outputs = [v.name for v in graph.graph.output]
+    feeds = {"input_ids": np.array([[5]], np.int64), "sequence_lens": np.array([1], np.int32)}
+    for n in inputs[2:]:
+        feeds[n] = np.zeros((config.layers, 1, config.hidden), np.float32)
+
+    def step():
+        values = session.run(outputs, feeds)
+        for out, value in zip(outputs[1:], values[1:]):
+            feeds[out.replace("final_", "initial_")] = value
+        return values[0]
+
+    return step
 
 
 def main(argv=None):
@@ -130,13 +166,16 @@ def main(argv=None):
     WORK.mkdir(parents=True, exist_ok=True)
     char = args.checkpoint or random_checkpoint("char", 67, args.cell, args.layers, args.hidden, 128)
     word = random_checkpoint("word", args.word_vocab, args.cell, args.layers, args.hidden, 256)
-    rows, configs = [], []
+    rows, configs, ratios = [], [], []
     for name, path in (("char", char), (f"word {args.word_vocab}", word)):
-        r, c = bench(name, path, args.tokens, args.rounds, args.block)
+        r, c, q = bench(name, path, args.tokens, args.rounds, args.block)
         rows += r
+        ratios += q
         configs.append(f"{name}: {c.cell.upper()} {c.layers}x{c.hidden}, embed {c.embed}, vocab {c.vocab_size}")
     print(f"LM generation step, B=1, state carried ({'; '.join(configs)}) -- {machine()}")
     print(table(["LM", "runtime", "median ms/token", "p99 ms", "x torch eager", "tokens/s (greedy generate)"], rows))
+    print("\nPortable graph form vs sequence_lens form (same run, bare sessions, one token per call)")
+    print(table(["LM", *RATIO_HEADERS], ratios))
 
 
 if __name__ == "__main__":

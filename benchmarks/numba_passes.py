@@ -33,11 +33,12 @@ from pathlib import Path
 
 import common  # noqa: F401  (pins 1 thread before numpy/numba load)
 import numpy as np
-
 from common import ROOT, WORK, machine, table
 
+from rnnkit.runtime.builtin import find
+
 HERE = Path(__file__).resolve().parent
-G2P = ROOT / "runtime" / "assets" / "g2p-cmudict"
+G2P = find("g2p-cmudict")  # the rnnkit-g2p-cmudict package (the `g2p` extra)
 
 
 # --------------------------------------------------------------------- preparation (this checkout)
@@ -46,6 +47,7 @@ def prepare() -> dict:
     sys.path.insert(0, str(HERE))
     import classifier_latency
     import lm_step
+
     from rnnkit.toolkit.export_checkpoint import export_checkpoint
 
     rng = np.random.default_rng(0)
@@ -65,8 +67,13 @@ def prepare() -> dict:
     words = [line.split("\t")[0] for line in (G2P / "lexicon.tsv").read_text().splitlines()]
     words = [words[i] for i in rng.choice(len(words), 256, replace=False)]
     ids = [[vocab.get(c, 1) for c in unicodedata.normalize("NFC", w.lower())] for w in words]
-    return {"files": files, "g2p": str(G2P), "g2p_ids": ids, "bos": manifest["architecture"]["bos_id"],
-            "eos": manifest["architecture"]["eos_id"]}
+    return {
+        "files": files,
+        "g2p": str(G2P),
+        "g2p_ids": ids,
+        "bos": manifest["architecture"]["bos_id"],
+        "eos": manifest["architecture"]["eos_id"],
+    }
 
 
 def tree_path(src: Path) -> str:
@@ -83,7 +90,7 @@ def _pad(rows):
     lens = np.array([len(r) for r in rows], np.int32)
     ids = np.zeros((len(rows), int(lens.max())), np.int64)
     for b, r in enumerate(rows):
-        ids[b, :len(r)] = r
+        ids[b, : len(r)] = r
     return ids, lens
 
 
@@ -93,8 +100,10 @@ def _greedy(enc, dec, rows, bos, eos, steps=30):
     tok = np.full((len(rows), 1), bos, np.int64)
     done = np.zeros(len(rows), bool)
     for _ in range(steps):
-        logp, h, c, _ = dec.run(None, {"input_ids": tok, "initial_h": h, "initial_c": c, "memory": memory,
-                                       "keys": keys, "source_lens": lens})
+        logp, h, c, _ = dec.run(
+            None,
+            {"input_ids": tok, "initial_h": h, "initial_c": c, "memory": memory, "keys": keys, "source_lens": lens},
+        )
         tok = logp[:, -1].argmax(-1)[:, None].astype(np.int64)
         done |= tok[:, 0] == eos
         if done.all():
@@ -118,8 +127,11 @@ def worker(job: dict, cold: bool) -> dict:
     rng = np.random.default_rng(1)
     t0 = time.perf_counter()
     lm = NumbaSession(job["files"]["lm"], threads=1)
-    state = {i.name: np.zeros((i.shape[0], 1, i.shape[2]), np.float32) for i in lm.get_inputs()
-             if i.name.startswith("initial_")}
+    state = {
+        i.name: np.zeros((i.shape[0], 1, i.shape[2]), np.float32)
+        for i in lm.get_inputs()
+        if i.name.startswith("initial_")
+    }
     lm_feeds = {"input_ids": np.array([[5]], np.int64), "sequence_lens": np.array([1], np.int32), **state}
     lm.run(None, lm_feeds)
     if cold:
@@ -132,13 +144,14 @@ def worker(job: dict, cold: bool) -> dict:
             for name, v in zip(names, res):
                 if name.startswith("final_"):
                     lm_feeds["initial_" + name[6:]] = v
+
         out["LM step 1x256 word, B=1 (ms)"] = _median_ms(step, 3000)
     for name, path in job["files"].items():
         if not name.startswith("classifier") or cold and "GRU" in name:
             continue
         t0 = time.perf_counter()
         s = NumbaSession(path, threads=1)
-        for B in ((1,) if cold else (1, 32)):
+        for B in (1,) if cold else (1, 32):
             feeds = {"input_ids": rng.integers(4, 20000, (B, 64)), "sequence_lens": np.full(B, 64, np.int32)}
             if cold:
                 s.run(None, feeds)
@@ -154,9 +167,11 @@ def worker(job: dict, cold: bool) -> dict:
         out["first compile: G2P encoder + decoder (s)"] = time.perf_counter() - t0
         return out
     out["G2P greedy, 256 words in one batch (ms)"] = _median_ms(
-        lambda: _greedy(enc, dec, rows, job["bos"], job["eos"]), 5)
+        lambda: _greedy(enc, dec, rows, job["bos"], job["eos"]), 5
+    )
     out["G2P greedy, 20 words one at a time (ms)"] = _median_ms(
-        lambda: [_greedy(enc, dec, [r], job["bos"], job["eos"]) for r in rows[:20]], 5)
+        lambda: [_greedy(enc, dec, [r], job["bos"], job["eos"]) for r in rows[:20]], 5
+    )
     return out
 
 
@@ -191,11 +206,11 @@ def main(argv=None):
     for name in trees:  # compiles (or loads) each tree's kernels into its cache: not timed
         run_worker(trees[name], str(job_file), cold=False)
     for r in range(args.rounds):
-        for name in (["before", "after"] if r % 2 == 0 else ["after", "before"]):
+        for name in ["before", "after"] if r % 2 == 0 else ["after", "before"]:
             results[name].append(run_worker(trees[name], str(job_file), cold=False))
     if args.cold:  # an empty cache per run, alternating too: one cold run is as noisy as one warm one
         for r in range(args.rounds):
-            for name in (["before", "after"] if r % 2 == 0 else ["after", "before"]):
+            for name in ["before", "after"] if r % 2 == 0 else ["after", "before"]:
                 results[name].append(run_worker(trees[name], str(job_file), cold=True))
     rows = []
     for key in results["after"][0] | (results["after"][-1] if args.cold else {}):  # warm keys, then cold

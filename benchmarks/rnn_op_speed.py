@@ -8,8 +8,9 @@ For each (op, hidden, batch) it times, side by side: onnxruntime's LSTM/GRU node
 and, for LSTM, onnxruntime's DynamicQuantizeLSTM made by quantize_dynamic (int8 x uint8 VNNI dot
 products; onnxruntime has no int8 GRU).  numba int8 is, for LSTM, that same DynamicQuantizeLSTM
 node (activations quantized at run time as onnxruntime does, qdot.py) and, for GRU, the
-weight-only form rnnkit exports (per-row int8 weights times fp32 activations).  Prints medians (and minima) in ms, and ratios of medians
-with the 25-75% range of the per-round ratios (round-robin: one run of each per round), for
+weight-only form rnnkit exports (per-row int8 weights times fp32 activations).  Prints medians
+(and minima) in ms, and ratios of medians with the 25-75% range of the per-round ratios
+(round-robin: one run of each per round), for
 numba fp32 / onnxruntime fp32, numba int8 / onnxruntime int8 and numba int8 / the faster fp32.
 Never an assertion.  Larger batches run fewer rounds (--reps / (batch/4), at least 10).
 
@@ -48,27 +49,34 @@ import warnings
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import rnnkit.runtime.numba_backend.config  # noqa: E402,F401  (numba settings before numba loads)
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+import rnnkit.runtime.numba_backend.config  # noqa: E402,F401  (numba settings before numba loads)
 from rnnkit.runtime.numba_backend.base import QuantizedWeight  # noqa: E402
 from rnnkit.runtime.numba_backend.rnn_ops import OPS  # noqa: E402
 
 
 def model(op, H, I, W, R, B):
-    node = helper.make_node(op, ["X", "W", "R", "B"], ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else []),
-                            hidden_size=H, name="n0")
-    outs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None),
-            helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, None)]
+    node = helper.make_node(
+        op, ["X", "W", "R", "B"], ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else []), hidden_size=H, name="n0"
+    )
+    outs = [
+        helper.make_tensor_value_info("Y", TensorProto.FLOAT, None),
+        helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, None),
+    ]
     if op == "LSTM":
         outs.append(helper.make_tensor_value_info("Y_c", TensorProto.FLOAT, None))
-    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, None, I])],
-                          outs, [numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R"),
-                                 numpy_helper.from_array(B, "B")])
+    g = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, None, I])],
+        outs,
+        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R"), numpy_helper.from_array(B, "B")],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)], ir_version=10)
 
 
@@ -126,10 +134,14 @@ def main():
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     mode = "each alone" if a.alone else "round-robin"
-    print(f"T={a.steps} input={a.input}, 1 thread, {mode}; median (min) ms; ratios: of medians "
-          f"[25-75% of per-round ratios]")
-    print(f"{'op':4} {'H':>4} {'B':>3} {'ort fp32':>15} {'numba fp32':>15} {'numba int8':>15} {'ort int8':>15}"
-          f" | {'nb32/ort32':>16} {'nb8/ort8':>16} {'nb8/best32':>16}")
+    print(
+        f"T={a.steps} input={a.input}, 1 thread, {mode}; median (min) ms; ratios: of medians "
+        f"[25-75% of per-round ratios]"
+    )
+    print(
+        f"{'op':4} {'H':>4} {'B':>3} {'ort fp32':>15} {'numba fp32':>15} {'numba int8':>15} {'ort int8':>15}"
+        f" | {'nb32/ort32':>16} {'nb8/ort8':>16} {'nb8/best32':>16}"
+    )
     for op in a.ops:
         G = 4 if op == "LSTM" else 3
         for H in a.hidden:
@@ -155,7 +167,8 @@ def main():
                 (qnode,) = [n for n in qm.graph.node if n.op_type == "DynamicQuantizeLSTM"]
                 inits = {t.name: numpy_helper.to_array(t) for t in qm.graph.initializer}
                 dq = OPS[("com.microsoft", "DynamicQuantizeLSTM")](
-                    qnode, {i: inits[n] for i, n in enumerate(qnode.input) if n in inits})
+                    qnode, {i: inits[n] for i, n in enumerate(qnode.input) if n in inits}
+                )
             for batch in a.batch:
                 X = rng.normal(size=(a.steps, batch, a.input)).astype(np.float32)
                 int8 = (lambda: dq(X)) if op == "LSTM" else (lambda: q8(X, None, None, B))
@@ -166,8 +179,11 @@ def main():
                 ts = time_ms(fns, reps, a.alone) + [None]
                 cell = [f"{np.median(t):7.3f} ({t.min():5.3f})" if t is not None else "-" for t in ts]
                 best32 = ts[0] if np.median(ts[0]) < np.median(ts[1]) else ts[1]
-                print(f"{op:4} {H:4d} {batch:3d} {cell[0]:>15} {cell[1]:>15} {cell[2]:>15} {cell[3]:>15}"
-                      f" | {ratio(ts[1], ts[0])} {ratio(ts[2], ts[3])} {ratio(ts[2], best32)}", flush=True)
+                print(
+                    f"{op:4} {H:4d} {batch:3d} {cell[0]:>15} {cell[1]:>15} {cell[2]:>15} {cell[3]:>15}"
+                    f" | {ratio(ts[1], ts[0])} {ratio(ts[2], ts[3])} {ratio(ts[2], best32)}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

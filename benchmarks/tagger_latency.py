@@ -16,7 +16,6 @@ import sys
 
 import common  # noqa: F401  (pins 1 thread before numpy/torch load)
 import numpy as np
-
 from common import ROOT, WORK, machine, stats_ms, table, timeit
 
 DATA = ROOT.parent / "shared" / "datasets" / "ud_english_ewt_pos" / "en_ewt-ud-dev.upos.tsv"
@@ -38,16 +37,26 @@ def random_checkpoint():
     import torch
 
     from rnnkit.runtime.charset import CharVocab
+    from rnnkit.toolkit.conll import TaggedSentence
     from rnnkit.toolkit.tagger import RecurrentTagger, TaggerConfig
     from rnnkit.toolkit.train_tag import build_word_vocab, save_tagger_checkpoint
-    from rnnkit.toolkit.conll import TaggedSentence
 
     pool = sentences(300)
     tok = build_word_vocab([TaggedSentence(s, ["X"] * len(s), "") for s in pool], True, 20000, 1)
     charset = CharVocab.build(w for s in pool for w in s)
     torch.manual_seed(0)
-    config = TaggerConfig(vocab_size=tok.vocab_size, num_tags=17, cell="lstm", embed=128, hidden=200, layers=2,
-                          bidirectional=True, char_vocab_size=charset.size, char_embed=32, char_filters=100)
+    config = TaggerConfig(
+        vocab_size=tok.vocab_size,
+        num_tags=17,
+        cell="lstm",
+        embed=128,
+        hidden=200,
+        layers=2,
+        bidirectional=True,
+        char_vocab_size=charset.size,
+        char_embed=32,
+        char_filters=100,
+    )
     tags = [f"T{i}" for i in range(17)]
     return save_tagger_checkpoint(WORK / "tagger.ckpt", RecurrentTagger(config).eval(), tok, charset, tags, plot=False)
 
@@ -58,8 +67,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import torch
 
-    from rnnkit.toolkit.export_checkpoint import DevSet, export_checkpoint
     from rnnkit.runtime import load
+    from rnnkit.toolkit.export_checkpoint import DevSet, export_checkpoint
     from rnnkit.toolkit.train_tag import load_tagger_checkpoint
 
     torch.set_num_threads(1)
@@ -67,8 +76,14 @@ def main(argv=None):
     ckpt_path = args.checkpoint or random_checkpoint()
     ckpt = load_tagger_checkpoint(ckpt_path)
     dev = sentences(200, seed=1)
-    bundle = export_checkpoint(ckpt_path, WORK / "tagger.bundle", int8=True, min_agreement=0.0,
-                               dev=DevSet(dev, None, "benchmark sentences"), log=lambda m: None)["path"]
+    bundle = export_checkpoint(
+        ckpt_path,
+        WORK / "tagger.bundle",
+        int8=True,
+        min_agreement=0.0,
+        dev=DevSet(dev, None, "benchmark sentences"),
+        log=lambda m: None,
+    )["path"]
     one = [s for s in sentences(400, seed=2) if len(s) == 25][:1] or [sentences(1)[0][:25]]
     many = sentences(32, seed=3)
     rows = []
@@ -84,8 +99,10 @@ def main(argv=None):
         rows += [[name, k, med, p99, med / base] for k, (med, p99) in times.items()]
         print(f"  done {name}", file=sys.stderr)
     c = ckpt.config
-    arch = (f"{'bi' if c.bidirectional else ''}{c.cell.upper()} {c.layers}x{c.hidden}, embed {c.embed}"
-            f"{f', char CNN {c.char_filters}' if c.char_vocab_size else ''}")
+    arch = (
+        f"{'bi' if c.bidirectional else ''}{c.cell.upper()} {c.layers}x{c.hidden}, embed {c.embed}"
+        f"{f', char CNN {c.char_filters}' if c.char_vocab_size else ''}"
+    )
     print(f"Tagger latency ({arch}; {'trained' if args.checkpoint else 'random weights'}) -- {machine()}")
     print(table(["input", "runtime", "median ms", "p99 ms", "x torch eager"], rows))
 

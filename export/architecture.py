@@ -18,16 +18,16 @@ ATTENTIONS = ("none", "additive", "dot")
 
 @dataclass
 class ClassifierConfig:
-    vocab_size: int            # rows of the embedding, <pad>=0 and <unk>=1 included
-    num_labels: int            # classes of the head
-    cell: str = "lstm"         # rnn | lstm | gru
-    embed: int = 128           # embedding width
-    hidden: int = 256          # recurrent state width per direction
-    layers: int = 1            # stacked recurrent layers
+    vocab_size: int  # rows of the embedding, <pad>=0 and <unk>=1 included
+    num_labels: int  # classes of the head
+    cell: str = "lstm"  # rnn | lstm | gru
+    embed: int = 128  # embedding width
+    hidden: int = 256  # recurrent state width per direction
+    layers: int = 1  # stacked recurrent layers
     bidirectional: bool = False
-    pooling: str = "last"      # last | mean | max | attention: how T states become one vector
-    dropout: float = 0.3       # on embeddings, between layers and before the head (training only)
-    padding_idx: int = 0       # the tokenizer's <pad> id
+    pooling: str = "last"  # last | mean | max | attention: how T states become one vector
+    dropout: float = 0.3  # on embeddings, between layers and before the head (training only)
+    padding_idx: int = 0  # the tokenizer's <pad> id
 
     def __post_init__(self):
         if self.cell not in CELL_TYPES:
@@ -45,19 +45,19 @@ class ClassifierConfig:
 
 @dataclass
 class TaggerConfig:
-    vocab_size: int            # rows of the word embedding, <pad>=0 and <unk>=1 included
-    num_tags: int              # classes of the per-token head
-    cell: str = "lstm"         # rnn | lstm | gru
-    embed: int = 128           # word embedding width
-    hidden: int = 128          # recurrent state width per direction
-    layers: int = 1            # stacked recurrent layers
+    vocab_size: int  # rows of the word embedding, <pad>=0 and <unk>=1 included
+    num_tags: int  # classes of the per-token head
+    cell: str = "lstm"  # rnn | lstm | gru
+    embed: int = 128  # word embedding width
+    hidden: int = 128  # recurrent state width per direction
+    layers: int = 1  # stacked recurrent layers
     bidirectional: bool = True  # read the sentence both ways (a tagger wants the right context too)
-    dropout: float = 0.3       # on the token features, between layers and before the head (training only)
-    padding_idx: int = 0       # the tokenizer's <pad> id
-    char_vocab_size: int = 0   # rows of the char embedding (CharVocab.size); 0 = no character features
-    char_embed: int = 32       # char embedding width
-    char_filters: int = 64     # char CNN output channels = width of a word's char features
-    char_kernel: int = 3       # char CNN window (odd: centred on each character)
+    dropout: float = 0.3  # on the token features, between layers and before the head (training only)
+    padding_idx: int = 0  # the tokenizer's <pad> id
+    char_vocab_size: int = 0  # rows of the char embedding (CharVocab.size); 0 = no character features
+    char_embed: int = 32  # char embedding width
+    char_filters: int = 64  # char CNN output channels = width of a word's char features
+    char_kernel: int = 3  # char CNN window (odd: centred on each character)
 
     def __post_init__(self):
         if self.cell not in CELL_TYPES:
@@ -87,13 +87,13 @@ class TaggerConfig:
 
 @dataclass
 class LMConfig:
-    vocab_size: int            # rows of the embedding and columns of the head, <pad>=0 and <unk>=1 included
-    cell: str = "lstm"         # rnn | lstm | gru
-    embed: int = 128           # token embedding width
-    hidden: int = 512          # recurrent state width
-    layers: int = 2            # stacked recurrent layers
-    dropout: float = 0.2       # on embeddings, between layers and before the head (training only)
-    padding_idx: int = 0       # the tokenizer's <pad> id
+    vocab_size: int  # rows of the embedding and columns of the head, <pad>=0 and <unk>=1 included
+    cell: str = "lstm"  # rnn | lstm | gru
+    embed: int = 128  # token embedding width
+    hidden: int = 512  # recurrent state width
+    layers: int = 2  # stacked recurrent layers
+    dropout: float = 0.2  # on embeddings, between layers and before the head (training only)
+    padding_idx: int = 0  # the tokenizer's <pad> id
     bidirectional: bool = False  # always False: a language model reads left to right
 
     def __post_init__(self):
@@ -122,18 +122,18 @@ class Seq2SeqConfig:
     concatenated encoder width; a bidirectional encoder uses ``hidden // 2`` per direction.
     """
 
-    source_vocab_size: int     # source embedding rows, <pad>=0 and <unk>=1 included
-    target_vocab_size: int     # target embedding rows and head columns: <pad>=0 <unk>=1 <s>=2 </s>=3 ...
-    cell: str = "lstm"         # rnn | lstm | gru, encoder and decoder alike
-    embed: int = 128           # source and target embedding width
-    hidden: int = 256          # decoder state width = encoder memory width
-    layers: int = 2            # encoder and decoder layers (the decoder's layer i starts from the encoder's)
+    source_vocab_size: int  # source embedding rows, <pad>=0 and <unk>=1 included
+    target_vocab_size: int  # target embedding rows and head columns: <pad>=0 <unk>=1 <s>=2 </s>=3 ...
+    cell: str = "lstm"  # rnn | lstm | gru, encoder and decoder alike
+    embed: int = 128  # source and target embedding width
+    hidden: int = 256  # decoder state width = encoder memory width
+    layers: int = 2  # encoder and decoder layers (the decoder's layer i starts from the encoder's)
     bidirectional: bool = True  # encoder only
-    attention: str = "dot"     # none | additive (Bahdanau's score) | dot (Luong's "general": h W m)
-    dropout: float = 0.2       # embeddings, between layers, before the head (training only)
+    attention: str = "dot"  # none | additive (Bahdanau's score) | dot (Luong's "general": h W m)
+    dropout: float = 0.2  # embeddings, between layers, before the head (training only)
     padding_idx: int = 0
-    bos_id: int = 2            # decoding starts from <s>
-    eos_id: int = 3            # and stops at </s>
+    bos_id: int = 2  # decoding starts from <s>
+    eos_id: int = 3  # and stops at </s>
 
     def __post_init__(self):
         if self.cell not in CELL_TYPES:
@@ -146,8 +146,10 @@ class Seq2SeqConfig:
         if self.target_vocab_size <= max(self.bos_id, self.eos_id):
             raise ValueError(f"target_vocab_size must exceed the <s>/</s> ids, got {self.target_vocab_size}")
         if self.bidirectional and self.hidden % 2:
-            raise ValueError(f"a bidirectional encoder splits hidden between its two directions: "
-                             f"hidden must be even, got {self.hidden}")
+            raise ValueError(
+                f"a bidirectional encoder splits hidden between its two directions: "
+                f"hidden must be even, got {self.hidden}"
+            )
 
     @property
     def directions(self) -> int:

@@ -31,8 +31,10 @@ class BundleWriter:
         self.out = Path(out)
         if self.out.exists() and not (self.out / MANIFEST_FILE).is_file():
             if not self.out.is_dir() or any(self.out.iterdir()):
-                raise InputError(f"{self.out}: exists and is not an rnnkit bundle; refusing to overwrite it. "
-                                 f"Choose another --out or remove it")
+                raise InputError(
+                    f"{self.out}: exists and is not an rnnkit bundle; refusing to overwrite it. "
+                    f"Choose another --out or remove it"
+                )
         parent = self.out.parent if str(self.out.parent) else Path(".")
         if not parent.is_dir():
             raise InputError(f"{self.out}: the folder {parent} does not exist; create it first")
@@ -61,7 +63,7 @@ class BundleWriter:
                     os.fsync(handle.fileno())
                 files[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         manifest["files"] = files  # the caller's manifest is the one written
-        seal(manifest)             # last: it covers every other key, 'files' included
+        seal(manifest)  # last: it covers every other key, 'files' included
         with open(self.tmp / MANIFEST_FILE, "w", encoding="utf-8") as handle:
             json.dump(manifest, handle, indent=2, ensure_ascii=False)
             handle.write("\n")

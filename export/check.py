@@ -27,10 +27,16 @@ ALLOWED_RECURRENT = {"rnn": {"RNN"}, "lstm": {"LSTM", "DynamicQuantizeLSTM"}, "g
 MATMULS = {"MatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
 CONTROL_FLOW = {"Loop", "Scan", "If"}
 # ONNX defaults, i.e. what torch computes (Operators.md: RNN f=Tanh, GRU f,g, LSTM f,g,h)
-DEFAULT_ACTIVATIONS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"],
-                       "LSTM": ["Sigmoid", "Tanh", "Tanh"], "DynamicQuantizeLSTM": ["Sigmoid", "Tanh", "Tanh"]}
+DEFAULT_ACTIVATIONS = {
+    "RNN": ["Tanh"],
+    "GRU": ["Sigmoid", "Tanh"],
+    "LSTM": ["Sigmoid", "Tanh", "Tanh"],
+    "DynamicQuantizeLSTM": ["Sigmoid", "Tanh", "Tanh"],
+}
 # ops that pass one tensor through unchanged in value, for tracing where an input comes from
 PASS_THROUGH = {"Identity", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Transpose"}
+
+
 def _root(name: str, producers: dict[str, onnx.NodeProto]) -> str:
     """Follow pass-through ops back to the tensor a value comes from."""
     seen = set()
@@ -48,8 +54,9 @@ def dim_text(d) -> str:
     return repr(d.dim_param) if d.dim_param else (str(d.dim_value) if d.HasField("dim_value") else "?")
 
 
-def check_io(graph: onnx.GraphProto, inputs: dict, outputs: dict, contract: str, count: str,
-             problems: list[str]) -> None:
+def check_io(
+    graph: onnx.GraphProto, inputs: dict, outputs: dict, contract: str, count: str, problems: list[str]
+) -> None:
     """Graph inputs / outputs against ``{name: (dtype, axes)}`` in order; an axis is a dim_param
     (symbolic, must stay so) or an int (the config value ``count``, e.g. num_labels)."""
     inits = {t.name for t in graph.initializer}
@@ -67,8 +74,9 @@ def check_io(graph: onnx.GraphProto, inputs: dict, outputs: dict, contract: str,
         dtype, axes = expected[vi.name]
         got = vi.type.tensor_type.elem_type
         if got != dtype:
-            problems.append(f"'{vi.name}' has dtype {TensorProto.DataType.Name(got)}, "
-                            f"expected {TensorProto.DataType.Name(dtype)}")
+            problems.append(
+                f"'{vi.name}' has dtype {TensorProto.DataType.Name(got)}, expected {TensorProto.DataType.Name(dtype)}"
+            )
         shape = dims(vi)
         if len(shape) != len(axes):
             problems.append(f"'{vi.name}' has rank {len(shape)}, expected {len(axes)} {axes}")
@@ -78,8 +86,10 @@ def check_io(graph: onnx.GraphProto, inputs: dict, outputs: dict, contract: str,
                 if d.dim_value != want:
                     problems.append(f"'{vi.name}' has dim {dim_text(d)} where {count}={want} is expected")
             elif d.dim_param != want:
-                problems.append(f"'{vi.name}' axis '{want}' is {dim_text(d)}, expected the symbolic "
-                                f"dim_param '{want}' (a fixed value freezes the shape)")
+                problems.append(
+                    f"'{vi.name}' axis '{want}' is {dim_text(d)}, expected the symbolic "
+                    f"dim_param '{want}' (a fixed value freezes the shape)"
+                )
 
 
 def _attr(node: onnx.NodeProto, name: str):
@@ -89,8 +99,13 @@ def _attr(node: onnx.NodeProto, name: str):
     return None
 
 
-def check_recurrent(node: onnx.NodeProto, config, producers: dict[str, onnx.NodeProto],
-                    problems: list[str], sequence_lens: str | None = ClassifierIO.sequence_lens) -> None:
+def check_recurrent(
+    node: onnx.NodeProto,
+    config,
+    producers: dict[str, onnx.NodeProto],
+    problems: list[str],
+    sequence_lens: str | None = ClassifierIO.sequence_lens,
+) -> None:
     """One RNN/LSTM/GRU node: the attributes torch's cell implies, and it reads the graph input
     ``sequence_lens`` (None: a graph whose rows all run every step, e.g. a decoder step graph)."""
     where = f"{node.op_type} node '{node.name}'"
@@ -107,8 +122,10 @@ def check_recurrent(node: onnx.NodeProto, config, producers: dict[str, onnx.Node
     if (_attr(node, "layout") or 0) != 0:
         problems.append(f"{where}: layout={_attr(node, 'layout')}, expected 0 (time-major)")
     if node.op_type == "GRU" and _attr(node, "linear_before_reset") != 1:
-        problems.append(f"{where}: linear_before_reset={_attr(node, 'linear_before_reset')}, expected 1 "
-                        "(torch applies the reset gate after the hidden matmul)")
+        problems.append(
+            f"{where}: linear_before_reset={_attr(node, 'linear_before_reset')}, expected 1 "
+            "(torch applies the reset gate after the hidden matmul)"
+        )
     if _attr(node, "clip") is not None:
         problems.append(f"{where}: clip={_attr(node, 'clip')} set; torch never clips")
     if _attr(node, "input_forget"):
@@ -124,19 +141,29 @@ def check_recurrent(node: onnx.NodeProto, config, producers: dict[str, onnx.Node
             problems.append(f"{where}: unexpected attribute {extra}")
     ins = list(node.input) + [""] * 8
     if sequence_lens is not None and (not ins[4] or _root(ins[4], producers) != sequence_lens):
-        problems.append(f"{where} does not read '{sequence_lens}' (input 4 is {ins[4]!r}); "
-                        "padding would be read as tokens")
+        problems.append(
+            f"{where} does not read '{sequence_lens}' (input 4 is {ins[4]!r}); padding would be read as tokens"
+        )
     h0, c0 = ins[5], ins[6] if node.op_type in ("LSTM", "DynamicQuantizeLSTM") else ""
     if h0 and c0 and _root(h0, producers) == _root(c0, producers):
-        problems.append(f"{where}: initial_h {h0!r} and initial_c {c0!r} are the same tensor "
-                        f"{_root(h0, producers)!r}")
+        problems.append(f"{where}: initial_h {h0!r} and initial_c {c0!r} are the same tensor {_root(h0, producers)!r}")
     if node.op_type in ("LSTM", "DynamicQuantizeLSTM") and ins[7]:
         problems.append(f"{where}: peephole input P {ins[7]!r}; torch LSTM has no peepholes")
 
 
-def contract_problems(model: onnx.ModelProto, config, inputs: dict, outputs: dict, contract: str, count: str,
-                      matmuls: int, matmul_parts: str, sequence_lens: str | None = ClassifierIO.sequence_lens,
-                      task: str | None = None, initial_state: str | None = None) -> list[str]:
+def contract_problems(
+    model: onnx.ModelProto,
+    config,
+    inputs: dict,
+    outputs: dict,
+    contract: str,
+    count: str,
+    matmuls: int,
+    matmul_parts: str,
+    sequence_lens: str | None = ClassifierIO.sequence_lens,
+    task: str | None = None,
+    initial_state: str | None = None,
+) -> list[str]:
     """Every problem shared by all tasks' graphs: onnx.checker, IO (``check_io``), ``task`` in the
     metadata (when given), no control flow, one allowed recurrent node per layer (``check_recurrent``
     each, reading the graph input ``sequence_lens``; with ``initial_state``, what goes wrong when a
@@ -158,15 +185,17 @@ def contract_problems(model: onnx.ModelProto, config, inputs: dict, outputs: dic
     allowed = ALLOWED_RECURRENT[config.cell]
     wrong = [f"{n.op_type} '{n.name}'" for n in rec if n.op_type not in allowed]
     if wrong:
-        problems.append(f"recurrent nodes {wrong} do not match cell={config.cell!r} "
-                        f"(expected {sorted(allowed)})")
+        problems.append(f"recurrent nodes {wrong} do not match cell={config.cell!r} (expected {sorted(allowed)})")
     if len(rec) != config.layers:
-        problems.append(f"{len(rec)} recurrent nodes, expected {config.layers} ({'/'.join(sorted(allowed))}, "
-                        "one per layer); an unrolled cell has none")
+        problems.append(
+            f"{len(rec)} recurrent nodes, expected {config.layers} ({'/'.join(sorted(allowed))}, "
+            "one per layer); an unrolled cell has none"
+        )
     mm = [n for n in nodes if n.op_type in MATMULS]
     if len(mm) != matmuls:
-        problems.append(f"{len(mm)} MatMul/Gemm nodes, expected {matmuls} ({matmul_parts}); "
-                        "more means the recurrence was unrolled")
+        problems.append(
+            f"{len(mm)} MatMul/Gemm nodes, expected {matmuls} ({matmul_parts}); more means the recurrence was unrolled"
+        )
     for n in rec:
         if n.op_type in allowed:
             check_recurrent(n, config, producers, problems, sequence_lens)
@@ -182,5 +211,6 @@ def contract_problems(model: onnx.ModelProto, config, inputs: dict, outputs: dic
 def raise_problems(problems: list[str], what: str) -> None:
     """One ``UnsupportedError`` listing them all (``what``: e.g. 'gru classifier')."""
     if problems:
-        raise UnsupportedError(f"ONNX graph for a {what} has {len(problems)} "
-                               "problem(s):\n  - " + "\n  - ".join(problems))
+        raise UnsupportedError(
+            f"ONNX graph for a {what} has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems)
+        )

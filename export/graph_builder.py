@@ -54,8 +54,8 @@ class Stack:
     """The fields of a model config the recurrent writer reads, for models with several stacks
     (an encoder-decoder's encoder and decoder differ in width and direction)."""
 
-    cell: str            # rnn | lstm | gru
-    hidden: int          # per direction
+    cell: str  # rnn | lstm | gru
+    hidden: int  # per direction
     layers: int
     bidirectional: bool
 
@@ -64,28 +64,35 @@ class Stack:
         return 2 if self.bidirectional else 1
 
 
-def onnx_rnn_weights(config, weights: dict[str, np.ndarray], layer: int, prefix: str = "rnn"
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def onnx_rnn_weights(
+    config, weights: dict[str, np.ndarray], layer: int, prefix: str = "rnn"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """torch ``{prefix}.*_l{layer}[_reverse]`` -> ONNX ``W (D, G*H, I)``, ``R (D, G*H, H)``, ``B (D, 2*G*H)``."""
     order = GATE_ORDER[config.cell]
     h = config.hidden
 
     def reorder(a: np.ndarray) -> np.ndarray:  # gate blocks along axis 0
         a = np.asarray(a, dtype=np.float32)
-        return np.concatenate([a[g * h:(g + 1) * h] for g in order], axis=0)
+        return np.concatenate([a[g * h : (g + 1) * h] for g in order], axis=0)
 
     Ws, Rs, Bs = [], [], []
-    for suffix in ("", "_reverse")[:config.directions]:
+    for suffix in ("", "_reverse")[: config.directions]:
         key = f"l{layer}{suffix}"
-        missing = [f"{prefix}.{k}_{key}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-                   if f"{prefix}.{k}_{key}" not in weights]
+        missing = [
+            f"{prefix}.{k}_{key}"
+            for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            if f"{prefix}.{k}_{key}" not in weights
+        ]
         if missing:
-            raise UnsupportedError(f"weights: missing {missing} for layer {layer} of a "
-                                   f"{config.cell} (keys must follow the model's state_dict())")
+            raise UnsupportedError(
+                f"weights: missing {missing} for layer {layer} of a "
+                f"{config.cell} (keys must follow the model's state_dict())"
+            )
         Ws.append(reorder(weights[f"{prefix}.weight_ih_{key}"]))
         Rs.append(reorder(weights[f"{prefix}.weight_hh_{key}"]))
-        Bs.append(np.concatenate([reorder(weights[f"{prefix}.bias_ih_{key}"]),
-                                  reorder(weights[f"{prefix}.bias_hh_{key}"])]))
+        Bs.append(
+            np.concatenate([reorder(weights[f"{prefix}.bias_ih_{key}"]), reorder(weights[f"{prefix}.bias_hh_{key}"])])
+        )
     return np.stack(Ws), np.stack(Rs), np.stack(Bs)
 
 
@@ -106,8 +113,7 @@ class GraphBuilder:
     def ints(self, name: str, values) -> str:
         return self.const(name, values, np.int64)
 
-    def op(self, op_type: str, inputs: list[str], name: str, n_out: int = 1, outputs=None,
-           **attrs) -> str | list[str]:
+    def op(self, op_type: str, inputs: list[str], name: str, n_out: int = 1, outputs=None, **attrs) -> str | list[str]:
         assert name not in self._names, name
         self._names.add(name)
         outs = list(outputs or ([name] if n_out == 1 else [f"{name}.{i}" for i in range(n_out)]))
@@ -120,17 +126,25 @@ def node_name(config, layer: int, prefix: str = "rnn") -> str:
     return f"{config.cell}_{layer}" if prefix == "rnn" else f"{prefix}_{layer}"
 
 
-def write_recurrent_layer(g: GraphBuilder, config, weights: dict[str, np.ndarray], layer: int, x: str,
-                          sequence_lens: str, initial_h: str = "", initial_c: str = "",
-                          outputs: tuple[str, ...] = (), prefix: str = "rnn") -> list[str]:
+def write_recurrent_layer(
+    g: GraphBuilder,
+    config,
+    weights: dict[str, np.ndarray],
+    layer: int,
+    x: str,
+    sequence_lens: str,
+    initial_h: str = "",
+    initial_c: str = "",
+    outputs: tuple[str, ...] = (),
+    prefix: str = "rnn",
+) -> list[str]:
     """One native RNN/LSTM/GRU node for ``layer``: x (T, B, I) -> [Y (T, D, B, H), Y_h (D, B, H)
     (, Y_c for LSTM)]; ``sequence_lens`` may be "" (every row runs all T steps); ``initial_h`` /
     ``initial_c`` (D, B, H) are optional state inputs, ``outputs`` optional names for the node's
     outputs (default ``{cell}_{layer}.Y`` ...) and ``prefix`` the torch module holding the weights."""
     name = node_name(config, layer, prefix)
     W, R, B = onnx_rnn_weights(config, weights, layer, prefix)
-    attrs = dict(hidden_size=config.hidden, direction="bidirectional" if config.bidirectional else "forward",
-                 layout=0)
+    attrs = dict(hidden_size=config.hidden, direction="bidirectional" if config.bidirectional else "forward", layout=0)
     if config.cell == "gru":
         attrs["linear_before_reset"] = 1
     ins = [x, g.const(f"{name}.W", W), g.const(f"{name}.R", R), g.const(f"{name}.B", B), sequence_lens]
@@ -147,15 +161,15 @@ def layer_input(g: GraphBuilder, config, layer: int, y: str, prefix: str = "rnn"
     """Y (T, D, B, H) of ``layer`` -> (T, B, D*H), the next layer's input."""
     name = node_name(config, layer, prefix)
     t = g.op("Transpose", [y], f"{name}_out_transpose", perm=[0, 2, 1, 3])
-    return g.op("Reshape", [t, g.ints(f"{name}_out_shape", [0, 0, config.directions * config.hidden])],
-                f"{name}_out")
+    return g.op("Reshape", [t, g.ints(f"{name}_out_shape", [0, 0, config.directions * config.hidden])], f"{name}_out")
 
 
 def batch_major(g: GraphBuilder, config, y: str, name: str = "y_batch") -> str:
     """Y (T, D, B, H) -> (B, T, D*H): both directions of a token side by side, as torch's output."""
-    ybt = g.op("Transpose", [y], f"{name}_major", perm=[2, 0, 1, 3])                       # (B, T, D, H)
-    return g.op("Reshape", [ybt, g.ints(f"{name}_shape", [0, 0, config.directions * config.hidden])],
-                name)                                                                       # (B, T, D*H)
+    ybt = g.op("Transpose", [y], f"{name}_major", perm=[2, 0, 1, 3])  # (B, T, D, H)
+    return g.op(
+        "Reshape", [ybt, g.ints(f"{name}_shape", [0, 0, config.directions * config.hidden])], name
+    )  # (B, T, D*H)
 
 
 def time_mask(g: GraphBuilder, input_ids: str, sequence_lens: str) -> tuple[str, str]:
@@ -168,16 +182,15 @@ def length_mask(g: GraphBuilder, input_ids: str, sequence_lens: str) -> tuple[st
     """-> mask (B, T) bool, ``arange(T) < sequence_lens`` (T = ``input_ids``' axis 1), and the
     lengths as int64 (B, 1)."""
     shape = g.op("Shape", [input_ids], "ids_shape")
-    time = g.op("Gather", [shape, g.ints("axis_time", 1)], "time", axis=0)      # scalar
+    time = g.op("Gather", [shape, g.ints("axis_time", 1)], "time", axis=0)  # scalar
     steps = g.op("Range", [g.ints("zero_i64", 0), time, g.ints("one_i64", 1)], "steps")
-    steps = g.op("Unsqueeze", [steps, g.ints("axes_0", [0])], "steps_row")        # (1, T)
+    steps = g.op("Unsqueeze", [steps, g.ints("axes_0", [0])], "steps_row")  # (1, T)
     lens = g.op("Cast", [sequence_lens], "lens_i64", to=TensorProto.INT64)
-    lens = g.op("Unsqueeze", [lens, g.ints("axes_1", [1])], "lens_col")           # (B, 1)
-    return g.op("Less", [steps, lens], "time_mask"), lens                         # (B, T)
+    lens = g.op("Unsqueeze", [lens, g.ints("axes_1", [1])], "lens_col")  # (B, 1)
+    return g.op("Less", [steps, lens], "time_mask"), lens  # (B, T)
 
 
-def write_stack(g: GraphBuilder, config, weights: dict[str, np.ndarray], x: str,
-                sequence_lens: str) -> tuple[str, str]:
+def write_stack(g: GraphBuilder, config, weights: dict[str, np.ndarray], x: str, sequence_lens: str) -> tuple[str, str]:
     """x (T, B, I) -> last layer's Y (T, D, B, H) and Y_h (D, B, H), one native node per layer;
     every layer reads the graph input ``sequence_lens`` (the task's IO names it)."""
     y = y_h = ""
@@ -188,8 +201,9 @@ def write_stack(g: GraphBuilder, config, weights: dict[str, np.ndarray], x: str,
     return y, y_h
 
 
-def write_state_stack(g: GraphBuilder, config, weights: dict[str, np.ndarray], x: str, sequence_lens: str,
-                      prefix: str = "rnn") -> str:
+def write_state_stack(
+    g: GraphBuilder, config, weights: dict[str, np.ndarray], x: str, sequence_lens: str, prefix: str = "rnn"
+) -> str:
     """x (T, B, I) -> last layer's Y (T, 1, B, H), every layer starting from its slice of the graph
     inputs ``initial_h`` [``initial_c``] (L, B, H) and its final states concatenated into the graph
     outputs ``final_h`` [``final_c``] (``LanguageModelIO``'s state contract).  With one layer the
@@ -197,11 +211,14 @@ def write_state_stack(g: GraphBuilder, config, weights: dict[str, np.ndarray], x
     io, layers, lstm = LanguageModelIO, config.layers, config.cell == "lstm"
     axis0 = g.ints("axes_layers", [0]) if layers > 1 else ""
 
-    def layer_state(name: str, layer: int) -> str:                                 # (L, B, H) -> (1, B, H)
+    def layer_state(name: str, layer: int) -> str:  # (L, B, H) -> (1, B, H)
         if layers == 1:
             return name
-        return g.op("Slice", [name, g.ints(f"{name}_start_{layer}", [layer]),
-                              g.ints(f"{name}_end_{layer}", [layer + 1]), axis0], f"{name}_{layer}")
+        return g.op(
+            "Slice",
+            [name, g.ints(f"{name}_start_{layer}", [layer]), g.ints(f"{name}_end_{layer}", [layer + 1]), axis0],
+            f"{name}_{layer}",
+        )
 
     finals_h, finals_c, y = [], [], ""
     for layer in range(layers):
@@ -209,9 +226,18 @@ def write_state_stack(g: GraphBuilder, config, weights: dict[str, np.ndarray], x
         outs = [f"{name}.Y", io.final_h if layers == 1 else f"{name}.Y_h"]
         if lstm:
             outs.append(io.final_c if layers == 1 else f"{name}.Y_c")
-        res = write_recurrent_layer(g, config, weights, layer, x, sequence_lens, layer_state(io.initial_h, layer),
-                                    layer_state(io.initial_c, layer) if lstm else "", outputs=tuple(outs),
-                                    prefix=prefix)
+        res = write_recurrent_layer(
+            g,
+            config,
+            weights,
+            layer,
+            x,
+            sequence_lens,
+            layer_state(io.initial_h, layer),
+            layer_state(io.initial_c, layer) if lstm else "",
+            outputs=tuple(outs),
+            prefix=prefix,
+        )
         y = res[0]
         finals_h.append(res[1])
         if lstm:
@@ -237,8 +263,9 @@ def transposed(weights: dict[str, np.ndarray], key: str) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(weights[key], dtype=np.float32).T)
 
 
-def linear(g: GraphBuilder, x: str, weights: dict[str, np.ndarray], module: str, name: str,
-           outputs: list[str] | None = None) -> str:
+def linear(
+    g: GraphBuilder, x: str, weights: dict[str, np.ndarray], module: str, name: str, outputs: list[str] | None = None
+) -> str:
     """The torch ``nn.Linear`` named ``module`` on x (..., in) -> (..., out): ``MatMul`` by its
     transposed weight (``{module}.W_t``; ``{name}_matmul``), then ``Add`` of its bias (node ``name``)."""
     z = g.op("MatMul", [x, g.const(f"{module}.W_t", transposed(weights, f"{module}.weight"))], f"{name}_matmul")
@@ -270,21 +297,28 @@ def merge_metadata(defaults: dict[str, str], metadata: dict[str, str] | None) ->
     """The caller's ``metadata_props`` over the defaults; only ``METADATA_KEYS`` are allowed."""
     unknown = sorted(set(metadata or {}) - set(METADATA_KEYS))
     if unknown:
-        raise UnsupportedError(f"metadata: keys {unknown} are not in METADATA_KEYS "
-                               f"{list(METADATA_KEYS)}; put other facts in manifest.json")
+        raise UnsupportedError(
+            f"metadata: keys {unknown} are not in METADATA_KEYS {list(METADATA_KEYS)}; put other facts in manifest.json"
+        )
     return {**defaults, **(metadata or {})}
 
 
-def make_model(g: GraphBuilder, name: str, inputs: Signature, outputs: Signature,
-               meta: dict[str, str]) -> onnx.ModelProto:
+def make_model(
+    g: GraphBuilder, name: str, inputs: Signature, outputs: Signature, meta: dict[str, str]
+) -> onnx.ModelProto:
     """Nodes + initializers -> an opset-``OPSET`` model declaring ``inputs`` / ``outputs``, with the
     metadata keys mirrored into it."""
+
     def declare(signature: Signature) -> list[onnx.ValueInfoProto]:
         return [helper.make_tensor_value_info(n, dtype, list(axes)) for n, (dtype, axes) in signature.items()]
 
     graph = helper.make_graph(g.nodes, name, inputs=declare(inputs), outputs=declare(outputs), initializer=g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="rnnkit", producer_version=producer_version())
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="rnnkit",
+        producer_version=producer_version(),
+    )
     model.ir_version = 8  # opset 17's IR; lets onnxruntime >= 1.17 load it
     helper.set_model_props(model, {k: str(meta[k]) for k in METADATA_KEYS})
     return model

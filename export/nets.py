@@ -49,10 +49,10 @@ class AttentionPooling(nn.Module):
         self.v = nn.Linear(width, 1, bias=False)
 
     def forward(self, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        scores = self.v(torch.tanh(self.proj(y))).squeeze(-1)        # (B, T)
+        scores = self.v(torch.tanh(self.proj(y))).squeeze(-1)  # (B, T)
         scores = scores.masked_fill(~mask, float("-inf"))
-        alpha = torch.softmax(scores, dim=1)                         # (B, T)
-        return (alpha.unsqueeze(-1) * y).sum(dim=1)                  # (B, D*H)
+        alpha = torch.softmax(scores, dim=1)  # (B, T)
+        return (alpha.unsqueeze(-1) * y).sum(dim=1)  # (B, D*H)
 
 
 class RecurrentClassifier(nn.Module):
@@ -61,8 +61,12 @@ class RecurrentClassifier(nn.Module):
         self.config = config
         c = config
         self.embedding = nn.Embedding(c.vocab_size, c.embed, padding_idx=c.padding_idx)
-        kwargs = dict(num_layers=c.layers, batch_first=True, bidirectional=c.bidirectional,
-                      dropout=c.dropout if c.layers > 1 else 0.0)
+        kwargs = dict(
+            num_layers=c.layers,
+            batch_first=True,
+            bidirectional=c.bidirectional,
+            dropout=c.dropout if c.layers > 1 else 0.0,
+        )
         self.rnn = CELLS[c.cell](c.embed, c.hidden, **kwargs)
         width = c.hidden * c.directions
         self.attention = AttentionPooling(width) if c.pooling == "attention" else None
@@ -73,13 +77,13 @@ class RecurrentClassifier(nn.Module):
         """input_ids (B, T) int64 padded with <pad>; lengths (B,) >= 1 -> logits (B, num_labels)."""
         c = self.config
         batch, time = input_ids.shape
-        x = self.dropout(self.embedding(input_ids))                   # (B, T, E)
+        x = self.dropout(self.embedding(input_ids))  # (B, T, E)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, state = self.rnn(packed)
         if c.pooling == "last":
-            h_n = state[0] if c.cell == "lstm" else state             # (L*D, B, H)
+            h_n = state[0] if c.cell == "lstm" else state  # (L*D, B, H)
             # forward: state at each row's last real token; reverse: state after reading back to t=0
-            pooled = h_n[-c.directions:].transpose(0, 1).reshape(batch, -1)
+            pooled = h_n[-c.directions :].transpose(0, 1).reshape(batch, -1)
         else:
             y, _ = pad_packed_sequence(out, batch_first=True, total_length=time)  # (B, T, D*H)
             mask = torch.arange(time, device=y.device)[None, :] < lengths.to(y.device)[:, None]
@@ -100,8 +104,12 @@ class RecurrentTagger(nn.Module):
         if c.use_chars:
             self.char_embedding = nn.Embedding(c.char_vocab_size, c.char_embed, padding_idx=0)
             self.char_conv = nn.Conv1d(c.char_embed, c.char_filters, c.char_kernel, padding=c.char_kernel // 2)
-        kwargs = dict(num_layers=c.layers, batch_first=True, bidirectional=c.bidirectional,
-                      dropout=c.dropout if c.layers > 1 else 0.0)
+        kwargs = dict(
+            num_layers=c.layers,
+            batch_first=True,
+            bidirectional=c.bidirectional,
+            dropout=c.dropout if c.layers > 1 else 0.0,
+        )
         self.rnn = CELLS[c.cell](c.input_width, c.hidden, **kwargs)
         self.dropout = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.hidden * c.directions, c.num_tags)
@@ -110,38 +118,42 @@ class RecurrentTagger(nn.Module):
         """char_ids (B, T, C) int64, 0 = padding -> (B, T, F); all-padding words -> 0."""
         b, t, c = char_ids.shape
         flat = char_ids.reshape(b * t, c)
-        e = self.char_embedding(flat).transpose(1, 2)                     # (N, Ec, C)
-        conv = self.char_conv(e)                                         # (N, F, C)
-        mask = (flat != 0).unsqueeze(1)                                  # (N, 1, C)
+        e = self.char_embedding(flat).transpose(1, 2)  # (N, Ec, C)
+        conv = self.char_conv(e)  # (N, F, C)
+        mask = (flat != 0).unsqueeze(1)  # (N, 1, C)
         best = conv.masked_fill(~mask, float("-inf")).max(dim=2).values  # (N, F)
         feats = torch.where(mask.any(dim=2), torch.tanh(best), torch.zeros_like(best))
         return feats.reshape(b, t, -1)
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor,
-                char_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, lengths: torch.Tensor, char_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """input_ids (B, T) int64 padded with <pad>; lengths (B,) >= 1; char_ids (B, T, C) or None
         -> logits (B, T, num_tags), 0 at t >= lengths[b]."""
         c = self.config
         batch, time = input_ids.shape
         if c.use_chars != (char_ids is not None):
-            raise ValueError("char_ids must be given exactly when the model has character features "
-                             f"(char_vocab_size={c.char_vocab_size})")
+            raise ValueError(
+                "char_ids must be given exactly when the model has character features "
+                f"(char_vocab_size={c.char_vocab_size})"
+            )
         lengths = lengths.to("cpu", torch.int64)
         if batch and int(lengths.min()) < 1:
-            raise ValueError(f"every sentence needs >= 1 token, got lengths {lengths.tolist()} "
-                             "-- drop empty sentences before calling the model")
-        x = self.embedding(input_ids)                                    # (B, T, E)
+            raise ValueError(
+                f"every sentence needs >= 1 token, got lengths {lengths.tolist()} "
+                "-- drop empty sentences before calling the model"
+            )
+        x = self.embedding(input_ids)  # (B, T, E)
         if char_ids is not None:
             if char_ids.shape[:2] != input_ids.shape:
-                raise ValueError(f"char_ids has shape {tuple(char_ids.shape)}, expected "
-                                 f"({batch}, {time}, chars)")
-            x = torch.cat([x, self.char_features(char_ids)], dim=-1)     # (B, T, E+F)
+                raise ValueError(f"char_ids has shape {tuple(char_ids.shape)}, expected ({batch}, {time}, chars)")
+            x = torch.cat([x, self.char_features(char_ids)], dim=-1)  # (B, T, E+F)
         x = self.dropout(x)
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.rnn(packed)
         y, _ = pad_packed_sequence(out, batch_first=True, total_length=time)  # (B, T, D*H)
-        logits = self.head(self.dropout(y))                              # (B, T, K)
-        mask = torch.arange(time)[None, :] < lengths[:, None]            # (B, T)
+        logits = self.head(self.dropout(y))  # (B, T, K)
+        mask = torch.arange(time)[None, :] < lengths[:, None]  # (B, T)
         return logits.masked_fill(~mask.to(logits.device).unsqueeze(-1), 0.0)
 
 
@@ -150,8 +162,9 @@ class RecurrentLM(nn.Module):
         super().__init__()
         self.config = c = config
         self.embedding = nn.Embedding(c.vocab_size, c.embed, padding_idx=c.padding_idx)
-        self.rnn = CELLS[c.cell](c.embed, c.hidden, num_layers=c.layers, batch_first=True,
-                                 dropout=c.dropout if c.layers > 1 else 0.0)
+        self.rnn = CELLS[c.cell](
+            c.embed, c.hidden, num_layers=c.layers, batch_first=True, dropout=c.dropout if c.layers > 1 else 0.0
+        )
         self.dropout = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.hidden, c.vocab_size)
 
@@ -160,21 +173,22 @@ class RecurrentLM(nn.Module):
         zeros = torch.zeros(c.layers, batch, c.hidden)
         return (zeros, zeros.clone()) if c.cell == "lstm" else (zeros,)
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None,
-                state: State | None = None) -> tuple[torch.Tensor, State]:
+    def forward(
+        self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None, state: State | None = None
+    ) -> tuple[torch.Tensor, State]:
         """input_ids (B, T) int64; lengths (B,) >= 1 or None (all T); state or None (zeros)
         -> logits (B, T, V), state after each row's last real token."""
         batch, time = input_ids.shape
         state = state if state is not None else self.initial_state(batch)
         hx = state if self.config.cell == "lstm" else state[0]
-        x = self.dropout(self.embedding(input_ids))                        # (B, T, E)
+        x = self.dropout(self.embedding(input_ids))  # (B, T, E)
         if lengths is None:
-            y, out = self.rnn(x, hx)                                       # (B, T, H)
+            y, out = self.rnn(x, hx)  # (B, T, H)
         else:
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
             y, out = self.rnn(packed, hx)
             y, _ = pad_packed_sequence(y, batch_first=True, total_length=time)
-        logits = self.head(self.dropout(y))                                # (B, T, V)
+        logits = self.head(self.dropout(y))  # (B, T, V)
         if lengths is not None:
             mask = torch.arange(time)[None, :] < lengths[:, None]
             logits = logits.masked_fill(~mask[..., None], 0.0)
@@ -188,27 +202,28 @@ class Attention(nn.Module):
         super().__init__()
         self.kind = kind
         if kind == "dot":
-            self.key = nn.Linear(hidden, hidden, bias=False)        # W_a
+            self.key = nn.Linear(hidden, hidden, bias=False)  # W_a
         else:
-            self.key = nn.Linear(hidden, hidden, bias=False)        # W_k
-            self.query = nn.Linear(hidden, hidden)                  # W_q (+ bias)
+            self.key = nn.Linear(hidden, hidden, bias=False)  # W_k
+            self.query = nn.Linear(hidden, hidden)  # W_q (+ bias)
             self.v = nn.Linear(hidden, 1, bias=False)
-        self.combine = nn.Linear(2 * hidden, hidden)                # W_c over [c_t; h_t]
+        self.combine = nn.Linear(2 * hidden, hidden)  # W_c over [c_t; h_t]
 
     def keys(self, memory: torch.Tensor) -> torch.Tensor:
-        return self.key(memory)                                     # (B, S, hidden)
+        return self.key(memory)  # (B, S, hidden)
 
-    def forward(self, h: torch.Tensor, memory: torch.Tensor, keys: torch.Tensor,
-                source_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, h: torch.Tensor, memory: torch.Tensor, keys: torch.Tensor, source_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """h (B, T, H), memory/keys (B, S, H), source_mask (B, S) bool -> (h~ (B, T, H), weights (B, T, S))."""
         if self.kind == "dot":
-            scores = torch.bmm(h, keys.transpose(1, 2))                                    # (B, T, S)
+            scores = torch.bmm(h, keys.transpose(1, 2))  # (B, T, S)
         else:
-            e = torch.tanh(self.query(h).unsqueeze(2) + keys.unsqueeze(1))                 # (B, T, S, H)
-            scores = self.v(e).squeeze(-1)                                                 # (B, T, S)
+            e = torch.tanh(self.query(h).unsqueeze(2) + keys.unsqueeze(1))  # (B, T, S, H)
+            scores = self.v(e).squeeze(-1)  # (B, T, S)
         scores = scores.masked_fill(~source_mask.unsqueeze(1), float("-inf"))
         weights = torch.softmax(scores, dim=-1)
-        context = torch.bmm(weights, memory)                                               # (B, T, H)
+        context = torch.bmm(weights, memory)  # (B, T, H)
         return torch.tanh(self.combine(torch.cat([context, h], dim=-1))), weights
 
 
@@ -219,8 +234,14 @@ class Seq2Seq(nn.Module):
         self.source_embedding = nn.Embedding(c.source_vocab_size, c.embed, padding_idx=c.padding_idx)
         self.target_embedding = nn.Embedding(c.target_vocab_size, c.embed, padding_idx=c.padding_idx)
         drop = c.dropout if c.layers > 1 else 0.0
-        self.encoder = CELLS[c.cell](c.embed, c.encoder_hidden, num_layers=c.layers, batch_first=True,
-                                     bidirectional=c.bidirectional, dropout=drop)
+        self.encoder = CELLS[c.cell](
+            c.embed,
+            c.encoder_hidden,
+            num_layers=c.layers,
+            batch_first=True,
+            bidirectional=c.bidirectional,
+            dropout=drop,
+        )
         self.decoder = CELLS[c.cell](c.embed, c.hidden, num_layers=c.layers, batch_first=True, dropout=drop)
         self.attention = Attention(c.attention, c.hidden) if c.attention != "none" else None
         self.dropout = nn.Dropout(c.dropout)
@@ -228,8 +249,9 @@ class Seq2Seq(nn.Module):
 
     # -- encoder ---------------------------------------------------------------------------
 
-    def encode(self, source_ids: torch.Tensor, source_lens: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor | None, State]:
+    def encode(
+        self, source_ids: torch.Tensor, source_lens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, State]:
         """source_ids (B, S) int64 padded with <pad>; source_lens (B,) >= 1
         -> memory (B, S, hidden) (0 past each length), keys (B, S, hidden) or None, decoder initial state."""
         batch, time = source_ids.shape
@@ -250,8 +272,14 @@ class Seq2Seq(nn.Module):
 
     # -- decoder ---------------------------------------------------------------------------
 
-    def decode(self, input_ids: torch.Tensor, state: State, memory: torch.Tensor, keys: torch.Tensor | None,
-               source_lens: torch.Tensor) -> tuple[torch.Tensor, State, torch.Tensor | None]:
+    def decode(
+        self,
+        input_ids: torch.Tensor,
+        state: State,
+        memory: torch.Tensor,
+        keys: torch.Tensor | None,
+        source_lens: torch.Tensor,
+    ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
         """input_ids (B, T): the previous target tokens (<s> first); state from ``encode`` or the
         last call -> logits (B, T, V), the state after the T tokens, attention weights (B, T, S) or None.
 
@@ -259,7 +287,7 @@ class Seq2Seq(nn.Module):
         c = self.config
         x = self.dropout(self.target_embedding(input_ids))
         hx = state if c.cell == "lstm" else state[0]
-        y, final = self.decoder(x, hx)                                                     # (B, T, H)
+        y, final = self.decoder(x, hx)  # (B, T, H)
         weights = None
         if self.attention is not None:
             mask = torch.arange(memory.shape[1], device=memory.device)[None, :] < source_lens[:, None]

@@ -68,18 +68,28 @@ def torch_forward(module, call=None, user: bool = False) -> Forward:
 def forward_error(module, exc: Exception, lengths, time: int, user: bool = True) -> InputError:
     """What the user's forward raised on a parity batch, as an ``InputError`` that says where and what to do."""
     text = (str(exc).strip().splitlines() or [""])[0]
-    where = (f"{module_path(module)}.forward raised {type(exc).__name__} during export validation "
-             f"(batch={len(lengths)}, time={time}, lengths={_short(lengths.tolist())}): {text}")
+    where = (
+        f"{module_path(module)}.forward raised {type(exc).__name__} during export validation "
+        f"(batch={len(lengths)}, time={time}, lengths={_short(lengths.tolist())}): {text}"
+    )
     if "enforce_sorted" in str(exc):
-        advice = ("validation runs ragged batches whose lengths come in any order: pass enforce_sorted=False to "
-                  "nn.utils.rnn.pack_padded_sequence (the packed result is the same, sorted or not)")
+        advice = (
+            "validation runs ragged batches whose lengths come in any order: pass enforce_sorted=False to "
+            "nn.utils.rnn.pack_padded_sequence (the packed result is the same, sorted or not)"
+        )
     elif isinstance(exc, AttributeError) and "detach" in str(exc):
-        advice = ("the forward must return one tensor of scores (batch, labels); if it returns a tuple, pass "
-                  "forward=lambda module, ids, lengths: module(ids, lengths)[0] to export_module")
+        advice = (
+            "the forward must return one tensor of scores (batch, labels); if it returns a tuple, pass "
+            "forward=lambda module, ids, lengths: module(ids, lengths)[0] to export_module"
+        )
     else:
-        advice = ("validation calls forward(input_ids, lengths): input_ids (batch, time) int64 padded with 0, "
-                  "lengths (batch,) int64, both on the CPU")
+        advice = (
+            "validation calls forward(input_ids, lengths): input_ids (batch, time) int64 padded with 0, "
+            "lengths (batch,) int64, both on the CPU"
+        )
         if user:
-            advice += ("; make the forward accept them, or tell export_module how to call it with "
-                       "forward=lambda module, input_ids, lengths: ...")
+            advice += (
+                "; make the forward accept them, or tell export_module how to call it with "
+                "forward=lambda module, input_ids, lengths: ..."
+            )
     return InputError(f"{where}; {advice}")

@@ -72,24 +72,38 @@ class _Rewriter:
         """``w`` -> int8 initializer + DequantizeLinear along ``axis`` producing ``out``."""
         q, scale = quantize_symmetric(w, axis if per_channel else None)
         scale = scale.reshape(-1) if per_channel else scale.reshape(())
-        self.node("DequantizeLinear", [self.const(f"{name}_quantized", q),
-                                       self.const(f"{name}_scale", scale),
-                                       self.const(f"{name}_zero_point", np.zeros(scale.shape, np.int8))],
-                  [out], f"{name}_dequantize", axis=axis)
+        self.node(
+            "DequantizeLinear",
+            [
+                self.const(f"{name}_quantized", q),
+                self.const(f"{name}_scale", scale),
+                self.const(f"{name}_zero_point", np.zeros(scale.shape, np.int8)),
+            ],
+            [out],
+            f"{name}_dequantize",
+            axis=axis,
+        )
         return {"tensor": name, "shape": list(w.shape), "axis": axis if per_channel else None}
 
 
 def _embedding(rw: _Rewriter, node: onnx.NodeProto) -> dict:
     name = node.input[0]
-    q, scale = quantize_symmetric(rw.inits[name], axis=0)                          # scale (V, 1)
+    q, scale = quantize_symmetric(rw.inits[name], axis=0)  # scale (V, 1)
     ids = node.input[1]
     rw.node("Gather", [rw.const(f"{name}_quantized", q), ids], [f"{node.name}_q"], f"{node.name}_q", axis=0)
-    rw.node("Gather", [rw.const(f"{name}_scale", scale), ids], [f"{node.name}_scale"],
-            f"{node.name}_scale", axis=0)                                          # (B, T, 1)
+    rw.node(
+        "Gather", [rw.const(f"{name}_scale", scale), ids], [f"{node.name}_scale"], f"{node.name}_scale", axis=0
+    )  # (B, T, 1)
     rw.node("Cast", [f"{node.name}_q"], [f"{node.name}_f32"], f"{node.name}_cast", to=TensorProto.FLOAT)
     rw.node("Mul", [f"{node.name}_f32", f"{node.name}_scale"], list(node.output), node.name)
-    return {"node": node.name, "op": "Gather", "tensors": [name], "granularity": "per-row",
-            "method": "int8 table; Gather rows and scales, Cast, Mul", "compute": "fp32 after gather"}
+    return {
+        "node": node.name,
+        "op": "Gather",
+        "tensors": [name],
+        "granularity": "per-row",
+        "method": "int8 table; Gather rows and scales, Cast, Mul",
+        "compute": "fp32 after gather",
+    }
 
 
 def _lstm(rw: _Rewriter, node: onnx.NodeProto, per_channel: bool) -> dict:
@@ -97,32 +111,35 @@ def _lstm(rw: _Rewriter, node: onnx.NodeProto, per_channel: bool) -> dict:
     extra = []
     for idx in (1, 2):  # W (D, 4H, I) -> (D, I, 4H); R (D, 4H, H) -> (D, H, 4H)
         name = ins[idx]
-        w = rw.inits[name]                                                         # (D, 4H, in)
+        w = rw.inits[name]  # (D, 4H, in)
         d, rows, cols = w.shape
         if per_channel:  # one scale per (direction, gate row), reduced over the input axis
             q, scale = quantize_symmetric(w.reshape(d * rows, cols), axis=0)
-            q, scale = q.reshape(d, rows, cols), scale.reshape(d, rows)            # scale (D, 4H)
+            q, scale = q.reshape(d, rows, cols), scale.reshape(d, rows)  # scale (D, 4H)
         else:
             parts = [quantize_symmetric(w[i], axis=None) for i in range(d)]
             q = np.stack([p[0] for p in parts])
-            scale = np.array([p[1].item() for p in parts], np.float32)             # (D,)
+            scale = np.array([p[1].item() for p in parts], np.float32)  # (D,)
         ins[idx] = rw.const(f"{name}_quantized", np.ascontiguousarray(q.transpose(0, 2, 1)))
-        extra += [rw.const(f"{name}_scale", scale),
-                  rw.const(f"{name}_zero_point", np.zeros(scale.shape, np.int8))]
+        extra += [rw.const(f"{name}_scale", scale), rw.const(f"{name}_zero_point", np.zeros(scale.shape, np.int8))]
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "layout"}
     attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
     rw.node("DynamicQuantizeLSTM", ins[:8] + extra, list(node.output), node.name, domain=MS_DOMAIN, **attrs)
-    return {"node": node.name, "op": "com.microsoft.DynamicQuantizeLSTM", "tensors": [node.input[1], node.input[2]],
-            "granularity": "per-channel" if per_channel else "per-direction",
-            "method": "int8 W/R transposed to [D, in, 4H]; activations quantized dynamically (uint8)",
-            "compute": "int8 GEMM in onnxruntime"}
+    return {
+        "node": node.name,
+        "op": "com.microsoft.DynamicQuantizeLSTM",
+        "tensors": [node.input[1], node.input[2]],
+        "granularity": "per-channel" if per_channel else "per-direction",
+        "method": "int8 W/R transposed to [D, in, 4H]; activations quantized dynamically (uint8)",
+        "compute": "int8 GEMM in onnxruntime",
+    }
 
 
 def _gru_rnn(rw: _Rewriter, node: onnx.NodeProto, per_channel: bool) -> dict:
     new_inputs = list(node.input)
     for idx in (1, 2):
         name = node.input[idx]
-        w = rw.inits[name]                                                         # (D, G*H, I)
+        w = rw.inits[name]  # (D, G*H, I)
         d, rows, cols = w.shape
         if per_channel:
             q, scale = quantize_symmetric(w.reshape(d * rows, cols), axis=0)
@@ -131,19 +148,34 @@ def _gru_rnn(rw: _Rewriter, node: onnx.NodeProto, per_channel: bool) -> dict:
             q = np.concatenate([p[0] for p in parts])
             scale = np.repeat([p[1].item() for p in parts], rows).astype(np.float32)
         scale = scale.reshape(-1)
-        rw.node("DequantizeLinear", [rw.const(f"{name}_quantized", q), rw.const(f"{name}_scale", scale),
-                                     rw.const(f"{name}_zero_point", np.zeros(d * rows, np.int8))],
-                [f"{name}_flat"], f"{name}_dequantize", axis=0)
-        rw.node("Reshape", [f"{name}_flat", rw.const(f"{name}_shape", np.array([d, rows, cols], np.int64))],
-                [f"{name}_dequantized"], f"{name}_reshape")
+        rw.node(
+            "DequantizeLinear",
+            [
+                rw.const(f"{name}_quantized", q),
+                rw.const(f"{name}_scale", scale),
+                rw.const(f"{name}_zero_point", np.zeros(d * rows, np.int8)),
+            ],
+            [f"{name}_flat"],
+            f"{name}_dequantize",
+            axis=0,
+        )
+        rw.node(
+            "Reshape",
+            [f"{name}_flat", rw.const(f"{name}_shape", np.array([d, rows, cols], np.int64))],
+            [f"{name}_dequantized"],
+            f"{name}_reshape",
+        )
         new_inputs[idx] = f"{name}_dequantized"
     rw.nodes.append(helper.make_node(node.op_type, new_inputs, list(node.output), name=node.name))
     rw.nodes[-1].attribute.extend(node.attribute)
-    return {"node": node.name, "op": f"DequantizeLinear -> Reshape -> {node.op_type}",
-            "tensors": [node.input[1], node.input[2]],
-            "granularity": "per-channel" if per_channel else "per-direction",
-            "method": "weight-only int8; numba runs it as int8, onnxruntime folds it to fp32 at load",
-            "compute": "int8 weights (numba) / fp32 (onnxruntime)"}
+    return {
+        "node": node.name,
+        "op": f"DequantizeLinear -> Reshape -> {node.op_type}",
+        "tensors": [node.input[1], node.input[2]],
+        "granularity": "per-channel" if per_channel else "per-direction",
+        "method": "weight-only int8; numba runs it as int8, onnxruntime folds it to fp32 at load",
+        "compute": "int8 weights (numba) / fp32 (onnxruntime)",
+    }
 
 
 def _matmul(rw: _Rewriter, node: onnx.NodeProto, per_channel: bool) -> dict:
@@ -152,28 +184,49 @@ def _matmul(rw: _Rewriter, node: onnx.NodeProto, per_channel: bool) -> dict:
     if node.op_type == "MatMul" and w.ndim == 2:
         q, scale = quantize_symmetric(w, 1 if per_channel else None)
         scale = scale.reshape(-1) if per_channel else scale.reshape(())
-        rw.node("DynamicQuantizeMatMul", [node.input[0], rw.const(f"{name}_quantized", q),
-                                          rw.const(f"{name}_scale", scale),
-                                          rw.const(f"{name}_zero_point", np.zeros(scale.shape, np.int8))],
-                list(node.output), node.name, domain=MS_DOMAIN)
-        return {"node": node.name, "op": "DynamicQuantizeMatMul", "tensors": [name],
-                "granularity": "per-channel" if per_channel else "per-tensor", "axis": 1 if per_channel else None,
-                "method": "int8 weights; activations quantized to uint8 at run time",
-                "compute": "int8 (both backends, the same numbers)"}
+        rw.node(
+            "DynamicQuantizeMatMul",
+            [
+                node.input[0],
+                rw.const(f"{name}_quantized", q),
+                rw.const(f"{name}_scale", scale),
+                rw.const(f"{name}_zero_point", np.zeros(scale.shape, np.int8)),
+            ],
+            list(node.output),
+            node.name,
+            domain=MS_DOMAIN,
+        )
+        return {
+            "node": node.name,
+            "op": "DynamicQuantizeMatMul",
+            "tensors": [name],
+            "granularity": "per-channel" if per_channel else "per-tensor",
+            "axis": 1 if per_channel else None,
+            "method": "int8 weights; activations quantized to uint8 at run time",
+            "compute": "int8 (both backends, the same numbers)",
+        }
     trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
     axis = 0 if (node.op_type == "Gemm" and trans_b) else 1  # the output-channel axis of B
     info = rw.dequantize(name, rw.inits[name], axis, per_channel, f"{name}_dequantized")
-    new = helper.make_node(node.op_type, [node.input[0], f"{name}_dequantized", *node.input[2:]],
-                           list(node.output), name=node.name)
+    new = helper.make_node(
+        node.op_type, [node.input[0], f"{name}_dequantized", *node.input[2:]], list(node.output), name=node.name
+    )
     new.attribute.extend(node.attribute)
     rw.nodes.append(new)
-    return {"node": node.name, "op": f"DequantizeLinear -> {node.op_type}", "tensors": [name],
-            "granularity": "per-channel" if per_channel else "per-tensor", "axis": info["axis"],
-            "method": "weight-only int8", "compute": "fp32 after dequantize"}
+    return {
+        "node": node.name,
+        "op": f"DequantizeLinear -> {node.op_type}",
+        "tensors": [name],
+        "granularity": "per-channel" if per_channel else "per-tensor",
+        "axis": info["axis"],
+        "method": "weight-only int8",
+        "compute": "fp32 after dequantize",
+    }
 
 
-def quantize_graph(model: onnx.ModelProto, per_channel: bool = True, *,
-                   min_matmul_elements: int = MIN_MATMUL_ELEMENTS) -> tuple[onnx.ModelProto, dict]:
+def quantize_graph(
+    model: onnx.ModelProto, per_channel: bool = True, *, min_matmul_elements: int = MIN_MATMUL_ELEMENTS
+) -> tuple[onnx.ModelProto, dict]:
     """fp32 rnnkit graph (any task's, encoder and decoder included) -> (int8 graph, quantization
     parameters for the manifest)."""
     rw = _Rewriter(model)
@@ -187,8 +240,7 @@ def quantize_graph(model: onnx.ModelProto, per_channel: bool = True, *,
             decisions.append(_lstm(rw, node, per_channel))
         elif node.op_type in ("GRU", "RNN"):
             decisions.append(_gru_rnn(rw, node, per_channel))
-        elif (node.op_type in ("MatMul", "Gemm") and second in rw.inits
-              and rw.inits[second].size >= min_matmul_elements):
+        elif node.op_type in ("MatMul", "Gemm") and second in rw.inits and rw.inits[second].size >= min_matmul_elements:
             decisions.append(_matmul(rw, node, per_channel))
         else:
             rw.nodes.append(node)

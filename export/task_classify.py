@@ -28,8 +28,20 @@ from ..runtime.model import length_buckets, pad
 from ..runtime.tokenizer import WordTokenizer
 from .architecture import ClassifierConfig
 from .check import contract_problems, raise_problems
-from .graph_builder import (BATCH, TIME, GraphBuilder, Signature, batch_major, embed, graph_metadata, make_model,
-                            merge_metadata, require, time_mask, write_stack)
+from .graph_builder import (
+    BATCH,
+    TIME,
+    GraphBuilder,
+    Signature,
+    batch_major,
+    embed,
+    graph_metadata,
+    make_model,
+    merge_metadata,
+    require,
+    time_mask,
+    write_stack,
+)
 from .oracle import torch_forward
 from .pipeline import DEV_BATCH, DevSet, Exportable, numpy_weights, single_graph
 from .validate import Forward
@@ -39,8 +51,10 @@ TASK = "classify"
 
 def signature(config: ClassifierConfig) -> tuple[Signature, Signature]:
     """The graph's inputs and outputs (``ClassifierIO``), as written and as checked."""
-    return ({IO.input_ids: (TensorProto.INT64, (BATCH, TIME)), IO.sequence_lens: (TensorProto.INT32, (BATCH,))},
-            {IO.logits: (TensorProto.FLOAT, (BATCH, config.num_labels))})
+    return (
+        {IO.input_ids: (TensorProto.INT64, (BATCH, TIME)), IO.sequence_lens: (TensorProto.INT32, (BATCH,))},
+        {IO.logits: (TensorProto.FLOAT, (BATCH, config.num_labels))},
+    )
 
 
 def expected_matmuls(config: ClassifierConfig) -> int:
@@ -53,20 +67,20 @@ def _pool(g: GraphBuilder, config: ClassifierConfig, weights, y: str, y_h: str) 
     width = config.directions * config.hidden
     if config.pooling == "last":
         # Y_h (D, B, H): forward = state at each row's last real token, reverse = state at t=0
-        bdh = g.op("Transpose", [y_h], "pool_last_transpose", perm=[1, 0, 2])      # (B, D, H)
+        bdh = g.op("Transpose", [y_h], "pool_last_transpose", perm=[1, 0, 2])  # (B, D, H)
         return g.op("Reshape", [bdh, g.ints("pool_last_shape", [0, width])], "pool_last")
 
-    ybt = batch_major(g, config, y)                                               # (B, T, DH)
-    mask, lens = time_mask(g, IO.input_ids, IO.sequence_lens)                     # (B, T, 1), (B, 1)
+    ybt = batch_major(g, config, y)  # (B, T, DH)
+    mask, lens = time_mask(g, IO.input_ids, IO.sequence_lens)  # (B, T, 1), (B, 1)
     if config.pooling == "max":
         neg = g.op("Where", [mask, ybt, g.const("neg_inf", -np.inf)], "y_masked_neg_inf")
-        return g.op("ReduceMax", [neg], "pool_max", axes=[1], keepdims=0)         # opset 17: attr
+        return g.op("ReduceMax", [neg], "pool_max", axes=[1], keepdims=0)  # opset 17: attr
     # Where rather than Mul: padding positions never leak, even if a backend leaves NaN there
     y0 = g.op("Where", [mask, ybt, g.const("zero_f32", 0.0)], "y_masked")
     axis_t = g.ints("reduce_axes_time", [1])
     if config.pooling == "mean":
-        total = g.op("ReduceSum", [y0, axis_t], "pool_sum", keepdims=0)           # (B, DH)
-        count = g.op("Cast", [lens], "lens_f32", to=TensorProto.FLOAT)            # (B, 1)
+        total = g.op("ReduceSum", [y0, axis_t], "pool_sum", keepdims=0)  # (B, DH)
+        count = g.op("Cast", [lens], "lens_f32", to=TensorProto.FLOAT)  # (B, 1)
         return g.op("Div", [total, count], "pool_mean")
     # attention: alpha = softmax_t(v . tanh(proj(y))), pooled = sum_t alpha * y
     proj_w = g.const("attention.proj.W_t", np.asarray(weights["attention.proj.weight"]).T)
@@ -75,15 +89,16 @@ def _pool(g: GraphBuilder, config: ClassifierConfig, weights, y: str, y_h: str) 
     p = g.op("MatMul", [ybt, proj_w], "attention_proj_matmul")
     p = g.op("Add", [p, proj_b], "attention_proj")
     p = g.op("Tanh", [p], "attention_tanh")
-    scores = g.op("MatMul", [p, v_w], "attention_scores")                          # (B, T, 1)
+    scores = g.op("MatMul", [p, v_w], "attention_scores")  # (B, T, 1)
     scores = g.op("Where", [mask, scores, g.const("neg_inf", -np.inf)], "attention_masked")
     alpha = g.op("Softmax", [scores], "attention_alpha", axis=1)
     weighted = g.op("Mul", [alpha, y0], "attention_weighted")
     return g.op("ReduceSum", [weighted, axis_t], "pool_attention", keepdims=0)
 
 
-def build_classifier_graph(config: ClassifierConfig, weights: dict[str, np.ndarray],
-                           metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+def build_classifier_graph(
+    config: ClassifierConfig, weights: dict[str, np.ndarray], metadata: dict[str, str] | None = None
+) -> onnx.ModelProto:
     """Numpy weights (``RecurrentClassifier.state_dict()`` keys) -> ONNX classifier graph."""
     meta = merge_metadata(graph_metadata(TASK, config), metadata)
     needed = ["embedding.weight", "head.weight", "head.bias"]
@@ -91,11 +106,16 @@ def build_classifier_graph(config: ClassifierConfig, weights: dict[str, np.ndarr
         needed += ["attention.proj.weight", "attention.proj.bias", "attention.v.weight"]
     require(weights, needed, f"RecurrentClassifier.state_dict() for pooling={config.pooling!r}")
     g = GraphBuilder()
-    x = embed(g, weights, "embedding", IO.input_ids, time_major="time_major")      # (T, B, E)
+    x = embed(g, weights, "embedding", IO.input_ids, time_major="time_major")  # (T, B, E)
     y, y_h = write_stack(g, config, weights, x, IO.sequence_lens)
     pooled = _pool(g, config, weights, y, y_h)
-    g.op("Gemm", [pooled, g.const("head.weight", weights["head.weight"]),
-                  g.const("head.bias", weights["head.bias"])], "head", outputs=[IO.logits], transB=1)
+    g.op(
+        "Gemm",
+        [pooled, g.const("head.weight", weights["head.weight"]), g.const("head.bias", weights["head.bias"])],
+        "head",
+        outputs=[IO.logits],
+        transB=1,
+    )
     return make_model(g, f"rnnkit_{config.cell}_classifier", *signature(config), meta)
 
 
@@ -103,14 +123,26 @@ def check_classifier_graph(model: onnx.ModelProto, config: ClassifierConfig) -> 
     """Raise one ``UnsupportedError`` listing every way ``model`` breaks the classifier contract
     (fp32 graphs and their int8 siblings)."""
     parts = "head + attention" if config.pooling == "attention" else "head"
-    raise_problems(contract_problems(model, config, *signature(config), "ClassifierIO", "num_labels",
-                                     expected_matmuls(config), parts), f"{config.cell} classifier")
+    raise_problems(
+        contract_problems(
+            model, config, *signature(config), "ClassifierIO", "num_labels", expected_matmuls(config), parts
+        ),
+        f"{config.cell} classifier",
+    )
 
 
-def classifier_exportable(config: ClassifierConfig, weights, tokenizer: WordTokenizer, labels: list[str],
-                          oracle: Forward, oracle_output: str | None = None, explain=None) -> Exportable:
+def classifier_exportable(
+    config: ClassifierConfig,
+    weights,
+    tokenizer: WordTokenizer,
+    labels: list[str],
+    oracle: Forward,
+    oracle_output: str | None = None,
+    explain=None,
+) -> Exportable:
     """``oracle``: the torch module on (input_ids, sequence_lens) feeds (``oracle.torch_forward``);
     ``oracle_output`` and ``explain``: see ``single_graph`` and ``GraphSpec`` (users' modules)."""
+
     def encode_dev(dev: DevSet, max_length: int):
         encoded = [tokenizer.encode(t)[:max_length] for t in dev.items]
         keep = [i for i, ids in enumerate(encoded) if ids]
@@ -122,8 +154,14 @@ def classifier_exportable(config: ClassifierConfig, weights, tokenizer: WordToke
             gold = np.array([labels.index(dev.labels[i]) if dev.labels[i] in labels else -1 for i in order])
         return feeds, gold
 
-    graphs = single_graph(build_classifier_graph, check_classifier_graph, oracle, config.vocab_size,
-                          oracle_output=oracle_output, explain=explain)
+    graphs = single_graph(
+        build_classifier_graph,
+        check_classifier_graph,
+        oracle,
+        config.vocab_size,
+        oracle_output=oracle_output,
+        explain=explain,
+    )
     return Exportable(TASK, config, weights, graphs, encode_dev, {"tokenizer": tokenizer.to_dict(), "labels": labels})
 
 

@@ -48,8 +48,21 @@ from ..runtime.errors import UnsupportedError
 from ..runtime.manifest import LanguageModelIO as IO
 from .architecture import LMConfig
 from .check import contract_problems, raise_problems
-from .graph_builder import (BATCH, TIME, GraphBuilder, Signature, batch_major, embed, graph_metadata, linear,
-                            make_model, merge_metadata, require, time_mask, write_state_stack)
+from .graph_builder import (
+    BATCH,
+    TIME,
+    GraphBuilder,
+    Signature,
+    batch_major,
+    embed,
+    graph_metadata,
+    linear,
+    make_model,
+    merge_metadata,
+    require,
+    time_mask,
+    write_state_stack,
+)
 from .oracle import one_torch_thread
 from .pipeline import DevSet, Exportable, numpy_weights, single_graph
 from .validate import Arguments, Forward, outputs
@@ -64,62 +77,107 @@ MAX_DEV_TOKENS = 200_000  # bounds export time; tiny-shakespeare's dev split is 
 def signature(config: LMConfig) -> tuple[Signature, Signature]:
     """The step graph's inputs and outputs (``LanguageModelIO``), as written and as checked."""
     state = (TensorProto.FLOAT, (config.layers, BATCH, config.hidden))
-    return ({IO.input_ids: (TensorProto.INT64, (BATCH, TIME)), IO.sequence_lens: (TensorProto.INT32, (BATCH,)),
-             **{n: state for n in IO.state_inputs(config.cell)}},
-            {IO.logits: (TensorProto.FLOAT, (BATCH, TIME, config.vocab_size)),
-             **{n: state for n in IO.state_outputs(config.cell)}})
+    return (
+        {
+            IO.input_ids: (TensorProto.INT64, (BATCH, TIME)),
+            IO.sequence_lens: (TensorProto.INT32, (BATCH,)),
+            **{n: state for n in IO.state_inputs(config.cell)},
+        },
+        {
+            IO.logits: (TensorProto.FLOAT, (BATCH, TIME, config.vocab_size)),
+            **{n: state for n in IO.state_outputs(config.cell)},
+        },
+    )
 
 
 def state_contract(config: LMConfig) -> list[dict]:
     """The manifest's ``state`` section: what a caller must carry from one call to the next."""
-    return [{"input": i, "output": o, "dtype": "float32", "shape": [config.layers, BATCH, config.hidden],
-             "initial": "zeros"}
-            for i, o in zip(IO.state_inputs(config.cell), IO.state_outputs(config.cell))]
+    return [
+        {
+            "input": i,
+            "output": o,
+            "dtype": "float32",
+            "shape": [config.layers, BATCH, config.hidden],
+            "initial": "zeros",
+        }
+        for i, o in zip(IO.state_inputs(config.cell), IO.state_outputs(config.cell))
+    ]
 
 
-def build_lm_graph(config: LMConfig, weights: dict[str, np.ndarray],
-                   metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+def build_lm_graph(
+    config: LMConfig, weights: dict[str, np.ndarray], metadata: dict[str, str] | None = None
+) -> onnx.ModelProto:
     """Numpy weights (``RecurrentLM.state_dict()`` keys) -> ONNX step-function graph."""
     if config.bidirectional:
         raise UnsupportedError("a language model graph is unidirectional; bidirectional=True cannot be streamed")
     meta = merge_metadata(graph_metadata(TASK, config), metadata)
     require(weights, ["embedding.weight", "head.weight", "head.bias"], "RecurrentLM.state_dict()")
     g = GraphBuilder()
-    x = embed(g, weights, "embedding", IO.input_ids, time_major="time_major")      # (T, B, E)
+    x = embed(g, weights, "embedding", IO.input_ids, time_major="time_major")  # (T, B, E)
     y = write_state_stack(g, config, weights, x, IO.sequence_lens)
-    z = linear(g, batch_major(g, config, y), weights, "head", "head")             # (B, T, V)
-    mask, _ = time_mask(g, IO.input_ids, IO.sequence_lens)                        # (B, T, 1)
+    z = linear(g, batch_major(g, config, y), weights, "head", "head")  # (B, T, V)
+    mask, _ = time_mask(g, IO.input_ids, IO.sequence_lens)  # (B, T, 1)
     g.op("Where", [mask, z, g.const("zero_f32", 0.0)], "logits_masked", outputs=[IO.logits])  # Where: NaN cannot leak
     return make_model(g, f"rnnkit_{config.cell}_lm", *signature(config), meta)
 
 
 def check_lm_graph(model: onnx.ModelProto, config: LMConfig) -> None:
     """Raise one ``UnsupportedError`` listing every way ``model`` breaks the LM contract (fp32 and int8)."""
-    raise_problems(contract_problems(model, config, *signature(config), "LanguageModelIO", "vocab_size/layers/hidden",
-                                     1, "head", task=TASK, initial_state="the state would restart at zeros"),
-                   f"{config.cell} language model")
+    raise_problems(
+        contract_problems(
+            model,
+            config,
+            *signature(config),
+            "LanguageModelIO",
+            "vocab_size/layers/hidden",
+            1,
+            "head",
+            task=TASK,
+            initial_state="the state would restart at zeros",
+        ),
+        f"{config.cell} language model",
+    )
 
 
-def lm_exportable(config, weights: dict[str, np.ndarray], tokenizer, module, max_loss_delta: float = 0.02
-                  ) -> Exportable:
+def lm_exportable(
+    config, weights: dict[str, np.ndarray], tokenizer, module, max_loss_delta: float = 0.02
+) -> Exportable:
     def dev_metrics(forwards: dict[str, dict[str, Forward]], dev: DevSet, max_length: int) -> dict:
-        return lm_dev_metrics({variant: graphs["model"] for variant, graphs in forwards.items()}, tokenizer, dev,
-                              config)
+        return lm_dev_metrics(
+            {variant: graphs["model"] for variant, graphs in forwards.items()}, tokenizer, dev, config
+        )
 
     def int8_gate(metrics: dict, args: Arguments) -> str | None:
         delta = metrics.get("int8_loss_delta")
         if delta is not None and delta > max_loss_delta:
-            return (f"int8 dev loss {metrics['int8_loss']:.4f} is {delta:.4f} nats/token above fp32's "
-                    f"{metrics['fp32_loss']:.4f} on {metrics['source']}, more than {args('max_loss_delta')} "
-                    f"{max_loss_delta}")
+            return (
+                f"int8 dev loss {metrics['int8_loss']:.4f} is {delta:.4f} nats/token above fp32's "
+                f"{metrics['fp32_loss']:.4f} on {metrics['source']}, more than {args('max_loss_delta')} "
+                f"{max_loss_delta}"
+            )
         return None
 
     shapes = {name: (config.layers, config.hidden) for name in IO.state_inputs(config.cell)}
     entries = {"tokenizer": tokenizer.to_dict(), "labels": [], "state": state_contract(config)}
-    graphs = single_graph(build_lm_graph, check_lm_graph, torch_lm_forward(module), config.vocab_size,
-                          state_shapes=shapes, int8_lengths=INT8_PARITY_LENGTHS)
-    return Exportable(TASK, config, weights, graphs, entries=entries, unit="tokens", dev_metrics=dev_metrics,
-                      int8_gate=int8_gate, max_length_cap=MAX_CHUNK)
+    graphs = single_graph(
+        build_lm_graph,
+        check_lm_graph,
+        torch_lm_forward(module),
+        config.vocab_size,
+        state_shapes=shapes,
+        int8_lengths=INT8_PARITY_LENGTHS,
+    )
+    return Exportable(
+        TASK,
+        config,
+        weights,
+        graphs,
+        entries=entries,
+        unit="tokens",
+        dev_metrics=dev_metrics,
+        int8_gate=int8_gate,
+        max_length_cap=MAX_CHUNK,
+    )
 
 
 def torch_lm_forward(module) -> Forward:
@@ -144,19 +202,21 @@ def lm_dev_metrics(forwards: dict[str, Forward], tokenizer, dev: DevSet, config)
     rows = min(DEV_STREAMS, max(1, len(ids) // 2))
     n = len(ids) // rows
     data = ids[: rows * n].reshape(rows, n)
-    result = {"source": dev.source, "examples": int(rows * (n - 1)), "unit": "tokens",
-              "level": tokenizer.level}
+    result = {"source": dev.source, "examples": int(rows * (n - 1)), "unit": "tokens", "level": tokenizer.level}
     argmax = {}
     for name, forward in forwards.items():
         state = {s: np.zeros((config.layers, rows, config.hidden), np.float32) for s in IO.state_inputs(config.cell)}
         nll, picks = 0.0, []
         for start in range(0, n - 1, DEV_WINDOW):
-            x = data[:, start:min(start + DEV_WINDOW, n - 1)]
-            y = data[:, start + 1:start + 1 + x.shape[1]]
-            feed = {IO.input_ids: np.ascontiguousarray(x), IO.sequence_lens: np.full(rows, x.shape[1], np.int32),
-                    **state}
+            x = data[:, start : min(start + DEV_WINDOW, n - 1)]
+            y = data[:, start + 1 : start + 1 + x.shape[1]]
+            feed = {
+                IO.input_ids: np.ascontiguousarray(x),
+                IO.sequence_lens: np.full(rows, x.shape[1], np.int32),
+                **state,
+            }
             out = outputs(forward(feed))
-            z = out[0].astype(np.float64)                                        # (B, t, V)
+            z = out[0].astype(np.float64)  # (B, t, V)
             z -= z.max(-1, keepdims=True)
             logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
             nll -= np.take_along_axis(logp, y[..., None], -1).sum()

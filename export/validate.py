@@ -89,8 +89,15 @@ def shapes(batch_sizes=BATCH_SIZES, lengths=LENGTHS, max_length: int | None = No
     return grid
 
 
-def parity_feeds(vocab_size: int, char_vocab_size: int = 0, seed: int = 0, batch_sizes=BATCH_SIZES,
-                 lengths=LENGTHS, state_shapes: dict | None = None, max_length: int | None = None):
+def parity_feeds(
+    vocab_size: int,
+    char_vocab_size: int = 0,
+    seed: int = 0,
+    batch_sizes=BATCH_SIZES,
+    lengths=LENGTHS,
+    state_shapes: dict | None = None,
+    max_length: int | None = None,
+):
     """Ragged padded feeds: row 0 is full length, the others random in 1..T; padding is 0.
     ``state_shapes``: state input name -> (layers, hidden); each gets a random (layers, B, hidden).
     ``max_length``: the cases of ``shapes``."""
@@ -98,7 +105,7 @@ def parity_feeds(vocab_size: int, char_vocab_size: int = 0, seed: int = 0, batch
     for batch, time in shapes(batch_sizes, lengths, max_length):
         lens = rng.integers(1, time + 1, size=batch).astype(np.int32)
         lens[0] = time
-        pad = np.arange(time)[None, :] >= lens[:, None]                    # (B, T)
+        pad = np.arange(time)[None, :] >= lens[:, None]  # (B, T)
         ids = rng.integers(2, max(3, vocab_size), size=(batch, time)).astype(np.int64)
         ids[pad] = 0
         feed = {IDS: ids, LENS: lens}
@@ -125,14 +132,14 @@ def row_alone(feed: dict, i: int, n: int | None = None, lens: str = LENS, timed:
         if name == lens:
             out[name] = np.full(1, n, value.dtype)
         elif name in timed:
-            out[name] = value[i:i + 1, :n]
-        elif name in STATE_INPUTS:                                       # (layers, B, H)
-            out[name] = value[:, i:i + 1]
+            out[name] = value[i : i + 1, :n]
+        elif name in STATE_INPUTS:  # (layers, B, H)
+            out[name] = value[:, i : i + 1]
         else:
-            out[name] = value[i:i + 1]
+            out[name] = value[i : i + 1]
     if CHARS in out:
         c = out[CHARS]
-        out[CHARS] = c[..., :max(1, int((c != 0).sum(-1).max()))]
+        out[CHARS] = c[..., : max(1, int((c != 0).sum(-1).max()))]
     return out
 
 
@@ -153,19 +160,25 @@ def disagreements(actual: np.ndarray, expected: np.ndarray, lens: np.ndarray, to
 class ParityReport:
     tolerance: str
     oracle: str
-    worst: dict[str, float] = field(default_factory=dict)   # backend -> max |diff| over all shapes
-    compared: str = "logits"                                 # or "probabilities" (int8, or a forward that returns them)
+    worst: dict[str, float] = field(default_factory=dict)  # backend -> max |diff| over all shapes
+    compared: str = "logits"  # or "probabilities" (int8, or a forward that returns them)
     cases: int = 0
     failures: list[str] = field(default_factory=list)
     batch_sizes: tuple = BATCH_SIZES
     lengths: tuple = LENGTHS
-    max_length: int | None = None                            # also validated at this length (the bundle's max_length)
-    oracle_output: str | None = None                         # what the oracle returns, when detected (user modules)
-    diagnosis: list[str] = field(default_factory=list)       # the pattern of the failures, first in the ParityError
+    max_length: int | None = None  # also validated at this length (the bundle's max_length)
+    oracle_output: str | None = None  # what the oracle returns, when detected (user modules)
+    diagnosis: list[str] = field(default_factory=list)  # the pattern of the failures, first in the ParityError
 
     def to_dict(self) -> dict:
-        record = {"tolerance": self.tolerance, "oracle": self.oracle, "compared": self.compared,
-                  "cases": self.cases, "batch_sizes": list(self.batch_sizes), "lengths": list(self.lengths)}
+        record = {
+            "tolerance": self.tolerance,
+            "oracle": self.oracle,
+            "compared": self.compared,
+            "cases": self.cases,
+            "batch_sizes": list(self.batch_sizes),
+            "lengths": list(self.lengths),
+        }
         if self.max_length is not None:
             record["max_length"] = self.max_length
         if self.oracle_output is not None:
@@ -178,8 +191,8 @@ class RowOutcome:
     """One row of one parity case against the oracle: what the diagnosis reads."""
 
     backend: str
-    length: int                                              # the row's tokens
-    time: int                                                # its batch's padded length T
+    length: int  # the row's tokens
+    time: int  # its batch's padded length T
     differs: bool
 
 
@@ -188,11 +201,23 @@ def outputs(value) -> tuple:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
 
-def check_parity(oracle_name: str, oracle: Forward, candidates: dict[str, Forward], tol: Tolerance,
-                 vocab_size: int, char_vocab_size: int = 0, seed: int = 0, probabilities: bool = False,
-                 batch_sizes=BATCH_SIZES, lengths=LENGTHS, state_shapes: dict | None = None,
-                 max_length: int | None = None, oracle_output: str | None = None, diagnose: bool = True,
-                 args: Arguments | None = None) -> ParityReport:
+def check_parity(
+    oracle_name: str,
+    oracle: Forward,
+    candidates: dict[str, Forward],
+    tol: Tolerance,
+    vocab_size: int,
+    char_vocab_size: int = 0,
+    seed: int = 0,
+    probabilities: bool = False,
+    batch_sizes=BATCH_SIZES,
+    lengths=LENGTHS,
+    state_shapes: dict | None = None,
+    max_length: int | None = None,
+    oracle_output: str | None = None,
+    diagnose: bool = True,
+    args: Arguments | None = None,
+) -> ParityReport:
     """``state_shapes`` (graphs with recurrent state inputs): random initial states in the feeds,
     every output compared, with the ``scaled`` tolerance (see the module docstring).  ``max_length``:
     also validate at that length, and skip grid lengths above it.  ``oracle_output``: what the
@@ -204,16 +229,21 @@ def check_parity(oracle_name: str, oracle: Forward, candidates: dict[str, Forwar
     if space not in OUTPUT_SPACES:
         raise ValueError(f"oracle_output={oracle_output!r}; expected one of {OUTPUT_SPACES}")
     probabilities = probabilities or space != "logits"
-    report = ParityReport(tol.name, oracle_name, worst={name: 0.0 for name in candidates},
-                          compared="probabilities" if probabilities else "logits",
-                          batch_sizes=tuple(batch_sizes), lengths=tuple(t for t in lengths if max_length is None
-                                                                        or t <= max_length),
-                          max_length=max_length, oracle_output=oracle_output)
+    report = ParityReport(
+        tol.name,
+        oracle_name,
+        worst={name: 0.0 for name in candidates},
+        compared="probabilities" if probabilities else "logits",
+        batch_sizes=tuple(batch_sizes),
+        lengths=tuple(t for t in lengths if max_length is None or t <= max_length),
+        max_length=max_length,
+        oracle_output=oracle_output,
+    )
     if probabilities:
         oracle = _probabilities(oracle, space)
         candidates = {name: _probabilities(f) for name, f in candidates.items()}
     rows: list[RowOutcome] = []
-    examples: list[tuple[int, dict, int, str]] = []          # differing rows: (length, feed, row, backend)
+    examples: list[tuple[int, dict, int, str]] = []  # differing rows: (length, feed, row, backend)
     for feed in parity_feeds(vocab_size, char_vocab_size, seed, batch_sizes, lengths, state_shapes, max_length):
         lens = feed[LENS]
         expected = outputs(oracle(feed))
@@ -231,11 +261,22 @@ def check_parity(oracle_name: str, oracle: Forward, candidates: dict[str, Forwar
             if len(lens) > 1 and actual[0].shape == expected[0].shape:  # each row must equal that row alone
                 for i, n in enumerate(lens):
                     alone = outputs(forward(row_alone(feed, i)))
-                    in_batch = ((actual[0][i:i + 1, :n] if actual[0].ndim == 3 else actual[0][i:i + 1]),
-                                *(a[:, i:i + 1] for a in actual[1:]))
-                    _compare_all(report, name, f"{shape} row {i} alone vs in batch", alone, in_batch,
-                                 lens[i:i + 1], tol, probabilities)
+                    in_batch = (
+                        (actual[0][i : i + 1, :n] if actual[0].ndim == 3 else actual[0][i : i + 1]),
+                        *(a[:, i : i + 1] for a in actual[1:]),
+                    )
+                    _compare_all(
+                        report,
+                        name,
+                        f"{shape} row {i} alone vs in batch",
+                        alone,
+                        in_batch,
+                        lens[i : i + 1],
+                        tol,
+                        probabilities,
+                    )
     if diagnose and report.failures:
+
         def agrees_alone(example, m: int) -> bool:
             _, feed, i, name = example
             prefix = row_alone(feed, i, m)
@@ -269,8 +310,13 @@ def _rows_differ(actual: tuple, expected: tuple, lens: np.ndarray, tol: Toleranc
     return bad
 
 
-def diagnose_rows(rows: list[RowOutcome], examples: list, agrees_alone: Callable[[Any, int], bool],
-                  max_length: int | None, args: Arguments) -> list[str]:
+def diagnose_rows(
+    rows: list[RowOutcome],
+    examples: list,
+    agrees_alone: Callable[[Any, int], bool],
+    max_length: int | None,
+    args: Arguments,
+) -> list[str]:
     """What the pattern of differing rows says about the oracle (a user's forward) -- one line of advice.
 
     ``examples``: the differing rows as (length, feed, row, backend); ``agrees_alone(example, m)``
@@ -283,22 +329,28 @@ def diagnose_rows(rows: list[RowOutcome], examples: list, agrees_alone: Callable
     bad = [b for b in backends if any(r.differs for r in rows if r.backend == b)]
     if len(bad) < len(backends):
         good = [b for b in backends if b not in bad]
-        return [f"only {', '.join(bad)} differs from the oracle, {', '.join(good)} agrees on every row: a bug in "
-                f"rnnkit's {', '.join(bad)} backend, not in the model; please report it with this message"]
-    rows = [r for r in rows if r.backend == bad[0]]               # both backends fail alike: count each row once
+        return [
+            f"only {', '.join(bad)} differs from the oracle, {', '.join(good)} agrees on every row: a bug in "
+            f"rnnkit's {', '.join(bad)} backend, not in the model; please report it with this message"
+        ]
+    rows = [r for r in rows if r.backend == bad[0]]  # both backends fail alike: count each row once
     differing = [r for r in rows if r.differs]
     agreeing = [r for r in rows if not r.differs]
     padded = [r for r in rows if r.length < r.time]
     if not agreeing:
-        return ["every row differs, full-length and padded, from 1 token on: the graph computes something other "
-                "than the forward from the start. Check that the pooling argument matches what the forward pools "
-                "('last' = the final state of each direction, h_n), that the forward adds nothing after the "
-                "head that rnnkit does not write (a temperature, a bias, an activation other than (log_)softmax), "
-                "and that the weights are the trained ones (no custom cell or reordered gates)"]
+        return [
+            "every row differs, full-length and padded, from 1 token on: the graph computes something other "
+            "than the forward from the start. Check that the pooling argument matches what the forward pools "
+            "('last' = the final state of each direction, h_n), that the forward adds nothing after the "
+            "head that rnnkit does not write (a temperature, a bias, an activation other than (log_)softmax), "
+            "and that the weights are the trained ones (no custom cell or reordered gates)"
+        ]
     if all(r.length < r.time for r in differing) and all(not r.differs for r in rows if r.length == r.time):
-        return [f"only padded rows differ ({len(differing)} of {len(padded)} rows shorter than their batch; "
-                "every row as long as its batch agrees): your forward reads padding: pack the sequence "
-                "(nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)) or mask it"]
+        return [
+            f"only padded rows differ ({len(differing)} of {len(padded)} rows shorter than their batch; "
+            "every row as long as its batch agrees): your forward reads padding: pack the sequence "
+            "(nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)) or mask it"
+        ]
     longest_agreeing = max(r.length for r in agreeing)
     shortest_differing = min(r.length for r in differing)
     if shortest_differing > longest_agreeing:
@@ -306,16 +358,22 @@ def diagnose_rows(rows: list[RowOutcome], examples: list, agrees_alone: Callable
         example = min(examples, key=lambda x: x[0]) if examples else None
         exact = _bisect(example, longest_agreeing, agrees_alone) if example else None
         if exact is not None:
-            return [f"the forward changes past {exact} tokens (truncation?): a text of {exact} tokens agrees with "
-                    f"the graph, one of {exact + 1} does not{limit}. Remove the cut from the forward, or export "
-                    f"with {args('max_length', exact)}"]
-        return [f"only rows longer than {longest_agreeing} tokens differ (every row of {longest_agreeing} or fewer "
-                f"agrees, rows of {shortest_differing} or more do not): the forward changes past N tokens for some "
-                f"N in {longest_agreeing}..{shortest_differing - 1} (truncation?){limit}"]
+            return [
+                f"the forward changes past {exact} tokens (truncation?): a text of {exact} tokens agrees with "
+                f"the graph, one of {exact + 1} does not{limit}. Remove the cut from the forward, or export "
+                f"with {args('max_length', exact)}"
+            ]
+        return [
+            f"only rows longer than {longest_agreeing} tokens differ (every row of {longest_agreeing} or fewer "
+            f"agrees, rows of {shortest_differing} or more do not): the forward changes past N tokens for some "
+            f"N in {longest_agreeing}..{shortest_differing - 1} (truncation?){limit}"
+        ]
     lengths = sorted({r.length for r in differing})
-    return [f"{len(differing)} of {len(rows)} rows differ, at lengths {_short(lengths)} (padded rows: "
-            f"{sum(r.differs for r in padded)} of {len(padded)} differ; full-length rows: "
-            f"{sum(r.differs for r in rows if r.length == r.time)} of {len(rows) - len(padded)})"]
+    return [
+        f"{len(differing)} of {len(rows)} rows differ, at lengths {_short(lengths)} (padded rows: "
+        f"{sum(r.differs for r in padded)} of {len(padded)} differ; full-length rows: "
+        f"{sum(r.differs for r in rows if r.length == r.time)} of {len(rows) - len(padded)})"
+    ]
 
 
 def _bisect(example, agrees: int, agrees_alone: Callable[[Any, int], bool]) -> int | None:
@@ -330,23 +388,33 @@ def _bisect(example, agrees: int, agrees_alone: Callable[[Any, int], bool]) -> i
     return low
 
 
-def _compare_all(report: ParityReport, name: str, where: str, actual: tuple, expected: tuple, lens, tol: Tolerance,
-                 probabilities: bool) -> None:
+def _compare_all(
+    report: ParityReport,
+    name: str,
+    where: str,
+    actual: tuple,
+    expected: tuple,
+    lens,
+    tol: Tolerance,
+    probabilities: bool,
+) -> None:
     """Logits (argmax, padding, tolerance) and then each state output (tolerance only)."""
     if len(actual) != len(expected):
         report.failures.append(f"{name} @ {where}: {len(actual)} outputs, expected {len(expected)}")
         return
     stateful = len(expected) > 1
-    compare_scores(report, name, where, actual[0], expected[0], lens, tol.scaled(expected[0]) if stateful else tol,
-                   probabilities)
+    compare_scores(
+        report, name, where, actual[0], expected[0], lens, tol.scaled(expected[0]) if stateful else tol, probabilities
+    )
     if probabilities:  # int8: what users see; the state's effect is in every later probability
         return
     for k, (a, e) in enumerate(zip(actual[1:], expected[1:]), start=1):
         compare_tensor(report, name, where, f"state output #{k}", a, e, tol)
 
 
-def compare_tensor(report: ParityReport, name: str, where: str, what: str, actual: np.ndarray, expected: np.ndarray,
-                   tol: Tolerance) -> None:
+def compare_tensor(
+    report: ParityReport, name: str, where: str, what: str, actual: np.ndarray, expected: np.ndarray, tol: Tolerance
+) -> None:
     """One output that is not a score (recurrent state, memory, attention weights): same shape, finite,
     within the ``scaled`` tolerance (see the module docstring)."""
     if actual.shape != expected.shape:
@@ -355,8 +423,10 @@ def compare_tensor(report: ParityReport, name: str, where: str, what: str, actua
     worst, scaled = tol.worst(actual, expected), tol.scaled(expected)
     report.worst[name] = max(report.worst[name], worst)
     if not np.all(np.isfinite(actual)) or not scaled.close(actual, expected):
-        report.failures.append(f"{name} @ {where}: {what} max |diff| {worst:.3g} exceeds "
-                               f"{scaled.name} (atol {scaled.atol:.3g}, rtol {scaled.rtol})")
+        report.failures.append(
+            f"{name} @ {where}: {what} max |diff| {worst:.3g} exceeds "
+            f"{scaled.name} (atol {scaled.atol:.3g}, rtol {scaled.rtol})"
+        )
 
 
 OUTPUT_SPACES = ("logits", "log_probabilities", "probabilities")
@@ -381,17 +451,21 @@ def output_space(scores: np.ndarray, atol: float = 1e-4) -> str:
 def _probabilities(forward: Forward, output: str = "logits") -> Forward:
     """``forward`` with its first output as probabilities: softmax of logits, exp of log-probabilities,
     probabilities as they are."""
+
     def probs(feed):
         out = outputs(forward(feed))
         scores = out[0].astype(np.float64)
-        p = (softmax(scores) if output == "logits" else np.exp(scores) if output == "log_probabilities"
-             else scores).astype(np.float32)
+        p = (
+            softmax(scores) if output == "logits" else np.exp(scores) if output == "log_probabilities" else scores
+        ).astype(np.float32)
         return p if len(out) == 1 else (p, *out[1:])
+
     return probs
 
 
-def compare_scores(report: ParityReport, name: str, where: str, actual, expected, lens, tol: Tolerance,
-                   probabilities: bool) -> None:
+def compare_scores(
+    report: ParityReport, name: str, where: str, actual, expected, lens, tol: Tolerance, probabilities: bool
+) -> None:
     """Scores (logits, log-probabilities or probabilities; (B, C) or (B, T, K) with rows past ``lens``
     exactly 0 unless ``probabilities``): finite, within ``tol``, and the same argmax up to ties."""
     if actual.shape != expected.shape:
@@ -407,8 +481,9 @@ def compare_scores(report: ParityReport, name: str, where: str, actual, expected
     if not np.all(np.isfinite(actual)):
         report.failures.append(f"{name} @ {where}: non-finite outputs")
     elif not tol.close(actual, expected):
-        report.failures.append(f"{name} @ {where}: max |diff| {worst:.3g} exceeds {tol.name} "
-                               f"(atol {tol.atol}, rtol {tol.rtol})")
+        report.failures.append(
+            f"{name} @ {where}: max |diff| {worst:.3g} exceeds {tol.name} (atol {tol.atol}, rtol {tol.rtol})"
+        )
     bad = disagreements(actual, expected, lens, tol)
     if bad:
         what = "tags differ at (row, t)" if actual.ndim == 3 else "labels differ in rows"
@@ -422,5 +497,6 @@ def raise_on_failures(*reports: ParityReport, what: str) -> None:
         diagnosis = "".join(f"\n  diagnosis: {d}" for r in reports for d in r.diagnosis)
         shown = "\n  ".join(failures[:40])
         more = f"\n  ... and {len(failures) - 40} more" if len(failures) > 40 else ""
-        raise ParityError(f"{what}: {len(failures)} parity failure(s); nothing was written:{diagnosis}"
-                          f"\n  {shown}{more}")
+        raise ParityError(
+            f"{what}: {len(failures)} parity failure(s); nothing was written:{diagnosis}\n  {shown}{more}"
+        )

@@ -39,25 +39,41 @@ from typing import Sequence
 import numpy as np
 
 from ..runtime.decode import Steps, greedy, output_limit, teacher_forced
-from ..runtime.manifest import LanguageModelIO, Seq2SeqIO as IO
+from ..runtime.manifest import LanguageModelIO
+from ..runtime.manifest import Seq2SeqIO as IO
 from ..runtime.model import length_buckets
 from ..runtime.tolerance import Tolerance
 from .oracle import one_torch_thread
 from .pipeline import DevSet
-from .validate import (BATCH_SIZES, LENGTHS, Forward, ParityReport, compare_scores, compare_tensor, outputs, row_alone,
-                       shapes)
+from .validate import (
+    BATCH_SIZES,
+    LENGTHS,
+    Forward,
+    ParityReport,
+    compare_scores,
+    compare_tensor,
+    outputs,
+    row_alone,
+    shapes,
+)
 
-SOURCE_TIME = "source_time"        # dim_param of the source axis (memory, keys, attention)
-TARGET_LENGTHS = (1, 7)            # decoder chunks, alternating over the source lengths: a step, teacher forcing
-INT8_LENGTHS = (1, 7, 33)          # as language models: longer int8 runs are covered by the dev agreement
-MAX_DEV_SOURCES = 2000             # bounds export time
+SOURCE_TIME = "source_time"  # dim_param of the source axis (memory, keys, attention)
+TARGET_LENGTHS = (1, 7)  # decoder chunks, alternating over the source lengths: a step, teacher forcing
+INT8_LENGTHS = (1, 7, 33)  # as language models: longer int8 runs are covered by the dev agreement
+MAX_DEV_SOURCES = 2000  # bounds export time
 DEV_BATCH = 64
 # axes of every graph output: 'batch' is cut for a row alone, 'source' past each source length is exactly 0
-AXES = {IO.memory: ("batch", "source", "hidden"), IO.keys: ("batch", "source", "hidden"),
-        IO.initial_h: ("layers", "batch", "hidden"), IO.initial_c: ("layers", "batch", "hidden"),
-        IO.final_h: ("layers", "batch", "hidden"), IO.final_c: ("layers", "batch", "hidden"),
-        IO.log_probs: ("batch", "time", "vocab"), IO.attention: ("batch", "time", "source")}
-TIMED = (IO.source_ids, IO.memory, IO.keys)   # inputs cut to a row's source length when it runs alone
+AXES = {
+    IO.memory: ("batch", "source", "hidden"),
+    IO.keys: ("batch", "source", "hidden"),
+    IO.initial_h: ("layers", "batch", "hidden"),
+    IO.initial_c: ("layers", "batch", "hidden"),
+    IO.final_h: ("layers", "batch", "hidden"),
+    IO.final_c: ("layers", "batch", "hidden"),
+    IO.log_probs: ("batch", "time", "vocab"),
+    IO.attention: ("batch", "time", "source"),
+}
+TIMED = (IO.source_ids, IO.memory, IO.keys)  # inputs cut to a row's source length when it runs alone
 
 
 def torch_encoder_forward(module) -> Forward:
@@ -97,14 +113,15 @@ def torch_decoder_forward(module) -> Forward:
     return forward
 
 
-def seq2seq_feeds(graph: str, config, seed: int = 0, batch_sizes=BATCH_SIZES, lengths=LENGTHS,
-                 max_length: int | None = None):
+def seq2seq_feeds(
+    graph: str, config, seed: int = 0, batch_sizes=BATCH_SIZES, lengths=LENGTHS, max_length: int | None = None
+):
     """Ragged feeds for the ``encoder`` or ``decoder`` graph (see the module docstring); ``max_length``:
     source lengths up to it, and it (``rnnkit.export.validate.shapes``)."""
     rng = np.random.default_rng(seed)
     lengths = tuple(lengths)
     for j, (batch, source_time) in enumerate(shapes(batch_sizes, lengths, max_length)):
-        k = lengths.index(source_time) if source_time in lengths else j   # the grid's target lengths as before
+        k = lengths.index(source_time) if source_time in lengths else j  # the grid's target lengths as before
         lens = rng.integers(1, source_time + 1, size=batch).astype(np.int32)
         lens[0] = source_time
         if graph == "encoder":
@@ -128,8 +145,10 @@ def _source_lens(feed: dict) -> np.ndarray | None:
 
 
 def _row(name: str, value: np.ndarray, i: int, n: int | None) -> np.ndarray:
-    index = tuple(slice(i, i + 1) if axis == "batch" else slice(None, n) if axis == "source" else slice(None)
-                  for axis in AXES[name])
+    index = tuple(
+        slice(i, i + 1) if axis == "batch" else slice(None, n) if axis == "source" else slice(None)
+        for axis in AXES[name]
+    )
     return value[index]
 
 
@@ -150,17 +169,31 @@ def read_out(encoder: Forward, decoder: Forward, config) -> Forward:
     return forward
 
 
-def check_seq2seq_parity(graph: str, config, oracle_name: str, oracle: Forward, candidates: dict[str, Forward],
-                         tol: Tolerance, int8: bool, seed: int = 0, batch_sizes=BATCH_SIZES, lengths=None,
-                         readout: Forward | None = None, max_length: int | None = None) -> ParityReport:
+def check_seq2seq_parity(
+    graph: str,
+    config,
+    oracle_name: str,
+    oracle: Forward,
+    candidates: dict[str, Forward],
+    tol: Tolerance,
+    int8: bool,
+    seed: int = 0,
+    batch_sizes=BATCH_SIZES,
+    lengths=None,
+    readout: Forward | None = None,
+    max_length: int | None = None,
+) -> ParityReport:
     """The ``encoder`` or ``decoder`` graph's parity report (see the module docstring); every miss listed.
     ``lengths``: source lengths (default {1, 7, 33, 200}, int8 {1, 7, 33}); ``max_length``: only
     source lengths up to it, and it.  ``readout`` (a fp32
     decoder): compare encoders through it, on probabilities (``read_out``), instead of on their raw
     outputs -- for int8, whose LSTM hidden states differ between backends by more than what
     reaches the probabilities (onnxruntime quantizes activations, numba does not)."""
-    names = (IO.encoder_outputs(config.cell, config.attention) if graph == "encoder"
-             else IO.decoder_outputs(config.cell, config.attention))
+    names = (
+        IO.encoder_outputs(config.cell, config.attention)
+        if graph == "encoder"
+        else IO.decoder_outputs(config.cell, config.attention)
+    )
     if readout is not None:
         oracle = read_out(oracle, readout, config)
         candidates = {name: read_out(f, readout, config) for name, f in candidates.items()}
@@ -168,17 +201,24 @@ def check_seq2seq_parity(graph: str, config, oracle_name: str, oracle: Forward, 
     lengths = lengths or (INT8_LENGTHS if int8 else LENGTHS)
     compared = ("probabilities" if int8 else "log_probs") if names[0] == IO.log_probs else "outputs"
     compared += " through the fp32 decoder" if readout is not None else ""
-    report = ParityReport(tol.name, oracle_name, worst={name: 0.0 for name in candidates}, compared=compared,
-                          batch_sizes=tuple(batch_sizes),
-                          lengths=tuple(t for t in lengths if max_length is None or t <= max_length),
-                          max_length=max_length)
+    report = ParityReport(
+        tol.name,
+        oracle_name,
+        worst={name: 0.0 for name in candidates},
+        compared=compared,
+        batch_sizes=tuple(batch_sizes),
+        lengths=tuple(t for t in lengths if max_length is None or t <= max_length),
+        max_length=max_length,
+    )
     for feed in seq2seq_feeds(graph, config, seed, batch_sizes, lengths, max_length):
         lens = _source_lens(feed)
         if graph == "encoder":
             batch, where = feed[IO.source_ids].shape[0], f"batch={len(lens)} source_time={feed[IO.source_ids].shape[1]}"
         else:
             batch, time = feed[IO.input_ids].shape
-            where = f"batch={batch} time={time}" + (f" source_time={feed[IO.memory].shape[1]}" if lens is not None else "")
+            where = f"batch={batch} time={time}" + (
+                f" source_time={feed[IO.memory].shape[1]}" if lens is not None else ""
+            )
         where += f" source_lens={lens.tolist()}" if lens is not None else ""
         expected = dict(zip(names, outputs(oracle(feed))))
         for backend, forward in candidates.items():
@@ -189,19 +229,28 @@ def check_seq2seq_parity(graph: str, config, oracle_name: str, oracle: Forward, 
                 n = None if lens is None else int(lens[i])
                 alone = dict(zip(names, outputs(forward(row_alone(feed, i, lens=IO.source_lens, timed=TIMED)))))
                 in_batch = {k: _row(k, v, i, n) for k, v in actual.items()}
-                _compare(report, backend, f"{where} row {i} alone vs in batch", alone, in_batch,
-                         None if lens is None else lens[i:i + 1], tol, int8)
+                _compare(
+                    report,
+                    backend,
+                    f"{where} row {i} alone vs in batch",
+                    alone,
+                    in_batch,
+                    None if lens is None else lens[i : i + 1],
+                    tol,
+                    int8,
+                )
     return report
 
 
-def _compare(report: ParityReport, backend: str, where: str, actual: dict, expected: dict, lens, tol: Tolerance,
-             int8: bool) -> None:
+def _compare(
+    report: ParityReport, backend: str, where: str, actual: dict, expected: dict, lens, tol: Tolerance, int8: bool
+) -> None:
     if list(actual) != list(expected) or any(v is None for v in actual.values()):
         report.failures.append(f"{backend} @ {where}: outputs {list(actual)}, expected {list(expected)}")
         return
     for name, e in expected.items():
         a = actual[name]
-        if name == IO.log_probs:                                    # every target position is real
+        if name == IO.log_probs:  # every target position is real
             full = np.full(e.shape[0], e.shape[1], np.int64)
             if int8:
                 compare_scores(report, backend, where, np.exp(a), np.exp(e), full, tol, True)
@@ -214,8 +263,8 @@ def _compare(report: ParityReport, backend: str, where: str, actual: dict, expec
         axes = AXES[name]
         if "source" in axes and lens is not None and a.shape == e.shape:
             at = axes.index("source")
-            past = np.arange(a.shape[at])[None, :] >= lens[:, None]                          # (B, S)
-            past = np.broadcast_to(np.expand_dims(past, 2 if at == 1 else 1), a.shape)       # onto (B, S, H) / (B, T, S)
+            past = np.arange(a.shape[at])[None, :] >= lens[:, None]  # (B, S)
+            past = np.broadcast_to(np.expand_dims(past, 2 if at == 1 else 1), a.shape)  # onto (B, S, H) / (B, T, S)
             if np.any(a[past] != 0):
                 report.failures.append(f"{backend} @ {where}: '{name}' is not exactly 0 past a source's length")
 
@@ -238,19 +287,25 @@ def _steps(graphs: dict[str, Forward], config) -> Steps:
     def named(forward: Forward, names: tuple[str, ...]):
         return lambda feeds: dict(zip(names, outputs(forward(feeds))))
 
-    return Steps(named(graphs["encoder"], IO.encoder_outputs(config.cell, config.attention)),
-                 named(graphs["decoder"], IO.decoder_outputs(config.cell, config.attention)),
-                 config.cell, config.attention, config.bos_id, config.eos_id, config.target_vocab_size)
+    return Steps(
+        named(graphs["encoder"], IO.encoder_outputs(config.cell, config.attention)),
+        named(graphs["decoder"], IO.decoder_outputs(config.cell, config.attention)),
+        config.cell,
+        config.attention,
+        config.bos_id,
+        config.eos_id,
+        config.target_vocab_size,
+    )
 
 
-def seq2seq_dev_metrics(forwards: dict[str, dict[str, Forward]], dev: DevSet, max_length: int, config,
-                        source_tokenizer, target_tokenizer) -> dict:
+def seq2seq_dev_metrics(
+    forwards: dict[str, dict[str, Forward]], dev: DevSet, max_length: int, config, source_tokenizer, target_tokenizer
+) -> dict:
     keep = [i for i, text in enumerate(dev.items[:MAX_DEV_SOURCES]) if source_tokenizer.encode(text)]
     sources = [source_tokenizer.encode(dev.items[i])[:max_length] for i in keep]
     refs = [target_tokenizer.encode(dev.labels[i]) for i in keep] if dev.labels is not None else None
     buckets = list(length_buckets([len(s) for s in sources], DEV_BATCH))
-    result = {"source": dev.source, "sentences": len(sources), "examples": 0, "unit": "tokens",
-              "decoding": "greedy"}
+    result = {"source": dev.source, "sentences": len(sources), "examples": 0, "unit": "tokens", "decoding": "greedy"}
     decoded = {}
     for variant, graphs in forwards.items():
         steps = _steps(graphs, config)
@@ -282,13 +337,15 @@ def seq2seq_dev_metrics(forwards: dict[str, dict[str, Forward]], dev: DevSet, ma
             forced = teacher_forced(steps, [sources[r] for r in rows], [c.ids for c in fp32])
             for c, lp in zip(fp32, forced):
                 gold = c.ids + ([config.eos_id] if c.finished else [])
-                lp = lp[:len(gold)].copy()
-                lp[:, steps.never] = -np.inf                           # as the decode loop: never <pad>, <s>
+                lp = lp[: len(gold)].copy()
+                lp[:, steps.never] = -np.inf  # as the decode loop: never <pad>, <s>
                 agree += int((lp.argmax(-1) == np.asarray(gold, np.int64)).sum())
                 total += len(gold)
         result["int8_agreement"] = round(agree / total, 6) if total else 1.0
         same = sum(a.ids == b.ids for a, b in zip(decoded["int8"], decoded["fp32"]))
         result["int8_output_agreement"] = round(same / max(1, len(sources)), 6)
         if refs is not None:
-            result["int8_exact_match_drop_pt"] = round(100 * (result["fp32_exact_match"] - result["int8_exact_match"]), 3)
+            result["int8_exact_match_drop_pt"] = round(
+                100 * (result["fp32_exact_match"] - result["int8_exact_match"]), 3
+            )
     return result

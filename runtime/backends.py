@@ -3,7 +3,7 @@
 Both sessions answer ``run(output_names, feeds) -> list[np.ndarray]`` (onnxruntime's own
 call shape), so everything above this module is backend-agnostic.  A backend's package
 is imported only when that backend is chosen, and a missing package is reported by
-name with the pip command that installs it.
+name with the ``rnnkit[...]`` extra that installs it.
 
 Must not import torch.
 """
@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-
-import onnx
+from typing import TYPE_CHECKING
 
 from .errors import BackendUnavailableError, InputError
 
+if TYPE_CHECKING:
+    import onnx
+
 BACKENDS = ("onnxruntime", "numba")
 PACKAGES = {"onnxruntime": "onnxruntime", "numba": "numba"}
+EXTRAS = {"onnxruntime": "rnnkit[onnxruntime]", "numba": "rnnkit[numba]"}  # pyproject's extras
 
 
 def available(backend: str) -> bool:
@@ -35,25 +38,32 @@ def resolve(backend: str) -> str:
         for name in BACKENDS:
             if available(name):
                 return name
-        raise BackendUnavailableError("no backend is installed: rnnkit needs onnxruntime or numba; "
-                                      "run `pip install onnxruntime` (or `pip install numba`)")
+        raise BackendUnavailableError(
+            "no backend is installed: rnnkit needs onnxruntime or numba; run "
+            '`pip install "rnnkit[onnxruntime]"` (or "rnnkit[numba]", or both: '
+            '"rnnkit[runtime]")'
+        )
     if backend not in BACKENDS:
         raise InputError(f"backend {backend!r} is unknown; choose one of auto, {', '.join(BACKENDS)}")
     if not available(backend):
-        raise BackendUnavailableError(f"backend {backend!r} needs the package {PACKAGES[backend]!r}, which is "
-                                      f"not installed; run `pip install {PACKAGES[backend]}` or use "
-                                      f"--backend {'numba' if backend == 'onnxruntime' else 'onnxruntime'}")
+        other = "numba" if backend == "onnxruntime" else "onnxruntime"
+        raise BackendUnavailableError(
+            f"backend {backend!r} needs the package {PACKAGES[backend]!r}, which is "
+            f'not installed; run `pip install "{EXTRAS[backend]}"` (the package alone: '
+            f"pip install {PACKAGES[backend]}) or use --backend {other} (backend={other!r})"
+        )
     return backend
 
 
-def open_session(model: onnx.ModelProto, path: Path, backend: str, threads: int | None = None):
-    """A session over a verified graph (``path`` is the file it came from, for onnxruntime)."""
+def open_session(model: onnx.ModelProto, path: Path, backend: str, threads: int | None = None, name: str | None = None):
+    """A session over a verified graph (``path`` is the file it came from, for onnxruntime).  ``name``:
+    the bundle as the user calls it, for numba's notice of a cold compile (default: ``path``'s folder)."""
     backend = resolve(backend)
     if backend == "onnxruntime":
         return _onnxruntime_session(path, threads)
     from .numba_backend import load_session
 
-    return load_session(model, threads=threads)
+    return load_session(model, threads=threads, name=name or str(path.parent))
 
 
 def _onnxruntime_session(path: Path, threads: int | None):

@@ -21,14 +21,16 @@ EMPTY = "empty text; remove it or give it some words"
 _ITEM = re.compile(r"^(text|sentence) #(\d+)")
 
 
-def items_of(records: Iterable[Record], text_field: str = "text", tagging: bool = False,
-             pretokenized: bool = False) -> Iterator[tuple[str, object, str | None]]:
+def items_of(
+    records: Iterable[Record], text_field: str = "text", tagging: bool = False, pretokenized: bool = False
+) -> Iterator[tuple[str, object, str | None]]:
     """``(source, item, error)`` per record: the text (a token list for tagging JSONL ``tokens`` or
     ``pretokenized`` lines), or None and why not.  Classification and seq2seq refuse blank texts
     here; tagging gives an empty sentence an empty result."""
     for source, values, error in records:
         item = None
         if error is None:
+            assert values is not None  # a record without an error has its values (records.py)
             item = values["tokens"] if "tokens" in values else values[text_field]
             if tagging and pretokenized and isinstance(item, str):
                 item = item.split()
@@ -37,8 +39,9 @@ def items_of(records: Iterable[Record], text_field: str = "text", tagging: bool 
         yield source, item, error
 
 
-def run_items(run: Callable, items: Sequence, batch_size: int,
-              progress: Callable[[int], None] | None = None) -> tuple[list, list[tuple[int, str]]]:
+def run_items(
+    run: Callable, items: Sequence, batch_size: int, progress: Callable[[int], None] | None = None
+) -> tuple[list, list[tuple[int, str]]]:
     """``run(items, batch_size=, progress=)`` (a task object's ``run_batch``, options bound) over
     ``items`` -> (results, errors): ``results[i]`` is None for an item the model refused and
     ``errors`` lists ``(i, message)`` for those, in order.
@@ -80,9 +83,9 @@ def run_items(run: Callable, items: Sequence, batch_size: int,
                 if not _ITEM.match(str(alone)):
                     raise
                 errors[group[k]] = _ITEM.sub(r"\1", str(alone), count=1)
-                groups.extend([group[k + 1:], group[:k]])     # the prefix first (popped last-in)
+                groups.extend([group[k + 1 :], group[:k]])  # the prefix first (popped last-in)
                 continue
         groups.extend([i] for i in reversed(group) if results[i] is None and i not in errors)
     if progress and errors:
-        progress(len(errors))                                 # refused items count as done for a bar
+        progress(len(errors))  # refused items count as done for a bar
     return results, sorted(errors.items())

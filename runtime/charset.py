@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .errors import BundleError, InputError
-from .tokenizer import PAD, UNK, UNK_ID, WordTokenizer, pad_ids, ranked_vocab
+from .tokenizer import PAD, UNK, UNK_ID, Normalization, WordTokenizer, pad_ids, ranked_vocab
 
 MAX_CHARS = 32  # cap on characters per word (first 16 + last 16 kept)
 CHARSET_KEYS = {"chars", "normalization", "max_chars"}
@@ -29,16 +29,18 @@ CHARSET_KEYS = {"chars", "normalization", "max_chars"}
 class CharVocab:
     """``chars[i]`` is the character with id ``i`` (``chars[0]`` = <pad>, ``chars[1]`` = <unk>)."""
 
-    def __init__(self, chars: Sequence[str] = (PAD, UNK), normalization: str = "NFKC",
-                 max_chars: int = MAX_CHARS):
+    def __init__(
+        self, chars: Sequence[str] = (PAD, UNK), normalization: Normalization = "NFKC", max_chars: int = MAX_CHARS
+    ):
         self.chars = list(chars)
         self.normalization = normalization
         self.max_chars = int(max_chars)
         self._index = {c: i for i, c in enumerate(self.chars)}
 
     @classmethod
-    def build(cls, words: Iterable[str], min_freq: int = 1, max_size: int | None = None,
-              max_chars: int = MAX_CHARS) -> "CharVocab":
+    def build(
+        cls, words: Iterable[str], min_freq: int = 1, max_size: int | None = None, max_chars: int = MAX_CHARS
+    ) -> "CharVocab":
         counts: Counter[str] = Counter()
         vocab = cls(max_chars=max_chars)
         for w in words:
@@ -56,7 +58,7 @@ class CharVocab:
         cap = self.max_chars if max_chars is None else max_chars
         w = self.normalize(word)
         if len(w) > cap:  # keep prefix and suffix
-            w = w[: cap // 2] + w[len(w) - (cap - cap // 2):]
+            w = w[: cap // 2] + w[len(w) - (cap - cap // 2) :]
         return [self._index.get(c, UNK_ID) for c in w]
 
     def encode_words(self, words: Sequence[str], max_chars: int | None = None) -> np.ndarray:
@@ -116,9 +118,11 @@ class CharVocab:
         if "max_chars" in d and (not isinstance(mc, int) or isinstance(mc, bool) or mc < 1):
             problems.append(f"'charset.max_chars' is {mc!r}, expected an integer >= 1")
         if problems:
-            raise BundleError(f"{source}: " + "; ".join(problems) + " -- re-export the bundle or retrain; "
-                              "the charset section must come from CharVocab.to_dict()")
-        return cls(chars, normalization=d["normalization"], max_chars=mc)
+            raise BundleError(
+                f"{source}: " + "; ".join(problems) + " -- re-export the bundle or retrain; "
+                "the charset section must come from CharVocab.to_dict()"
+            )
+        return cls(d["chars"], normalization=d["normalization"], max_chars=d["max_chars"])  # all present: checked
 
 
 def word_ids(tokenizer: WordTokenizer, tokens: Sequence[str]) -> list[int]:
@@ -127,8 +131,7 @@ def word_ids(tokenizer: WordTokenizer, tokens: Sequence[str]) -> list[int]:
     return tokenizer.encode_tokens(tokens)
 
 
-def encode_sentences(tokenizer: WordTokenizer, sentences: Sequence[Sequence[str]]
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def encode_sentences(tokenizer: WordTokenizer, sentences: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
     """-> input_ids int64 (B, T) padded with 0, sequence_lens int32 (B,) (0 for an empty sentence:
     callers must not feed those to a graph, whose RNN ops need lengths >= 1)."""
     if isinstance(sentences, str) or (len(sentences) and isinstance(sentences[0], str)):

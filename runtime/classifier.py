@@ -23,9 +23,9 @@ from .session import Progress, Session, check_batch_size, check_truncate, length
 class Prediction:
     text: str
     label: str
-    score: float                 # probability of `label`
-    scores: dict[str, float]     # probability of every label, in the bundle's label order
-    truncated: int = 0           # tokens dropped from the end of the text (truncate=True); 0: all were read
+    score: float  # probability of `label`
+    scores: dict[str, float]  # probability of every label, in the bundle's label order
+    truncated: int = 0  # tokens dropped from the end of the text (truncate=True); 0: all were read
 
     def to_dict(self) -> dict:
         d = {"text": self.text, "label": self.label, "score": self.score, "scores": self.scores}
@@ -46,8 +46,10 @@ class Classifier(Session):
 
     def logits(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """(B, T) int64 ids padded with 0, (B,) lengths >= 1 -> (B, num_labels) float32."""
-        feeds = {ClassifierIO.input_ids: np.ascontiguousarray(input_ids, dtype=np.int64),
-                 ClassifierIO.sequence_lens: np.ascontiguousarray(lengths, dtype=np.int32)}
+        feeds = {
+            ClassifierIO.input_ids: np.ascontiguousarray(input_ids, dtype=np.int64),
+            ClassifierIO.sequence_lens: np.ascontiguousarray(lengths, dtype=np.int32),
+        }
         return self._run([ClassifierIO.logits], feeds)[0]
 
     def encode(self, texts: Sequence[str], truncate: bool = False) -> list[list[int]]:
@@ -55,11 +57,13 @@ class Classifier(Session):
         return self._encode(texts, check_truncate(truncate))[0]
 
     def _encode(self, texts: Sequence[str], truncate: bool) -> tuple[list[list[int]], list[int]]:
-        return self._encode_texts(texts, truncate, "empty or whitespace-only texts cannot be classified, "
-                                                   "drop them from the input")
+        return self._encode_texts(
+            texts, truncate, "empty or whitespace-only texts cannot be classified, drop them from the input"
+        )
 
-    def predict(self, texts: Sequence[str] | str, batch_size: int = 32, progress: Progress | None = None,
-                truncate: bool = False) -> list[Prediction]:
+    def predict(
+        self, texts: Sequence[str] | str, batch_size: int = 32, progress: Progress | None = None, truncate: bool = False
+    ) -> list[Prediction]:
         """Classify texts; ``progress(n)`` is called after each batch with its size.  A text of more
         than ``max_length`` tokens is refused, or with ``truncate=True`` classified on its first
         ``max_length`` tokens (``Prediction.truncated`` says how many were dropped)."""
@@ -74,11 +78,14 @@ class Classifier(Session):
             if progress:
                 progress(len(rows))
         best = probs.argmax(axis=1)
-        return [Prediction(text, self.labels[b], float(p[b]), {l: float(x) for l, x in zip(self.labels, p)}, cut)
-                for text, b, p, cut in zip(texts, best, probs, dropped)]
+        return [
+            Prediction(text, self.labels[b], float(p[b]), {l: float(x) for l, x in zip(self.labels, p)}, cut)
+            for text, b, p, cut in zip(texts, best, probs, dropped)
+        ]
 
-    def run_batch(self, items: Sequence[str], batch_size: int = 32, progress: Progress | None = None,
-                  truncate: bool = False) -> list[Prediction]:
+    def run_batch(
+        self, items: Sequence[str], batch_size: int = 32, progress: Progress | None = None, truncate: bool = False
+    ) -> list[Prediction]:
         """``predict``, as the batch entry point every task object has (``Session.run_batch``)."""
         return self.predict(items, batch_size=batch_size, progress=progress, truncate=truncate)
 

@@ -23,8 +23,8 @@ from .manifest import MANIFEST_FILE
 from .model import load
 from .model_spec import ModelSpec
 
-_MODELS: dict[tuple, object] = {}   # (digest, backend, int8, threads) -> task object, one per worker process
-_LOADS: dict[tuple, int] = {}       # how many times this process loaded it (1 unless something is wrong)
+_MODELS: dict[tuple, object] = {}  # (digest, backend, int8, threads) -> task object, one per worker process
+_LOADS: dict[tuple, int] = {}  # how many times this process loaded it (1 unless something is wrong)
 _LOCK = threading.Lock()
 
 
@@ -60,7 +60,7 @@ def materialise(root: Path, digest: str, files: dict[str, bytes]) -> Path:
             (tmp / name).write_bytes(data)
         try:
             os.rename(tmp, target)
-        except OSError:              # another worker process on this machine got there first
+        except OSError:  # another worker process on this machine got there first
             if not (target / MANIFEST_FILE).is_file():
                 raise
     finally:
@@ -75,8 +75,10 @@ def worker_model(spec: ModelSpec):
         if key not in _MODELS:
             path = bundle_root(get_worker().local_directory) / spec.digest
             if not (path / MANIFEST_FILE).is_file():
-                raise RnnkitError(f"{path}: missing on worker {get_worker().address}; the rnnkit bundle plugin "
-                                  f"did not run there (register BundlePlugin before submitting partitions)")
+                raise RnnkitError(
+                    f"{path}: missing on worker {get_worker().address}; the rnnkit bundle plugin "
+                    f"did not run there (register BundlePlugin before submitting partitions)"
+                )
             _MODELS[key] = load(path, backend=spec.backend, int8=spec.int8, threads=spec.threads)
             _LOADS[key] = _LOADS.get(key, 0) + 1
         return _MODELS[key], _LOADS[key]
@@ -93,8 +95,16 @@ def run_partition(spec: ModelSpec, ids: list[str], items: list) -> dict:
     model, loads = worker_model(spec)
     run = functools.partial(model.run_batch, truncate=spec.truncate)
     results, errors = run_items(run, items, spec.batch_size)
-    text = "".join(json.dumps({"id": i, **r.to_dict()}, ensure_ascii=False) + "\n"
-                   for i, r in zip(ids, results) if r is not None)
-    return {"text": text, "rows": len(ids) - len(errors), "errors": errors,
-            "worker": get_worker().address, "pid": os.getpid(), "loads": loads,
-            "seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu}
+    text = "".join(
+        json.dumps({"id": i, **r.to_dict()}, ensure_ascii=False) + "\n" for i, r in zip(ids, results) if r is not None
+    )
+    return {
+        "text": text,
+        "rows": len(ids) - len(errors),
+        "errors": errors,
+        "worker": get_worker().address,
+        "pid": os.getpid(),
+        "loads": loads,
+        "seconds": time.perf_counter() - wall,
+        "cpu_seconds": time.process_time() - cpu,
+    }

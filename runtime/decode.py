@@ -36,23 +36,24 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import InputError
-from .manifest import LanguageModelIO, Seq2SeqIO as IO
+from .manifest import LanguageModelIO
+from .manifest import Seq2SeqIO as IO
 from .tokenizer import PAD_ID, pad_ids
 
 GraphRun = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # feeds -> outputs by name
-MAX_OUTPUT_TOKENS = 1024    # absolute cap on output tokens per source, whatever the options
+MAX_OUTPUT_TOKENS = 1024  # absolute cap on output tokens per source, whatever the options
 OUTPUT_FACTOR, OUTPUT_OFFSET = 2, 10  # default limit: 2 * source tokens + 10
-DEFAULT_ALPHA = 0.6         # GNMT's length-penalty exponent (Wu et al. 2016 tuned alpha in [0.6, 0.7])
+DEFAULT_ALPHA = 0.6  # GNMT's length-penalty exponent (Wu et al. 2016 tuned alpha in [0.6, 0.7])
 
 
 @dataclass
 class Candidate:
     """One hypothesis in ids."""
 
-    ids: list[int]           # target ids, without <s> and </s>
-    log_prob: float          # sum of the log-probabilities of ids (and of </s> when finished), nats
-    score: float             # log_prob / length_penalty(len(ids) + finished, alpha): the ranking score
-    finished: bool           # ended with </s>; False: cut at the length limit
+    ids: list[int]  # target ids, without <s> and </s>
+    log_prob: float  # sum of the log-probabilities of ids (and of </s> when finished), nats
+    score: float  # log_prob / length_penalty(len(ids) + finished, alpha): the ranking score
+    finished: bool  # ended with </s>; False: cut at the length limit
 
 
 def length_penalty(n: int, alpha: float) -> float:
@@ -72,11 +73,15 @@ def check_options(beam, alpha, max_output_tokens) -> None:
         raise InputError(f"beam must be an integer >= 1 (1 = greedy), got {beam!r}")
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not np.isfinite(alpha) or alpha < 0:
         raise InputError(f"alpha (length penalty) must be a finite number >= 0, got {alpha!r}")
-    if max_output_tokens is not None and (not isinstance(max_output_tokens, (int, np.integer))
-                                          or isinstance(max_output_tokens, bool)
-                                          or not 1 <= max_output_tokens <= MAX_OUTPUT_TOKENS):
-        raise InputError(f"max_output_tokens must be an integer in 1..{MAX_OUTPUT_TOKENS} (or None: 2 x source "
-                         f"tokens + 10), got {max_output_tokens!r}")
+    if max_output_tokens is not None and (
+        not isinstance(max_output_tokens, (int, np.integer))
+        or isinstance(max_output_tokens, bool)
+        or not 1 <= max_output_tokens <= MAX_OUTPUT_TOKENS
+    ):
+        raise InputError(
+            f"max_output_tokens must be an integer in 1..{MAX_OUTPUT_TOKENS} (or None: 2 x source "
+            f"tokens + 10), got {max_output_tokens!r}"
+        )
 
 
 @dataclass
@@ -88,15 +93,18 @@ class Rows:
 
     def take(self, rows: np.ndarray) -> "Rows":
         """Rows reordered / repeated / dropped: state along axis 1, context along axis 0."""
-        return Rows({k: np.take(v, rows, axis=1) for k, v in self.state.items()},
-                    {k: np.take(v, rows, axis=0) for k, v in self.context.items()})
+        return Rows(
+            {k: np.take(v, rows, axis=1) for k, v in self.state.items()},
+            {k: np.take(v, rows, axis=0) for k, v in self.context.items()},
+        )
 
 
 class Steps:
     """An encoder-decoder's two graphs as the decode loop calls them."""
 
-    def __init__(self, encoder: GraphRun, decoder: GraphRun, cell: str, attention: str, bos_id: int, eos_id: int,
-                 vocab_size: int):
+    def __init__(
+        self, encoder: GraphRun, decoder: GraphRun, cell: str, attention: str, bos_id: int, eos_id: int, vocab_size: int
+    ):
         self.encoder, self.decoder = encoder, decoder
         self.state_inputs = LanguageModelIO.state_inputs(cell)
         self.state_outputs = LanguageModelIO.state_outputs(cell)
@@ -113,8 +121,9 @@ class Steps:
 
     def run(self, input_ids: np.ndarray, rows: Rows) -> tuple[np.ndarray, Rows]:
         """(N, T) previous tokens -> log-probabilities (N, T, V) float32, and the rows after them."""
-        out = self.decoder({IO.input_ids: np.ascontiguousarray(input_ids, dtype=np.int64), **rows.state,
-                            **rows.context})
+        out = self.decoder(
+            {IO.input_ids: np.ascontiguousarray(input_ids, dtype=np.int64), **rows.state, **rows.context}
+        )
         state = {LanguageModelIO.STATE_PAIRS[o]: out[o] for o in self.state_outputs}
         return out[IO.log_probs], Rows(state, rows.context)
 
@@ -126,8 +135,9 @@ class Steps:
         return lp, rows
 
 
-def greedy(steps: Steps, sources: Sequence[Sequence[int]], limits: Sequence[int], alpha: float = DEFAULT_ALPHA
-           ) -> list[Candidate]:
+def greedy(
+    steps: Steps, sources: Sequence[Sequence[int]], limits: Sequence[int], alpha: float = DEFAULT_ALPHA
+) -> list[Candidate]:
     """The argmax output of every source (one batch: the encoder runs once); ``alpha`` only sets
     the reported score, as beam search would."""
     n = len(sources)
@@ -135,39 +145,46 @@ def greedy(steps: Steps, sources: Sequence[Sequence[int]], limits: Sequence[int]
     outputs: list[list[int]] = [[] for _ in range(n)]
     log_prob = np.zeros(n)
     finished = np.zeros(n, bool)
-    active = np.arange(n)                                           # source of each row
+    active = np.arange(n)  # source of each row
     tokens = np.full(n, steps.bos_id, np.int64)
     while len(active):
         lp, rows = steps.step(tokens, rows)
-        pick = lp.argmax(axis=1)                                    # first maximum: ties -> lowest id
+        pick = lp.argmax(axis=1)  # first maximum: ties -> lowest id
         log_prob[active] += lp[np.arange(len(active)), pick]
-        keep = []
-        for r, (s, token) in enumerate(zip(active, pick)):
+        kept: list[int] = []
+        for r, (s, token) in enumerate(zip(active.tolist(), pick)):
             if token == steps.eos_id:
                 finished[s] = True
                 continue
             outputs[s].append(int(token))
             if len(outputs[s]) < limits[s]:
-                keep.append(r)
-        keep = np.asarray(keep, np.int64)
-        if len(keep) < len(active):                                 # finished sources leave the batch
+                kept.append(r)
+        keep = np.asarray(kept, np.int64)
+        if len(keep) < len(active):  # finished sources leave the batch
             rows = rows.take(keep)
         active, tokens = active[keep], pick[keep]
-    return [Candidate(outputs[s], float(log_prob[s]),
-                      float(log_prob[s]) / length_penalty(len(outputs[s]) + bool(finished[s]), alpha), bool(finished[s]))
-            for s in range(n)]
+    return [
+        Candidate(
+            outputs[s],
+            float(log_prob[s]),
+            float(log_prob[s]) / length_penalty(len(outputs[s]) + bool(finished[s]), alpha),
+            bool(finished[s]),
+        )
+        for s in range(n)
+    ]
 
 
-def beam_search(steps: Steps, sources: Sequence[Sequence[int]], limits: Sequence[int], beam: int,
-                alpha: float = DEFAULT_ALPHA) -> list[list[Candidate]]:
+def beam_search(
+    steps: Steps, sources: Sequence[Sequence[int]], limits: Sequence[int], beam: int, alpha: float = DEFAULT_ALPHA
+) -> list[list[Candidate]]:
     """Up to ``beam`` hypotheses per source, best first (see the module docstring); one batch."""
     k, vocab = int(beam), steps.vocab_size
     n = len(sources)
-    rows = steps.encode(sources).take(np.repeat(np.arange(n), k))   # row = source * k + slot
+    rows = steps.encode(sources).take(np.repeat(np.arange(n), k))  # row = source * k + slot
     scores = np.full((n, k), -np.inf)
-    scores[:, 0] = 0.0                                              # one live hypothesis to start: no duplicates
+    scores[:, 0] = 0.0  # one live hypothesis to start: no duplicates
     seqs = np.zeros((n, k, 0), np.int64)
-    active = np.arange(n)                                           # source of each block of k rows
+    active = np.arange(n)  # source of each block of k rows
     done: list[list[Candidate]] = [[] for _ in range(n)]
     tokens = np.full(n * k, steps.bos_id, np.int64)
     width = min(2 * k, k * vocab)
@@ -175,27 +192,28 @@ def beam_search(steps: Steps, sources: Sequence[Sequence[int]], limits: Sequence
         lp, rows = steps.step(tokens, rows)
         a = len(active)
         total = (scores[:, :, None] + lp.reshape(a, k, vocab)).reshape(a, k * vocab)
-        kth = -np.partition(-total, width - 1, axis=1)[:, width - 1]    # each source's width-th best value
+        kth = -np.partition(-total, width - 1, axis=1)[:, width - 1]  # each source's width-th best value
         keep, parents, next_tokens, next_scores = [], [], [], []
-        for i, s in enumerate(active):
-            ranked = np.flatnonzero(total[i] >= kth[i])             # every candidate as good: ties included
+        for i, s in enumerate(active.tolist()):
+            ranked = np.flatnonzero(total[i] >= kth[i])  # every candidate as good: ties included
             ranked = ranked[np.argsort(-total[i, ranked], kind="stable")[:width]]  # best first, ties by (slot, id)
-            live = []
+            live: list[tuple[int, int, float]] = []
             for rank, j in enumerate(ranked):
                 value = total[i, j]
                 if not np.isfinite(value) or len(live) == k:
                     break
                 slot, token = divmod(int(j), vocab)
                 if token == steps.eos_id:
-                    if rank < k:                                   # a top-k extension ends here
+                    if rank < k:  # a top-k extension ends here
                         ids = seqs[i, slot].tolist()
-                        done[s].append(Candidate(ids, float(value), float(value) / length_penalty(len(ids) + 1, alpha),
-                                                 True))
+                        done[s].append(
+                            Candidate(ids, float(value), float(value) / length_penalty(len(ids) + 1, alpha), True)
+                        )
                 else:
                     live.append((slot, token, float(value)))
             if len(done[s]) >= k or not live:
                 continue
-            if t + 1 >= limits[s]:                                  # the limit: live hypotheses are cut here
+            if t + 1 >= limits[s]:  # the limit: live hypotheses are cut here
                 for slot, token, value in live:
                     ids = seqs[i, slot].tolist() + [token]
                     done[s].append(Candidate(ids, value, value / length_penalty(len(ids), alpha), False))
@@ -207,7 +225,7 @@ def beam_search(steps: Steps, sources: Sequence[Sequence[int]], limits: Sequence
             next_scores.append([value for _, _, value in live])
         if not keep:
             break
-        parent_rows = np.asarray(parents, np.int64)                 # (a', k) rows of the current batch
+        parent_rows = np.asarray(parents, np.int64)  # (a', k) rows of the current batch
         seqs = np.concatenate([seqs.reshape(a * k, t)[parent_rows], np.asarray(next_tokens)[..., None]], axis=2)
         rows = rows.take(parent_rows.reshape(-1))
         scores = np.asarray(next_scores)
@@ -216,8 +234,9 @@ def beam_search(steps: Steps, sources: Sequence[Sequence[int]], limits: Sequence
     return [sorted(found, key=lambda c: (not c.finished, -c.score))[:k] for found in done]
 
 
-def teacher_forced(steps: Steps, sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]
-                   ) -> list[np.ndarray]:
+def teacher_forced(
+    steps: Steps, sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]
+) -> list[np.ndarray]:
     """Log-probabilities (len(target) + 1, V) float32 of every next token given ``<s> target``: the
     last row predicts what follows the target (``</s>`` for a complete one).  One decoder call
     (the decoder has no input feeding); rows shorter than the batch's longest are padded after
@@ -225,4 +244,4 @@ def teacher_forced(steps: Steps, sources: Sequence[Sequence[int]], targets: Sequ
     rows = steps.encode(sources)
     inputs, _ = pad_ids([[steps.bos_id, *t] for t in targets])
     log_probs, _ = steps.run(inputs, rows)
-    return [log_probs[i, :len(t) + 1] for i, t in enumerate(targets)]
+    return [log_probs[i, : len(t) + 1] for i, t in enumerate(targets)]

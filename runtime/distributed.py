@@ -55,11 +55,11 @@ JOB_FILE, SUCCESS_FILE, ERRORS_FILE, ERRORS_DIR = "_job.json", "_SUCCESS", "erro
 
 @dataclass
 class Progress:
-    rows_done: int = 0            # rows in partitions written (this run and, with resume, earlier runs)
-    rows_read: int = 0            # rows read from the inputs so far
+    rows_done: int = 0  # rows in partitions written (this run and, with resume, earlier runs)
+    rows_read: int = 0  # rows read from the inputs so far
     partitions_done: int = 0
     partitions_read: int = 0
-    reading_done: bool = False    # rows_read / partitions_read are then the totals
+    reading_done: bool = False  # rows_read / partitions_read are then the totals
 
 
 @dataclass
@@ -69,13 +69,13 @@ class Summary:
     rows_out: int
     errors: int
     partitions: int
-    partitions_skipped: int       # already written by an earlier run (resume)
+    partitions_skipped: int  # already written by an earlier run (resume)
     seconds: float
-    rows_per_second: float        # rows processed by this run / seconds
+    rows_per_second: float  # rows processed by this run / seconds
     workers: int
-    model_loads: dict = field(default_factory=dict)   # worker address -> models loaded by that process
-    task_seconds: float = 0.0     # wall time of this run's partition tasks on the workers, summed
-    task_cpu_seconds: float = 0.0 # CPU time of those tasks (below task_seconds: the cores were shared)
+    model_loads: dict = field(default_factory=dict)  # worker address -> models loaded by that process
+    task_seconds: float = 0.0  # wall time of this run's partition tasks on the workers, summed
+    task_cpu_seconds: float = 0.0  # CPU time of those tasks (below task_seconds: the cores were shared)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,11 +90,27 @@ def part_name(index: int) -> str:
     return f"part-{index:05d}.jsonl"
 
 
-def predict(bundle, inputs, out_dir, *, scheduler: str | None = None, client=None, workers: int | None = None,
-            partition_size: int = 10_000, backend: str = "auto", int8: bool = False, threads: int = 1,
-            batch_size: int = 64, text_field: str = "text", encoding: str = "utf-8", pretokenized: bool = False,
-            resume: bool = False, progress: Callable[[Progress], None] | None = None,
-            hint: dict | None = None, truncate: bool = False) -> Summary:
+def predict(
+    bundle,
+    inputs,
+    out_dir,
+    *,
+    scheduler: str | None = None,
+    client=None,
+    workers: int | None = None,
+    partition_size: int = 10_000,
+    backend: str = "auto",
+    int8: bool = False,
+    threads: int = 1,
+    batch_size: int = 64,
+    text_field: str = "text",
+    encoding: str = "utf-8",
+    pretokenized: bool = False,
+    resume: bool = False,
+    progress: Callable[[Progress], None] | None = None,
+    hint: dict | None = None,
+    truncate: bool = False,
+) -> Summary:
     """Run BUNDLE over INPUTS (paths or globs: txt/CSV/TSV/JSONL) on Dask; write OUT_DIR; return the counts.
 
     ``client``: an existing ``distributed.Client``; else ``scheduler`` ("tcp://host:port") to
@@ -109,29 +125,44 @@ def predict(bundle, inputs, out_dir, *, scheduler: str | None = None, client=Non
     b = open_bundle(bundle)
     task = TASKS[b.task]
     if not task.dask:  # checked before Dask is needed: the answer does not depend on it
-        raise UnsupportedError(f"{bundle}: --engine dask runs {[n for n, t in TASKS.items() if t.dask]} bundles, "
-                               f"not {b.task!r} "
-                               f"(generation and seq2seq decoding have no distributed runner); use --engine local")
+        raise UnsupportedError(
+            f"{bundle}: --engine dask runs {[n for n, t in TASKS.items() if t.dask]} bundles, "
+            f"not {b.task!r} "
+            f"(generation and seq2seq decoding have no distributed runner); use --engine local"
+        )
     try:
         import distributed
     except ImportError:
-        raise RnnkitError("--engine dask needs Dask distributed; run `pip install \"rnnkit[dask]\"` "
-                          "(or `pip install \"dask[distributed]\"`)") from None
+        raise RnnkitError(
+            '--engine dask needs Dask distributed; run `pip install "rnnkit[dask]"` '
+            '(or `pip install "dask[distributed]"`)'
+        ) from None
     if pretokenized and not task.token_lists:
         raise InputError("--pretokenized applies to tagging bundles only")
     if int8:
-        b.model_path(int8=True)              # refuse now, not on every worker
+        b.model_path(int8=True)  # refuse now, not on every worker
     files = expand_inputs(inputs)
     hint = hint or {text_field: "text_field=", "encoding": "encoding="}
-    read_records(files[0], (text_field,), encoding=encoding, hint=hint)   # an unknown encoding: refuse now
+    read_records(files[0], (text_field,), encoding=encoding, hint=hint)  # an unknown encoding: refuse now
     spec = ModelSpec(bundle_digest(b.path), backends.resolve(backend), int8, threads, batch_size, bool(truncate))
     out = Path(out_dir)
     # --resume compares each input's sha256: an edit in place keeps its path and size
-    job = {"bundle": str(b.path), "bundle_digest": spec.digest, "task": b.task, "backend": spec.backend,
-           "int8": int8, "partition_size": partition_size, "text_field": text_field, "encoding": encoding,
-           "pretokenized": pretokenized, "truncate": bool(truncate),
-           "inputs": [{"index": i, "path": str(f), "bytes": f.stat().st_size, "sha256": sha256_file(f)}
-                      for i, f in enumerate(files)]}
+    job = {
+        "bundle": str(b.path),
+        "bundle_digest": spec.digest,
+        "task": b.task,
+        "backend": spec.backend,
+        "int8": int8,
+        "partition_size": partition_size,
+        "text_field": text_field,
+        "encoding": encoding,
+        "pretokenized": pretokenized,
+        "truncate": bool(truncate),
+        "inputs": [
+            {"index": i, "path": str(f), "bytes": f.stat().st_size, "sha256": sha256_file(f)}
+            for i, f in enumerate(files)
+        ],
+    }
     _prepare_out_dir(out, job, resume)
 
     own_cluster = None
@@ -139,8 +170,9 @@ def predict(bundle, inputs, out_dir, *, scheduler: str | None = None, client=Non
         if scheduler:
             client = distributed.Client(scheduler, timeout="30s")
         else:
-            own_cluster = distributed.LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
-                                                   processes=True, dashboard_address=None)
+            own_cluster = distributed.LocalCluster(
+                n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True, dashboard_address=None
+            )
             client = distributed.Client(own_cluster)
     try:
         _register_bundle(client, b.path, spec.digest)
@@ -170,20 +202,26 @@ def _prepare_out_dir(out: Path, job: dict, resume: bool) -> None:
     if existing and not resume:
         done = sum(n.startswith("part-") for n in existing)
         state = "finished (_SUCCESS present)" if SUCCESS_FILE in existing else f"{done} part files"
-        raise InputError(f"--output {out}: not empty ({state}); pass --resume to continue that job "
-                         f"(finished partitions are kept), or choose an empty or new folder")
+        raise InputError(
+            f"--output {out}: not empty ({state}); pass --resume to continue that job "
+            f"(finished partitions are kept), or choose an empty or new folder"
+        )
     if existing:
         previous = out / JOB_FILE
         if not previous.is_file():
-            raise InputError(f"--output {out}: has files but no {JOB_FILE}; it is not an rnnkit dask output, "
-                             f"so --resume cannot continue it; choose an empty or new folder")
+            raise InputError(
+                f"--output {out}: has files but no {JOB_FILE}; it is not an rnnkit dask output, "
+                f"so --resume cannot continue it; choose an empty or new folder"
+            )
         old = json.loads(previous.read_text(encoding="utf-8"))
         _check_inputs(out, old.get("inputs"), job["inputs"])
         changed = [k for k in job if k != "bundle" and old.get(k) != job[k]]
         if changed:
-            raise InputError(f"--output {out}: --resume needs the same job, but {', '.join(changed)} differ from "
-                             f"{previous}; rerun with the same settings or choose a new folder")
-        for stale in out.glob(".*.partial"):          # temporary files of an interrupted client
+            raise InputError(
+                f"--output {out}: --resume needs the same job, but {', '.join(changed)} differ from "
+                f"{previous}; rerun with the same settings or choose a new folder"
+            )
+        for stale in out.glob(".*.partial"):  # temporary files of an interrupted client
             stale.unlink()
         for stale in (out / ERRORS_DIR).glob(".*.partial"):
             stale.unlink()
@@ -199,12 +237,14 @@ def _check_inputs(out: Path, old, new) -> None:
     """Resume only over the same bytes: partitions are cut by row position, so an edited input would
     leave finished partitions holding rows that no longer exist and shift the rest."""
     if not isinstance(old, list) or [i.get("path") for i in old] != [i["path"] for i in new]:
-        return                                    # a different file list: reported as "inputs differ"
+        return  # a different file list: reported as "inputs differ"
     for before, now in zip(old, new):
         if before.get("sha256") != now["sha256"]:
             was = f"sha256 {before['sha256'][:12]}..." if before.get("sha256") else "no recorded sha256"
-            raise InputError(f"--output {out}: --resume: the input {now['path']} changed since the job started "
-                             f"({was}, now {now['sha256'][:12]}...); rerun without --resume into a new folder")
+            raise InputError(
+                f"--output {out}: --resume: the input {now['path']} changed since the job started "
+                f"({was}, now {now['sha256'][:12]}...); rerun without --resume into a new folder"
+            )
 
 
 @dataclass
@@ -226,7 +266,7 @@ def _run(client, spec: ModelSpec, files, out: Path, job: dict, resume: bool, pro
     state = _State()
     p = state.progress
     state.workers = len(client.scheduler_info(n_workers=-1)["workers"]) if hasattr(client, "scheduler_info") else 0
-    window = max(4, 3 * max(1, sum(client.nthreads().values())))   # partitions in flight: bounds client memory
+    window = max(4, 3 * max(1, sum(client.nthreads().values())))  # partitions in flight: bounds client memory
     token = spec.digest[:8] + "-" + hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:8]
     pending: dict = {}
     running = as_completed()
@@ -234,8 +274,9 @@ def _run(client, spec: ModelSpec, files, out: Path, job: dict, resume: bool, pro
     def collect(future):
         part = pending.pop(future.key)
         result = future.result()
-        errors = part.errors + [{"id": part.ids[i], "source": part.sources[i], "error": msg}
-                                for i, msg in result["errors"]]
+        errors = part.errors + [
+            {"id": part.ids[i], "source": part.sources[i], "error": msg} for i, msg in result["errors"]
+        ]
         _write_partition(out, part.index, result["text"], errors)
         state.loads[result["worker"]] = result["loads"]
         state.task_seconds += result["seconds"]
@@ -256,14 +297,15 @@ def _run(client, spec: ModelSpec, files, out: Path, job: dict, resume: bool, pro
             p.rows_done += part.rows
             p.partitions_done += 1
             continue
-        if not part.ids:                     # nothing a model could run: write the errors directly
+        if not part.ids:  # nothing a model could run: write the errors directly
             _write_partition(out, part.index, "", part.errors)
             p.rows_done += part.rows
             p.partitions_done += 1
             state.rows_this_run += part.rows
             continue
-        future = client.submit(run_partition, spec, part.ids, part.items, key=f"rnnkit-{token}-{part.index:05d}",
-                               pure=False, retries=2)
+        future = client.submit(
+            run_partition, spec, part.ids, part.items, key=f"rnnkit-{token}-{part.index:05d}", pure=False, retries=2
+        )
         pending[future.key] = part
         running.add(future)
         while running.count() >= window:
@@ -296,8 +338,7 @@ def _finish(out: Path, job: dict, state: _State, seconds: float) -> Summary:
     names = [part_name(i) for i in range(p.partitions_read)]
     missing = [n for n in names if not (out / n).is_file()]
     if missing:
-        raise RnnkitError(f"{out}: {len(missing)} partitions were not written ({missing[:3]}...); "
-                          f"rerun with --resume")
+        raise RnnkitError(f"{out}: {len(missing)} partitions were not written ({missing[:3]}...); rerun with --resume")
     rows_out = sum(_count_lines(out / n) for n in names)
     with atomic_writer(out / ERRORS_FILE) as handle:
         errors = 0
@@ -307,13 +348,34 @@ def _finish(out: Path, job: dict, state: _State, seconds: float) -> Summary:
                     handle.write(line)
                     errors += 1
     if rows_out + errors != p.rows_read:
-        raise RnnkitError(f"{out}: {p.rows_read} rows read but {rows_out} predictions + {errors} errors written; "
-                          f"the output folder was changed during the run; rerun into a new folder")
-    summary = Summary(str(out), p.rows_read, rows_out, errors, p.partitions_read, state.skipped,
-                      round(seconds, 3), round(state.rows_this_run / seconds, 1) if seconds else 0.0,
-                      state.workers, state.loads, round(state.task_seconds, 3), round(state.task_cpu_seconds, 3))
+        raise RnnkitError(
+            f"{out}: {p.rows_read} rows read but {rows_out} predictions + {errors} errors written; "
+            f"the output folder was changed during the run; rerun into a new folder"
+        )
+    summary = Summary(
+        str(out),
+        p.rows_read,
+        rows_out,
+        errors,
+        p.partitions_read,
+        state.skipped,
+        round(seconds, 3),
+        round(state.rows_this_run / seconds, 1) if seconds else 0.0,
+        state.workers,
+        state.loads,
+        round(state.task_seconds, 3),
+        round(state.task_cpu_seconds, 3),
+    )
     with atomic_writer(out / SUCCESS_FILE) as handle:
-        json.dump({**summary.to_dict(), "bundle_digest": job["bundle_digest"], "backend": job["backend"],
-                   "int8": job["int8"]}, handle, indent=2)
+        json.dump(
+            {
+                **summary.to_dict(),
+                "bundle_digest": job["bundle_digest"],
+                "backend": job["backend"],
+                "int8": job["int8"],
+            },
+            handle,
+            indent=2,
+        )
     fsync_dir(out)
     return summary

@@ -26,14 +26,14 @@ from .errors import InputError
 from .tokenizer import PAD_ID, UNK_ID
 
 MAX_TOKENS_LIMIT = 1_000_000  # one call generates at most this many tokens: a typo must not run for days
-NEVER = (PAD_ID, UNK_ID)      # ids never generated
+NEVER = (PAD_ID, UNK_ID)  # ids never generated
 
 
 @dataclass(frozen=True)
 class Sampling:
-    temperature: float = 1.0   # 0: greedy; > 0: divide the logits by it
-    top_k: int = 0             # keep the k most likely tokens (0: all)
-    top_p: float = 1.0         # keep the smallest set whose probability reaches top_p, in (0, 1]
+    temperature: float = 1.0  # 0: greedy; > 0: divide the logits by it
+    top_k: int = 0  # keep the k most likely tokens (0: all)
+    top_p: float = 1.0  # keep the smallest set whose probability reaches top_p, in (0, 1]
 
     def __post_init__(self):
         t, k, p = self.temperature, self.top_k, self.top_p
@@ -53,8 +53,10 @@ def check_max_tokens(max_tokens) -> int:
     if not isinstance(max_tokens, (int, np.integer)) or isinstance(max_tokens, bool) or max_tokens < 0:
         raise InputError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
     if max_tokens > MAX_TOKENS_LIMIT:
-        raise InputError(f"max_tokens is {max_tokens}, more than the limit of {MAX_TOKENS_LIMIT} per call; "
-                         "call generate() again from the same state to continue")
+        raise InputError(
+            f"max_tokens is {max_tokens}, more than the limit of {MAX_TOKENS_LIMIT} per call; "
+            "call generate() again from the same state to continue"
+        )
     return int(max_tokens)
 
 
@@ -76,9 +78,9 @@ def distribution(logits: np.ndarray, s: Sampling) -> np.ndarray:
     p = np.exp(z - z.max())
     p /= p.sum()
     if s.top_p < 1.0:
-        order = np.argsort(-p, kind="stable")                 # most likely first, ties by id
+        order = np.argsort(-p, kind="stable")  # most likely first, ties by id
         cum = np.cumsum(p[order])
-        keep = int(np.searchsorted(cum, s.top_p)) + 1         # smallest prefix reaching top_p
+        keep = int(np.searchsorted(cum, s.top_p)) + 1  # smallest prefix reaching top_p
         p[order[keep:]] = 0.0
         p /= p.sum()
     return p
@@ -91,9 +93,10 @@ def choose(logits: np.ndarray, s: Sampling, rng: np.random.Generator | None) -> 
         z[list(NEVER)] = -np.inf
         return int(np.argmax(z))
     p = distribution(logits, s)
-    u = rng.random()                                           # exactly one draw per token
+    assert rng is not None, "sampling needs a generator"  # only greedy decoding may pass None
+    u = rng.random()  # exactly one draw per token
     idx = int(np.searchsorted(np.cumsum(p), u, side="right"))
-    return min(idx, int(np.flatnonzero(p)[-1]))                # u at 1 - eps: the last non-zero entry
+    return min(idx, int(np.flatnonzero(p)[-1]))  # u at 1 - eps: the last non-zero entry
 
 
 def top_tokens(logits: np.ndarray, k: int) -> list[tuple[int, float]]:

@@ -30,15 +30,41 @@ from .manifest import MANIFEST_FILE
 
 # Sizes given to the named axes for shape inference: two settings that share no value, so that a
 # constant which fixes an axis (a Reshape to a static batch, a Slice past a window) is wrong in one.
-AXIS_SIZES = ({"batch": 2, "time": 5, "chars": 3, "source_time": 4},
-              {"batch": 3, "time": 7, "chars": 6, "source_time": 2})
+AXIS_SIZES = (
+    {"batch": 2, "time": 5, "chars": 3, "source_time": 4},
+    {"batch": 3, "time": 7, "chars": 6, "source_time": 2},
+)
 # operands that are lists (rank 1) or scalars (rank 0), by op and input index (Operators.md, opset 17)
-OPERAND_RANKS = {"Slice": {1: 1, 2: 1, 3: 1, 4: 1}, "Unsqueeze": {1: 1}, "Squeeze": {1: 1}, "ReduceSum": {1: 1},
-                 "Reshape": {1: 1}, "ConstantOfShape": {0: 1}, "Range": {0: 0, 1: 0, 2: 0}}
+OPERAND_RANKS = {
+    "Slice": {1: 1, 2: 1, 3: 1, 4: 1},
+    "Unsqueeze": {1: 1},
+    "Squeeze": {1: 1},
+    "ReduceSum": {1: 1},
+    "Reshape": {1: 1},
+    "ConstantOfShape": {0: 1},
+    "Range": {0: 0, 1: 0, 2: 0},
+}
 # ops that compute shapes and indices from constants and the inputs' shapes (rnnkit's time masks,
 # character windows, state slices): folded to constants so that inference sees their values
-FOLDABLE = {"Shape", "Gather", "Range", "Unsqueeze", "Squeeze", "Cast", "Concat", "Slice", "Add", "Sub", "Mul",
-            "Div", "ConstantOfShape", "Reshape", "Equal", "Less", "Not"}
+FOLDABLE = {
+    "Shape",
+    "Gather",
+    "Range",
+    "Unsqueeze",
+    "Squeeze",
+    "Cast",
+    "Concat",
+    "Slice",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "ConstantOfShape",
+    "Reshape",
+    "Equal",
+    "Less",
+    "Not",
+}
 # ops that pass values on unchanged (in value, if not in shape): indices are followed through them
 PASS_VALUES = {"Concat", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Identity", "Slice", "Transpose"}
 MAX_FOLD = 4096  # elements: shapes, indices and masks of a few small inputs
@@ -51,12 +77,17 @@ def check_shapes(model: onnx.ModelProto, path: Path, record: dict) -> None:
         for out, dims in _inferred_outputs(model, path, sizes).items():
             declared = next(d["shape"] for d in record["outputs"] if d["name"] == out)
             want = [sizes.get(x) if isinstance(x, str) else x for x in declared]
-            if dims is None or len(dims) != len(want) or any(
-                    is_int(got) and w is not None and got != w for got, w in zip(dims, want)):
+            if (
+                dims is None
+                or len(dims) != len(want)
+                or any(is_int(got) and w is not None and got != w for got, w in zip(dims, want))
+            ):
                 shown = "unknown" if dims is None else ["?" if x is None else x for x in dims]
-                raise BundleError(f"{path}: for inputs sized {sizes} the graph computes {out!r} with shape {shown}, "
-                                  f"but {MANIFEST_FILE} declares {declared}, i.e. {want}; the graph was changed, "
-                                  f"{REEXPORT}")
+                raise BundleError(
+                    f"{path}: for inputs sized {sizes} the graph computes {out!r} with shape {shown}, "
+                    f"but {MANIFEST_FILE} declares {declared}, i.e. {want}; the graph was changed, "
+                    f"{REEXPORT}"
+                )
 
 
 def _inferred_outputs(model: onnx.ModelProto, path: Path, sizes: dict[str, int]) -> dict[str, list | None]:
@@ -86,25 +117,33 @@ def _inferred_outputs(model: onnx.ModelProto, path: Path, sizes: dict[str, int])
             graph.node[i].CopyFrom(twin)
     known = _fold_shapes(graph, path, sizes)
     _check_gather_constants(graph, known, path)
-    shim = onnx.helper.make_model(graph, opset_imports=[o for o in model.opset_import if o.domain in ("", "ai.onnx")],
-                                  ir_version=model.ir_version)
+    shim = onnx.helper.make_model(
+        graph, opset_imports=[o for o in model.opset_import if o.domain in ("", "ai.onnx")], ir_version=model.ir_version
+    )
     try:
         inferred = onnx.shape_inference.infer_shapes(shim, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:  # onnx's InferenceError, or anything its C++ side raises
-        raise BundleError(f"{path}: shapes do not fit together for inputs sized {sizes} ({type(exc).__name__}: "
-                          f"{brief(exc, 300)}); the file is corrupted or was changed, {REEXPORT}") from None
-    dims = {t.name: list(t.dims) for t in inferred.graph.initializer}
+        raise BundleError(
+            f"{path}: shapes do not fit together for inputs sized {sizes} ({type(exc).__name__}: "
+            f"{brief(exc, 300)}); the file is corrupted or was changed, {REEXPORT}"
+        ) from None
+    dims: dict[str, list | None] = {t.name: list(t.dims) for t in inferred.graph.initializer}
     for v in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
         tt = v.type.tensor_type
-        dims[v.name] = None if not tt.HasField("shape") else [
-            d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in tt.shape.dim]
+        dims[v.name] = (
+            None
+            if not tt.HasField("shape")
+            else [d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in tt.shape.dim]
+        )
     largest = max((math.prod(t.dims) for t in model.graph.initializer), default=1)
     bound = max(1 << 22, 64 * largest)  # at these few tokens, no real intermediate comes near
     for name, shape in dims.items():
         if shape and all(map(is_int, shape)) and math.prod(shape) > bound:
-            raise BundleError(f"{path}: for inputs sized {sizes} the graph computes {name!r} with shape {shape}, "
-                              f"{math.prod(shape)} values (a model with {largest}-value weights needs far fewer): a "
-                              f"prediction would exhaust memory; the file is corrupted or was changed, {REEXPORT}")
+            raise BundleError(
+                f"{path}: for inputs sized {sizes} the graph computes {name!r} with shape {shape}, "
+                f"{math.prod(shape)} values (a model with {largest}-value weights needs far fewer): a "
+                f"prediction would exhaust memory; the file is corrupted or was changed, {REEXPORT}"
+            )
     for node in graph.node:  # what onnx's inference takes on trust, and a backend would fail on mid-run
         problem = None
         if node.op_type == "Reshape" and len(node.input) > 1:  # inferred from the target alone
@@ -114,18 +153,25 @@ def _inferred_outputs(model: onnx.ModelProto, path: Path, sizes: dict[str, int])
         elif node.op_type in RECURRENT_GATES:  # inferred from X and hidden_size alone
             problem = _recurrent_inputs(node, dims)
         elif node.op_type in OPERAND_RANKS:  # onnx infers through a scalar where a backend wants a list
-            wrong = {i: dims.get(node.input[i]) for i, rank in OPERAND_RANKS[node.op_type].items()
-                     if len(node.input) > i and node.input[i] and dims.get(node.input[i]) is not None
-                     and len(dims[node.input[i]]) != rank}
+            wrong = {
+                i: dims.get(node.input[i])
+                for i, rank in OPERAND_RANKS[node.op_type].items()
+                if len(node.input) > i
+                and node.input[i]
+                and dims.get(node.input[i]) is not None
+                and len(dims[node.input[i]] or ()) != rank
+            }
             problem = f"has operand(s) {wrong} of the wrong rank" if wrong else None
         elif node.op_type == "Transpose" and dims.get(node.input[0]) is not None:  # perm is not checked
             perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-            rank = len(dims[node.input[0]])
+            rank = len(dims[node.input[0]] or ())
             if perm is not None and sorted(perm) != list(range(rank)):
                 problem = f"has perm {perm} for a rank-{rank} input"
         if problem:
-            raise BundleError(f"{path}: for inputs sized {sizes} {node.op_type} node {node.name!r} {problem}; the "
-                              f"file is corrupted or was changed, {REEXPORT}")
+            raise BundleError(
+                f"{path}: for inputs sized {sizes} {node.op_type} node {node.name!r} {problem}; the "
+                f"file is corrupted or was changed, {REEXPORT}"
+            )
     return {o.name: dims.get(o.name) for o in model.graph.output}
 
 
@@ -140,8 +186,9 @@ def _recurrent_inputs(node: onnx.NodeProto, dims: dict) -> str | None:
         return f"reads X {x} with W {w}"
     for i, want in ((4, [x[1]]), (5, [d, x[1], hidden]), (6, [d, x[1], hidden])):
         got = dims.get(node.input[i]) if len(node.input) > i and node.input[i] else None
-        if got is not None and (len(got) != len(want) or any(is_int(g) and is_int(e) and g != e
-                                                             for g, e in zip(got, want))):
+        if got is not None and (
+            len(got) != len(want) or any(is_int(g) and is_int(e) and g != e for g, e in zip(got, want))
+        ):
             return f"reads input {i} shaped {got} where X {x} and hidden_size {hidden} need {want}"
     return None
 
@@ -177,20 +224,33 @@ def _fold_shapes(graph: onnx.GraphProto, path: Path, sizes: dict[str, int]) -> d
         value = None
         if node.op_type == "Shape" and node.input[0] in shapes and not node.attribute:
             value = np.array(shapes[node.input[0]], np.int64)
-        elif (node.op_type in FOLDABLE and node.op_type != "Shape" and len(node.output) == 1 and node.input
-              and all(not i or i in known for i in node.input)
-              and _fold_size(node, [known[i] for i in node.input if i]) <= MAX_FOLD):
-            wrong = {i: list(np.shape(known[node.input[i]])) for i, rank in OPERAND_RANKS.get(node.op_type, {}).items()
-                     if len(node.input) > i and node.input[i] and np.ndim(known[node.input[i]]) != rank}
+        elif (
+            node.op_type in FOLDABLE
+            and node.op_type != "Shape"
+            and len(node.output) == 1
+            and node.input
+            and all(not i or i in known for i in node.input)
+            and _fold_size(node, [known[i] for i in node.input if i]) <= MAX_FOLD
+        ):
+            wrong = {
+                i: list(np.shape(known[node.input[i]]))
+                for i, rank in OPERAND_RANKS.get(node.op_type, {}).items()
+                if len(node.input) > i and node.input[i] and np.ndim(known[node.input[i]]) != rank
+            }
             if wrong:  # the reference ops accept what onnxruntime refuses
-                raise BundleError(f"{path}: {node.op_type} node {node.name!r} has operand(s) of the wrong rank "
-                                  f"{wrong}; the file is corrupted or was changed, {REEXPORT}")
+                raise BundleError(
+                    f"{path}: {node.op_type} node {node.name!r} has operand(s) of the wrong rank "
+                    f"{wrong}; the file is corrupted or was changed, {REEXPORT}"
+                )
             try:
-                value = ReferenceEvaluator(node).run(None, {i: known[i] for i in node.input if i})[0]
+                # run() gives a list of outputs (its annotation also allows the dict of intermediate=True)
+                value = ReferenceEvaluator(node).run(None, {i: known[i] for i in node.input if i})[0]  # type: ignore[index]
             except Exception as exc:  # a constant no backend could compute either
-                raise BundleError(f"{path}: for inputs sized {sizes} {node.op_type} node {node.name!r} fails on its "
-                                  f"constant inputs ({type(exc).__name__}: {brief(exc, 200)}); the file is corrupted "
-                                  f"or was changed, {REEXPORT}") from None
+                raise BundleError(
+                    f"{path}: for inputs sized {sizes} {node.op_type} node {node.name!r} fails on its "
+                    f"constant inputs ({type(exc).__name__}: {brief(exc, 200)}); the file is corrupted "
+                    f"or was changed, {REEXPORT}"
+                ) from None
         if value is None or np.asarray(value).size > MAX_FOLD:
             kept.append(node)
             continue
@@ -221,16 +281,19 @@ def _check_gather_constants(graph: onnx.GraphProto, known: dict, path: Path) -> 
             if name in known:
                 value = np.asarray(known[name])
                 if value.size and (value.min() < -table[axis] or value.max() >= table[axis]):
-                    raise BundleError(f"{path}: Gather node {node.name!r} reads a {table[axis]}-row table with "
-                                      f"constant indices {name!r} from {value.min()} to {value.max()}; the file is "
-                                      f"corrupted or was changed, {REEXPORT}")
+                    raise BundleError(
+                        f"{path}: Gather node {node.name!r} reads a {table[axis]}-row table with "
+                        f"constant indices {name!r} from {value.min()} to {value.max()}; the file is "
+                        f"corrupted or was changed, {REEXPORT}"
+                    )
             elif name in producers and producers[name].op_type in PASS_VALUES:
-                todo += [i for i in producers[name].input[:1 if producers[name].op_type != "Concat" else None] if i]
+                todo += [i for i in producers[name].input[: 1 if producers[name].op_type != "Concat" else None] if i]
 
 
 def _standard_twin(node: onnx.NodeProto, shapes: dict, graph: onnx.GraphProto) -> onnx.NodeProto | None:
     """DynamicQuantizeLSTM -> LSTM, DynamicQuantizeMatMul -> MatMul, over float inputs shaped like the
     fp32 weights they stand for (declared as graph inputs: dims, no data)."""
+
     def float_input(name: str, dims: list[int]) -> str:
         graph.input.append(onnx.helper.make_tensor_value_info(f"{name}.float", TensorProto.FLOAT, dims))
         return f"{name}.float"
@@ -239,11 +302,16 @@ def _standard_twin(node: onnx.NodeProto, shapes: dict, graph: onnx.GraphProto) -
         return None
     w, r = shapes.get(node.input[1]), shapes.get(node.input[2]) if len(node.input) > 2 else None
     if node.op_type == "DynamicQuantizeMatMul" and w is not None:
-        return onnx.helper.make_node("MatMul", [node.input[0], float_input(node.input[1], w)], list(node.output),
-                                     name=node.name)
+        return onnx.helper.make_node(
+            "MatMul", [node.input[0], float_input(node.input[1], w)], list(node.output), name=node.name
+        )
     if node.op_type == "DynamicQuantizeLSTM" and w is not None and r is not None and len(w) == 3 and len(r) == 3:
-        inputs = [node.input[0], float_input(node.input[1], [w[0], w[2], w[1]]),
-                  float_input(node.input[2], [r[0], r[2], r[1]]), *node.input[3:8]]
+        inputs = [
+            node.input[0],
+            float_input(node.input[1], [w[0], w[2], w[1]]),
+            float_input(node.input[2], [r[0], r[2], r[1]]),
+            *node.input[3:8],
+        ]
         twin = onnx.helper.make_node("LSTM", inputs, list(node.output), name=node.name)
         twin.attribute.extend(a for a in node.attribute if a.name in ("hidden_size", "direction"))
         return twin

@@ -33,7 +33,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:                  # EPERM: alive, another user's
+    except OSError:  # EPERM: alive, another user's
         return True
     return True
 
@@ -43,11 +43,11 @@ def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     prefix, host, removed = f".{path.name}.", _host(), []
     for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
-        owner = candidate.name[len(prefix):-len(".partial")].split(".")[0]
+        owner = candidate.name[len(prefix) : -len(".partial")].split(".")[0]
         name, _, pid = owner.rpartition("-")
         # another host's writer may be alive on a shared filesystem: only judge our own processes
         if name == host and pid.isdigit() and not _alive(int(pid)):
-            with contextlib.suppress(OSError):     # gone already, or not ours to delete: leave it
+            with contextlib.suppress(OSError):  # gone already, or not ours to delete: leave it
                 candidate.unlink()
                 removed.append(candidate)
     return removed

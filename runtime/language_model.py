@@ -29,7 +29,7 @@ class Generation:
     """One prompt's continuation (``LanguageModel.run_batch``)."""
 
     prompt: str
-    text: str                    # the generated tokens joined (characters directly, words with spaces)
+    text: str  # the generated tokens joined (characters directly, words with spaces)
 
     def to_dict(self) -> dict:
         return {"prompt": self.prompt, "text": self.text}
@@ -61,11 +61,14 @@ class LanguageModel(Session):
     # -- the step graph ---------------------------------------------------------------------
     def initial_state(self, batch: int = 1) -> dict[str, np.ndarray]:
         """The state contract's initial value: zeros (layers, batch, hidden) per state input."""
-        return {name: np.zeros((self._state_shape[0], batch, self._state_shape[1]), np.float32)
-                for name in self.state_inputs}
+        return {
+            name: np.zeros((self._state_shape[0], batch, self._state_shape[1]), np.float32)
+            for name in self.state_inputs
+        }
 
-    def step(self, input_ids: np.ndarray, state: dict[str, np.ndarray], lengths: np.ndarray | None = None
-             ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def step(
+        self, input_ids: np.ndarray, state: dict[str, np.ndarray], lengths: np.ndarray | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """One call of the step graph: (B, T) ids from ``state`` -> (B, T, V) logits, the new state."""
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         lens = self._lengths(ids.shape) if lengths is None else lengths.astype(np.int32)
@@ -96,8 +99,10 @@ class LanguageModel(Session):
                 unknown = self.tokenizer.unknown(chunk)
                 if unknown:
                     shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in unknown[:10])
-                    raise InputError(f"characters {shown} are not in this model's vocabulary of "
-                                     f"{self.vocab_size - 2} characters; remove or replace them")
+                    raise InputError(
+                        f"characters {shown} are not in this model's vocabulary of "
+                        f"{self.vocab_size - 2} characters; remove or replace them"
+                    )
             return self.tokenizer.encode(chunk)
         if isinstance(chunk, np.ndarray):
             chunk = chunk.tolist()
@@ -108,20 +113,32 @@ class LanguageModel(Session):
     def _context(self, prefix: str | State, method: str) -> State:
         if isinstance(prefix, State):
             if prefix.model is not self:
-                raise InputError(f"{method}: the state was spawned by another model ({prefix.model!r}); "
-                                 "states carry one model's recurrent state, spawn one from this model")
+                raise InputError(
+                    f"{method}: the state was spawned by another model ({prefix.model!r}); "
+                    "states carry one model's recurrent state, spawn one from this model"
+                )
             state = prefix
         else:
             state = self.spawn_state()
             state.run(prefix)
         if state.last_logits is None:
-            raise InputError(f"{method}: the prompt is empty (no tokens); a language model needs at least one "
-                             "token of context, e.g. a newline or the first character of the text")
+            raise InputError(
+                f"{method}: the prompt is empty (no tokens); a language model needs at least one "
+                "token of context, e.g. a newline or the first character of the text"
+            )
         return state
 
     # -- decoding -------------------------------------------------------------------------------
-    def generate(self, prompt: str | State, max_tokens: int = 200, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int | None = None, stop: str | Sequence[str] | None = None) -> Iterator[str]:
+    def generate(
+        self,
+        prompt: str | State,
+        max_tokens: int = 200,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+    ) -> Iterator[str]:
         """Tokens (characters or words) one at a time, as produced, after ``prompt`` (text, or a
         ``State`` to continue; that state advances).  ``temperature=0``: greedy; ``seed``: the same
         tokens on every run and backend.  Stops after ``max_tokens`` or once the generated text
@@ -141,6 +158,7 @@ class LanguageModel(Session):
     def _tokens(self, state: State, max_tokens: int, sampling: Sampling, rng, stops: list[str]) -> Iterator[str]:
         tail, keep = "", max((len(x) for x in stops), default=0) + 64
         for _ in range(max_tokens):
+            assert state.last_logits is not None  # _context refused an empty prompt, and feed_id sets it
             token_id = choose(state.last_logits, sampling, rng)
             token = self.tokenizer.vocab[token_id]
             state.feed_id(token_id)
@@ -161,11 +179,15 @@ class LanguageModel(Session):
         ids = self.encode_chunk(text)
         if len(ids) < 2:
             raise InputError(f"score() needs at least 2 tokens (the first one is the context), got {len(ids)}")
-        logits = self.spawn_state().run(ids)                                      # (t, V)
+        logits = self.spawn_state().run(ids)  # (t, V)
         lp = np.take_along_axis(log_probs(logits[:-1]), np.asarray(ids[1:])[:, None], 1)[:, 0]
         loss = float(-lp.mean())
-        return {"tokens": [self.tokenizer.vocab[i] for i in ids], "logprobs": [float(x) for x in lp],
-                "loss": loss, "perplexity": float(np.exp(min(loss, 700.0)))}
+        return {
+            "tokens": [self.tokenizer.vocab[i] for i in ids],
+            "logprobs": [float(x) for x in lp],
+            "loss": loss,
+            "perplexity": float(np.exp(min(loss, 700.0))),
+        }
 
     def next_tokens(self, prefix: str | State, k: int = 5) -> list[tuple[str, float]]:
         """The ``k`` most likely next tokens after ``prefix`` (text or a ``State``, not advanced) with
@@ -173,10 +195,18 @@ class LanguageModel(Session):
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise InputError(f"k must be an integer >= 1, got {k!r}")
         state = self._context(prefix, "next_tokens()")
+        assert state.last_logits is not None  # _context refuses a state without
         return [(self.tokenizer.vocab[i], p) for i, p in top_tokens(state.last_logits, int(k))]
 
-    def run_batch(self, items: Sequence[str], batch_size: int = 32, progress: Progress | None = None,
-                  truncate: bool = False, max_tokens: int = 200, **sampling) -> list[Generation]:
+    def run_batch(
+        self,
+        items: Sequence[str],
+        batch_size: int = 32,
+        progress: Progress | None = None,
+        truncate: bool = False,
+        max_tokens: int = 200,
+        **sampling,
+    ) -> list[Generation]:
         """``generate_text`` for each prompt (``sampling``: ``generate``'s temperature, top_k, top_p,
         seed, stop), as the batch entry point every task object has (``Session.run_batch``).
 
@@ -194,8 +224,9 @@ class LanguageModel(Session):
             except InputError as exc:
                 raise InputError(f"text #{i}: {exc}") from None
             if not ids:
-                raise InputError(f"text #{i} ({prompt!r}) has no tokens; a language model needs at least one "
-                                 f"token of context")
+                raise InputError(
+                    f"text #{i} ({prompt!r}) has no tokens; a language model needs at least one token of context"
+                )
             results.append(Generation(prompt, self.generate_text(prompt, max_tokens, **sampling)))
             if progress:
                 progress(1)

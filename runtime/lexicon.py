@@ -47,8 +47,10 @@ class Lexicon:
             for number, line in enumerate(handle, 1):
                 parts = line.rstrip("\n").split("\t")
                 if len(parts) != 2 or not parts[0] or not parts[1]:
-                    raise BundleError(f"{path}:{number}: expected 'source<TAB>output'; the bundle's lexicon is "
-                                      f"corrupted, re-export it")
+                    raise BundleError(
+                        f"{path}:{number}: expected 'source<TAB>output'; the bundle's lexicon is "
+                        f"corrupted, re-export it"
+                    )
                 entries.setdefault(parts[0], []).append(parts[1])
         return cls(entries, normalize)
 

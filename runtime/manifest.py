@@ -24,13 +24,13 @@ OPSET = 17  # LSTM/GRU/RNN with `layout`, DynamicQuantizeLinear, Softmax over on
 class ClassifierIO:
     """Graph contract of a many-to-one (text classification) bundle."""
 
-    input_ids = "input_ids"          # int64 (batch, time), padded with <pad> = 0
+    input_ids = "input_ids"  # int64 (batch, time), padded with <pad> = 0
     sequence_lens = "sequence_lens"  # int32 (batch,), 1 <= len <= time (ONNX RNN's own name)
-    logits = "logits"                # float32 (batch, num_labels)
+    logits = "logits"  # float32 (batch, num_labels)
 
     inputs = (input_ids, sequence_lens)
     outputs = (logits,)
-    files = {"model": (MODEL_FP32, MODEL_INT8)}   # graph name -> (fp32 file, int8 file)
+    files = {"model": (MODEL_FP32, MODEL_INT8)}  # graph name -> (fp32 file, int8 file)
 
     @classmethod
     def graph_io(cls, arch: dict, chars: bool = False) -> dict[str, tuple[tuple, tuple]]:
@@ -45,10 +45,10 @@ METADATA_KEYS = ("rnnkit.task", "rnnkit.format_version", "rnnkit.architecture")
 class TaggerIO:
     """Graph contract of a many-to-many (sequence labelling) bundle."""
 
-    input_ids = "input_ids"          # int64 (batch, time), padded with <pad> = 0
+    input_ids = "input_ids"  # int64 (batch, time), padded with <pad> = 0
     sequence_lens = "sequence_lens"  # int32 (batch,)
-    char_ids = "char_ids"            # int64 (batch, time, chars), only with character features; 0 = padding
-    logits = "logits"                # float32 (batch, time, num_tags); rows past a sentence's length are 0
+    char_ids = "char_ids"  # int64 (batch, time, chars), only with character features; 0 = padding
+    logits = "logits"  # float32 (batch, time, num_tags); rows past a sentence's length are 0
 
     inputs = (input_ids, sequence_lens)
     inputs_with_chars = (input_ids, sequence_lens, char_ids)
@@ -69,13 +69,13 @@ class LanguageModelIO:
     ``state`` section records names, shapes (concrete layers and hidden), dtype and initial value.
     """
 
-    input_ids = "input_ids"          # int64 (batch, time), padded with <pad> = 0
+    input_ids = "input_ids"  # int64 (batch, time), padded with <pad> = 0
     sequence_lens = "sequence_lens"  # int32 (batch,), 1 <= len <= time
-    initial_h = "initial_h"          # float32 (layers, batch, hidden): state before the chunk
-    initial_c = "initial_c"          # float32 (layers, batch, hidden): LSTM cell state only
-    logits = "logits"                # float32 (batch, time, vocab); 0 past each row's length
-    final_h = "final_h"              # float32 (layers, batch, hidden): state after each row's last real token
-    final_c = "final_c"              # LSTM only
+    initial_h = "initial_h"  # float32 (layers, batch, hidden): state before the chunk
+    initial_c = "initial_c"  # float32 (layers, batch, hidden): LSTM cell state only
+    logits = "logits"  # float32 (batch, time, vocab); 0 past each row's length
+    final_h = "final_h"  # float32 (layers, batch, hidden): state after each row's last real token
+    final_c = "final_c"  # LSTM only
 
     STATE_PAIRS = {final_h: initial_h, final_c: initial_c}  # output -> the input it feeds next call
     files = ClassifierIO.files
@@ -118,26 +118,28 @@ class Seq2SeqIO:
     encoder_int8_file = "encoder.int8.onnx"
     decoder_int8_file = "decoder.int8.onnx"
 
-    source_ids = "source_ids"        # int64 (batch, source_time), padded with <pad> = 0
-    source_lens = "source_lens"      # int32 (batch,), 1 <= len <= source_time
-    memory = "memory"                # float32 (batch, source_time, hidden); 0 past each row's length
-    keys = "keys"                    # float32 (batch, source_time, hidden): the attention's key projection
-    input_ids = "input_ids"          # int64 (batch, time): previous target tokens, <s> first
+    source_ids = "source_ids"  # int64 (batch, source_time), padded with <pad> = 0
+    source_lens = "source_lens"  # int32 (batch,), 1 <= len <= source_time
+    memory = "memory"  # float32 (batch, source_time, hidden); 0 past each row's length
+    keys = "keys"  # float32 (batch, source_time, hidden): the attention's key projection
+    input_ids = "input_ids"  # int64 (batch, time): previous target tokens, <s> first
     initial_h = LanguageModelIO.initial_h
     initial_c = LanguageModelIO.initial_c
     final_h = LanguageModelIO.final_h
     final_c = LanguageModelIO.final_c
-    log_probs = "log_probs"          # float32 (batch, time, target_vocab): log-softmax of the next token
-    attention = "attention"          # float32 (batch, time, source_time): attention weights (0 on padding)
+    log_probs = "log_probs"  # float32 (batch, time, target_vocab): log-softmax of the next token
+    attention = "attention"  # float32 (batch, time, source_time): attention weights (0 on padding)
 
-    graphs = ("encoder", "decoder")   # graph names in the manifest's per-graph records, in run order
+    graphs = ("encoder", "decoder")  # graph names in the manifest's per-graph records, in run order
     files = {"encoder": (encoder_file, encoder_int8_file), "decoder": (decoder_file, decoder_int8_file)}
 
     @classmethod
     def graph_io(cls, arch: dict, chars: bool = False) -> dict[str, tuple[tuple, tuple]]:
         cell, attention = arch["cell"], arch["attention"]
-        return {"encoder": (cls.encoder_inputs(), cls.encoder_outputs(cell, attention)),
-                "decoder": (cls.decoder_inputs(cell, attention), cls.decoder_outputs(cell, attention))}
+        return {
+            "encoder": (cls.encoder_inputs(), cls.encoder_outputs(cell, attention)),
+            "decoder": (cls.decoder_inputs(cell, attention), cls.decoder_outputs(cell, attention)),
+        }
 
     @classmethod
     def encoder_inputs(cls) -> tuple[str, ...]:
@@ -163,9 +165,20 @@ class Seq2SeqIO:
 # int32, everything computed float32); their ranks and widths follow from the architecture
 # (runtime/bundle.py, ``_contract``).
 VALUE_DTYPES = {
-    "input_ids": "int64", "sequence_lens": "int32", "char_ids": "int64", "source_ids": "int64", "source_lens": "int32",
-    "initial_h": "float32", "initial_c": "float32", "final_h": "float32", "final_c": "float32", "memory": "float32",
-    "keys": "float32", "attention": "float32", "log_probs": "float32", "logits": "float32",
+    "input_ids": "int64",
+    "sequence_lens": "int32",
+    "char_ids": "int64",
+    "source_ids": "int64",
+    "source_lens": "int32",
+    "initial_h": "float32",
+    "initial_c": "float32",
+    "final_h": "float32",
+    "final_c": "float32",
+    "memory": "float32",
+    "keys": "float32",
+    "attention": "float32",
+    "log_probs": "float32",
+    "logits": "float32",
 }
 
 
@@ -194,3 +207,27 @@ def seal(manifest: dict) -> dict:
 def graph_files(task: str) -> dict[str, tuple[str, str]]:
     """Graph name -> (fp32 file, int8 file) of a task's bundle: ``model`` for single-graph tasks."""
     return dict(Seq2SeqIO.files) if task == "seq2seq" else {"model": (MODEL_FP32, MODEL_INT8)}
+
+
+# Per graph file (``files`` names it): {"form": "onnxruntime" | "portable", "precision": "fp32" | "int8",
+# "ops": {domain: [op types]}, "validated_on": {consumer: version}}.  Written by every export since
+# rnnkit records interop (``rnnkit.export.forms``); a bundle without it loads as before.
+GRAPH_FILES_KEY = "graph_files"
+GRAPH_FORMS = ("onnxruntime", "portable")
+PRECISIONS = ("fp32", "int8")
+RECURRENT_OPS = ("RNN", "GRU", "LSTM", "DynamicQuantizeLSTM")
+
+
+def graph_ops(model) -> dict[str, list[str]]:
+    """A graph's op types per domain (the default domain as ``ai.onnx``), sorted: what a consumer must
+    implement to load it.  ``model``: an ``onnx.ModelProto`` (duck-typed: no onnx import here)."""
+    ops: dict[str, set] = {}
+    for node in model.graph.node:
+        ops.setdefault(node.domain or "ai.onnx", set()).add(node.op_type)
+    return {domain: sorted(types) for domain, types in sorted(ops.items())}
+
+
+def graph_form(model) -> str:
+    """``onnxruntime`` when a recurrent node reads ``sequence_lens`` (input 4), else ``portable``."""
+    reads = any(n.op_type in RECURRENT_OPS and len(n.input) > 4 and n.input[4] for n in model.graph.node)
+    return "onnxruntime" if reads else "portable"

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class ModelSpec:
     """What a worker needs to run a partition (pickled into every task: keep it small)."""
-    digest: str          # sha256 of the bundle's manifest.json (which holds every file's sha256)
-    backend: str         # resolved on the client, so every worker runs the same backend
+
+    digest: str  # sha256 of the bundle's manifest.json (which holds every file's sha256)
+    backend: str  # resolved on the client, so every worker runs the same backend
     int8: bool
-    threads: int         # backend threads per model; 1 with one worker process per core
+    threads: int  # backend threads per model; 1 with one worker process per core
     batch_size: int
     truncate: bool = False  # cut texts over the bundle's max_length (run_batch truncate=True) instead of refusing them

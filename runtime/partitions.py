@@ -32,10 +32,10 @@ from .records import read_records
 @dataclass
 class Partition:
     index: int
-    ids: list[str] = field(default_factory=list)       # one per good row, "file:line"
-    sources: list[str] = field(default_factory=list)   # "path:line" of each good row (for error rows)
-    items: list = field(default_factory=list)          # text, or a token list for tagging
-    errors: list[dict] = field(default_factory=list)   # {"id", "source", "error"} rejected while reading
+    ids: list[str] = field(default_factory=list)  # one per good row, "file:line"
+    sources: list[str] = field(default_factory=list)  # "path:line" of each good row (for error rows)
+    items: list = field(default_factory=list)  # text, or a token list for tagging
+    errors: list[dict] = field(default_factory=list)  # {"id", "source", "error"} rejected while reading
 
     @property
     def rows(self) -> int:
@@ -52,8 +52,9 @@ def expand_inputs(patterns: list[str] | tuple[str, ...] | str) -> list[Path]:
         matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
         matches = [m for m in matches if not Path(m).is_dir()] if glob.has_magic(pattern) else matches
         if not matches or not Path(matches[0]).exists():
-            raise InputError(f"--input {pattern!r}: matches no file; check the path or quote the glob "
-                             f"(e.g. --input 'data/*.jsonl')")
+            raise InputError(
+                f"--input {pattern!r}: matches no file; check the path or quote the glob (e.g. --input 'data/*.jsonl')"
+            )
         for m in matches:
             if Path(m).is_dir():
                 raise InputError(f"--input {m}: is a directory; give files or a glob such as '{m}/*.jsonl'")
@@ -67,16 +68,21 @@ def expand_inputs(patterns: list[str] | tuple[str, ...] | str) -> list[Path]:
     return unique
 
 
-def iter_rows(files: list[Path], text_field: str = "text", encoding: str = "utf-8", tagging: bool = False,
-              pretokenized: bool = False, hint: dict | None = None) -> Iterator[tuple[str, str, object, str | None]]:
+def iter_rows(
+    files: list[Path],
+    text_field: str = "text",
+    encoding: str = "utf-8",
+    tagging: bool = False,
+    pretokenized: bool = False,
+    hint: dict | None = None,
+) -> Iterator[tuple[str, str, object, str | None]]:
     """Yield ``(id, source, item, error)`` for every record of every file; ``error`` is None for a good row.
 
     Problems with a whole file (no header, a missing column) raise ``InputError``: they are
     configuration mistakes, not bad records.  ``hint``: see ``records.read_records``.
     """
     for index, path in enumerate(files):
-        records = read_records(path, (text_field,), encoding=encoding, hint=hint,
-                               tokens="tokens" if tagging else None)
+        records = read_records(path, (text_field,), encoding=encoding, hint=hint, tokens="tokens" if tagging else None)
         for source, item, error in items_of(records, text_field, tagging, pretokenized):
             yield f"{index}:{source.rpartition(':')[2]}", source, item, error
 

@@ -43,15 +43,15 @@ from typing import BinaryIO, Callable, Iterator, Mapping, NamedTuple, Sequence
 from .errors import InputError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
-BLANK = " \t\r"          # a line of only these is blank: skipped, never a record
-MAX_QUOTED = 1 << 20     # characters a quoted CSV field may hold; past that its quote counts as never closed
-                         # (bounds the read-ahead a stray quote costs on a huge file)
+BLANK = " \t\r"  # a line of only these is blank: skipped, never a record
+MAX_QUOTED = 1 << 20  # characters a quoted CSV field may hold; past that its quote counts as never closed
+# (bounds the read-ahead a stray quote costs on a huge file)
 
 
 class Record(NamedTuple):
-    source: str                 # "path:line": the 1-based physical line the record starts on
-    values: dict | None         # {field: value} of a good record; None for a bad one
-    error: str | None           # why the record is bad; None for a good one
+    source: str  # "path:line": the 1-based physical line the record starts on
+    values: dict | None  # {field: value} of a good record; None for a bad one
+    error: str | None  # why the record is bad; None for a good one
 
 
 def format_of(path: str | os.PathLike) -> str:
@@ -59,10 +59,17 @@ def format_of(path: str | os.PathLike) -> str:
     return FORMATS.get(Path(path).suffix.lower(), "txt")
 
 
-def read_records(source: str | os.PathLike | BinaryIO, fields: Sequence[str] = ("text",), *,
-                 encoding: str = "utf-8", format: str | None = None, name: str | None = None,  # noqa: A002
-                 hint: Mapping[str, str] | None = None, labels: Sequence[str] = (),
-                 tokens: str | None = None) -> Iterator[Record]:
+def read_records(
+    source: str | os.PathLike | BinaryIO,
+    fields: Sequence[str] = ("text",),
+    *,
+    encoding: str = "utf-8",
+    format: str | None = None,
+    name: str | None = None,  # noqa: A002
+    hint: Mapping[str, str] | None = None,
+    labels: Sequence[str] = (),
+    tokens: str | None = None,
+) -> Iterator[Record]:
     """Records of a file (by path) or of a binary stream (``sys.stdin.buffer``), see the module doc.
 
     ``fields``: the columns/keys every record needs (a plain-text line is the one field).
@@ -93,8 +100,9 @@ def read_records(source: str | os.PathLike | BinaryIO, fields: Sequence[str] = (
     if fmt not in _READERS:
         raise InputError(f"{name}: unknown record format {fmt!r}; expected one of {sorted(_READERS)}")
     if fmt == "txt" and len(fields) != 1:
-        raise InputError(f"{name}: a plain-text line is one field but {list(fields)} are needed; "
-                         f"give a .csv, .tsv or .jsonl file")
+        raise InputError(
+            f"{name}: a plain-text line is one field but {list(fields)} are needed; give a .csv, .tsv or .jsonl file"
+        )
     return _records(source, path, name, fmt, codec, encoding, fields, hint, tuple(labels), tokens)
 
 
@@ -107,8 +115,9 @@ def check_text(value: str) -> str | None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        return (f"contains a lone surrogate U+{ord(value[exc.start]):04X} at character {exc.start + 1}; "
-                f"not valid Unicode")
+        return (
+            f"contains a lone surrogate U+{ord(value[exc.start]):04X} at character {exc.start + 1}; not valid Unicode"
+        )
     return None
 
 
@@ -117,18 +126,22 @@ def _codec(encoding: str, hint: Mapping[str, str]) -> str:
     try:
         info = codecs.lookup(encoding)
     except LookupError:
-        raise InputError(f"unknown encoding {encoding!r}; use a Python codec name such as 'utf-8' or "
-                         f"'latin-1'{_with(hint, 'encoding')}") from None
+        raise InputError(
+            f"unknown encoding {encoding!r}; use a Python codec name such as 'utf-8' or "
+            f"'latin-1'{_with(hint, 'encoding')}"
+        ) from None
     if info.name in ("utf-8", "utf-8-sig"):
-        return "utf-8"                # utf-8-sig per line would eat a U+FEFF at the start of any line
-    probe = "\n\r\t,\" azAZ09{}[]:"
+        return "utf-8"  # utf-8-sig per line would eat a U+FEFF at the start of any line
+    probe = '\n\r\t," azAZ09{}[]:'
     try:
         compatible = probe.encode(info.name) == probe.encode("ascii")
     except (UnicodeError, LookupError):
         compatible = False
-    if not compatible:                # lines are split on the byte \n; UTF-16/32 would be cut mid-character
-        raise InputError(f"encoding {encoding!r} is not ASCII-compatible, so lines cannot be split on the byte "
-                         f"\\n; convert the input to UTF-8 (e.g. iconv -f {encoding} -t utf-8)")
+    if not compatible:  # lines are split on the byte \n; UTF-16/32 would be cut mid-character
+        raise InputError(
+            f"encoding {encoding!r} is not ASCII-compatible, so lines cannot be split on the byte "
+            f"\\n; convert the input to UTF-8 (e.g. iconv -f {encoding} -t utf-8)"
+        )
     return info.name
 
 
@@ -148,11 +161,13 @@ def _lines(stream: BinaryIO, codec: str, encoding: str, hint) -> Iterator[tuple[
                 text = raw.decode(codec, "surrogateescape")
             except UnicodeDecodeError:
                 text = raw.decode(codec, "replace")
-            near = raw[max(0, exc.start - 10):exc.start + 10]
-            error = (f"invalid {encoding} at byte {exc.start + skipped} of the line ({near!r}); re-encode the "
-                     f"input as UTF-8 or pass its real encoding{_with(hint, 'encoding')} (e.g. latin-1)")
+            near = raw[max(0, exc.start - 10) : exc.start + 10]
+            error = (
+                f"invalid {encoding} at byte {exc.start + skipped} of the line ({near!r}); re-encode the "
+                f"input as UTF-8 or pass its real encoding{_with(hint, 'encoding')} (e.g. latin-1)"
+            )
         if number == 1 and codec != "utf-8" and text.startswith("\ufeff"):
-            text = text[1:]          # a codec that can spell U+FEFF itself (UTF-8's three bytes went above)
+            text = text[1:]  # a codec that can spell U+FEFF itself (UTF-8's three bytes went above)
         yield number, text, error
 
 
@@ -175,7 +190,7 @@ def _with(hint: Mapping[str, str], key: str) -> str:
 def _good(source: str, values: dict) -> Record:
     for key, value in values.items():
         if type(value) is str:
-            if value.isascii():       # O(1) in CPython: the common case costs nothing
+            if value.isascii():  # O(1) in CPython: the common case costs nothing
                 continue
             problem = check_text(value)
         else:
@@ -204,22 +219,29 @@ def _columns(name: str, number: int, header: list[str], fields, hint) -> dict[st
     if missing:
         ways = [hint[f] for f in missing if f in hint]
         how = f"choose the column with {' / '.join(ways)}" if ways else "rename the column in the file"
-        raise InputError(f"{name}:{number}: header has no column {' or '.join(map(repr, missing))}; available "
-                         f"columns: {', '.join(map(repr, header))} -- the first row must be a header; {how}")
+        raise InputError(
+            f"{name}:{number}: header has no column {' or '.join(map(repr, missing))}; available "
+            f"columns: {', '.join(map(repr, header))} -- the first row must be a header; {how}"
+        )
     for f in fields:
         if header.count(f) > 1:
-            raise InputError(f"{name}:{number}: header names column {f!r} {header.count(f)} times; rename the "
-                             f"others so it is clear which one to read")
+            raise InputError(
+                f"{name}:{number}: header names column {f!r} {header.count(f)} times; rename the "
+                f"others so it is clear which one to read"
+            )
     return {f: header.index(f) for f in fields}
 
 
 def _empty(name: str, fields) -> InputError:
-    return InputError(f"{name}: the file is empty; expected a header row naming the columns "
-                      f"({', '.join(map(repr, fields))}) and a record per row")
+    return InputError(
+        f"{name}: the file is empty; expected a header row naming the columns "
+        f"({', '.join(map(repr, fields))}) and a record per row"
+    )
 
 
 def _read_tsv(lines, name, fields, hint, labels, tokens) -> Iterator[Record]:
-    header = index = None
+    header: list[str] | None = None  # until the header row is read
+    index: dict[str, int] = {}
     for number, text, error in lines:
         source = f"{name}:{number}"
         if header is None:
@@ -238,8 +260,12 @@ def _read_tsv(lines, name, fields, hint, labels, tokens) -> Iterator[Record]:
             continue
         cells = text.split("\t")
         if len(cells) != len(header):
-            yield Record(source, None, f"row has {len(cells)} fields but the header has {len(header)} -- TSV has "
-                                       f"no quoting: a tab inside a text splits it (remove it, or use CSV)")
+            yield Record(
+                source,
+                None,
+                f"row has {len(cells)} fields but the header has {len(header)} -- TSV has "
+                f"no quoting: a tab inside a text splits it (remove it, or use CSV)",
+            )
         else:
             yield _good(source, {f: cells[i] for f, i in index.items()})
     if header is None:
@@ -248,7 +274,7 @@ def _read_tsv(lines, name, fields, hint, labels, tokens) -> Iterator[Record]:
 
 # -- CSV (RFC 4180) --------------------------------------------------------------------------
 def _read_csv(lines, name, fields, hint, labels, tokens) -> Iterator[Record]:
-    pending: deque = deque()          # (number, text, error) read ahead and not yet consumed
+    pending: deque = deque()  # (number, text, error) read ahead and not yet consumed
 
     def more() -> bool:
         line = next(lines, None)
@@ -257,18 +283,20 @@ def _read_csv(lines, name, fields, hint, labels, tokens) -> Iterator[Record]:
         pending.append(line)
         return True
 
-    header = index = None
+    header: list[str] | None = None  # until the header row is read
+    index: dict[str, int] = {}
     while pending or more():
         number, text, error = pending[0]
         source = f"{name}:{number}"
         if error is None and not text.strip(BLANK):
-            pending.popleft()         # a blank line between records
+            pending.popleft()  # a blank line between records
             continue
         if header is not None and error is None:
-            cells = _csv_line(text)   # fast path: a record on one line (most are)
+            cells = _csv_line(text)  # fast path: a record on one line (most are)
         else:
             cells = None
         if cells is not None:
+            assert header is not None  # the one-line fast path runs once the header is read
             pending.popleft()
             if len(cells) != len(header):
                 yield Record(source, None, _csv_count(len(cells), len(header)))
@@ -276,12 +304,13 @@ def _read_csv(lines, name, fields, hint, labels, tokens) -> Iterator[Record]:
                 yield _good(source, {f: cells[i] for f, i in index.items()})
             continue
         cells, used, problem = _csv_record(pending, more)
-        if problem:                   # cost only this record: resume at its next physical line
+        if problem:  # cost only this record: resume at its next physical line
             if header is None:
                 raise InputError(f"{source}: cannot parse the header row: {problem}")
             pending.popleft()
             yield Record(source, None, problem)
             continue
+        assert cells is not None  # _csv_record gives the cells or a problem
         errors = [pending.popleft()[2] for _ in range(used)]
         error = next((e for e in errors if e), None)
         if header is None:
@@ -306,19 +335,19 @@ def _csv_line(text: str) -> list[str] | None:
     text = _crlf(text)
     if '"' not in text:
         return text.split(",")
-    parts = text.split('"')            # even indices: outside quotes; odd: inside
+    parts = text.split('"')  # even indices: outside quotes; odd: inside
     last = len(parts) - 1
-    if last % 2:                       # an odd number of quotes: one is still open at the end of the line
+    if last % 2:  # an odd number of quotes: one is still open at the end of the line
         return None
     head = parts[0]
-    if head and head[-1] != ",":       # a quote inside an unquoted field
+    if head and head[-1] != ",":  # a quote inside an unquoted field
         return None
     cells = head.split(",")[:-1] if head else []
     i = 1
     while True:
         field = parts[i]
         i += 1
-        while i < last and not parts[i]:               # "" inside quotes is one quote
+        while i < last and not parts[i]:  # "" inside quotes is one quote
             field += '"' + parts[i + 1]
             i += 2
         cells.append(field)
@@ -345,8 +374,8 @@ def _csv_record(pending: deque, more: Callable[[], bool]) -> tuple[list[str] | N
     """Parse the record starting at ``pending[0]`` -> (cells, physical lines used, None) or (None, 0, why)."""
     cells: list[str] = []
     k, line, pos = 0, pending[0][1], 0
-    while True:                                   # at the start of a field
-        if not line.startswith('"', pos):         # unquoted: up to the next comma or the end of the line
+    while True:  # at the start of a field
+        if not line.startswith('"', pos):  # unquoted: up to the next comma or the end of the line
             comma = line.find(",", pos)
             if comma < 0:
                 cells.append(_crlf(line[pos:]))
@@ -356,7 +385,7 @@ def _csv_record(pending: deque, more: Callable[[], bool]) -> tuple[list[str] | N
             continue
         opened, column = pending[k][0], pos + 1
         parts, size, pos = [], 0, pos + 1
-        while True:                               # inside quotes: commas, \r and newlines are text
+        while True:  # inside quotes: commas, \r and newlines are text
             quote = line.find('"', pos)
             if quote < 0:
                 parts.append(line[pos:])
@@ -364,15 +393,27 @@ def _csv_record(pending: deque, more: Callable[[], bool]) -> tuple[list[str] | N
                 size += len(line) - pos + 1
                 k += 1
                 if k == len(pending) and not more():
-                    return None, 0, (f"the quote opened at line {opened}, column {column} is never closed "
-                                     f"before the end of the file; close it, or double it (\"\") if it is text")
+                    return (
+                        None,
+                        0,
+                        (
+                            f"the quote opened at line {opened}, column {column} is never closed "
+                            f'before the end of the file; close it, or double it ("") if it is text'
+                        ),
+                    )
                 if size > MAX_QUOTED:
-                    return None, 0, (f"the quote opened at line {opened}, column {column} is still open after "
-                                     f"{MAX_QUOTED} characters; close it, or double it (\"\") if it is text")
+                    return (
+                        None,
+                        0,
+                        (
+                            f"the quote opened at line {opened}, column {column} is still open after "
+                            f'{MAX_QUOTED} characters; close it, or double it ("") if it is text'
+                        ),
+                    )
                 line, pos = pending[k][1], 0
                 continue
             parts.append(line[pos:quote])
-            if line.startswith('"', quote + 1):   # "" is one quote character
+            if line.startswith('"', quote + 1):  # "" is one quote character
                 parts.append('"')
                 pos = quote + 2
                 continue
@@ -385,12 +426,24 @@ def _csv_record(pending: deque, more: Callable[[], bool]) -> tuple[list[str] | N
         if rest[0] == ",":
             pos += 1
             continue
-        if pending[k][0] != opened:           # most likely a stray quote that opened a field by mistake
-            return None, 0, (f"the quote opened at line {opened}, column {column} is closed at line {pending[k][0]} "
-                             f"and followed by text ({rest[:20]!r}); a quote inside a field must be doubled (\"\") "
-                             f"and the field quoted")
-        return None, 0, (f"text after the closing quote at column {pos + 1} ({rest[:20]!r}); quote the whole "
-                         f"field and double the quotes inside it")
+        if pending[k][0] != opened:  # most likely a stray quote that opened a field by mistake
+            return (
+                None,
+                0,
+                (
+                    f"the quote opened at line {opened}, column {column} is closed at line {pending[k][0]} "
+                    f'and followed by text ({rest[:20]!r}); a quote inside a field must be doubled ("") '
+                    f"and the field quoted"
+                ),
+            )
+        return (
+            None,
+            0,
+            (
+                f"text after the closing quote at column {pos + 1} ({rest[:20]!r}); quote the whole "
+                f"field and double the quotes inside it"
+            ),
+        )
 
 
 # -- JSON lines ------------------------------------------------------------------------------
@@ -404,14 +457,17 @@ def _read_jsonl(lines, name, fields, hint, labels, tokens) -> Iterator[Record]:
         if not text.strip(BLANK):
             continue
         values, problem = _json_values(text, fields, hint, labels, tokens, keys)
-        yield Record(source, None, problem) if problem else _good(source, values)
+        if problem or values is None:  # _json_values gives the values or a problem
+            yield Record(source, None, problem)
+        else:
+            yield _good(source, values)
 
 
 def _constant(name: str):
     raise ValueError(f"{name} is not a JSON value (JSON has no NaN or Infinity)")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_constant)   # one decoder: json.loads(**options) builds one per call
+_DECODER = json.JSONDecoder(parse_constant=_constant)  # one decoder: json.loads(**options) builds one per call
 
 
 def _duplicate(line: str, wanted, keys: list[str]) -> str | None:
@@ -425,8 +481,13 @@ def _duplicate(line: str, wanted, keys: list[str]) -> str | None:
         else:
             return None
     objects: list = []
-    json.loads(line, parse_constant=_constant, object_pairs_hook=lambda p: objects.append(p) or dict(p))
-    names = [k for k, _ in objects[-1]]       # the top-level object closes last
+
+    def keep(pairs: list) -> dict:
+        objects.append(pairs)
+        return dict(pairs)
+
+    json.loads(line, parse_constant=_constant, object_pairs_hook=keep)
+    names = [k for k, _ in objects[-1]]  # the top-level object closes last
     return next((k for k in wanted if names.count(k) > 1), None)
 
 
@@ -438,7 +499,8 @@ def _kind(value) -> str:
     if isinstance(value, (int, float)):
         shown = repr(value)
         return f"a number ({shown if len(shown) <= 20 else shown[:17] + '...'})"
-    return {list: "an array", dict: "an object", str: "a string"}.get(type(value), type(value).__name__)
+    kinds: dict[type, str] = {list: "an array", dict: "an object", str: "a string"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _json_values(line: str, fields, hint, labels, tokens, keys) -> tuple[dict | None, str | None]:
@@ -448,7 +510,7 @@ def _json_values(line: str, fields, hint, labels, tokens, keys) -> tuple[dict | 
         return None, "invalid JSON: nested too deeply to read; flatten the record"
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON at column {exc.colno} ({exc.msg}); expected one JSON object per line"
-    except ValueError as exc:         # NaN/Infinity, an integer of over 4300 digits
+    except ValueError as exc:  # NaN/Infinity, an integer of over 4300 digits
         return None, f"invalid JSON: {exc}"
     if not isinstance(obj, dict):
         return None, f"expected a JSON object per line, got {_kind(obj)}"
@@ -465,8 +527,10 @@ def _json_values(line: str, fields, hint, labels, tokens, keys) -> tuple[dict | 
         if field not in obj:
             alternative = f" (or a {tokens!r} array)" if tokens else ""
             how = f" -- choose the key with {hint[field]}" if field in hint else ""
-            return None, (f"object has no key {field!r}{alternative}; available keys: "
-                          f"{', '.join(map(repr, obj)) or '(none)'}{how}")
+            return None, (
+                f"object has no key {field!r}{alternative}; available keys: "
+                f"{', '.join(map(repr, obj)) or '(none)'}{how}"
+            )
         value = obj[field]
         if isinstance(value, str):
             values[field] = value

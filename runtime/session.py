@@ -28,16 +28,16 @@ from . import backends
 from .errors import InputError, TaskMismatchError
 from .tokenizer import pad_ids
 
-Progress = Callable[[int], None]   # progress(n): called after each batch with the n items it finished
+Progress = Callable[[int], None]  # progress(n): called after each batch with the n items it finished
 
 
 class Session:
     """A loaded bundle: ``bundle``, ``backend``, ``int8``, ``threads``, ``tokenizer``, ``max_length``,
     ``sessions`` (graph name -> backend session) and ``session`` (the single graph's, if one)."""
 
-    task = ""      # the manifest's 'task' this class runs (set by each task class)
-    noun = ""      # what the task is called in messages: "a classifier bundle"
-    verb = ""      # its main method, offered when another task's method is asked for
+    task = ""  # the manifest's 'task' this class runs (set by each task class)
+    noun = ""  # what the task is called in messages: "a classifier bundle"
+    verb = ""  # its main method, offered when another task's method is asked for
 
     # ``bundle`` is an ``open_bundle`` result, not imported here even for typing: the bundle's checks
     # read the task registry, which imports this module.
@@ -48,8 +48,10 @@ class Session:
         self.threads = threads
         self.tokenizer = bundle.tokenizer
         self.max_length = int(bundle.manifest["graph"]["max_length"])
-        self.sessions = {name: backends.open_session(bundle.graph(int8, name), bundle.model_path(int8, name),
-                                                     self.backend, threads) for name in bundle.graph_names}
+        self.sessions = {
+            name: backends.open_session(bundle.graph(int8, name), bundle.model_path(int8, name), self.backend, threads)
+            for name in bundle.graph_names
+        }
         self.session = self.sessions.get("model")  # single-graph tasks
         # numba's parallel kernels are not safe to enter from several threads at once: serialise runs there
         self._lock = threading.Lock() if self.backend == "numba" else None
@@ -65,16 +67,20 @@ class Session:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self)
         kinds = " or ".join(cls.noun for cls in owners)
         verbs = ", ".join(f"rnnkit train {cls.task}" for cls in owners)
-        raise TaskMismatchError(f"a {self.task} bundle has no {name}(); load {kinds} bundle ({verbs})"
-                                f"; this one has {self.verb}()", name=name, obj=self)
+        raise TaskMismatchError(
+            f"a {self.task} bundle has no {name}(); load {kinds} bundle ({verbs}); this one has {self.verb}()",
+            name=name,
+            obj=self,
+        )
 
     # -- the one batch entry point ---------------------------------------------------------
-    def run_batch(self, items: Sequence, batch_size: int = 32, progress: Progress | None = None,
-                  truncate: bool = False, **task_options) -> list:
+    def run_batch(
+        self, items: Sequence, batch_size: int = 32, progress: Progress | None = None, truncate: bool = False
+    ) -> list:
         """Run the task on ``items`` -> one result per item, in order, each with ``to_dict()``: what
         local ``rnnkit predict``, the Dask workers (``rnnkit.runtime.batch.run_items``) and a server call.
-        ``progress(n)`` after each batch; ``truncate``: the long-input policy (``_dropped``);
-        ``task_options``: the task's own (a decoder's beam, a language model's temperature, ...)."""
+        ``progress(n)`` after each batch; ``truncate``: the long-input policy (``_dropped``).  A task
+        adds keyword options of its own (a decoder's beam, a language model's temperature, ...)."""
         raise NotImplementedError(f"{type(self).__name__}.run_batch")
 
     def warmup(self) -> float:
@@ -107,9 +113,11 @@ class Session:
         if tokens <= self.max_length:
             return 0
         if not truncate:
-            raise InputError(f"{what} #{i} has {tokens} tokens, more than this bundle's max_length {self.max_length}; "
-                             f"split it, or pass truncate=True to use its first {self.max_length} tokens (or "
-                             f"re-export with a larger max_length)")
+            raise InputError(
+                f"{what} #{i} has {tokens} tokens, more than this bundle's max_length {self.max_length}; "
+                f"split it, or pass truncate=True to use its first {self.max_length} tokens (or "
+                f"re-export with a larger max_length)"
+            )
         return tokens - self.max_length
 
     def _encode_texts(self, texts: Sequence[str], truncate: bool, why_empty: str) -> tuple[list[list[int]], list[int]]:
@@ -140,8 +148,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def check_truncate(truncate) -> bool:
     """``truncate`` is a yes/no: anything else (a number of tokens, say) is refused, not read as truthy."""
     if not isinstance(truncate, (bool, np.bool_)):
-        raise InputError(f"truncate must be True or False, got {truncate!r}; the length it cuts at is the bundle's "
-                         f"max_length")
+        raise InputError(
+            f"truncate must be True or False, got {truncate!r}; the length it cuts at is the bundle's max_length"
+        )
     return bool(truncate)
 
 
@@ -155,4 +164,4 @@ def length_buckets(lengths: Sequence[int], batch_size: int) -> Iterable[np.ndarr
     """Row indices in batches of similar length (stable sort keeps equal lengths in order)."""
     order = np.argsort(np.asarray(lengths), kind="stable")
     for start in range(0, len(order), batch_size):
-        yield order[start:start + batch_size]
+        yield order[start : start + batch_size]

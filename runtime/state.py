@@ -32,8 +32,8 @@ from .errors import InputError
 class Stepper(Protocol):
     """What a ``State`` calls on its model: the step graph, its initial state and the chunk encoder."""
 
-    vocab_size: int      # logits per token
-    max_length: int      # the longest chunk one graph call takes (longer chunks run in pieces)
+    vocab_size: int  # logits per token
+    max_length: int  # the longest chunk one graph call takes (longer chunks run in pieces)
 
     def initial_state(self, batch: int = 1) -> dict[str, np.ndarray]: ...
 
@@ -52,8 +52,8 @@ class State:
     def reset(self) -> "State":
         """Back to the initial state (zeros, as the manifest's ``state.initial``): nothing was read."""
         self.values: dict[str, np.ndarray] = self.model.initial_state(batch=1)
-        self.last_logits: np.ndarray | None = None   # (V,) logits after the last token fed; None before any
-        self.tokens = 0                              # tokens fed since the last reset
+        self.last_logits: np.ndarray | None = None  # (V,) logits after the last token fed; None before any
+        self.tokens = 0  # tokens fed since the last reset
         return self
 
     def copy(self) -> "State":
@@ -82,7 +82,7 @@ class State:
         parts = []
         step = self.model.max_length
         for start in range(0, len(ids), step):
-            piece = np.asarray([ids[start:start + step]], dtype=np.int64)             # (1, t)
+            piece = np.asarray([ids[start : start + step]], dtype=np.int64)  # (1, t)
             logits, self.values = self.model.step(piece, self.values)
             parts.append(logits[0])
         logits = parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -94,10 +94,10 @@ class State:
         """Feed one token id -> its logits (V,): the generation step (``run([token_id])[0]``, with
         less Python per call: at a few hundred microseconds per step, that is measurable)."""
         if type(token_id) is not int or not 0 <= token_id < self.model.vocab_size:
-            token_id, = check_ids([token_id], self.model.vocab_size)
+            (token_id,) = check_ids([token_id], self.model.vocab_size)
         logits, self.values = self.model.step(np.array([[token_id]], np.int64), self.values)
         logits = logits[0, 0]
-        self.last_logits = logits.copy()   # the caller may write into the array it is given
+        self.last_logits = logits.copy()  # the caller may write into the array it is given
         self.tokens += 1
         return logits
 

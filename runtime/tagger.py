@@ -23,10 +23,10 @@ from .session import Progress, Session, check_batch_size, check_truncate, length
 
 @dataclass
 class Tagging:
-    tokens: list[str]            # the tokens tagged (the first max_length when truncated)
+    tokens: list[str]  # the tokens tagged (the first max_length when truncated)
     tags: list[str]
-    scores: list[float]          # probability of each chosen tag
-    truncated: int = 0           # tokens dropped from the end of the sentence, untagged (truncate=True)
+    scores: list[float]  # probability of each chosen tag
+    truncated: int = 0  # tokens dropped from the end of the sentence, untagged (truncate=True)
 
     def to_dict(self) -> dict:
         d = {"tokens": self.tokens, "tags": self.tags, "scores": self.scores}
@@ -47,8 +47,10 @@ class Tagger(Session):
 
     def logits(self, input_ids: np.ndarray, lengths: np.ndarray, char_ids: np.ndarray | None = None) -> np.ndarray:
         """(B, T) int64 ids padded with 0, (B,) lengths >= 1[, (B, T, C) char ids] -> (B, T, num_tags) float32."""
-        feeds = {TaggerIO.input_ids: np.ascontiguousarray(input_ids, dtype=np.int64),
-                 TaggerIO.sequence_lens: np.ascontiguousarray(lengths, dtype=np.int32)}
+        feeds = {
+            TaggerIO.input_ids: np.ascontiguousarray(input_ids, dtype=np.int64),
+            TaggerIO.sequence_lens: np.ascontiguousarray(lengths, dtype=np.int32),
+        }
         if char_ids is not None:
             feeds[TaggerIO.char_ids] = np.ascontiguousarray(char_ids, dtype=np.int64)
         return self._run([TaggerIO.logits], feeds)[0]
@@ -64,8 +66,13 @@ class Tagger(Session):
             tokens.append(words[: self.max_length])
         return tokens, dropped
 
-    def tag(self, sentences: Sequence[str | Sequence[str]] | str, batch_size: int = 32,
-            progress: Progress | None = None, truncate: bool = False) -> list[Tagging]:
+    def tag(
+        self,
+        sentences: Sequence[str | Sequence[str]] | str,
+        batch_size: int = 32,
+        progress: Progress | None = None,
+        truncate: bool = False,
+    ) -> list[Tagging]:
         """Tag sentences: raw strings (split by the bundle's tokenizer) or lists of tokens.
 
         An empty sentence gets an empty result; a sentence longer than the bundle's
@@ -83,19 +90,27 @@ class Tagger(Session):
             batch = [tokens[real[r]] for r in rows]
             ids, lengths = pad([self.tokenizer.encode_tokens(t) for t in batch])
             chars = self.bundle.charset.encode_batch(batch) if self.bundle.charset is not None else None
-            probs = softmax(self.logits(ids, lengths, chars))                    # (B, T, K)
+            probs = softmax(self.logits(ids, lengths, chars))  # (B, T, K)
             for b, words in enumerate(batch):
                 p = probs[b, : len(words)]
                 best = p.argmax(-1)
-                results[real[rows[b]]] = Tagging(words, [self.labels[k] for k in best],
-                                                 [float(x) for x in p[np.arange(len(words)), best]],
-                                                 dropped[real[rows[b]]])
+                results[real[rows[b]]] = Tagging(
+                    words,
+                    [self.labels[k] for k in best],
+                    [float(x) for x in p[np.arange(len(words)), best]],
+                    dropped[real[rows[b]]],
+                )
             if progress:
                 progress(len(rows))
         return results
 
-    def run_batch(self, items: Sequence[str | Sequence[str]], batch_size: int = 32, progress: Progress | None = None,
-                  truncate: bool = False) -> list[Tagging]:
+    def run_batch(
+        self,
+        items: Sequence[str | Sequence[str]],
+        batch_size: int = 32,
+        progress: Progress | None = None,
+        truncate: bool = False,
+    ) -> list[Tagging]:
         """``tag``, as the batch entry point every task object has (``Session.run_batch``)."""
         return self.tag(items, batch_size=batch_size, progress=progress, truncate=truncate)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from typing import Iterable, Sequence
+from typing import Iterable, Literal, Sequence
 
 import numpy as np
 
@@ -46,6 +46,7 @@ DEFAULT_SPLITTER = "words"
 # "pattern"; only the strings rnnkit wrote are accepted, mapped to their names.
 LEGACY_PATTERNS = {DEFAULT_PATTERN: "words"}
 NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD")  # unicodedata's forms
+Normalization = Literal["NFC", "NFKC", "NFD", "NFKD"]  # the same, as a type (from_dict refuses others)
 TOKENIZER_KEYS = {"level", "lowercase", "normalization", "splitter", "vocab"}
 # A vocabulary is data from the bundle: bounded so that a hostile one cannot exhaust memory or
 # time on lookups (a real entry is a word, a character or a special; 1024 characters is generous).
@@ -62,8 +63,9 @@ def pad_ids(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     return ids, lengths
 
 
-def ranked_vocab(counts: Counter, max_size: int | None = None, min_freq: int = 1,
-                 specials: Sequence[str] = SPECIALS) -> list[str]:
+def ranked_vocab(
+    counts: Counter, max_size: int | None = None, min_freq: int = 1, specials: Sequence[str] = SPECIALS
+) -> list[str]:
     """``specials`` (``<pad>``, ``<unk>``; a seq2seq target adds ``<s>``, ``</s>``), then the entries
     seen at least ``min_freq`` times, most frequent first, ties by code point (the same corpus gives
     the same ids on every platform); at most ``max_size`` entries in all, specials included."""
@@ -87,8 +89,9 @@ def target_ids(ids: Iterable[int]) -> list[int]:
     return out
 
 
-def _tokens(vocab: Sequence[str], ids: Iterable[int], skip_pad: bool, unknown: str,
-            unk_id_is_unknown: bool = False) -> list[str]:
+def _tokens(
+    vocab: Sequence[str], ids: Iterable[int], skip_pad: bool, unknown: str, unk_id_is_unknown: bool = False
+) -> list[str]:
     """``decode``'s id -> token mapping: ``unknown`` for ids outside ``vocab`` (and for ``<unk>``
     itself when ``unk_id_is_unknown``: a character model shows it as U+FFFD, not as "<unk>")."""
     out = []
@@ -106,8 +109,13 @@ class WordTokenizer:
 
     level = "word"
 
-    def __init__(self, vocab: Sequence[str] = SPECIALS, lowercase: bool = True,
-                 splitter: str = DEFAULT_SPLITTER, normalization: str = "NFKC"):
+    def __init__(
+        self,
+        vocab: Sequence[str] = SPECIALS,
+        lowercase: bool = True,
+        splitter: str = DEFAULT_SPLITTER,
+        normalization: Normalization = "NFKC",
+    ):
         if splitter not in SPLITTERS:
             raise ValueError(f"splitter must be one of {sorted(SPLITTERS)}, got {splitter!r}")
         self.vocab = list(vocab)
@@ -121,8 +129,14 @@ class WordTokenizer:
     # -- building ---------------------------------------------------------------------
 
     @classmethod
-    def build(cls, texts: Iterable[str], lowercase: bool = True, max_size: int | None = 20000,
-              min_freq: int = 1, specials: Sequence[str] = SPECIALS) -> "WordTokenizer":
+    def build(
+        cls,
+        texts: Iterable[str],
+        lowercase: bool = True,
+        max_size: int | None = 20000,
+        min_freq: int = 1,
+        specials: Sequence[str] = SPECIALS,
+    ) -> "WordTokenizer":
         """Vocabulary of the ``max_size`` most frequent tokens (specials included) seen
         at least ``min_freq`` times; ties broken alphabetically (by code point).
         ``specials=TARGET_SPECIALS`` for a seq2seq target (``<s>`` = 2, ``</s>`` = 3)."""
@@ -159,6 +173,11 @@ class WordTokenizer:
         index = self._index
         return [index.get(t, UNK_ID) for t in self.tokenize(text)]
 
+    def unknown(self, text: str) -> list[str]:
+        """Distinct tokens of ``text`` outside the vocabulary (read as ``<unk>``), in order of appearance."""
+        index = self._index
+        return list(dict.fromkeys(t for t in self.tokenize(text) if t not in index))
+
     def encode_tokens(self, tokens: Sequence[str]) -> list[int]:
         """Ids of already-split tokens (e.g. CoNLL words): each is normalised like a text
         (NFKC, optional lower-casing) and looked up whole, never re-split by the regex."""
@@ -169,8 +188,7 @@ class WordTokenizer:
         """Id of one vocabulary entry as stored (no normalisation); <unk> if absent."""
         return self._index.get(token, UNK_ID)
 
-    def encode_batch(self, texts: Sequence[str], max_length: int | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
+    def encode_batch(self, texts: Sequence[str], max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """-> ids int64 (B, T) padded with <pad>=0, lengths int32 (B,); rows longer than
         ``max_length`` are truncated (their first ``max_length`` tokens are kept)."""
         if isinstance(texts, str):
@@ -183,8 +201,7 @@ class WordTokenizer:
                 raise InputError(f"text #{i} is {type(text).__name__}, expected str")
             ids = self.encode(text)
             if not ids:
-                raise InputError(f"text #{i} has no tokens ({text!r}) -- "
-                                 "remove empty or whitespace-only texts")
+                raise InputError(f"text #{i} has no tokens ({text!r}) -- remove empty or whitespace-only texts")
             rows.append(ids[:max_length] if max_length is not None else ids)
         return pad_ids(rows)
 
@@ -199,15 +216,21 @@ class WordTokenizer:
     # -- serialisation ----------------------------------------------------------------
 
     def to_dict(self) -> dict:
-        return {"level": self.level, "lowercase": self.lowercase, "normalization": self.normalization,
-                "splitter": self.splitter, "vocab": list(self.vocab)}
+        return {
+            "level": self.level,
+            "lowercase": self.lowercase,
+            "normalization": self.normalization,
+            "splitter": self.splitter,
+            "vocab": list(self.vocab),
+        }
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "manifest.json") -> "WordTokenizer":
         """Validate every key (all problems reported at once) and rebuild the tokenizer."""
         if not isinstance(d, dict):
-            raise BundleError(f"{source}: 'tokenizer' is {type(d).__name__}, expected an object "
-                              "-- re-export the bundle")
+            raise BundleError(
+                f"{source}: 'tokenizer' is {type(d).__name__}, expected an object -- re-export the bundle"
+            )
         problems = []
         key = lambda k: f"'tokenizer.{k}'"  # noqa: E731
         d = dict(d)
@@ -217,34 +240,39 @@ class WordTokenizer:
                 d["splitter"] = LEGACY_PATTERNS[pattern]
             else:
                 shown = pattern if not isinstance(pattern, str) or len(pattern) <= 80 else pattern[:80] + "..."
-                problems.append(f"{key('pattern')} is {shown!r}, which is not a pattern rnnkit writes; the tokenizer "
-                                f"names one of rnnkit's splitters ({', '.join(map(repr, sorted(SPLITTERS)))}) and "
-                                "never runs a regular expression from a file")
+                problems.append(
+                    f"{key('pattern')} is {shown!r}, which is not a pattern rnnkit writes; the tokenizer "
+                    f"names one of rnnkit's splitters ({', '.join(map(repr, sorted(SPLITTERS)))}) and "
+                    "never runs a regular expression from a file"
+                )
                 d["splitter"] = DEFAULT_SPLITTER  # reported above; keeps the key checks below quiet
         missing = sorted(TOKENIZER_KEYS - d.keys())
         if missing:
             problems.append(f"'tokenizer' lacks key(s) {', '.join(map(repr, missing))}")
         unknown = sorted(d.keys() - TOKENIZER_KEYS)
         if unknown:
-            problems.append(f"'tokenizer' has unknown key(s) {', '.join(map(repr, unknown))} "
-                            f"(expected {sorted(TOKENIZER_KEYS)})")
+            problems.append(
+                f"'tokenizer' has unknown key(s) {', '.join(map(repr, unknown))} (expected {sorted(TOKENIZER_KEYS)})"
+            )
         if "level" in d and d["level"] != cls.level:
             problems.append(f"{key('level')} is {d['level']!r}, expected {cls.level!r}")
         if "lowercase" in d and not isinstance(d["lowercase"], bool):
             problems.append(f"{key('lowercase')} is {d['lowercase']!r}, expected true or false")
         if "normalization" in d and d["normalization"] not in NORMALIZATIONS:
-            problems.append(f"{key('normalization')} is {d['normalization']!r}, "
-                            "expected one of NFC, NFKC, NFD, NFKD")
+            problems.append(f"{key('normalization')} is {d['normalization']!r}, expected one of NFC, NFKC, NFD, NFKD")
         if "splitter" in d and (not isinstance(d["splitter"], str) or d["splitter"] not in SPLITTERS):
-            problems.append(f"{key('splitter')} is {d['splitter']!r}, expected one of "
-                            f"{', '.join(map(repr, sorted(SPLITTERS)))} (rnnkit's own word splitters)")
+            problems.append(
+                f"{key('splitter')} is {d['splitter']!r}, expected one of "
+                f"{', '.join(map(repr, sorted(SPLITTERS)))} (rnnkit's own word splitters)"
+            )
         if "vocab" in d:
             problems += _vocab_problems(d["vocab"], "tokenizer.vocab")
         if problems:
-            raise BundleError(f"{source}: " + "; ".join(problems) + " -- re-export the bundle "
-                              "or retrain; the tokenizer section must come from WordTokenizer.to_dict()")
-        return cls(d["vocab"], lowercase=d["lowercase"], splitter=d["splitter"],
-                   normalization=d["normalization"])
+            raise BundleError(
+                f"{source}: " + "; ".join(problems) + " -- re-export the bundle "
+                "or retrain; the tokenizer section must come from WordTokenizer.to_dict()"
+            )
+        return cls(d["vocab"], lowercase=d["lowercase"], splitter=d["splitter"], normalization=d["normalization"])
 
 
 def _vocab_problems(vocab, name: str) -> list[str]:
@@ -252,8 +280,9 @@ def _vocab_problems(vocab, name: str) -> list[str]:
         return [f"'{name}' is {type(vocab).__name__}, expected a list of strings"]
     problems = []
     if len(vocab) < len(SPECIALS):
-        problems.append(f"'{name}' has {len(vocab)} entries, expected at least {len(SPECIALS)} "
-                        f"({', '.join(SPECIALS)} first)")
+        problems.append(
+            f"'{name}' has {len(vocab)} entries, expected at least {len(SPECIALS)} ({', '.join(SPECIALS)} first)"
+        )
     if len(vocab) > MAX_VOCAB:
         return problems + [f"'{name}' has {len(vocab)} entries, more than rnnkit's limit of {MAX_VOCAB}"]
     bad = [i for i, t in enumerate(vocab) if not isinstance(t, str) or not t]
@@ -274,8 +303,9 @@ def _vocab_problems(vocab, name: str) -> list[str]:
             seen.add(t)
     dups = list(repeated)
     if dups:
-        problems.append(f"'{name}' has duplicate entr{'y' if len(dups) == 1 else 'ies'} "
-                        + ", ".join(repr(t) for t in dups[:5]))
+        problems.append(
+            f"'{name}' has duplicate entr{'y' if len(dups) == 1 else 'ies'} " + ", ".join(repr(t) for t in dups[:5])
+        )
     return problems
 
 
@@ -295,23 +325,28 @@ class CharTokenizer:
 
     level = "char"
 
-    def __init__(self, vocab: Sequence[str] = SPECIALS, normalization: str = "NFC", lowercase: bool = False):
+    def __init__(self, vocab: Sequence[str] = SPECIALS, normalization: Normalization = "NFC", lowercase: bool = False):
         self.vocab = list(vocab)
         self.normalization = normalization
         self.lowercase = bool(lowercase)
         self._index = {tok: i for i, tok in enumerate(self.vocab)}
 
     @classmethod
-    def build(cls, texts: Iterable[str], max_size: int | None = None, normalization: str = "NFC",
-              lowercase: bool = False, specials: Sequence[str] = SPECIALS) -> "CharTokenizer":
+    def build(
+        cls,
+        texts: Iterable[str],
+        max_size: int | None = None,
+        normalization: Normalization = "NFC",
+        lowercase: bool = False,
+        specials: Sequence[str] = SPECIALS,
+    ) -> "CharTokenizer":
         """Every character seen (or the ``max_size`` most frequent, specials included); ties by code point.
         ``specials=TARGET_SPECIALS`` for a seq2seq target (``<s>`` = 2, ``</s>`` = 3)."""
         tok = cls(normalization=normalization, lowercase=lowercase)
         counts: Counter[str] = Counter()
         for text in texts:
             counts.update(tok.normalize(text))
-        return cls(ranked_vocab(counts, max_size, specials=specials), normalization=normalization,
-                   lowercase=lowercase)
+        return cls(ranked_vocab(counts, max_size, specials=specials), normalization=normalization, lowercase=lowercase)
 
     @property
     def vocab_size(self) -> int:
@@ -345,7 +380,7 @@ class CharTokenizer:
         return self.decode(target_ids(ids))
 
     def to_dict(self) -> dict:
-        d = {"level": self.level, "normalization": self.normalization, "vocab": list(self.vocab)}
+        d: dict[str, object] = {"level": self.level, "normalization": self.normalization, "vocab": list(self.vocab)}
         if self.lowercase:  # only when set: earlier char tokenizers serialise byte for byte as before
             d["lowercase"] = True
         return d
@@ -353,36 +388,48 @@ class CharTokenizer:
     @classmethod
     def from_dict(cls, d: dict, source: str = "manifest.json") -> "CharTokenizer":
         if not isinstance(d, dict):
-            raise BundleError(f"{source}: 'tokenizer' is {type(d).__name__}, expected an object -- re-export the bundle")
+            raise BundleError(
+                f"{source}: 'tokenizer' is {type(d).__name__}, expected an object -- re-export the bundle"
+            )
         problems = []
         if not CHAR_TOKENIZER_KEYS <= set(d) <= CHAR_TOKENIZER_KEYS | CHAR_TOKENIZER_OPTIONAL:
-            problems.append(f"'tokenizer' has keys {sorted(d)}, expected {sorted(CHAR_TOKENIZER_KEYS)} "
-                            f"(optionally {sorted(CHAR_TOKENIZER_OPTIONAL)})")
+            problems.append(
+                f"'tokenizer' has keys {sorted(d)}, expected {sorted(CHAR_TOKENIZER_KEYS)} "
+                f"(optionally {sorted(CHAR_TOKENIZER_OPTIONAL)})"
+            )
         if not isinstance(d.get("lowercase", False), bool):
             problems.append(f"'tokenizer.lowercase' is {d['lowercase']!r}, expected true or false")
         if d.get("normalization") not in NORMALIZATIONS:
-            problems.append(f"'tokenizer.normalization' is {d.get('normalization')!r}, expected one of NFC, NFKC, NFD, NFKD")
+            problems.append(
+                f"'tokenizer.normalization' is {d.get('normalization')!r}, expected one of NFC, NFKC, NFD, NFKD"
+            )
         if "vocab" in d:
             problems += _vocab_problems(d["vocab"], "tokenizer.vocab")
             # a seq2seq target's <s> / </s> sit at ids 2 and 3; every other entry is one character
-            if isinstance(d["vocab"], list) and any(isinstance(t, str) and len(t) != 1
-                                                    and (t, i) not in ((BOS, BOS_ID), (EOS, EOS_ID))
-                                                    for i, t in enumerate(d["vocab"][2:], 2)):
-                problems.append("'tokenizer.vocab' has entries longer than one character (a char tokenizer's "
-                                "entries after <pad>, <unk> (and a target's <s>, </s>) are single characters)")
+            if isinstance(d["vocab"], list) and any(
+                isinstance(t, str) and len(t) != 1 and (t, i) not in ((BOS, BOS_ID), (EOS, EOS_ID))
+                for i, t in enumerate(d["vocab"][2:], 2)
+            ):
+                problems.append(
+                    "'tokenizer.vocab' has entries longer than one character (a char tokenizer's "
+                    "entries after <pad>, <unk> (and a target's <s>, </s>) are single characters)"
+                )
         if problems:
-            raise BundleError(f"{source}: " + "; ".join(problems) + " -- re-export the bundle or retrain; the "
-                              "tokenizer section must come from CharTokenizer.to_dict()")
+            raise BundleError(
+                f"{source}: " + "; ".join(problems) + " -- re-export the bundle or retrain; the "
+                "tokenizer section must come from CharTokenizer.to_dict()"
+            )
         return cls(d["vocab"], normalization=d["normalization"], lowercase=d.get("lowercase", False))
 
 
-TOKENIZERS = {"word": WordTokenizer, "char": CharTokenizer}
+TOKENIZERS: dict[str, type[WordTokenizer] | type[CharTokenizer]] = {"word": WordTokenizer, "char": CharTokenizer}
 
 
 def tokenizer_from_dict(d, source: str = "manifest.json") -> WordTokenizer | CharTokenizer:
     """Rebuild the tokenizer a ``to_dict()`` describes, by its ``level`` (word | char)."""
     level = d.get("level") if isinstance(d, dict) else None
     if level not in TOKENIZERS:
-        raise BundleError(f"{source}: 'tokenizer.level' is {level!r}, expected one of {sorted(TOKENIZERS)} "
-                          "-- re-export the bundle")
+        raise BundleError(
+            f"{source}: 'tokenizer.level' is {level!r}, expected one of {sorted(TOKENIZERS)} -- re-export the bundle"
+        )
     return TOKENIZERS[level].from_dict(d, source=source)

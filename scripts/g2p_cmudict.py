@@ -26,21 +26,62 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "cmudict" / "cmudict.dict"
-SPLIT = (0.85, 0.05, 0.10)   # train / dev / test share of the distinct words
-SPLIT_SEED = 0               # the published split: keep it fixed across presets and model seeds
+SPLIT = (0.85, 0.05, 0.10)  # train / dev / test share of the distinct words
+SPLIT_SEED = 0  # the published split: keep it fixed across presets and model seeds
 PRESETS = {  # Seq2SeqTrainConfig overrides (token options: the config's G2P defaults)
-    "small": dict(cell="lstm", layers=1, hidden=128, embed=64, attention="dot", dropout=0.2, batch_size=64,
-                  lr=3e-3, lr_schedule="cosine", epochs=5),
+    "small": dict(
+        cell="lstm",
+        layers=1,
+        hidden=128,
+        embed=64,
+        attention="dot",
+        dropout=0.2,
+        batch_size=64,
+        lr=3e-3,
+        lr_schedule="cosine",
+        epochs=5,
+    ),
     # best: sized for <= 70 min on one loaded core (timed: ~0.30 s per 128-pair batch, 898 batches,
     # ~4.6 min per epoch + ~0.5 min dev decoding); a bidirectional 2x192 encoder, 384-wide decoder
     # medium: what fits ~35 min on one core (~2.4 min per epoch measured); also the faster bundle
-    "medium": dict(cell="lstm", layers=2, hidden=256, embed=128, attention="dot", dropout=0.25, batch_size=128,
-                   lr=3e-3, lr_schedule="cosine", epochs=14),
-    "best": dict(cell="lstm", layers=2, hidden=384, embed=128, attention="dot", dropout=0.3, batch_size=128,
-                 lr=2e-3, lr_schedule="cosine", epochs=11),
+    "medium": dict(
+        cell="lstm",
+        layers=2,
+        hidden=256,
+        embed=128,
+        attention="dot",
+        dropout=0.25,
+        batch_size=128,
+        lr=3e-3,
+        lr_schedule="cosine",
+        epochs=14,
+    ),
+    "best": dict(
+        cell="lstm",
+        layers=2,
+        hidden=384,
+        embed=128,
+        attention="dot",
+        dropout=0.3,
+        batch_size=128,
+        lr=2e-3,
+        lr_schedule="cosine",
+        epochs=11,
+    ),
     # large: best's network trained longer (~100 min on one core) with label smoothing 0.1
-    "large": dict(cell="lstm", layers=2, hidden=384, embed=128, attention="dot", dropout=0.3, batch_size=128,
-                  lr=2e-3, lr_schedule="cosine", epochs=20, label_smoothing=0.1),
+    "large": dict(
+        cell="lstm",
+        layers=2,
+        hidden=384,
+        embed=128,
+        attention="dot",
+        dropout=0.3,
+        batch_size=128,
+        lr=2e-3,
+        lr_schedule="cosine",
+        epochs=20,
+        label_smoothing=0.1,
+    ),
     # large-ft: a second cosine cycle from a trained checkpoint (--init runs/g2p-large/ckpt), at a quarter of
     # large's peak rate (a warm restart: SGDR, Loshchilov & Hutter 2017); architecture from the checkpoint
     "large-ft": dict(dropout=0.3, batch_size=128, lr=5e-4, lr_schedule="cosine", epochs=8, label_smoothing=0.1),
@@ -57,14 +98,16 @@ def main() -> None:
     ap.add_argument("--keep-stress", action="store_true", help="keep the 0/1/2 stress digits on vowels")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "g2p")
     ap.add_argument("--init", type=Path, help="fine-tune this checkpoint (trained on the same split: large-ft)")
-    ap.add_argument("--split-only", action="store_true",
-                    help="write train.tsv / dev.tsv / test.tsv to --out and stop (e.g. for benchmarks/g2p_speed.py)")
+    ap.add_argument(
+        "--split-only",
+        action="store_true",
+        help="write train.tsv / dev.tsv / test.tsv to --out and stop (e.g. for benchmarks/g2p_speed.py)",
+    )
     args = ap.parse_args()
 
     from rnnkit.toolkit.pairs import group_pairs, group_split, read_cmudict, write_pairs
     from rnnkit.toolkit.seq_metrics import evaluate_outputs
-    from rnnkit.toolkit.train_seq2seq import (Seq2SeqTrainConfig, load_seq2seq_checkpoint, reference_form,
-                                              train_seq2seq)
+    from rnnkit.toolkit.train_seq2seq import Seq2SeqTrainConfig, load_seq2seq_checkpoint, reference_form, train_seq2seq
 
     args.out.mkdir(parents=True, exist_ok=True)
     pairs = read_cmudict(DATA, keep_stress=args.keep_stress)
@@ -77,8 +120,11 @@ def main() -> None:
     if args.split_only:
         print(json.dumps({"out": str(args.out), "pairs": {k: len(v) for k, v in parts.items()}}))
         return
-    overrides = {**PRESETS[args.preset], **({"epochs": args.epochs} if args.epochs else {}),
-                 **({"init": str(args.init)} if args.init else {})}
+    overrides = {
+        **PRESETS[args.preset],
+        **({"epochs": args.epochs} if args.epochs else {}),
+        **({"init": str(args.init)} if args.init else {}),
+    }
     if args.preset.endswith("-ft") and not args.init:
         ap.error(f"--preset {args.preset} fine-tunes a trained checkpoint: give --init CKPT")
     config = Seq2SeqTrainConfig(seed=args.seed, threads=args.threads, **overrides)
@@ -88,22 +134,38 @@ def main() -> None:
     test = group_pairs(parts["test"])
     t0 = time.perf_counter()
     import torch
+
     torch.set_num_threads(args.threads)
     hyps = ckpt.translate([e.source for e in test])
     decode_s = time.perf_counter() - t0
     refs = [[reference_form(ckpt.target_tokenizer, r) for r in e.references] for e in test]
     scores = evaluate_outputs(hyps, refs)
-    report = {"preset": args.preset, "config": overrides, "split": {"fractions": SPLIT, "seed": SPLIT_SEED,
-              "words": {k: len(group_pairs(v)) for k, v in parts.items()},
-              "pairs": {k: len(v) for k, v in parts.items()}, "limit": args.limit},
-              "stress": args.keep_stress, "best_epoch": result.best_epoch,
-              "dev": {k: result.dev[k] for k in ("token_error_rate", "sequence_error_rate", "loss")},
-              "test_greedy": {"PER": scores["token_error_rate"], "WER": scores["sequence_error_rate"],
-                              "words": scores["count"], "decode_s": round(decode_s, 1)},
-              "train_time_s": round(result.train_time_s, 1), "threads": args.threads,
-              "history": result.history,
-              "test_samples": [{"word": e.source, "output": h, "references": r}
-                               for e, h, r in list(zip(test, hyps, refs))[:20]]}
+    report = {
+        "preset": args.preset,
+        "config": overrides,
+        "split": {
+            "fractions": SPLIT,
+            "seed": SPLIT_SEED,
+            "words": {k: len(group_pairs(v)) for k, v in parts.items()},
+            "pairs": {k: len(v) for k, v in parts.items()},
+            "limit": args.limit,
+        },
+        "stress": args.keep_stress,
+        "best_epoch": result.best_epoch,
+        "dev": {k: result.dev[k] for k in ("token_error_rate", "sequence_error_rate", "loss")},
+        "test_greedy": {
+            "PER": scores["token_error_rate"],
+            "WER": scores["sequence_error_rate"],
+            "words": scores["count"],
+            "decode_s": round(decode_s, 1),
+        },
+        "train_time_s": round(result.train_time_s, 1),
+        "threads": args.threads,
+        "history": result.history,
+        "test_samples": [
+            {"word": e.source, "output": h, "references": r} for e, h, r in list(zip(test, hyps, refs))[:20]
+        ],
+    }
     (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     print(json.dumps({k: v for k, v in report.items() if k not in ("history", "test_samples")}, indent=1))
 

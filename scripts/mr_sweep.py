@@ -28,19 +28,19 @@ COMMON = dict(dev_split=0.1, seed=0, threads=1, epochs=10, patience=3, batch_siz
 
 CONFIGS = {
     # one-directional baselines, final state (the "classic" RNN classifier)
-    "rnn_last":   dict(cell="rnn", bidirectional=False, pooling="last", embed=128, hidden=128, lr=1e-3),
-    "lstm_last":  dict(cell="lstm", bidirectional=False, pooling="last", embed=128, hidden=128, lr=2e-3),
-    "gru_last":   dict(cell="gru", bidirectional=False, pooling="last", embed=128, hidden=128, lr=2e-3),
+    "rnn_last": dict(cell="rnn", bidirectional=False, pooling="last", embed=128, hidden=128, lr=1e-3),
+    "lstm_last": dict(cell="lstm", bidirectional=False, pooling="last", embed=128, hidden=128, lr=2e-3),
+    "gru_last": dict(cell="gru", bidirectional=False, pooling="last", embed=128, hidden=128, lr=2e-3),
     # bidirectional with max pooling over time
-    "birnn_max":  dict(cell="rnn", bidirectional=True, pooling="max", embed=128, hidden=128, lr=1e-3),
+    "birnn_max": dict(cell="rnn", bidirectional=True, pooling="max", embed=128, hidden=128, lr=1e-3),
     "bilstm_max": dict(cell="lstm", bidirectional=True, pooling="max", embed=128, hidden=128, lr=2e-3),
-    "bigru_max":  dict(cell="gru", bidirectional=True, pooling="max", embed=128, hidden=128, lr=2e-3),
+    "bigru_max": dict(cell="gru", bidirectional=True, pooling="max", embed=128, hidden=128, lr=2e-3),
     # attention pooling (Yang et al. 2016) + word dropout
-    "bigru_attn": dict(cell="gru", bidirectional=True, pooling="attention", embed=128, hidden=128, lr=2e-3,
-                       word_dropout=0.1),
+    "bigru_attn": dict(
+        cell="gru", bidirectional=True, pooling="attention", embed=128, hidden=128, lr=2e-3, word_dropout=0.1
+    ),
     # the small demo model shipped with the package (~1-2 MB checkpoint)
-    "small":      dict(cell="gru", bidirectional=True, pooling="max", embed=64, hidden=64, lr=3e-3,
-                       max_vocab=8000),
+    "small": dict(cell="gru", bidirectional=True, pooling="max", embed=64, hidden=64, lr=3e-3, max_vocab=8000),
 }
 
 
@@ -59,20 +59,33 @@ def main() -> None:
         t0 = time.perf_counter()
         r = train_classifier(DATA, out, cfg, progress=False, log=lambda m, n=name: print(f"[{n}] {m}", flush=True))
         size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
-        rows.append({"name": name, "dev_accuracy": r.dev_accuracy, "dev_macro_f1": r.dev_macro_f1,
-                     "best_epoch": r.best_epoch, "epochs_run": len(r.history),
-                     "train_time_s": round(time.perf_counter() - t0, 1), "checkpoint_mb": round(size, 2),
-                     "config": asdict(cfg), "out": str(out)})
+        rows.append(
+            {
+                "name": name,
+                "dev_accuracy": r.dev_accuracy,
+                "dev_macro_f1": r.dev_macro_f1,
+                "best_epoch": r.best_epoch,
+                "epochs_run": len(r.history),
+                "train_time_s": round(time.perf_counter() - t0, 1),
+                "checkpoint_mb": round(size, 2),
+                "config": asdict(cfg),
+                "out": str(out),
+            }
+        )
 
     print()
-    print(f"{'config':<12} {'cell':<5} {'bi':<3} {'pool':<9} {'E/H':<8} {'dev acc':>8} {'macro-F1':>9} "
-          f"{'best ep':>8} {'time s':>7} {'ckpt MB':>8}")
+    print(
+        f"{'config':<12} {'cell':<5} {'bi':<3} {'pool':<9} {'E/H':<8} {'dev acc':>8} {'macro-F1':>9} "
+        f"{'best ep':>8} {'time s':>7} {'ckpt MB':>8}"
+    )
     for row in rows:
         c = row["config"]
-        print(f"{row['name']:<12} {c['cell']:<5} {'y' if c['bidirectional'] else 'n':<3} {c['pooling']:<9} "
-              f"{str(c['embed']) + '/' + str(c['hidden']):<8} {100 * row['dev_accuracy']:>8.2f} "
-              f"{100 * row['dev_macro_f1']:>9.2f} {row['best_epoch']:>4}/{row['epochs_run']:<3} "
-              f"{row['train_time_s']:>7.0f} {row['checkpoint_mb']:>8.2f}")
+        print(
+            f"{row['name']:<12} {c['cell']:<5} {'y' if c['bidirectional'] else 'n':<3} {c['pooling']:<9} "
+            f"{str(c['embed']) + '/' + str(c['hidden']):<8} {100 * row['dev_accuracy']:>8.2f} "
+            f"{100 * row['dev_macro_f1']:>9.2f} {row['best_epoch']:>4}/{row['epochs_run']:<3} "
+            f"{row['train_time_s']:>7.0f} {row['checkpoint_mb']:>8.2f}"
+        )
     Path(args.out_root).mkdir(parents=True, exist_ok=True)
     (Path(args.out_root) / "results.json").write_text(json.dumps(rows, indent=1))
     if args.copy_to:

@@ -41,8 +41,15 @@ def main() -> None:
 
     examples = group_pairs(read_pairs(args.split, "tsv"))
     sources = [e.source for e in examples]
-    report = {"bundle": args.bundle, "split": args.split, "sources": len(sources), "beam": args.beam,
-              "alpha": args.alpha, "results": {}, "numba_parity": {}}
+    report = {
+        "bundle": args.bundle,
+        "split": args.split,
+        "sources": len(sources),
+        "beam": args.beam,
+        "alpha": args.alpha,
+        "results": {},
+        "numba_parity": {},
+    }
     refs = None
     for int8 in (False, True):
         model = load(args.bundle, backend="onnxruntime", int8=int8, threads=1)
@@ -56,13 +63,16 @@ def main() -> None:
             seconds = time.perf_counter() - start
             scores = evaluate_outputs(outputs, refs)
             key = f"{'int8' if int8 else 'fp32'} {'greedy' if beam == 1 else f'beam {beam}'}"
-            report["results"][key] = {"PER": round(100 * scores["token_error_rate"], 2),
-                                      "WER": round(100 * scores["sequence_error_rate"], 2),
-                                      "BLEU": round(scores["bleu"], 2), "seconds": round(seconds, 1)}
+            report["results"][key] = {
+                "PER": round(100 * scores["token_error_rate"], 2),
+                "WER": round(100 * scores["sequence_error_rate"], 2),
+                "BLEU": round(scores["bleu"], 2),
+                "seconds": round(seconds, 1),
+            }
             print(key, report["results"][key], flush=True)
             if other is not None:
-                same = other.translate(sources[:args.parity], beam=beam, alpha=args.alpha, batch_size=args.batch_size)
-                agree = sum(a == b for a, b in zip(same, outputs[:args.parity]))
+                same = other.translate(sources[: args.parity], beam=beam, alpha=args.alpha, batch_size=args.batch_size)
+                agree = sum(a == b for a, b in zip(same, outputs[: args.parity]))
                 report["numba_parity"][key] = f"{agree}/{len(same)} identical outputs"
                 print("  numba:", report["numba_parity"][key], flush=True)
     text = json.dumps(report, indent=1)

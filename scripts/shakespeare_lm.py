@@ -22,8 +22,17 @@ DATA = ROOT.parent / "shared" / "datasets" / "tinyshakespeare" / "input.txt"
 PRESETS = {  # model + optimisation; everything else is LMTrainConfig's default
     "small": dict(cell="lstm", layers=1, hidden=256, embed=64, dropout=0.0, batch_size=32, bptt=128, lr=3e-3),
     "medium": dict(cell="lstm", layers=1, hidden=512, embed=64, dropout=0.1, batch_size=32, bptt=128, lr=2e-3),
-    "best": dict(cell="lstm", layers=2, hidden=512, embed=128, dropout=0.25, batch_size=32, bptt=128, lr=2e-3,
-                 lr_schedule="cosine"),
+    "best": dict(
+        cell="lstm",
+        layers=2,
+        hidden=512,
+        embed=128,
+        dropout=0.25,
+        batch_size=32,
+        bptt=128,
+        lr=2e-3,
+        lr_schedule="cosine",
+    ),
 }
 
 
@@ -44,27 +53,42 @@ def main() -> None:
     train_text, dev_text = split_by_position(DATA.read_text(encoding="utf-8"), 0.1)
     (args.out / "train.txt").write_text(train_text, encoding="utf-8")
     (args.out / "dev.txt").write_text(dev_text, encoding="utf-8")
-    config = LMTrainConfig(level="char", epochs=args.epochs, seed=args.seed, threads=args.threads,
-                           max_train_tokens=args.max_train_tokens, **PRESETS[args.preset])
+    config = LMTrainConfig(
+        level="char",
+        epochs=args.epochs,
+        seed=args.seed,
+        threads=args.threads,
+        max_train_tokens=args.max_train_tokens,
+        **PRESETS[args.preset],
+    )
     result = train_lm(args.out / "train.txt", args.out / "ckpt", config, dev_path=args.out / "dev.txt")
-    report = {"preset": args.preset, "config": PRESETS[args.preset], "epochs": args.epochs,
-              "dev_loss_nats_per_char": round(result.dev_loss, 4), "best_epoch": result.best_epoch,
-              "train_time_s": round(result.train_time_s, 1), "threads": args.threads,
-              "train_chars": result.num_train, "dev_chars": result.num_dev,
-              "history": result.history}
+    report = {
+        "preset": args.preset,
+        "config": PRESETS[args.preset],
+        "epochs": args.epochs,
+        "dev_loss_nats_per_char": round(result.dev_loss, 4),
+        "best_epoch": result.best_epoch,
+        "train_time_s": round(result.train_time_s, 1),
+        "threads": args.threads,
+        "train_chars": result.num_train,
+        "dev_chars": result.num_dev,
+        "history": result.history,
+    }
     if not args.no_export:
-        from rnnkit.toolkit.export_checkpoint import export_checkpoint
         from rnnkit.runtime import load
         from rnnkit.toolkit.devset import dev_set_for
+        from rnnkit.toolkit.export_checkpoint import export_checkpoint
 
         t0 = time.perf_counter()
-        out = export_checkpoint(args.out / "ckpt", args.out / "bundle", int8=True, dev=dev_set_for(args.out / "ckpt"),
-                                min_agreement=0.0)
+        out = export_checkpoint(
+            args.out / "ckpt", args.out / "bundle", int8=True, dev=dev_set_for(args.out / "ckpt"), min_agreement=0.0
+        )
         report["export_s"] = round(time.perf_counter() - t0, 1)
         report["bundle_dev"] = out["manifest"]["validation"].get("dev")
         model = load(args.out / "bundle", backend="onnxruntime", threads=1)
-        report["samples"] = {f"seed {s}": model.generate_text("ROMEO:", max_tokens=300, temperature=0.8, top_k=0,
-                                                              seed=s) for s in (1, 2)}
+        report["samples"] = {
+            f"seed {s}": model.generate_text("ROMEO:", max_tokens=300, temperature=0.8, top_k=0, seed=s) for s in (1, 2)
+        }
         report["greedy"] = model.generate_text("ROMEO:", max_tokens=200, temperature=0)
     (args.out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(json.dumps({k: v for k, v in report.items() if k != "history"}, indent=1, ensure_ascii=False))

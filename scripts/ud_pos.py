@@ -5,7 +5,7 @@ then evaluates ``test`` once per configuration, after training, and prints token
 and accuracy on words unseen in training for dev and test, plus the ONNX fp32 and int8
 graphs' accuracy (onnxruntime) and the int8/fp32 tag agreement on dev.
 
-    python scripts/ud_pos.py --threads 1                 # full run: best ~65 s/epoch x <=25, small ~20-25 s/epoch x 10 (1 thread)
+    python scripts/ud_pos.py --threads 1             # full run: best ~65 s/epoch x <=25, small ~20-25 s/epoch x 10
     python scripts/ud_pos.py --epochs 1 --threads 1      # smoke run
 
 Goal (issue 4): >= 95.0 test accuracy (UDPipe 1.2: 94.4); int8 drop <= 0.3 pt.
@@ -22,11 +22,38 @@ import numpy as np
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ud_english_ewt_pos"
 
 CONFIGS = {  # name -> TagTrainConfig overrides; char_filters 64 + unk_alpha 0.25 won a short dev-only
-             # comparison on the small config (4 epochs: dev 93.12 / unseen 78.17 vs 92.59 / 74.20)
-    "best": dict(cell="lstm", layers=2, hidden=200, embed=128, char_embed=32, char_filters=100, char_kernel=3,
-                 dropout=0.33, word_dropout=0.0, unk_alpha=0.25, lr=2e-3, batch_size=32, epochs=25, patience=5),
-    "small": dict(cell="gru", layers=1, hidden=64, embed=64, char_embed=24, char_filters=64, char_kernel=3,
-                  dropout=0.25, word_dropout=0.0, unk_alpha=0.25, lr=3e-3, batch_size=32, epochs=10),
+    # comparison on the small config (4 epochs: dev 93.12 / unseen 78.17 vs 92.59 / 74.20)
+    "best": dict(
+        cell="lstm",
+        layers=2,
+        hidden=200,
+        embed=128,
+        char_embed=32,
+        char_filters=100,
+        char_kernel=3,
+        dropout=0.33,
+        word_dropout=0.0,
+        unk_alpha=0.25,
+        lr=2e-3,
+        batch_size=32,
+        epochs=25,
+        patience=5,
+    ),
+    "small": dict(
+        cell="gru",
+        layers=1,
+        hidden=64,
+        embed=64,
+        char_embed=24,
+        char_filters=64,
+        char_kernel=3,
+        dropout=0.25,
+        word_dropout=0.0,
+        unk_alpha=0.25,
+        lr=3e-3,
+        batch_size=32,
+        epochs=10,
+    ),
 }
 
 
@@ -35,13 +62,14 @@ def onnx_tags(model, tokenizer, charset, sentences, batch_size=64):
     import onnxruntime as ort
 
     from rnnkit.runtime.charset import encode_sentences
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
     out = [None] * len(sentences)
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         sents = [sentences[i] for i in idx]
         ids, lens = encode_sentences(tokenizer, sents)
         feed = {"input_ids": ids, "sequence_lens": lens}
@@ -54,8 +82,8 @@ def onnx_tags(model, tokenizer, charset, sentences, batch_size=64):
 
 
 def run(name, overrides, args):
-    from rnnkit.export.task_tag import build_tagger_graph, check_tagger_graph
     from rnnkit.export.quantize import quantize_classifier
+    from rnnkit.export.task_tag import build_tagger_graph, check_tagger_graph
     from rnnkit.toolkit.conll import read_tagged
     from rnnkit.toolkit.tag_metrics import evaluate_tags
     from rnnkit.toolkit.train_tag import TagTrainConfig, load_tagger_checkpoint, predict_tag_ids, train_tagger
@@ -69,8 +97,12 @@ def run(name, overrides, args):
     ck = load_tagger_checkpoint(out)
     tag_id = {t: i for i, t in enumerate(ck.tags)}
     seen = {ck.tokenizer.normalize(t) for s in read_tagged(split("train")) for t in s.tokens}
-    row = {"config": name, "params": sum(p.numel() for p in ck.model.parameters()),
-           "epochs": result.best_epoch, "train_s": result.train_time_s}
+    row = {
+        "config": name,
+        "params": sum(p.numel() for p in ck.model.parameters()),
+        "epochs": result.best_epoch,
+        "train_s": result.train_time_s,
+    }
     weights = {k: v.numpy() for k, v in ck.model.state_dict().items()}
     fp32 = build_tagger_graph(ck.config, weights)
     check_tagger_graph(fp32, ck.config)
@@ -86,7 +118,10 @@ def run(name, overrides, args):
         pred = predict_tag_ids(ck.model, ck.tokenizer, ck.charset, tokens)
         m = evaluate_tags(gold, pred, unseen, len(ck.tags))
         row[f"{part}_acc"], row[f"{part}_unseen"], row[f"{part}_n_unseen"] = (
-            m["accuracy"], m["unseen_accuracy"], m["n_unseen"])
+            m["accuracy"],
+            m["unseen_accuracy"],
+            m["n_unseen"],
+        )
         p32 = onnx_tags(fp32, ck.tokenizer, ck.charset, tokens)
         p8 = onnx_tags(int8, ck.tokenizer, ck.charset, tokens)
         row[f"{part}_onnx_fp32"] = evaluate_tags(gold, p32, unseen, len(ck.tags))["accuracy"]
@@ -113,16 +148,22 @@ def main():
         for k in ("test_acc", "test_unseen", "test_onnx_fp32", "test_onnx_int8"):
             r.setdefault(k, None)
         r.setdefault("test_n_unseen", "-")
-    print("\n| config | params | best epoch | train s | dev acc | dev unseen | test acc | test unseen "
-          "| test onnx fp32 | test onnx int8 | int8 drop (pt) | int8 agree (dev) |")
+    print(
+        "\n| config | params | best epoch | train s | dev acc | dev unseen | test acc | test unseen "
+        "| test onnx fp32 | test onnx int8 | int8 drop (pt) | int8 agree (dev) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    drop = lambda r: ("-" if r["test_onnx_fp32"] is None  # noqa: E731
-                      else f"{100 * (r['test_onnx_fp32'] - r['test_onnx_int8']):.2f}")
+
+    def drop(r):
+        return "-" if r["test_onnx_fp32"] is None else f"{100 * (r['test_onnx_fp32'] - r['test_onnx_int8']):.2f}"
+
     for r in rows:
-        print(f"| {r['config']} | {r['params']:,} | {r['epochs']} | {r['train_s']:.0f} | {pct(r['dev_acc'])} | "
-              f"{pct(r['dev_unseen'])} ({r['dev_n_unseen']}) | {pct(r['test_acc'])} | {pct(r['test_unseen'])} "
-              f"({r['test_n_unseen']}) | {pct(r['test_onnx_fp32'])} | {pct(r['test_onnx_int8'])} | "
-              f"{drop(r)} | {pct(r['dev_int8_agree'])} |")
+        print(
+            f"| {r['config']} | {r['params']:,} | {r['epochs']} | {r['train_s']:.0f} | {pct(r['dev_acc'])} | "
+            f"{pct(r['dev_unseen'])} ({r['dev_n_unseen']}) | {pct(r['test_acc'])} | {pct(r['test_unseen'])} "
+            f"({r['test_n_unseen']}) | {pct(r['test_onnx_fp32'])} | {pct(r['test_onnx_int8'])} | "
+            f"{drop(r)} | {pct(r['dev_int8_agree'])} |"
+        )
 
 
 if __name__ == "__main__":

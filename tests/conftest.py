@@ -34,8 +34,9 @@ def synthetic_texts(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     return texts, labels
 
 
-def make_checkpoint(out: Path, cell: str = "gru", bidirectional: bool = False, pooling: str = "last",
-                    layers: int = 1, seed: int = 0) -> Path:
+def make_checkpoint(
+    out: Path, cell: str = "gru", bidirectional: bool = False, pooling: str = "last", layers: int = 1, seed: int = 0
+) -> Path:
     """An untrained but seeded classifier saved as an rnnkit checkpoint (export/runtime tests need no training)."""
     import torch
 
@@ -46,8 +47,17 @@ def make_checkpoint(out: Path, cell: str = "gru", bidirectional: bool = False, p
     texts, _ = synthetic_texts(200, seed)
     tokenizer = WordTokenizer.build(texts)
     torch.manual_seed(seed)
-    config = ClassifierConfig(vocab_size=tokenizer.vocab_size, num_labels=2, cell=cell, embed=8, hidden=6,
-                              layers=layers, bidirectional=bidirectional, pooling=pooling, dropout=0.0)
+    config = ClassifierConfig(
+        vocab_size=tokenizer.vocab_size,
+        num_labels=2,
+        cell=cell,
+        embed=8,
+        hidden=6,
+        layers=layers,
+        bidirectional=bidirectional,
+        pooling=pooling,
+        dropout=0.0,
+    )
     model = RecurrentClassifier(config).eval()
     return save_checkpoint(out, model, tokenizer, ["neg", "pos"], training={}, plot=False)
 
@@ -67,21 +77,33 @@ def gru_bundle(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bundle")
     ckpt = make_checkpoint(root / "ckpt", cell="gru", bidirectional=True, pooling="max")
     texts, labels = synthetic_texts(60, 1)
-    result = export_checkpoint(ckpt, root / "gru.bundle", int8=True, dev=DevSet(texts, labels, "synthetic"),
-                               min_agreement=0.0, log=lambda m: None)
+    result = export_checkpoint(
+        ckpt,
+        root / "gru.bundle",
+        int8=True,
+        dev=DevSet(texts, labels, "synthetic"),
+        min_agreement=0.0,
+        log=lambda m: None,
+    )
     return Path(result["path"])
 
 
 def run_python(code: str, *args: str, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
     """Run code in a fresh interpreter (import-isolation tests)."""
     full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, env=full_env
+    )
 
 
 TAGS = ["DET", "NOUN", "VERB", "ADJ", "PUNCT"]
-WORDS = {"DET": ["the", "a", "this"], "NOUN": ["film", "plot", "actor", "Ünïcode", "映画"],
-         "VERB": ["runs", "is", "moves"], "ADJ": ["good", "bad", "dull"], "PUNCT": [".", "!"]}
+WORDS = {
+    "DET": ["the", "a", "this"],
+    "NOUN": ["film", "plot", "actor", "Ünïcode", "映画"],
+    "VERB": ["runs", "is", "moves"],
+    "ADJ": ["good", "bad", "dull"],
+    "PUNCT": [".", "!"],
+}
 
 
 def synthetic_sentences(n: int, seed: int = 0) -> tuple[list[list[str]], list[list[str]]]:
@@ -95,23 +117,34 @@ def synthetic_sentences(n: int, seed: int = 0) -> tuple[list[list[str]], list[li
     return sentences, tags
 
 
-def make_tagger_checkpoint(out: Path, cell: str = "lstm", bidirectional: bool = True, chars: bool = True,
-                           layers: int = 1, seed: int = 0) -> Path:
+def make_tagger_checkpoint(
+    out: Path, cell: str = "lstm", bidirectional: bool = True, chars: bool = True, layers: int = 1, seed: int = 0
+) -> Path:
     """An untrained, seeded tagger saved as an rnnkit tagging checkpoint."""
     import torch
 
     from rnnkit.runtime.charset import CharVocab
+    from rnnkit.toolkit.conll import TaggedSentence
     from rnnkit.toolkit.tagger import RecurrentTagger, TaggerConfig
     from rnnkit.toolkit.train_tag import build_word_vocab, save_tagger_checkpoint
-    from rnnkit.toolkit.conll import TaggedSentence
 
     sentences, tags = synthetic_sentences(50, seed)
     tokenizer = build_word_vocab([TaggedSentence(s, t, "x") for s, t in zip(sentences, tags)], True, 1000, 1)
     charset = CharVocab.build(w for s in sentences for w in s) if chars else None
     torch.manual_seed(seed)
-    config = TaggerConfig(vocab_size=tokenizer.vocab_size, num_tags=len(TAGS), cell=cell, embed=6, hidden=5,
-                          layers=layers, bidirectional=bidirectional, dropout=0.0,
-                          char_vocab_size=charset.size if chars else 0, char_embed=4, char_filters=5)
+    config = TaggerConfig(
+        vocab_size=tokenizer.vocab_size,
+        num_tags=len(TAGS),
+        cell=cell,
+        embed=6,
+        hidden=5,
+        layers=layers,
+        bidirectional=bidirectional,
+        dropout=0.0,
+        char_vocab_size=charset.size if chars else 0,
+        char_embed=4,
+        char_filters=5,
+    )
     model = RecurrentTagger(config).eval()
     return save_tagger_checkpoint(out, model, tokenizer, charset, TAGS, training={}, plot=False)
 
@@ -125,13 +158,21 @@ def tag_bundle(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tagbundle")
     ckpt = make_tagger_checkpoint(root / "ckpt")
     sentences, tags = synthetic_sentences(40, 1)
-    result = export_checkpoint(ckpt, root / "tag.bundle", int8=True, dev=DevSet(sentences, tags, "synthetic"),
-                               min_agreement=0.0, log=lambda m: None)
+    result = export_checkpoint(
+        ckpt,
+        root / "tag.bundle",
+        int8=True,
+        dev=DevSet(sentences, tags, "synthetic"),
+        min_agreement=0.0,
+        log=lambda m: None,
+    )
     return Path(result["path"])
 
 
-LM_TEXT = ("the cat sat on the mat. the dog sat on the log. a cat and a dog ran to the mat!\n"
-           "To be, or not to be: that is the question.\n")
+LM_TEXT = (
+    "the cat sat on the mat. the dog sat on the log. a cat and a dog ran to the mat!\n"
+    "To be, or not to be: that is the question.\n"
+)
 
 
 def make_lm_checkpoint(out: Path, cell: str = "lstm", layers: int = 1, level: str = "char", seed: int = 0) -> Path:
@@ -168,25 +209,48 @@ def lm_bundles(tmp_path_factory):
             name = f"{cell}{layers}{level}"
             ckpt = make_lm_checkpoint(root / f"{name}.ckpt", cell, layers, level, seed=layers)
             int8 = (cell, layers, level) == ("lstm", 2, "char")
-            result = export_checkpoint(ckpt, root / f"{name}.bundle", int8=int8, dev=DevSet([LM_TEXT * 3], None, "lm"),
-                                       min_agreement=0.0, log=lambda m: None)
+            result = export_checkpoint(
+                ckpt,
+                root / f"{name}.bundle",
+                int8=int8,
+                dev=DevSet([LM_TEXT * 3], None, "lm"),
+                min_agreement=0.0,
+                log=lambda m: None,
+            )
             cache[key] = Path(result["path"])
         return cache[key]
 
     return get
 
 
-G2P = {"cat": "K AE T", "dog": "D AO G", "bird": "B ER D", "fish": "F IH SH", "horse": "HH AO R S",
-       "cow": "K AW", "sheep": "SH IY P", "goat": "G OW T", "mouse": "M AW S", "duck": "D AH K",
-       "frog": "F R AO G", "bee": "B IY"}
+G2P = {
+    "cat": "K AE T",
+    "dog": "D AO G",
+    "bird": "B ER D",
+    "fish": "F IH SH",
+    "horse": "HH AO R S",
+    "cow": "K AW",
+    "sheep": "SH IY P",
+    "goat": "G OW T",
+    "mouse": "M AW S",
+    "duck": "D AH K",
+    "frog": "F R AO G",
+    "bee": "B IY",
+}
 PHONES = sorted({p for ph in G2P.values() for p in ph.split()})
 
 
 _SEQ2SEQ: dict = {}
 
 
-def make_seq2seq(cell: str = "lstm", attention: str = "dot", bidirectional: bool = True, layers: int = 2,
-                 seed: int = 0, train_steps: int = 100):
+def make_seq2seq(
+    cell: str = "lstm",
+    attention: str = "dot",
+    bidirectional: bool = True,
+    layers: int = 2,
+    seed: int = 0,
+    train_steps: int = 100,
+):
     """A seeded grapheme-to-phoneme Seq2Seq (char source, phone-word target) and its tokenizers, fitted
     for ``train_steps`` full-batch steps on ``G2P`` (about a second): peaked log-probabilities and
     outputs that end in </s> at different lengths, as a trained model's (0 steps: untrained).
@@ -206,9 +270,17 @@ def _fit_seq2seq(cell, attention, bidirectional, layers, seed, train_steps):
     source = CharTokenizer.build(G2P)
     target = WordTokenizer(["<pad>", "<unk>", "<s>", "</s>", *PHONES], lowercase=False)
     torch.manual_seed(seed)
-    config = Seq2SeqConfig(source_vocab_size=source.vocab_size, target_vocab_size=target.vocab_size, cell=cell,
-                           embed=6, hidden=8, layers=layers, bidirectional=bidirectional, attention=attention,
-                           dropout=0.0)
+    config = Seq2SeqConfig(
+        source_vocab_size=source.vocab_size,
+        target_vocab_size=target.vocab_size,
+        cell=cell,
+        embed=6,
+        hidden=8,
+        layers=layers,
+        bidirectional=bidirectional,
+        attention=attention,
+        dropout=0.0,
+    )
     model = Seq2Seq(config)
     ids, lens = pad_ids([source.encode(w) for w in G2P])
     phones = [target.encode(p) for p in G2P.values()]
@@ -221,8 +293,9 @@ def _fit_seq2seq(cell, attention, bidirectional, layers, seed, train_steps):
     try:
         for _ in range(train_steps):
             logits = model(ids, lens, inputs)
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1),
-                                                     ignore_index=0)
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), gold.reshape(-1), ignore_index=0
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -247,8 +320,16 @@ def s2s_bundles(tmp_path_factory):
             model, source, target = make_seq2seq(cell, attention, bidirectional)
             int8 = key == ("lstm", "dot", True)
             dev = DevSet(list(G2P), list(G2P.values()), "g2p") if int8 else None
-            result = export_seq2seq(model, source, target, root / f"{cell}-{attention}-{bidirectional}.bundle",
-                                    int8=int8, dev=dev, min_agreement=0.0, log=lambda m: None)
+            result = export_seq2seq(
+                model,
+                source,
+                target,
+                root / f"{cell}-{attention}-{bidirectional}.bundle",
+                int8=int8,
+                dev=dev,
+                min_agreement=0.0,
+                log=lambda m: None,
+            )
             cache[key] = Path(result["path"])
         return cache[key]
 
@@ -259,7 +340,8 @@ def edit_manifest(bundle: Path, change, seal: bool = True) -> Path:
     """Apply ``change`` to a bundle's manifest.json in place (tests of bundle verification) and, with
     ``seal``, record the edited manifest's own digest (``manifest_sha256``), so that the check under
     test is the deeper one; ``seal=False`` leaves the old digest: an edit the checksum must catch."""
-    from rnnkit.runtime.manifest import MANIFEST_FILE, seal as seal_manifest
+    from rnnkit.runtime.manifest import MANIFEST_FILE
+    from rnnkit.runtime.manifest import seal as seal_manifest
 
     manifest = json.loads((bundle / MANIFEST_FILE).read_text(encoding="utf-8"))
     change(manifest)
@@ -274,5 +356,9 @@ def rehash(bundle: Path, name: str) -> None:
     the checks past the checksums can fail)."""
     from rnnkit.runtime.bundle import sha256_file
 
-    edit_manifest(bundle, lambda m: m["files"].update(
-        {name: {"sha256": sha256_file(bundle / name), "bytes": (bundle / name).stat().st_size}}))
+    edit_manifest(
+        bundle,
+        lambda m: m["files"].update(
+            {name: {"sha256": sha256_file(bundle / name), "bytes": (bundle / name).stat().st_size}}
+        ),
+    )

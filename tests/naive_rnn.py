@@ -24,11 +24,11 @@ def _cell(kind, x, h, c, W, R, Wb, Rb, P, clip, lbr, input_forget):
         return np.tanh(_clip(W @ x + Wb + R @ h + Rb, clip)), c
     if kind == "GRU":
         z = _sig(_clip(W[:H] @ x + Wb[:H] + R[:H] @ h + Rb[:H], clip))
-        r = _sig(_clip(W[H:2 * H] @ x + Wb[H:2 * H] + R[H:2 * H] @ h + Rb[H:2 * H], clip))
+        r = _sig(_clip(W[H : 2 * H] @ x + Wb[H : 2 * H] + R[H : 2 * H] @ h + Rb[H : 2 * H], clip))
         if lbr:
-            n = W[2 * H:] @ x + Wb[2 * H:] + r * (R[2 * H:] @ h + Rb[2 * H:])
+            n = W[2 * H :] @ x + Wb[2 * H :] + r * (R[2 * H :] @ h + Rb[2 * H :])
         else:
-            n = W[2 * H:] @ x + Wb[2 * H:] + R[2 * H:] @ (r * h) + Rb[2 * H:]
+            n = W[2 * H :] @ x + Wb[2 * H :] + R[2 * H :] @ (r * h) + Rb[2 * H :]
         n = np.tanh(_clip(n, clip))
         return (1 - z) * n + z * h, c
     return _lstm_gates(W @ x + Wb + R @ h + Rb, c, P, clip, input_forget)
@@ -37,12 +37,12 @@ def _cell(kind, x, h, c, W, R, Wb, Rb, P, clip, lbr, input_forget):
 def _lstm_gates(a, c, P, clip=None, input_forget=0):
     """LSTM gate math from the pre-activations a (i, o, f, c) -> (h, c)."""
     H = c.shape[0]
-    pi, po, pf = P[:H], P[H:2 * H], P[2 * H:]
+    pi, po, pf = P[:H], P[H : 2 * H], P[2 * H :]
     i = _sig(_clip(a[:H] + pi * c, clip))
-    f = 1 - i if input_forget else _sig(_clip(a[2 * H:3 * H] + pf * c, clip))
-    g = np.tanh(_clip(a[3 * H:], clip))
+    f = 1 - i if input_forget else _sig(_clip(a[2 * H : 3 * H] + pf * c, clip))
+    g = np.tanh(_clip(a[3 * H :], clip))
     c = f * c + i * g
-    o = _sig(_clip(a[H:2 * H] + po * c, clip))
+    o = _sig(_clip(a[H : 2 * H] + po * c, clip))
     return o * np.tanh(c), c
 
 
@@ -54,8 +54,23 @@ def _setup(T, Bn, nd, GH, H, B, P, sequence_lens):
     return B, P, lens, np.zeros((T, nd, Bn, H)), np.zeros((nd, Bn, H)), np.zeros((nd, Bn, H))
 
 
-def naive_rnn(kind, X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, *,
-              direction="forward", layout=0, clip=None, linear_before_reset=0, input_forget=0):
+def naive_rnn(
+    kind,
+    X,
+    W,
+    R,
+    B=None,
+    sequence_lens=None,
+    initial_h=None,
+    initial_c=None,
+    P=None,
+    *,
+    direction="forward",
+    layout=0,
+    clip=None,
+    linear_before_reset=0,
+    input_forget=0,
+):
     """kind in {"RNN", "GRU", "LSTM"}; arguments as the ONNX op; returns (Y, Y_h, Y_c) float32."""
     X = np.asarray(X, np.float64)
     if layout:
@@ -73,8 +88,20 @@ def naive_rnn(kind, X, W, R, B=None, sequence_lens=None, initial_h=None, initial
             c = np.zeros(H) if initial_c is None else np.asarray(initial_c[d, b], np.float64)
             steps = range(lens[b] - 1, -1, -1) if reverse else range(lens[b])
             for t in steps:
-                h, c = _cell(kind, X[t, b], h, c, np.asarray(W[d], np.float64), np.asarray(R[d], np.float64),
-                             B[d, :GH], B[d, GH:], P[d], clip, linear_before_reset, input_forget)
+                h, c = _cell(
+                    kind,
+                    X[t, b],
+                    h,
+                    c,
+                    np.asarray(W[d], np.float64),
+                    np.asarray(R[d], np.float64),
+                    B[d, :GH],
+                    B[d, GH:],
+                    P[d],
+                    clip,
+                    linear_before_reset,
+                    input_forget,
+                )
                 Y[t, d, b] = h
             Yh[d, b], Yc[d, b] = h, c
     if layout:
@@ -95,8 +122,7 @@ def quantize_u8(a, scale, zp):
     return np.clip(np.rint(np.asarray(a, np.float32) / scale) + zp, 0, 255).astype(np.float64)
 
 
-def naive_dq_lstm(X, Wq, w_scale, w_zp, Rq, r_scale, r_zp, B=None, sequence_lens=None, P=None, *,
-                  direction="forward"):
+def naive_dq_lstm(X, Wq, w_scale, w_zp, Rq, r_scale, r_zp, B=None, sequence_lens=None, P=None, *, direction="forward"):
     """com.microsoft.DynamicQuantizeLSTM as onnxruntime computes it, one batch row at a time.
 
     Wq [nd, I, 4H], Rq [nd, H, 4H] 8-bit; scales and zero points [nd, 4H].  X[:, b] is quantized
@@ -120,8 +146,8 @@ def naive_dq_lstm(X, Wq, w_scale, w_zp, Rq, r_scale, r_zp, B=None, sequence_lens
         for b in range(Bn):
             xw = qmatmul(X[:, b], Wq[d], w_scale[d], w_zp[d])
             h, c = np.zeros(H), np.zeros(H)
-            for t in (range(lens[b] - 1, -1, -1) if reverse else range(lens[b])):
-                a = xw[t] + qmatmul(h.astype(np.float32), Rq[d], r_scale[d], r_zp[d]) + B[d, :4 * H] + B[d, 4 * H:]
+            for t in range(lens[b] - 1, -1, -1) if reverse else range(lens[b]):
+                a = xw[t] + qmatmul(h.astype(np.float32), Rq[d], r_scale[d], r_zp[d]) + B[d, : 4 * H] + B[d, 4 * H :]
                 h, c = _lstm_gates(a, c, P[d])
                 Y[t, d, b] = h
             Yh[d, b], Yc[d, b] = h, c

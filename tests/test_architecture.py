@@ -1,4 +1,5 @@
 import pytest
+
 """The layering rule, checked on the sources: runtime <- export <- toolkit, and no import cycle.
 
 ``scripts/import_graph.py`` reads every module with ``ast`` (lazy imports inside functions count),
@@ -22,7 +23,7 @@ def test_no_import_cycle_and_arrows_run_one_way():
     arrows, cycles, wrong = _import_graph().report(ROOT)
     assert cycles == [], f"import cycles: {cycles}"
     assert wrong == [], {pair: arrows[pair][:5] for pair in wrong}
-    assert ("toolkit", "runtime") in arrows and ("export", "runtime") in arrows   # the graph was really read
+    assert ("toolkit", "runtime") in arrows and ("export", "runtime") in arrows  # the graph was really read
 
 
 def test_the_checker_sees_a_cycle_and_a_wrong_arrow(tmp_path):

@@ -1,5 +1,5 @@
-"""The G2P bundle shipped in the package: opened by name, verified like any bundle, the same
-outputs on both backends, its lexicon used only when asked."""
+"""The G2P bundle shipped in its own package (packages/rnnkit-g2p-cmudict): opened by name,
+verified like any bundle, the same outputs on both backends, its lexicon used only when asked."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import json
 import pytest
 
 from rnnkit.runtime import load
-from rnnkit.runtime.bundle import ASSETS, open_bundle
+from rnnkit.runtime.builtin import find
+from rnnkit.runtime.bundle import open_bundle
 from rnnkit.runtime.errors import BundleError
 
 WORDS = ["cat", "dog", "phoneme", "translation", "rnnkit", "Zyx"]
@@ -16,15 +17,14 @@ WORDS = ["cat", "dog", "phoneme", "translation", "rnnkit", "Zyx"]
 
 def test_opens_by_name_and_is_verified():
     bundle = open_bundle("g2p-cmudict")
-    assert bundle.path == ASSETS / "g2p-cmudict" and bundle.task == "seq2seq" and bundle.has_int8
+    assert bundle.path == find("g2p-cmudict") and bundle.task == "seq2seq" and bundle.has_int8
     assert bundle.manifest["lexicon"]["sources"] > 100_000
     with pytest.raises(BundleError, match="no such bundle"):
         open_bundle("g2p-cmudict-nonexistent")
 
 
 def test_backends_agree_and_known_words_come_out_right():
-    outputs = {b: load("g2p-cmudict", backend=b, threads=1).translate(WORDS, beam=5)
-               for b in ("onnxruntime", "numba")}
+    outputs = {b: load("g2p-cmudict", backend=b, threads=1).translate(WORDS, beam=5) for b in ("onnxruntime", "numba")}
     assert outputs["onnxruntime"] == outputs["numba"]
     assert outputs["onnxruntime"][:2] == ["K AE T", "D AO G"]
     assert all(out and not any(c.isdigit() for c in out) for out in outputs["onnxruntime"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import time
@@ -13,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import edit_manifest, rehash
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import edit_manifest, rehash
 from rnnkit.runtime import BundleError, load, open_bundle
 from rnnkit.runtime import bundle as bundle_module
 from rnnkit.runtime.manifest import DIGEST_KEY, MANIFEST_FILE, MODEL_FP32, MODEL_INT8, canonical_json, manifest_digest
@@ -83,14 +84,20 @@ def test_manifest_missing_key(bundle):
 
 # -- the manifest's own checksum ---------------------------------------------------------------
 
+
 def test_a_vocabulary_edit_is_caught_by_the_manifest_checksum(bundle):
     """The issue's case: "boring" -> "borinf" in manifest.json flipped a prediction and passed inspect."""
+
     def edit(m):
         vocab = m["tokenizer"]["vocab"]
         vocab[vocab.index("boring")] = "borinf"
+
     edit_manifest(bundle, edit, seal=False)
-    with pytest.raises(BundleError, match=r"manifest.json: 'manifest_sha256' is '[0-9a-f]{16}'\.\.\. but the "
-                                          r"manifest's content hashes to .* corrupted or was edited"):
+    with pytest.raises(
+        BundleError,
+        match=r"manifest.json: 'manifest_sha256' is '[0-9a-f]{16}'\.\.\. but the "
+        r"manifest's content hashes to .* corrupted or was edited",
+    ):
         open_bundle(bundle)
 
 
@@ -106,15 +113,17 @@ def test_checksum_covers_content_not_layout(bundle, gru_bundle):
     (bundle / MANIFEST_FILE).write_text(reformatted, encoding="utf-8")
     assert open_bundle(bundle).manifest == manifest
     body = {k: v for k, v in manifest.items() if k != DIGEST_KEY}
-    assert canonical_json(manifest) == json.dumps(body, sort_keys=True, separators=(",", ":"),
-                                                  ensure_ascii=False).encode("utf-8")
+    assert canonical_json(manifest) == json.dumps(
+        body, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
     assert manifest[DIGEST_KEY] == manifest_digest(manifest)
 
 
 def test_duplicate_keys_are_refused(bundle):
     text = (bundle / MANIFEST_FILE).read_text(encoding="utf-8")
-    (bundle / MANIFEST_FILE).write_text(text.replace('"labels": [', '"labels": ["pos", "neg"], "labels": [', 1),
-                                        encoding="utf-8")
+    (bundle / MANIFEST_FILE).write_text(
+        text.replace('"labels": [', '"labels": ["pos", "neg"], "labels": [', 1), encoding="utf-8"
+    )
     with pytest.raises(BundleError, match=r"not valid JSON \(duplicate key 'labels'\)"):
         open_bundle(bundle)
 
@@ -140,11 +149,15 @@ def test_unknown_format_version(bundle):
 
 # -- files -----------------------------------------------------------------------------------
 
+
 def test_truncated_model(bundle):
     data = (bundle / MODEL_FP32).read_bytes()
     (bundle / MODEL_FP32).write_bytes(data[: len(data) // 2])
-    with pytest.raises(BundleError, match=r"model.onnx: \d+ bytes but manifest.json records \d+; the file is "
-                                          r"truncated"):
+    with pytest.raises(
+        BundleError,
+        match=r"model.onnx: \d+ bytes but manifest.json records \d+; the file is "
+        r"truncated",
+    ):
         open_bundle(bundle)
 
 
@@ -187,6 +200,7 @@ def test_fp32_and_int8_swapped(bundle):
 
 # -- the manifest agrees with itself ------------------------------------------------------------
 
+
 def test_vocab_size_mismatch(bundle):
     edit_manifest(bundle, lambda m: m["architecture"].update(vocab_size=m["architecture"]["vocab_size"] + 1))
     with pytest.raises(BundleError, match=r"'tokenizer.vocab' has (\d+) entries but 'architecture.vocab_size' is \d+"):
@@ -194,16 +208,22 @@ def test_vocab_size_mismatch(bundle):
 
 
 def test_absurd_declared_shape(bundle):
-    edit_manifest(bundle, lambda m: m["graph"]["inputs"][0].update(shape=["batch", 10 ** 12]))
-    with pytest.raises(BundleError, match=r"declares 'input_ids' as 'int64' \['batch', 1000000000000\]; this classify "
-                                          r"model's contract is 'int64' \['batch', 'time'\] \(named axes"):
+    edit_manifest(bundle, lambda m: m["graph"]["inputs"][0].update(shape=["batch", 10**12]))
+    with pytest.raises(
+        BundleError,
+        match=r"declares 'input_ids' as 'int64' \['batch', 1000000000000\]; this classify "
+        r"model's contract is 'int64' \['batch', 'time'\] \(named axes",
+    ):
         open_bundle(bundle)
 
 
 def test_declared_head_width_must_match_the_labels(bundle):
     edit_manifest(bundle, lambda m: m["graph"]["outputs"][0].update(shape=["batch", 1]))
-    with pytest.raises(BundleError, match=r"declares 'logits' as 'float32' \['batch', 1\]; this classify model's "
-                                          r"contract is 'float32' \['batch', 2\]"):
+    with pytest.raises(
+        BundleError,
+        match=r"declares 'logits' as 'float32' \['batch', 1\]; this classify model's "
+        r"contract is 'float32' \['batch', 2\]",
+    ):
         open_bundle(bundle)
 
 
@@ -215,14 +235,20 @@ def test_architecture_types_are_strict(bundle):
 
 # -- every graph against the manifest (re-hashed, so only these checks can catch it) -----------
 
+
 def test_one_wide_head_never_answers(bundle):
     """The issue's case: a re-hashed graph with a one-wide head answered {"neg": 1.0, "pos": 1.0}, exit 0."""
+
     def shrink(g):
         _set(g, "head.weight", _get(g, "head.weight")[:1])
         _set(g, "head.bias", _get(g, "head.bias")[:1])
+
     _edit_graph(bundle, shrink)
-    with pytest.raises(BundleError, match=r"model.onnx: the head 'head' \(Gemm\) is .*1.* wide but manifest.json has 2 "
-                                          r"classes for 'logits'; the graph does not belong to this manifest"):
+    with pytest.raises(
+        BundleError,
+        match=r"model.onnx: the head 'head' \(Gemm\) is .*1.* wide but manifest.json has 2 "
+        r"classes for 'logits'; the graph does not belong to this manifest",
+    ):
         load(bundle, backend="onnxruntime")
 
 
@@ -231,9 +257,13 @@ def test_renamed_graph_input(bundle):
         for node in g.node:
             node.input[:] = ["ids" if x == "input_ids" else x for x in node.input]
         g.input[0].name = "ids"
+
     _edit_graph(bundle, rename)
-    with pytest.raises(BundleError, match=r"model.onnx: graph inputs are \[\('ids', 'int64', \['batch', 'time'\]\).* "
-                                          r"but manifest.json 'graph' declares \[\('input_ids'"):
+    with pytest.raises(
+        BundleError,
+        match=r"model.onnx: graph inputs are \[\('ids', 'int64', \['batch', 'time'\]\).* "
+        r"but manifest.json 'graph' declares \[\('input_ids'",
+    ):
         open_bundle(bundle)
 
 
@@ -241,6 +271,7 @@ def test_embedding_rows_mismatch(bundle):
     def grow(m):
         m["tokenizer"]["vocab"].append("zzz-new-word")
         m["architecture"]["vocab_size"] += 1
+
     edit_manifest(bundle, grow)
     with pytest.raises(BundleError, match=r"embedding has \d+ rows but manifest.json 'architecture.vocab_size' is"):
         open_bundle(bundle)
@@ -250,25 +281,50 @@ def test_shorter_int8_embedding(bundle):
     def shrink(g):
         for name in ("embedding.weight_quantized", "embedding.weight_scale"):
             _set(g, name, _get(g, name)[:-1])
+
     _edit_graph(bundle, shrink, MODEL_INT8)
-    with pytest.raises(BundleError, match=r"model.int8.onnx: embedding has 31 rows but manifest.json "
-                                          r"'architecture.vocab_size' is 32 \(tensor 'embedding.weight_"):
+    with pytest.raises(
+        BundleError,
+        match=r"model.int8.onnx: embedding has 31 rows but manifest.json "
+        r"'architecture.vocab_size' is 32 \(tensor 'embedding.weight_",
+    ):
         open_bundle(bundle)
 
 
+def _first_w(bundle: Path, file: str = MODEL_FP32) -> str:
+    """The name of the W initializer of the graph's first GRU node (whatever the graph form names it)."""
+    graph = onnx.load(str(bundle / file)).graph
+    return next(n for n in graph.node if n.op_type == "GRU").input[1]
+
+
 def test_huge_initializer_dims_give_an_error_not_a_traceback(bundle):
+    w = _first_w(bundle)
+
     def huge(g):
-        next(t for t in g.initializer if t.name == "gru_0.W").dims[:] = [1 << 40, 1 << 40]
+        next(t for t in g.initializer if t.name == w).dims[:] = [1 << 40, 1 << 40]
+
     _edit_graph(bundle, huge)
-    with pytest.raises(BundleError, match=r"initializer 'gru_0.W' declares shape \[1099511627776, 1099511627776\]; "
-                                          r"rnnkit's tensors have at most 8 dimensions of 0..16777216"):
+    with pytest.raises(
+        BundleError,
+        match=rf"initializer '{re.escape(w)}' declares shape \[1099511627776, "
+        r"1099511627776\]; rnnkit's tensors have at most 8 dimensions of 0..16777216",
+    ):
         open_bundle(bundle)
 
 
 def test_dims_must_match_the_data(bundle):
-    _edit_graph(bundle, lambda g: next(t for t in g.initializer if t.name == "gru_0.W").dims.__setitem__(0, 1))
-    with pytest.raises(BundleError, match=r"initializer 'gru_0.W' declares shape \[1, 18, 8\] \(144 values\) but holds "
-                                          r"\d+ bytes"):
+    w = _first_w(bundle)
+
+    def smaller(g):
+        tensor = next(t for t in g.initializer if t.name == w)
+        tensor.dims[1] = tensor.dims[1] // 2  # declares half the rows it holds
+
+    _edit_graph(bundle, smaller)
+    with pytest.raises(
+        BundleError,
+        match=rf"initializer '{re.escape(w)}' declares shape \[\d+, 9, 8\] \(\d+ values\) "
+        r"but holds \d+ bytes",
+    ):
         open_bundle(bundle)
 
 
@@ -276,9 +332,13 @@ def test_recurrent_direction_must_be_the_architecture(bundle):
     def reverse(g):
         node = next(n for n in g.node if n.op_type == "GRU")
         next(a for a in node.attribute if a.name == "direction").s = b"reverse"
+
     _edit_graph(bundle, reverse)
-    with pytest.raises(BundleError, match=r"recurrent node 'gru_0' \(GRU\) has .*'direction': b'reverse'.* where the "
-                                          r"architecture \(gru, hidden 6, bidirectional True\) gives"):
+    with pytest.raises(
+        BundleError,
+        match=r"recurrent node 'gru_0' \(GRU\) has .*'direction': b'[^']*reverse'.* where "
+        r"the architecture \(gru, hidden 6, bidirectional True\) gives",
+    ):
         open_bundle(bundle)
 
 
@@ -286,13 +346,18 @@ def test_recurrent_direction_must_be_the_architecture(bundle):
 def test_a_constant_that_fixes_the_time_axis(bundle, file):
     """A Reshape to a fixed time axis type-checks symbolically and fails at run time for every other
     length: shapes are inferred at two concrete input sizes, with the time mask computed."""
+
     def fix_time(g):
         shape = _get(g, "y_batch_shape").copy()
         shape[1] = 64
         _set(g, "y_batch_shape", shape)
+
     _edit_graph(bundle, fix_time, file)
-    with pytest.raises(BundleError, match=rf"{file}: shapes do not fit together for inputs sized \{{'batch': 2, "
-                                          r"'time': 5.*Incompatible dimensions.* corrupted or was changed"):
+    with pytest.raises(
+        BundleError,
+        match=rf"{file}: shapes do not fit together for inputs sized \{{'batch': 2, "
+        r"'time': 5.*Incompatible dimensions.* corrupted or was changed",
+    ):
         open_bundle(bundle)
 
 
@@ -307,12 +372,14 @@ def test_nonfinite_weight_is_refused(bundle):
         w = _get(g, "head.weight").copy()
         w[0, 0] = np.nan
         _set(g, "head.weight", w)
+
     _edit_graph(bundle, poison)
     with pytest.raises(BundleError, match=r"tensor 'head.weight' holds nan, outside \+-1e\+06 \(or NaN\)"):
         open_bundle(bundle)
 
 
 # -- external data and subgraphs -----------------------------------------------------------------
+
 
 def _externalize(bundle: Path, name: str, location: str, file: str = MODEL_FP32) -> None:
     model = onnx.load(str(bundle / file))
@@ -336,11 +403,15 @@ def test_external_data_path_traversal(bundle, tmp_path):
 
 def test_external_data_must_be_listed_and_hashed(bundle):
     before = _answers(bundle)
-    _externalize(bundle, "gru_0.W", "weights.bin")
-    with pytest.raises(BundleError, match=r"initializer 'gru_0.W' reads external data from 'weights.bin', which "
-                                          r"manifest.json 'files' does not list, so no checksum covers it"):
+    w = _first_w(bundle)
+    _externalize(bundle, w, "weights.bin")
+    with pytest.raises(
+        BundleError,
+        match=rf"initializer '{re.escape(w)}' reads external data from 'weights.bin', which "
+        r"manifest.json 'files' does not list, so no checksum covers it",
+    ):
         open_bundle(bundle)
-    rehash(bundle, "weights.bin")                      # listed (and hashed): a valid bundle
+    rehash(bundle, "weights.bin")  # listed (and hashed): a valid bundle
     assert _answers(bundle) == before
     (bundle / "weights.bin").write_bytes((bundle / "weights.bin").read_bytes()[:-4])
     with pytest.raises(BundleError, match=r"weights.bin: \d+ bytes but manifest.json records"):
@@ -349,40 +420,57 @@ def test_external_data_must_be_listed_and_hashed(bundle):
 
 def test_tensors_inside_subgraphs_are_checked(bundle):
     """An If body's initializer is followed like any other: here, external data outside the bundle."""
+
     def add_if(g):
         tensor = numpy_helper.from_array(np.zeros(4, np.float32), "hidden")
         tensor.ClearField("raw_data")
         tensor.data_location = TensorProto.EXTERNAL
         tensor.external_data.add(key="location", value="../../../../etc/hostname")
-        body = helper.make_graph([helper.make_node("Identity", ["hidden"], ["out"])], "body", [],
-                                 [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4])], [tensor])
+        body = helper.make_graph(
+            [helper.make_node("Identity", ["hidden"], ["out"])],
+            "body",
+            [],
+            [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4])],
+            [tensor],
+        )
         cond = next(n.output[0] for n in g.node if n.op_type == "Less")
         g.node.append(helper.make_node("If", [cond], ["unused"], then_branch=body, else_branch=body))
+
     _edit_graph(bundle, add_if)
-    with pytest.raises(BundleError, match=r"initializer 'hidden' points at external data '../../../../etc/hostname' "
-                                          r"outside the bundle directory"):
+    with pytest.raises(
+        BundleError,
+        match=r"initializer 'hidden' points at external data '../../../../etc/hostname' "
+        r"outside the bundle directory",
+    ):
         open_bundle(bundle)
 
 
 # -- the tokenizer is data, never code -----------------------------------------------------------------
 
+
 def test_a_backtracking_pattern_is_refused_at_once(bundle):
     def hostile(m):
         m["tokenizer"].pop("splitter")
         m["tokenizer"]["pattern"] = r"(\w+\s?)+$"
+
     edit_manifest(bundle, hostile)
     started = time.perf_counter()
-    with pytest.raises(BundleError, match=r"'tokenizer.pattern' is '\(\\\\w\+\\\\s\?\)\+\$', which is not a pattern "
-                                          r"rnnkit writes; the tokenizer names one of rnnkit's splitters \('words'\)"):
+    with pytest.raises(
+        BundleError,
+        match=r"'tokenizer.pattern' is '\(\\\\w\+\\\\s\?\)\+\$', which is not a pattern "
+        r"rnnkit writes; the tokenizer names one of rnnkit's splitters \('words'\)",
+    ):
         open_bundle(bundle)
     assert time.perf_counter() - started < 5
 
 
 def test_the_legacy_pattern_string_still_opens(bundle):
     before = _answers(bundle)
+
     def legacy(m):
         m["tokenizer"].pop("splitter")
         m["tokenizer"]["pattern"] = DEFAULT_PATTERN
+
     edit_manifest(bundle, legacy)
     assert open_bundle(bundle).tokenizer.splitter == "words" and _answers(bundle) == before
 
@@ -401,6 +489,7 @@ def test_absurd_vocabulary_entry_is_refused(bundle):
 
 # -- writing ----------------------------------------------------------------------------------------
 
+
 def test_shipped_bundle_is_in_the_current_form():
     b = open_bundle("g2p-cmudict")
     assert b.manifest[DIGEST_KEY] == manifest_digest(b.manifest)
@@ -411,9 +500,12 @@ def test_shipped_bundle_is_in_the_current_form():
 def test_bundle_modes_follow_the_umask(tmp_path, umask, folder, file):
     from rnnkit.export.bundle import BundleWriter
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     previous = os.umask(umask)
     try:
         with BundleWriter(tmp_path / "out") as writer:
@@ -425,7 +517,10 @@ def test_bundle_modes_follow_the_umask(tmp_path, umask, folder, file):
         os.umask(previous)
     assert stat.S_IMODE(out.stat().st_mode) == folder
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {
-        "model.onnx": file, "extra.txt": file, MANIFEST_FILE: file}
+        "model.onnx": file,
+        "extra.txt": file,
+        MANIFEST_FILE: file,
+    }
     manifest = json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8"))
     assert manifest[DIGEST_KEY] == manifest_digest(manifest) and set(manifest["files"]) == {"model.onnx", "extra.txt"}
     assert not list(tmp_path.glob(".out.tmp-*"))

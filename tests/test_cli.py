@@ -36,8 +36,23 @@ def test_predict_file_to_file_same_on_both_backends(gru_bundle, tmp_path):
     outputs = {}
     for backend in ("onnxruntime", "numba"):
         out = tmp_path / f"{backend}.jsonl"
-        result = CliRunner().invoke(cli, ["predict", str(gru_bundle), "--input", str(src), "--text-field", "review",
-                                          "--output", str(out), "--backend", backend, "--batch-size", "7"])
+        result = CliRunner().invoke(
+            cli,
+            [
+                "predict",
+                str(gru_bundle),
+                "--input",
+                str(src),
+                "--text-field",
+                "review",
+                "--output",
+                str(out),
+                "--backend",
+                backend,
+                "--batch-size",
+                "7",
+            ],
+        )
         assert result.exit_code == 0, result.output
         outputs[backend] = [json.loads(line)["label"] for line in out.read_text().splitlines()]
     assert len(outputs["numba"]) == 30 and outputs["numba"] == outputs["onnxruntime"]
@@ -82,6 +97,7 @@ def test_failed_prediction_leaves_previous_output(gru_bundle, tmp_path, monkeypa
 
     def boom(self, *a, **k):
         raise KeyboardInterrupt
+
     monkeypatch.setattr(Classifier, "run_batch", boom)
     CliRunner().invoke(cli, ["predict", str(gru_bundle), "hi", "--output", str(out)])
     assert out.read_text() == "previous\n"
@@ -90,8 +106,9 @@ def test_failed_prediction_leaves_previous_output(gru_bundle, tmp_path, monkeypa
 
 def kill_9_once_written(args: list[str], folder, pattern: str) -> None:
     """Run `rnnkit ARGS`, wait until a file matching PATTERN appears in FOLDER, then SIGKILL it."""
-    proc = subprocess.Popen([sys.executable, "-m", "rnnkit.toolkit", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rnnkit.toolkit", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not list(folder.glob(pattern)):
         time.sleep(0.02)
@@ -105,8 +122,11 @@ def test_kill_9_leaves_no_output(gru_bundle, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("".join(f"a good film with a plot number {i}\n" for i in range(200_000)))
     out = tmp_path / "out.jsonl"
-    kill_9_once_written(["predict", str(gru_bundle), "--input", str(src), "--output", str(out), "--backend",
-                         "onnxruntime"], tmp_path, ".out.jsonl.*.partial")
+    kill_9_once_written(
+        ["predict", str(gru_bundle), "--input", str(src), "--output", str(out), "--backend", "onnxruntime"],
+        tmp_path,
+        ".out.jsonl.*.partial",
+    )
     assert not out.exists()
 
 
@@ -124,8 +144,9 @@ def test_export_command_writes_bundle_and_summary(tmp_path):
 
     ckpt = make_checkpoint(tmp_path / "ckpt", cell="lstm")
     dev = write_dev(tmp_path / "dev.tsv")
-    result = CliRunner().invoke(cli, ["export", str(ckpt), "--out", str(tmp_path / "b"), "--int8", "--dev", str(dev),
-                                      "--min-agreement", "0"])
+    result = CliRunner().invoke(
+        cli, ["export", str(ckpt), "--out", str(tmp_path / "b"), "--int8", "--dev", str(dev), "--min-agreement", "0"]
+    )
     assert result.exit_code == 0, result.output
     assert "model.int8.onnx" in result.output and "int8 size ratio" in result.output
     result = CliRunner().invoke(cli, ["export", str(ckpt), "--out", str(tmp_path / "c"), "--int8"])
@@ -155,12 +176,15 @@ def test_demo_runs_end_to_end(tmp_path):
     result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    table = {line.split()[0] + " " + line.split()[1]: line.split()[2:] for line in lines
-             if line.startswith(("onnxruntime ", "numba "))}
+    table = {
+        line.split()[0] + " " + line.split()[1]: line.split()[2:]
+        for line in lines
+        if line.startswith(("onnxruntime ", "numba "))
+    }
     assert set(table) == {"onnxruntime fp32", "onnxruntime int8", "numba fp32", "numba int8"}
-    assert table["numba fp32"][0] == table["onnxruntime fp32"][0]           # same dev accuracy
-    assert float(table["numba fp32"][2].rstrip("%")) == 100.0               # same labels as onnxruntime fp32
-    assert float(table["onnxruntime fp32"][0]) > 0.75                       # the shipped model is a real one
+    assert table["numba fp32"][0] == table["onnxruntime fp32"][0]  # same dev accuracy
+    assert float(table["numba fp32"][2].rstrip("%")) == 100.0  # same labels as onnxruntime fp32
+    assert float(table["onnxruntime fp32"][0]) > 0.75  # the shipped model is a real one
     assert (tmp_path / "sentiment.bundle" / "model.int8.onnx").is_file()
 
 
@@ -175,16 +199,49 @@ def test_train_export_predict_through_the_cli(tmp_path):
     train.write_text("text\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in zip(texts, labels)))
     dev = write_dev(tmp_path / "dev.tsv")
     runner = CliRunner()
-    result = runner.invoke(cli, ["train", "classify", "--train", str(train), "--dev", str(dev), "--out",
-                                 str(tmp_path / "ckpt"), "--hidden", "8", "--embed", "8", "--epochs", "8", "--lr", "0.01", "--batch-size", "16",
-                                 "--threads", "1"])
+    result = runner.invoke(
+        cli,
+        [
+            "train",
+            "classify",
+            "--train",
+            str(train),
+            "--dev",
+            str(dev),
+            "--out",
+            str(tmp_path / "ckpt"),
+            "--hidden",
+            "8",
+            "--embed",
+            "8",
+            "--epochs",
+            "8",
+            "--lr",
+            "0.01",
+            "--batch-size",
+            "16",
+            "--threads",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "best dev accuracy" in result.stdout and (tmp_path / "ckpt" / "curves.png").is_file()
-    result = runner.invoke(cli, ["export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "b"), "--int8",
-                                 "--min-agreement", "0.9"])
+    result = runner.invoke(
+        cli, ["export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "b"), "--int8", "--min-agreement", "0.9"]
+    )
     assert result.exit_code == 0, result.output
-    result = runner.invoke(cli, ["predict", str(tmp_path / "b"), "superb wonderful lovely", "awful boring terrible", "--int8",
-                                 "--backend", "numba"])
+    result = runner.invoke(
+        cli,
+        [
+            "predict",
+            str(tmp_path / "b"),
+            "superb wonderful lovely",
+            "awful boring terrible",
+            "--int8",
+            "--backend",
+            "numba",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["label"] for line in result.stdout.splitlines()] == ["pos", "neg"]
 
@@ -197,11 +254,30 @@ def test_train_tag_through_the_cli(tmp_path):
     sentences, tags = synthetic_sentences(80, 0)
     train = tmp_path / "train.tsv"
     train.write_text("".join("".join(f"{w}\t{t}\n" for w, t in zip(s, g)) + "\n" for s, g in zip(sentences, tags)))
-    result = CliRunner().invoke(cli, ["train", "tag", "--train", str(train), "--out", str(tmp_path / "ckpt"),
-                                      "--hidden", "8", "--embed", "8", "--char-filters", "4", "--epochs", "2",
-                                      "--threads", "1"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "tag",
+            "--train",
+            str(train),
+            "--out",
+            str(tmp_path / "ckpt"),
+            "--hidden",
+            "8",
+            "--embed",
+            "8",
+            "--char-filters",
+            "4",
+            "--epochs",
+            "2",
+            "--threads",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    result = CliRunner().invoke(cli, ["export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "b"), "--int8",
-                                      "--min-agreement", "0"])
+    result = CliRunner().invoke(
+        cli, ["export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "b"), "--int8", "--min-agreement", "0"]
+    )
     assert result.exit_code == 0, result.output  # dev: the checkpoint's own held-out split, found on disk
-    assert "task=tag" in result.stdout and "unit=tokens" in result.stdout
+    assert "task=tag" in result.stdout and "scored per token" in result.stdout

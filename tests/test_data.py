@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from rnnkit.runtime.errors import InputError
-from rnnkit.toolkit.data import Example, check_labels, folder_label, read_examples, split_dev
 from rnnkit.toolkit import metrics
+from rnnkit.toolkit.data import Example, check_labels, folder_label, read_examples, split_dev
 
 
 def write(path, text, encoding="utf-8"):
@@ -17,6 +17,7 @@ def write(path, text, encoding="utf-8"):
 
 
 # -- formats ----------------------------------------------------------------------------
+
 
 def test_csv_with_quotes_and_extra_columns(tmp_path):
     f = write(tmp_path / "d.csv", 'id,text,label\n1,"good, really",pos\n2,"a ""bad"" one",neg\n')
@@ -66,6 +67,7 @@ def test_latin1_with_explicit_encoding(tmp_path):
 
 
 # -- errors -----------------------------------------------------------------------------
+
 
 def err(path, **kw):
     with pytest.raises(InputError) as e:
@@ -132,13 +134,16 @@ def test_json_line_not_an_object(tmp_path):
     assert f"{f}:1: expected a JSON object per line, got an array" in err(f)
 
 
-@pytest.mark.parametrize("name, content, line, field", [
-    ("d.csv", "text,label\nok,pos\n   ,neg\n", 3, "'text' is empty"),
-    ("d.csv", "text,label\nok,pos\nfine,\n", 3, "'label' is empty"),
-    ("d.tsv", "text\tlabel\nok\t \n", 2, "'label' is empty"),
-    ("d.jsonl", '{"text": "ok", "label": "a"}\n{"text": " ", "label": "a"}\n', 2, "'text' is empty"),
-    ("d.jsonl", '{"text": "ok", "label": ""}\n', 1, "'label' is empty"),
-])
+@pytest.mark.parametrize(
+    "name, content, line, field",
+    [
+        ("d.csv", "text,label\nok,pos\n   ,neg\n", 3, "'text' is empty"),
+        ("d.csv", "text,label\nok,pos\nfine,\n", 3, "'label' is empty"),
+        ("d.tsv", "text\tlabel\nok\t \n", 2, "'label' is empty"),
+        ("d.jsonl", '{"text": "ok", "label": "a"}\n{"text": " ", "label": "a"}\n', 2, "'text' is empty"),
+        ("d.jsonl", '{"text": "ok", "label": ""}\n', 1, "'label' is empty"),
+    ],
+)
 def test_empty_text_or_label(tmp_path, name, content, line, field):
     f = write(tmp_path / name, content)
     assert f"{f}:{line}: {field}" in err(f)
@@ -178,6 +183,7 @@ def test_csv_malformed_record_does_not_swallow_the_next_rows(tmp_path):
 
 
 # -- split and labels -------------------------------------------------------------------
+
 
 def _examples(counts):
     return [Example(f"{lab} {i}", lab, f"f:{i}") for lab, n in counts.items() for i in range(n)]
@@ -227,6 +233,7 @@ def test_check_labels():
 
 
 # -- metrics ----------------------------------------------------------------------------
+
 
 def test_metrics_against_hand_computed_values():
     y_true = [0, 0, 0, 1, 1, 2]

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import run_python, synthetic_sentences, synthetic_texts
 
 distributed = pytest.importorskip("distributed")
@@ -39,9 +38,23 @@ class Cluster:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
         self.file = root / "scheduler.json"
-        self.procs = [subprocess.Popen([*DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                                        "--scheduler-file", str(self.file)], stdout=subprocess.DEVNULL,
-                                       stderr=open(root / "scheduler.log", "w"))]
+        self.procs = [
+            subprocess.Popen(
+                [
+                    *DASK,
+                    "scheduler",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--no-dashboard",
+                    "--scheduler-file",
+                    str(self.file),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=open(root / "scheduler.log", "w"),
+            )
+        ]
         deadline = time.time() + 60
         while not self.file.exists() and time.time() < deadline:
             time.sleep(0.2)
@@ -51,14 +64,30 @@ class Cluster:
         self.client.wait_for_workers(workers, timeout=60)
 
     def start_worker(self, name: str) -> subprocess.Popen:
-        proc = subprocess.Popen([*DASK, "worker", self.address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
-                                 "--host", "127.0.0.1", "--name", name, "--local-directory", str(self.root / name)],
-                                stdout=subprocess.DEVNULL, stderr=open(self.root / f"{name}.log", "w"))
+        proc = subprocess.Popen(
+            [
+                *DASK,
+                "worker",
+                self.address,
+                "--nthreads",
+                "1",
+                "--no-nanny",
+                "--no-dashboard",
+                "--host",
+                "127.0.0.1",
+                "--name",
+                name,
+                "--local-directory",
+                str(self.root / name),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.root / f"{name}.log", "w"),
+        )
         self.procs.append(proc)
         return proc
 
     def pids(self) -> dict[str, int]:
-        return self.client.run(os.getpid)      # worker address -> pid
+        return self.client.run(os.getpid)  # worker address -> pid
 
     def close(self):
         self.client.close()
@@ -110,11 +139,14 @@ def write_inputs(root: Path) -> tuple[list[Path], int]:
     root.mkdir(parents=True, exist_ok=True)
     jsonl, csv_file, txt, bad = root / "a.jsonl", root / "b.csv", root / "c.txt", root / "d.jsonl"
     jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[:600]), encoding="utf-8")
-    csv_file.write_text("id,text\n" + "".join(f'{i},"{t}, really"\n' for i, t in enumerate(texts[600:1000])),
-                        encoding="utf-8")
+    csv_file.write_text(
+        "id,text\n" + "".join(f'{i},"{t}, really"\n' for i, t in enumerate(texts[600:1000])), encoding="utf-8"
+    )
     txt.write_text("".join(t + "\n" for t in texts[1000:]), encoding="utf-8")
-    bad.write_bytes(b'{"text": "good film"}\n{"text": ""}\n{"text": "bad \xff bytes"}\n{not json\n'
-                    b'{"other": 1}\n{"text": "... !!!"}\n{"text": "dull plot"}\n')
+    bad.write_bytes(
+        b'{"text": "good film"}\n{"text": ""}\n{"text": "bad \xff bytes"}\n{not json\n'
+        b'{"other": 1}\n{"text": "... !!!"}\n{"text": "dull plot"}\n'
+    )
     return [jsonl, csv_file, txt, bad], 1500 + 7
 
 
@@ -123,7 +155,11 @@ def test_partitions_ids_and_bad_records(tmp_path):
     src.write_bytes(b'text,label\n"two\nlines",pos\nbad \xff,neg\n,neg\nfine,pos\n')
     rows = list(iter_rows(expand_inputs([str(tmp_path / "*.csv")])))
     assert [(r[0], r[2], r[3] is None) for r in rows] == [
-        ("0:2", "two\nlines", True), ("0:4", None, False), ("0:5", None, False), ("0:6", "fine", True)]
+        ("0:2", "two\nlines", True),
+        ("0:4", None, False),
+        ("0:5", None, False),
+        ("0:6", "fine", True),
+    ]
     assert "invalid utf-8" in rows[1][3] and "empty text" in rows[2][3]
     parts = list(partitions(iter(rows), 3))
     assert [p.rows for p in parts] == [3, 1] and parts[0].ids == ["0:2"] and parts[1].ids == ["0:6"]
@@ -132,8 +168,10 @@ def test_partitions_ids_and_bad_records(tmp_path):
 
 
 def test_import_needs_no_dask_or_torch(gru_bundle):
-    code = ("import sys; import rnnkit.runtime.distributed, rnnkit.runtime.partitions; "
-            "print('dask' in sys.modules, 'distributed' in sys.modules, 'torch' in sys.modules)")
+    code = (
+        "import sys; import rnnkit.runtime.distributed, rnnkit.runtime.partitions; "
+        "print('dask' in sys.modules, 'distributed' in sys.modules, 'torch' in sys.modules)"
+    )
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "False", "False"]
@@ -145,12 +183,19 @@ def test_classify_matches_local_predict(cluster, gru_bundle, tmp_path):
     files, rows_in = write_inputs(tmp_path / "in")
     out = tmp_path / "out"
     seen = []
-    summary = predict(gru_bundle, [str(tmp_path / "in" / "*")], out, scheduler=cluster.address, partition_size=250,
-                      backend="numba", progress=lambda p: seen.append(p.partitions_done))
+    summary = predict(
+        gru_bundle,
+        [str(tmp_path / "in" / "*")],
+        out,
+        scheduler=cluster.address,
+        partition_size=250,
+        backend="numba",
+        progress=lambda p: seen.append(p.partitions_done),
+    )
     rows = read_parts(out)
     errors = [json.loads(line) for line in (out / "errors.jsonl").open(encoding="utf-8")]
     assert summary.rows_in == rows_in and len(rows) + len(errors) == rows_in
-    assert len({r["id"] for r in rows} | {e["id"] for e in errors}) == rows_in      # unique ids
+    assert len({r["id"] for r in rows} | {e["id"] for e in errors}) == rows_in  # unique ids
     assert summary.partitions == -(-rows_in // 250) == len(list(out.glob("part-*.jsonl")))
     assert seen[-1] == summary.partitions
     # one model per worker process, not per partition
@@ -158,7 +203,11 @@ def test_classify_matches_local_predict(cluster, gru_bundle, tmp_path):
     assert json.loads((out / "_SUCCESS").read_text())["rows_out"] == len(rows)
     # bad records: reported with their ids, the job still finished
     assert {e["id"]: e["error"].split(" ")[0] for e in errors} == {
-        "3:2": "empty", "3:3": "invalid", "3:4": "invalid", "3:5": "object"}
+        "3:2": "empty",
+        "3:3": "invalid",
+        "3:4": "invalid",
+        "3:5": "object",
+    }
     assert errors[1]["source"].endswith("d.jsonl:3") and "invalid utf-8 at byte 14" in errors[1]["error"]
     assert {r["id"] for r in rows if r["id"].startswith("3:")} == {"3:1", "3:6", "3:7"}
     # same rows as local `rnnkit predict`, file by file (numbering: JSONL/txt lines from 1, CSV rows from 2)
@@ -174,10 +223,17 @@ def test_tagging_matches_local_predict(cluster, tag_bundle, tmp_path):
     src = tmp_path / "sents.txt"
     src.write_text("".join(" ".join(s) + "\n" for s in sentences), encoding="utf-8")
     max_length = json.loads((tag_bundle / "manifest.json").read_text())["graph"]["max_length"]
-    long = tmp_path / "long.txt"                 # a sentence the model refuses: fails on the worker, not the job
+    long = tmp_path / "long.txt"  # a sentence the model refuses: fails on the worker, not the job
     long.write_text("the film runs .\n" + "film " * (max_length + 1) + "\n", encoding="utf-8")
-    summary = predict(tag_bundle, [str(src), str(long)], tmp_path / "out", scheduler=cluster.address,
-                      partition_size=70, backend="onnxruntime", pretokenized=True)
+    summary = predict(
+        tag_bundle,
+        [str(src), str(long)],
+        tmp_path / "out",
+        scheduler=cluster.address,
+        partition_size=70,
+        backend="onnxruntime",
+        pretokenized=True,
+    )
     rows = read_parts(tmp_path / "out")
     assert summary.rows_out == len(rows) == 301 and summary.errors == 1
     error = json.loads((tmp_path / "out" / "errors.jsonl").read_text())
@@ -201,7 +257,7 @@ def test_refuse_then_resume(cluster, gru_bundle, tmp_path):
         predict(gru_bundle, [str(src)], out, scheduler=cluster.address, partition_size=200)
     with pytest.raises(InputError, match="partition_size differ"):
         predict(gru_bundle, [str(src)], out, scheduler=cluster.address, partition_size=300, resume=True)
-    (out / "part-00002.jsonl").unlink()       # as if the job had died before this partition
+    (out / "part-00002.jsonl").unlink()  # as if the job had died before this partition
     (out / "_SUCCESS").unlink()
     again = predict(gru_bundle, [str(src)], out, scheduler=cluster.address, partition_size=200, resume=True)
     assert again.partitions_skipped == first.partitions - 1 and again.rows_out == first.rows_out == 900
@@ -213,15 +269,30 @@ def test_cli_dask_engine(cluster, gru_bundle, tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"review": t}) + "\n" for t in texts), encoding="utf-8")
     out = tmp_path / "out"
-    args = ["predict", str(gru_bundle), "--input", str(src), "--output", str(out), "--engine", "dask",
-            "--scheduler", cluster.address, "--partition-size", "100", "--text-field", "review", "--int8"]
+    args = [
+        "predict",
+        str(gru_bundle),
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--engine",
+        "dask",
+        "--scheduler",
+        cluster.address,
+        "--partition-size",
+        "100",
+        "--text-field",
+        "review",
+        "--int8",
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "300 rows in, 300 predictions, 0 errors" in result.output
     rows = read_parts(out)
     assert [r["id"] for r in rows] == [f"0:{i}" for i in range(1, 301)]
     local = local_predict(gru_bundle, src, tmp_path / "local.jsonl", "--text-field", "review", "--int8")
-    assert_same_predictions(rows, local, 0, list(range(1, 301)))          # int8 passed through to the workers
+    assert_same_predictions(rows, local, 0, list(range(1, 301)))  # int8 passed through to the workers
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1 and "pass --resume" in result.output
     result = CliRunner().invoke(cli, ["predict", str(gru_bundle), "--input", str(src), "--engine", "dask"])
@@ -234,7 +305,7 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing(gru_bundle, tmp_path
     from rnnkit.runtime.distributed import predict
 
     texts, _ = synthetic_texts(4000, 7)
-    texts = [t + " " + t + " " + t for t in texts] * 10                     # 40k rows, a few seconds of work
+    texts = [t + " " + t + " " + t for t in texts] * 10  # 40k rows, a few seconds of work
     src = tmp_path / "in.txt"
     src.write_text("\n".join(texts) + "\n", encoding="utf-8")
     c = Cluster(tmp_path / "cluster")
@@ -254,10 +325,17 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing(gru_bundle, tmp_path
                 killed.update(at=p.partitions_done, in_flight=len(in_flight))
                 os.kill(pids[victim], signal.SIGKILL)
 
-        summary = predict(gru_bundle, [str(src)], tmp_path / "out", scheduler=c.address, partition_size=500,
-                          backend="onnxruntime", progress=kill_when_busy)
+        summary = predict(
+            gru_bundle,
+            [str(src)],
+            tmp_path / "out",
+            scheduler=c.address,
+            partition_size=500,
+            backend="onnxruntime",
+            progress=kill_when_busy,
+        )
         assert killed, "the victim worker never had a partition in flight"
-        assert c.workers[0].poll() is not None or c.workers[1].poll() is not None     # really dead
+        assert c.workers[0].poll() is not None or c.workers[1].poll() is not None  # really dead
         rows = read_parts(tmp_path / "out")
         ids = [r["id"] for r in rows]
         assert summary.rows_in == len(texts) == len(rows) == len(set(ids)) and summary.errors == 0
@@ -274,17 +352,34 @@ def test_imdb_style_tsv_every_row_through_dask(cluster, gru_bundle, tmp_path):
     rows = imdb_like()
     src, out = tmp_path / "imdb.tsv", tmp_path / "out"
     write_imdb(src, rows)
-    result = CliRunner().invoke(cli, ["predict", str(gru_bundle), "--input", str(src), "--output", str(out),
-                                      "--engine", "dask", "--scheduler", cluster.address, "--partition-size", "300",
-                                      "--text-field", "sentence"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "predict",
+            str(gru_bundle),
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+            "--engine",
+            "dask",
+            "--scheduler",
+            cluster.address,
+            "--partition-size",
+            "300",
+            "--text-field",
+            "sentence",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "1000 rows in, 1000 predictions, 0 errors" in result.output
     assert [r["text"] for r in read_parts(out)] == [s for s, _ in rows]
 
 
 def test_poison_lines_of_every_kind_go_to_errors(cluster, gru_bundle, tmp_path):
-    from rnnkit.runtime.distributed import predict
     from test_records import max_length_of, poison_jsonl
+
+    from rnnkit.runtime.distributed import predict
 
     data, n_good, n_bad = poison_jsonl(max_length_of(gru_bundle))
     root = tmp_path / "in"
@@ -295,8 +390,14 @@ def test_poison_lines_of_every_kind_go_to_errors(cluster, gru_bundle, tmp_path):
     (root / "c.tsv").write_bytes(b'text\tn\n"quoted start\t1\ttoo many\n"quoted start\t2\n')
     old = os.umask(0o022)
     try:
-        summary = predict(gru_bundle, [str(root / "*")], tmp_path / "out", scheduler=cluster.address,
-                          partition_size=5, backend="onnxruntime")
+        summary = predict(
+            gru_bundle,
+            [str(root / "*")],
+            tmp_path / "out",
+            scheduler=cluster.address,
+            partition_size=5,
+            backend="onnxruntime",
+        )
     finally:
         os.umask(old)
     out = tmp_path / "out"
@@ -325,10 +426,13 @@ def test_resume_refuses_an_input_edited_in_place(cluster, gru_bundle, tmp_path):
     (out / "_SUCCESS").unlink()
     (out / "part-00001.jsonl").unlink()
     data = src.read_bytes()
-    src.write_bytes(data.replace(b"a", b"e", 1))               # same path, same size, other content
-    with pytest.raises(InputError, match=r"the input .*in.txt changed since the job started .* rerun without "
-                                         r"--resume into a new folder"):
+    src.write_bytes(data.replace(b"a", b"e", 1))  # same path, same size, other content
+    with pytest.raises(
+        InputError,
+        match=r"the input .*in.txt changed since the job started .* rerun without "
+        r"--resume into a new folder",
+    ):
         predict(gru_bundle, [str(src)], out, scheduler=cluster.address, partition_size=100, resume=True)
-    src.write_bytes(data)                                        # the original bytes: resume goes on
+    src.write_bytes(data)  # the original bytes: resume goes on
     again = predict(gru_bundle, [str(src)], out, scheduler=cluster.address, partition_size=100, resume=True)
     assert again.partitions_skipped == 2 and again.rows_out == 300

@@ -12,10 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import make_checkpoint, synthetic_texts  # noqa: E402
+
 from rnnkit.export.exporter import export_module  # noqa: E402
-from rnnkit.toolkit.export_checkpoint import CLI_FLAGS, DevSet, export_checkpoint  # noqa: E402
 from rnnkit.runtime import InputError, ParityError, load  # noqa: E402
 from rnnkit.runtime.tokenizer import WordTokenizer  # noqa: E402
+from rnnkit.toolkit.export_checkpoint import CLI_FLAGS, DevSet, export_checkpoint  # noqa: E402
 from rnnkit.toolkit.models import CELLS, POOLINGS  # noqa: E402
 
 MATRIX = [(cell, bi, pooling) for cell in sorted(CELLS) for bi in (False, True) for pooling in POOLINGS]
@@ -31,8 +32,9 @@ def test_matrix_is_complete():
 @pytest.mark.slow
 @pytest.mark.parametrize("cell,bidirectional,pooling", MATRIX)
 def test_export_validates_on_both_backends(tmp_path, cell, bidirectional, pooling):
-    ckpt = make_checkpoint(tmp_path / "ckpt", cell=cell, bidirectional=bidirectional, pooling=pooling,
-                           layers=2 if pooling == "last" else 1)
+    ckpt = make_checkpoint(
+        tmp_path / "ckpt", cell=cell, bidirectional=bidirectional, pooling=pooling, layers=2 if pooling == "last" else 1
+    )
     result = export_checkpoint(ckpt, tmp_path / "b", **QUIET)
     v = result["manifest"]["validation"]["fp32"]
     assert v["passed"] and v["cases"] == 28  # (12 shapes + 2 at max_length) x 2 backends
@@ -60,10 +62,14 @@ def test_agreement_threshold_fails_export_and_writes_nothing(tmp_path, monkeypat
 
     def disagreeing(*args, **kwargs):  # the measured metrics, with agreement forced below the gate
         return dict(real(*args, **kwargs), int8_agreement=0.985)
+
     monkeypatch.setattr(pipeline, "dev_metrics", disagreeing)
-    with pytest.raises(ParityError, match=r"int8 agrees with fp32 on 98.50% of syn \(40 texts\), below min_agreement "
-                                          r"99.00%; nothing was written. Export without int8=True, or lower "
-                                          r"min_agreement"):
+    with pytest.raises(
+        ParityError,
+        match=r"int8 agrees with fp32 on 98.50% of syn \(40 texts\), below min_agreement "
+        r"99.00%; nothing was written. Export without int8=True, or lower "
+        r"min_agreement",
+    ):
         export_checkpoint(ckpt, tmp_path / "b", int8=True, dev=DevSet(texts, labels, "syn"), **QUIET)
     assert not (tmp_path / "b").exists()
     assert not list(tmp_path.glob(".b.tmp-*"))
@@ -91,17 +97,33 @@ def test_no_flag_names_in_api_messages():
 
     root = Path(__file__).resolve().parents[1]
     found = []
-    for path in [*(root / "export").glob("*.py"), *(root / "runtime" / name for name in ("model.py", "decode.py",
-                                                                                        "state.py"))]:
+    for path in [
+        *(root / "export").glob("*.py"),
+        *(root / "runtime" / name for name in ("model.py", "decode.py", "state.py")),
+    ]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        skip = {id(node.body[0].value) for node in ast.walk(tree)
-                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body
-                and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
-        skip |= {id(n) for node in ast.walk(tree) if isinstance(node, ast.Assign)
-                 and any(getattr(t, "id", "") == "CLI_FLAGS" for t in node.targets) for n in ast.walk(node.value)}
+        skip = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        skip |= {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "CLI_FLAGS" for t in node.targets)
+            for n in ast.walk(node.value)
+        }
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip
-                    and re.search(r"(^|\s|\()--[a-z]", node.value) and "rnnkit " not in node.value):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in skip
+                and re.search(r"(^|\s|\()--[a-z]", node.value)
+                and "rnnkit " not in node.value
+            ):
                 found.append(f"{path.name}:{node.lineno}: {node.value.strip()}")
     assert not found, found
 
@@ -115,6 +137,7 @@ def test_parity_failure_lists_every_miss_and_writes_nothing(tmp_path, monkeypatc
     def skewed(module, call=None):
         forward = real(module, call)
         return lambda feed: forward(feed) + 1e-3  # an oracle the graph cannot match
+
     monkeypatch.setattr(task_classify, "torch_forward", skewed)
     with pytest.raises(ParityError) as info:
         export_checkpoint(ckpt, tmp_path / "b", **QUIET)
@@ -195,20 +218,23 @@ class VariantNet(torch.nn.Module):
         self.fc = torch.nn.Linear(24 if bidirectional else 12, 3)
 
     def forward(self, ids, lengths):
-        if self.mode == "truncate":                               # reads at most 256 tokens
+        if self.mode == "truncate":  # reads at most 256 tokens
             ids, lengths = ids[:, :256], lengths.clamp(max=256)
         x = self.emb(ids).transpose(0, 1)
-        if self.mode == "padding":                                # no packing: reads the padding
+        if self.mode == "padding":  # no packing: reads the padding
             _, h = self.gru(x)
         else:
             packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=self.mode == "sorted")
             out, h = self.gru(packed)
-        if self.mode == "backward":                               # backward half after one token, not its end
+        if self.mode == "backward":  # backward half after one token, not its end
             out, _ = torch.nn.utils.rnn.pad_packed_sequence(out)
             return self.fc(out[lengths - 1, torch.arange(len(lengths))])
         z = self.fc(torch.cat([h[-2], h[-1]], dim=1) if self.gru.bidirectional else h[-1])
-        return {"log_softmax": lambda: torch.log_softmax(z, -1), "softmax": lambda: torch.softmax(z, -1),
-                "hot": lambda: torch.log_softmax(2 * z, -1)}.get(self.mode, lambda: z)()
+        return {
+            "log_softmax": lambda: torch.log_softmax(z, -1),
+            "softmax": lambda: torch.softmax(z, -1),
+            "hot": lambda: torch.log_softmax(2 * z, -1),
+        }.get(self.mode, lambda: z)()
 
 
 def _net(mode: str, bidirectional: bool = True):
@@ -225,9 +251,11 @@ def test_truncating_forward_fails_at_max_length_and_exports_at_its_cut(tmp_path)
     with pytest.raises(ParityError) as info:
         export_module(net, tokenizer, ["a", "b", "c"], tmp_path / "b", **QUIET)
     message = str(info.value)
-    assert ("diagnosis: the forward changes past 256 tokens (truncation?): a text of 256 tokens agrees with the "
-            "graph, one of 257 does not, and the bundle accepts up to 10000 tokens. Remove the cut from the forward, "
-            "or export with max_length=256") in message
+    assert (
+        "diagnosis: the forward changes past 256 tokens (truncation?): a text of 256 tokens agrees with the "
+        "graph, one of 257 does not, and the bundle accepts up to 10000 tokens. Remove the cut from the forward, "
+        "or export with max_length=256"
+    ) in message
     assert "@ batch=2 time=10000" in message and "time=200" not in message  # only the max_length cases differ
     assert not (tmp_path / "b").exists()
     result = export_module(net, tokenizer, ["a", "b", "c"], tmp_path / "b", max_length=256, **QUIET)
@@ -236,7 +264,7 @@ def test_truncating_forward_fails_at_max_length_and_exports_at_its_cut(tmp_path)
     v = manifest["validation"]["fp32"]
     assert v["passed"] and v["max_length"] == 256 and v["lengths"] == [1, 7, 33, 200]
     model = load(tmp_path / "b", backend="numba")
-    long_text = " ".join(texts)                                    # > 256 tokens: refused, not cut
+    long_text = " ".join(texts)  # > 256 tokens: refused, not cut
     with pytest.raises(InputError, match=r"text #0 has \d+ tokens, more than this bundle's max_length 256"):
         model.predict([long_text])
     assert model.predict([long_text], truncate=True)[0].truncated == len(tokenizer.encode(long_text)) - 256
@@ -249,8 +277,9 @@ def test_max_length_below_the_grid_skips_longer_lengths(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode,space", [("ok", "logits"), ("log_softmax", "log_probabilities"),
-                                        ("softmax", "probabilities")])
+@pytest.mark.parametrize(
+    "mode,space", [("ok", "logits"), ("log_softmax", "log_probabilities"), ("softmax", "probabilities")]
+)
 def test_forward_may_return_logits_log_probabilities_or_probabilities(tmp_path, mode, space):
     net, tokenizer, texts = _net(mode, bidirectional=False)
     logged = []
@@ -263,20 +292,32 @@ def test_forward_may_return_logits_log_probabilities_or_probabilities(tmp_path, 
     ids, lens = tokenizer.encode_batch(texts[:5])
     with torch.no_grad():
         out = net(torch.from_numpy(ids), torch.from_numpy(lens.astype(np.int64))).numpy()
-    expected = {"logits": lambda: torch.softmax(torch.from_numpy(out), -1).numpy(), "probabilities": lambda: out,
-                "log_probabilities": lambda: np.exp(out)}[space]()
+    expected = {
+        "logits": lambda: torch.softmax(torch.from_numpy(out), -1).numpy(),
+        "probabilities": lambda: out,
+        "log_probabilities": lambda: np.exp(out),
+    }[space]()
     got = np.array([list(p.scores.values()) for p in load(tmp_path / "b", backend="numba").predict(texts[:5])])
     assert np.allclose(got, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("mode,diagnosis", [
-    ("padding", r"only padded rows differ \((\d+) of \1 rows shorter than their batch; every row as long as its "
-                r"batch agrees\): your forward reads padding: pack the sequence "
-                r"\(nn\.utils\.rnn\.pack_padded_sequence"),
-    ("backward", r"only the backward direction differs: with its weights zeroed \(last layer, in the module and in "
-                 r"the graph\) every row agrees"),
-    ("hot", r"every row differs, full-length and padded, from 1 token on"),   # log-probabilities of other logits
-])
+@pytest.mark.parametrize(
+    "mode,diagnosis",
+    [
+        (
+            "padding",
+            r"only padded rows differ \((\d+) of \1 rows shorter than their batch; every row as long as its "
+            r"batch agrees\): your forward reads padding: pack the sequence "
+            r"\(nn\.utils\.rnn\.pack_padded_sequence",
+        ),
+        (
+            "backward",
+            r"only the backward direction differs: with its weights zeroed \(last layer, in the module and in "
+            r"the graph\) every row agrees",
+        ),
+        ("hot", r"every row differs, full-length and padded, from 1 token on"),  # log-probabilities of other logits
+    ],
+)
 @pytest.mark.slow
 def test_parity_error_diagnoses_the_pattern(tmp_path, mode, diagnosis):
     net, tokenizer, _ = _net(mode)
@@ -290,13 +331,19 @@ def test_parity_error_diagnoses_the_pattern(tmp_path, mode, diagnosis):
 
 def test_forward_errors_name_the_module_and_the_fix(tmp_path):
     net, tokenizer, _ = _net("sorted")
-    with pytest.raises(InputError, match=r"^test_export\.VariantNet\.forward raised RuntimeError during export "
-                                         r"validation \(batch=8, time=33, lengths=\[33, .*\]\): `lengths` array must "
-                                         r"be sorted.*; validation runs ragged batches whose lengths come in any "
-                                         r"order: pass enforce_sorted=False to nn.utils.rnn.pack_padded_sequence"):
+    with pytest.raises(
+        InputError,
+        match=r"^test_export\.VariantNet\.forward raised RuntimeError during export "
+        r"validation \(batch=8, time=33, lengths=\[33, .*\]\): `lengths` array must "
+        r"be sorted.*; validation runs ragged batches whose lengths come in any "
+        r"order: pass enforce_sorted=False to nn.utils.rnn.pack_padded_sequence",
+    ):
         export_module(net, tokenizer, ["a", "b", "c"], tmp_path / "b", **QUIET)
-    with pytest.raises(InputError, match=r"VariantNet\.forward raised TypeError .*forward=lambda module, input_ids, "
-                                         r"lengths: \.\.\."):
+    with pytest.raises(
+        InputError,
+        match=r"VariantNet\.forward raised TypeError .*forward=lambda module, input_ids, "
+        r"lengths: \.\.\.",
+    ):
         export_module(net, tokenizer, ["a", "b", "c"], tmp_path / "b", forward=lambda m, ids, lens: m(ids), **QUIET)
     assert not (tmp_path / "b").exists()
 
@@ -307,10 +354,13 @@ def test_every_task_validates_at_max_length(tag_bundle, lm_bundles, s2s_bundles)
     records (and validates) its chunk, MAX_CHUNK tokens per step-graph call."""
     from rnnkit.export.task_lm import MAX_CHUNK
 
-    for bundle, graphs in ((tag_bundle, None), (s2s_bundles("gru", "additive", False), ("encoder", "decoder")),
-                           (lm_bundles("gru", 1), None)):
+    for bundle, graphs in (
+        (tag_bundle, None),
+        (s2s_bundles("gru", "additive", False), ("encoder", "decoder")),
+        (lm_bundles("gru", 1), None),
+    ):
         manifest = json.loads((bundle / "manifest.json").read_text())
         expected = MAX_CHUNK if manifest["task"] == "lm" else 10_000
         assert manifest["graph"]["max_length"] == expected
-        for v in ([manifest["validation"]["fp32"][g] for g in graphs] if graphs else [manifest["validation"]["fp32"]]):
+        for v in [manifest["validation"]["fp32"][g] for g in graphs] if graphs else [manifest["validation"]["fp32"]]:
             assert v["passed"] and v["max_length"] == expected, (manifest["task"], v)

@@ -24,10 +24,10 @@ from onnx.reference.ops.op_rnn import RNN_14 as _RefRNN  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
-from rnnkit.export.task_classify import check_classifier_graph as check_graph  # noqa: E402
-from rnnkit.export.task_classify import build_classifier_graph  # noqa: E402
 from rnnkit.export.module import config_from_module, find_parts  # noqa: E402
 from rnnkit.export.quantize import quantize_classifier  # noqa: E402
+from rnnkit.export.task_classify import build_classifier_graph  # noqa: E402
+from rnnkit.export.task_classify import check_classifier_graph as check_graph  # noqa: E402
 from rnnkit.runtime.errors import UnsupportedError  # noqa: E402
 from rnnkit.runtime.manifest import METADATA_KEYS, OPSET, ClassifierIO  # noqa: E402
 from rnnkit.runtime.tolerance import FP32, INT8  # noqa: E402
@@ -39,15 +39,17 @@ VOCAB, LABELS = 40, 3
 
 def _ragged(base, name):
     """Reference op that honours sequence_lens: run each row on its own real length, pad Y with 0."""
+
     def _run(self, X, W, R, B=None, sequence_lens=None, *rest, **attrs):
         time = X.shape[0]
         lens = [time] * X.shape[1] if sequence_lens is None else sequence_lens
         ys, yhs = [], []
         for b, n in enumerate(lens):
-            out = base._run(self, X[:n, b:b + 1], W, R, B, None, *rest, **attrs)
+            out = base._run(self, X[:n, b : b + 1], W, R, B, None, *rest, **attrs)
             ys.append(np.pad(out[0], [(0, time - n), (0, 0), (0, 0), (0, 0)]))
             yhs.append(out[1])
-        return (np.concatenate(ys, 2), np.concatenate(yhs, 1))[:len(self.onnx_node.output)]
+        return (np.concatenate(ys, 2), np.concatenate(yhs, 1))[: len(self.onnx_node.output)]
+
     return type(name, (base,), {"op_domain": "", "_run": _run})
 
 
@@ -62,7 +64,7 @@ class _DequantizeLinear13(OpRun):
         if scale.ndim == 1:
             shape[axis] = -1
         zp = 0 if zero_point is None else zero_point.astype(np.float32).reshape(shape)
-        return ((x.astype(np.float32) - zp) * scale.reshape(shape)).astype(np.float32),
+        return (((x.astype(np.float32) - zp) * scale.reshape(shape)).astype(np.float32),)
 
 
 _DequantizeLinear13.__name__ = "DequantizeLinear"
@@ -83,17 +85,30 @@ class DynamicQuantizeMatMul(OpRun):
         bz = 0 if b_zero_point is None else b_zero_point.astype(np.float64)
         acc = np.matmul(qa.astype(np.float64), b.astype(np.float64) - bz)  # exact: integers < 2^53
         y = acc.astype(np.float32) * (scale * b_scale.astype(np.float32))
-        return (y if bias is None else y + bias).astype(np.float32),
+        return ((y if bias is None else y + bias).astype(np.float32),)
 
 
-REF_OPS = [_ragged(_RefLSTM, "LSTM"), _ragged(_RefGRU, "GRU"), _ragged(_RefRNN, "RNN"), _DequantizeLinear13,
-           DynamicQuantizeMatMul]
+REF_OPS = [
+    _ragged(_RefLSTM, "LSTM"),
+    _ragged(_RefGRU, "GRU"),
+    _ragged(_RefRNN, "RNN"),
+    _DequantizeLinear13,
+    DynamicQuantizeMatMul,
+]
 
 
 def make(cell="gru", bidirectional=False, pooling="last", layers=1, hidden=5, embed=4, seed=0):
     torch.manual_seed(seed)
-    config = ClassifierConfig(vocab_size=VOCAB, num_labels=LABELS, cell=cell, embed=embed, hidden=hidden,
-                              layers=layers, bidirectional=bidirectional, pooling=pooling)
+    config = ClassifierConfig(
+        vocab_size=VOCAB,
+        num_labels=LABELS,
+        cell=cell,
+        embed=embed,
+        hidden=hidden,
+        layers=layers,
+        bidirectional=bidirectional,
+        pooling=pooling,
+    )
     module = RecurrentClassifier(config).eval()
     weights = {k: v.detach().numpy() for k, v in module.state_dict().items()}
     return config, module, weights
@@ -119,8 +134,9 @@ def session(model, optimize=True):
 
 def torch_logits(module, feed):
     with torch.no_grad():
-        return module(torch.from_numpy(feed[ClassifierIO.input_ids]),
-                      torch.from_numpy(feed[ClassifierIO.sequence_lens]).long()).numpy()
+        return module(
+            torch.from_numpy(feed[ClassifierIO.input_ids]), torch.from_numpy(feed[ClassifierIO.sequence_lens]).long()
+        ).numpy()
 
 
 def assert_close(actual, expected, tol=FP32, what=""):
@@ -129,13 +145,13 @@ def assert_close(actual, expected, tol=FP32, what=""):
 
 # (batch, time) shapes: batch 1 and 3, lengths 1, 7, 33, ragged padded batches
 SHAPES = [[1], [7], [33, 1, 7], [7, 3, 1]]
-MATRIX = list(itertools.product(["rnn", "lstm", "gru"], [False, True],
-                                ["last", "mean", "max", "attention"], [1, 2]))
+MATRIX = list(itertools.product(["rnn", "lstm", "gru"], [False, True], ["last", "mean", "max", "attention"], [1, 2]))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cell,bidirectional,pooling,layers", MATRIX,
-                         ids=[f"{c}-{'bi' if b else 'uni'}-{p}-L{n}" for c, b, p, n in MATRIX])
+@pytest.mark.parametrize(
+    "cell,bidirectional,pooling,layers", MATRIX, ids=[f"{c}-{'bi' if b else 'uni'}-{p}-L{n}" for c, b, p, n in MATRIX]
+)
 def test_graph_matches_torch(cell, bidirectional, pooling, layers):
     config, module, weights = make(cell, bidirectional, pooling, layers)
     model = build_classifier_graph(config, weights)
@@ -148,8 +164,8 @@ def test_graph_matches_torch(cell, bidirectional, pooling, layers):
         assert_close(got, expected, what=f"onnxruntime vs torch at lengths {lengths}")
         for row, n in enumerate(lengths):  # each row alone, unpadded, gives the same logits
             alone = batch([n], seed=1)
-            alone[ClassifierIO.input_ids] = feed[ClassifierIO.input_ids][row:row + 1, :n]
-            assert_close(sess.run(None, alone)[0], got[row:row + 1], what=f"row {row} alone")
+            alone[ClassifierIO.input_ids] = feed[ClassifierIO.input_ids][row : row + 1, :n]
+            assert_close(sess.run(None, alone)[0], got[row : row + 1], what=f"row {row} alone")
     feed = batch(SHAPES[2])
     ref = ReferenceEvaluator(model, new_ops=REF_OPS).run(None, feed)[0]
     assert_close(ref, torch_logits(module, feed), what="ReferenceEvaluator vs torch")
@@ -172,6 +188,7 @@ def test_graph_contract():
 
 
 # ---------------------------------------------------------------- check_graph catches each trap
+
 
 def _node(model, op_type):
     return next(n for n in model.graph.node if n.op_type == op_type)
@@ -196,17 +213,20 @@ def _broken(kind):
     elif kind == "no_seq_lens":
         _node(model, "GRU").input[4] = ""
     elif kind == "alias":  # one state tensor fed as both initial_h and initial_c
-        model.graph.input.append(helper.make_tensor_value_info("state", onnx.TensorProto.FLOAT,
-                                                               [2, "batch", config.hidden]))
+        model.graph.input.append(
+            helper.make_tensor_value_info("state", onnx.TensorProto.FLOAT, [2, "batch", config.hidden])
+        )
         node = _node(model, "LSTM")
         node.input.extend(["state", "state"])
     elif kind == "unrolled":  # the RNN node replaced by a MatMul/Add/Tanh chain over 3 fixed steps
         rnn = _node(model, "RNN")
         steps = []
         for t in range(3):
-            steps += [helper.make_node("MatMul", [rnn.input[0], rnn.input[1]], [f"u{t}"], name=f"mm_{t}"),
-                      helper.make_node("MatMul", [f"u{t}", rnn.input[2]], [f"v{t}"], name=f"mm_r{t}"),
-                      helper.make_node("Tanh", [f"v{t}"], [f"h{t}"], name=f"tanh_{t}")]
+            steps += [
+                helper.make_node("MatMul", [rnn.input[0], rnn.input[1]], [f"u{t}"], name=f"mm_{t}"),
+                helper.make_node("MatMul", [f"u{t}", rnn.input[2]], [f"v{t}"], name=f"mm_r{t}"),
+                helper.make_node("Tanh", [f"v{t}"], [f"h{t}"], name=f"tanh_{t}"),
+            ]
         steps.append(helper.make_node("Identity", ["h2"], [rnn.output[1]], name="y_h"))
         nodes = [n for n in model.graph.node if n is not rnn]
         i = [n.name for n in nodes].index("pool_last_transpose")
@@ -215,13 +235,16 @@ def _broken(kind):
     return model, config
 
 
-@pytest.mark.parametrize("kind,message", [
-    ("lbr0", "linear_before_reset=0, expected 1"),
-    ("fixed_time", "axis 'time' is 7"),
-    ("no_seq_lens", "does not read 'sequence_lens'"),
-    ("alias", "are the same tensor"),
-    ("unrolled", "0 recurrent nodes"),
-])
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("lbr0", "linear_before_reset=0, expected 1"),
+        ("fixed_time", "axis 'time' is 7"),
+        ("no_seq_lens", "does not read 'sequence_lens'"),
+        ("alias", "are the same tensor"),
+        ("unrolled", "0 recurrent nodes"),
+    ],
+)
 def test_check_graph_catches(kind, message):
     model, config = _broken(kind)
     with pytest.raises(UnsupportedError, match=message) as err:
@@ -245,6 +268,7 @@ def test_check_graph_lists_every_problem():
 
 
 # ---------------------------------------------------------------- int8
+
 
 def _inits(model):
     return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -273,8 +297,9 @@ def test_int8_structure_and_numbers(cell):
                 assert inits[dq.input[1]].shape == (inits[dq.input[0]].shape[0],)
     assert inits["embedding.weight_quantized"].dtype == np.int8
     assert "attention.proj.W_t_quantized" in inits
-    big = [k for k, v in inits.items() if v.dtype == np.float32 and v.size >= 256
-           and not k.endswith((".B", "bias"))]  # biases stay fp32 by design
+    big = [
+        k for k, v in inits.items() if v.dtype == np.float32 and v.size >= 256 and not k.endswith((".B", "bias"))
+    ]  # biases stay fp32 by design
     assert not {"embedding.weight", f"{cell}_0.W", f"{cell}_0.R", "attention.proj.W_t"} & set(inits)
     assert big == [], f"fp32 copies of big weights left: {big}"
     assert {d["node"] for d in params["ops"]} >= {"embedding", f"{cell}_0", f"{cell}_1", "attention_proj_matmul"}
@@ -306,6 +331,7 @@ def test_int8_per_tensor_and_size_ratio():
 
 # ---------------------------------------------------------------- users' own modules
 
+
 class MyNet(nn.Module):
     """A user-style classifier: time-major GRU, dropout, fc on the last layer's final states."""
 
@@ -317,7 +343,7 @@ class MyNet(nn.Module):
         self.fc = nn.Linear(10, LABELS)
 
     def forward(self, ids, lengths):
-        x = self.emb(ids).transpose(0, 1)                                     # (T, B, E)
+        x = self.emb(ids).transpose(0, 1)  # (T, B, E)
         _, h = self.gru(pack_padded_sequence(x, lengths, enforce_sorted=False))
         return self.fc(self.drop(torch.cat([h[-2], h[-1]], dim=1)))
 
@@ -343,13 +369,16 @@ class _Two(nn.Module):
         self.emb, self.a, self.b, self.fc = nn.Embedding(9, 4), nn.GRU(4, 4), nn.GRU(4, 4), nn.Linear(4, 2)
 
 
-@pytest.mark.parametrize("build,message", [
-    (lambda: nn.Sequential(nn.Embedding(9, 4), nn.LSTM(4, 6, proj_size=3), nn.Linear(3, 2)), "proj_size=3"),
-    (lambda: nn.Sequential(nn.Embedding(9, 4), nn.RNN(4, 6, nonlinearity="relu"), nn.Linear(6, 2)), "'relu'"),
-    (_Two, "found 2 recurrent modules"),
-    (lambda: nn.Sequential(nn.Embedding(9, 4), nn.GRU(4, 6)), "no nn.Linear head"),
-    (lambda: nn.Sequential(nn.Embedding(9, 4), nn.GRU(4, 6), nn.LayerNorm(6), nn.Linear(6, 2)), "LayerNorm"),
-])
+@pytest.mark.parametrize(
+    "build,message",
+    [
+        (lambda: nn.Sequential(nn.Embedding(9, 4), nn.LSTM(4, 6, proj_size=3), nn.Linear(3, 2)), "proj_size=3"),
+        (lambda: nn.Sequential(nn.Embedding(9, 4), nn.RNN(4, 6, nonlinearity="relu"), nn.Linear(6, 2)), "'relu'"),
+        (_Two, "found 2 recurrent modules"),
+        (lambda: nn.Sequential(nn.Embedding(9, 4), nn.GRU(4, 6)), "no nn.Linear head"),
+        (lambda: nn.Sequential(nn.Embedding(9, 4), nn.GRU(4, 6), nn.LayerNorm(6), nn.Linear(6, 2)), "LayerNorm"),
+    ],
+)
 def test_config_from_module_refuses(build, message):
     with pytest.raises(UnsupportedError, match=message):
         config_from_module(build())

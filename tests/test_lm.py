@@ -7,8 +7,8 @@ import threading
 
 import numpy as np
 import pytest
-
 from conftest import LM_TEXT, edit_manifest, make_lm_checkpoint, run_python
+
 from rnnkit.runtime import InputError, load
 from rnnkit.runtime.generate import Sampling, choose, distribution
 from rnnkit.runtime.manifest import LanguageModelIO as IO
@@ -45,7 +45,7 @@ def test_streaming_equals_whole_text(lm_bundles, cell, layers, backend):
             state, got, at = model.spawn_state(), np.full_like(expected, np.nan), 0
             for chunk in random_chunks(rng, text):
                 out = state.run(chunk)
-                got[at:at + len(out)] = out
+                got[at : at + len(out)] = out
                 at += len(out)
             assert at == len(text) and np.all(np.isfinite(got))
             assert FP32.close(got, expected), FP32.worst(got, expected)
@@ -83,14 +83,16 @@ def test_ragged_batch_rows_do_not_leak(lm_bundles, backend):
     ids[np.arange(9)[None, :] >= lens[:, None]] = 0
     state = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in model.initial_state(3).items()}
     for v in state.values():
-        v[:, 2] = np.nan                                          # row 2 is poisoned
+        v[:, 2] = np.nan  # row 2 is poisoned
     logits, final = model.step(ids, state, lens)
     assert np.all(logits[0][np.arange(9) >= 9] == 0) and np.all(logits[1, 3:] == 0)
     for row in (0, 1):
-        alone, alone_state = model.step(ids[row:row + 1, :lens[row]], {k: v[:, row:row + 1] for k, v in state.items()})
-        assert np.all(np.isfinite(logits[row])) and FP32.close(logits[row, :lens[row]], alone[0])
+        alone, alone_state = model.step(
+            ids[row : row + 1, : lens[row]], {k: v[:, row : row + 1] for k, v in state.items()}
+        )
+        assert np.all(np.isfinite(logits[row])) and FP32.close(logits[row, : lens[row]], alone[0])
         for k in final:
-            assert FP32.close(final[k][:, row:row + 1], alone_state[k])
+            assert FP32.close(final[k][:, row : row + 1], alone_state[k])
 
 
 def test_reset_really_resets_and_copy_forks(lm_bundles):
@@ -104,7 +106,7 @@ def test_reset_really_resets_and_copy_forks(lm_bundles):
     assert all(np.all(v == 0) for v in state.values.values())
     np.testing.assert_array_equal(state.run("the cat"), fresh)
     before = {k: v.copy() for k, v in fork.values.items()}
-    state.run("more data")                                        # running one never moves the other
+    state.run("more data")  # running one never moves the other
     assert all(np.array_equal(fork.values[k], before[k]) for k in before)
 
 
@@ -116,18 +118,18 @@ def test_feed_id_is_run_of_one_id(lm_bundles, backend):
     ids = model.encode_chunk("the cat sat")
     for i in ids[:-1]:
         a.run([i])
-        b.feed_id(np.int64(i) if i % 2 else i)                     # numpy integers are ids too
+        b.feed_id(np.int64(i) if i % 2 else i)  # numpy integers are ids too
     out_a, out_b = a.run([ids[-1]])[0], b.feed_id(ids[-1])
     np.testing.assert_array_equal(out_b, out_a)
     assert out_b.shape == (model.vocab_size,) and b.tokens == a.tokens == len(ids)
     for name in model.state_inputs:
         np.testing.assert_array_equal(b.values[name], a.values[name])
-    out_b[:] = 0                                                   # the caller's array is the caller's
+    out_b[:] = 0  # the caller's array is the caller's
     np.testing.assert_array_equal(b.last_logits, out_a)
     for bad in (True, -1, model.vocab_size, 2.0, "a"):
         with pytest.raises(InputError, match="not an id of this model's vocabulary"):
             b.feed_id(bad)
-    assert b.tokens == len(ids)                                    # a refused id feeds nothing
+    assert b.tokens == len(ids)  # a refused id feeds nothing
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -159,8 +161,12 @@ def test_states_never_interfere_across_threads(lm_bundles, backend):
 def test_backends_give_identical_tokens(lm_bundles, cell, layers):
     """Greedy and seeded sampling: the same tokens on onnxruntime and numba (fp32)."""
     models = [load(lm_bundles(cell, layers), backend=b) for b in BACKENDS]
-    for options in (dict(temperature=0), dict(temperature=1.0, seed=7), dict(temperature=0.8, top_k=5, seed=1),
-                    dict(temperature=1.3, top_p=0.9, seed=123)):
+    for options in (
+        dict(temperature=0),
+        dict(temperature=1.0, seed=7),
+        dict(temperature=0.8, top_k=5, seed=1),
+        dict(temperature=1.3, top_p=0.9, seed=123),
+    ):
         outs = [list(m.generate("the ", 80, **options)) for m in models]
         assert outs[0] == outs[1], options
         assert len(outs[0]) == 80
@@ -183,15 +189,15 @@ def test_generate_continues_a_state_and_equals_text_prompt(lm_bundles):
 
 
 def test_sampling_filters():
-    logits = np.array([9.0, 9.0, 3.0, 2.0, 1.0, 0.5, -1.0])     # ids 0, 1 are <pad>, <unk>: never chosen
+    logits = np.array([9.0, 9.0, 3.0, 2.0, 1.0, 0.5, -1.0])  # ids 0, 1 are <pad>, <unk>: never chosen
     p = distribution(logits, Sampling(1.0, 0, 1.0))
     assert p[0] == p[1] == 0 and abs(p.sum() - 1) < 1e-12
     assert np.count_nonzero(distribution(logits, Sampling(1.0, 2, 1.0))) == 2
     top_p = distribution(logits, Sampling(1.0, 0, 0.5))
-    assert np.flatnonzero(top_p).tolist() == [2]                 # the most likely alone already reaches 0.5
+    assert np.flatnonzero(top_p).tolist() == [2]  # the most likely alone already reaches 0.5
     sharp, flat = distribution(logits, Sampling(0.1, 0, 1.0)), distribution(logits, Sampling(10.0, 0, 1.0))
     assert sharp[2] > p[2] > flat[2]
-    assert choose(logits, Sampling(0, 0, 1.0), None) == 2       # greedy skips <pad>/<unk>
+    assert choose(logits, Sampling(0, 0, 1.0), None) == 2  # greedy skips <pad>/<unk>
     rng = np.random.default_rng(0)
     draws = [choose(logits, Sampling(1.0, 0, 1.0), rng) for _ in range(2000)]
     assert abs(np.mean(np.array(draws) == 2) - p[2]) < 0.04
@@ -199,12 +205,18 @@ def test_sampling_filters():
 
 def test_bad_generation_arguments_are_refused_or_defined(lm_bundles):
     model = load(lm_bundles("lstm", 1))
-    assert list(model.generate("the", 0)) == []                 # max_tokens 0: nothing, not an error
+    assert list(model.generate("the", 0)) == []  # max_tokens 0: nothing, not an error
     assert model.generate_text("the", 20, temperature=0) == model.generate_text("the", 20, temperature=0, top_k=3)
-    cases = {"prompt is empty": dict(prompt=""), "max_tokens must be": dict(max_tokens=-1),
-             "more than the limit": dict(max_tokens=10**9), "temperature must be": dict(temperature=-0.5),
-             "top_p must be in (0, 1]": dict(top_p=0.0), "top_k must be": dict(top_k=-1),
-             "seed must be": dict(seed=-3), "stop must be": dict(stop=[""])}
+    cases = {
+        "prompt is empty": dict(prompt=""),
+        "max_tokens must be": dict(max_tokens=-1),
+        "more than the limit": dict(max_tokens=10**9),
+        "temperature must be": dict(temperature=-0.5),
+        "top_p must be in (0, 1]": dict(top_p=0.0),
+        "top_k must be": dict(top_k=-1),
+        "seed must be": dict(seed=-3),
+        "stop must be": dict(stop=[""]),
+    }
     for message, bad in cases.items():
         args = dict(prompt="the", max_tokens=5) | bad
         with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
@@ -249,7 +261,8 @@ def test_manifest_records_the_state_contract(lm_bundles):
     b = open_bundle(lm_bundles("lstm", 2))
     assert b.manifest["state"] == [
         {"input": IO.initial_h, "output": IO.final_h, "dtype": "float32", "shape": [2, "batch", 7], "initial": "zeros"},
-        {"input": IO.initial_c, "output": IO.final_c, "dtype": "float32", "shape": [2, "batch", 7], "initial": "zeros"}]
+        {"input": IO.initial_c, "output": IO.final_c, "dtype": "float32", "shape": [2, "batch", 7], "initial": "zeros"},
+    ]
     names = [d["name"] for d in b.manifest["graph"]["outputs"]]
     assert names == [IO.logits, IO.final_h, IO.final_c]
     dev = b.manifest["validation"]["dev"]
@@ -263,7 +276,7 @@ def test_tampered_state_contract_is_refused(lm_bundles, tmp_path):
 
     copy = tmp_path / "b"
     shutil.copytree(lm_bundles("gru", 1), copy)
-    edit_manifest(copy, lambda m: m["state"][0].update(shape=[3, "batch", 7]))   # re-sealed: the deeper check
+    edit_manifest(copy, lambda m: m["state"][0].update(shape=[3, "batch", 7]))  # re-sealed: the deeper check
     with pytest.raises(BundleError, match="'state'"):
         open_bundle(copy)
 
@@ -280,14 +293,17 @@ def test_word_level_lm(lm_bundles):
     assert model.token_separator == " "
     tokens = list(model.generate("the cat", 6, temperature=0))
     assert len(tokens) == 6 and all(t in model.tokenizer.vocab for t in tokens)
-    model.spawn_state().run("the zebra sat")                    # unknown words read as <unk>, as in training
+    model.spawn_state().run("the zebra sat")  # unknown words read as <unk>, as in training
 
 
 @pytest.mark.slow
 def test_runtime_generate_never_imports_torch(lm_bundles):
-    out = run_python("import sys, json\nfrom rnnkit.runtime import load\n"
-                     "m = load(sys.argv[1], backend='numba')\nprint(m.generate_text('the', 5, seed=1))\n"
-                     "assert 'torch' not in sys.modules, 'torch was imported'\n", str(lm_bundles("gru", 1)))
+    out = run_python(
+        "import sys, json\nfrom rnnkit.runtime import load\n"
+        "m = load(sys.argv[1], backend='numba')\nprint(m.generate_text('the', 5, seed=1))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n",
+        str(lm_bundles("gru", 1)),
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -300,19 +316,59 @@ def test_train_lm_export_generate_cli(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text(LM_TEXT * 40, encoding="utf-8")
     runner = CliRunner()
-    r = runner.invoke(cli, ["train", "lm", "--train", str(text), "--out", str(tmp_path / "ckpt"), "--hidden", "16",
-                            "--embed", "8", "--layers", "1", "--epochs", "3", "--batch-size", "4", "--bptt", "16",
-                            "--threads", "1", "--cell", "gru", "--lr", "0.01"])
+    r = runner.invoke(
+        cli,
+        [
+            "train",
+            "lm",
+            "--train",
+            str(text),
+            "--out",
+            str(tmp_path / "ckpt"),
+            "--hidden",
+            "16",
+            "--embed",
+            "8",
+            "--layers",
+            "1",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "4",
+            "--bptt",
+            "16",
+            "--threads",
+            "1",
+            "--cell",
+            "gru",
+            "--lr",
+            "0.01",
+        ],
+    )
     assert r.exit_code == 0, r.output
     meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     history = meta["training"]["history"]
     assert history[-1]["dev_loss"] < history[0]["dev_loss"] and (tmp_path / "ckpt" / "curves.png").is_file()
-    r = runner.invoke(cli, ["export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "b"), "--int8",
-                            "--min-agreement", "0"])
+    r = runner.invoke(
+        cli, ["export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "b"), "--int8", "--min-agreement", "0"]
+    )
     assert r.exit_code == 0, r.output
     assert "int8_loss_delta" in r.output
-    r = runner.invoke(cli, ["generate", str(tmp_path / "b"), "--prompt", "the ", "--max-tokens", "30", "--seed", "1",
-                            "--backend", "numba"])
+    r = runner.invoke(
+        cli,
+        [
+            "generate",
+            str(tmp_path / "b"),
+            "--prompt",
+            "the ",
+            "--max-tokens",
+            "30",
+            "--seed",
+            "1",
+            "--backend",
+            "numba",
+        ],
+    )
     assert r.exit_code == 0 and r.output.startswith("the ") and len(r.output) == 4 + 30 + 1, r.output
     r = runner.invoke(cli, ["generate", str(tmp_path / "b"), "--prompt", ""])
     assert r.exit_code == 1 and "Error: generate(): the prompt is empty" in r.output
@@ -347,7 +403,7 @@ def test_int8_lm_graph_structure(lm_bundles):
     b = open_bundle(lm_bundles("lstm", 2))
     nodes = b.graph(int8=True).graph.node
     lstm = [n for n in nodes if n.op_type == "DynamicQuantizeLSTM"]
-    assert len(lstm) == 2 and all(n.input[5] and n.input[6] for n in lstm)   # reads initial_h and initial_c
+    assert len(lstm) == 2 and all(n.input[5] and n.input[6] for n in lstm)  # reads initial_h and initial_c
     assert not any(n.op_type == "LSTM" for n in nodes)
     assert b.manifest["validation"]["int8"]["lengths"] == [1, 7, 33]
     assert isinstance(b.graph(int8=True), onnx.ModelProto)
@@ -355,13 +411,19 @@ def test_int8_lm_graph_structure(lm_bundles):
 
 @pytest.mark.slow
 def test_int8_export_fails_on_dev_loss_gate(tmp_path):
-    from rnnkit.toolkit.export_checkpoint import DevSet, export_checkpoint
     from rnnkit.runtime import ParityError
+    from rnnkit.toolkit.export_checkpoint import DevSet, export_checkpoint
 
     ckpt = make_lm_checkpoint(tmp_path / "c", "gru", 1)
     with pytest.raises(ParityError, match="more than max_loss_delta -1"):
-        export_checkpoint(ckpt, tmp_path / "b", int8=True, dev=DevSet([LM_TEXT * 3], None, "lm"),
-                          max_loss_delta=-1, log=lambda m: None)
+        export_checkpoint(
+            ckpt,
+            tmp_path / "b",
+            int8=True,
+            dev=DevSet([LM_TEXT * 3], None, "lm"),
+            max_loss_delta=-1,
+            log=lambda m: None,
+        )
     assert not (tmp_path / "b").exists()
 
 
@@ -371,7 +433,7 @@ def test_char_tokenizer_round_trip_and_validation():
 
     tok = CharTokenizer.build(["Héllo, wörld!\n"])
     assert tok.decode(tok.encode("wörld\n")) == "wörld\n"
-    assert tok.encode("e\u0301") == tok.encode("é")                # NFC: one character either way
+    assert tok.encode("e\u0301") == tok.encode("é")  # NFC: one character either way
     assert tok.unknown("Hallo?") == ["a", "?"] and tok.encode("?") == [1]
     again = tokenizer_from_dict(tok.to_dict())
     assert isinstance(again, CharTokenizer) and again.vocab == tok.vocab

@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import run_python
+
 from rnnkit.runtime import load
 
 pytestmark = pytest.mark.slow  # subprocesses, compiles or many exports: not in the fast subset
@@ -52,14 +52,14 @@ def test_repeated_runs_compile_nothing(gru_bundle, lm_bundles, s2s_bundles):
         m = load(gru_bundle, backend="numba", int8=int8)
         runs.append(lambda m=m: m.predict(["a good film", "bad", "the plot runs and runs"]))
     for cell, layers in (("lstm", 2), ("rnn", 1)):
-        for int8 in ((False, True) if cell == "lstm" else (False,)):
+        for int8 in (False, True) if cell == "lstm" else (False,):
             m = load(lm_bundles(cell, layers), backend="numba", int8=int8)
             state = m.spawn_state()
             runs.append(lambda state=state: (state.run("the cat "), state.feed_id(5)))
     m = load(s2s_bundles(), backend="numba")
     runs.append(lambda m=m: (m.translate(["cat", "horse"]), m.translate(["dog"], beam=2)))
     for run in runs:
-        run()                                                     # compiles (or loads from the cache)
+        run()  # compiles (or loads from the cache)
     with CompileCounter() as counter:
         for run in runs:
             for _ in range(3):

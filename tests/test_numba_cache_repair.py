@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import run_python
 
 pytest.importorskip("numba")
@@ -39,9 +38,12 @@ def test_truncated_cache_files_are_discarded_and_recompiled(gru_bundle, tmp_path
         r = run_python(CHILD, str(gru_bundle), env=env, timeout=300)
         assert r.returncode == 0, r.stderr
         assert "Traceback" not in r.stderr, r.stderr
-        return json.loads(r.stdout.splitlines()[-1]), [x for x in r.stderr.splitlines() if x.strip()]
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        notices = [x for x in lines if x.startswith("compiling numba kernels for this model")]
+        assert len(notices) <= 1, lines  # the cold-compile notice, once at most
+        return json.loads(r.stdout.splitlines()[-1]), [x for x in lines if x not in notices]
 
-    expected, noise = run()                                   # fills the cache
+    expected, noise = run()  # fills the cache
     assert noise == []
     for pattern in ("*.nbc", "*.nbi"):
         bad = sorted(cache.rglob(pattern))
@@ -50,10 +52,11 @@ def test_truncated_cache_files_are_discarded_and_recompiled(gru_bundle, tmp_path
         got, lines = run()
         assert got == expected
         named = sorted(line.split("numba cache file ")[1].split(" is corrupted")[0] for line in lines)
-        assert named == [str(f) for f in bad], lines           # one line per bad file, naming it
-        assert all(line.startswith("rnnkit: numba cache file ") and "discarded it; the kernel is recompiled"
-                   in line for line in lines), lines
+        assert named == [str(f) for f in bad], lines  # one line per bad file, naming it
+        assert all(
+            line.startswith("rnnkit: numba cache file ") and "discarded it; the kernel is recompiled" in line
+            for line in lines
+        ), lines
         assert all(f.is_file() and f.stat().st_size > 0 for f in bad)  # rewritten by the recompile
-        got, lines = run()                                    # repaired: quiet, loads from the cache
+        got, lines = run()  # repaired: quiet, loads from the cache
         assert got == expected and lines == []
-

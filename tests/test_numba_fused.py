@@ -18,16 +18,19 @@ from onnx import numpy_helper
 
 from rnnkit.runtime import load
 from rnnkit.runtime.errors import InputError
-from rnnkit.runtime.tolerance import FP32
 from rnnkit.runtime.numba_backend import passes
 from rnnkit.runtime.numba_backend.graph import NumbaSession
+from rnnkit.runtime.tolerance import FP32
 
 CASES = [(cell, layers) for cell in ("lstm", "gru", "rnn") for layers in (1, 2)]
 
 
 def _feeds(session, vocab, B, T, rng, lens=None):
-    state = {i.name: rng.standard_normal((i.shape[0], B, i.shape[2])).astype(np.float32)
-             for i in session.get_inputs() if i.name.startswith("initial_")}
+    state = {
+        i.name: rng.standard_normal((i.shape[0], B, i.shape[2])).astype(np.float32)
+        for i in session.get_inputs()
+        if i.name.startswith("initial_")
+    }
     if lens is None:
         lens = rng.integers(0, T + 2, B)
         lens[0] = T

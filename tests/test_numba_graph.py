@@ -34,27 +34,29 @@ def _ort(model, feeds):
 def _classifier_head(V=11, E=6, C=3, seed=0):
     """input_ids (B, T) int64, sequence_lens (B,) int32 -> masked mean of embeddings -> Gemm -> LogSoftmax."""
     rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(rng.standard_normal((V, E)).astype(np.float32), "emb"),
-             numpy_helper.from_array(rng.standard_normal((E, C)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.standard_normal(C).astype(np.float32), "b"),
-             numpy_helper.from_array(np.array([1], np.int64), "one"),
-             numpy_helper.from_array(np.array([0], np.int64), "zero")]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((V, E)).astype(np.float32), "emb"),
+        numpy_helper.from_array(rng.standard_normal((E, C)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(C).astype(np.float32), "b"),
+        numpy_helper.from_array(np.array([1], np.int64), "one"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero"),
+    ]
     n = helper.make_node
     nodes = [
-        n("Gather", ["emb", "input_ids"], ["x"], name="embed"),                     # (B, T, E)
-        n("Shape", ["input_ids"], ["shape"], start=1, end=2),                       # [T]
+        n("Gather", ["emb", "input_ids"], ["x"], name="embed"),  # (B, T, E)
+        n("Shape", ["input_ids"], ["shape"], start=1, end=2),  # [T]
         n("Squeeze", ["shape", "zero"], ["t"]),
         n("Cast", ["zero"], ["z32"], to=TensorProto.INT64),
         n("Squeeze", ["z32", "zero"], ["z"]),
         n("Squeeze", ["one", "zero"], ["o"]),
-        n("Range", ["z", "t", "o"], ["steps"]),                                     # (T,)
+        n("Range", ["z", "t", "o"], ["steps"]),  # (T,)
         n("Cast", ["sequence_lens"], ["lens"], to=TensorProto.INT64),
-        n("Unsqueeze", ["lens", "one"], ["lens2"]),                                 # (B, 1)
-        n("Less", ["steps", "lens2"], ["mask"]),                                    # (B, T)
+        n("Unsqueeze", ["lens", "one"], ["lens2"]),  # (B, 1)
+        n("Less", ["steps", "lens2"], ["mask"]),  # (B, T)
         n("Cast", ["mask"], ["maskf"], to=TensorProto.FLOAT),
-        n("Unsqueeze", ["maskf", "two"], ["mask3"]),                                # (B, T, 1)
+        n("Unsqueeze", ["maskf", "two"], ["mask3"]),  # (B, T, 1)
         n("Mul", ["x", "mask3"], ["xm"]),
-        n("ReduceSum", ["xm", "one"], ["s"], keepdims=0),                           # (B, E)
+        n("ReduceSum", ["xm", "one"], ["s"], keepdims=0),  # (B, E)
         n("Cast", ["lens2"], ["lensf"], to=TensorProto.FLOAT),
         n("Div", ["s", "lensf"], ["mean"]),
         n("Gemm", ["mean", "w", "b"], ["logits"], alpha=0.5),
@@ -63,11 +65,15 @@ def _classifier_head(V=11, E=6, C=3, seed=0):
         n("TopK", ["logp", "one"], ["top", "top_i"]),
     ]
     inits.append(numpy_helper.from_array(np.array([2], np.int64), "two"))
-    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "time"]),
-              helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, ["batch"])]
-    outputs = [helper.make_tensor_value_info("logp", TensorProto.FLOAT, ["batch", C]),
-               helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]),
-               helper.make_tensor_value_info("top_i", TensorProto.INT64, ["batch", 1])]
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "time"]),
+        helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, ["batch"]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("logp", TensorProto.FLOAT, ["batch", C]),
+        helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]),
+        helper.make_tensor_value_info("top_i", TensorProto.INT64, ["batch", 1]),
+    ]
     return _model(nodes, inputs, outputs, inits)
 
 
@@ -76,8 +82,10 @@ def test_multi_node_graph_matches_onnxruntime_and_reference(shape):
     model = _classifier_head()
     rng = np.random.default_rng(sum(shape))
     B, T = shape
-    feeds = {"input_ids": rng.integers(0, 11, shape).astype(np.int64),
-             "sequence_lens": rng.integers(1, T + 1, B).astype(np.int32)}
+    feeds = {
+        "input_ids": rng.integers(0, 11, shape).astype(np.int64),
+        "sequence_lens": rng.integers(1, T + 1, B).astype(np.int32),
+    }
     ours = NumbaSession(model).run(None, feeds)
     for oracle in (_ort(model, feeds), ReferenceEvaluator(model).run(None, feeds)):
         for a, e in zip(ours, oracle):
@@ -106,12 +114,20 @@ def test_constant_folding_leaves_only_runtime_nodes():
 
 def test_constant_output_is_folded():
     n = helper.make_node
-    nodes = [n("Constant", [], ["c"], value=numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3))),
-             n("Shape", ["c"], ["sh"]), n("ReduceSum", ["sh"], ["total"], keepdims=0),
-             n("Add", ["x", "total"], ["y"])]
-    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.INT64, [])],
-                   [helper.make_tensor_value_info("y", TensorProto.INT64, []),
-                    helper.make_tensor_value_info("sh", TensorProto.INT64, [2])])
+    nodes = [
+        n("Constant", [], ["c"], value=numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3))),
+        n("Shape", ["c"], ["sh"]),
+        n("ReduceSum", ["sh"], ["total"], keepdims=0),
+        n("Add", ["x", "total"], ["y"]),
+    ]
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.INT64, [])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.INT64, []),
+            helper.make_tensor_value_info("sh", TensorProto.INT64, [2]),
+        ],
+    )
     s = NumbaSession(model)
     assert len(s._plan) == 1
     y, sh = s.run(None, {"x": np.array(1, np.int64)})
@@ -121,10 +137,16 @@ def test_constant_output_is_folded():
 # ------------------------------------------------------------------ refusals
 def test_unknown_ops_are_all_listed_at_load():
     n = helper.make_node
-    nodes = [n("Foo", ["x"], ["a"], name="first"), n("Relu", ["a"], ["b"]),
-             n("Bar", ["b"], ["y"], name="second", domain="com.example")]
-    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    nodes = [
+        n("Foo", ["x"], ["a"], name="first"),
+        n("Relu", ["a"], ["b"]),
+        n("Bar", ["b"], ["y"], name="second", domain="com.example"),
+    ]
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
     model.opset_import.append(helper.make_opsetid("com.example", 1))
     with pytest.raises(UnsupportedError) as e:
         NumbaSession(model)
@@ -134,8 +156,11 @@ def test_unknown_ops_are_all_listed_at_load():
 
 def test_unsupported_attribute_is_refused():
     node = helper.make_node("Gemm", ["a", "b"], ["y"], name="g", unknown_attr=1)
-    model = _model([node], [helper.make_tensor_value_info(k, TensorProto.FLOAT, [2, 2]) for k in "ab"],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])])
+    model = _model(
+        [node],
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, [2, 2]) for k in "ab"],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
+    )
     with pytest.raises(UnsupportedError, match=r"node 'g' \(Gemm\).*unknown_attr"):
         NumbaSession(model)
 
@@ -179,18 +204,36 @@ def _dq_reshape_gru(D=2, H=4, I=5, seed=0):
     inits, nodes = [], []
     for name, cols in (("W", I), ("R", H)):
         q, scale = _int8_weight(rng, D * 3 * H, cols)
-        inits += [numpy_helper.from_array(q, f"{name}_q"), numpy_helper.from_array(scale, f"{name}_scale"),
-                  numpy_helper.from_array(np.zeros(D * 3 * H, np.int8), f"{name}_zp"),
-                  numpy_helper.from_array(np.array([D, 3 * H, cols], np.int64), f"{name}_shape")]
-        nodes += [n("DequantizeLinear", [f"{name}_q", f"{name}_scale", f"{name}_zp"], [f"{name}_flat"], axis=0),
-                  n("Reshape", [f"{name}_flat", f"{name}_shape"], [name])]
+        inits += [
+            numpy_helper.from_array(q, f"{name}_q"),
+            numpy_helper.from_array(scale, f"{name}_scale"),
+            numpy_helper.from_array(np.zeros(D * 3 * H, np.int8), f"{name}_zp"),
+            numpy_helper.from_array(np.array([D, 3 * H, cols], np.int64), f"{name}_shape"),
+        ]
+        nodes += [
+            n("DequantizeLinear", [f"{name}_q", f"{name}_scale", f"{name}_zp"], [f"{name}_flat"], axis=0),
+            n("Reshape", [f"{name}_flat", f"{name}_shape"], [name]),
+        ]
     inits.append(numpy_helper.from_array(rng.standard_normal((D, 6 * H)).astype(np.float32), "B"))
-    nodes.append(n("GRU", ["X", "W", "R", "B", "sequence_lens"], ["Y", "Y_h"], hidden_size=H,
-                   direction="bidirectional" if D == 2 else "forward", linear_before_reset=1, name="gru"))
-    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "B", I]),
-              helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, ["B"])]
-    outputs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", D, "B", H]),
-               helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [D, "B", H])]
+    nodes.append(
+        n(
+            "GRU",
+            ["X", "W", "R", "B", "sequence_lens"],
+            ["Y", "Y_h"],
+            hidden_size=H,
+            direction="bidirectional" if D == 2 else "forward",
+            linear_before_reset=1,
+            name="gru",
+        )
+    )
+    inputs = [
+        helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "B", I]),
+        helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, ["B"]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", D, "B", H]),
+        helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [D, "B", H]),
+    ]
     return _model(nodes, inputs, outputs, inits)
 
 
@@ -209,8 +252,13 @@ def _dequantized(model):
 
 
 def _fold(node, values):
-    g = helper.make_graph([node], "f", [], [onnx.ValueInfoProto(name=node.output[0])],
-                          [numpy_helper.from_array(values[i], i) for i in node.input if i])
+    g = helper.make_graph(
+        [node],
+        "f",
+        [],
+        [onnx.ValueInfoProto(name=node.output[0])],
+        [numpy_helper.from_array(values[i], i) for i in node.input if i],
+    )
     return ReferenceEvaluator(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])).run(None, {})[0]
 
 
@@ -265,8 +313,10 @@ def test_int8_gru_matches_dequantized_graph(shape, int8_kernel, monkeypatch):
     model = _dq_reshape_gru()
     T, B = shape
     rng = np.random.default_rng(T)
-    feeds = {"X": rng.standard_normal((T, B, 5)).astype(np.float32),
-             "sequence_lens": rng.integers(1, T + 1, B).astype(np.int32)}
+    feeds = {
+        "X": rng.standard_normal((T, B, 5)).astype(np.float32),
+        "sequence_lens": rng.integers(1, T + 1, B).astype(np.int32),
+    }
     ours = NumbaSession(model).run(None, feeds)
     for oracle in (NumbaSession(_dequantized(model)).run(None, feeds), _ort(model, feeds)):
         for a, e in zip(ours, oracle):
@@ -279,9 +329,17 @@ def test_quantized_embedding_gather():
     zp = rng.integers(-3, 3, 10).astype(np.int8)
     n = helper.make_node
     nodes = [n("DequantizeLinear", ["q", "scale", "zp"], ["emb"], axis=0), n("Gather", ["emb", "ids"], ["y"])]
-    inits = [numpy_helper.from_array(q, "q"), numpy_helper.from_array(scale, "scale"), numpy_helper.from_array(zp, "zp")]
-    model = _model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "T"])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", 4])], inits)
+    inits = [
+        numpy_helper.from_array(q, "q"),
+        numpy_helper.from_array(scale, "scale"),
+        numpy_helper.from_array(zp, "zp"),
+    ]
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "T"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", 4])],
+        inits,
+    )
     s = NumbaSession(model)
     assert isinstance(s._plan[0][0].consts[0], QuantizedWeight)
     ids = rng.integers(-10, 10, (3, 7)).astype(np.int64)
@@ -299,7 +357,11 @@ def test_dynamic_quantize_matmul_matches_onnxruntime(per_column, zero_point, bia
     lo, hi = (-128, 128) if btype == np.int8 else (0, 256)
     b = rng.integers(lo, hi, (K, N)).astype(btype)
     b_scale = (rng.random(N if per_column else 1).astype(np.float32) + 0.5) / 50
-    b_zp = rng.integers(lo // 4 if lo else 100, hi // 4 if lo else 150, b_scale.shape).astype(btype) if zero_point else None
+    b_zp = (
+        rng.integers(lo // 4 if lo else 100, hi // 4 if lo else 150, b_scale.shape).astype(btype)
+        if zero_point
+        else None
+    )
     names = ["A", "B", "b_scale", "b_zp" if zero_point else "", "bias" if bias else ""]
     inits = [numpy_helper.from_array(b, "B"), numpy_helper.from_array(b_scale, "b_scale")]
     if zero_point:
@@ -307,8 +369,13 @@ def test_dynamic_quantize_matmul_matches_onnxruntime(per_column, zero_point, bia
     if bias:
         inits.append(numpy_helper.from_array(rng.standard_normal(N).astype(np.float32), "bias"))
     node = helper.make_node("DynamicQuantizeMatMul", names, ["Y"], domain="com.microsoft")
-    model = _model([node], [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["B", "T", K])],
-                   [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["B", "T", N])], inits, ms=True)
+    model = _model(
+        [node],
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["B", "T", K])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["B", "T", N])],
+        inits,
+        ms=True,
+    )
     a = rng.standard_normal((2, 5, K)).astype(np.float32)
     (y,) = NumbaSession(model).run(None, {"A": a})
     (e,) = _ort(model, {"A": a})
@@ -325,11 +392,19 @@ def test_dynamic_quantize_matmul_as_rnnkit_exports_it_equals_onnxruntime(shape):
     w = rng.standard_normal((K, N)).astype(np.float32)
     scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
     q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
-    inits = [numpy_helper.from_array(q, "B"), numpy_helper.from_array(scale, "b_scale"),
-             numpy_helper.from_array(np.zeros(N, np.int8), "b_zp")]
+    inits = [
+        numpy_helper.from_array(q, "B"),
+        numpy_helper.from_array(scale, "b_scale"),
+        numpy_helper.from_array(np.zeros(N, np.int8), "b_zp"),
+    ]
     node = helper.make_node("DynamicQuantizeMatMul", ["A", "B", "b_scale", "b_zp"], ["Y"], domain="com.microsoft")
-    model = _model([node], [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["B", "T", K])],
-                   [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["B", "T", N])], inits, ms=True)
+    model = _model(
+        [node],
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["B", "T", K])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["B", "T", N])],
+        inits,
+        ms=True,
+    )
     session = NumbaSession(model)
     assert session._plan[0][0]._packed is not None  # the packed path, not the generic integer product
     a = rng.standard_normal(shape).astype(np.float32)
@@ -342,15 +417,22 @@ def test_matmul_integer_to_float_matches_onnxruntime():
     rng = np.random.default_rng(4)
     M, K, N = 6, 33, 9
     names = ["A", "B", "a_scale", "b_scale", "a_zp", "b_zp", "bias"]
-    inits = [numpy_helper.from_array(rng.integers(-128, 128, (K, N)).astype(np.int8), "B"),
-             numpy_helper.from_array(np.float32(0.02), "a_scale"),
-             numpy_helper.from_array((rng.random(N).astype(np.float32) + 0.5) / 30, "b_scale"),
-             numpy_helper.from_array(np.uint8(121), "a_zp"),
-             numpy_helper.from_array(rng.integers(-5, 5, N).astype(np.int8), "b_zp"),
-             numpy_helper.from_array(rng.standard_normal(N).astype(np.float32), "bias")]
+    inits = [
+        numpy_helper.from_array(rng.integers(-128, 128, (K, N)).astype(np.int8), "B"),
+        numpy_helper.from_array(np.float32(0.02), "a_scale"),
+        numpy_helper.from_array((rng.random(N).astype(np.float32) + 0.5) / 30, "b_scale"),
+        numpy_helper.from_array(np.uint8(121), "a_zp"),
+        numpy_helper.from_array(rng.integers(-5, 5, N).astype(np.int8), "b_zp"),
+        numpy_helper.from_array(rng.standard_normal(N).astype(np.float32), "bias"),
+    ]
     node = helper.make_node("MatMulIntegerToFloat", names, ["Y"], domain="com.microsoft")
-    model = _model([node], [helper.make_tensor_value_info("A", TensorProto.UINT8, [M, K])],
-                   [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [M, N])], inits, ms=True)
+    model = _model(
+        [node],
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, [M, K])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [M, N])],
+        inits,
+        ms=True,
+    )
     a = rng.integers(0, 256, (M, K)).astype(np.uint8)
     (y,) = NumbaSession(model).run(None, {"A": a})
     (e,) = _ort(model, {"A": a})

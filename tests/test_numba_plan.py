@@ -13,9 +13,11 @@ from onnx.reference import ReferenceEvaluator
 pytest.importorskip("numba")
 
 from rnnkit.runtime.errors import InputError  # noqa: E402
-from rnnkit.runtime.numba_backend import NumbaSession  # noqa: E402
+from rnnkit.runtime.numba_backend import (
+    NumbaSession,  # noqa: E402
+    matvec,  # noqa: E402
+)
 from rnnkit.runtime.numba_backend import graph as graph_mod  # noqa: E402
-from rnnkit.runtime.numba_backend import matvec  # noqa: E402
 from rnnkit.runtime.numba_backend import passes as passes_mod  # noqa: E402
 from rnnkit.runtime.numba_backend import plan as plan_mod  # noqa: E402
 from rnnkit.runtime.tolerance import FP32  # noqa: E402
@@ -38,39 +40,51 @@ def _lm_head(seed=0, bias=True):
     """An LM step's tail: embeddings -> MatMul(+Add) head, masked by a time mask built from
     Shape(input_ids) and sequence_lens (the graph_lm.py pattern)."""
     rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(rng.standard_normal((V, H)).astype(np.float32), "emb"),
-             numpy_helper.from_array(rng.standard_normal((H, V)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.standard_normal(V).astype(np.float32), "b"),
-             numpy_helper.from_array(np.array(1, np.int64), "axis_time"),
-             numpy_helper.from_array(np.array(0, np.int64), "zero"),
-             numpy_helper.from_array(np.array(1, np.int64), "one"),
-             numpy_helper.from_array(np.array([0], np.int64), "axes_0"),
-             numpy_helper.from_array(np.array([1], np.int64), "axes_1"),
-             numpy_helper.from_array(np.array([2], np.int64), "axes_2"),
-             numpy_helper.from_array(np.array(0.0, np.float32), "zero_f")]
-    nodes = [n("Gather", ["emb", "input_ids"], ["x"]),                       # (B, T, H)
-             n("MatMul", ["x", "w"], ["z" if bias else "head"])]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((V, H)).astype(np.float32), "emb"),
+        numpy_helper.from_array(rng.standard_normal((H, V)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(V).astype(np.float32), "b"),
+        numpy_helper.from_array(np.array(1, np.int64), "axis_time"),
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.array(1, np.int64), "one"),
+        numpy_helper.from_array(np.array([0], np.int64), "axes_0"),
+        numpy_helper.from_array(np.array([1], np.int64), "axes_1"),
+        numpy_helper.from_array(np.array([2], np.int64), "axes_2"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero_f"),
+    ]
+    nodes = [
+        n("Gather", ["emb", "input_ids"], ["x"]),  # (B, T, H)
+        n("MatMul", ["x", "w"], ["z" if bias else "head"]),
+    ]
     if bias:
         nodes.append(n("Add", ["z", "b"], ["head"]))
-    nodes += [n("Shape", ["input_ids"], ["shape"]),
-              n("Gather", ["shape", "axis_time"], ["time"]),
-              n("Range", ["zero", "time", "one"], ["steps"]),
-              n("Unsqueeze", ["steps", "axes_0"], ["steps_row"]),
-              n("Cast", ["sequence_lens"], ["lens"], to=TensorProto.INT64),
-              n("Unsqueeze", ["lens", "axes_1"], ["lens_col"]),
-              n("Less", ["steps_row", "lens_col"], ["mask"]),
-              n("Unsqueeze", ["mask", "axes_2"], ["mask3"]),
-              n("Where", ["mask3", "head", "zero_f"], ["logits"])]
-    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "time"]),
-              helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, ["batch"])]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "time", V]),
-               helper.make_tensor_value_info("steps", TensorProto.INT64, ["time"])]
+    nodes += [
+        n("Shape", ["input_ids"], ["shape"]),
+        n("Gather", ["shape", "axis_time"], ["time"]),
+        n("Range", ["zero", "time", "one"], ["steps"]),
+        n("Unsqueeze", ["steps", "axes_0"], ["steps_row"]),
+        n("Cast", ["sequence_lens"], ["lens"], to=TensorProto.INT64),
+        n("Unsqueeze", ["lens", "axes_1"], ["lens_col"]),
+        n("Less", ["steps_row", "lens_col"], ["mask"]),
+        n("Unsqueeze", ["mask", "axes_2"], ["mask3"]),
+        n("Where", ["mask3", "head", "zero_f"], ["logits"]),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "time"]),
+        helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, ["batch"]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "time", V]),
+        helper.make_tensor_value_info("steps", TensorProto.INT64, ["time"]),
+    ]
     return _model(nodes, inputs, outputs, inits)
 
 
 def _feeds(rng, B, T):
-    return {"input_ids": rng.integers(0, V, (B, T)).astype(np.int64),
-            "sequence_lens": rng.integers(1, T + 1, B).astype(np.int32)}
+    return {
+        "input_ids": rng.integers(0, V, (B, T)).astype(np.int64),
+        "sequence_lens": rng.integers(1, T + 1, B).astype(np.int32),
+    }
 
 
 # ------------------------------------------------------------------ plan vs unoptimised twin
@@ -96,8 +110,9 @@ def test_optimised_plan_equals_plain_plan_and_reference(bias):
 def test_prelude_runs_shape_and_length_nodes_once_per_signature(monkeypatch):
     s = NumbaSession(_lm_head())
     prelude = [s._plan[k].op.node.op_type for k in passes_mod.prelude_steps(s._plan, 2, frozenset({1}))]
-    assert sorted(prelude) == sorted(["Shape", "Gather", "Range", "Unsqueeze", "Cast", "Unsqueeze", "Less",
-                                      "Unsqueeze"])
+    assert sorted(prelude) == sorted(
+        ["Shape", "Gather", "Range", "Unsqueeze", "Cast", "Unsqueeze", "Less", "Unsqueeze"]
+    )
     less = graph_mod.OPS[("", "Less")]
     counted = []
     original = less.compute
@@ -140,13 +155,24 @@ def test_inplace_add_only_into_a_value_used_once():
     rng = np.random.default_rng(5)
     w = rng.standard_normal((4, 3)).astype(np.float32)
     b = rng.standard_normal(3).astype(np.float32)
-    nodes = [n("MatMul", ["x", "w"], ["z"]), n("Add", ["z", "y"], ["s"]), n("Mul", ["s", "b"], ["t"]),
-             n("Add", ["z", "t"], ["u"])]  # z is read twice: never overwritten
-    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", 4]),
-                           helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", 3])],
-                   [helper.make_tensor_value_info("u", TensorProto.FLOAT, ["m", 3]),
-                    helper.make_tensor_value_info("z", TensorProto.FLOAT, ["m", 3])],
-                   [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    nodes = [
+        n("MatMul", ["x", "w"], ["z"]),
+        n("Add", ["z", "y"], ["s"]),
+        n("Mul", ["s", "b"], ["t"]),
+        n("Add", ["z", "t"], ["u"]),
+    ]  # z is read twice: never overwritten
+    model = _model(
+        nodes,
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", 4]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", 3]),
+        ],
+        [
+            helper.make_tensor_value_info("u", TensorProto.FLOAT, ["m", 3]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["m", 3]),
+        ],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
     x = rng.standard_normal((5, 4)).astype(np.float32)
     y = rng.standard_normal((5, 3)).astype(np.float32)
     y0 = y.copy()
@@ -188,8 +214,11 @@ def test_feed_checks_fast_and_slow_path():
 
 
 def test_fixed_dims_are_checked_on_the_fast_path():
-    model = _model([n("Relu", ["x"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])])
+    model = _model(
+        [n("Relu", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])],
+    )
     s = NumbaSession(model)
     assert s._fast_feeds({"x": np.zeros((2, 5), np.float32)}) is None
     with pytest.raises(InputError, match=r"input 'x' has shape \[2, 5\], expected \['b', 4\]"):
@@ -206,8 +235,12 @@ def _const_vs_input(node_type, x, consts: dict, attrs=None, opset=17):
     out = [helper.make_tensor_value_info("y", typed[x.dtype], None)]
     x_in = helper.make_tensor_value_info("x", typed[x.dtype], None)
     as_const = _model([node], [x_in], out, [numpy_helper.from_array(v, k) for k, v in consts.items()], opset)
-    as_input = _model([node], [x_in] + [helper.make_tensor_value_info(k, typed[v.dtype], list(v.shape))
-                                        for k, v in consts.items()], out, opset=opset)
+    as_input = _model(
+        [node],
+        [x_in] + [helper.make_tensor_value_info(k, typed[v.dtype], list(v.shape)) for k, v in consts.items()],
+        out,
+        opset=opset,
+    )
     got = NumbaSession(as_const).run(None, {"x": x})[0]
     other = NumbaSession(as_input).run(None, {"x": x, **consts})[0]
     want = ReferenceEvaluator(as_const).run(None, {"x": x})[0]
@@ -216,13 +249,29 @@ def _const_vs_input(node_type, x, consts: dict, attrs=None, opset=17):
     np.testing.assert_array_equal(other, want)
 
 
-@pytest.mark.parametrize("starts,ends,axes,steps", [
-    ([0], [1], [0], [1]), ([1, -3], [1000, -1], [1, -1], [1, 2]), ([-100], [100], [2], [3]),
-    ([5], [1], [1], [1]), ([3], [0], [1], [-1]), ([-1], [-100], [2], [-2])])
+@pytest.mark.parametrize(
+    "starts,ends,axes,steps",
+    [
+        ([0], [1], [0], [1]),
+        ([1, -3], [1000, -1], [1, -1], [1, 2]),
+        ([-100], [100], [2], [3]),
+        ([5], [1], [1], [1]),
+        ([3], [0], [1], [-1]),
+        ([-1], [-100], [2], [-2]),
+    ],
+)
 def test_constant_slice(starts, ends, axes, steps):
     x = np.arange(4 * 6 * 5, dtype=np.float32).reshape(4, 6, 5)
-    _const_vs_input("Slice", x, {"starts": np.array(starts, np.int64), "ends": np.array(ends, np.int64),
-                                 "axes": np.array(axes, np.int64), "steps": np.array(steps, np.int64)})
+    _const_vs_input(
+        "Slice",
+        x,
+        {
+            "starts": np.array(starts, np.int64),
+            "ends": np.array(ends, np.int64),
+            "axes": np.array(axes, np.int64),
+            "steps": np.array(steps, np.int64),
+        },
+    )
 
 
 @pytest.mark.parametrize("axes", [[0], [-1], [3, 0], [1, -1]])
@@ -231,9 +280,12 @@ def test_constant_unsqueeze(axes):
 
 
 def test_unsqueeze_repeated_axis_is_an_input_error():
-    model = _model([n("Unsqueeze", ["x", "a"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                   [numpy_helper.from_array(np.array([0, 0], np.int64), "a")])
+    model = _model(
+        [n("Unsqueeze", ["x", "a"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([0, 0], np.int64), "a")],
+    )
     with pytest.raises(InputError, match="repeated axis"):
         NumbaSession(model).run(None, {"x": np.zeros(2, np.float32)})
 
@@ -245,19 +297,30 @@ def test_constant_squeeze(axes):
 
 @pytest.mark.parametrize("shape,allowzero", [([0, -1], 0), ([3, 0, 2], 0), ([-1], 0), ([2, 3, 2], 1)])
 def test_constant_reshape(shape, allowzero):
-    _const_vs_input("Reshape", np.arange(12, dtype=np.float32).reshape(3, 2, 2), {"shape": np.array(shape, np.int64)},
-                    {"allowzero": allowzero})
+    _const_vs_input(
+        "Reshape",
+        np.arange(12, dtype=np.float32).reshape(3, 2, 2),
+        {"shape": np.array(shape, np.int64)},
+        {"allowzero": allowzero},
+    )
 
 
 def test_where_true_everywhere_returns_x_values():
     rng = np.random.default_rng(6)
     nodes = [n("Where", ["c", "x", "zero"], ["y"]), n("Where", ["c", "k", "zero"], ["z"])]
     k = rng.standard_normal((1, 1, 5)).astype(np.float32)
-    model = _model(nodes, [helper.make_tensor_value_info("c", TensorProto.BOOL, [1, 1, 1]),
-                           helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 5])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 5]),
-                    helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 1, 5])],
-                   [numpy_helper.from_array(np.array(0.0, np.float32), "zero"), numpy_helper.from_array(k, "k")])
+    model = _model(
+        nodes,
+        [
+            helper.make_tensor_value_info("c", TensorProto.BOOL, [1, 1, 1]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 5]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 5]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 1, 5]),
+        ],
+        [numpy_helper.from_array(np.array(0.0, np.float32), "zero"), numpy_helper.from_array(k, "k")],
+    )
     s = NumbaSession(model)
     x = rng.standard_normal((1, 1, 5)).astype(np.float32)
     for c in (True, False):
@@ -275,15 +338,23 @@ def _matmul_model(b_init, dq=None, bias=None):
         inits.append(numpy_helper.from_array(b_init, "B"))
     else:
         q, scale, zp, axis = dq
-        inits += [numpy_helper.from_array(q, "q"), numpy_helper.from_array(scale, "s"),
-                  numpy_helper.from_array(zp, "zp")]
+        inits += [
+            numpy_helper.from_array(q, "q"),
+            numpy_helper.from_array(scale, "s"),
+            numpy_helper.from_array(zp, "zp"),
+        ]
         nodes.append(n("DequantizeLinear", ["q", "s", "zp"], ["B"], axis=axis))
     nodes.append(n("MatMul", ["A", "B"], ["Y" if bias is None else "Z"]))
     if bias is not None:
         inits.append(numpy_helper.from_array(bias, "bias"))
         nodes.append(n("Add", ["Z", "bias"], ["Y"]))
-    return _model(nodes, [helper.make_tensor_value_info("A", TensorProto.FLOAT, None)],
-                  [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits, opset=21)
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        inits,
+        opset=21,
+    )
 
 
 @pytest.mark.parametrize("a_shape", [(1, 40), (40,), (1, 1, 40), (3, 40), (2, 5, 40)])
@@ -364,12 +435,19 @@ def test_project_rows_either_side_of_the_q16_threshold():
 def test_lstm_refuses_state_and_input_of_the_wrong_size():
     rng = np.random.default_rng(9)
     I, Hh = 3, 4
-    inits = [numpy_helper.from_array(rng.standard_normal((1, 4 * Hh, I)).astype(np.float32), "W"),
-             numpy_helper.from_array(rng.standard_normal((1, 4 * Hh, Hh)).astype(np.float32), "R")]
-    model = _model([n("LSTM", ["X", "W", "R", "", "", "h0"], ["Y"], hidden_size=Hh, name="lstm")],
-                   [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "B", "I"]),
-                    helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, "B", "H"])],
-                   [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((1, 4 * Hh, I)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.standard_normal((1, 4 * Hh, Hh)).astype(np.float32), "R"),
+    ]
+    model = _model(
+        [n("LSTM", ["X", "W", "R", "", "", "h0"], ["Y"], hidden_size=Hh, name="lstm")],
+        [
+            helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "B", "I"]),
+            helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, "B", "H"]),
+        ],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        inits,
+    )
     s = NumbaSession(model)
     X = rng.standard_normal((2, 1, I)).astype(np.float32)
     (Y,) = s.run(None, {"X": X, "h0": np.zeros((1, 1, Hh), np.float32)})

@@ -42,18 +42,25 @@ def run_node(node, feeds: dict, consts: dict) -> dict:
 
 
 def assert_close(got: dict, want: dict, tol, what=""):
-    bad = [f"{k}: worst {tol.worst(got[k], want[k]):.3g}" for k in want
-           if got[k].shape != want[k].shape or not tol.close(got[k], want[k])]
+    bad = [
+        f"{k}: worst {tol.worst(got[k], want[k]):.3g}"
+        for k in want
+        if got[k].shape != want[k].shape or not tol.close(got[k], want[k])
+    ]
     assert not bad, f"{what} outside {tol.name}: {bad}"
 
 
 # --- ONNX conformance cases ---------------------------------------------------------------------
 
-EXPECTED_CASES = {f"test_{c}_{s}" for c, ss in {
-    "gru": ["defaults", "with_initial_bias", "seq_length", "batchwise", "reverse", "bidirectional"],
-    "lstm": ["defaults", "with_initial_bias", "with_peepholes", "batchwise", "reverse", "bidirectional"],
-    "simple_rnn": ["defaults", "with_initial_bias", "batchwise", "reverse", "bidirectional"]}.items()
-    for s in ss} | {"test_rnn_seq_length"}
+EXPECTED_CASES = {
+    f"test_{c}_{s}"
+    for c, ss in {
+        "gru": ["defaults", "with_initial_bias", "seq_length", "batchwise", "reverse", "bidirectional"],
+        "lstm": ["defaults", "with_initial_bias", "with_peepholes", "batchwise", "reverse", "bidirectional"],
+        "simple_rnn": ["defaults", "with_initial_bias", "batchwise", "reverse", "bidirectional"],
+    }.items()
+    for s in ss
+} | {"test_rnn_seq_length"}
 
 
 def _conformance_cases():
@@ -62,8 +69,11 @@ def _conformance_cases():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cases = collect_testcases(None)
-    return [c for c in cases if c.name.startswith(("test_lstm_", "test_gru_", "test_simple_rnn_"))
-            or c.name == "test_rnn_seq_length"]
+    return [
+        c
+        for c in cases
+        if c.name.startswith(("test_lstm_", "test_gru_", "test_simple_rnn_")) or c.name == "test_rnn_seq_length"
+    ]
 
 
 CASES = _conformance_cases()
@@ -87,14 +97,33 @@ def test_onnx_conformance(case):
 
 # --- random cases vs the numpy oracle -----------------------------------------------------------
 
-def random_case(rng, cell, *, direction="forward", layout=0, batch=3, T=6, I=4, H=5, lens="ragged",
-                initial=True, peepholes=False, clip=None, lbr=0, input_forget=0, scale=1.0):
+
+def random_case(
+    rng,
+    cell,
+    *,
+    direction="forward",
+    layout=0,
+    batch=3,
+    T=6,
+    I=4,
+    H=5,
+    lens="ragged",
+    initial=True,
+    peepholes=False,
+    clip=None,
+    lbr=0,
+    input_forget=0,
+    scale=1.0,
+):
     """A single-node model's node, feeds and constants (W, R, B, P as constants)."""
     nd = 2 if direction == "bidirectional" else 1
     G = GATES[cell]
-    consts = {"W": (scale * rng.normal(size=(nd, G * H, I))).astype(np.float32),
-              "R": (scale * rng.normal(size=(nd, G * H, H))).astype(np.float32),
-              "B": rng.normal(size=(nd, 2 * G * H)).astype(np.float32)}
+    consts = {
+        "W": (scale * rng.normal(size=(nd, G * H, I))).astype(np.float32),
+        "R": (scale * rng.normal(size=(nd, G * H, H))).astype(np.float32),
+        "B": rng.normal(size=(nd, 2 * G * H)).astype(np.float32),
+    }
     X = rng.normal(size=(T, batch, I) if layout == 0 else (batch, T, I)).astype(np.float32)
     feeds = {"X": X}
     if lens == "ragged":  # T, 1 and anything between
@@ -108,7 +137,7 @@ def random_case(rng, cell, *, direction="forward", layout=0, batch=3, T=6, I=4, 
             feeds["initial_c"] = rng.normal(size=state_shape).astype(np.float32)
     if peepholes:
         consts["P"] = rng.normal(size=(nd, 3 * H)).astype(np.float32)
-    names = INPUTS[:8 if cell == "LSTM" else 6]
+    names = INPUTS[: 8 if cell == "LSTM" else 6]
     ins = [n if (n in feeds or n in consts) else "" for n in names]
     while ins[-1] == "":
         ins.pop()
@@ -128,10 +157,22 @@ def random_case(rng, cell, *, direction="forward", layout=0, batch=3, T=6, I=4, 
 def oracle(node, feeds, consts):
     a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
     v = {**feeds, **consts}
-    out = naive_rnn(node.op_type, v["X"], v["W"], v["R"], v.get("B"), v.get("sequence_lens"), v.get("initial_h"),
-                    v.get("initial_c"), v.get("P"), direction=a.get("direction", b"forward").decode(),
-                    layout=a.get("layout", 0), clip=a.get("clip"), linear_before_reset=a.get("linear_before_reset", 0),
-                    input_forget=a.get("input_forget", 0))
+    out = naive_rnn(
+        node.op_type,
+        v["X"],
+        v["W"],
+        v["R"],
+        v.get("B"),
+        v.get("sequence_lens"),
+        v.get("initial_h"),
+        v.get("initial_c"),
+        v.get("P"),
+        direction=a.get("direction", b"forward").decode(),
+        layout=a.get("layout", 0),
+        clip=a.get("clip"),
+        linear_before_reset=a.get("linear_before_reset", 0),
+        input_forget=a.get("input_forget", 0),
+    )
     return dict(zip(OUTPUTS[node.op_type], out))
 
 
@@ -140,11 +181,23 @@ def oracle(node, feeds, consts):
 @pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
 def test_random_vs_oracle(cell, direction, layout):
     rng = np.random.default_rng(hash((cell, direction, layout)) % 2**32)
-    for batch, extra in [(1, {}), (3, {"clip": 1.5}), (4, {"initial": False, "lens": None}),
-                         (3, {"lbr": 1, "peepholes": True, "input_forget": 1})]:
-        node, feeds, consts = random_case(rng, cell, direction=direction, layout=layout, batch=batch,
-                                          T=int(rng.integers(1, 9)), I=int(rng.integers(1, 7)),
-                                          H=int(rng.integers(1, 19)), **extra)
+    for batch, extra in [
+        (1, {}),
+        (3, {"clip": 1.5}),
+        (4, {"initial": False, "lens": None}),
+        (3, {"lbr": 1, "peepholes": True, "input_forget": 1}),
+    ]:
+        node, feeds, consts = random_case(
+            rng,
+            cell,
+            direction=direction,
+            layout=layout,
+            batch=batch,
+            T=int(rng.integers(1, 9)),
+            I=int(rng.integers(1, 7)),
+            H=int(rng.integers(1, 19)),
+            **extra,
+        )
         assert_close(run_node(node, feeds, consts), oracle(node, feeds, consts), FP32, f"{cell} {extra}")
 
 
@@ -160,8 +213,9 @@ def test_length_zero_row_keeps_initial_state(cell):
 @pytest.mark.parametrize("cell", ["GRU", "LSTM"])
 def test_long_sequence_fast_activations_stay_in_fp32_tolerance(cell):
     # 400 steps, saturating pre-activations (scale 1): the approximated tanh/sigmoid must not drift
-    node, feeds, consts = random_case(np.random.default_rng(2), cell, batch=2, T=400, I=16, H=48, lens=None,
-                                      scale=0.4, peepholes=cell == "LSTM")
+    node, feeds, consts = random_case(
+        np.random.default_rng(2), cell, batch=2, T=400, I=16, H=48, lens=None, scale=0.4, peepholes=cell == "LSTM"
+    )
     assert_close(run_node(node, feeds, consts), oracle(node, feeds, consts), FP32)
 
 
@@ -189,14 +243,18 @@ def test_threads(threads):
 
 # --- vs onnx.reference and onnxruntime ----------------------------------------------------------
 
+
 def single_node_model(node, feeds, consts):
     g = helper.make_graph(
-        [node], "g",
+        [node],
+        "g",
         [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for n, v in feeds.items()],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in node.output],
-        [numpy_helper.from_array(v, n) for n, v in consts.items()])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 14), helper.make_opsetid("com.microsoft", 1)],
-                             ir_version=8)
+        [numpy_helper.from_array(v, n) for n, v in consts.items()],
+    )
+    return helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", 14), helper.make_opsetid("com.microsoft", 1)], ir_version=8
+    )
 
 
 @pytest.mark.parametrize("layout", [0, 1])
@@ -206,8 +264,9 @@ def test_vs_onnx_reference(cell, lbr, layout):
 
     rng = np.random.default_rng(4)
     for direction in ("forward", "bidirectional"):  # the reference ignores sequence_lens and clip
-        node, feeds, consts = random_case(rng, cell, direction=direction, layout=layout, lens=None, lbr=lbr,
-                                          peepholes=cell == "LSTM")
+        node, feeds, consts = random_case(
+            rng, cell, direction=direction, layout=layout, lens=None, lbr=lbr, peepholes=cell == "LSTM"
+        )
         want = ReferenceEvaluator(single_node_model(node, feeds, consts)).run(None, feeds)
         assert_close(run_node(node, feeds, consts), dict(zip(node.output, want)), FP32, direction)
 
@@ -227,11 +286,13 @@ def test_vs_onnxruntime(cell, direction):
     # onnxruntime's CPU RNN ops take layout 0 only; lengths >= 1 (length 0 is ours to define)
     for extra in [{}, {"clip": 0.8, "lbr": 1, "peepholes": True}, {"batch": 1, "input_forget": 1}]:
         node, feeds, consts = random_case(rng, cell, direction=direction, T=7, **extra)
-        assert_close(run_node(node, feeds, consts), _ort(single_node_model(node, feeds, consts), feeds), FP32,
-                     str(extra))
+        assert_close(
+            run_node(node, feeds, consts), _ort(single_node_model(node, feeds, consts), feeds), FP32, str(extra)
+        )
 
 
 # --- int8 -----------------------------------------------------------------------------------------
+
 
 def quantize_rows(w, zero_point=False):
     """Symmetric int8 per output row of each direction, as the graph loader hands them over."""
@@ -247,8 +308,9 @@ def test_quantized_weights_vs_dequantized_oracle(cell):
     # int16 parts, rnn._matvec_q16), so the stated tolerance is FP32's, not a quantization error.
     rng = np.random.default_rng(6)
     for direction, lbr in [("forward", 0), ("bidirectional", 1)]:
-        node, feeds, consts = random_case(rng, cell, direction=direction, lbr=lbr, H=19, I=11, T=9,
-                                          peepholes=cell == "LSTM")
+        node, feeds, consts = random_case(
+            rng, cell, direction=direction, lbr=lbr, H=19, I=11, T=9, peepholes=cell == "LSTM"
+        )
         qconsts = dict(consts, W=quantize_rows(consts["W"]), R=quantize_rows(consts["R"]))
         deq = dict(consts, W=qconsts["W"].dequantize(), R=qconsts["R"].dequantize())
         got = run_node(node, feeds, qconsts)
@@ -265,7 +327,9 @@ def test_quantized_weight_per_tensor_with_zero_point():
         w = consts[k]
         scale = np.float32((w.max() - w.min()) / 255)
         zp = np.uint8(np.round(-w.min() / scale))
-        qs[k] = QuantizedWeight(np.clip(np.round(w / scale) + zp, 0, 255).astype(np.uint8), np.array(scale), np.array(zp))
+        qs[k] = QuantizedWeight(
+            np.clip(np.round(w / scale) + zp, 0, 255).astype(np.uint8), np.array(scale), np.array(zp)
+        )
     deq = dict(consts, W=qs["W"].dequantize(), R=qs["R"].dequantize())
     assert_close(run_node(node, feeds, dict(consts, **qs)), oracle(node, feeds, deq), FP32)
 
@@ -309,16 +373,30 @@ def test_dynamic_quantize_lstm_uint8_zero_points_vs_onnxruntime():
     r_scale = (np.abs(Rf).max(axis=1) / 127).astype(np.float32)  # [nd, 4H]
     r_zp = np.full((nd, 4 * H), 128, np.uint8)
     Rq = np.clip(np.round(Rf / r_scale[:, None]) + r_zp[:, None], 0, 255).astype(np.uint8)
-    consts = {"W": Wq, "R": Rq, "B": rng.normal(size=(nd, 8 * H)).astype(np.float32),
-              "P": rng.normal(size=(nd, 3 * H)).astype(np.float32),
-              "W_scale": w_scale, "W_zero_point": w_zp, "R_scale": r_scale, "R_zero_point": r_zp}
-    node = helper.make_node("DynamicQuantizeLSTM", ["X", "W", "R", "B", "sequence_lens", "", "", "P", "W_scale",
-                                                    "W_zero_point", "R_scale", "R_zero_point"],
-                            ["Y", "Y_h", "Y_c"], domain="com.microsoft", hidden_size=H, direction="bidirectional",
-                            name="dq_0")
+    consts = {
+        "W": Wq,
+        "R": Rq,
+        "B": rng.normal(size=(nd, 8 * H)).astype(np.float32),
+        "P": rng.normal(size=(nd, 3 * H)).astype(np.float32),
+        "W_scale": w_scale,
+        "W_zero_point": w_zp,
+        "R_scale": r_scale,
+        "R_zero_point": r_zp,
+    }
+    node = helper.make_node(
+        "DynamicQuantizeLSTM",
+        ["X", "W", "R", "B", "sequence_lens", "", "", "P", "W_scale", "W_zero_point", "R_scale", "R_zero_point"],
+        ["Y", "Y_h", "Y_c"],
+        domain="com.microsoft",
+        hidden_size=H,
+        direction="bidirectional",
+        name="dq_0",
+    )
     X = rng.normal(size=(6, 2, I)).astype(np.float32)
-    for feeds in ({"X": X, "sequence_lens": np.array([6, 3], np.int32)},  # ragged batch
-                  {"X": X[:, :1], "sequence_lens": np.array([6], np.int32)}):  # batch 1
+    for feeds in (
+        {"X": X, "sequence_lens": np.array([6, 3], np.int32)},  # ragged batch
+        {"X": X[:, :1], "sequence_lens": np.array([6], np.int32)},
+    ):  # batch 1
         got = run_node(node, feeds, consts)
         ort_out = _ort(single_node_model(node, feeds, consts), feeds)
         # X and h quantized to uint8 at run time as onnxruntime does: at batch 1 (one parameter set
@@ -327,22 +405,35 @@ def test_dynamic_quantize_lstm_uint8_zero_points_vs_onnxruntime():
         assert_close(got, ort_out, FP32 if bn == 1 else INT8, f"batch {bn} vs onnxruntime")
         # ... and per batch row in a batch, where onnxruntime's one set for the whole batch differs
         # by about one activation step: the oracle computes onnxruntime's algorithm row by row
-        want = naive_dq_lstm(feeds["X"], Wq, np.broadcast_to(w_scale[:, None], (nd, 4 * H)),
-                             np.broadcast_to(w_zp[:, None], (nd, 4 * H)).astype(np.float64), Rq, r_scale,
-                             r_zp.astype(np.float64), consts["B"], feeds["sequence_lens"], consts["P"],
-                             direction="bidirectional")
+        want = naive_dq_lstm(
+            feeds["X"],
+            Wq,
+            np.broadcast_to(w_scale[:, None], (nd, 4 * H)),
+            np.broadcast_to(w_zp[:, None], (nd, 4 * H)).astype(np.float64),
+            Rq,
+            r_scale,
+            r_zp.astype(np.float64),
+            consts["B"],
+            feeds["sequence_lens"],
+            consts["P"],
+            direction="bidirectional",
+        )
         assert_close(got, dict(zip(["Y", "Y_h", "Y_c"], want)), FP32, "vs the per-row oracle")
 
 
 # --- refusals and plain-Python kernels -----------------------------------------------------------
 
-@pytest.mark.parametrize("cell,attrs,needle", [
-    ("RNN", {"activations": ["Relu"]}, "activations"),
-    ("GRU", {"activations": ["Sigmoid", "Tanh"], "activation_alpha": [1.0]}, "activation_alpha"),
-    ("LSTM", {"layout": 2}, "layout=2"),
-    ("GRU", {"direction": "sideways"}, "direction"),
-    ("LSTM", {"activations": ["Sigmoid", "Tanh", "Relu"]}, "activations"),
-])
+
+@pytest.mark.parametrize(
+    "cell,attrs,needle",
+    [
+        ("RNN", {"activations": ["Relu"]}, "activations"),
+        ("GRU", {"activations": ["Sigmoid", "Tanh"], "activation_alpha": [1.0]}, "activation_alpha"),
+        ("LSTM", {"layout": 2}, "layout=2"),
+        ("GRU", {"direction": "sideways"}, "direction"),
+        ("LSTM", {"activations": ["Sigmoid", "Tanh", "Relu"]}, "activations"),
+    ],
+)
 def test_unsupported_attribute_is_refused(cell, attrs, needle):
     _, _, consts = random_case(np.random.default_rng(0), cell)
     node = helper.make_node(cell, ["X", "W", "R", "B"], ["Y"], name="bad_node", hidden_size=5, **attrs)
@@ -362,7 +453,8 @@ def test_kernels_are_valid_python():
         "    node, feeds, consts = random_case(np.random.default_rng(0), cell, direction='bidirectional',"
         " T=3, H=3, I=2, batch=2, peepholes=cell == 'LSTM', clip=2.0)\n"
         "    assert_close(run_node(node, feeds, consts), oracle(node, feeds, consts), FP32, cell)\n"
-        "print('ok')\n")
+        "print('ok')\n"
+    )
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")
     r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
@@ -457,6 +549,7 @@ def test_u8_dot_kernels_are_exact(K, C):
     from naive_rnn import quantize_u8, uint8_params
 
     from rnnkit.runtime.numba_backend import qdot
+
     rng = np.random.default_rng(K)
     M = rng.integers(-128, 128, (1, K, C)).astype(np.int8)
     ws, wz = (rng.random(C) * 0.01).astype(np.float32), np.full(C, 3, np.float32)
@@ -485,20 +578,30 @@ def test_dynamic_quantize_lstm_rows_do_not_depend_on_their_batch():
     H, I, G = 32, 16, 128
     Wq, Rq = (rng.integers(-127, 128, (2, k, G)).astype(np.int8) for k in (I, H))
     scale, zp = np.full((2, G), 0.01, np.float32), np.zeros((2, G), np.float32)
-    packed = rnn.PackedRNN(rnn.LSTM, H, (Wq, scale, zp), (Rq, scale, zp), rng.standard_normal((2, 2 * G)).astype(
-        np.float32), None, dynamic=True)
+    packed = rnn.PackedRNN(
+        rnn.LSTM,
+        H,
+        (Wq, scale, zp),
+        (Rq, scale, zp),
+        rng.standard_normal((2, 2 * G)).astype(np.float32),
+        None,
+        dynamic=True,
+    )
     lens = np.array([9, 3, 5, 1, 9, 7, 2, 4])
     X = rng.standard_normal((9, 8, I)).astype(np.float32)
     for r, n in enumerate(lens):
         X[n:, r] = 0
     batch = rnn.run(packed, X, "bidirectional", sequence_lens=lens, threads=1)
-    Y1, h1, c1 = rnn.run(packed, np.ascontiguousarray(X.transpose(1, 0, 2)), "bidirectional", layout=1,
-                         sequence_lens=lens)  # (B, T, nd, H), (B, nd, H)
-    for got in (rnn.run(packed, X, "bidirectional", sequence_lens=lens, threads=2),
-                (Y1.transpose(1, 2, 0, 3), h1.transpose(1, 0, 2), c1.transpose(1, 0, 2))):
+    Y1, h1, c1 = rnn.run(
+        packed, np.ascontiguousarray(X.transpose(1, 0, 2)), "bidirectional", layout=1, sequence_lens=lens
+    )  # (B, T, nd, H), (B, nd, H)
+    for got in (
+        rnn.run(packed, X, "bidirectional", sequence_lens=lens, threads=2),
+        (Y1.transpose(1, 2, 0, 3), h1.transpose(1, 0, 2), c1.transpose(1, 0, 2)),
+    ):
         for g, w in zip(got, batch):
             np.testing.assert_array_equal(g, w)
     for r in (1, 3, 7):
-        alone = rnn.run(packed, X[:lens[r], r:r + 1], "bidirectional", sequence_lens=lens[r:r + 1])
-        np.testing.assert_array_equal(alone[1], batch[1][:, r:r + 1])
-        np.testing.assert_array_equal(alone[0][:, :, 0], batch[0][:lens[r], :, r])
+        alone = rnn.run(packed, X[: lens[r], r : r + 1], "bidirectional", sequence_lens=lens[r : r + 1])
+        np.testing.assert_array_equal(alone[1], batch[1][:, r : r + 1])
+        np.testing.assert_array_equal(alone[0][:, :, 0], batch[0][: lens[r], :, r])

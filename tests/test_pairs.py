@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from rnnkit.runtime.errors import BundleError, InputError
-from rnnkit.runtime.tokenizer import (BOS_ID, EOS_ID, TARGET_SPECIALS, CharTokenizer, WordTokenizer,
-                                      tokenizer_from_dict)
+from rnnkit.runtime.tokenizer import BOS_ID, EOS_ID, TARGET_SPECIALS, CharTokenizer, WordTokenizer, tokenizer_from_dict
 from rnnkit.toolkit.pairs import group_pairs, group_split, read_cmudict, read_pairs, read_tatoeba, read_tsv
 
 CMUDICT = """;;; a comment line
@@ -30,8 +29,9 @@ def test_read_tsv_ignores_extra_columns_and_reads_gzip(tmp_path):
     assert read_tsv(tmp_path / "p.tsv") == read_tsv(tmp_path / "p.tsv.gz") == [("go .", "va !"), ("hi", "salut")]
 
 
-@pytest.mark.parametrize("line, what", [("no tab here", "no tab"), ("src\t  ", "empty target"),
-                                        ("\ttgt", "empty source")])
+@pytest.mark.parametrize(
+    "line, what", [("no tab here", "no tab"), ("src\t  ", "empty target"), ("\ttgt", "empty source")]
+)
 def test_bad_tsv_line_names_file_and_line(tmp_path, line, what):
     p = tmp_path / "bad.tsv"
     p.write_text(f"a\tb\nc\td\n{line}\n", encoding="utf-8")
@@ -51,8 +51,13 @@ def test_cmudict_comments_alternates_and_stress(tmp_path):
     p = tmp_path / "cmu.dict"
     p.write_text(CMUDICT, encoding="utf-8")
     pairs = read_cmudict(p)
-    assert pairs == [("'bout", "B AW T"), ("abbe", "AE B IY"), ("abbe", "AE B EY"),
-                     ("aalborg", "AO L B AO R G"), ("zywicki", "Z IH W IH K IY")]
+    assert pairs == [
+        ("'bout", "B AW T"),
+        ("abbe", "AE B IY"),
+        ("abbe", "AE B EY"),
+        ("aalborg", "AO L B AO R G"),
+        ("zywicki", "Z IH W IH K IY"),
+    ]
     assert read_cmudict(p, keep_stress=True)[2] == ("abbe", "AE0 B EY1")
     assert [e.references for e in group_pairs(pairs) if e.source == "abbe"] == [("AE B IY", "AE B EY")]
     p.write_text("abbe\n", encoding="utf-8")
@@ -71,7 +76,7 @@ def random_pairs(n_sources: int, seed: int) -> list[tuple[str, str]]:
     rng = np.random.default_rng(seed)
     pairs = []
     for i in range(n_sources):
-        for k in range(int(rng.integers(1, 4))):   # 1-3 references per source
+        for k in range(int(rng.integers(1, 4))):  # 1-3 references per source
             pairs.append((f"src{i}", f"tgt{i}-{k}"))
     order = rng.permutation(len(pairs))
     return [pairs[i] for i in order]
@@ -97,9 +102,9 @@ def test_char_tokenizer_lowercase_is_serialised_and_old_dicts_still_load():
     assert "H" not in tok.vocab and tok.encode("HELLO") == tok.encode("hello")
     again = tokenizer_from_dict(tok.to_dict())
     assert again.lowercase and again.encode("HeLLo") == tok.encode("hello")
-    old = {"level": "char", "normalization": "NFC", "vocab": ["<pad>", "<unk>", "a", "B"]}   # before the option
+    old = {"level": "char", "normalization": "NFC", "vocab": ["<pad>", "<unk>", "a", "B"]}  # before the option
     assert not CharTokenizer.from_dict(old).lowercase and CharTokenizer.from_dict(old).encode("B") == [3]
-    assert CharTokenizer(old["vocab"]).to_dict() == old          # unchanged form when the option is off
+    assert CharTokenizer(old["vocab"]).to_dict() == old  # unchanged form when the option is off
     with pytest.raises(BundleError, match="'tokenizer.lowercase' is 'yes'"):
         CharTokenizer.from_dict({**old, "lowercase": "yes"})
 
@@ -109,12 +114,12 @@ def test_target_tokenizers_have_bos_eos_and_decode_target():
     assert phones.vocab[:4] == list(TARGET_SPECIALS) and phones.tokenize("AH B") == ["AH", "B"]
     ids = phones.encode("K AH T")
     assert phones.decode_target([BOS_ID, *ids, EOS_ID, *ids]) == "K AH T"
-    assert phones.decode_target(ids) == "K AH T"                      # no </s>: the whole row
+    assert phones.decode_target(ids) == "K AH T"  # no </s>: the whole row
     assert WordTokenizer.from_dict(phones.to_dict()).vocab == phones.vocab
     chars = CharTokenizer.build(["chat", "chien"], specials=TARGET_SPECIALS)
     assert chars.decode_target([BOS_ID, *chars.encode("chat"), EOS_ID, 5]) == "chat"
-    assert CharTokenizer.from_dict(chars.to_dict()).vocab == chars.vocab   # <s>, </s> allowed at ids 2, 3
-    moved = {**chars.to_dict(), "vocab": ["<pad>", "<unk>", "</s>", "<s>"]}   # swapped
+    assert CharTokenizer.from_dict(chars.to_dict()).vocab == chars.vocab  # <s>, </s> allowed at ids 2, 3
+    moved = {**chars.to_dict(), "vocab": ["<pad>", "<unk>", "</s>", "<s>"]}  # swapped
     with pytest.raises(BundleError, match="longer than one character"):
         CharTokenizer.from_dict(moved)
 
@@ -131,15 +136,21 @@ def test_g2p_recipe_writes_the_published_split_without_training(tmp_path):
 
     if not (SHARED / "cmudict" / "cmudict.dict").is_file():
         pytest.skip("../shared/datasets/cmudict is absent (CI has it)")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "g2p_cmudict.py"), "--split-only", "--out", str(tmp_path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "g2p_cmudict.py"), "--split-only", "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
     words = {}
     for name in ("train", "dev", "test"):
         pairs = read_tsv(tmp_path / f"{name}.tsv")
         words[name] = {p[0] for p in pairs}
         assert len(pairs) >= len(words[name]) > 0
-    assert not (words["train"] & words["test"]) and not (words["train"] & words["dev"]) \
+    assert (
+        not (words["train"] & words["test"])
+        and not (words["train"] & words["dev"])
         and not (words["dev"] & words["test"])
+    )
     total = sum(len(w) for w in words.values())
     assert abs(len(words["test"]) / total - 0.10) < 0.01 and abs(len(words["dev"]) / total - 0.05) < 0.01
     assert not (tmp_path / "ckpt").exists()  # no training happened

@@ -12,25 +12,51 @@ import csv
 import io
 import json
 import os
-import socket
 import re
+import socket
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rnnkit.runtime.batch import run_items
 from rnnkit.runtime.errors import InputError
 from rnnkit.runtime.io import atomic_writer
 from rnnkit.runtime.records import read_records
 
-PROPERTY = settings(derandomize=True, max_examples=150, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PROPERTY = settings(
+    derandomize=True,
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # pieces that broke (or could break) the old readers, mixed with arbitrary characters
-PIECES = ['"', '""', "'", ",", "\t", "\r", "\r\n", "\n", "\u2028", "\u2029", "\x0b", "\x0c", "\x1c", "\x85",
-          "\ufeff", "\x00", "\U0001F600", " ", "\\", "{", "}"]
-chars = st.characters(exclude_categories=("Cs",))           # any code point but a surrogate
+PIECES = [
+    '"',
+    '""',
+    "'",
+    ",",
+    "\t",
+    "\r",
+    "\r\n",
+    "\n",
+    "\u2028",
+    "\u2029",
+    "\x0b",
+    "\x0c",
+    "\x1c",
+    "\x85",
+    "\ufeff",
+    "\x00",
+    "\U0001f600",
+    " ",
+    "\\",
+    "{",
+    "}",
+]
+chars = st.characters(exclude_categories=("Cs",))  # any code point but a surrogate
 piece = st.one_of(st.sampled_from(PIECES), st.text(chars, max_size=6))
 short_text = st.lists(piece, max_size=10).map("".join)
 long_text = st.builds(lambda c, n: c * n, st.sampled_from(['"', "a", "\t", "é"]), st.integers(1000, 30_000))
@@ -61,7 +87,7 @@ def test_csv_written_by_csv_writer_reads_back_exactly(texts, bom, ending):
     writer.writerow(["id", "text"])
     starts = []
     for i, t in enumerate(texts):
-        starts.append(out.getvalue().count("\n") + 1)       # the physical line the row starts on
+        starts.append(out.getvalue().count("\n") + 1)  # the physical line the row starts on
         writer.writerow([i, t])
     data = ("\ufeff" if bom else "").encode() + out.getvalue().encode("utf-8")
     rows = records(data, "csv", ("id", "text"))
@@ -76,7 +102,8 @@ def test_csv_written_by_csv_writer_reads_back_exactly(texts, bom, ending):
 @given(texts=st.lists(text, max_size=12), ascii_only=st.booleans(), bom=st.booleans())
 def test_jsonl_written_by_json_dumps_reads_back_exactly(texts, ascii_only, bom):
     data = ("\ufeff" if bom else "").encode() + "".join(
-        json.dumps({"text": t, "n": i}, ensure_ascii=ascii_only) + "\n" for i, t in enumerate(texts)).encode()
+        json.dumps({"text": t, "n": i}, ensure_ascii=ascii_only) + "\n" for i, t in enumerate(texts)
+    ).encode()
     rows = records(data, "jsonl")
     assert [r.values["text"] for r in rows] == texts and line_numbers(rows) == list(range(1, len(texts) + 1))
 
@@ -104,7 +131,7 @@ def test_tsv_reads_back_exactly(texts, bom, ending):
 @PROPERTY
 @given(texts=st.lists(text, max_size=12), bom=st.booleans(), ending=st.sampled_from(["\r\n", "\n"]))
 def test_txt_reads_back_exactly_and_stdin_equals_file(tmp_path_factory, texts, bom, ending):
-    texts = [t for t in (_line_safe(t, tabs=True) for t in texts) if t.strip(" \t\r")]   # blank lines are skipped
+    texts = [t for t in (_line_safe(t, tabs=True) for t in texts) if t.strip(" \t\r")]  # blank lines are skipped
     # a file starting with U+FEFF is read as starting with a BOM: a writer of such a text adds one
     bom = bom or bool(texts and texts[0].startswith("\ufeff"))
     data = ("\ufeff" if bom else "").encode() + "".join(t + ending for t in texts).encode()
@@ -113,14 +140,32 @@ def test_txt_reads_back_exactly_and_stdin_equals_file(tmp_path_factory, texts, b
     path = tmp_path_factory.mktemp("txt") / "in.txt"
     path.write_bytes(data)
     from_file = list(read_records(path, ("text",)))
-    from_stdin = list(read_records(io.BytesIO(data), ("text",), name=str(path)))     # a stream: plain text
+    from_stdin = list(read_records(io.BytesIO(data), ("text",), name=str(path)))  # a stream: plain text
     assert from_stdin == from_file and [r.values for r in from_file] == [r.values for r in rows]
 
 
 # -- garbage ---------------------------------------------------------------------------------
-garbage = st.one_of(st.binary(max_size=40), st.sampled_from([
-    b"\xff\xfe bad", b"caf\xe9", b'{"text": ', b'{"text": NaN}', b'{"text": "\\ud800"}', b'{"text": true}',
-    b"[" * 5000, b"\t\t", b'"unclosed', b'a"b', b"\r", b"   ", b"\x00\x00", b"\xed\xa0\x80"]))
+garbage = st.one_of(
+    st.binary(max_size=40),
+    st.sampled_from(
+        [
+            b"\xff\xfe bad",
+            b"caf\xe9",
+            b'{"text": ',
+            b'{"text": NaN}',
+            b'{"text": "\\ud800"}',
+            b'{"text": true}',
+            b"[" * 5000,
+            b"\t\t",
+            b'"unclosed',
+            b'a"b',
+            b"\r",
+            b"   ",
+            b"\x00\x00",
+            b"\xed\xa0\x80",
+        ]
+    ),
+)
 
 
 def _mixed(draw_lines, good_lines):
@@ -132,8 +177,11 @@ def _mixed(draw_lines, good_lines):
 
 @pytest.mark.slow
 @PROPERTY
-@given(fmt=st.sampled_from(["txt", "tsv", "jsonl"]), texts=st.lists(short_text, max_size=8),
-       junk=st.lists(st.tuples(st.integers(0, 100), garbage), max_size=8))
+@given(
+    fmt=st.sampled_from(["txt", "tsv", "jsonl"]),
+    texts=st.lists(short_text, max_size=8),
+    junk=st.lists(st.tuples(st.integers(0, 100), garbage), max_size=8),
+)
 def test_garbage_lines_cost_exactly_themselves(fmt, texts, junk):
     texts = [_line_safe(t, tabs=False) for t in texts]
     if fmt == "jsonl":
@@ -141,28 +189,28 @@ def test_garbage_lines_cost_exactly_themselves(fmt, texts, junk):
     elif fmt == "tsv":
         good = [f"{t}\t1".encode() for t in texts]
     else:
-        good = [b"first line"] + [t.encode() for t in texts]       # line 1 stays clean (BOM rule)
+        good = [b"first line"] + [t.encode() for t in texts]  # line 1 stays clean (BOM rule)
     data = _mixed(junk, good)
     header = b"text\tlabel\n" if fmt == "tsv" else b""
     rows = records(header + data, fmt, ("text", "label") if fmt == "tsv" else ("text",))
-    assert len(rows) == non_blank_lines(data)                       # rows in = good + bad
+    assert len(rows) == non_blank_lines(data)  # rows in = good + bad
     assert line_numbers(rows) == sorted(set(line_numbers(rows)))
     assert all((r.values is None) != (r.error is None) for r in rows)
     for r in rows:
         if r.values:
-            json.dumps(r.values, ensure_ascii=False).encode("utf-8")    # whatever is good can be written
+            json.dumps(r.values, ensure_ascii=False).encode("utf-8")  # whatever is good can be written
 
 
 @pytest.mark.slow
 @PROPERTY
 @given(texts=st.lists(short_text, max_size=8), junk=st.lists(st.tuples(st.integers(0, 100), garbage), max_size=8))
 def test_csv_garbage_without_quotes_costs_exactly_itself(texts, junk):
-    pieces = []                                     # (row index or None for junk, bytes ending in \n)
+    pieces = []  # (row index or None for junk, bytes ending in \n)
     for i, t in enumerate(texts):
         out = io.StringIO(newline="")
         csv.writer(out).writerow([i, t])
         pieces.append((i, out.getvalue().encode()))
-    for position, j in junk:                        # between rows, never inside a multi-line row
+    for position, j in junk:  # between rows, never inside a multi-line row
         pieces.insert(position % (len(pieces) + 1), (None, j.replace(b'"', b"'") + b"\n"))
     data, starts = b"id,text\n", {}
     for i, piece in pieces:
@@ -186,26 +234,50 @@ def test_any_bytes_never_raise_past_the_header(data, fmt):
 
 # -- single cases ----------------------------------------------------------------------------
 def test_imdb_style_tsv_quotes_are_text():
-    lines = ['"A masterpiece" says nobody.\t0', '"Unclosed quote at the start.\t1', "Plain line.\t1",
-             'Mid "quote" here.\t0', '"\t1']
+    lines = [
+        '"A masterpiece" says nobody.\t0',
+        '"Unclosed quote at the start.\t1',
+        "Plain line.\t1",
+        'Mid "quote" here.\t0',
+        '"\t1',
+    ]
     rows = records(("sentence\tlabel\n" + "\n".join(lines) + "\n").encode(), "tsv", ("sentence", "label"))
     assert [r.values["sentence"] for r in rows] == [line.split("\t")[0] for line in lines]
 
 
 def test_csv_malformed_records_cost_only_themselves():
-    data = (b'text,label\n"never closed,a\nnext,b\n"ok ""quoted""",c\n"x"y,d\nlast,e\n'
-            b'"multi\nline",f\n"unterminated at the end')
+    data = (
+        b'text,label\n"never closed,a\nnext,b\n"ok ""quoted""",c\n"x"y,d\nlast,e\n'
+        b'"multi\nline",f\n"unterminated at the end'
+    )
     rows = records(data, "csv", ("text", "label"))
     assert [(line_numbers([r])[0], r.values and r.values["text"], (r.error or "")[:30]) for r in rows] == [
-        (2, None, "the quote opened at line 2, co"), (3, "next", ""), (4, 'ok "quoted"', ""),
-        (5, None, "text after the closing quote a"), (6, "last", ""), (7, "multi\nline", ""),
-        (9, None, "the quote opened at line 9, co")]
+        (2, None, "the quote opened at line 2, co"),
+        (3, "next", ""),
+        (4, 'ok "quoted"', ""),
+        (5, None, "text after the closing quote a"),
+        (6, "last", ""),
+        (7, "multi\nline", ""),
+        (9, None, "the quote opened at line 9, co"),
+    ]
 
 
 def test_jsonl_bad_records_name_line_and_type():
-    lines = [b'{"text": "ok"}', b'{"text": true}', b'{"text": 5}', b'{"text": null}', b'{"text": ["a"]}',
-             b'{"text": NaN}', b'{"text": -Infinity}', b"[" * 100_000, b'{"text": "\\ud800 x"}', b'"just a string"',
-             b'{"text": "a", "text": "b"}', b'{"txt": "a"}', b"\xff"]
+    lines = [
+        b'{"text": "ok"}',
+        b'{"text": true}',
+        b'{"text": 5}',
+        b'{"text": null}',
+        b'{"text": ["a"]}',
+        b'{"text": NaN}',
+        b'{"text": -Infinity}',
+        b"[" * 100_000,
+        b'{"text": "\\ud800 x"}',
+        b'"just a string"',
+        b'{"text": "a", "text": "b"}',
+        b'{"txt": "a"}',
+        b"\xff",
+    ]
     rows = records(b"\n".join(lines), "jsonl", hint={"text": "--text-field", "encoding": "--encoding"})
     errors = [r.error for r in rows]
     assert errors[0] is None and len(rows) == len(lines)
@@ -230,8 +302,11 @@ def test_whole_file_problems_raise_at_once(tmp_path):
         read_records(io.BytesIO(b""), encoding="utf-16")
     with pytest.raises(InputError, match="unknown encoding 'utf-9'"):
         read_records(io.BytesIO(b""), encoding="utf-9")
-    with pytest.raises(InputError, match=r"in:1: header has no column 'text'; available columns: 'txt', 'label'"
-                                         r" -- the first row must be a header; choose the column with text_field="):
+    with pytest.raises(
+        InputError,
+        match=r"in:1: header has no column 'text'; available columns: 'txt', 'label'"
+        r" -- the first row must be a header; choose the column with text_field=",
+    ):
         records(b"\xef\xbb\xbftxt,label\na,b\n", "csv", hint={"text": "text_field="})
     with pytest.raises(InputError, match=r"in:2: the header row is unreadable: invalid utf-8"):
         records(b"\n\xfftext\tlabel\na\tb\n", "tsv")
@@ -270,12 +345,12 @@ def test_run_items_sets_bad_items_aside_in_few_calls():
     assert results == [i.upper() if i else None for i in items]
     assert [p for p, _ in errors] == [i for i, item in enumerate(items) if not item]
     assert errors[0][1] == "text ('') has no tokens"
-    assert len(calls) < 4 * 100 + 2            # about 3 calls per bad item, not one per item
+    assert len(calls) < 4 * 100 + 2  # about 3 calls per bad item, not one per item
 
 
 def test_run_items_does_not_trust_a_wrong_item_number():
     items = ["a", "b", "", "c"]
-    run, _ = fake_model(renumber=-1)           # names the item before the bad one
+    run, _ = fake_model(renumber=-1)  # names the item before the bad one
     results, errors = run_items(run, items, 8)
     assert results == ["A", "B", None, "C"] and [p for p, _ in errors] == [2]
 
@@ -293,16 +368,17 @@ def _host():
 
 def test_atomic_writer_removes_partials_of_dead_processes_only(tmp_path):
     target = tmp_path / "out.jsonl"
-    dead = tmp_path / f".out.jsonl.{_host()}-{2 ** 22 + 12345}.abcd.partial"    # above pid_max: never alive
+    dead = tmp_path / f".out.jsonl.{_host()}-{2**22 + 12345}.abcd.partial"  # above pid_max: never alive
     alive = tmp_path / f".out.jsonl.{_host()}-{os.getpid()}.ef01.partial"
     other_host = tmp_path / ".out.jsonl.elsewhere-1.0000.partial"
-    other_target = tmp_path / f".other.jsonl.{_host()}-{2 ** 22 + 12345}.abcd.partial"
+    other_target = tmp_path / f".other.jsonl.{_host()}-{2**22 + 12345}.abcd.partial"
     for p in (dead, alive, other_host, other_target):
         p.write_text("half")
     with atomic_writer(target) as handle:
         handle.write("done\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["out.jsonl", alive.name, other_host.name, other_target.name])
+        ["out.jsonl", alive.name, other_host.name, other_target.name]
+    )
 
 
 def test_atomic_writer_follows_the_umask(tmp_path):
@@ -325,7 +401,7 @@ def imdb_like(n: int = 1000, seed: int = 3) -> list[tuple[str, int]]:
     from conftest import synthetic_texts
 
     texts, labels = synthetic_texts(n, seed)
-    shapes = ['"{}" said nobody.', '"{}', "{} \"really\".", "{}", "'{}'", '""{}""', "{}\""]
+    shapes = ['"{}" said nobody.', '"{}', '{} "really".', "{}", "'{}'", '""{}""', '{}"']
     return [(shapes[i % len(shapes)].format(t), int(l == "pos")) for i, (t, l) in enumerate(zip(texts, labels))]
 
 
@@ -364,14 +440,27 @@ def test_stdin_splits_on_newline_only(gru_bundle):
     assert result.exit_code == 0, result.output
     # (JSON lines: one per \n -- str.splitlines() would also cut at the U+2028 the output keeps as is)
     assert [json.loads(line)["text"] for line in result.stdout.split("\n")[:-1]] == [
-        "good\rfilm", "bad\u2028plot\x0bhere\x1cnow"]
+        "good\rfilm",
+        "bad\u2028plot\x0bhere\x1cnow",
+    ]
 
 
 def poison_jsonl(max_length: int) -> tuple[bytes, int, int]:
     """(JSONL bytes, good rows, bad rows): a bad record of every kind between good ones."""
-    bad = [b'{"text": "bad \xff bytes"}', b'{"text": "good", oops}', b"[" * 100_000, b'{"text": "lone \\ud800"}',
-           b'{"text": true}', b'{"text": 12}', b'{"text": null}', b'{"text": NaN}', b'{"text": ""}',
-           b'{"text": "   "}', json.dumps({"text": "film " * (max_length + 5)}).encode(), b'{"review": "x"}']
+    bad = [
+        b'{"text": "bad \xff bytes"}',
+        b'{"text": "good", oops}',
+        b"[" * 100_000,
+        b'{"text": "lone \\ud800"}',
+        b'{"text": true}',
+        b'{"text": 12}',
+        b'{"text": null}',
+        b'{"text": NaN}',
+        b'{"text": ""}',
+        b'{"text": "   "}',
+        json.dumps({"text": "film " * (max_length + 5)}).encode(),
+        b'{"review": "x"}',
+    ]
     good = [json.dumps({"text": t}).encode() for t in ("a good film", "dull plot", "great acting", "weak story")]
     lines = [line for pair in zip(good * 3, bad) for line in pair]
     return b"\n".join(lines) + b"\n\n", len(bad), len(bad)
@@ -394,11 +483,16 @@ def test_local_predict_reports_bad_records_and_goes_on(gru_bundle, tmp_path):
     reasons = [e["error"] for e in bad]
     assert reasons[0].startswith("invalid utf-8 at byte 14") and reasons[1].startswith("invalid JSON at column")
     assert "nested too deeply" in reasons[2] and "lone surrogate U+D800" in reasons[3]
-    assert reasons[4:8] == ["'text' is a boolean (true); expected a string", "'text' is a number (12); expected a string",
-                            "'text' is null; expected a string", "invalid JSON: NaN is not a JSON value (JSON has no "
-                                                                 "NaN or Infinity)"]
+    assert reasons[4:8] == [
+        "'text' is a boolean (true); expected a string",
+        "'text' is a number (12); expected a string",
+        "'text' is null; expected a string",
+        "invalid JSON: NaN is not a JSON value (JSON has no NaN or Infinity)",
+    ]
     assert reasons[8].startswith("empty text") and reasons[9].startswith("empty text")
-    assert reasons[10].startswith(f"text has {max_length_of(gru_bundle) + 5} tokens, more than this bundle's max_length")
+    assert reasons[10].startswith(
+        f"text has {max_length_of(gru_bundle) + 5} tokens, more than this bundle's max_length"
+    )
     assert reasons[11] == "object has no key 'text'; available keys: 'review' -- choose the key with --text-field"
     # without --errors: one line each on stderr; --truncate: the long text is predicted
     result = cli("predict", gru_bundle, "--input", src, "--truncate")
@@ -440,5 +534,5 @@ def test_csv_fast_path_agrees_with_the_parser(line):
     cells, used, problem = _csv_record(deque([(1, line, None)]), lambda: False)
     if fast is not None:
         assert (fast, used, problem) == (cells, 1, None)
-    elif problem is None:              # the parser took it: a quote inside an unquoted field
+    elif problem is None:  # the parser took it: a quote inside an unquoted field
         assert used == 1 and '"' in line

@@ -18,8 +18,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from click.testing import CliRunner  # noqa: E402
-
 from conftest import synthetic_sentences, synthetic_texts  # noqa: E402
+
 from rnnkit.toolkit.cli import cli  # noqa: E402
 
 KILLER = """
@@ -52,46 +52,138 @@ cli(sys.argv[1:], prog_name="rnnkit")
 
 pytestmark = pytest.mark.slow  # subprocesses, compiles or many exports: not in the fast subset
 
-LM_TEXT = ("the cat sat on the mat. the dog ran to the cat. a bird sang in the tree and the cat "
-           "looked up. the mat was red and the tree was green. ")
+LM_TEXT = (
+    "the cat sat on the mat. the dog ran to the cat. a bird sang in the tree and the cat "
+    "looked up. the mat was red and the tree was green. "
+)
 G2P = {"a": "AH", "b": "B", "c": "K", "d": "D", "e": "EH", "o": "OW", "x": "K S"}
 
 
 def classify_data(tmp_path):
     texts, labels = synthetic_texts(160, 0)
     path = tmp_path / "train.jsonl"
-    path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(texts, labels)),
-                    encoding="utf-8")
-    return ["classify", "--train", str(path), "--cell", "gru", "--embed", "8", "--hidden", "8",
-            "--batch-size", "16", "--lr", "0.02", "--dropout", "0.2", "--word-dropout", "0.1", "--threads", "1"]
+    path.write_text(
+        "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(texts, labels)), encoding="utf-8"
+    )
+    return [
+        "classify",
+        "--train",
+        str(path),
+        "--cell",
+        "gru",
+        "--embed",
+        "8",
+        "--hidden",
+        "8",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.02",
+        "--dropout",
+        "0.2",
+        "--word-dropout",
+        "0.1",
+        "--threads",
+        "1",
+    ]
 
 
 def tag_data(tmp_path):
     sentences, tags = synthetic_sentences(120, 0)
     path = tmp_path / "train.tsv"
-    path.write_text("".join("".join(f"{w}\t{t}\n" for w, t in zip(s, ts)) + "\n" for s, ts in zip(sentences, tags)),
-                    encoding="utf-8")
-    return ["tag", "--train", str(path), "--cell", "lstm", "--embed", "8", "--hidden", "8", "--char-embed", "4",
-            "--char-filters", "4", "--batch-size", "16", "--lr", "0.02", "--word-dropout", "0.1", "--threads", "1"]
+    path.write_text(
+        "".join("".join(f"{w}\t{t}\n" for w, t in zip(s, ts)) + "\n" for s, ts in zip(sentences, tags)),
+        encoding="utf-8",
+    )
+    return [
+        "tag",
+        "--train",
+        str(path),
+        "--cell",
+        "lstm",
+        "--embed",
+        "8",
+        "--hidden",
+        "8",
+        "--char-embed",
+        "4",
+        "--char-filters",
+        "4",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.02",
+        "--word-dropout",
+        "0.1",
+        "--threads",
+        "1",
+    ]
 
 
 def lm_data(tmp_path):
     path = tmp_path / "train.txt"
     path.write_text(LM_TEXT * 8, encoding="utf-8")
-    return ["lm", "--train", str(path), "--cell", "lstm", "--layers", "1", "--hidden", "16", "--embed", "8",
-            "--batch-size", "4", "--bptt", "16", "--lr", "0.01", "--dropout", "0.2", "--lr-schedule", "cosine",
-            "--threads", "1"]
+    return [
+        "lm",
+        "--train",
+        str(path),
+        "--cell",
+        "lstm",
+        "--layers",
+        "1",
+        "--hidden",
+        "16",
+        "--embed",
+        "8",
+        "--batch-size",
+        "4",
+        "--bptt",
+        "16",
+        "--lr",
+        "0.01",
+        "--dropout",
+        "0.2",
+        "--lr-schedule",
+        "cosine",
+        "--threads",
+        "1",
+    ]
 
 
 def seq2seq_data(tmp_path):
     import numpy as np
+
     rng = np.random.default_rng(0)
     words = sorted({"".join(rng.choice(list(G2P), size=int(rng.integers(2, 6)))) for _ in range(120)})
     path = tmp_path / "train.tsv"
     path.write_text("".join(f"{w}\t{' '.join(G2P[c] for c in w)}\n" for w in words), encoding="utf-8")
-    return ["seq2seq", "--train", str(path), "--format", "tsv", "--cell", "gru", "--layers", "1", "--hidden", "16",
-            "--embed", "8", "--batch-size", "16", "--lr", "0.01", "--dropout", "0.1", "--teacher-forcing", "0.8",
-            "--dev-split", "0.2", "--threads", "1"]  # scheduled sampling: torch.rand in every step
+    return [
+        "seq2seq",
+        "--train",
+        str(path),
+        "--format",
+        "tsv",
+        "--cell",
+        "gru",
+        "--layers",
+        "1",
+        "--hidden",
+        "16",
+        "--embed",
+        "8",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.01",
+        "--dropout",
+        "0.1",
+        "--teacher-forcing",
+        "0.8",
+        "--dev-split",
+        "0.2",
+        "--threads",
+        "1",
+    ]  # scheduled sampling: torch.rand in every step
 
 
 DATA = {"classify": classify_data, "tag": tag_data, "lm": lm_data, "seq2seq": seq2seq_data}
@@ -103,8 +195,9 @@ def train(args: list[str]):
 
 def train_killed(args: list[str], kill_at: int | str) -> subprocess.CompletedProcess:
     env = dict(os.environ, KILL_AT=str(kill_at))
-    return subprocess.run([sys.executable, "-c", KILLER, "train", *args], capture_output=True, text=True,
-                          timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", KILLER, "train", *args], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def record(out) -> dict:
@@ -126,14 +219,17 @@ def assert_same_checkpoint(a, b):
     assert record(a) == record(b)
 
 
-@pytest.mark.parametrize("task,epochs,kill_at,resume_epochs", [
-    ("classify", 4, 4, 4),        # killed in its last epoch
-    ("classify", 2, 2, 4),        # killed in its last epoch, resumed for more (constant learning rate)
-    ("classify", 3, "final", 3),  # all epochs done, killed writing the final checkpoint
-    ("tag", 3, 3, 3),             # char CNN features, per-word dropout probabilities
-    ("lm", 3, 3, 3),              # batches in order, recurrent state carried window to window; cosine
-    ("seq2seq", 3, 3, 3),         # scheduled sampling, dev decoding, cosine
-])
+@pytest.mark.parametrize(
+    "task,epochs,kill_at,resume_epochs",
+    [
+        ("classify", 4, 4, 4),  # killed in its last epoch
+        ("classify", 2, 2, 4),  # killed in its last epoch, resumed for more (constant learning rate)
+        ("classify", 3, "final", 3),  # all epochs done, killed writing the final checkpoint
+        ("tag", 3, 3, 3),  # char CNN features, per-word dropout probabilities
+        ("lm", 3, 3, 3),  # batches in order, recurrent state carried window to window; cosine
+        ("seq2seq", 3, 3, 3),  # scheduled sampling, dev decoding, cosine
+    ],
+)
 def test_killed_and_resumed_equals_uninterrupted(tmp_path, task, epochs, kill_at, resume_epochs):
     args = DATA[task](tmp_path)
     done = epochs if kill_at == "final" else kill_at - 1
@@ -150,8 +246,10 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, task, epochs, kill_at
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".cut.")]  # no stray temporary folder
 
     r = train([*args, "--out", str(cut), "--epochs", str(epochs)])
-    assert r.exit_code == 1 and f"holds an interrupted training run ({done} of {epochs} epochs done); " \
-                                "continue it with --resume" in r.output, r.output
+    assert (
+        r.exit_code == 1
+        and f"holds an interrupted training run ({done} of {epochs} epochs done); continue it with --resume" in r.output
+    ), r.output
     r = train([*args, "--out", str(cut), "--epochs", str(resume_epochs), "--resume"])
     assert r.exit_code == 0, r.output
     assert f"resuming after epoch {done}/{resume_epochs}" in r.output
@@ -174,8 +272,10 @@ def test_a_killed_checkpoint_is_usable_and_resume_refuses_other_options(tmp_path
 
     r = train([*args[:-2], "--threads", "2", "--out", str(out), "--epochs", "4", "--lr", "0.5", "--resume"])
     assert r.exit_code == 1, r.output
-    assert "cannot resume the interrupted run: --lr was 0.02, now 0.5; --threads was 1, now 2 -- give the " \
-           "interrupted run's options (only --epochs may change)" in r.output
+    assert (
+        "cannot resume the interrupted run: --lr was 0.02, now 0.5; --threads was 1, now 2 -- give the "
+        "interrupted run's options (only --epochs may change)" in r.output
+    )
     r = train([*args, "--out", str(out), "--epochs", "1", "--resume"])
     assert r.exit_code == 1 and "--epochs 1 but 2 epochs are done already" in r.output
     other = tmp_path / "other.jsonl"
@@ -201,5 +301,6 @@ def test_cosine_runs_resume_only_with_their_epochs(tmp_path):
     out = tmp_path / "cut"
     assert train_killed([*args, "--out", str(out), "--epochs", "3"], 2).returncode == -signal.SIGKILL
     r = train([*args, "--out", str(out), "--epochs", "4", "--resume"])
-    assert r.exit_code == 1 and "--epochs was 3, now 4: the cosine learning-rate schedule spans all epochs" \
-        in r.output, r.output
+    assert (
+        r.exit_code == 1 and "--epochs was 3, now 4: the cosine learning-rate schedule spans all epochs" in r.output
+    ), r.output

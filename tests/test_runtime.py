@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import run_python, synthetic_texts
+
 from rnnkit.runtime import InputError, load
 from rnnkit.runtime.model import length_buckets, pad
 from rnnkit.runtime.tolerance import FP32, INT8
@@ -65,10 +65,12 @@ def test_length_buckets_cover_every_row_once():
 
 @pytest.mark.slow
 def test_runtime_never_imports_torch(gru_bundle):
-    code = ("import sys; from rnnkit.runtime import load;"
-            "m = load(sys.argv[1], backend='onnxruntime'); m.predict(['good film']);"
-            "m = load(sys.argv[1], backend='numba', int8=True); m.predict(['good film']);"
-            "print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'rnnkit'))))")
+    code = (
+        "import sys; from rnnkit.runtime import load;"
+        "m = load(sys.argv[1], backend='onnxruntime'); m.predict(['good film']);"
+        "m = load(sys.argv[1], backend='numba', int8=True); m.predict(['good film']);"
+        "print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'rnnkit'))))"
+    )
     result = run_python("import json;" + code, str(gru_bundle))
     assert result.returncode == 0, result.stderr
     modules = json.loads(result.stdout)
@@ -78,10 +80,12 @@ def test_runtime_never_imports_torch(gru_bundle):
 
 @pytest.mark.slow
 def test_cli_predict_never_imports_torch(gru_bundle):
-    code = ("import sys; from rnnkit.toolkit.cli import cli\n"
-            "try:\n    cli(['predict', sys.argv[1], 'good film'], prog_name='rnnkit')\n"
-            "except SystemExit as e:\n    assert not e.code, e.code\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    code = (
+        "import sys; from rnnkit.toolkit.cli import cli\n"
+        "try:\n    cli(['predict', sys.argv[1], 'good film'], prog_name='rnnkit')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
     result = run_python(code, str(gru_bundle))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[0])["text"] == "good film"
@@ -92,9 +96,11 @@ BLOCK = "import sys; sys.modules[{!r}] = None\n"
 
 @pytest.mark.slow
 def test_without_onnxruntime_numba_serves(gru_bundle):
-    code = (BLOCK.format("onnxruntime") + "from rnnkit.runtime import load\n"
-            "m = load(sys.argv[1]); print(m.backend); print(m.predict(['good'])[0].label)\n"
-            "try:\n    load(sys.argv[1], backend='onnxruntime')\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
+    code = (
+        BLOCK.format("onnxruntime") + "from rnnkit.runtime import load\n"
+        "m = load(sys.argv[1]); print(m.backend); print(m.predict(['good'])[0].label)\n"
+        "try:\n    load(sys.argv[1], backend='onnxruntime')\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
+    )
     result = run_python(code, str(gru_bundle))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -105,9 +111,11 @@ def test_without_onnxruntime_numba_serves(gru_bundle):
 
 @pytest.mark.slow
 def test_without_numba_onnxruntime_serves(gru_bundle):
-    code = (BLOCK.format("numba") + "from rnnkit.runtime import load\n"
-            "m = load(sys.argv[1]); print(m.backend); m.predict(['good'])\n"
-            "try:\n    load(sys.argv[1], backend='numba')\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
+    code = (
+        BLOCK.format("numba") + "from rnnkit.runtime import load\n"
+        "m = load(sys.argv[1]); print(m.backend); m.predict(['good'])\n"
+        "try:\n    load(sys.argv[1], backend='numba')\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
+    )
     result = run_python(code, str(gru_bundle))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -124,19 +132,24 @@ def test_unknown_backend_named():
 
 # -- one long-input policy: refused past max_length unless truncate=True, which the result states --------
 
+
 def test_long_text_is_refused_or_truncated_and_says_so(gru_bundle):
     model = load(gru_bundle, backend="numba")
-    model.max_length = 5                                   # as a bundle exported with max_length=5
+    model.max_length = 5  # as a bundle exported with max_length=5
     long_text, head = "good bad fine weak dull great film", "good bad fine weak dull"
-    with pytest.raises(InputError, match=r"^text #1 has 7 tokens, more than this bundle's max_length 5; split it, "
-                                         r"or pass truncate=True to use its first 5 tokens"):
+    with pytest.raises(
+        InputError,
+        match=r"^text #1 has 7 tokens, more than this bundle's max_length 5; split it, "
+        r"or pass truncate=True to use its first 5 tokens",
+    ):
         model.predict(["fine", long_text])
     short, cut = model.predict(["fine", long_text], truncate=True)
     assert short.truncated == 0 and "truncated" not in short.to_dict()
     assert cut.truncated == 2 and cut.to_dict()["truncated"] == 2
-    alone = model.predict(head)[0]                         # the first max_length tokens, nothing else
-    assert cut.label == alone.label and FP32.close(np.array(list(cut.scores.values())),
-                                                   np.array(list(alone.scores.values())))
+    alone = model.predict(head)[0]  # the first max_length tokens, nothing else
+    assert cut.label == alone.label and FP32.close(
+        np.array(list(cut.scores.values())), np.array(list(alone.scores.values()))
+    )
     with pytest.raises(InputError, match=r"truncate must be True or False, got 5"):
         model.predict([long_text], truncate=5)
 
@@ -144,8 +157,11 @@ def test_long_text_is_refused_or_truncated_and_says_so(gru_bundle):
 def test_long_sentence_is_refused_or_truncated_and_says_so(tag_bundle):
     model = load(tag_bundle, backend="numba")
     model.max_length = 3
-    with pytest.raises(InputError, match=r"^sentence #0 has 4 tokens, more than this bundle's max_length 3; split "
-                                         r"it, or pass truncate=True"):
+    with pytest.raises(
+        InputError,
+        match=r"^sentence #0 has 4 tokens, more than this bundle's max_length 3; split "
+        r"it, or pass truncate=True",
+    ):
         model.tag(["The film runs ."])
     cut, empty = model.tag(["The film runs .", []], truncate=True)
     assert cut.tokens == ["The", "film", "runs"] and len(cut.tags) == 3 and cut.truncated == 1
@@ -156,8 +172,11 @@ def test_long_sentence_is_refused_or_truncated_and_says_so(tag_bundle):
 def test_long_source_is_refused_or_truncated_and_says_so(s2s_bundles):
     model = load(s2s_bundles("gru", "additive", False))
     model.max_length = 5
-    with pytest.raises(InputError, match=r"^text #0 has 9 tokens, more than this bundle's max_length 5; split it, "
-                                         r"or pass truncate=True"):
+    with pytest.raises(
+        InputError,
+        match=r"^text #0 has 9 tokens, more than this bundle's max_length 5; split it, "
+        r"or pass truncate=True",
+    ):
         model.nbest(["horsefish"])
     cut, whole = model.nbest(["horsefish", "horse"], n=2, beam=2, truncate=True)
     assert [h.output for h in cut] == [h.output for h in whole] and all(h.truncated == 4 for h in cut)
@@ -170,7 +189,7 @@ def test_language_model_chunks_long_texts_exactly(lm_bundles):
     from rnnkit.export.task_lm import MAX_CHUNK
 
     model = load(lm_bundles("lstm", 1), backend="numba")
-    text = "the cat sat on the mat. " * 30                   # 720 characters: three chunks of at most 256
+    text = "the cat sat on the mat. " * 30  # 720 characters: three chunks of at most 256
     assert model.max_length == MAX_CHUNK < len(text)
     chunked = model.score(text)
     model.max_length = 10_000

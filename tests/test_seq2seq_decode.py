@@ -8,11 +8,18 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import G2P, make_seq2seq, run_python
+
 from rnnkit.runtime import Hypothesis, InputError, load
-from rnnkit.runtime.decode import (MAX_OUTPUT_TOKENS, Steps, beam_search, greedy, length_penalty, output_limit,
-                                   teacher_forced)
+from rnnkit.runtime.decode import (
+    MAX_OUTPUT_TOKENS,
+    Steps,
+    beam_search,
+    greedy,
+    length_penalty,
+    output_limit,
+    teacher_forced,
+)
 from rnnkit.runtime.manifest import Seq2SeqIO as IO
 from rnnkit.runtime.tolerance import FP32
 from rnnkit.toolkit.cli import cli
@@ -24,6 +31,7 @@ UNSEEN = ["cog", "dat", "horsefish", "b", "goose", "ox"]
 
 # -- a fake model: known answers, state and context that matter ---------------------------------------
 
+
 def fake_steps(vocab: int = 7, seed: int = 0, eos_bias: float = 0.0) -> Steps:
     """A decoder whose log-probabilities depend on the carried state (a hash of the prefix) and on the
     source (memory), so any mix-up of rows while reordering beams or dropping sources changes the
@@ -33,11 +41,14 @@ def fake_steps(vocab: int = 7, seed: int = 0, eos_bias: float = 0.0) -> Steps:
 
     def encoder(feeds):
         ids, lens = feeds[IO.source_ids], feeds[IO.source_lens]
-        h = (ids.sum(1) * 7 + lens)[None, :, None].astype(np.float32)                    # (1, B, 1)
-        return {IO.memory: ids[..., None].astype(np.float32), IO.keys: np.zeros(ids.shape + (1,), np.float32),
-                "initial_h": h}
+        h = (ids.sum(1) * 7 + lens)[None, :, None].astype(np.float32)  # (1, B, 1)
+        return {
+            IO.memory: ids[..., None].astype(np.float32),
+            IO.keys: np.zeros(ids.shape + (1,), np.float32),
+            "initial_h": h,
+        }
 
-    def decoder(feeds):                                       # one step or a teacher-forced chunk, like the graph
+    def decoder(feeds):  # one step or a teacher-forced chunk, like the graph
         h, memory = feeds["initial_h"][0, :, 0], feeds[IO.memory][..., 0].sum(1)
         steps = []
         for tokens in feeds[IO.input_ids].T:
@@ -112,6 +123,7 @@ def test_no_endless_decode_and_immediate_end():
 
 # -- real bundles: torch oracle, both backends ---------------------------------------------------------
 
+
 def torch_greedy(module, ids: list[int], limit: int) -> tuple[list[int], bool]:
     """The oracle: torch's own encode + one decode step at a time, argmax with <pad>/<s> excluded."""
     import torch
@@ -136,7 +148,7 @@ def torch_greedy(module, ids: list[int], limit: int) -> tuple[list[int], bool]:
 @pytest.mark.parametrize("config", CONFIGS)
 def test_greedy_equals_torch_greedy_on_both_backends(s2s_bundles, config):
     pytest.importorskip("torch")
-    module, source, target = make_seq2seq(*config)                       # the same seeded model as the bundle
+    module, source, target = make_seq2seq(*config)  # the same seeded model as the bundle
     words = list(G2P) + UNSEEN
     expected = [torch_greedy(module, source.encode(w), output_limit(len(w))) for w in words]
     for backend in BACKENDS:
@@ -175,37 +187,46 @@ def test_hypotheses_and_bad_input(s2s_bundles):
     assert best[0].finished and best[0].score > best[1].score and best[0].log_prob < 0
     with pytest.raises(InputError, match=r"text #1 \(''\) has no tokens; an empty source has no output"):
         model.translate(["cat", ""])
-    assert model.encode_sources(["c@t"])[0][1] == 1                      # unknown character -> <unk>
-    assert model.translate(["c@t"]) == model.translate(["c#t"])          # ... whichever it was
+    assert model.encode_sources(["c@t"])[0][1] == 1  # unknown character -> <unk>
+    assert model.translate(["c@t"]) == model.translate(["c#t"])  # ... whichever it was
     model.max_length = 5
     with pytest.raises(InputError, match=r"text #0 has 9 tokens, more than this bundle's max_length 5; split it"):
         model.translate(["horsefish"])
-    huge = model.nbest(["dog"], n=3, beam=1000)[0]                       # beam > vocabulary: clamped, no error
+    huge = model.nbest(["dog"], n=3, beam=1000)[0]  # beam > vocabulary: clamped, no error
     assert model.max_beam == model.vocab_size - 2 and len(huge) == 3 and huge[0].output == "D AO G"
-    for kwargs, message in ((dict(beam=0), "beam must be an integer >= 1"), (dict(alpha=-1), "alpha"),
-                            (dict(max_output_tokens=0), "max_output_tokens must be an integer in 1..1024")):
+    for kwargs, message in (
+        (dict(beam=0), "beam must be an integer >= 1"),
+        (dict(alpha=-1), "alpha"),
+        (dict(max_output_tokens=0), "max_output_tokens must be an integer in 1..1024"),
+    ):
         with pytest.raises(InputError, match=message):
             model.translate(["dog"], **kwargs)
     with pytest.raises(InputError, match=r"n=3 outputs need a beam of at least n, got beam=2"):
         model.nbest(["dog"], n=3, beam=2)
     cut = model.nbest(["horse"], n=1, beam=2, max_output_tokens=2)[0][0]
     assert cut.tokens == ["HH", "AO"] and not cut.finished
-    with pytest.raises(AttributeError, match=r"a seq2seq bundle has no predict\(\); load a classifier bundle "
-                                             r"\(rnnkit train classify\); this one has translate\(\)"):
+    with pytest.raises(
+        AttributeError,
+        match=r"a seq2seq bundle has no predict\(\); load a classifier bundle "
+        r"\(rnnkit train classify\); this one has translate\(\)",
+    ):
         model.predict(["dog"])
 
 
 @pytest.mark.slow
 def test_runtime_decodes_without_torch(s2s_bundles):
     bundle = s2s_bundles("rnn", "none", False)
-    code = ("import sys; from rnnkit.runtime import load; m = load(sys.argv[1], backend='numba'); "
-            "print(m.translate(['cat', 'dog'], beam=2)); assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; from rnnkit.runtime import load; m = load(sys.argv[1], backend='numba'); "
+        "print(m.translate(['cat', 'dog'], beam=2)); assert 'torch' not in sys.modules, 'torch imported'"
+    )
     result = run_python(code, str(bundle))
     assert result.returncode == 0, result.stderr
     assert "['K AE T', 'D AO G']" in result.stdout
 
 
 # -- CLI -----------------------------------------------------------------------------------------------
+
 
 def test_cli_predict_writes_jsonl(s2s_bundles, tmp_path):
     bundle = str(s2s_bundles("gru", "additive", False))
@@ -216,8 +237,9 @@ def test_cli_predict_writes_jsonl(s2s_bundles, tmp_path):
     assert set(lines[0]) == {"input", "output", "score"} and lines[0]["score"] < 0
     src, out = tmp_path / "words.txt", tmp_path / "out.jsonl"
     src.write_text("dog\nsheep\n\nfrog\n")
-    result = CliRunner().invoke(cli, ["predict", bundle, "--input", str(src), "--output", str(out), "--nbest", "3",
-                                      "--backend", "numba"])
+    result = CliRunner().invoke(
+        cli, ["predict", bundle, "--input", str(src), "--output", str(out), "--nbest", "3", "--backend", "numba"]
+    )
     assert result.exit_code == 0, result.output
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x["output"] for x in lines] == ["D AO G", "SH IY P", "F R AO G"]
@@ -233,8 +255,9 @@ def test_cli_refusals_and_inspect(s2s_bundles, gru_bundle, tmp_path):
     assert result.exit_code == 2 and "--beam apply to seq2seq bundles" in result.output
     src = tmp_path / "in.txt"
     src.write_text("dog\n")
-    result = CliRunner().invoke(cli, ["predict", bundle, "--engine", "dask", "--input", str(src), "--output",
-                                      str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        cli, ["predict", bundle, "--engine", "dask", "--input", str(src), "--output", str(tmp_path / "out")]
+    )
     assert result.exit_code == 1 and "--engine dask runs ['classify', 'tag'] bundles, not 'seq2seq'" in result.output
     result = CliRunner().invoke(cli, ["inspect", bundle])
     assert result.exit_code == 0, result.output

@@ -15,18 +15,25 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import G2P, edit_manifest, make_seq2seq, rehash  # noqa: E402
+
 from rnnkit.export.exporter import DevSet, export_seq2seq, session_forward  # noqa: E402
-from rnnkit.toolkit.export_checkpoint import export_checkpoint  # noqa: E402
-from rnnkit.export.task_seq2seq import (build_decoder_graph, build_encoder_graph, check_decoder_graph,  # noqa: E402
-                                        check_encoder_graph)
 from rnnkit.export.quantize import quantize_graph  # noqa: E402
-from rnnkit.export.task_seq2seq import (check_seq2seq_parity, torch_decoder_forward,  # noqa: E402
-                                        torch_encoder_forward)
+from rnnkit.export.task_seq2seq import (  # noqa: E402  # noqa: E402
+    build_decoder_graph,
+    build_encoder_graph,
+    check_decoder_graph,
+    check_encoder_graph,
+    check_seq2seq_parity,
+    torch_decoder_forward,
+    torch_encoder_forward,
+)
 from rnnkit.runtime import BundleError, InputError, ParityError, UnsupportedError, open_bundle  # noqa: E402
 from rnnkit.runtime.backends import open_session  # noqa: E402
-from rnnkit.runtime.manifest import MANIFEST_FILE, Seq2SeqIO as IO  # noqa: E402
+from rnnkit.runtime.manifest import MANIFEST_FILE  # noqa: E402
+from rnnkit.runtime.manifest import Seq2SeqIO as IO
 from rnnkit.runtime.tolerance import FP32, INT8_SEQUENCE  # noqa: E402
 from rnnkit.toolkit.configs import ATTENTIONS  # noqa: E402
+from rnnkit.toolkit.export_checkpoint import export_checkpoint  # noqa: E402
 from rnnkit.toolkit.models import CELLS  # noqa: E402
 
 MATRIX = [(cell, attention, bi) for cell in sorted(CELLS) for attention in ATTENTIONS for bi in (False, True)]
@@ -46,8 +53,12 @@ def graphs_and_sessions(model, int8: bool = False):
     graphs = {"encoder": build_encoder_graph(c, weights), "decoder": build_decoder_graph(c, weights)}
     if int8:
         graphs = {name: quantize_graph(g)[0] for name, g in graphs.items()}
-    sessions = {name: {b: session_forward(open_session(g, Path("unused.onnx"), b) if b == "numba"
-                                          else _ort(g)) for b in BACKENDS} for name, g in graphs.items()}
+    sessions = {
+        name: {
+            b: session_forward(open_session(g, Path("unused.onnx"), b) if b == "numba" else _ort(g)) for b in BACKENDS
+        }
+        for name, g in graphs.items()
+    }
     return graphs, sessions
 
 
@@ -67,8 +78,9 @@ def test_graphs_match_torch_on_both_backends(cell, attention, bidirectional):
     check_decoder_graph(graphs["decoder"], model.config)
     oracles = {"encoder": torch_encoder_forward(model), "decoder": torch_decoder_forward(model)}
     for name in ("encoder", "decoder"):
-        report = check_seq2seq_parity(name, model.config, "torch", oracles[name], sessions[name], FP32, False,
-                                      batch_sizes=(1, 3), lengths=(1, 9))
+        report = check_seq2seq_parity(
+            name, model.config, "torch", oracles[name], sessions[name], FP32, False, batch_sizes=(1, 3), lengths=(1, 9)
+        )
         assert not report.failures, report.failures[:5]
         assert report.cases == 8 and max(report.worst.values()) < 1e-5
 
@@ -84,8 +96,17 @@ def test_int8_graphs_run_on_numba_like_onnxruntime(cell):
         check = check_encoder_graph if name == "encoder" else check_decoder_graph
         check(graphs[name], model.config)
         s = sessions[name]
-        report = check_seq2seq_parity(name, model.config, "onnxruntime-int8", s["onnxruntime"], {"numba": s["numba"]},
-                                      INT8_SEQUENCE, True, batch_sizes=(3,), lengths=(7,))
+        report = check_seq2seq_parity(
+            name,
+            model.config,
+            "onnxruntime-int8",
+            s["onnxruntime"],
+            {"numba": s["numba"]},
+            INT8_SEQUENCE,
+            True,
+            batch_sizes=(3,),
+            lengths=(7,),
+        )
         assert not report.failures, report.failures[:5]
 
 
@@ -102,8 +123,11 @@ def test_numba_runs_both_graphs_like_onnx_reference(cell):
     expected = ReferenceEvaluator(graphs["encoder"]).run(None, feed)
     assert all(np.allclose(a, e, atol=1e-6) for a, e in zip(encoded, expected))
     names = IO.encoder_outputs(cell, "additive")
-    step = {IO.input_ids: np.array([[2, 5, 6], [2, 7, 4]]), **dict(zip(names, encoded)),
-            IO.source_lens: np.array([4, 2], np.int32)}                 # attention masking is not an RNN op: ragged
+    step = {
+        IO.input_ids: np.array([[2, 5, 6], [2, 7, 4]]),
+        **dict(zip(names, encoded)),
+        IO.source_lens: np.array([4, 2], np.int32),
+    }  # attention masking is not an RNN op: ragged
     got = sessions["decoder"]["numba"](step)
     expected = ReferenceEvaluator(graphs["decoder"]).run(None, step)
     assert len(got) == len(expected) and all(np.allclose(a, e, atol=1e-5) for a, e in zip(got, expected))
@@ -115,10 +139,19 @@ def test_parity_catches_an_unmasked_attention():
     graphs, sessions = graphs_and_sessions(model)
     decoder = graphs["decoder"]
     where = next(n for n in decoder.graph.node if n.name == "attention_masked")
-    where.op_type, where.input[:] = "Identity", [where.input[1]]        # scores straight to the softmax
+    where.op_type, where.input[:] = "Identity", [where.input[1]]  # scores straight to the softmax
     broken = session_forward(_ort(decoder))
-    report = check_seq2seq_parity("decoder", model.config, "torch", torch_decoder_forward(model),
-                                  {"onnxruntime": broken}, FP32, False, batch_sizes=(3,), lengths=(9,))
+    report = check_seq2seq_parity(
+        "decoder",
+        model.config,
+        "torch",
+        torch_decoder_forward(model),
+        {"onnxruntime": broken},
+        FP32,
+        False,
+        batch_sizes=(3,),
+        lengths=(9,),
+    )
     assert any("exactly 0 past a source's length" in f for f in report.failures)
     assert any("row 1 alone vs in batch" in f for f in report.failures)
 
@@ -129,7 +162,7 @@ def test_checkers_list_every_problem():
     encoder, decoder = graphs["encoder"], graphs["decoder"]
     for node in encoder.graph.node:
         if node.op_type == "LSTM":
-            node.input[4] = ""                                             # sequence_lens dropped
+            node.input[4] = ""  # sequence_lens dropped
     with pytest.raises(UnsupportedError, match=r"2 problem\(s\)(.|\n)*does not read 'source_lens'"):
         check_encoder_graph(encoder, model.config)
     lstm = next(n for n in decoder.graph.node if n.op_type == "LSTM")
@@ -144,8 +177,11 @@ def test_checkers_list_every_problem():
 def test_graph_input_shapes_are_symbolic():
     model, _, _ = make_seq2seq("rnn", "additive", False, layers=1, train_steps=0)
     graphs, _ = graphs_and_sessions(model)
-    dims = {vi.name: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
-            for g in graphs.values() for vi in list(g.graph.input) + list(g.graph.output)}
+    dims = {
+        vi.name: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+        for g in graphs.values()
+        for vi in list(g.graph.input) + list(g.graph.output)
+    }
     assert dims[IO.source_ids] == ["batch", "source_time"] and dims[IO.input_ids] == ["batch", "time"]
     assert dims[IO.memory] == ["batch", "source_time", 8] and dims[IO.attention] == ["batch", "time", "source_time"]
     assert dims[IO.log_probs] == ["batch", "time", model.config.target_vocab_size]
@@ -155,16 +191,27 @@ def test_graph_input_shapes_are_symbolic():
 
 # -- the bundle --------------------------------------------------------------------------------------
 
+
 def test_bundle_manifest_records_the_contract(s2s_bundles):
     bundle = s2s_bundles("lstm", "dot", True)
     m = json.loads((bundle / MANIFEST_FILE).read_text())
-    assert m["task"] == "seq2seq" and set(m["files"]) == {IO.encoder_file, IO.decoder_file, IO.encoder_int8_file,
-                                                           IO.decoder_int8_file}
-    assert m["source_tokenizer"]["level"] == "char" and m["target_tokenizer"]["vocab"][:4] == ["<pad>", "<unk>", "<s>",
-                                                                                             "</s>"]
+    assert m["task"] == "seq2seq" and set(m["files"]) == {
+        IO.encoder_file,
+        IO.decoder_file,
+        IO.encoder_int8_file,
+        IO.decoder_int8_file,
+    }
+    assert m["source_tokenizer"]["level"] == "char" and m["target_tokenizer"]["vocab"][:4] == [
+        "<pad>",
+        "<unk>",
+        "<s>",
+        "</s>",
+    ]
     assert (m["architecture"]["bos_id"], m["architecture"]["eos_id"]) == (2, 3)
-    assert m["state"] == [{"input": n, "output": o, "dtype": "float32", "shape": [2, "batch", 8], "initial": "encoder"}
-                          for n, o in (("initial_h", "final_h"), ("initial_c", "final_c"))]
+    assert m["state"] == [
+        {"input": n, "output": o, "dtype": "float32", "shape": [2, "batch", 8], "initial": "encoder"}
+        for n, o in (("initial_h", "final_h"), ("initial_c", "final_c"))
+    ]
     assert [c["input"] for c in m["context"]] == ["memory", "keys", "source_lens"]
     assert [i["name"] for i in m["graph"]["decoder"]["inputs"]] == list(IO.decoder_inputs("lstm", "dot"))
     for graph in ("encoder", "decoder"):
@@ -209,7 +256,7 @@ def test_open_bundle_verifies_both_graphs(s2s_bundles, tmp_path):
         open_bundle(edit_manifest(copy(), lambda m: m["target_tokenizer"]["vocab"].append("ZZ")))
     with pytest.raises(BundleError, match=r"bos_id=3, eos_id=3"):
         open_bundle(edit_manifest(copy(), lambda m: m["architecture"].update(bos_id=3)))
-    swapped = copy()                                                       # a decoder from another model
+    swapped = copy()  # a decoder from another model
     model = onnx.load(str(swapped / IO.decoder_file))
     table = next(t for t in model.graph.initializer if t.name == "target_embedding.weight")
     table.dims[0] += 1
@@ -228,7 +275,8 @@ def test_parity_failure_writes_nothing(tmp_path, monkeypatch):
 
     def skewed(module):
         forward = real(module)
-        return lambda feed: tuple(x + 1e-3 for x in forward(feed))     # an oracle the graph cannot match
+        return lambda feed: tuple(x + 1e-3 for x in forward(feed))  # an oracle the graph cannot match
+
     monkeypatch.setattr(task_seq2seq, "torch_decoder_forward", skewed)
     with pytest.raises(ParityError, match=r"decoder.onnx vs torch: \d+ parity failure"):
         export_seq2seq(model, source, target, tmp_path / "b", **QUIET)
@@ -240,10 +288,14 @@ def test_int8_dev_gate_fails_export(tmp_path, monkeypatch):
 
     model, source, target = make_seq2seq("rnn", "none", False, layers=1, train_steps=30)
     real = task_seq2seq.seq2seq_dev_metrics
-    monkeypatch.setattr(task_seq2seq, "seq2seq_dev_metrics",
-                        lambda *a, **k: dict(real(*a, **k), int8_agreement=0.9))   # measured, then forced low
-    with pytest.raises(ParityError, match=r"encoder.int8.onnx, decoder.int8.onnx: int8 agrees with fp32 on 90.00% of "
-                                          r"g2p \(\d+ tokens\), below min_agreement 99.00%"):
+    monkeypatch.setattr(
+        task_seq2seq, "seq2seq_dev_metrics", lambda *a, **k: dict(real(*a, **k), int8_agreement=0.9)
+    )  # measured, then forced low
+    with pytest.raises(
+        ParityError,
+        match=r"encoder.int8.onnx, decoder.int8.onnx: int8 agrees with fp32 on 90.00% of "
+        r"g2p \(\d+ tokens\), below min_agreement 99.00%",
+    ):
         export_seq2seq(model, source, target, tmp_path / "b", int8=True, dev=DevSet(list(G2P), None, "g2p"), **QUIET)
     assert not (tmp_path / "b").exists()
 
@@ -263,8 +315,9 @@ def test_export_checkpoint_dispatches_seq2seq(tmp_path, monkeypatch):
     ckpt.mkdir()
     meta = {"task": "seq2seq", "training": {"epochs": 1, "history": [1, 2]}}
     (ckpt / "config.json").write_text(json.dumps(meta))
-    loaded = types.SimpleNamespace(config=model.config, model=model, source_tokenizer=source,
-                                   target_tokenizer=target, meta=meta)
+    loaded = types.SimpleNamespace(
+        config=model.config, model=model, source_tokenizer=source, target_tokenizer=target, meta=meta
+    )
     from rnnkit.toolkit import checkpoint
 
     monkeypatch.setitem(checkpoint.LOADERS, "seq2seq", lambda path: loaded if Path(path) == ckpt else None)

@@ -46,12 +46,24 @@ def write_cmudict(path, pairs):
 
 def tiny_model(attention="dot", cell="lstm", bidirectional=True, seed=0):
     torch.manual_seed(seed)
-    return Seq2Seq(Seq2SeqConfig(source_vocab_size=11, target_vocab_size=9, cell=cell, embed=8, hidden=12,
-                                 layers=2, bidirectional=bidirectional, attention=attention, dropout=0.0)).eval()
+    return Seq2Seq(
+        Seq2SeqConfig(
+            source_vocab_size=11,
+            target_vocab_size=9,
+            cell=cell,
+            embed=8,
+            hidden=12,
+            layers=2,
+            bidirectional=bidirectional,
+            attention=attention,
+            dropout=0.0,
+        )
+    ).eval()
 
 
-@pytest.mark.parametrize("attention, cell, bidirectional", [("dot", "lstm", True), ("additive", "gru", False),
-                                                            ("none", "rnn", True)])
+@pytest.mark.parametrize(
+    "attention, cell, bidirectional", [("dot", "lstm", True), ("additive", "gru", False), ("none", "rnn", True)]
+)
 def test_greedy_decode_agrees_with_the_teacher_forced_model(attention, cell, bidirectional):
     """Feeding greedy's own outputs back through the parallel teacher-forced forward must give
     the same arg-max tokens, in a ragged batch (padding must not leak between rows)."""
@@ -63,14 +75,14 @@ def test_greedy_decode_agrees_with_the_teacher_forced_model(attention, cell, bid
     rows = [[4, 5, 6, 7, 8, 9], [4], [10, 9, 8], [5, 5]]
     src = torch.zeros(4, 6, dtype=torch.long)
     for i, r in enumerate(rows):
-        src[i, :len(r)] = torch.tensor(r)
+        src[i, : len(r)] = torch.tensor(r)
     lens = torch.tensor([len(r) for r in rows])
     out = greedy_decode(model, src, lens)
     for i, r in enumerate(rows):
-        alone = greedy_decode(model, src[i:i + 1, :len(r)], lens[i:i + 1])[0]
+        alone = greedy_decode(model, src[i : i + 1, : len(r)], lens[i : i + 1])[0]
         assert alone == out[i], "a row's output depends on the other rows of its batch"
         inp = torch.tensor([[2] + out[i]])
-        forced = model(src[i:i + 1, :len(r)], lens[i:i + 1], inp).argmax(-1)[0].tolist()
+        forced = model(src[i : i + 1, : len(r)], lens[i : i + 1], inp).argmax(-1)[0].tolist()
         stopped = len(out[i]) < 2 * len(r) + 10
         assert forced == out[i] + ([3] if stopped else [forced[-1]])
     assert all(len(o) <= 3 for o in greedy_decode(model, src, lens, max_len=3))
@@ -78,12 +90,14 @@ def test_greedy_decode_agrees_with_the_teacher_forced_model(attention, cell, bid
 
 def test_scheduled_sampling_at_ratio_one_is_teacher_forcing():
     from rnnkit.toolkit.train_seq2seq import sampled_logits
+
     model = tiny_model()
     src, lens = torch.tensor([[4, 5, 6], [7, 8, 0]]), torch.tensor([3, 2])
     inp = torch.tensor([[2, 5, 6, 7], [2, 4, 0, 0]])
     with torch.no_grad():
-        torch.testing.assert_close(sampled_logits(model, src, lens, inp, 1.0), model(src, lens, inp),
-                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            sampled_logits(model, src, lens, inp, 1.0), model(src, lens, inp), atol=1e-5, rtol=1e-4
+        )
 
 
 def test_config_range_checks():
@@ -101,6 +115,7 @@ FAST = dict(cell="gru", layers=1, hidden=32, embed=16, dropout=0.0, batch_size=1
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from rnnkit.toolkit.train_seq2seq import train_seq2seq
+
     tmp = tmp_path_factory.mktemp("s2s")
     path = write_cmudict(tmp / "toy.dict", toy_g2p(360, 0))
     config = Seq2SeqTrainConfig(epochs=8, teacher_forcing=0.9, label_smoothing=0.05, dev_split=0.15, **FAST)
@@ -111,8 +126,8 @@ def trained(tmp_path_factory):
 @pytest.mark.slow
 def test_training_learns_the_toy_g2p_and_reports_per_wer(trained):
     tmp, result = trained
-    assert result.dev["token_error_rate"] < 0.15, result.history   # 0.076 when written
-    assert result.dev["accuracy"] > 0.5, result.history          # 0.76 when written
+    assert result.dev["token_error_rate"] < 0.15, result.history  # 0.076 when written
+    assert result.dev["accuracy"] > 0.5, result.history  # 0.76 when written
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert {"dev_token_error_rate", "dev_sequence_error_rate", "dev_bleu"} <= result.history[0].keys()
 
@@ -120,13 +135,14 @@ def test_training_learns_the_toy_g2p_and_reports_per_wer(trained):
 def test_checkpoint_round_trip_and_split_files(trained):
     from rnnkit.toolkit.pairs import group_pairs, read_tsv
     from rnnkit.toolkit.train_seq2seq import load_seq2seq_checkpoint
+
     tmp, result = trained
     ckpt = load_seq2seq_checkpoint(result.out_dir)
     assert ckpt.meta["task"] == "seq2seq" and not ckpt.model.training
     assert ckpt.config.bos_id == 2 and ckpt.config.eos_id == 3
     assert ckpt.target_tokenizer.vocab[:4] == ["<pad>", "<unk>", "<s>", "</s>"]
     assert ckpt.source_tokenizer.level == "char" and ckpt.source_tokenizer.lowercase
-    assert "AH" in ckpt.target_tokenizer.vocab and "AH1" not in ckpt.target_tokenizer.vocab   # stress stripped
+    assert "AH" in ckpt.target_tokenizer.vocab and "AH1" not in ckpt.target_tokenizer.vocab  # stress stripped
     assert (result.out_dir / "curves.png").stat().st_size > 0
     dev = group_pairs(read_tsv(result.out_dir / "dev.tsv"))
     assert len(dev) == result.num_dev and ckpt.meta["training"]["split"]["dev_file"] == "dev.tsv"
@@ -135,9 +151,11 @@ def test_checkpoint_round_trip_and_split_files(trained):
     assert len(train_words) + len(dev) == 360
     # the loaded model reproduces the dev score that picked the best epoch
     from rnnkit.toolkit.seq_metrics import evaluate_outputs
-    hyps = ckpt.translate([e.source.upper() for e in dev])                 # the source is lower-cased
+
+    hyps = ckpt.translate([e.source.upper() for e in dev])  # the source is lower-cased
     assert evaluate_outputs(hyps, [list(e.references) for e in dev])["accuracy"] == pytest.approx(
-        result.dev["accuracy"])
+        result.dev["accuracy"]
+    )
 
 
 def test_fine_tuning_starts_from_the_checkpoint(trained, tmp_path):
@@ -145,33 +163,40 @@ def test_fine_tuning_starts_from_the_checkpoint(trained, tmp_path):
     config's model options are ignored); its dev score before any update is the checkpoint's."""
     from rnnkit.toolkit.pairs import read_tsv, write_pairs
     from rnnkit.toolkit.train_seq2seq import load_seq2seq_checkpoint, train_seq2seq
+
     _, result = trained
     base = load_seq2seq_checkpoint(result.out_dir)
     dev = tmp_path / "dev.tsv"
     write_pairs(dev, read_tsv(result.out_dir / "dev.tsv"))
     train = write_cmudict(tmp_path / "more.dict", toy_g2p(120, 1))
     lines = []
-    config = Seq2SeqTrainConfig(epochs=1, init=str(result.out_dir), **{**FAST, "hidden": 8, "cell": "lstm",
-                                                                        "lr": 1e-9})
-    tuned = train_seq2seq(train, tmp_path / "ft", config, dev_path=dev, fmt="cmudict", progress=False,
-                          log=lines.append)
+    config = Seq2SeqTrainConfig(epochs=1, init=str(result.out_dir), **{**FAST, "hidden": 8, "cell": "lstm", "lr": 1e-9})
+    tuned = train_seq2seq(train, tmp_path / "ft", config, dev_path=dev, fmt="cmudict", progress=False, log=lines.append)
     assert any(line.startswith(f"fine-tuning {result.out_dir}: gru 1x32") for line in lines), lines
     ckpt = load_seq2seq_checkpoint(tuned.out_dir)
     assert ckpt.config == base.config
     assert ckpt.source_tokenizer.vocab == base.source_tokenizer.vocab
     assert ckpt.target_tokenizer.vocab == base.target_tokenizer.vocab
-    for name, w in base.model.state_dict().items():   # lr 1e-9: one epoch moves nothing visible
+    for name, w in base.model.state_dict().items():  # lr 1e-9: one epoch moves nothing visible
         np.testing.assert_allclose(ckpt.model.state_dict()[name].numpy(), w.numpy(), atol=1e-6, err_msg=name)
     assert tuned.dev["accuracy"] == pytest.approx(result.dev["accuracy"])
     with pytest.raises(BundleError, match="nope"):
-        train_seq2seq(train, tmp_path / "ft2", Seq2SeqTrainConfig(epochs=1, init=str(tmp_path / "nope"), **FAST),
-                      dev_path=dev, fmt="cmudict", progress=False, log=None)
+        train_seq2seq(
+            train,
+            tmp_path / "ft2",
+            Seq2SeqTrainConfig(epochs=1, init=str(tmp_path / "nope"), **FAST),
+            dev_path=dev,
+            fmt="cmudict",
+            progress=False,
+            log=None,
+        )
 
 
 def test_tampered_checkpoint_is_refused(trained, tmp_path):
     import shutil
 
     from rnnkit.toolkit.train_seq2seq import load_seq2seq_checkpoint
+
     _, result = trained
     bad = tmp_path / "bad"
     shutil.copytree(result.out_dir, bad)
@@ -190,11 +215,36 @@ def test_cli_train_seq2seq(tmp_path):
     from click.testing import CliRunner
 
     from rnnkit.toolkit.cli import cli
+
     pairs = toy_g2p(80, 1)
     (tmp_path / "train.tsv").write_text("".join(f"{w}\t{p}\n" for w, p in pairs), encoding="utf-8")
-    args = ["train", "seq2seq", "--train", str(tmp_path / "train.tsv"), "--out", str(tmp_path / "ckpt"),
-            "--format", "tsv", "--cell", "lstm", "--layers", "1", "--hidden", "16", "--embed", "8",
-            "--attention", "additive", "--unidirectional", "--epochs", "1", "--threads", "1", "--dev-split", "0.2"]
+    args = [
+        "train",
+        "seq2seq",
+        "--train",
+        str(tmp_path / "train.tsv"),
+        "--out",
+        str(tmp_path / "ckpt"),
+        "--format",
+        "tsv",
+        "--cell",
+        "lstm",
+        "--layers",
+        "1",
+        "--hidden",
+        "16",
+        "--embed",
+        "8",
+        "--attention",
+        "additive",
+        "--unidirectional",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--dev-split",
+        "0.2",
+    ]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     assert "best epoch 1: dev exact match" in r.output
@@ -219,21 +269,64 @@ def test_cli_train_export_predict_end_to_end(tmp_path):
 
     write_cmudict(tmp_path / "toy.dict", toy_g2p(120, 2))
     run = CliRunner().invoke
-    r = run(cli, ["train", "seq2seq", "--train", str(tmp_path / "toy.dict"), "--format", "cmudict",
-                  "--out", str(tmp_path / "ckpt"), "--layers", "1", "--hidden", "16", "--embed", "8",
-                  "--epochs", "2", "--threads", "1"])
+    r = run(
+        cli,
+        [
+            "train",
+            "seq2seq",
+            "--train",
+            str(tmp_path / "toy.dict"),
+            "--format",
+            "cmudict",
+            "--out",
+            str(tmp_path / "ckpt"),
+            "--layers",
+            "1",
+            "--hidden",
+            "16",
+            "--embed",
+            "8",
+            "--epochs",
+            "2",
+            "--threads",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     dev = dev_set_for(tmp_path / "ckpt")
     assert dev is not None and dev.source.endswith("dev.tsv") and len(dev.items) == len(dev.labels) > 0
     assert all(not any(ch.isdigit() for ch in ref) for ref in dev.labels)  # stress stripped, as trained
-    r = run(cli, ["export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "g2p.bundle"), "--int8",
-                  "--min-agreement", "0", "--lexicon", str(tmp_path / "toy.dict")])
+    r = run(
+        cli,
+        [
+            "export",
+            str(tmp_path / "ckpt"),
+            "--out",
+            str(tmp_path / "g2p.bundle"),
+            "--int8",
+            "--min-agreement",
+            "0",
+            "--lexicon",
+            str(tmp_path / "toy.dict"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     manifest = json.loads((tmp_path / "g2p.bundle" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["task"] == "seq2seq" and "fp32_exact_match" in manifest["validation"]["dev"]
     (tmp_path / "words.txt").write_text("abc\nxo\n", encoding="utf-8")
-    r = run(cli, ["predict", str(tmp_path / "g2p.bundle"), "--input", str(tmp_path / "words.txt"),
-                  "--output", str(tmp_path / "out.jsonl"), "--beam", "3"])
+    r = run(
+        cli,
+        [
+            "predict",
+            str(tmp_path / "g2p.bundle"),
+            "--input",
+            str(tmp_path / "words.txt"),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            "--beam",
+            "3",
+        ],
+    )
     assert r.exit_code == 0, r.output
     lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [x["input"] for x in lines] == ["abc", "xo"]

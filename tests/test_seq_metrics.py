@@ -6,25 +6,33 @@ import numpy as np
 import pytest
 
 from rnnkit.runtime.errors import InputError
-from rnnkit.toolkit.seq_metrics import (corpus_bleu, edit_distance, evaluate_outputs, sequence_error_rate,
-                                        token_error_rate, tokenize_13a)
+from rnnkit.toolkit.seq_metrics import (
+    corpus_bleu,
+    edit_distance,
+    evaluate_outputs,
+    sequence_error_rate,
+    token_error_rate,
+    tokenize_13a,
+)
 
 sacrebleu = pytest.importorskip("sacrebleu")  # in the `test` extra: always runs in CI
 
-WORDS = ("le chat chien est sur la table maison il elle a mangé grand petit rouge 3 10,000 1.5 U.S. l'eau "
-         "qu'il c'est-à-dire don't \"oui\" (non) & < > - -- . , ! ? ; : / $ %").split()
+WORDS = (
+    "le chat chien est sur la table maison il elle a mangé grand petit rouge 3 10,000 1.5 U.S. l'eau "
+    "qu'il c'est-à-dire don't \"oui\" (non) & < > - -- . , ! ? ; : / $ %"
+).split()
 
 
 def test_edit_distance():
     assert edit_distance("kitten", "sitting") == 3
     assert edit_distance([], ["a", "b"]) == 2
     assert edit_distance(["a", "b"], ["a", "b"]) == 0
-    assert edit_distance("ab", "ba") == 2            # plain Levenshtein: no transposition
+    assert edit_distance("ab", "ba") == 2  # plain Levenshtein: no transposition
 
 
 def test_per_uses_the_closest_reference_and_corpus_sums():
     hyps = ["AE B EY", "K AE T"]
-    refs = [["AE B IY", "AE B EY"], ["K AE T S"]]    # first word: second reference matches exactly
+    refs = [["AE B IY", "AE B EY"], ["K AE T S"]]  # first word: second reference matches exactly
     assert token_error_rate(hyps, refs) == pytest.approx((0 + 1) / (3 + 4))
     assert sequence_error_rate(hyps, refs) == 0.5
     scores = evaluate_outputs(hyps, refs)
@@ -34,20 +42,29 @@ def test_per_uses_the_closest_reference_and_corpus_sums():
     with pytest.raises(InputError, match="2 predictions but 1 reference"):
         token_error_rate(hyps, refs[:1])
     with pytest.raises(InputError, match="non-empty list"):
-        sequence_error_rate(["a"], ["a"])           # a bare string is not a list of references
+        sequence_error_rate(["a"], ["a"])  # a bare string is not a list of references
 
 
 def test_13a_tokenizer_matches_sacrebleu():
     from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
     ref = Tokenizer13a()
-    for s in ["Hello, world.", "It costs $1,000.50 -- really?", "U.S.-based & co.", "l'eau (chaude) 3-4",
-              "a&quot;b &amp; c", "end.", " spaced   out "]:
+    for s in [
+        "Hello, world.",
+        "It costs $1,000.50 -- really?",
+        "U.S.-based & co.",
+        "l'eau (chaude) 3-4",
+        "a&quot;b &amp; c",
+        "end.",
+        " spaced   out ",
+    ]:
         assert tokenize_13a(s) == ref(s), s
 
 
 def random_corpus(rng, n, refs_per):
     def sent():
         return " ".join(rng.choice(WORDS, size=int(rng.integers(1, 14))))
+
     hyps = [sent() for _ in range(n)]
     refs = [[sent() for _ in range(refs_per)] for _ in range(n)]
     # make some n-grams match: copy a stretch of a reference into half of the outputs
@@ -68,12 +85,12 @@ def test_corpus_bleu_matches_sacrebleu(seed, refs_per):
 
 def test_bleu_edge_cases_match_sacrebleu():
     cases = [
-        (["the cat sat on the mat"], [["the cat sat on the mat"]]),           # perfect: 100
-        (["the cat"], [["the cat sat on the mat"]]),                          # no 3-/4-grams: 0
-        (["a b c x e"], [["a b c d x y z"]]),                                 # zero 4-gram matches: exp smoothing
-        (["x y z w"], [["a b c d"]]),                                         # nothing matches
+        (["the cat sat on the mat"], [["the cat sat on the mat"]]),  # perfect: 100
+        (["the cat"], [["the cat sat on the mat"]]),  # no 3-/4-grams: 0
+        (["a b c x e"], [["a b c d x y z"]]),  # zero 4-gram matches: exp smoothing
+        (["x y z w"], [["a b c d"]]),  # nothing matches
         (["one two three four five six"], [["one two", "one two three four five six seven"]]),  # closest length
-        ([""], [["a b c d"]]),                                                # empty output
+        ([""], [["a b c d"]]),  # empty output
     ]
     for hyps, refs in cases:
         want = sacrebleu.corpus_bleu(hyps, [list(r) for r in zip(*refs)]).score

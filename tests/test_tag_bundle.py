@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import make_tagger_checkpoint, run_python, synthetic_sentences
+
 from rnnkit.runtime import InputError, load
 from rnnkit.toolkit.cli import cli
 
@@ -21,8 +21,9 @@ MATRIX = [(cell, bi, chars) for cell in ("rnn", "lstm", "gru") for bi in (False,
 def test_tagger_export_validates_on_both_backends(tmp_path, cell, bidirectional, chars):
     from rnnkit.toolkit.export_checkpoint import export_checkpoint
 
-    ckpt = make_tagger_checkpoint(tmp_path / "ckpt", cell=cell, bidirectional=bidirectional, chars=chars,
-                                  layers=2 if chars else 1)
+    ckpt = make_tagger_checkpoint(
+        tmp_path / "ckpt", cell=cell, bidirectional=bidirectional, chars=chars, layers=2 if chars else 1
+    )
     result = export_checkpoint(ckpt, tmp_path / "b", log=lambda m: None)
     v = result["manifest"]["validation"]["fp32"]
     assert v["passed"] and v["cases"] == 28 and max(v["max_abs_diff"].values()) < 1e-5
@@ -33,7 +34,9 @@ def test_tag_matches_torch_on_both_backends(tag_bundle):
     from rnnkit.toolkit.train_tag import load_tagger_checkpoint
 
     sentences, _ = synthetic_sentences(20, seed=5)
-    ckpt = load_tagger_checkpoint(json.loads((tag_bundle / "manifest.json").read_text())["source"]["checkpoint"])
+    # the manifest names the checkpoint folder without its path (no machine paths in a bundle)
+    name = json.loads((tag_bundle / "manifest.json").read_text())["source"]["checkpoint"]
+    ckpt = load_tagger_checkpoint(tag_bundle.parent / name)
     expected = ckpt.predict(sentences)
     for backend in ("onnxruntime", "numba"):
         got = load(tag_bundle, backend=backend).tag(sentences, batch_size=7)
@@ -63,14 +66,20 @@ def test_edge_cases(tag_bundle):
         model.tag([["a"] * 10001])
     with pytest.raises(InputError, match=r"sentence #1: every token must be a non-empty string"):
         model.tag([["ok"], ["fine", ""]])
-    with pytest.raises(AttributeError, match=r"a tag bundle has no predict\(\); load a classifier bundle "
-                                             r"\(rnnkit train classify\); this one has tag\(\)"):
+    with pytest.raises(
+        AttributeError,
+        match=r"a tag bundle has no predict\(\); load a classifier bundle "
+        r"\(rnnkit train classify\); this one has tag\(\)",
+    ):
         model.predict(["text"])
 
 
 def test_tag_on_classifier_bundle_is_refused(gru_bundle):
-    with pytest.raises(AttributeError, match=r"a classify bundle has no tag\(\); load a tagger bundle "
-                                             r"\(rnnkit train tag\); this one has predict\(\)"):
+    with pytest.raises(
+        AttributeError,
+        match=r"a classify bundle has no tag\(\); load a tagger bundle "
+        r"\(rnnkit train tag\); this one has predict\(\)",
+    ):
         load(gru_bundle).tag(["a b"])
 
 
@@ -79,14 +88,17 @@ def test_cli_predict_tags_pretokenized_and_jsonl(tag_bundle, tmp_path):
 
     src = tmp_path / "in.txt"
     src.write_text("the film runs .\nthe actor is good !\n")
-    result = CliRunner().invoke(cli, ["predict", str(tag_bundle), "--input", str(src), "--pretokenized",
-                                      "--backend", "numba"])
+    result = CliRunner().invoke(
+        cli, ["predict", str(tag_bundle), "--input", str(src), "--pretokenized", "--backend", "numba"]
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["tokens"] for r in rows] == [["the", "film", "runs", "."], ["the", "actor", "is", "good", "!"]]
     assert all(len(r["tags"]) == len(r["tokens"]) == len(r["scores"]) for r in rows)
     jsonl = tmp_path / "in.jsonl"
-    jsonl.write_text(json.dumps({"tokens": ["a", "plot", "moves"]}) + "\n" + json.dumps({"text": "This is dull."}) + "\n")
+    jsonl.write_text(
+        json.dumps({"tokens": ["a", "plot", "moves"]}) + "\n" + json.dumps({"text": "This is dull."}) + "\n"
+    )
     out = tmp_path / "out.jsonl"
     result = CliRunner().invoke(cli, ["predict", str(tag_bundle), "--input", str(jsonl), "--output", str(out)])
     assert result.exit_code == 0, result.output
@@ -109,9 +121,11 @@ def test_cli_too_long_sentence_names_line(tag_bundle, tmp_path):
 
 @pytest.mark.slow
 def test_tagging_runtime_never_imports_torch(tag_bundle):
-    code = ("import sys; from rnnkit.runtime import load\n"
-            "for b in ('onnxruntime', 'numba'):\n    load(sys.argv[1], backend=b).tag(['the film runs .'])\n"
-            "assert 'torch' not in sys.modules\nprint('ok')")
+    code = (
+        "import sys; from rnnkit.runtime import load\n"
+        "for b in ('onnxruntime', 'numba'):\n    load(sys.argv[1], backend=b).tag(['the film runs .'])\n"
+        "assert 'torch' not in sys.modules\nprint('ok')"
+    )
     result = run_python(code, str(tag_bundle))
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
@@ -121,4 +135,6 @@ def test_cli_inspect_tag_bundle(tag_bundle):
 
     result = CliRunner().invoke(cli, ["inspect", str(tag_bundle)])
     assert result.exit_code == 0, result.output
-    assert "task=tag" in result.output and "char-cnn=5" in result.output and "unit" not in result.output.split("dev:")[0]
+    assert (
+        "task=tag" in result.output and "char-cnn=5" in result.output and "unit" not in result.output.split("dev:")[0]
+    )

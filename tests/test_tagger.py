@@ -41,6 +41,7 @@ def _write(tmp_path, name, text, mode="w"):
 
 # -- readers ------------------------------------------------------------------------------
 
+
 def test_conllu_upos_xpos_skips_comments_ranges_empty_nodes(tmp_path):
     p = _write(tmp_path, "a.conllu", CONLLU)
     s = read_tagged(p)
@@ -58,23 +59,30 @@ def test_tsv(tmp_path):
     assert [x.tokens for x in s] == [["The", "dog"], ["#"]] and s[1].tags == ["SYM"]
 
 
-@pytest.mark.parametrize("name,text,message", [
-    ("a.conllu", "1\tI\tI\tPRON\n", "a.conllu:1: 4 tab-separated column(s), expected 10"),
-    ("a.conllu", "1\tI\t_\t_\tPRP\t_\t_\t_\t_\t_\n", "a.conllu:1: no UPOS tag (column 4 is '_')"),
-    ("a.conllu", "1\tI\tI\tPRON\tPRP\t_\t_\t_\t_\t_\n3\tx\tx\tX\tX\t_\t_\t_\t_\t_\n", "a.conllu:2: word ID 3 but 2 expected"),
-    ("a.conllu", "x\tI\tI\tPRON\tPRP\t_\t_\t_\t_\t_\n", "a.conllu:1: ID 'x' is not an integer"),
-    ("a.conllu", "1-x\tI\tI\tPRON\tPRP\t_\t_\t_\t_\t_\n", "a.conllu:1: ID '1-x' is neither"),
-    ("a.conllu", "1\tI\tI\tPRON\tPRP\t_\t_\t_\t_\t_\n# c\n", "a.conllu:2: comment line inside a sentence"),
-    ("a.conllu", "# only a comment\n\n", "a.conllu: no sentences"),
-    ("a.tsv", "The\tDET\ndog\n", "a.tsv:2: 1 tab-separated column(s), expected 2"),
-    ("a.tsv", "The\tDET\tx\n", "a.tsv:1: 3 tab-separated column(s)"),
-    ("a.tsv", "The\t\n", "a.tsv:1: empty tag"),
-    ("a.tsv", "\tDET\n", "a.tsv:1: empty word"),
-    ("a.tsv", "", "a.tsv: no sentences"),
-    ("a.tsv", "\n \n", "a.tsv: no sentences"),
-    ("a.tsv", "1\tI\tI\tPRON\tPRP\t_\t_\t_\t_\t_\n", "is this a CoNLL-U file"),
-    ("a.tsv", b"ok\tX\n\nbad\xff\tX\n", "a.tsv:3: not valid utf-8"),
-])
+@pytest.mark.parametrize(
+    "name,text,message",
+    [
+        ("a.conllu", "1\tI\tI\tPRON\n", "a.conllu:1: 4 tab-separated column(s), expected 10"),
+        ("a.conllu", "1\tI\t_\t_\tPRP\t_\t_\t_\t_\t_\n", "a.conllu:1: no UPOS tag (column 4 is '_')"),
+        (
+            "a.conllu",
+            "1\tI\tI\tPRON\tPRP\t_\t_\t_\t_\t_\n3\tx\tx\tX\tX\t_\t_\t_\t_\t_\n",
+            "a.conllu:2: word ID 3 but 2 expected",
+        ),
+        ("a.conllu", "x\tI\tI\tPRON\tPRP\t_\t_\t_\t_\t_\n", "a.conllu:1: ID 'x' is not an integer"),
+        ("a.conllu", "1-x\tI\tI\tPRON\tPRP\t_\t_\t_\t_\t_\n", "a.conllu:1: ID '1-x' is neither"),
+        ("a.conllu", "1\tI\tI\tPRON\tPRP\t_\t_\t_\t_\t_\n# c\n", "a.conllu:2: comment line inside a sentence"),
+        ("a.conllu", "# only a comment\n\n", "a.conllu: no sentences"),
+        ("a.tsv", "The\tDET\ndog\n", "a.tsv:2: 1 tab-separated column(s), expected 2"),
+        ("a.tsv", "The\tDET\tx\n", "a.tsv:1: 3 tab-separated column(s)"),
+        ("a.tsv", "The\t\n", "a.tsv:1: empty tag"),
+        ("a.tsv", "\tDET\n", "a.tsv:1: empty word"),
+        ("a.tsv", "", "a.tsv: no sentences"),
+        ("a.tsv", "\n \n", "a.tsv: no sentences"),
+        ("a.tsv", "1\tI\tI\tPRON\tPRP\t_\t_\t_\t_\t_\n", "is this a CoNLL-U file"),
+        ("a.tsv", b"ok\tX\n\nbad\xff\tX\n", "a.tsv:3: not valid utf-8"),
+    ],
+)
 def test_reader_errors(tmp_path, name, text, message):
     p = _write(tmp_path, name, text)
     with pytest.raises(InputError) as e:
@@ -93,6 +101,7 @@ def test_reader_argument_errors(tmp_path):
 
 # -- char vocabulary and word lookup ------------------------------------------------------
 
+
 def test_charset_roundtrip_and_long_words():
     cv = CharVocab.build(["abc", "abd", "Zed"])
     assert cv.chars[:4] == ["<pad>", "<unk>", "a", "b"]
@@ -105,14 +114,17 @@ def test_charset_roundtrip_and_long_words():
     assert batch.shape == (3, 2, 3) and (batch[1] == 0).all()
 
 
-@pytest.mark.parametrize("d,message", [
-    ([], "expected an object"),
-    ({"chars": ["<pad>", "<unk>"]}, "lacks key(s)"),
-    ({"chars": ["<unk>", "<pad>"], "normalization": "NFKC", "max_chars": 32}, "starts with"),
-    ({"chars": ["<pad>", "<unk>", "ab"], "normalization": "NFKC", "max_chars": 32}, "not single characters"),
-    ({"chars": ["<pad>", "<unk>", "a", "a"], "normalization": "NFKC", "max_chars": 32}, "duplicate"),
-    ({"chars": ["<pad>", "<unk>"], "normalization": "X", "max_chars": 0, "y": 1}, "unknown key(s) 'y'"),
-])
+@pytest.mark.parametrize(
+    "d,message",
+    [
+        ([], "expected an object"),
+        ({"chars": ["<pad>", "<unk>"]}, "lacks key(s)"),
+        ({"chars": ["<unk>", "<pad>"], "normalization": "NFKC", "max_chars": 32}, "starts with"),
+        ({"chars": ["<pad>", "<unk>", "ab"], "normalization": "NFKC", "max_chars": 32}, "not single characters"),
+        ({"chars": ["<pad>", "<unk>", "a", "a"], "normalization": "NFKC", "max_chars": 32}, "duplicate"),
+        ({"chars": ["<pad>", "<unk>"], "normalization": "X", "max_chars": 0, "y": 1}, "unknown key(s) 'y'"),
+    ],
+)
 def test_charset_from_dict_errors(d, message):
     with pytest.raises(BundleError, match="m.json: ") as e:
         CharVocab.from_dict(d, source="m.json")
@@ -132,8 +144,8 @@ def test_word_lookup_normalises_whole_tokens():
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from rnnkit.export.task_tag import build_tagger_graph, check_tagger_graph  # noqa: E402
 from rnnkit.export.quantize import quantize_classifier  # noqa: E402
+from rnnkit.export.task_tag import build_tagger_graph, check_tagger_graph  # noqa: E402
 from rnnkit.runtime.tolerance import INT8  # noqa: E402
 from rnnkit.toolkit.tagger import RecurrentTagger, TaggerConfig  # noqa: E402
 
@@ -143,9 +155,19 @@ V, K, CV = 40, 6, 25
 
 def make(cell="lstm", bidirectional=True, chars=True, layers=1, seed=0):
     torch.manual_seed(seed)
-    config = TaggerConfig(vocab_size=V, num_tags=K, cell=cell, embed=6, hidden=5, layers=layers,
-                          bidirectional=bidirectional, char_vocab_size=CV if chars else 0,
-                          char_embed=4, char_filters=7, char_kernel=3)
+    config = TaggerConfig(
+        vocab_size=V,
+        num_tags=K,
+        cell=cell,
+        embed=6,
+        hidden=5,
+        layers=layers,
+        bidirectional=bidirectional,
+        char_vocab_size=CV if chars else 0,
+        char_embed=4,
+        char_filters=7,
+        char_kernel=3,
+    )
     module = RecurrentTagger(config).eval()
     with torch.no_grad():  # non-zero biases so a wrong gate order shows
         for name, p in module.named_parameters():
@@ -174,16 +196,19 @@ def batch(lengths, chars=True, seed=1, time=None, width=None):
 def torch_logits(module, feed):
     with torch.no_grad():
         c = feed.get("char_ids")
-        return module(torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["sequence_lens"].astype(np.int64)),
-                      torch.from_numpy(c) if c is not None else None).numpy()
+        return module(
+            torch.from_numpy(feed["input_ids"]),
+            torch.from_numpy(feed["sequence_lens"].astype(np.int64)),
+            torch.from_numpy(c) if c is not None else None,
+        ).numpy()
 
 
 def row(feed, i):
     n = int(feed["sequence_lens"][i])
-    out = {"input_ids": feed["input_ids"][i:i + 1, :n], "sequence_lens": feed["sequence_lens"][i:i + 1]}
+    out = {"input_ids": feed["input_ids"][i : i + 1, :n], "sequence_lens": feed["sequence_lens"][i : i + 1]}
     if "char_ids" in feed:
         w = max(1, int((feed["char_ids"][i, :n] != 0).sum(-1).max()))
-        out["char_ids"] = feed["char_ids"][i:i + 1, :n, :w]
+        out["char_ids"] = feed["char_ids"][i : i + 1, :n, :w]
     return out
 
 
@@ -213,6 +238,7 @@ def test_model_input_errors():
 
 # -- ONNX graph ---------------------------------------------------------------------------
 
+
 def session(model):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
@@ -227,18 +253,27 @@ def test_graph_matches_torch(cell, bidirectional, chars):
     every row alone == in its batch (rnnkit.export.validate)."""
     from rnnkit.export.exporter import session_forward as session_tag_forward
     from rnnkit.export.validate import check_parity as check_tagger_parity
+
     config, module, weights = make(cell, bidirectional, chars, layers=2)
     model = build_tagger_graph(config, weights)
     check_tagger_graph(model, config)
-    report = check_tagger_parity("torch", lambda f: torch_logits(module, f),
-                                 {"onnxruntime": session_tag_forward(session(model))}, FP32, V,
-                                 CV if chars else 0, batch_sizes=(1, 3, 8), lengths=(1, 7, 33))
+    report = check_tagger_parity(
+        "torch",
+        lambda f: torch_logits(module, f),
+        {"onnxruntime": session_tag_forward(session(model))},
+        FP32,
+        V,
+        CV if chars else 0,
+        batch_sizes=(1, 3, 8),
+        lengths=(1, 7, 33),
+    )
     assert not report.failures, report.failures[:5]
     assert report.cases == 9
 
 
 def test_parity_matrix_is_complete():
     from rnnkit.toolkit.models import CELLS as REGISTERED
+
     assert set(CELLS) == set(REGISTERED)
 
 
@@ -258,8 +293,26 @@ def test_graph_contract_and_checks():
     props = {p.key: p.value for p in model.metadata_props}
     assert props["rnnkit.task"] == "tag" and props["rnnkit.architecture"] == "gru x1 bi"  # as in a bundle
     assert not {n.op_type for n in model.graph.node} - {
-        "Gather", "Transpose", "Reshape", "Shape", "Concat", "Unsqueeze", "Slice", "Cast", "Range", "Less",
-        "Equal", "Not", "Where", "Add", "MatMul", "Tanh", "ReduceMax", "ConstantOfShape", "GRU"}
+        "Gather",
+        "Transpose",
+        "Reshape",
+        "Shape",
+        "Concat",
+        "Unsqueeze",
+        "Slice",
+        "Cast",
+        "Range",
+        "Less",
+        "Equal",
+        "Not",
+        "Where",
+        "Add",
+        "MatMul",
+        "Tanh",
+        "ReduceMax",
+        "ConstantOfShape",
+        "GRU",
+    }
     dims = [d.dim_param for d in model.graph.input[2].type.tensor_type.shape.dim]
     assert dims == ["batch", "time", "chars"]
     wrong = TaggerConfig(**{**config.to_dict(), "hidden": 9, "layers": 2, "char_vocab_size": 0})
@@ -288,6 +341,7 @@ def test_int8_structure_and_agreement(cell):
 
 # -- training -----------------------------------------------------------------------------
 
+
 def _synthetic(path, n, seed):
     """Tag = word class by suffix; unseen words of a class share its suffix (chars help)."""
     rng = np.random.default_rng(seed)
@@ -297,7 +351,11 @@ def _synthetic(path, n, seed):
     for _ in range(n):
         for _ in range(int(rng.integers(2, 9))):
             tag = str(rng.choice(list(classes)))
-            word = "the" if tag == "D" else str(rng.choice(stems)) + str(rng.choice(stems[:6] if seed == 0 else stems)) + classes[tag]
+            word = (
+                "the"
+                if tag == "D"
+                else str(rng.choice(stems)) + str(rng.choice(stems[:6] if seed == 0 else stems)) + classes[tag]
+            )
             lines.append(f"{word}\t{tag}")
         lines.append("")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -307,15 +365,31 @@ def _synthetic(path, n, seed):
 @pytest.mark.slow
 def test_train_tagger_learns_and_roundtrips(tmp_path):
     from rnnkit.toolkit.train_tag import TagTrainConfig, load_tagger_checkpoint, train_tagger
+
     train = _synthetic(tmp_path / "train.tsv", 150, 0)
     dev = _synthetic(tmp_path / "dev.tsv", 40, 1)
-    cfg = TagTrainConfig(cell="gru", hidden=16, embed=8, char_embed=8, char_filters=16, epochs=6, threads=1,
-                         batch_size=16, lr=1e-2, seed=0)
+    cfg = TagTrainConfig(
+        cell="gru",
+        hidden=16,
+        embed=8,
+        char_embed=8,
+        char_filters=16,
+        epochs=6,
+        threads=1,
+        batch_size=16,
+        lr=1e-2,
+        seed=0,
+    )
     result = train_tagger(train, tmp_path / "ckpt", cfg, dev_path=dev, progress=False, log=None)
     assert result.dev_accuracy >= 0.95 and result.dev_unseen_accuracy >= 0.9
     out = tmp_path / "ckpt"
-    assert {p.name for p in out.iterdir()} >= {"config.json", "weights.pt", "curves.png", "confusion.png",
-                                               "confusion.tsv"}
+    assert {p.name for p in out.iterdir()} >= {
+        "config.json",
+        "weights.pt",
+        "curves.png",
+        "confusion.png",
+        "confusion.tsv",
+    }
     meta = json.loads((out / "config.json").read_text())
     assert meta["task"] == "tag" and meta["training"]["dev_path"] == str(dev)
     ck = load_tagger_checkpoint(out)
@@ -333,6 +407,7 @@ def test_numba_backend_runs_tagger_graph(cell):
     """Only ops the numba backend implements are written (no Conv): it matches torch at FP32."""
     pytest.importorskip("numba")
     from rnnkit.runtime.numba_backend.graph import NumbaSession
+
     config, module, weights = make(cell, True, True, layers=2)
     feed = batch([7, 1, 33], seed=4)
     got = NumbaSession(build_tagger_graph(config, weights)).run(None, feed)[0]
@@ -341,15 +416,17 @@ def test_numba_backend_runs_tagger_graph(cell):
 
 
 def test_check_tagger_parity_passes_and_catches():
-    from rnnkit.export.validate import raise_on_failures
     from rnnkit.export.exporter import session_forward as session_tag_forward
     from rnnkit.export.validate import check_parity as check_tagger_parity
+    from rnnkit.export.validate import raise_on_failures
     from rnnkit.runtime.errors import ParityError
+
     config, module, weights = make("lstm", True, True)
     fwd = session_tag_forward(session(build_tagger_graph(config, weights)))
     shapes = dict(batch_sizes=(1, 3), lengths=(1, 7, 33))
-    report = check_tagger_parity("torch", lambda f: torch_logits(module, f), {"onnxruntime": fwd}, FP32,
-                                 V, CV, **shapes)
+    report = check_tagger_parity(
+        "torch", lambda f: torch_logits(module, f), {"onnxruntime": fwd}, FP32, V, CV, **shapes
+    )
     assert not report.failures and report.worst["onnxruntime"] < FP32.atol
     leaky = lambda f: fwd(f) + 1.0  # noqa: E731 -- wrong everywhere, padding included
     bad = check_tagger_parity("torch", lambda f: torch_logits(module, f), {"leaky": leaky}, FP32, V, CV, **shapes)
@@ -359,6 +436,7 @@ def test_check_tagger_parity_passes_and_catches():
 
 def test_train_config_and_word_dropout_probabilities():
     from rnnkit.toolkit.train_tag import TagTrainConfig, _drop_probabilities
+
     with pytest.raises(InputError) as e:
         TagTrainConfig(cell="cnn", char_kernel=4, unk_alpha=-1, column="lemma")
     for part in ("cell must be one of", "char_kernel must be odd", "unk_alpha must be >= 0", "column must be"):
@@ -366,6 +444,7 @@ def test_train_config_and_word_dropout_probabilities():
 
     class Data:
         ids = [np.array([2, 2, 2, 3])]
+
     assert _drop_probabilities(Data, 5, TagTrainConfig(word_dropout=0.0)) is None
     p = _drop_probabilities(Data, 5, TagTrainConfig(word_dropout=0.1, unk_alpha=1.0)).numpy()
     np.testing.assert_allclose(p[[2, 3, 4]], [1 - 0.9 * 0.75, 1 - 0.9 * 0.5, 1 - 0.9 * 0.0], rtol=1e-6)

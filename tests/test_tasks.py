@@ -7,10 +7,9 @@ import copy
 import pickle
 
 import pytest
-
 from conftest import G2P
-from rnnkit.runtime import (Classifier, EncoderDecoder, InputError, LanguageModel, Model, RnnkitError, Tagger,
-                            load)
+
+from rnnkit.runtime import Classifier, EncoderDecoder, InputError, LanguageModel, Model, RnnkitError, Tagger, load
 from rnnkit.runtime.batch import run_items
 from rnnkit.runtime.tasks import TASKS
 
@@ -41,7 +40,7 @@ def test_language_model(lm_bundles):
     options = dict(max_tokens=8, temperature=0.8, seed=3)
     lines = [r.to_dict() for r in model.run_batch(["the ", "a c"], **options)]
     assert lines == [{"prompt": p, "text": model.generate_text(p, **options)} for p in ("the ", "a c")]
-    results, errors = run_items(model.run_batch, ["the ", "", "a"], batch_size=2)   # an empty prompt is one bad item
+    results, errors = run_items(model.run_batch, ["the ", "", "a"], batch_size=2)  # an empty prompt is one bad item
     assert errors == [(1, "text ('') has no tokens; a language model needs at least one token of context")]
     assert results[0] is not None and results[2] is not None
 
@@ -60,17 +59,23 @@ def test_encoder_decoder(s2s_bundles):
 
 def test_other_tasks_methods_are_helpful_attribute_errors(gru_bundle, tag_bundle):
     classifier, tagger = load(gru_bundle), load(tag_bundle)
-    with pytest.raises(AttributeError, match=r"^a classify bundle has no generate\(\); load a language-model bundle "
-                                             r"\(rnnkit train lm\); this one has predict\(\)$") as info:
+    with pytest.raises(
+        AttributeError,
+        match=r"^a classify bundle has no generate\(\); load a language-model bundle "
+        r"\(rnnkit train lm\); this one has predict\(\)$",
+    ) as info:
         classifier.generate("ROMEO:")
-    assert isinstance(info.value, RnnkitError) and isinstance(info.value, InputError)   # the CLI's "Error:" line
-    with pytest.raises(AttributeError, match=r"a tag bundle has no translate\(\); load an encoder-decoder bundle "
-                                             r"\(rnnkit train seq2seq\)"):
+    assert isinstance(info.value, RnnkitError) and isinstance(info.value, InputError)  # the CLI's "Error:" line
+    with pytest.raises(
+        AttributeError,
+        match=r"a tag bundle has no translate\(\); load an encoder-decoder bundle "
+        r"\(rnnkit train seq2seq\)",
+    ):
         tagger.translate(["cat"])
     assert not hasattr(classifier, "spawn_state") and hasattr(classifier, "predict") and hasattr(tagger, "logits")
     with pytest.raises(AttributeError, match=r"'Classifier' object has no attribute 'no_such_method'") as plain:
         classifier.no_such_method
-    assert not isinstance(plain.value, RnnkitError)                      # a typo is a plain AttributeError
-    copy.copy(classifier)                                                # __getattr__ before __init__: plain misses
+    assert not isinstance(plain.value, RnnkitError)  # a typo is a plain AttributeError
+    copy.copy(classifier)  # __getattr__ before __init__: plain misses
     with pytest.raises(Exception):
-        pickle.dumps(classifier)                                         # sessions do not pickle; no recursion
+        pickle.dumps(classifier)  # sessions do not pickle; no recursion

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from rnnkit.runtime.errors import BundleError, InputError
 from rnnkit.runtime import tokenizer as tokenizer_module
+from rnnkit.runtime.errors import BundleError, InputError
 from rnnkit.runtime.tokenizer import DEFAULT_PATTERN, PAD_ID, UNK_ID, WordTokenizer
 
 
@@ -90,21 +90,26 @@ def _dict(**changes):
     return d
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"vocab": ["<pad>", "<unk>", "the", "cat", "the"]},
-     "manifest.json: 'tokenizer.vocab' has duplicate entry 'the'"),
-    ({"vocab": ["<unk>", "<pad>", "the"]}, "'tokenizer.vocab[0]' is '<unk>', expected '<pad>'"),
-    ({"vocab": ["<pad>"]}, "'tokenizer.vocab' has 1 entries, expected at least 2"),
-    ({"vocab": "the cat"}, "'tokenizer.vocab' is str, expected a list of strings"),
-    ({"vocab": ["<pad>", "<unk>", 3]}, "non-string or empty entries at index [2]"),
-    ({"level": "char"}, "'tokenizer.level' is 'char', expected 'word'"),
-    ({"lowercase": "yes"}, "'tokenizer.lowercase' is 'yes', expected true or false"),
-    ({"splitter": "regex"}, "'tokenizer.splitter' is 'regex', expected one of 'words'"),
-    ({"splitter": ["words"]}, "'tokenizer.splitter' is ['words'], expected one of 'words'"),
-    ({"pattern": DEFAULT_PATTERN}, "unknown key(s) 'pattern'"),  # a legacy key, but next to 'splitter': ambiguous
-    ({"vocab": ["<pad>", "<unk>", "w" * 1025]}, "entries longer than 1024 characters at index [2]"),
-    ({"extra": 1}, "unknown key(s) 'extra'"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"vocab": ["<pad>", "<unk>", "the", "cat", "the"]},
+            "manifest.json: 'tokenizer.vocab' has duplicate entry 'the'",
+        ),
+        ({"vocab": ["<unk>", "<pad>", "the"]}, "'tokenizer.vocab[0]' is '<unk>', expected '<pad>'"),
+        ({"vocab": ["<pad>"]}, "'tokenizer.vocab' has 1 entries, expected at least 2"),
+        ({"vocab": "the cat"}, "'tokenizer.vocab' is str, expected a list of strings"),
+        ({"vocab": ["<pad>", "<unk>", 3]}, "non-string or empty entries at index [2]"),
+        ({"level": "char"}, "'tokenizer.level' is 'char', expected 'word'"),
+        ({"lowercase": "yes"}, "'tokenizer.lowercase' is 'yes', expected true or false"),
+        ({"splitter": "regex"}, "'tokenizer.splitter' is 'regex', expected one of 'words'"),
+        ({"splitter": ["words"]}, "'tokenizer.splitter' is ['words'], expected one of 'words'"),
+        ({"pattern": DEFAULT_PATTERN}, "unknown key(s) 'pattern'"),  # a legacy key, but next to 'splitter': ambiguous
+        ({"vocab": ["<pad>", "<unk>", "w" * 1025]}, "entries longer than 1024 characters at index [2]"),
+        ({"extra": 1}, "unknown key(s) 'extra'"),
+    ],
+)
 def test_from_dict_rejects(changes, message):
     with pytest.raises(BundleError) as e:
         WordTokenizer.from_dict(_dict(**changes))
@@ -143,8 +148,11 @@ def test_any_other_pattern_is_refused_without_being_compiled(pattern, monkeypatc
             raise AssertionError(f"compiled a regex: {args!r}")
 
     monkeypatch.setattr(tokenizer_module, "re", NoRegex)
-    with pytest.raises(BundleError, match=r"'tokenizer.pattern' is .*, which is not a pattern rnnkit writes; the "
-                                          r"tokenizer names one of rnnkit's splitters \('words'\)"):
+    with pytest.raises(
+        BundleError,
+        match=r"'tokenizer.pattern' is .*, which is not a pattern rnnkit writes; the "
+        r"tokenizer names one of rnnkit's splitters \('words'\)",
+    ):
         WordTokenizer.from_dict(d)
 
 

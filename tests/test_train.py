@@ -61,8 +61,9 @@ def test_same_seed_same_metrics_other_seed_differs(data, trained, tmp_path):
     again = train_classifier(data, tmp_path / "again", TrainConfig(**FAST), progress=False, log=None)
     assert [h["dev_loss"] for h in again.history] == [h["dev_loss"] for h in result.history]
     assert again.dev_accuracy == result.dev_accuracy
-    other = train_classifier(data, tmp_path / "other", TrainConfig(**{**FAST, "seed": 1, "epochs": 1}),
-                             progress=False, log=None)
+    other = train_classifier(
+        data, tmp_path / "other", TrainConfig(**{**FAST, "seed": 1, "epochs": 1}), progress=False, log=None
+    )
     assert other.history[0]["train_loss"] != result.history[0]["train_loss"]
 
 
@@ -96,6 +97,7 @@ def test_checkpoint_round_trip_with_weights_only(trained, monkeypatch):
 
 def test_evaluate_file(trained, tmp_path):
     from rnnkit.toolkit.train import evaluate_file
+
     test = tmp_path / "test.tsv"
     test.write_text("text\tlabel\nsuperb fun\tpos\nawful and boring\tneg\nit was bad\tneg\n", encoding="utf-8")
     r = evaluate_file(trained[1], test)
@@ -137,6 +139,7 @@ class Evil:  # a pickled object other than tensors: refused by weights_only=True
 
 def _copy_ckpt(trained, tmp_path):
     import shutil
+
     dst = tmp_path / "copy"
     shutil.copytree(trained[1], dst)
     return dst
@@ -194,12 +197,15 @@ def test_load_errors(trained, tmp_path):
         c["labels"] = ["neg", "pos"]
         c["tokenizer"]["vocab"] = c["tokenizer"]["vocab"][:10]
         c["model"]["vocab_size"] = 10
+
     _edit_config(dst, shrink_vocab)
     real_rows = load_checkpoint(trained[1]).config.vocab_size
     with pytest.raises(BundleError) as e:
         load_checkpoint(dst)
-    assert f"weights.pt: does not match config.json: 'embedding.weight' has {real_rows} rows but " \
-           "config.json 'model.vocab_size' is 10" in str(e.value)
+    assert (
+        f"weights.pt: does not match config.json: 'embedding.weight' has {real_rows} rows but "
+        "config.json 'model.vocab_size' is 10" in str(e.value)
+    )
 
     (dst / "config.json").write_text('{"format": "rnnkit-checkpoint",\n "model": }')
     with pytest.raises(BundleError, match=r"config.json: invalid JSON at line 2 column 11"):

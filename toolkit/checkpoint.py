@@ -47,11 +47,11 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 CURVES_FILE = "curves.png"
 REQUIRED_KEYS = ("format", "format_version", "task", "model", "tokenizer")
-RESUME_DIR = "resume"   # out/resume/state.pt: only while a run is in progress (or was killed)
+RESUME_DIR = "resume"  # out/resume/state.pt: only while a run is in progress (or was killed)
 STATE_FILE = "state.pt"
 STATE_FORMAT = "rnnkit-resume-state-1"
 CONFUSION_PNG, CONFUSION_TSV = "confusion.png", "confusion.tsv"  # tagger: the best epoch's dev confusion
-DEV_FILE = "dev.tsv"          # seq2seq: the dev pairs used, so later scripts can evaluate
+DEV_FILE = "dev.tsv"  # seq2seq: the dev pairs used, so later scripts can evaluate
 TASK_KEYS = {"classify": ("labels",), "tag": ("charset", "tags"), "lm": (), "seq2seq": ("target_tokenizer",)}
 # ^ checked once 'task' is known
 
@@ -61,8 +61,8 @@ class Checkpoint:
     model: RecurrentClassifier  # in eval mode
     config: ClassifierConfig
     tokenizer: WordTokenizer
-    labels: list[str]           # label id i -> labels[i]
-    meta: dict                  # the whole config.json (training record under "training")
+    labels: list[str]  # label id i -> labels[i]
+    meta: dict  # the whole config.json (training record under "training")
     path: Path
 
     @torch.no_grad()
@@ -77,22 +77,23 @@ class Checkpoint:
 
 @dataclass
 class TagCheckpoint:
-    model: RecurrentTagger         # eval mode
+    model: RecurrentTagger  # eval mode
     config: TaggerConfig
     tokenizer: WordTokenizer
-    charset: CharVocab | None      # None without character features
-    tags: list[str]                # tag id i -> tags[i]
-    meta: dict                     # the whole config.json
+    charset: CharVocab | None  # None without character features
+    tags: list[str]  # tag id i -> tags[i]
+    meta: dict  # the whole config.json
     path: Path
 
     def predict(self, sentences: Sequence[Sequence[str]]) -> list[list[str]]:
-        return [[self.tags[i] for i in row] for row in
-                predict_tag_ids(self.model, self.tokenizer, self.charset, sentences)]
+        return [
+            [self.tags[i] for i in row] for row in predict_tag_ids(self.model, self.tokenizer, self.charset, sentences)
+        ]
 
 
 @dataclass
 class LMCheckpoint:
-    model: RecurrentLM             # eval mode
+    model: RecurrentLM  # eval mode
     config: LMConfig
     tokenizer: Tokenizer
     meta: dict
@@ -101,11 +102,11 @@ class LMCheckpoint:
 
 @dataclass
 class Seq2SeqCheckpoint:
-    model: Seq2Seq                 # eval mode
+    model: Seq2Seq  # eval mode
     config: Seq2SeqConfig
     source_tokenizer: Tokenizer
     target_tokenizer: Tokenizer
-    meta: dict                     # the whole config.json
+    meta: dict  # the whole config.json
     path: Path
 
     def translate(self, sources: Sequence[str], max_len: int | None = None) -> list[str]:
@@ -127,15 +128,23 @@ def check_out_dir(out_dir) -> Path:
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is a file, not a checkpoint directory -- choose another output path")
     if out.is_dir() and any(out.iterdir()) and not is_checkpoint(out):
-        raise InputError(f"{out}: exists and is not an rnnkit checkpoint (no {CONFIG_FILE} with "
-                         f"format {FORMAT!r}); refusing to overwrite it -- choose another output "
-                         "path or delete the folder")
+        raise InputError(
+            f"{out}: exists and is not an rnnkit checkpoint (no {CONFIG_FILE} with "
+            f"format {FORMAT!r}); refusing to overwrite it -- choose another output "
+            "path or delete the folder"
+        )
     return out
 
 
-def save_checkpoint(out_dir, model: RecurrentClassifier, tokenizer: WordTokenizer,
-                    labels: list[str], training: dict | None = None, plot: bool = True,
-                    resume: dict | None = None) -> Path:
+def save_checkpoint(
+    out_dir,
+    model: RecurrentClassifier,
+    tokenizer: WordTokenizer,
+    labels: list[str],
+    training: dict | None = None,
+    plot: bool = True,
+    resume: dict | None = None,
+) -> Path:
     """Write ``out_dir`` atomically; replaces an existing checkpoint, refuses anything else.
 
     ``training`` is stored as is (must be JSON-serialisable); when it has a non-empty
@@ -147,14 +156,26 @@ def save_checkpoint(out_dir, model: RecurrentClassifier, tokenizer: WordTokenize
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} entries but model vocab_size is {config.vocab_size}")
     if len(labels) != config.num_labels:
         raise ValueError(f"{len(labels)} labels but model num_labels is {config.num_labels}")
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "task": "classify",
-            "model": config.to_dict(), "tokenizer": tokenizer.to_dict(), "labels": list(labels),
-            "training": training or {}}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "task": "classify",
+        "model": config.to_dict(),
+        "tokenizer": tokenizer.to_dict(),
+        "labels": list(labels),
+        "training": training or {},
+    }
     return write_checkpoint(out_dir, meta, model.state_dict(), plot=plot, resume=resume)
 
 
-def write_checkpoint(out_dir, meta: dict, state_dict: dict, plot: bool = True,
-                     extras: Callable[[Path], None] | None = None, resume: dict | None = None) -> Path:
+def write_checkpoint(
+    out_dir,
+    meta: dict,
+    state_dict: dict,
+    plot: bool = True,
+    extras: Callable[[Path], None] | None = None,
+    resume: dict | None = None,
+) -> Path:
     """Write ``config.json`` (``meta``), ``weights.pt`` (``state_dict``), ``curves.png`` (when
     ``plot`` and ``meta["training"]`` has a history), whatever ``extras(tmp_dir)`` writes and,
     with ``resume``, ``resume/state.pt``, all into a temporary sibling that replaces ``out_dir``
@@ -172,6 +193,7 @@ def write_checkpoint(out_dir, meta: dict, state_dict: dict, plot: bool = True,
         history = (meta.get("training") or {}).get("history")
         if plot and history:
             from rnnkit.toolkit.plots import plot_curves
+
             plot_curves(history, tmp / CURVES_FILE)
         if extras is not None:
             extras(tmp)
@@ -216,8 +238,10 @@ def read_checkpoint_config(path: Path, task: str) -> dict:
     except UnicodeDecodeError as e:
         raise BundleError(f"{cfg}: not UTF-8 text ({e.reason} at byte {e.start}) -- the file is corrupted") from None
     except json.JSONDecodeError as e:
-        raise BundleError(f"{cfg}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg}) "
-                          "-- the file is corrupted; retrain or restore it") from None
+        raise BundleError(
+            f"{cfg}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg}) "
+            "-- the file is corrupted; retrain or restore it"
+        ) from None
     if not isinstance(meta, dict):
         raise BundleError(f"{cfg}: top level is {type(meta).__name__}, expected an object")
     missing = [k for k in REQUIRED_KEYS if k not in meta]
@@ -226,8 +250,10 @@ def read_checkpoint_config(path: Path, task: str) -> dict:
     if meta["format"] != FORMAT:
         raise BundleError(f"{cfg}: 'format' is {meta['format']!r}, expected {FORMAT!r}")
     if meta["format_version"] != FORMAT_VERSION:
-        raise BundleError(f"{cfg}: 'format_version' is {meta['format_version']!r} but this rnnkit reads "
-                          f"version {FORMAT_VERSION} -- use the rnnkit version that wrote it, or retrain")
+        raise BundleError(
+            f"{cfg}: 'format_version' is {meta['format_version']!r} but this rnnkit reads "
+            f"version {FORMAT_VERSION} -- use the rnnkit version that wrote it, or retrain"
+        )
     if meta["task"] != task:
         raise BundleError(f"{cfg}: 'task' is {meta['task']!r}, expected {task!r}")
     missing = [k for k in TASK_KEYS[task] if k not in meta]
@@ -262,11 +288,13 @@ def read_checkpoint(path, task: str, cls) -> tuple[dict, object, WordTokenizer]:
 def raise_inconsistent(path, problems: list[str], tokenizer: WordTokenizer, config) -> None:
     """Add the tokenizer-size check to a task's own ``problems``; raise them all as one BundleError."""
     if tokenizer.vocab_size != config.vocab_size:
-        problems.append(f"'tokenizer.vocab' has {tokenizer.vocab_size} entries but 'model.vocab_size' "
-                        f"is {config.vocab_size}")
+        problems.append(
+            f"'tokenizer.vocab' has {tokenizer.vocab_size} entries but 'model.vocab_size' is {config.vocab_size}"
+        )
     if problems:
-        raise BundleError(f"{Path(path) / CONFIG_FILE}: " + "; ".join(problems)
-                          + " -- the checkpoint is inconsistent; retrain it")
+        raise BundleError(
+            f"{Path(path) / CONFIG_FILE}: " + "; ".join(problems) + " -- the checkpoint is inconsistent; retrain it"
+        )
 
 
 def load_checkpoint(path) -> Checkpoint:
@@ -278,8 +306,9 @@ def load_checkpoint(path) -> Checkpoint:
     elif len(labels) != config.num_labels:
         problems.append(f"'labels' has {len(labels)} entries but 'model.num_labels' is {config.num_labels}")
     raise_inconsistent(path, problems, tokenizer, config)
-    model = load_weights(Path(path), RecurrentClassifier(config),
-                         {"embedding.weight": "vocab_size", "head.weight": "num_labels"})
+    model = load_weights(
+        Path(path), RecurrentClassifier(config), {"embedding.weight": "vocab_size", "head.weight": "num_labels"}
+    )
     return Checkpoint(model, config, tokenizer, list(labels), meta, Path(path))
 
 
@@ -292,9 +321,11 @@ def load_weights(path: Path, model: torch.nn.Module, rows: dict[str, str]) -> to
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- torch raises many types for a corrupted / unsafe file
-        raise BundleError(f"{weights}: cannot be read as a plain state_dict ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}) -- the file is corrupted or "
-                          "was not written by rnnkit") from None
+        raise BundleError(
+            f"{weights}: cannot be read as a plain state_dict ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}) -- the file is corrupted or "
+            "was not written by rnnkit"
+        ) from None
     if not isinstance(state, dict):
         raise BundleError(f"{weights}: holds {type(state).__name__}, expected a state_dict")
     _check_state(state, model.state_dict(), weights, model.config, rows)
@@ -318,21 +349,32 @@ def _check_state(state: dict, expected: dict, weights: Path, config, rows: dict[
             continue
         if tuple(got.shape) != tuple(ref.shape):
             if k in rows and got.shape[0] != ref.shape[0]:
-                problems.append(f"{k!r} has {got.shape[0]} rows but config.json "
-                                f"'model.{rows[k]}' is {getattr(config, rows[k])}")
+                problems.append(
+                    f"{k!r} has {got.shape[0]} rows but config.json 'model.{rows[k]}' is {getattr(config, rows[k])}"
+                )
             else:
                 problems.append(f"{k!r} has shape {tuple(got.shape)} but config.json implies {tuple(ref.shape)}")
     if problems:
-        raise BundleError(f"{weights}: does not match {CONFIG_FILE}: " + "; ".join(problems)
-                          + " -- weights and config come from different runs; retrain or restore both")
+        raise BundleError(
+            f"{weights}: does not match {CONFIG_FILE}: "
+            + "; ".join(problems)
+            + " -- weights and config come from different runs; retrain or restore both"
+        )
 
 
 # -- per task ---------------------------------------------------------------------------------
 
 
-def save_tagger_checkpoint(out_dir, model: RecurrentTagger, tokenizer: WordTokenizer, charset: CharVocab | None,
-                           tags: list[str], training: dict | None = None, plot: bool = True,
-                           resume: dict | None = None) -> Path:
+def save_tagger_checkpoint(
+    out_dir,
+    model: RecurrentTagger,
+    tokenizer: WordTokenizer,
+    charset: CharVocab | None,
+    tags: list[str],
+    training: dict | None = None,
+    plot: bool = True,
+    resume: dict | None = None,
+) -> Path:
     """Write ``out_dir`` atomically (``rnnkit.toolkit.checkpoint.write_checkpoint``), adding the
     best epoch's dev confusion as ``confusion.tsv`` (and ``confusion.png`` when plotting);
     ``resume``: the state of a run in progress, written as ``resume/state.pt``."""
@@ -342,9 +384,16 @@ def save_tagger_checkpoint(out_dir, model: RecurrentTagger, tokenizer: WordToken
     if (charset is None) == c.use_chars or (charset is not None and charset.size != c.char_vocab_size):
         raise ValueError("charset does not match the model's char_vocab_size")
     training = training or {}
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "task": "tag", "model": c.to_dict(),
-            "tokenizer": tokenizer.to_dict(), "charset": charset.to_dict() if charset else None,
-            "tags": list(tags), "training": training}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "task": "tag",
+        "model": c.to_dict(),
+        "tokenizer": tokenizer.to_dict(),
+        "charset": charset.to_dict() if charset else None,
+        "tags": list(tags),
+        "training": training,
+    }
     dev = training.get("dev", {})
 
     def confusion(tmp: Path) -> None:
@@ -353,8 +402,13 @@ def save_tagger_checkpoint(out_dir, model: RecurrentTagger, tokenizer: WordToken
         (tmp / CONFUSION_TSV).write_text(confusion_table(dev["confusion"], tags), encoding="utf-8")
         if plot and training.get("history"):
             from rnnkit.toolkit.tag_metrics import plot_confusion
-            plot_confusion(dev["confusion"], tags, tmp / CONFUSION_PNG,
-                           title=f"dev, best epoch {training.get('best_epoch')}: accuracy {dev['accuracy']:.4f}")
+
+            plot_confusion(
+                dev["confusion"],
+                tags,
+                tmp / CONFUSION_PNG,
+                title=f"dev, best epoch {training.get('best_epoch')}: accuracy {dev['accuracy']:.4f}",
+            )
 
     return write_checkpoint(out_dir, meta, model.state_dict(), plot=plot, extras=confusion, resume=resume)
 
@@ -368,26 +422,36 @@ def load_tagger_checkpoint(path) -> TagCheckpoint:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags) or len(tags) != config.num_tags:
         problems.append(f"'tags' must be a list of {config.num_tags} strings ('model.num_tags')")
     if (charset.size if charset else 0) != config.char_vocab_size:
-        problems.append(f"'charset.chars' has {charset.size if charset else 0} entries but "
-                        f"'model.char_vocab_size' is {config.char_vocab_size}")
+        problems.append(
+            f"'charset.chars' has {charset.size if charset else 0} entries but "
+            f"'model.char_vocab_size' is {config.char_vocab_size}"
+        )
     raise_inconsistent(path, problems, tokenizer, config)
     rows = {"embedding.weight": "vocab_size", "head.weight": "num_tags", "char_embedding.weight": "char_vocab_size"}
     model = load_weights(Path(path), RecurrentTagger(config), rows)
     return TagCheckpoint(model, config, tokenizer, charset, list(tags), meta, Path(path))
 
 
-def save_lm_checkpoint(out_dir, model: RecurrentLM, tokenizer, training: dict | None = None,
-                       plot: bool = True, resume: dict | None = None) -> Path:
+def save_lm_checkpoint(
+    out_dir, model: RecurrentLM, tokenizer, training: dict | None = None, plot: bool = True, resume: dict | None = None
+) -> Path:
     c = model.config
     if tokenizer.vocab_size != c.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} entries but model vocab_size is {c.vocab_size}")
     training = training or {}
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "task": "lm", "model": c.to_dict(),
-            "tokenizer": tokenizer.to_dict(), "training": training}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "task": "lm",
+        "model": c.to_dict(),
+        "tokenizer": tokenizer.to_dict(),
+        "training": training,
+    }
 
     def curves(tmp: Path) -> None:
         if plot and training.get("history"):
             from rnnkit.toolkit.plots import plot_lm_curves
+
             plot_lm_curves(training["history"], tmp / CURVES_FILE, unit=training.get("dev", {}).get("unit", "token"))
 
     return write_checkpoint(out_dir, meta, model.state_dict(), plot=False, extras=curves, resume=resume)
@@ -396,33 +460,53 @@ def save_lm_checkpoint(out_dir, model: RecurrentLM, tokenizer, training: dict | 
 def load_lm_checkpoint(path) -> LMCheckpoint:
     meta, config, tokenizer = read_checkpoint(path, "lm", LMConfig)
     raise_inconsistent(path, [], tokenizer, config)
-    model = load_weights(Path(path), RecurrentLM(config), {"embedding.weight": "vocab_size",
-                                                           "head.weight": "vocab_size"})
+    model = load_weights(
+        Path(path), RecurrentLM(config), {"embedding.weight": "vocab_size", "head.weight": "vocab_size"}
+    )
     return LMCheckpoint(model, config, tokenizer, meta, Path(path))
 
 
-def save_seq2seq_checkpoint(out_dir, model: Seq2Seq, source_tokenizer: Tokenizer, target_tokenizer: Tokenizer,
-                            training: dict | None = None, dev_pairs: Sequence[tuple[str, str]] | None = None,
-                            plot: bool = True, resume: dict | None = None) -> Path:
+def save_seq2seq_checkpoint(
+    out_dir,
+    model: Seq2Seq,
+    source_tokenizer: Tokenizer,
+    target_tokenizer: Tokenizer,
+    training: dict | None = None,
+    dev_pairs: Sequence[tuple[str, str]] | None = None,
+    plot: bool = True,
+    resume: dict | None = None,
+) -> Path:
     c = model.config
     if source_tokenizer.vocab_size != c.source_vocab_size or target_tokenizer.vocab_size != c.target_vocab_size:
-        raise ValueError(f"tokenizers have {source_tokenizer.vocab_size} / {target_tokenizer.vocab_size} entries "
-                         f"but the model's vocab sizes are {c.source_vocab_size} / {c.target_vocab_size}")
+        raise ValueError(
+            f"tokenizers have {source_tokenizer.vocab_size} / {target_tokenizer.vocab_size} entries "
+            f"but the model's vocab sizes are {c.source_vocab_size} / {c.target_vocab_size}"
+        )
     training = training or {}
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "task": "seq2seq", "model": c.to_dict(),
-            "tokenizer": source_tokenizer.to_dict(), "target_tokenizer": target_tokenizer.to_dict(),
-            "training": training}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "task": "seq2seq",
+        "model": c.to_dict(),
+        "tokenizer": source_tokenizer.to_dict(),
+        "target_tokenizer": target_tokenizer.to_dict(),
+        "training": training,
+    }
 
     def extras(tmp: Path) -> None:
         if dev_pairs is not None:
             write_pairs(tmp / DEV_FILE, dev_pairs)
         if plot and training.get("history"):
             from rnnkit.toolkit.plots import plot_curves
+
             best = training.get("dev", {})
-            plot_curves(training["history"], tmp / CURVES_FILE,
-                        title=f"best epoch {training.get('best_epoch')}: dev exact match "
-                              f"{best.get('accuracy', float('nan')):.4f}, token err "
-                              f"{best.get('token_error_rate', float('nan')):.4f}")
+            plot_curves(
+                training["history"],
+                tmp / CURVES_FILE,
+                title=f"best epoch {training.get('best_epoch')}: dev exact match "
+                f"{best.get('accuracy', float('nan')):.4f}, token err "
+                f"{best.get('token_error_rate', float('nan')):.4f}",
+            )
 
     return write_checkpoint(out_dir, meta, model.state_dict(), plot=False, extras=extras, resume=resume)
 
@@ -435,20 +519,32 @@ def load_seq2seq_checkpoint(path) -> Seq2SeqCheckpoint:
     tgt_tok = tokenizer_from_dict(meta["target_tokenizer"], source=f"{cfg} (target_tokenizer)")
     problems = []
     if src_tok.vocab_size != config.source_vocab_size:
-        problems.append(f"'tokenizer.vocab' has {src_tok.vocab_size} entries but 'model.source_vocab_size' "
-                        f"is {config.source_vocab_size}")
+        problems.append(
+            f"'tokenizer.vocab' has {src_tok.vocab_size} entries but 'model.source_vocab_size' "
+            f"is {config.source_vocab_size}"
+        )
     if tgt_tok.vocab_size != config.target_vocab_size:
-        problems.append(f"'target_tokenizer.vocab' has {tgt_tok.vocab_size} entries but "
-                        f"'model.target_vocab_size' is {config.target_vocab_size}")
-    specials = tgt_tok.vocab[:len(TARGET_SPECIALS)]
+        problems.append(
+            f"'target_tokenizer.vocab' has {tgt_tok.vocab_size} entries but "
+            f"'model.target_vocab_size' is {config.target_vocab_size}"
+        )
+    specials = tgt_tok.vocab[: len(TARGET_SPECIALS)]
     if specials != list(TARGET_SPECIALS) or (config.bos_id, config.eos_id) != (BOS_ID, EOS_ID):
-        problems.append(f"'target_tokenizer.vocab' starts {specials} with bos_id/eos_id "
-                        f"{config.bos_id}/{config.eos_id}, expected {list(TARGET_SPECIALS)} and {BOS_ID}/{EOS_ID}")
+        problems.append(
+            f"'target_tokenizer.vocab' starts {specials} with bos_id/eos_id "
+            f"{config.bos_id}/{config.eos_id}, expected {list(TARGET_SPECIALS)} and {BOS_ID}/{EOS_ID}"
+        )
     if problems:
         raise BundleError(f"{cfg}: " + "; ".join(problems) + " -- the checkpoint is inconsistent; retrain it")
-    model = load_weights(path, Seq2Seq(config), {"source_embedding.weight": "source_vocab_size",
-                                                 "target_embedding.weight": "target_vocab_size",
-                                                 "head.weight": "target_vocab_size"})
+    model = load_weights(
+        path,
+        Seq2Seq(config),
+        {
+            "source_embedding.weight": "source_vocab_size",
+            "target_embedding.weight": "target_vocab_size",
+            "head.weight": "target_vocab_size",
+        },
+    )
     return Seq2SeqCheckpoint(model, config, src_tok, tgt_tok, meta, path)
 
 
@@ -463,11 +559,14 @@ def checkpoint_task(checkpoint) -> str:
         raise BundleError(f"{path}: unreadable ({exc}); the checkpoint is corrupted, retrain it") from None
 
 
-
 def load_any_checkpoint(path):
     """The checkpoint at ``path``, whichever task it holds (``checkpoint_task``)."""
     return LOADERS[checkpoint_task(path)](path)
 
 
-LOADERS = {"classify": load_checkpoint, "tag": load_tagger_checkpoint, "lm": load_lm_checkpoint,
-           "seq2seq": load_seq2seq_checkpoint}
+LOADERS = {
+    "classify": load_checkpoint,
+    "tag": load_tagger_checkpoint,
+    "lm": load_lm_checkpoint,
+    "seq2seq": load_seq2seq_checkpoint,
+}

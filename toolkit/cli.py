@@ -1,36 +1,81 @@
 """The ``rnnkit`` command line: thin commands that parse, call one API function, format.
 
-Heavy imports (torch, the exporter) happen inside the commands that need them, so
-``rnnkit predict`` / ``inspect`` / ``warmup`` never import torch.  ``RnnkitError``
-becomes ``Error: ...`` with exit code 1; argument problems are click's usage errors
-(exit code 2).  Nobody sees a traceback for an expected failure.
+Heavy imports (torch, the exporter, the runtime and its onnx/numpy) happen inside the commands
+that need them: ``rnnkit --help`` imports click and the training configs only, and
+``rnnkit predict`` / ``inspect`` / ``warmup`` never import torch.  ``RnnkitError`` becomes
+``Error: ...`` with exit code 1; so does a missing optional package (one line naming the
+``rnnkit[...]`` extra, ``extras.py``); argument problems are click's usage errors (exit code 2).
+Nobody sees a traceback for an expected failure.
+
+Notices that are not results (the backend ``auto`` chose, a cold numba compile, characters a
+model does not know) are ``logging`` records of the ``rnnkit`` logger: ``main`` shows them on
+stderr, so stdout holds only results.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
+from dataclasses import MISSING, fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import click
 
-from ..runtime.errors import RnnkitError
-from .configs import (ATTENTIONS, BEST_BY, CELL_TYPES, LEVELS, LR_SCHEDULES, POOLINGS, LMTrainConfig,
-                      Seq2SeqTrainConfig, TagTrainConfig, TrainConfig)
+from .configs import (
+    ATTENTIONS,
+    BEST_BY,
+    CELL_TYPES,
+    LEVELS,
+    LR_SCHEDULES,
+    POOLINGS,
+    THREADS_HELP,
+    LMTrainConfig,
+    Seq2SeqTrainConfig,
+    TagTrainConfig,
+    TrainConfig,
+)
+from .extras import missing_package_message
+from .summary import summary as summary  # `rnnkit inspect`'s and `rnnkit export`'s lines
 
 BACKEND = click.Choice(["auto", "onnxruntime", "numba"])
 
 
-def _fail(exc: RnnkitError):
-    raise click.ClickException(str(exc))
+class RnnkitCommand(click.Command):
+    """A command whose missing optional package is one line naming the extra to install."""
 
-
-class RnnkitGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except RnnkitError as exc:
-            _fail(exc)
+        except ModuleNotFoundError as exc:
+            message = missing_package_message(exc, ctx.command_path)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
+
+
+class RnnkitGroup(click.Group):
+    command_class = RnnkitCommand
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            # an RnnkitError exists only if its module was imported: asking sys.modules keeps
+            # `--help` (click's Exit passes here too) from importing the runtime
+            errors = sys.modules.get("rnnkit.runtime.errors")
+            if errors is not None and isinstance(exc, errors.RnnkitError):
+                raise click.ClickException(str(exc)) from None
+            raise
+
+
+RnnkitGroup.group_class = RnnkitGroup  # `rnnkit train` and its commands too
+
+
+def defaults(config_class) -> SimpleNamespace:
+    """A training config's field defaults, read without building one (a default_factory may import the runtime)."""
+    return SimpleNamespace(**{f.name: f.default for f in fields(config_class) if f.default is not MISSING})
 
 
 @click.group(cls=RnnkitGroup)
@@ -44,14 +89,28 @@ def train():
     """Train a model (needs torch)."""
 
 
-_T = TrainConfig()  # the defaults live in one place: the dataclass
-RESUME_HELP = ("Continue the run that was killed or interrupted in --out (from its last finished epoch; same "
-               "options and data, only --epochs may change): the result is the uninterrupted run's.")
+_T = defaults(TrainConfig)  # the defaults live in one place: the dataclass
+FORCE_HELP = (
+    "Replace what an earlier run left in --out (a trained checkpoint, or an interrupted run: see --resume); "
+    "without it such an --out is refused."
+)
+RESUME_HELP = (
+    "Continue the run that was killed or interrupted in --out (from its last finished epoch; same "
+    "options and data, only --epochs may change): the result is the uninterrupted run's."
+)
 
 
 @train.command("classify")
-@click.option("--train", "train_path", required=True, type=click.Path(), help="CSV/TSV/JSONL file or folder of per-label text files.")
-@click.option("--dev", "dev_path", type=click.Path(), help="Dev set (same formats). Default: hold out --dev-split of TRAIN.")
+@click.option(
+    "--train",
+    "train_path",
+    required=True,
+    type=click.Path(),
+    help="CSV/TSV/JSONL file or folder of per-label text files.",
+)
+@click.option(
+    "--dev", "dev_path", type=click.Path(), help="Dev set (same formats). Default: hold out --dev-split of TRAIN."
+)
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Checkpoint directory to write.")
 @click.option("--cell", type=click.Choice(list(CELL_TYPES)), default=_T.cell, show_default=True)
 @click.option("--layers", type=click.IntRange(1, 8), default=_T.layers, show_default=True)
@@ -60,42 +119,67 @@ RESUME_HELP = ("Continue the run that was killed or interrupted in --out (from i
 @click.option("--bidirectional/--unidirectional", default=_T.bidirectional, show_default=True)
 @click.option("--pooling", type=click.Choice(list(POOLINGS)), default=_T.pooling, show_default=True)
 @click.option("--dropout", type=click.FloatRange(0, 0.95), default=_T.dropout, show_default=True)
-@click.option("--word-dropout", type=click.FloatRange(0, 0.95), default=_T.word_dropout, show_default=True,
-              help="Training only: replace this share of tokens by <unk> (helps unseen words).")
+@click.option(
+    "--word-dropout",
+    type=click.FloatRange(0, 0.95),
+    default=_T.word_dropout,
+    show_default=True,
+    help="Training only: replace this share of tokens by <unk> (helps unseen words).",
+)
 @click.option("--epochs", type=click.IntRange(1, 1000), default=_T.epochs, show_default=True)
-@click.option("--patience", type=click.IntRange(0), default=_T.patience, show_default=True,
-              help="Stop after this many epochs without a better dev accuracy (0: never).")
+@click.option(
+    "--patience",
+    type=click.IntRange(0),
+    default=_T.patience,
+    show_default=True,
+    help="Stop after this many epochs without a better dev accuracy (0: never).",
+)
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=_T.batch_size, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_T.lr, show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=_T.weight_decay, show_default=True)
-@click.option("--clip", type=click.FloatRange(min=0), default=_T.clip, show_default=True, help="Gradient-norm clipping (0: off).")
+@click.option(
+    "--clip", type=click.FloatRange(min=0), default=_T.clip, show_default=True, help="Gradient-norm clipping (0: off)."
+)
 @click.option("--seed", type=int, default=_T.seed, show_default=True)
 @click.option("--dev-split", type=click.FloatRange(0, 0.9, min_open=True), default=_T.dev_split, show_default=True)
 @click.option("--lowercase/--keep-case", default=_T.lowercase, show_default=True)
 @click.option("--max-vocab", type=click.IntRange(3), default=_T.max_vocab, show_default=True)
 @click.option("--min-freq", type=click.IntRange(1), default=_T.min_freq, show_default=True)
-@click.option("--max-length", type=click.IntRange(0), default=_T.max_length, show_default=True, help="Truncate texts to this many tokens (0: no limit).")
+@click.option(
+    "--max-length",
+    type=click.IntRange(0),
+    default=_T.max_length,
+    show_default=True,
+    help="Truncate texts to this many tokens (0: no limit).",
+)
 @click.option("--text-field", default=_T.text_field, show_default=True)
 @click.option("--label-field", default=_T.label_field, show_default=True)
 @click.option("--encoding", default=_T.encoding, show_default=True)
-@click.option("--threads", type=click.IntRange(0), default=_T.threads, show_default=True, help="torch threads (0: min(4, cores)).")
+@click.option("--threads", type=click.IntRange(0), default=_T.threads, show_default=True, help=THREADS_HELP)
 @click.option("--resume", "resume", is_flag=True, help=RESUME_HELP)
-def train_classify(train_path, dev_path, out_dir, resume, **options):
+@click.option("--force", is_flag=True, help=FORCE_HELP)
+def train_classify(train_path, dev_path, out_dir, resume, force, **options):
     """Train a text classifier (sentiment, topics, ...)."""
     from .train import train_classifier
 
-    result = train_classifier(train_path, out_dir, TrainConfig(**options), dev_path=dev_path, resume=resume)
+    result = train_classifier(
+        train_path, out_dir, TrainConfig(**options), dev_path=dev_path, resume=resume, force=force
+    )
     click.echo(f"best dev accuracy {result.dev_accuracy:.4f} (epoch {result.best_epoch}); checkpoint: {result.out_dir}")
 
 
-_G = TagTrainConfig()
+_G = defaults(TagTrainConfig)
 
 
 @train.command("tag")
 @click.option("--train", "train_path", required=True, type=click.Path(), help="CoNLL-U (.conllu) or word<TAB>tag file.")
-@click.option("--dev", "dev_path", type=click.Path(), help="Dev set (same formats). Default: hold out --dev-split of TRAIN.")
+@click.option(
+    "--dev", "dev_path", type=click.Path(), help="Dev set (same formats). Default: hold out --dev-split of TRAIN."
+)
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Checkpoint directory to write.")
-@click.option("--column", type=click.Choice(["upos", "xpos"]), default=_G.column, show_default=True, help="CoNLL-U tag column.")
+@click.option(
+    "--column", type=click.Choice(["upos", "xpos"]), default=_G.column, show_default=True, help="CoNLL-U tag column."
+)
 @click.option("--cell", type=click.Choice(list(CELL_TYPES)), default=_G.cell, show_default=True)
 @click.option("--layers", type=click.IntRange(1, 8), default=_G.layers, show_default=True)
 @click.option("--hidden", type=click.IntRange(1, 4096), default=_G.hidden, show_default=True)
@@ -107,8 +191,13 @@ _G = TagTrainConfig()
 @click.option("--char-kernel", type=click.IntRange(1, 15), default=_G.char_kernel, show_default=True)
 @click.option("--dropout", type=click.FloatRange(0, 0.95), default=_G.dropout, show_default=True)
 @click.option("--word-dropout", type=click.FloatRange(0, 0.95), default=_G.word_dropout, show_default=True)
-@click.option("--unk-alpha", type=click.FloatRange(0), default=_G.unk_alpha, show_default=True,
-              help="Replace a word seen n times by <unk> with probability a/(a+n) (helps unseen words).")
+@click.option(
+    "--unk-alpha",
+    type=click.FloatRange(0),
+    default=_G.unk_alpha,
+    show_default=True,
+    help="Replace a word seen n times by <unk> with probability a/(a+n) (helps unseen words).",
+)
 @click.option("--epochs", type=click.IntRange(1, 1000), default=_G.epochs, show_default=True)
 @click.option("--patience", type=click.IntRange(0), default=_G.patience, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=_G.batch_size, show_default=True)
@@ -118,69 +207,121 @@ _G = TagTrainConfig()
 @click.option("--dev-split", type=click.FloatRange(0, 0.9, min_open=True), default=_G.dev_split, show_default=True)
 @click.option("--max-vocab", type=click.IntRange(3), default=_G.max_vocab, show_default=True)
 @click.option("--encoding", default=_G.encoding, show_default=True)
-@click.option("--threads", type=click.IntRange(0), default=_G.threads, show_default=True)
+@click.option("--threads", type=click.IntRange(0), default=_G.threads, show_default=True, help=THREADS_HELP)
 @click.option("--resume", "resume", is_flag=True, help=RESUME_HELP)
-def train_tag(train_path, dev_path, out_dir, resume, **options):
+@click.option("--force", is_flag=True, help=FORCE_HELP)
+def train_tag(train_path, dev_path, out_dir, resume, force, **options):
     """Train a sequence tagger (POS tagging, ...)."""
     from .train_tag import train_tagger
 
-    result = train_tagger(train_path, out_dir, TagTrainConfig(**options), dev_path=dev_path, resume=resume)
+    result = train_tagger(train_path, out_dir, TagTrainConfig(**options), dev_path=dev_path, resume=resume, force=force)
     click.echo(f"best dev accuracy {result.dev_accuracy:.4f} (epoch {result.best_epoch}); checkpoint: {result.out_dir}")
 
 
-_L = LMTrainConfig()
+_L = defaults(LMTrainConfig)
 
 
 @train.command("lm")
 @click.option("--train", "train_path", required=True, type=click.Path(), help="Plain-text file.")
-@click.option("--dev", "dev_path", type=click.Path(), help="Plain-text dev file. Default: the last --dev-split of TRAIN (by position).")
+@click.option(
+    "--dev",
+    "dev_path",
+    type=click.Path(),
+    help="Plain-text dev file. Default: the last --dev-split of TRAIN (by position).",
+)
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Checkpoint directory to write.")
-@click.option("--level", type=click.Choice(["char", "word"]), default=_L.level, show_default=True, help="Tokens: characters or words.")
+@click.option(
+    "--level",
+    type=click.Choice(["char", "word"]),
+    default=_L.level,
+    show_default=True,
+    help="Tokens: characters or words.",
+)
 @click.option("--cell", type=click.Choice(list(CELL_TYPES)), default=_L.cell, show_default=True)
 @click.option("--layers", type=click.IntRange(1, 8), default=_L.layers, show_default=True)
 @click.option("--hidden", type=click.IntRange(1, 4096), default=_L.hidden, show_default=True)
 @click.option("--embed", type=click.IntRange(1, 4096), default=_L.embed, show_default=True)
 @click.option("--dropout", type=click.FloatRange(0, 0.95), default=_L.dropout, show_default=True)
 @click.option("--epochs", type=click.IntRange(1, 1000), default=_L.epochs, show_default=True)
-@click.option("--patience", type=click.IntRange(0), default=_L.patience, show_default=True,
-              help="Stop after this many epochs without a lower dev loss (0: never).")
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=_L.batch_size, show_default=True, help="Parallel text streams.")
-@click.option("--bptt", type=click.IntRange(1, 100000), default=_L.bptt, show_default=True,
-              help="Tokens per truncated-backprop window (the state is carried across windows).")
+@click.option(
+    "--patience",
+    type=click.IntRange(0),
+    default=_L.patience,
+    show_default=True,
+    help="Stop after this many epochs without a lower dev loss (0: never).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 4096),
+    default=_L.batch_size,
+    show_default=True,
+    help="Parallel text streams.",
+)
+@click.option(
+    "--bptt",
+    type=click.IntRange(1, 100000),
+    default=_L.bptt,
+    show_default=True,
+    help="Tokens per truncated-backprop window (the state is carried across windows).",
+)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_L.lr, show_default=True)
-@click.option("--lr-schedule", type=click.Choice(list(LR_SCHEDULES)), default=_L.lr_schedule, show_default=True,
-              help="cosine: decay the rate to lr/10 over the run.")
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(list(LR_SCHEDULES)),
+    default=_L.lr_schedule,
+    show_default=True,
+    help="cosine: decay the rate to lr/10 over the run.",
+)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=_L.weight_decay, show_default=True)
-@click.option("--clip", type=click.FloatRange(min=0), default=_L.clip, show_default=True, help="Gradient-norm clipping (0: off).")
+@click.option(
+    "--clip", type=click.FloatRange(min=0), default=_L.clip, show_default=True, help="Gradient-norm clipping (0: off)."
+)
 @click.option("--seed", type=int, default=_L.seed, show_default=True)
-@click.option("--max-train-tokens", type=click.IntRange(0), default=_L.max_train_tokens, show_default=True,
-              help="Train on the first N tokens only (0: all).")
+@click.option(
+    "--max-train-tokens",
+    type=click.IntRange(0),
+    default=_L.max_train_tokens,
+    show_default=True,
+    help="Train on the first N tokens only (0: all).",
+)
 @click.option("--dev-split", type=click.FloatRange(0, 0.9, min_open=True), default=_L.dev_split, show_default=True)
 @click.option("--lowercase/--keep-case", default=_L.lowercase, show_default=True, help="Word level only.")
 @click.option("--max-vocab", type=click.IntRange(3), default=_L.max_vocab, show_default=True, help="Word level only.")
 @click.option("--min-freq", type=click.IntRange(1), default=_L.min_freq, show_default=True, help="Word level only.")
 @click.option("--encoding", default=_L.encoding, show_default=True)
-@click.option("--threads", type=click.IntRange(0), default=_L.threads, show_default=True)
+@click.option("--threads", type=click.IntRange(0), default=_L.threads, show_default=True, help=THREADS_HELP)
 @click.option("--resume", "resume", is_flag=True, help=RESUME_HELP)
-def train_lm_cmd(train_path, dev_path, out_dir, resume, **options):
+@click.option("--force", is_flag=True, help=FORCE_HELP)
+def train_lm_cmd(train_path, dev_path, out_dir, resume, force, **options):
     """Train a language model (text generation, next-word suggestion)."""
     from .train_lm import train_lm
 
-    result = train_lm(train_path, out_dir, LMTrainConfig(**options), dev_path=dev_path, resume=resume)
-    click.echo(f"best dev loss {result.dev_loss:.4f} nats/token (epoch {result.best_epoch}); "
-               f"checkpoint: {result.out_dir}")
+    result = train_lm(train_path, out_dir, LMTrainConfig(**options), dev_path=dev_path, resume=resume, force=force)
+    click.echo(
+        f"best dev loss {result.dev_loss:.4f} nats/token (epoch {result.best_epoch}); checkpoint: {result.out_dir}"
+    )
 
 
-_S = Seq2SeqTrainConfig()
+_S = defaults(Seq2SeqTrainConfig)
 
 
 @train.command("seq2seq")
 @click.option("--train", "train_path", required=True, type=click.Path(), help="Pairs file (see --format).")
-@click.option("--dev", "dev_path", type=click.Path(),
-              help="Dev pairs (same format). Default: a seeded --dev-split of TRAIN, grouped by source.")
+@click.option(
+    "--dev",
+    "dev_path",
+    type=click.Path(),
+    help="Dev pairs (same format). Default: a seeded --dev-split of TRAIN, grouped by source.",
+)
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Checkpoint directory to write.")
-@click.option("--format", "fmt", type=click.Choice(["tsv", "cmudict", "tatoeba"]), default="tsv", show_default=True,
-              help="tsv: source<TAB>target; cmudict: 'word PH ON ES'; tatoeba: TSV with odd spaces normalised.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["tsv", "cmudict", "tatoeba"]),
+    default="tsv",
+    show_default=True,
+    help="tsv: source<TAB>target; cmudict: 'word PH ON ES'; tatoeba: TSV with odd spaces normalised.",
+)
 @click.option("--keep-stress", is_flag=True, help="cmudict: keep the 0/1/2 stress digits on vowels.")
 @click.option("--source-level", type=click.Choice(list(LEVELS)), default=_S.source_level, show_default=True)
 @click.option("--target-level", type=click.Choice(list(LEVELS)), default=_S.target_level, show_default=True)
@@ -188,127 +329,339 @@ _S = Seq2SeqTrainConfig()
 @click.option("--target-lowercase/--target-keep-case", default=_S.target_lowercase, show_default=True)
 @click.option("--cell", type=click.Choice(list(CELL_TYPES)), default=_S.cell, show_default=True)
 @click.option("--layers", type=click.IntRange(1, 8), default=_S.layers, show_default=True)
-@click.option("--hidden", type=click.IntRange(1, 4096), default=_S.hidden, show_default=True,
-              help="Decoder width; a bidirectional encoder uses hidden/2 per direction.")
+@click.option(
+    "--hidden",
+    type=click.IntRange(1, 4096),
+    default=_S.hidden,
+    show_default=True,
+    help="Decoder width; a bidirectional encoder uses hidden/2 per direction.",
+)
 @click.option("--embed", type=click.IntRange(1, 4096), default=_S.embed, show_default=True)
 @click.option("--bidirectional/--unidirectional", default=_S.bidirectional, show_default=True, help="Encoder only.")
 @click.option("--attention", type=click.Choice(list(ATTENTIONS)), default=_S.attention, show_default=True)
 @click.option("--dropout", type=click.FloatRange(0, 0.95), default=_S.dropout, show_default=True)
-@click.option("--teacher-forcing", type=click.FloatRange(0, 1, min_open=True), default=_S.teacher_forcing,
-              show_default=True, help="Chance of feeding the reference token (below 1: scheduled sampling, slower).")
-@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=_S.label_smoothing,
-              show_default=True)
+@click.option(
+    "--teacher-forcing",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=_S.teacher_forcing,
+    show_default=True,
+    help="Chance of feeding the reference token (below 1: scheduled sampling, slower).",
+)
+@click.option(
+    "--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=_S.label_smoothing, show_default=True
+)
 @click.option("--epochs", type=click.IntRange(1, 1000), default=_S.epochs, show_default=True)
-@click.option("--patience", type=click.IntRange(0), default=_S.patience, show_default=True,
-              help="Stop after this many epochs without a better dev result (0: never).")
+@click.option(
+    "--patience",
+    type=click.IntRange(0),
+    default=_S.patience,
+    show_default=True,
+    help="Stop after this many epochs without a better dev result (0: never).",
+)
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=_S.batch_size, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_S.lr, show_default=True)
 @click.option("--lr-schedule", type=click.Choice(list(LR_SCHEDULES)), default=_S.lr_schedule, show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=_S.weight_decay, show_default=True)
-@click.option("--clip", type=click.FloatRange(min=0), default=_S.clip, show_default=True, help="Gradient-norm clipping (0: off).")
+@click.option(
+    "--clip", type=click.FloatRange(min=0), default=_S.clip, show_default=True, help="Gradient-norm clipping (0: off)."
+)
 @click.option("--seed", type=int, default=_S.seed, show_default=True)
-@click.option("--best-by", type=click.Choice(list(BEST_BY)), default=_S.best_by, show_default=True,
-              help="Dev criterion of the best epoch (accuracy: exact match of greedy outputs).")
-@click.option("--dev-decode", type=click.IntRange(0), default=_S.dev_decode, show_default=True,
-              help="Greedy-decode only the first N dev sources each epoch (0: all).")
-@click.option("--max-source-len", type=click.IntRange(0), default=_S.max_source_len, show_default=True,
-              help="Drop training pairs with longer sources, in tokens (0: no limit).")
+@click.option(
+    "--best-by",
+    type=click.Choice(list(BEST_BY)),
+    default=_S.best_by,
+    show_default=True,
+    help="Dev criterion of the best epoch (accuracy: exact match of greedy outputs).",
+)
+@click.option(
+    "--dev-decode",
+    type=click.IntRange(0),
+    default=_S.dev_decode,
+    show_default=True,
+    help="Greedy-decode only the first N dev sources each epoch (0: all).",
+)
+@click.option(
+    "--max-source-len",
+    type=click.IntRange(0),
+    default=_S.max_source_len,
+    show_default=True,
+    help="Drop training pairs with longer sources, in tokens (0: no limit).",
+)
 @click.option("--max-target-len", type=click.IntRange(0), default=_S.max_target_len, show_default=True)
 @click.option("--source-max-vocab", type=click.IntRange(5), default=_S.source_max_vocab, show_default=True)
 @click.option("--target-max-vocab", type=click.IntRange(5), default=_S.target_max_vocab, show_default=True)
 @click.option("--min-freq", type=click.IntRange(1), default=_S.min_freq, show_default=True, help="Word level only.")
 @click.option("--dev-split", type=click.FloatRange(0, 0.9, min_open=True), default=_S.dev_split, show_default=True)
 @click.option("--encoding", default=_S.encoding, show_default=True)
-@click.option("--threads", type=click.IntRange(0), default=_S.threads, show_default=True)
-@click.option("--init", type=click.Path(), default=_S.init,
-              help="Fine-tune: start from this seq2seq checkpoint (its weights, vocabularies and architecture).")
+@click.option("--threads", type=click.IntRange(0), default=_S.threads, show_default=True, help=THREADS_HELP)
+@click.option(
+    "--init",
+    type=click.Path(),
+    default=_S.init,
+    help="Fine-tune: start from this seq2seq checkpoint (its weights, vocabularies and architecture).",
+)
 @click.option("--resume", "resume", is_flag=True, help=RESUME_HELP)
-def train_seq2seq_cmd(train_path, dev_path, out_dir, fmt, keep_stress, resume, **options):
+@click.option("--force", is_flag=True, help=FORCE_HELP)
+def train_seq2seq_cmd(train_path, dev_path, out_dir, fmt, keep_stress, resume, force, **options):
     """Train an encoder-decoder (grapheme-to-phoneme, translation)."""
     from .train_seq2seq import train_seq2seq
 
-    result = train_seq2seq(train_path, out_dir, Seq2SeqTrainConfig(**options), dev_path=dev_path, fmt=fmt,
-                           keep_stress=keep_stress, resume=resume)
+    result = train_seq2seq(
+        train_path,
+        out_dir,
+        Seq2SeqTrainConfig(**options),
+        dev_path=dev_path,
+        fmt=fmt,
+        keep_stress=keep_stress,
+        resume=resume,
+        force=force,
+    )
     d = result.dev
-    click.echo(f"best epoch {result.best_epoch}: dev exact match {d['accuracy']:.4f}, token error rate "
-               f"{d['token_error_rate']:.4f}, BLEU {d['bleu']:.2f}; checkpoint: {result.out_dir}")
+    click.echo(
+        f"best epoch {result.best_epoch}: dev exact match {d['accuracy']:.4f}, token error rate "
+        f"{d['token_error_rate']:.4f}, BLEU {d['bleu']:.2f}; checkpoint: {result.out_dir}"
+    )
 
 
 @cli.command("export")
 @click.argument("checkpoint", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Bundle directory to write (replaced atomically).")
 @click.option("--int8", is_flag=True, help="Also write model.int8.onnx (dynamic int8 weights).")
-@click.option("--dev", "dev_path", type=click.Path(), help="Labelled dev file for the int8 agreement check "
-              "(default: the checkpoint's own dev data, if it is still on disk).")
-@click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
-              help="Classifiers/taggers: fail the export if int8 labels agree with fp32 on less than this share of dev; "
-              "seq2seq: of next-token decisions along fp32's greedy outputs.")
-@click.option("--max-loss-delta", type=click.FloatRange(min=0), default=0.02, show_default=True,
-              help="Language models: fail the export if int8 dev loss exceeds fp32's by more than this (nats/token).")
-@click.option("--max-length", type=click.IntRange(1, 1 << 24), default=10_000, show_default=True,
-              help="Tokens kept per text at run time.")
+@click.option(
+    "--dev",
+    "dev_path",
+    type=click.Path(),
+    help="Labelled dev file for the int8 agreement check "
+    "(default: the checkpoint's own dev data, if it is still on disk).",
+)
+@click.option(
+    "--min-agreement",
+    type=click.FloatRange(0, 1),
+    default=0.99,
+    show_default=True,
+    help="Classifiers/taggers: fail the export if int8 labels agree with fp32 on less than this share "
+    "of dev; seq2seq: of next-token decisions along fp32's greedy outputs.",
+)
+@click.option(
+    "--max-loss-delta",
+    type=click.FloatRange(min=0),
+    default=0.02,
+    show_default=True,
+    help="Language models: fail the export if int8 dev loss exceeds fp32's by more than this (nats/token).",
+)
+@click.option(
+    "--max-length",
+    type=click.IntRange(1, 1 << 24),
+    default=10_000,
+    show_default=True,
+    help="Tokens kept per text at run time.",
+)
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--label-field", default="label", show_default=True)
-@click.option("--lexicon", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="seq2seq: pairs to store in the bundle for `rnnkit predict --lookup` (e.g. cmudict.dict).")
-@click.option("--lexicon-format", type=click.Choice(["tsv", "cmudict", "tatoeba"]), default=None,
-              help="Format of --lexicon (default: the training data's).")
-def export_cmd(checkpoint, out, int8, dev_path, min_agreement, max_loss_delta, max_length, text_field, label_field,
-               lexicon, lexicon_format):
+@click.option(
+    "--lexicon",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="seq2seq: pairs to store in the bundle for `rnnkit predict --lookup` (e.g. cmudict.dict).",
+)
+@click.option(
+    "--lexicon-format",
+    type=click.Choice(["tsv", "cmudict", "tatoeba"]),
+    default=None,
+    help="Format of --lexicon (default: the training data's).",
+)
+# The choices and defaults of rnnkit.export.forms, written out so that --help imports no onnx
+# (tests/test_cli_guidance.py checks they match).
+@click.option(
+    "--graph-form",
+    type=click.Choice(["onnxruntime", "portable"]),
+    default="portable",
+    show_default=True,
+    help="portable: right on every ONNX runtime (onnx.reference, OpenVINO, tract) on padded batches; "
+    "onnxruntime: the recurrent ops read sequence_lens (onnxruntime and numba only). docs/portable-graphs.md",
+)
+@click.option(
+    "--int8-format",
+    type=click.Choice(["onnxruntime", "portable"]),
+    default="onnxruntime",
+    show_default=True,
+    help="With --int8. onnxruntime: int8 arithmetic (com.microsoft ops; onnxruntime and "
+    "numba only); portable: int8 weights dequantized in standard ops, runs on every ONNX runtime.",
+)
+@click.option(
+    "--validate-on",
+    default=None,
+    metavar="NAMES",
+    help="Also check the graphs on these ONNX runtimes, comma-separated: reference, openvino, tract "
+    "(needs rnnkit[interop]); every miss is reported before the export fails.",
+)
+def export_cmd(
+    checkpoint,
+    out,
+    int8,
+    dev_path,
+    min_agreement,
+    max_loss_delta,
+    max_length,
+    text_field,
+    label_field,
+    lexicon,
+    lexicon_format,
+    graph_form,
+    int8_format,
+    validate_on,
+):
     """Export CHECKPOINT to a validated ONNX bundle."""
-    from .export_checkpoint import CLI_FLAGS, export_checkpoint
     from .devset import dev_set_for
+    from .export_checkpoint import CLI_FLAGS, export_checkpoint
 
     dev = dev_set_for(checkpoint, dev_path, text_field, label_field)
-    result = export_checkpoint(checkpoint, out, int8=int8, dev=dev, min_agreement=min_agreement,
-                               max_loss_delta=max_loss_delta, lexicon=lexicon, lexicon_format=lexicon_format,
-                               max_length=max_length, log=lambda m: click.echo(m, err=True), flags=CLI_FLAGS)
+    result = export_checkpoint(
+        checkpoint,
+        out,
+        int8=int8,
+        dev=dev,
+        min_agreement=min_agreement,
+        max_loss_delta=max_loss_delta,
+        lexicon=lexicon,
+        lexicon_format=lexicon_format,
+        max_length=max_length,
+        graph_form=graph_form,
+        int8_format=int8_format if int8 else None,
+        validate_on=validate_on,
+        log=lambda m: click.echo(m, err=True),
+        flags=CLI_FLAGS,
+    )
     click.echo(summary(result["manifest"], result["path"]))
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path())
 @click.argument("texts", nargs=-1)
-@click.option("--input", "input_paths", multiple=True,
-              help="txt (one text per line), CSV/TSV or JSONL file; --engine dask: files or quoted globs, repeatable.")
-@click.option("--output", "output_path", type=click.Path(),
-              help="JSON-lines output (written atomically). Default: stdout. --engine dask: the output folder.")
+@click.option(
+    "--input",
+    "input_paths",
+    multiple=True,
+    help="txt (one text per line), CSV/TSV or JSONL file; --engine dask: files or quoted globs, repeatable.",
+)
+@click.option(
+    "--output",
+    "output_path",
+    type=click.Path(),
+    help="JSON-lines output (written atomically). Default: stdout. --engine dask: the output folder.",
+)
 @click.option("--backend", type=BACKEND, default="auto", show_default=True)
 @click.option("--int8", is_flag=True, help="Use the bundle's int8 model.")
 @click.option("--batch-size", type=click.IntRange(1, 65536), default=64, show_default=True)
-@click.option("--threads", type=click.IntRange(1), default=None,
-              help="Backend threads (default: backend's own; --engine dask: 1 per worker process).")
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    default=None,
+    help="Backend threads (default: backend's own; --engine dask: 1 per worker process).",
+)
 @click.option("--text-field", default="text", show_default=True, help="Column/key of CSV/TSV/JSONL input.")
-@click.option("--pretokenized", is_flag=True, help="Tagging: each line is space-separated tokens (JSONL: a 'tokens' list is always taken as is).")
+@click.option(
+    "--pretokenized",
+    is_flag=True,
+    help="Tagging: each line is space-separated tokens (JSONL: a 'tokens' list is always taken as is).",
+)
 @click.option("--encoding", default="utf-8", show_default=True)
-@click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True,
-              help="dask: partition the inputs over Dask workers (needs rnnkit[dask]).")
-@click.option("--scheduler", help="--engine dask: address of a running scheduler (tcp://HOST:PORT). Default: a local cluster.")
-@click.option("--workers", type=click.IntRange(1), default=None,
-              help="--engine dask without --scheduler: worker processes of the local cluster (default: one per core).")
-@click.option("--partition-size", type=click.IntRange(1), default=10_000, show_default=True,
-              help="--engine dask: rows per partition (one output file each).")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "dask"]),
+    default="local",
+    show_default=True,
+    help="dask: partition the inputs over Dask workers (needs rnnkit[dask]).",
+)
+@click.option(
+    "--scheduler", help="--engine dask: address of a running scheduler (tcp://HOST:PORT). Default: a local cluster."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=None,
+    help="--engine dask without --scheduler: worker processes of the local cluster (default: one per core).",
+)
+@click.option(
+    "--partition-size",
+    type=click.IntRange(1),
+    default=10_000,
+    show_default=True,
+    help="--engine dask: rows per partition (one output file each).",
+)
 @click.option("--resume", is_flag=True, help="--engine dask: continue a job in a non-empty --output folder.")
-@click.option("--errors", "errors_path", type=click.Path(),
-              help="Bad records as JSON lines {\"source\", \"error\"} (written atomically). Default: stderr. "
-                   "--engine dask: always OUT_DIR/errors.jsonl.")
-@click.option("--strict", is_flag=True, help="Stop with exit code 1 at the first bad record (default: report it, go on).")
-@click.option("--truncate", is_flag=True,
-              help="Use the first max_length tokens of a longer text (its line says \"truncated\": N) instead of "
-                   "refusing it as a bad record.")
-@click.option("--beam", type=click.IntRange(1, 1024), default=None,
-              help="seq2seq: beam width (default 5; 1 = greedy; clamped to the target vocabulary).")
-@click.option("--nbest", type=click.IntRange(1, 1024), default=None,
-              help="seq2seq: also write the N best outputs per input as \"nbest\" (needs --beam >= N; default beam N).")
-@click.option("--alpha", type=click.FloatRange(min=0), default=None,
-              help="seq2seq: length penalty ((5+n)/6)^alpha on scores (default 0.6; 0 = raw log-probability).")
-@click.option("--max-output-tokens", type=click.IntRange(1, 1024), default=None,
-              help="seq2seq: output tokens per input (default 2 x input tokens + 10).")
-@click.option("--lookup", is_flag=True, default=None,
-              help="seq2seq: answer inputs found in the bundle's lexicon from it (score 0.0); decode the rest.")
-def predict(bundle, texts, input_paths, output_path, backend, int8, batch_size, threads, text_field, pretokenized,
-            encoding, engine, scheduler, workers, partition_size, resume, errors_path, strict, truncate, beam, nbest,
-            alpha, max_output_tokens, lookup):
+@click.option(
+    "--errors",
+    "errors_path",
+    type=click.Path(),
+    help='Bad records as JSON lines {"source", "error"} (written atomically). Default: stderr. '
+    "--engine dask: always OUT_DIR/errors.jsonl.",
+)
+@click.option(
+    "--strict", is_flag=True, help="Stop with exit code 1 at the first bad record (default: report it, go on)."
+)
+@click.option(
+    "--truncate",
+    is_flag=True,
+    help='Use the first max_length tokens of a longer text (its line says "truncated": N) instead of '
+    "refusing it as a bad record.",
+)
+@click.option(
+    "--beam",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="seq2seq: beam width (default 5; 1 = greedy; clamped to the target vocabulary).",
+)
+@click.option(
+    "--nbest",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help='seq2seq: also write the N best outputs per input as "nbest" (needs --beam >= N; default beam N).',
+)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="seq2seq: length penalty ((5+n)/6)^alpha on scores (default 0.6; 0 = raw log-probability).",
+)
+@click.option(
+    "--max-output-tokens",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="seq2seq: output tokens per input (default 2 x input tokens + 10).",
+)
+@click.option(
+    "--lookup",
+    is_flag=True,
+    default=None,
+    help="seq2seq: answer inputs found in the bundle's lexicon from it (score 0.0); decode the rest.",
+)
+def predict(
+    bundle,
+    texts,
+    input_paths,
+    output_path,
+    backend,
+    int8,
+    batch_size,
+    threads,
+    text_field,
+    pretokenized,
+    encoding,
+    engine,
+    scheduler,
+    workers,
+    partition_size,
+    resume,
+    errors_path,
+    strict,
+    truncate,
+    beam,
+    nbest,
+    alpha,
+    max_output_tokens,
+    lookup,
+):
     """Classify, tag or translate TEXTS (or --input FILE, or stdin lines) with BUNDLE. Never imports torch.
 
     Writes JSON lines: {"text", "label", "score", "scores"} for a classifier,
@@ -318,20 +671,44 @@ def predict(bundle, texts, input_paths, output_path, backend, int8, batch_size, 
     part-NNNNN.jsonl (the same rows plus an "id", "FILE-INDEX:LINE"), errors.jsonl, _job.json, and
     _SUCCESS last.  Bad records (unreadable, or refused by the model) are reported and skipped:
     see docs/records.md."""
-    decoding = {k: v for k, v in dict(beam=beam, nbest=nbest, alpha=alpha, max_output_tokens=max_output_tokens,
-                                      lookup=lookup or None).items() if v is not None}
+    decoding = {
+        k: v
+        for k, v in dict(
+            beam=beam, nbest=nbest, alpha=alpha, max_output_tokens=max_output_tokens, lookup=lookup or None
+        ).items()
+        if v is not None
+    }
     if engine == "dask":
         if decoding:
-            raise click.UsageError(f"{', '.join('--' + k.replace('_', '-') for k in decoding)} need --engine local "
-                                   "(seq2seq bundles are decoded locally)")
+            raise click.UsageError(
+                f"{', '.join('--' + k.replace('_', '-') for k in decoding)} need --engine local "
+                "(seq2seq bundles are decoded locally)"
+            )
         for flag, value in (("--errors", errors_path), ("--strict", strict)):
             if value:
-                raise click.UsageError(f"{flag} needs --engine local (--engine dask writes OUT_DIR/errors.jsonl "
-                                       f"and carries on)")
-        return _predict_dask(bundle, texts, input_paths, output_path, backend, int8, batch_size, threads,
-                             text_field, pretokenized, encoding, scheduler, workers, partition_size, resume, truncate)
+                raise click.UsageError(
+                    f"{flag} needs --engine local (--engine dask writes OUT_DIR/errors.jsonl and carries on)"
+                )
+        return _predict_dask(
+            bundle,
+            texts,
+            input_paths,
+            output_path,
+            backend,
+            int8,
+            batch_size,
+            threads,
+            text_field,
+            pretokenized,
+            encoding,
+            scheduler,
+            workers,
+            partition_size,
+            resume,
+            truncate,
+        )
     from ..runtime import load
-    from .predict import finish, read_texts, write_predictions
+    from .predict import finish, read_texts, refuse_other_command, show_backend, write_predictions
 
     for flag, value in (("--scheduler", scheduler), ("--workers", workers), ("--resume", resume)):
         if value:
@@ -344,20 +721,48 @@ def predict(bundle, texts, input_paths, output_path, backend, int8, batch_size, 
     if not texts and not input_path and sys.stdin.isatty():
         raise click.UsageError("no input: give TEXTS, --input FILE, or pipe lines on stdin")
     model = load(bundle, backend=backend, int8=int8, threads=threads)
+    refuse_other_command(model, "predict")
+    show_backend(model, backend)
     task = model.bundle.task
     if decoding and task != "seq2seq":
-        raise click.UsageError(f"{', '.join('--' + k.replace('_', '-') for k in decoding)} apply to seq2seq bundles; "
-                               f"{bundle} is a {task} bundle")
+        raise click.UsageError(
+            f"{', '.join('--' + k.replace('_', '-') for k in decoding)} apply to seq2seq bundles; "
+            f"{bundle} is a {task} bundle"
+        )
     if pretokenized and task == "seq2seq":
         raise click.UsageError(f"--pretokenized applies to tagging bundles; {bundle} is a {task} bundle")
     rows = read_texts(texts, input_path, text_field, encoding, task == "tag", pretokenized)
-    report = write_predictions(model, rows, output_path, batch_size, show_progress=input_path is not None,
-                               strict=strict, truncate=truncate, **decoding)
+    report = write_predictions(
+        model,
+        rows,
+        output_path,
+        batch_size,
+        show_progress=input_path is not None,
+        strict=strict,
+        truncate=truncate,
+        **decoding,
+    )
     finish(report, errors_path, summary=not texts)
 
 
-def _predict_dask(bundle, texts, input_paths, output_path, backend, int8, batch_size, threads, text_field,
-                  pretokenized, encoding, scheduler, workers, partition_size, resume, truncate=False):
+def _predict_dask(
+    bundle,
+    texts,
+    input_paths,
+    output_path,
+    backend,
+    int8,
+    batch_size,
+    threads,
+    text_field,
+    pretokenized,
+    encoding,
+    scheduler,
+    workers,
+    partition_size,
+    resume,
+    truncate=False,
+):
     from ..runtime.distributed import predict as distributed_predict
     from .predict import cli_hint
 
@@ -372,27 +777,56 @@ def _predict_dask(bundle, texts, input_paths, output_path, backend, int8, batch_
         total = f"/{p.rows_read}" if p.reading_done else f" (read {p.rows_read})"
         click.echo(f"\rdask: {p.partitions_done} partitions, {p.rows_done}{total} rows", nl=False, err=True)
 
-    summary = distributed_predict(bundle, list(input_paths), output_path, scheduler=scheduler, workers=workers,
-                                  partition_size=partition_size, backend=backend, int8=int8, threads=threads or 1,
-                                  batch_size=batch_size, text_field=text_field, encoding=encoding,
-                                  pretokenized=pretokenized, resume=resume, progress=show, hint=cli_hint(text_field),
-                                  truncate=truncate)
+    summary = distributed_predict(
+        bundle,
+        list(input_paths),
+        output_path,
+        scheduler=scheduler,
+        workers=workers,
+        partition_size=partition_size,
+        backend=backend,
+        int8=int8,
+        threads=threads or 1,
+        batch_size=batch_size,
+        text_field=text_field,
+        encoding=encoding,
+        pretokenized=pretokenized,
+        resume=resume,
+        progress=show,
+        hint=cli_hint(text_field),
+        truncate=truncate,
+    )
     click.echo("", err=True)
     skipped = f", {summary.partitions_skipped} kept from an earlier run" if summary.partitions_skipped else ""
-    click.echo(f"{summary.rows_in} rows in, {summary.rows_out} predictions, {summary.errors} errors "
-               f"({Path(output_path) / 'errors.jsonl'}), {summary.partitions} partitions{skipped}, "
-               f"{summary.workers} workers, {summary.seconds:.1f} s ({summary.rows_per_second:.0f} rows/s)", err=True)
+    click.echo(
+        f"{summary.rows_in} rows in, {summary.rows_out} predictions, {summary.errors} errors "
+        f"({Path(output_path) / 'errors.jsonl'}), {summary.partitions} partitions{skipped}, "
+        f"{summary.workers} workers, {summary.seconds:.1f} s ({summary.rows_per_second:.0f} rows/s)",
+        err=True,
+    )
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path())
 @click.option("--prompt", required=True, help="Text to continue (at least one token).")
-@click.option("--max-tokens", type=click.IntRange(0, 1_000_000), default=200, show_default=True,
-              help="Tokens (characters or words) to generate.")
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(0, 1_000_000),
+    default=200,
+    show_default=True,
+    help="Tokens (characters or words) to generate.",
+)
 @click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True, help="0: greedy.")
-@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="Sample from the k most likely (0: all).")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
-              help="Nucleus sampling: the smallest set with this much probability.")
+@click.option(
+    "--top-k", type=click.IntRange(0), default=0, show_default=True, help="Sample from the k most likely (0: all)."
+)
+@click.option(
+    "--top-p",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Nucleus sampling: the smallest set with this much probability.",
+)
 @click.option("--seed", type=click.IntRange(0), default=None, help="Same seed, same tokens (on every backend).")
 @click.option("--stop", multiple=True, help="Stop once the generated text contains this string (repeatable).")
 @click.option("--backend", type=BACKEND, default="auto", show_default=True)
@@ -402,10 +836,14 @@ def _predict_dask(bundle, texts, input_paths, output_path, backend, int8, batch_
 def generate(bundle, prompt, max_tokens, temperature, top_k, top_p, seed, stop, backend, int8, threads, echo):
     """Continue PROMPT with a language-model BUNDLE, streaming tokens to stdout as they are produced."""
     from ..runtime import load
+    from .predict import refuse_other_command, show_backend
 
     model = load(bundle, backend=backend, int8=int8, threads=threads)
-    tokens = model.generate(prompt, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                            stop=list(stop) or None)
+    refuse_other_command(model, "generate")
+    show_backend(model, backend)
+    tokens = model.generate(
+        prompt, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=list(stop) or None
+    )
     if echo:
         click.echo(prompt, nl=False)
     sep = model.token_separator
@@ -417,13 +855,13 @@ def generate(bundle, prompt, max_tokens, temperature, top_k, top_p, seed, stop, 
 
 @cli.command()
 @click.argument("bundle", type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON (for programs).")
 def inspect(bundle, as_json):
     """Print a bundle's manifest summary (verifies every file's sha256)."""
-    from ..runtime.bundle import open_bundle
+    from ..runtime.model import open_checked
 
-    b = open_bundle(bundle)
-    click.echo(json.dumps(b.manifest, indent=2) if as_json else summary(b.manifest, bundle))
+    b = open_checked(bundle)
+    click.echo(json.dumps(b.manifest, indent=2, ensure_ascii=False) if as_json else summary(b.manifest, bundle))
 
 
 @cli.command()
@@ -447,66 +885,22 @@ def demo(out):
     run_demo(out, echo=click.echo)
 
 
-def summary(manifest: dict, path) -> str:
-    if manifest["task"] == "seq2seq":
-        return _seq2seq_summary(manifest, path)
-    a = manifest["architecture"]
-    extra = f" pooling={a['pooling']}" if "pooling" in a else ""
-    if a.get("char_vocab_size"):
-        extra += f" char-cnn={a['char_filters']}"
-    head = (f"tokenizer={manifest['tokenizer']['level']}" if manifest["task"] == "lm"
-            else f"labels={manifest['labels']}")
-    lines = [f"bundle {path}: task={manifest['task']} {head}",
-             f"  model: {a['cell']} x{a['layers']}{' bidirectional' if a['bidirectional'] else ''} "
-             f"embed={a['embed']} hidden={a['hidden']}{extra} vocab={a['vocab_size']}"]
-    for entry in manifest.get("state") or []:
-        lines.append(f"  state: {entry['output']} -> {entry['input']} {entry['dtype']} {entry['shape']} "
-                     f"starts at {entry['initial']}")
-    for name, entry in manifest["files"].items():
-        lines.append(f"  {name}: {entry['bytes'] / 1e6:.2f} MB sha256={entry['sha256'][:12]}")
-    v = manifest.get("validation", {})
-    if "fp32" in v:
-        lines.append(f"  parity fp32 vs torch: max|diff| {v['fp32']['max_abs_diff']} over {v['fp32']['cases']} cases")
-    if "int8" in v:
-        lines.append(f"  parity int8 numba vs onnxruntime ({v['int8'].get('compared', 'logits')}): "
-                     f"max|diff| {v['int8']['max_abs_diff']}")
-    if "dev" in v:
-        d = v["dev"]
-        lines.append("  dev: " + ", ".join(f"{k}={d[k]}" for k in d if k not in ("source",)) + f" ({d['source']})")
-    q = manifest.get("quantization")
-    if q:
-        lines.append(f"  int8 size ratio: {q.get('size_ratio')}")
-    return "\n".join(lines)
-
-
-def _seq2seq_summary(manifest: dict, path) -> str:
-    a = manifest["architecture"]
-    src, tgt = manifest["source_tokenizer"], manifest["target_tokenizer"]
-    lines = [f"bundle {path}: task=seq2seq source={src['level']} ({len(src['vocab'])} entries) "
-             f"target={tgt['level']} ({len(tgt['vocab'])} entries) <s>={a['bos_id']} </s>={a['eos_id']}",
-             f"  model: {a['cell']} x{a['layers']} encoder{' bidirectional' if a['bidirectional'] else ''} -> "
-             f"decoder, attention={a['attention']} embed={a['embed']} hidden={a['hidden']}"]
-    for entry in manifest.get("state") or []:
-        lines.append(f"  state: {entry['output']} -> {entry['input']} {entry['dtype']} {entry['shape']} "
-                     f"starts at the {entry['initial']}'s {entry['input']}")
-    if manifest.get("context"):
-        lines.append("  context (fixed per source, from the encoder): "
-                     + ", ".join(f"{c['input']} {c['shape']}" for c in manifest["context"]))
-    for name, entry in manifest["files"].items():
-        lines.append(f"  {name}: {entry['bytes'] / 1e6:.2f} MB sha256={entry['sha256'][:12]}")
-    v = manifest.get("validation", {})
-    for variant, what in (("fp32", "fp32 vs torch"), ("int8", "int8 numba vs onnxruntime")):
-        for graph, report in (v.get(variant) or {}).items():
-            lines.append(f"  parity {graph} {what} ({report['compared']}): max|diff| {report['max_abs_diff']} "
-                         f"over {report['cases']} cases")
-    if "dev" in v:
-        d = v["dev"]
-        lines.append("  dev: " + ", ".join(f"{k}={d[k]}" for k in d if k != "source") + f" ({d['source']})")
-    q = manifest.get("quantization")
-    if q:
-        lines.append("  int8 size ratio: " + ", ".join(f"{g} {p.get('size_ratio')}" for g, p in q.items()))
-    return "\n".join(lines)
+def show_notices() -> None:
+    """Show the ``rnnkit`` logger's notices (INFO and up) on stderr as plain lines: the CLI's choice.
+    A program using the library decides for itself (``logging.getLogger("rnnkit")``)."""
+    logger = logging.getLogger("rnnkit")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def main():
+    show_notices()
     cli(prog_name="rnnkit")
+
+
+if __name__ == "__main__":  # python -m rnnkit.toolkit.cli (python -m rnnkit.toolkit does the same)
+    main()

@@ -7,61 +7,121 @@ training and export alike; they are re-exported here for the CLI's choices.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import time
+from dataclasses import dataclass, field
 
-from ..export.architecture import (ATTENTIONS as ATTENTIONS, CELL_TYPES as CELL_TYPES, POOLINGS as POOLINGS,
-                                   ClassifierConfig as ClassifierConfig, LMConfig as LMConfig,
-                                   Seq2SeqConfig as Seq2SeqConfig)
-from ..runtime.charset import MAX_CHARS
-from ..runtime.errors import InputError
+from ..export.architecture import ATTENTIONS as ATTENTIONS
+from ..export.architecture import CELL_TYPES as CELL_TYPES
+from ..export.architecture import POOLINGS as POOLINGS
+from ..export.architecture import ClassifierConfig as ClassifierConfig
+from ..export.architecture import LMConfig as LMConfig
+from ..export.architecture import Seq2SeqConfig as Seq2SeqConfig
+
+# torch CPU threads of a training run when --threads is 0 (every task's default): the CPUs no other
+# work is using right now, between 1 and MAX_TRAIN_THREADS.  Measured with benchmarks/train_threads.py
+# (MR classifier, the README's quick-start flags, a 2-core machine): idle, 2 threads 12.3 s/epoch vs
+# 18.7 s with 1; with the other core busy, 2 threads 124.9-252.6 s vs 16.8-19.2 s with 1 (each thread
+# waits for a core at every small matrix product).  The cap of 4 is not measured here (2 cores):
+# beyond it these small matrix products have little left to split.
+MAX_TRAIN_THREADS = 4
+THREADS_HELP = (
+    f"torch CPU threads (0: the CPUs idle at start, 1 to {MAX_TRAIN_THREADS}; extra threads on busy "
+    f"CPUs make training many times slower, see benchmarks/train_threads.py)."
+)
+
+
+def busy_cpus(interval: float = 0.2) -> float:
+    """How many CPUs other work keeps busy now: Linux ``/proc/stat`` read twice ``interval`` apart;
+    elsewhere the 1-minute load average (which lags: a job that just ended still counts), or 0.
+
+    Why now and not the load average: a run started right after another one ended would see the
+    finished run's load for a minute and leave a core unused."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return sum(values) - idle, sum(values)
+
+    try:
+        (busy0, total0), _ = sample(), time.sleep(interval)
+        busy1, total1 = sample()
+        share = (busy1 - busy0) / max(1, total1 - total0)
+        return share * (os.cpu_count() or 1)
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0]
+        except (AttributeError, OSError):  # Windows: no load average either
+            return 0.0
+
+
+def train_threads(threads: int, cpus: int | None = None, busy: float | None = None) -> int:
+    """The torch thread count of a run: ``threads``, or for 0 the CPUs (``os.cpu_count()``) minus the
+    busy ones (``busy_cpus()``), rounded, between 1 and ``MAX_TRAIN_THREADS``."""
+    if threads:
+        return threads
+    cpus = cpus or os.cpu_count() or 1
+    busy = busy_cpus() if busy is None else busy
+    return max(1, min(MAX_TRAIN_THREADS, cpus - round(busy)))
+
+
+def _max_chars() -> int:
+    # read at construction, not import: ``rnnkit --help`` must not import the runtime (numpy)
+    from ..runtime.charset import MAX_CHARS
+
+    return MAX_CHARS
+
+
+def refuse(problems: list[str]) -> None:
+    """Every problem of a training configuration in one ``InputError``."""
+    if problems:
+        from ..runtime.errors import InputError
+
+        raise InputError("invalid training configuration: " + "; ".join(problems))
 
 
 def range_problems(config, at_least_one=(), fractions=(), non_negative=()) -> list[str]:
     """The usual numeric checks of a training configuration, one message per bad field."""
     problems = [f"{n} must be >= 1, got {getattr(config, n)}" for n in at_least_one if getattr(config, n) < 1]
-    problems += [f"{n} must be in [0, 1), got {getattr(config, n)}" for n in fractions
-                 if not 0.0 <= getattr(config, n) < 1.0]
+    problems += [
+        f"{n} must be in [0, 1), got {getattr(config, n)}" for n in fractions if not 0.0 <= getattr(config, n) < 1.0
+    ]
     problems += [f"{n} must be >= 0, got {getattr(config, n)}" for n in non_negative if getattr(config, n) < 0]
     if config.lr <= 0:
         problems.append(f"lr must be > 0, got {config.lr}")
     return problems
 
 
-def refuse(problems: list[str]) -> None:
-    """Every problem of a training configuration in one ``InputError``."""
-    if problems:
-        raise InputError("invalid training configuration: " + "; ".join(problems))
-
-
 @dataclass
 class TrainConfig:
     # model
-    cell: str = "gru"              # rnn | lstm | gru
-    layers: int = 1                # stacked recurrent layers
-    hidden: int = 128              # recurrent state width per direction
-    embed: int = 128               # word embedding width (trained from scratch, no pretrained vectors)
-    bidirectional: bool = True     # read the sentence both ways (doubles the pooled width)
-    pooling: str = "max"           # last | mean | max | attention: how T states become one vector
-    dropout: float = 0.5           # on embeddings, between layers and before the head
-    word_dropout: float = 0.0      # training only: replace this fraction of tokens by <unk>
+    cell: str = "gru"  # rnn | lstm | gru
+    layers: int = 1  # stacked recurrent layers
+    hidden: int = 128  # recurrent state width per direction
+    embed: int = 128  # word embedding width (trained from scratch, no pretrained vectors)
+    bidirectional: bool = True  # read the sentence both ways (doubles the pooled width)
+    pooling: str = "max"  # last | mean | max | attention: how T states become one vector
+    dropout: float = 0.5  # on embeddings, between layers and before the head
+    word_dropout: float = 0.0  # training only: replace this fraction of tokens by <unk>
     # optimisation
-    epochs: int = 10               # maximum number of passes over the training set
-    patience: int = 0              # stop after this many epochs without a better dev accuracy (0: never)
+    epochs: int = 10  # maximum number of passes over the training set
+    patience: int = 0  # stop after this many epochs without a better dev accuracy (0: never)
     batch_size: int = 32
-    lr: float = 1e-3               # Adam learning rate
-    weight_decay: float = 0.0      # Adam L2 penalty
-    clip: float = 5.0              # max gradient L2 norm (RNNs' exploding gradients, Pascanu et al. 2013); 0: off
-    seed: int = 0                  # seeds python, numpy, torch, the dev split and the batch order
-    threads: int = 0               # torch CPU threads; 0: min(4, cpu count)
+    lr: float = 1e-3  # Adam learning rate
+    weight_decay: float = 0.0  # Adam L2 penalty
+    clip: float = 5.0  # max gradient L2 norm (RNNs' exploding gradients, Pascanu et al. 2013); 0: off
+    seed: int = 0  # seeds python, numpy, torch, the dev split and the batch order
+    threads: int = 0  # torch CPU threads; 0: train_threads' default
     # data and vocabulary
-    lowercase: bool = True         # tokenizer lower-cases (after NFKC)
-    max_vocab: int = 20000         # vocabulary size including <pad> and <unk>
-    min_freq: int = 1              # drop tokens seen fewer times in the training split
-    dev_split: float = 0.1         # fraction of TRAIN held out (stratified) when no dev file is given
-    text_field: str = "text"       # CSV/TSV column or JSONL key of the text
-    label_field: str = "label"     # CSV/TSV column or JSONL key of the label
-    encoding: str = "utf-8"        # text encoding of the data files
-    max_length: int = 0            # truncate longer texts to this many tokens (0: no limit)
+    lowercase: bool = True  # tokenizer lower-cases (after NFKC)
+    max_vocab: int = 20000  # vocabulary size including <pad> and <unk>
+    min_freq: int = 1  # drop tokens seen fewer times in the training split
+    dev_split: float = 0.1  # fraction of TRAIN held out (stratified) when no dev file is given
+    text_field: str = "text"  # CSV/TSV column or JSONL key of the text
+    label_field: str = "label"  # CSV/TSV column or JSONL key of the label
+    encoding: str = "utf-8"  # text encoding of the data files
+    max_length: int = 0  # truncate longer texts to this many tokens (0: no limit)
 
     def __post_init__(self):
         problems = []
@@ -69,9 +129,12 @@ class TrainConfig:
             problems.append(f"cell must be one of {sorted(CELL_TYPES)}, got {self.cell!r}")
         if self.pooling not in POOLINGS:
             problems.append(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
-        problems += range_problems(self, ("layers", "hidden", "embed", "epochs", "batch_size", "min_freq"),
-                                   ("dropout", "word_dropout"),
-                                   ("patience", "threads", "max_length", "clip", "weight_decay"))
+        problems += range_problems(
+            self,
+            ("layers", "hidden", "embed", "epochs", "batch_size", "min_freq"),
+            ("dropout", "word_dropout"),
+            ("patience", "threads", "max_length", "clip", "weight_decay"),
+        )
         if self.max_vocab < 3:
             problems.append(f"max_vocab must be >= 3 (<pad>, <unk> and one word), got {self.max_vocab}")
         refuse(problems)
@@ -80,45 +143,57 @@ class TrainConfig:
 @dataclass
 class TagTrainConfig:
     # model (same options as `train classify`, plus character features)
-    cell: str = "lstm"             # rnn | lstm | gru
-    layers: int = 1                # stacked recurrent layers
-    hidden: int = 128              # recurrent state width per direction
-    embed: int = 100               # word embedding width (from scratch)
-    bidirectional: bool = True     # a tagger needs the right context
-    dropout: float = 0.33          # on token features, between layers and before the head
-    word_dropout: float = 0.05     # training only: replace this fraction of words by <unk> (chars kept)
-    unk_alpha: float = 0.0         # training only: also replace a word seen n times by <unk> with
-                                   # probability alpha / (alpha + n) (Kiperwasser & Goldberg 2016): rare words
-    chars: bool = True             # character CNN features per word
-    char_embed: int = 32           # char embedding width
-    char_filters: int = 64         # char CNN channels
-    char_kernel: int = 3           # char CNN window (odd)
-    max_chars: int = MAX_CHARS     # characters kept per word (first half + last half of longer words)
+    cell: str = "lstm"  # rnn | lstm | gru
+    layers: int = 1  # stacked recurrent layers
+    hidden: int = 128  # recurrent state width per direction
+    embed: int = 100  # word embedding width (from scratch)
+    bidirectional: bool = True  # a tagger needs the right context
+    dropout: float = 0.33  # on token features, between layers and before the head
+    word_dropout: float = 0.05  # training only: replace this fraction of words by <unk> (chars kept)
+    unk_alpha: float = 0.0  # training only: also replace a word seen n times by <unk> with
+    # probability alpha / (alpha + n) (Kiperwasser & Goldberg 2016): rare words
+    chars: bool = True  # character CNN features per word
+    char_embed: int = 32  # char embedding width
+    char_filters: int = 64  # char CNN channels
+    char_kernel: int = 3  # char CNN window (odd)
+    max_chars: int = field(default_factory=_max_chars)  # characters kept per word (first + last halves)
     # optimisation
     epochs: int = 10
-    patience: int = 0              # stop after this many epochs without better dev accuracy (0: never)
-    batch_size: int = 32           # sentences per batch
-    lr: float = 2e-3               # Adam learning rate
+    patience: int = 0  # stop after this many epochs without better dev accuracy (0: never)
+    batch_size: int = 32  # sentences per batch
+    lr: float = 2e-3  # Adam learning rate
     weight_decay: float = 0.0
-    clip: float = 5.0              # max gradient L2 norm; 0: off
+    clip: float = 5.0  # max gradient L2 norm; 0: off
     seed: int = 0
-    threads: int = 0               # torch CPU threads; 0: min(4, cpu count)
+    threads: int = 0  # torch CPU threads; 0: train_threads' default
     # data and vocabulary
-    column: str = "upos"           # CoNLL-U tag column: upos | xpos
-    lowercase: bool = True         # word lookup lower-cases (case reaches the model through the chars)
-    max_vocab: int = 50000         # word vocabulary size including <pad> and <unk>
-    min_freq: int = 1              # drop words seen fewer times in training
-    dev_split: float = 0.1         # fraction of TRAIN sentences held out when no dev file is given
+    column: str = "upos"  # CoNLL-U tag column: upos | xpos
+    lowercase: bool = True  # word lookup lower-cases (case reaches the model through the chars)
+    max_vocab: int = 50000  # word vocabulary size including <pad> and <unk>
+    min_freq: int = 1  # drop words seen fewer times in training
+    dev_split: float = 0.1  # fraction of TRAIN sentences held out when no dev file is given
     encoding: str = "utf-8"
 
     def __post_init__(self):
         problems = []
         if self.cell not in CELL_TYPES:
             problems.append(f"cell must be one of {sorted(CELL_TYPES)}, got {self.cell!r}")
-        problems += range_problems(self, ("layers", "hidden", "embed", "epochs", "batch_size", "min_freq",
-                                          "max_chars", "char_embed", "char_filters"),
-                                   ("dropout", "word_dropout"),
-                                   ("patience", "threads", "clip", "weight_decay", "unk_alpha"))
+        problems += range_problems(
+            self,
+            (
+                "layers",
+                "hidden",
+                "embed",
+                "epochs",
+                "batch_size",
+                "min_freq",
+                "max_chars",
+                "char_embed",
+                "char_filters",
+            ),
+            ("dropout", "word_dropout"),
+            ("patience", "threads", "clip", "weight_decay", "unk_alpha"),
+        )
         if self.char_kernel < 1 or self.char_kernel % 2 == 0:
             problems.append(f"char_kernel must be odd and >= 1, got {self.char_kernel}")
         if self.max_vocab < 3:
@@ -136,29 +211,29 @@ LR_SCHEDULES = ("constant", "cosine")
 @dataclass
 class LMTrainConfig:
     # model
-    level: str = "char"            # char | word tokens
-    cell: str = "lstm"             # rnn | lstm | gru
-    layers: int = 2                # stacked recurrent layers
-    hidden: int = 512              # recurrent state width
-    embed: int = 128               # token embedding width
-    dropout: float = 0.2           # on embeddings, between layers and before the head
+    level: str = "char"  # char | word tokens
+    cell: str = "lstm"  # rnn | lstm | gru
+    layers: int = 2  # stacked recurrent layers
+    hidden: int = 512  # recurrent state width
+    embed: int = 128  # token embedding width
+    dropout: float = 0.2  # on embeddings, between layers and before the head
     # optimisation: truncated BPTT over `batch_size` parallel streams of the text, state carried
-    epochs: int = 5                # passes over the training text
-    patience: int = 0              # stop after this many epochs without a lower dev loss (0: never)
-    batch_size: int = 32           # parallel streams (the text is cut into this many contiguous rows)
-    bptt: int = 128                # tokens per truncated-backprop window; the state crosses windows, gradients do not
-    lr: float = 2e-3               # Adam learning rate
+    epochs: int = 5  # passes over the training text
+    patience: int = 0  # stop after this many epochs without a lower dev loss (0: never)
+    batch_size: int = 32  # parallel streams (the text is cut into this many contiguous rows)
+    bptt: int = 128  # tokens per truncated-backprop window; the state crosses windows, gradients do not
+    lr: float = 2e-3  # Adam learning rate
     lr_schedule: str = "constant"  # constant | cosine (decays to lr/10 by the last step: lower final loss)
     weight_decay: float = 0.0
-    clip: float = 1.0              # max gradient L2 norm (exploding gradients); 0: off
+    clip: float = 1.0  # max gradient L2 norm (exploding gradients); 0: off
     seed: int = 0
-    threads: int = 0               # torch CPU threads; 0: min(4, cpu count)
-    max_train_tokens: int = 0      # use only the first N training tokens (quick runs; 0: all)
+    threads: int = 0  # torch CPU threads; 0: train_threads' default
+    max_train_tokens: int = 0  # use only the first N training tokens (quick runs; 0: all)
     # data and vocabulary
-    lowercase: bool = False        # word level only (characters keep their case)
-    max_vocab: int = 10000         # word level: vocabulary size including <pad> and <unk>
-    min_freq: int = 1              # word level: drop words seen fewer times
-    dev_split: float = 0.1         # without --dev: the last fraction of TRAIN (by position) is dev
+    lowercase: bool = False  # word level only (characters keep their case)
+    max_vocab: int = 10000  # word level: vocabulary size including <pad> and <unk>
+    min_freq: int = 1  # word level: drop words seen fewer times
+    dev_split: float = 0.1  # without --dev: the last fraction of TRAIN (by position) is dev
     encoding: str = "utf-8"
 
     def __post_init__(self):
@@ -169,8 +244,12 @@ class LMTrainConfig:
             problems.append(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.cell not in CELL_TYPES:
             problems.append(f"cell must be one of {sorted(CELL_TYPES)}, got {self.cell!r}")
-        problems += range_problems(self, ("layers", "hidden", "embed", "epochs", "batch_size", "bptt", "min_freq"),
-                                   ("dropout",), ("patience", "threads", "clip", "weight_decay", "max_train_tokens"))
+        problems += range_problems(
+            self,
+            ("layers", "hidden", "embed", "epochs", "batch_size", "bptt", "min_freq"),
+            ("dropout",),
+            ("patience", "threads", "clip", "weight_decay", "max_train_tokens"),
+        )
         if self.max_vocab < 3:
             problems.append(f"max_vocab must be >= 3, got {self.max_vocab}")
         if not 0.0 < self.dev_split < 1.0:
@@ -185,60 +264,69 @@ BEST_BY = ("accuracy", "bleu", "loss")
 @dataclass
 class Seq2SeqTrainConfig:
     # tokens (defaults: grapheme-to-phoneme, lower-cased letters in, phones with their case out)
-    source_level: str = "char"     # char | word
-    target_level: str = "word"     # char | word (CMUdict phones are space-separated words)
+    source_level: str = "char"  # char | word
+    target_level: str = "word"  # char | word (CMUdict phones are space-separated words)
     source_lowercase: bool = True
     target_lowercase: bool = False
     # model (Seq2SeqConfig)
-    cell: str = "lstm"             # rnn | lstm | gru, encoder and decoder alike
-    layers: int = 2                # encoder and decoder layers
-    hidden: int = 256              # decoder width = encoder memory width (hidden // 2 per direction)
-    embed: int = 128               # source and target embedding width
-    bidirectional: bool = True     # encoder only
-    attention: str = "dot"         # none | additive | dot
-    dropout: float = 0.3           # embeddings, between layers, before the head
+    cell: str = "lstm"  # rnn | lstm | gru, encoder and decoder alike
+    layers: int = 2  # encoder and decoder layers
+    hidden: int = 256  # decoder width = encoder memory width (hidden // 2 per direction)
+    embed: int = 128  # source and target embedding width
+    bidirectional: bool = True  # encoder only
+    attention: str = "dot"  # none | additive | dot
+    dropout: float = 0.3  # embeddings, between layers, before the head
     # optimisation
-    teacher_forcing: float = 1.0   # chance of feeding the reference token; 1: one parallel decoder call,
-                                   # < 1: scheduled sampling (Bengio et al. 2015), a slower step loop
-    label_smoothing: float = 0.0   # cross-entropy label smoothing (0: plain)
+    teacher_forcing: float = 1.0  # chance of feeding the reference token; 1: one parallel decoder call,
+    # < 1: scheduled sampling (Bengio et al. 2015), a slower step loop
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (0: plain)
     epochs: int = 10
-    patience: int = 0              # stop after this many epochs without a better dev result (0: never)
-    batch_size: int = 64           # pairs per batch (bucketed by source length)
-    lr: float = 2e-3               # Adam learning rate
-    lr_schedule: str = "cosine"    # constant | cosine (decays to lr/10 by the last step)
+    patience: int = 0  # stop after this many epochs without a better dev result (0: never)
+    batch_size: int = 64  # pairs per batch (bucketed by source length)
+    lr: float = 2e-3  # Adam learning rate
+    lr_schedule: str = "cosine"  # constant | cosine (decays to lr/10 by the last step)
     weight_decay: float = 0.0
-    clip: float = 1.0              # max gradient L2 norm; 0: off
-    seed: int = 0                  # seeds python, numpy, torch, the dev split and the batch order
-    threads: int = 0               # torch CPU threads; 0: min(4, cpu count)
-    best_by: str = "accuracy"      # dev criterion of the best epoch: accuracy (exact match with any
-                                   # reference, greedy) | bleu | loss (teacher-forced cross-entropy)
-    dev_decode: int = 0            # greedy-decode only the first N dev sources each epoch (0: all)
+    clip: float = 1.0  # max gradient L2 norm; 0: off
+    seed: int = 0  # seeds python, numpy, torch, the dev split and the batch order
+    threads: int = 0  # torch CPU threads; 0: train_threads' default
+    best_by: str = "accuracy"  # dev criterion of the best epoch: accuracy (exact match with any
+    # reference, greedy) | bleu | loss (teacher-forced cross-entropy)
+    dev_decode: int = 0  # greedy-decode only the first N dev sources each epoch (0: all)
     # data and vocabulary
-    max_source_len: int = 0        # drop training pairs with longer sources, in tokens (0: no limit)
-    max_target_len: int = 0        # drop training pairs with longer targets, in tokens (0: no limit)
+    max_source_len: int = 0  # drop training pairs with longer sources, in tokens (0: no limit)
+    max_target_len: int = 0  # drop training pairs with longer targets, in tokens (0: no limit)
     source_max_vocab: int = 30000  # word level: entries including the specials
     target_max_vocab: int = 30000
-    min_freq: int = 1              # word level: drop tokens seen fewer times in training
-    dev_split: float = 0.05        # without a dev file: share of TRAIN's sources held out (grouped)
+    min_freq: int = 1  # word level: drop tokens seen fewer times in training
+    dev_split: float = 0.05  # without a dev file: share of TRAIN's sources held out (grouped)
     encoding: str = "utf-8"
-    init: str = ""                 # fine-tune: start from this seq2seq checkpoint's weights, tokenizers and
-                                   # architecture (the model options above are then taken from it)
+    init: str = ""  # fine-tune: start from this seq2seq checkpoint's weights, tokenizers and
+    # architecture (the model options above are then taken from it)
 
     def __post_init__(self):
         problems = []
-        for name, allowed in (("source_level", LEVELS), ("target_level", LEVELS), ("cell", CELL_TYPES),
-                              ("attention", ATTENTIONS), ("lr_schedule", LR_SCHEDULES), ("best_by", BEST_BY)):
+        for name, allowed in (
+            ("source_level", LEVELS),
+            ("target_level", LEVELS),
+            ("cell", CELL_TYPES),
+            ("attention", ATTENTIONS),
+            ("lr_schedule", LR_SCHEDULES),
+            ("best_by", BEST_BY),
+        ):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
-        problems += range_problems(self, ("layers", "hidden", "embed", "epochs", "batch_size", "min_freq"),
-                                   ("dropout", "label_smoothing"),
-                                   ("patience", "threads", "clip", "weight_decay", "max_source_len",
-                                    "max_target_len", "dev_decode"))
+        problems += range_problems(
+            self,
+            ("layers", "hidden", "embed", "epochs", "batch_size", "min_freq"),
+            ("dropout", "label_smoothing"),
+            ("patience", "threads", "clip", "weight_decay", "max_source_len", "max_target_len", "dev_decode"),
+        )
         if not 0.0 < self.teacher_forcing <= 1.0:
             problems.append(f"teacher_forcing must be in (0, 1], got {self.teacher_forcing}")
         if self.bidirectional and self.hidden % 2:
-            problems.append(f"hidden must be even with a bidirectional encoder (hidden // 2 per direction), "
-                            f"got {self.hidden}")
+            problems.append(
+                f"hidden must be even with a bidirectional encoder (hidden // 2 per direction), got {self.hidden}"
+            )
         for name in ("source_max_vocab", "target_max_vocab"):
             if getattr(self, name) < 5:
                 problems.append(f"{name} must be >= 5 (the specials and one token), got {getattr(self, name)}")

@@ -37,8 +37,10 @@ def _read_text(path: Path, encoding: str) -> str:
         text = data.decode(encoding)
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise InputError(f"{path}:{line}: not valid {encoding} ({e.reason} at byte {e.start}) -- "
-                         f"re-encode the file as UTF-8 or pass the right encoding") from None
+        raise InputError(
+            f"{path}:{line}: not valid {encoding} ({e.reason} at byte {e.start}) -- "
+            f"re-encode the file as UTF-8 or pass the right encoding"
+        ) from None
     except LookupError:
         raise InputError(f"unknown encoding {encoding!r} -- use a Python codec name such as utf-8") from None
     return text[1:] if text.startswith("\ufeff") else text
@@ -47,14 +49,15 @@ def _read_text(path: Path, encoding: str) -> str:
 def _conllu_row(cols: list[str], where: str, column: str) -> tuple[str, str, str] | None:
     """-> (id, form, tag) for a syntactic word, None for a range / empty node."""
     if len(cols) != 10:
-        raise InputError(f"{where}: {len(cols)} tab-separated column(s), expected 10 (CoNLL-U) "
-                         "-- columns must be separated by single tabs")
+        raise InputError(
+            f"{where}: {len(cols)} tab-separated column(s), expected 10 (CoNLL-U) "
+            "-- columns must be separated by single tabs"
+        )
     wid = cols[0]
     if "-" in wid or "." in wid:  # 1-2 multi-word token range; 3.1 empty node
         lo, _, hi = wid.partition("-" if "-" in wid else ".")
         if not (lo.isdigit() and hi.isdigit()):
-            raise InputError(f"{where}: ID {wid!r} is neither an integer, a range like 1-2 nor an "
-                             "empty node like 3.1")
+            raise InputError(f"{where}: ID {wid!r} is neither an integer, a range like 1-2 nor an empty node like 3.1")
         return None
     if not wid.isdigit():
         raise InputError(f"{where}: ID {wid!r} is not an integer")
@@ -62,8 +65,10 @@ def _conllu_row(cols: list[str], where: str, column: str) -> tuple[str, str, str
     if not form:
         raise InputError(f"{where}: empty FORM (column 2)")
     if not tag or tag == "_":
-        raise InputError(f"{where}: no {column.upper()} tag (column {COLUMNS[column] + 1} is {tag!r}) "
-                         f"-- choose the other column (upos/xpos) or fix the file")
+        raise InputError(
+            f"{where}: no {column.upper()} tag (column {COLUMNS[column] + 1} is {tag!r}) "
+            f"-- choose the other column (upos/xpos) or fix the file"
+        )
     return wid, form, tag
 
 
@@ -86,16 +91,20 @@ def _read_conllu(path: Path, text: str, column: str) -> list[TaggedSentence]:
             continue
         if line.startswith("#"):
             if tokens:
-                raise InputError(f"{path}:{n}: comment line inside a sentence -- comments go before "
-                                 "the first token; is a blank line missing above?")
+                raise InputError(
+                    f"{path}:{n}: comment line inside a sentence -- comments go before "
+                    "the first token; is a blank line missing above?"
+                )
             continue
         row = _conllu_row(line.split("\t"), f"{path}:{n}", column)
         if row is None:
             continue
         wid, form, tag = row
         if int(wid) != len(tokens) + 1:
-            raise InputError(f"{path}:{n}: word ID {wid} but {len(tokens) + 1} expected (IDs count "
-                             "1, 2, ... within a sentence) -- is a blank line missing between sentences?")
+            raise InputError(
+                f"{path}:{n}: word ID {wid} but {len(tokens) + 1} expected (IDs count "
+                "1, 2, ... within a sentence) -- is a blank line missing between sentences?"
+            )
         if not tokens:
             start = n
         tokens.append(form)
@@ -120,8 +129,7 @@ def _read_tsv(path: Path, text: str) -> list[TaggedSentence]:
         cols = line.split("\t")
         if len(cols) != 2:
             hint = " -- is this a CoNLL-U file? name it .conllu" if len(cols) == 10 else ""
-            raise InputError(f"{path}:{n}: {len(cols)} tab-separated column(s), expected 2 "
-                             f"(word<TAB>tag){hint}")
+            raise InputError(f"{path}:{n}: {len(cols)} tab-separated column(s), expected 2 (word<TAB>tag){hint}")
         word, tag = cols[0].strip(), cols[1].strip()
         if not word or not tag:
             raise InputError(f"{path}:{n}: empty {'word' if not word else 'tag'} in {line!r}")
@@ -132,8 +140,7 @@ def _read_tsv(path: Path, text: str) -> list[TaggedSentence]:
     return sentences
 
 
-def read_tagged(path, column: str = "upos", encoding: str = "utf-8",
-                format: str = "auto") -> list[TaggedSentence]:  # noqa: A002 -- the CLI flag's name
+def read_tagged(path, column: str = "upos", encoding: str = "utf-8", format: str = "auto") -> list[TaggedSentence]:  # noqa: A002 -- the CLI flag's name
     """Sentences of ``path``; ``format`` auto = CoNLL-U for ``.conllu``, word<TAB>tag otherwise.
     ``column`` (upos | xpos) applies to CoNLL-U only."""
     if column not in COLUMNS:
@@ -145,6 +152,8 @@ def read_tagged(path, column: str = "upos", encoding: str = "utf-8",
     conllu = format == "conllu" or (format == "auto" and path.suffix.lower() == ".conllu")
     sentences = _read_conllu(path, text, column) if conllu else _read_tsv(path, text)
     if not sentences:
-        raise InputError(f"{path}: no sentences (the file is empty or holds only comments/blank "
-                         "lines) -- give a file with tagged tokens")
+        raise InputError(
+            f"{path}: no sentences (the file is empty or holds only comments/blank "
+            "lines) -- give a file with tagged tokens"
+        )
     return sentences

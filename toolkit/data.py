@@ -46,27 +46,30 @@ class Example:
     source: str  # "file:line", for error messages and error analysis
 
 
-def read_examples(path, text_field: str = "text", label_field: str = "label",
-                  encoding: str = "utf-8") -> list[Example]:
+def read_examples(path, text_field: str = "text", label_field: str = "label", encoding: str = "utf-8") -> list[Example]:
     """Read a CSV/TSV/JSONL file or a folder of one-file-per-label texts."""
     path = Path(path)
     try:
         codecs.lookup(encoding)
     except LookupError:
-        raise InputError(f"unknown encoding {encoding!r} -- use a Python codec name such as "
-                         "'utf-8' or 'latin-1'") from None
+        raise InputError(
+            f"unknown encoding {encoding!r} -- use a Python codec name such as 'utf-8' or 'latin-1'"
+        ) from None
     if not path.exists():
         raise InputError(f"{path}: no such file or folder -- check the path")
     if path.is_dir():
         return _read_folder(path, encoding)
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
-        raise InputError(f"{path}: unknown data format {suffix or '(no extension)'!r} -- use a .csv, "
-                         ".tsv, .jsonl/.json file or a folder with one text file per label")
+        raise InputError(
+            f"{path}: unknown data format {suffix or '(no extension)'!r} -- use a .csv, "
+            ".tsv, .jsonl/.json file or a folder with one text file per label"
+        )
     hint = {**HINT, text_field: "text_field= (--text-field)", label_field: "label_field= (--label-field)"}
     examples, bad = [], []
-    for source, values, error in read_records(path, (text_field, label_field), encoding=encoding, hint=hint,
-                                              labels=(label_field,)):
+    for source, values, error in read_records(
+        path, (text_field, label_field), encoding=encoding, hint=hint, labels=(label_field,)
+    ):
         error = error or _problem(values[text_field], values[label_field], text_field, label_field)
         if error:
             bad.append((source, error))
@@ -91,9 +94,11 @@ def _refuse(path: Path, bad: list[tuple[str, str]]) -> None:
     if bad:
         shown = "".join(f"\n  {source}: {error}" for source, error in bad[:SHOWN])
         more = f"\n  ... and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
-        raise InputError(f"{path}: {len(bad)} bad record{'s' if len(bad) > 1 else ''}; training data is used whole "
-                         f"(training on the rest would silently give another model) -- fix or remove "
-                         f"{'them' if len(bad) > 1 else 'it'}:{shown}{more}")
+        raise InputError(
+            f"{path}: {len(bad)} bad record{'s' if len(bad) > 1 else ''}; training data is used whole "
+            f"(training on the rest would silently give another model) -- fix or remove "
+            f"{'them' if len(bad) > 1 else 'it'}:{shown}{more}"
+        )
 
 
 def folder_label(name: str) -> str:
@@ -106,15 +111,16 @@ def folder_label(name: str) -> str:
 
 def _ignored(p: Path) -> bool:
     n = p.name.lower()
-    return (not p.is_file() or n.startswith(".") or n.startswith(IGNORED_PREFIXES)
-            or n.endswith(IGNORED_SUFFIXES))
+    return not p.is_file() or n.startswith(".") or n.startswith(IGNORED_PREFIXES) or n.endswith(IGNORED_SUFFIXES)
 
 
 def _read_folder(path: Path, encoding: str) -> list[Example]:
     files = sorted(p for p in path.iterdir() if not _ignored(p))
     if not files:
-        raise InputError(f"{path}: the folder has no data files -- put one text file per label "
-                         "in it (e.g. reviews.pos, reviews.neg), one example per line")
+        raise InputError(
+            f"{path}: the folder has no data files -- put one text file per label "
+            "in it (e.g. reviews.pos, reviews.neg), one example per line"
+        )
     examples, bad = [], []
     for f in files:
         label = folder_label(f.name)
@@ -130,8 +136,7 @@ def _read_folder(path: Path, encoding: str) -> list[Example]:
     return examples
 
 
-def split_dev(examples: list[Example], fraction: float = 0.1, seed: int = 0
-              ) -> tuple[list[Example], list[Example]]:
+def split_dev(examples: list[Example], fraction: float = 0.1, seed: int = 0) -> tuple[list[Example], list[Example]]:
     """Seeded split stratified by label -> (train, dev), each in the input order.
 
     Each label keeps round(n * fraction) examples for dev (at least 1 when it has 2+).
@@ -150,8 +155,10 @@ def split_dev(examples: list[Example], fraction: float = 0.1, seed: int = 0
         key = lambda j: hashlib.sha256(f"{seed}\0{label}\0{j}".encode()).digest()  # noqa: E731
         dev_idx.update(sorted(idx, key=key)[:k])
     if not dev_idx:
-        raise InputError(f"dev split of {fraction} leaves no dev examples from {len(examples)} "
-                         "examples -- give a dev file or more data")
+        raise InputError(
+            f"dev split of {fraction} leaves no dev examples from {len(examples)} "
+            "examples -- give a dev file or more data"
+        )
     train = [ex for i, ex in enumerate(examples) if i not in dev_idx]
     dev = [ex for i, ex in enumerate(examples) if i in dev_idx]
     return train, dev
@@ -161,11 +168,15 @@ def check_labels(train: list[Example], dev: list[Example]) -> list[str]:
     """-> sorted label set of train; ``InputError`` if dev has labels train never shows."""
     labels = sorted({ex.label for ex in train})
     if len(labels) < 2:
-        raise InputError(f"training data has {len(labels)} label(s) {labels} -- a classifier needs "
-                         "at least 2; check the label column / file names")
+        raise InputError(
+            f"training data has {len(labels)} label(s) {labels} -- a classifier needs "
+            "at least 2; check the label column / file names"
+        )
     unseen = sorted({ex.label for ex in dev} - set(labels))
     if unseen:
         first = next(ex.source for ex in dev if ex.label in unseen)
-        raise InputError(f"dev labels {unseen} never occur in training (first at {first}); training "
-                         f"labels are {labels} -- fix the labels or add training examples for them")
+        raise InputError(
+            f"dev labels {unseen} never occur in training (first at {first}); training "
+            f"labels are {labels} -- fix the labels or add training examples for them"
+        )
     return labels

@@ -1,6 +1,6 @@
 """``rnnkit demo``: the main job end to end on the embedded sentiment model (no user data).
 
-Exports the small checkpoint shipped in ``toolkit/assets/mr_small`` (a GRU trained on the
+Exports the small checkpoint shipped in the package ``rnnkit-demo-mr`` (a GRU trained on the
 MR movie-review corpus, CC BY 4.0) with int8, then predicts its dev split on both
 backends, fp32 and int8, and prints a side-by-side comparison.
 """
@@ -10,7 +10,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-ASSET = Path(__file__).parent / "assets" / "mr_small"
+from ..runtime.builtin import CHECKPOINTS, find, require
+
+# The checkpoint ships in the package rnnkit-demo-mr (pulled in by rnnkit[train]), found by name;
+# None when it is not installed, and run_demo says which extra installs it.
+ASSET = find("mr_small", CHECKPOINTS)
 SAMPLES = [
     "a gripping , beautifully acted film that earns every one of its tears",
     "the plot is a mess and the jokes fall flat",
@@ -19,9 +23,11 @@ SAMPLES = [
 
 
 def run_demo(out: str, echo=print) -> dict:
-    from .export_checkpoint import export_checkpoint
+    if ASSET is None:
+        require("mr_small", CHECKPOINTS)  # raises a BundleError naming `pip install "rnnkit[train]"`
     from ..runtime import load
     from .devset import dev_set_for
+    from .export_checkpoint import export_checkpoint
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -51,5 +57,5 @@ def run_demo(out: str, echo=print) -> dict:
     for i, text in enumerate(SAMPLES):
         echo(f"{text!r}")
         echo("   " + "  ".join(f"{name}: {p[i].label} {p[i].score:.3f}" for name, p in samples.items()))
-    echo(f"\nbundle: {bundle}  (try: rnnkit predict {bundle} \"what a lovely film\" --backend numba)")
+    echo(f'\nbundle: {bundle}  (try: rnnkit predict {bundle} "what a lovely film" --backend numba)')
     return {"bundle": bundle, "rows": rows}

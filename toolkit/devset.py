@@ -19,7 +19,9 @@ def dev_set_for(checkpoint, dev_path=None, text_field="text", label_field="label
     try:
         meta = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise BundleError(f"{config_path}: cannot read the checkpoint config ({exc}); is {checkpoint} a checkpoint?") from None
+        raise BundleError(
+            f"{config_path}: cannot read the checkpoint config ({exc}); is {checkpoint} a checkpoint?"
+        ) from None
     training, task = meta.get("training", {}), meta.get("task", "classify")
     config = training.get("config", {})
     if task == "lm":
@@ -47,9 +49,11 @@ def dev_set_for(checkpoint, dev_path=None, text_field="text", label_field="label
 def _labelled_reader(config: dict, text_field: str, label_field: str, explicit: bool):
     from .data import read_examples, split_dev
 
-    fields = dict(text_field=text_field if explicit else config.get("text_field", "text"),
-                  label_field=label_field if explicit else config.get("label_field", "label"),
-                  encoding=config.get("encoding", "utf-8"))
+    fields = dict(
+        text_field=text_field if explicit else config.get("text_field", "text"),
+        label_field=label_field if explicit else config.get("label_field", "label"),
+        encoding=config.get("encoding", "utf-8"),
+    )
 
     def read(path, source, fraction=None, seed=0):
         examples = read_examples(path, **fields)

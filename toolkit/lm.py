@@ -7,4 +7,5 @@ the one definition that training and export read; this module re-exports them un
 from __future__ import annotations
 
 from rnnkit.export.architecture import LMConfig as LMConfig
-from rnnkit.export.nets import RecurrentLM as RecurrentLM, State as State
+from rnnkit.export.nets import RecurrentLM as RecurrentLM
+from rnnkit.export.nets import State as State

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -34,13 +33,14 @@ from torch import nn
 
 from rnnkit.runtime.tokenizer import PAD_ID, UNK_ID
 from rnnkit.toolkit.checkpoint import STATE_FORMAT
+from rnnkit.toolkit.configs import train_threads
 
 
 @contextmanager
 def torch_settings(threads: int):
     """Deterministic kernels and a thread count for the run; restore the caller's afterwards."""
     old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads or min(4, os.cpu_count() or 1))
+    torch.set_num_threads(train_threads(threads))
     torch.use_deterministic_algorithms(True)
     try:
         yield
@@ -61,7 +61,7 @@ def batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | Non
     are jittered before sorting and the batch order is shuffled, so batches differ per epoch."""
     key = lengths + (rng.uniform(-2.0, 2.0, size=len(lengths)) if rng is not None else 0.0)
     order = np.argsort(key, kind="stable")
-    out = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    out = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if rng is not None:
         rng.shuffle(out)
     return out
@@ -94,8 +94,14 @@ class Progress:
         self.bar = None
         if enabled:
             import click
-            self.bar = click.progressbar(length=length, label=label, file=sys.stderr, width=30,
-                                         item_show_func=lambda _: None if self.loss != self.loss else f"loss {self.loss:.4f}")
+
+            self.bar = click.progressbar(
+                length=length,
+                label=label,
+                file=sys.stderr,
+                width=30,
+                item_show_func=lambda _: None if self.loss != self.loss else f"loss {self.loss:.4f}",
+            )
 
     def __enter__(self):
         if self.bar is not None:
@@ -114,11 +120,11 @@ class Progress:
 
 @dataclass
 class Fit:
-    model: nn.Module     # best epoch's weights, eval mode
+    model: nn.Module  # best epoch's weights, eval mode
     history: list[dict]  # one record per epoch run
     best_epoch: int
-    best_dev: dict       # the task's dev evaluation at best_epoch
-    elapsed: float       # seconds for all epochs
+    best_dev: dict  # the task's dev evaluation at best_epoch
+    elapsed: float  # seconds for all epochs
 
 
 def higher_accuracy(dev: dict, best: dict) -> bool:
@@ -139,14 +145,22 @@ def set_lr(optim: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def fit(config, make_model: Callable[[], nn.Module], lengths: np.ndarray | None,
-        step: Callable[[nn.Module, np.ndarray], tuple[torch.Tensor, int]],
-        evaluate: Callable[[nn.Module], dict], report: Callable[[dict], tuple[dict, str]],
-        progress: bool, log: Callable[[str], None], *,
-        epoch_batches: Callable[[np.random.Generator], list] | None = None,
-        better: Callable[[dict, dict], bool] = higher_accuracy,
-        save: Callable[[Fit, dict], object] | None = None, identity: dict | None = None,
-        resume: dict | None = None) -> Fit:
+def fit(
+    config,
+    make_model: Callable[[], nn.Module],
+    lengths: np.ndarray | None,
+    step: Callable[[nn.Module, np.ndarray], tuple[torch.Tensor, int]],
+    evaluate: Callable[[nn.Module], dict],
+    report: Callable[[dict], tuple[dict, str]],
+    progress: bool,
+    log: Callable[[str], None],
+    *,
+    epoch_batches: Callable[[np.random.Generator], list] | None = None,
+    better: Callable[[dict, dict], bool] = higher_accuracy,
+    save: Callable[[Fit, dict], object] | None = None,
+    identity: dict | None = None,
+    resume: dict | None = None,
+) -> Fit:
     """Train ``make_model()`` on the examples whose lengths are ``lengths``.
 
     ``config``: a ``TrainConfig`` / ``TagTrainConfig`` (threads, seed, lr, weight_decay, epochs,
@@ -174,8 +188,10 @@ def fit(config, make_model: Callable[[], nn.Module], lengths: np.ndarray | None,
         if resume is not None:
             # after make_model / Adam (which draw from the seeded RNGs), so every state is the stored one
             history, best, best_state, stale, stopped, done, before = restore(resume, model, optim, rng)
-            log(f"resuming after epoch {done}/{config.epochs} (best epoch {best[0]}"
-                f"{', stopped early' if stopped else ''})")
+            log(
+                f"resuming after epoch {done}/{config.epochs} (best epoch {best[0]}"
+                f"{', stopped early' if stopped else ''})"
+            )
         start = time.perf_counter()
         for epoch in range(done + 1, config.epochs + 1):
             if stopped:
@@ -186,9 +202,16 @@ def fit(config, make_model: Callable[[], nn.Module], lengths: np.ndarray | None,
             loss_sum, seen = train_epoch(config, model, optim, step, todo, epoch, cosine, progress)
             dev = plain(evaluate(model))  # plain: the same numbers whether kept in memory or resumed
             fields, text = report(dev)
-            record = plain({"epoch": epoch, "train_loss": loss_sum / seen, "dev_loss": dev["loss"], **fields,
-                            "lr": optim.param_groups[0]["lr"],
-                            "seconds": round(time.perf_counter() - t0, 2)})
+            record = plain(
+                {
+                    "epoch": epoch,
+                    "train_loss": loss_sum / seen,
+                    "dev_loss": dev["loss"],
+                    **fields,
+                    "lr": optim.param_groups[0]["lr"],
+                    "seconds": round(time.perf_counter() - t0, 2),
+                }
+            )
             history.append(record)
             improved = best is None or better(dev, best[1])
             if improved:
@@ -196,17 +219,22 @@ def fit(config, make_model: Callable[[], nn.Module], lengths: np.ndarray | None,
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 stale += 1
-            log(f"epoch {epoch}/{config.epochs}  train loss {record['train_loss']:.4f}  dev loss "
+            log(
+                f"epoch {epoch}/{config.epochs}  train loss {record['train_loss']:.4f}  dev loss "
                 f"{dev['loss']:.4f}  dev acc {dev['accuracy']:.4f}  {text}  "
-                f"({record['seconds']:.1f}s){'  *' if improved else ''}")
+                f"({record['seconds']:.1f}s){'  *' if improved else ''}"
+            )
             stopped = bool(config.patience and stale >= config.patience)
             if save is not None:
                 elapsed = before + time.perf_counter() - start
                 best_model = copy.deepcopy(model)
                 best_model.load_state_dict(best_state)
-                save(Fit(best_model.eval(), list(history), best[0], best[1], elapsed),
-                     snapshot(config, identity, epoch, stopped, model, optim, rng, history, best, best_state,
-                              stale, elapsed))
+                save(
+                    Fit(best_model.eval(), list(history), best[0], best[1], elapsed),
+                    snapshot(
+                        config, identity, epoch, stopped, model, optim, rng, history, best, best_state, stale, elapsed
+                    ),
+                )
             if stopped:
                 log(f"no better dev result for {stale} epochs: stopping early")
         elapsed = before + time.perf_counter() - start
@@ -215,8 +243,9 @@ def fit(config, make_model: Callable[[], nn.Module], lengths: np.ndarray | None,
     return Fit(model, history, best[0], best[1], elapsed)
 
 
-def train_epoch(config, model: nn.Module, optim: torch.optim.Optimizer, step, todo: list, epoch: int,
-                cosine: bool, progress: bool) -> tuple[float, int]:
+def train_epoch(
+    config, model: nn.Module, optim: torch.optim.Optimizer, step, todo: list, epoch: int, cosine: bool, progress: bool
+) -> tuple[float, int]:
     """One pass over the batches ``todo`` -> (sum of the batch losses weighted by ``n``, sum of ``n``)."""
     loss_sum, seen = 0.0, 0
     with Progress(progress, len(todo), f"epoch {epoch}/{config.epochs}") as bar:
@@ -238,6 +267,7 @@ def train_epoch(config, model: nn.Module, optim: torch.optim.Optimizer, step, to
 def plain(obj):
     """``obj`` as JSON gives it back (numpy scalars and arrays -> Python numbers and lists): what
     config.json stores, and what a resume state may hold (it is read with ``weights_only=True``)."""
+
     def tolist(o):
         if hasattr(o, "tolist"):
             return o.tolist()
@@ -246,20 +276,45 @@ def plain(obj):
     return json.loads(json.dumps(obj, default=tolist))
 
 
-def snapshot(config, identity: dict | None, epoch: int, stopped: bool, model: nn.Module,
-             optim: torch.optim.Optimizer, rng: np.random.Generator, history: list[dict], best: tuple,
-             best_state: dict, stale: int, elapsed: float) -> dict:
+def snapshot(
+    config,
+    identity: dict | None,
+    epoch: int,
+    stopped: bool,
+    model: nn.Module,
+    optim: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    history: list[dict],
+    best: tuple,
+    best_state: dict,
+    stale: int,
+    elapsed: float,
+) -> dict:
     """Everything ``restore`` needs to continue after ``epoch`` bit for bit: weights, optimizer
     moments, every RNG the loop or a task's ``step`` draws from (Python, numpy's global and the
     batching Generator, torch: dropout, word dropout, scheduled sampling), best epoch, stale count."""
     legacy = np.random.get_state(legacy=False)
-    return {"format": STATE_FORMAT, "identity": identity, "epochs": config.epochs, "epoch": epoch,
-            "stopped": stopped, "elapsed": elapsed, "history": history, "stale": stale,
-            "best_epoch": best[0], "best_dev": best[1], "best_model": best_state,
-            "model": model.state_dict(), "optimizer": optim.state_dict(),
-            "rng": {"python": random.getstate(), "numpy": rng.bit_generator.state,
-                    "numpy_global": {**legacy, "state": {**legacy["state"], "key": legacy["state"]["key"].tolist()}},
-                    "torch": torch.get_rng_state()}}
+    return {
+        "format": STATE_FORMAT,
+        "identity": identity,
+        "epochs": config.epochs,
+        "epoch": epoch,
+        "stopped": stopped,
+        "elapsed": elapsed,
+        "history": history,
+        "stale": stale,
+        "best_epoch": best[0],
+        "best_dev": best[1],
+        "best_model": best_state,
+        "model": model.state_dict(),
+        "optimizer": optim.state_dict(),
+        "rng": {
+            "python": random.getstate(),
+            "numpy": rng.bit_generator.state,
+            "numpy_global": {**legacy, "state": {**legacy["state"], "key": legacy["state"]["key"].tolist()}},
+            "torch": torch.get_rng_state(),
+        },
+    }
 
 
 def restore(state: dict, model: nn.Module, optim: torch.optim.Optimizer, rng: np.random.Generator):
@@ -270,22 +325,39 @@ def restore(state: dict, model: nn.Module, optim: torch.optim.Optimizer, rng: np
     r = state["rng"]
     random.setstate(r["python"])
     legacy = r["numpy_global"]
-    np.random.set_state({**legacy, "state": {**legacy["state"],
-                                             "key": np.asarray(legacy["state"]["key"], dtype=np.uint32)}})
+    np.random.set_state(
+        {**legacy, "state": {**legacy["state"], "key": np.asarray(legacy["state"]["key"], dtype=np.uint32)}}
+    )
     rng.bit_generator.state = r["numpy"]
     torch.set_rng_state(r["torch"])
-    return (list(state["history"]), (state["best_epoch"], state["best_dev"]), state["best_model"], state["stale"],
-            state["stopped"], state["epoch"], state["elapsed"])
+    return (
+        list(state["history"]),
+        (state["best_epoch"], state["best_dev"]),
+        state["best_model"],
+        state["stale"],
+        state["stopped"],
+        state["epoch"],
+        state["elapsed"],
+    )
 
 
-def training_record(config, result: Fit, train_path, dev_path, split: dict, num_train: int,
-                    num_dev: int, dev: dict) -> dict:
+def training_record(
+    config, result: Fit, train_path, dev_path, split: dict, num_train: int, num_dev: int, dev: dict
+) -> dict:
     """The ``training`` entry of a checkpoint's config.json (``dev``: the best epoch's numbers to keep)."""
     return {
-        "seed": config.seed, "train_path": str(train_path),
-        "dev_path": str(dev_path) if dev_path is not None else None, "split": split,
-        "num_train": num_train, "num_dev": num_dev, "epochs": config.epochs,
-        "epochs_run": len(result.history), "best_epoch": result.best_epoch, "dev": dev,
-        "history": result.history, "time_s": round(result.elapsed, 2), "config": asdict(config),
+        "seed": config.seed,
+        "train_path": str(train_path),
+        "dev_path": str(dev_path) if dev_path is not None else None,
+        "split": split,
+        "num_train": num_train,
+        "num_dev": num_dev,
+        "epochs": config.epochs,
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "dev": dev,
+        "history": result.history,
+        "time_s": round(result.elapsed, 2),
+        "config": asdict(config),
         "torch": torch.__version__,
     }

@@ -30,8 +30,7 @@ def confusion_matrix(y_true, y_pred, num_labels: int | None = None) -> np.ndarra
     t, p = _as_ids(y_true, y_pred)
     k = num_labels if num_labels is not None else int(max(t.max(initial=-1), p.max(initial=-1)) + 1)
     if t.size and (min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= k):
-        raise ValueError(f"label ids must be in [0, {k}), got range "
-                         f"[{min(t.min(), p.min())}, {max(t.max(), p.max())}]")
+        raise ValueError(f"label ids must be in [0, {k}), got range [{min(t.min(), p.min())}, {max(t.max(), p.max())}]")
     m = np.zeros((k, k), dtype=np.int64)
     np.add.at(m, (t, p), 1)
     return m
@@ -40,7 +39,7 @@ def confusion_matrix(y_true, y_pred, num_labels: int | None = None) -> np.ndarra
 def per_class_f1(cm: np.ndarray) -> np.ndarray:
     tp = np.diag(cm).astype(np.float64)
     support, predicted = cm.sum(axis=1), cm.sum(axis=0)
-    denom = support + predicted                       # 2TP + FP + FN
+    denom = support + predicted  # 2TP + FP + FN
     return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
 
 
@@ -53,5 +52,9 @@ def macro_f1(y_true, y_pred, num_labels: int | None = None) -> float:
 def evaluate(y_true, y_pred, num_labels: int) -> dict:
     """JSON-ready summary: accuracy, macro_f1, confusion (nested lists), n."""
     cm = confusion_matrix(y_true, y_pred, num_labels)
-    return {"accuracy": accuracy(y_true, y_pred), "macro_f1": macro_f1(y_true, y_pred, num_labels),
-            "confusion": cm.tolist(), "n": int(cm.sum())}
+    return {
+        "accuracy": accuracy(y_true, y_pred),
+        "macro_f1": macro_f1(y_true, y_pred, num_labels),
+        "confusion": cm.tolist(),
+        "n": int(cm.sum()),
+    }

@@ -7,6 +7,8 @@ definition that training and export read; this module re-exports them under thei
 
 from __future__ import annotations
 
-from rnnkit.export.architecture import POOLINGS as POOLINGS, ClassifierConfig as ClassifierConfig
-from rnnkit.export.nets import (CELLS as CELLS, AttentionPooling as AttentionPooling,
-                                RecurrentClassifier as RecurrentClassifier)
+from rnnkit.export.architecture import POOLINGS as POOLINGS
+from rnnkit.export.architecture import ClassifierConfig as ClassifierConfig
+from rnnkit.export.nets import CELLS as CELLS
+from rnnkit.export.nets import AttentionPooling as AttentionPooling
+from rnnkit.export.nets import RecurrentClassifier as RecurrentClassifier

@@ -36,14 +36,14 @@ from ..runtime.errors import InputError
 Pair = tuple[str, str]
 FORMATS = ("tsv", "cmudict", "tatoeba")
 ODD_SPACES = str.maketrans({"\u202f": " ", "\u00a0": " ", "\u2009": " "})
-_ALTERNATE = re.compile(r"\(\d+\)$")     # word(2) -> word
+_ALTERNATE = re.compile(r"\(\d+\)$")  # word(2) -> word
 _STRESS = re.compile(r"(?<=[A-Z])[012]$")  # AH0 -> AH
 
 
 @dataclass(frozen=True)
 class Example:
     source: str
-    references: tuple[str, ...]   # every distinct target of this source, in file order
+    references: tuple[str, ...]  # every distinct target of this source, in file order
 
 
 def _open_text(path, encoding: str):
@@ -77,8 +77,10 @@ def read_tsv(path, encoding: str = "utf-8", spaces: bool = False) -> list[Pair]:
             continue
         cols = line.split("\t")
         if len(cols) < 2:
-            raise InputError(f"{p}:{n}: no tab in {line[:60]!r} -- each line must be source<TAB>target "
-                             "(use --format cmudict for a pronouncing dictionary)")
+            raise InputError(
+                f"{p}:{n}: no tab in {line[:60]!r} -- each line must be source<TAB>target "
+                "(use --format cmudict for a pronouncing dictionary)"
+            )
         source, target = cols[0].strip(), cols[1].strip()
         if not source or not target:
             side = "source" if not source else "target"
@@ -104,8 +106,10 @@ def read_cmudict(path, encoding: str = "utf-8", keep_stress: bool = False) -> li
             continue
         parts = line.split()
         if len(parts) < 2:
-            raise InputError(f"{p}:{n}: {line[:60]!r} has a word but no phones -- CMUdict lines are "
-                             "'word PH1 PH2 ...' (use --format tsv for source<TAB>target pairs)")
+            raise InputError(
+                f"{p}:{n}: {line[:60]!r} has a word but no phones -- CMUdict lines are "
+                "'word PH1 PH2 ...' (use --format tsv for source<TAB>target pairs)"
+            )
         word = _ALTERNATE.sub("", parts[0])
         phones = parts[1:] if keep_stress else [_STRESS.sub("", ph) for ph in parts[1:]]
         pairs.append((word, " ".join(phones)))
@@ -151,7 +155,7 @@ def group_split(pairs: Sequence[Pair], fractions: Sequence[float], seed: int = 0
     cuts = [0] + [int(round(c * len(sources))) for c in cum]
     part_of = {}
     for k in range(len(fractions)):
-        for i in order[cuts[k]:cuts[k + 1]]:
+        for i in order[cuts[k] : cuts[k + 1]]:
             part_of[sources[i]] = k
     parts: list[list[Pair]] = [[] for _ in fractions]
     for s, t in pairs:
@@ -159,5 +163,15 @@ def group_split(pairs: Sequence[Pair], fractions: Sequence[float], seed: int = 0
     return parts
 
 
-__all__ = ["Example", "FORMATS", "Pair", "read_pairs", "read_tsv", "read_cmudict", "read_tatoeba", "write_pairs",
-           "group_pairs", "group_split"]
+__all__ = [
+    "Example",
+    "FORMATS",
+    "Pair",
+    "read_pairs",
+    "read_tsv",
+    "read_cmudict",
+    "read_tatoeba",
+    "write_pairs",
+    "group_pairs",
+    "group_split",
+]

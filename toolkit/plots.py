@@ -13,8 +13,10 @@ from pathlib import Path
 def pyplot():
     """``matplotlib.pyplot`` on the Agg backend; call inside a plotting function, never at import."""
     import matplotlib
+
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -30,15 +32,31 @@ def save_figure(fig, path) -> Path:
 def plot_curves(history: list[dict], path, title: str = "") -> Path:
     """``history``: one dict per epoch with ``epoch``, ``train_loss``, ``dev_loss``, ``dev_accuracy``."""
     best = max(history, key=lambda h: h["dev_accuracy"])
-    return _loss_and(history, path, "dev_accuracy", "dev accuracy", "cross-entropy loss", best, "center right",
-                     title or f"best dev accuracy {best['dev_accuracy']:.4f} (epoch {best['epoch']})")
+    return _loss_and(
+        history,
+        path,
+        "dev_accuracy",
+        "dev accuracy",
+        "cross-entropy loss",
+        best,
+        "center right",
+        title or f"best dev accuracy {best['dev_accuracy']:.4f} (epoch {best['epoch']})",
+    )
 
 
 def plot_lm_curves(history: list[dict], path, unit: str = "token") -> Path:
     """Language model: train and dev loss in nats per ``unit`` (left), dev perplexity (right)."""
     best = min(history, key=lambda h: h["dev_loss"])
-    return _loss_and(history, path, "dev_perplexity", "dev perplexity", f"cross-entropy (nats/{unit})", best,
-                     "upper right", f"best dev loss {best['dev_loss']:.4f} nats/{unit} (epoch {best['epoch']})")
+    return _loss_and(
+        history,
+        path,
+        "dev_perplexity",
+        "dev perplexity",
+        f"cross-entropy (nats/{unit})",
+        best,
+        "upper right",
+        f"best dev loss {best['dev_loss']:.4f} nats/{unit} (epoch {best['epoch']})",
+    )
 
 
 def _loss_and(history, path, key: str, label: str, loss_label: str, best: dict, legend: str, title: str) -> Path:

@@ -23,8 +23,15 @@ import numpy as np
 import torch
 
 from rnnkit.runtime.errors import BundleError, InputError
-from rnnkit.toolkit.checkpoint import (CONFIG_FILE, RESUME_DIR, STATE_FILE, STATE_FORMAT, WEIGHTS_FILE, check_out_dir,
-                                       is_checkpoint)
+from rnnkit.toolkit.checkpoint import (
+    CONFIG_FILE,
+    RESUME_DIR,
+    STATE_FILE,
+    STATE_FORMAT,
+    WEIGHTS_FILE,
+    check_out_dir,
+    is_checkpoint,
+)
 
 
 def fingerprint(*parts) -> str:
@@ -48,34 +55,65 @@ def run_identity(task: str, config, data: str, **flags) -> dict:
     return {"task": task, "options": {**options, **flags}, "data": data}
 
 
-def read_resume_state(out_dir, resume: bool) -> dict | None:
+def read_resume_state(out_dir, resume: bool, force: bool | None = None) -> dict | None:
     """``out_dir/resume/state.pt`` for ``--resume`` (None for a fresh run).  Refused: ``--resume``
-    with nothing to resume, an unreadable state, and a fresh run over an interrupted one (it would
-    throw the epochs done away: the user says so by deleting ``resume/``)."""
+    with nothing to resume, an unreadable state, and a fresh run over an earlier one unless ``force``:
+
+    * ``force=None`` (the Python API's default): a finished checkpoint is replaced, an interrupted
+      run is refused (starting over would throw its epochs away);
+    * ``force=False`` (``rnnkit train`` without ``--force``): both are refused;
+    * ``force=True`` (``--force``): both are replaced by the new run.
+
+    A folder that is not an rnnkit checkpoint is refused whatever ``force`` says (never deleted)."""
+    if resume and force:
+        raise InputError(f"{out_dir}: --resume continues the run there and --force replaces it; give one of them")
     out = check_out_dir(out_dir)
     path = out / RESUME_DIR / STATE_FILE
     if not resume:
+        if force:
+            return None
         if path.exists():
-            raise InputError(f"{out}: holds an interrupted training run ({_epochs_done(out)}); continue it with "
-                             f"--resume, or delete {path.parent} to start over")
+            raise InputError(
+                f"{out}: holds an interrupted training run ({_epochs_done(out)}); continue it with "
+                f"--resume (resume=True), or start over with --force (force=True), which discards "
+                f"the epochs done"
+            )
+        if force is False and is_checkpoint(out):
+            raise InputError(
+                f"{out}: holds a trained checkpoint ({_epochs_done(out, CONFIG_FILE)}); pass --force to "
+                f"replace it, or choose another --out"
+            )
         return None
     if not path.is_file():
-        why = ("the run finished and wrote its final checkpoint" if is_checkpoint(out)
-               else "the folder does not exist" if not out.exists() else "no run has written one")
+        why = (
+            "the run finished and wrote its final checkpoint"
+            if is_checkpoint(out)
+            else "the folder does not exist"
+            if not out.exists()
+            else "no run has written one"
+        )
         left = sorted(out.resolve().parent.glob(f".{out.name}.old-*/ckpt/{RESUME_DIR}/{STATE_FILE}"))
-        hint = (f"; a write interrupted by the kill left {left[-1].parents[1]}: move it to {out} and run "
-                "again with --resume" if left else " -- train without --resume")
+        hint = (
+            f"; a write interrupted by the kill left {left[-1].parents[1]}: move it to {out} and run "
+            "again with --resume"
+            if left
+            else " -- train without --resume"
+        )
         raise InputError(f"{out}: nothing to resume (no {RESUME_DIR}/{STATE_FILE}: {why}){hint}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- torch raises many types for a truncated file
-        raise BundleError(f"{path}: cannot be read ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}) "
-                          f"-- the resume state is corrupted; delete {path.parent} and train without --resume "
-                          f"({WEIGHTS_FILE} is still the best epoch so far)") from None
+        raise BundleError(
+            f"{path}: cannot be read ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}) "
+            f"-- the resume state is corrupted; delete {path.parent} and train without --resume "
+            f"({WEIGHTS_FILE} is still the best epoch so far)"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         got = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise BundleError(f"{path}: format {got!r}, expected {STATE_FORMAT!r} -- not a resume state of this "
-                          f"rnnkit; delete {path.parent} and train without --resume")
+        raise BundleError(
+            f"{path}: format {got!r}, expected {STATE_FORMAT!r} -- not a resume state of this "
+            f"rnnkit; delete {path.parent} and train without --resume"
+        )
     return state
 
 
@@ -96,17 +134,22 @@ def check_resume(out_dir, state: dict, identity: dict, epochs: int) -> None:
     if epochs < done:
         problems.append(f"--epochs {epochs} but {done} epochs are done already")
     elif epochs != planned and identity["options"].get("lr_schedule") == "cosine":
-        problems.append(f"--epochs was {planned}, now {epochs}: the cosine learning-rate schedule spans all "
-                        f"epochs, so the {done} done would not follow it (keep --epochs {planned})")
+        problems.append(
+            f"--epochs was {planned}, now {epochs}: the cosine learning-rate schedule spans all "
+            f"epochs, so the {done} done would not follow it (keep --epochs {planned})"
+        )
     if problems:
-        raise InputError(f"{Path(out_dir)}: cannot resume the interrupted run: " + "; ".join(problems)
-                         + " -- give the interrupted run's options (only --epochs may change), or delete "
-                         f"{Path(out_dir) / RESUME_DIR} and train without --resume")
+        raise InputError(
+            f"{Path(out_dir)}: cannot resume the interrupted run: "
+            + "; ".join(problems)
+            + " -- give the interrupted run's options (only --epochs may change), or delete "
+            f"{Path(out_dir) / RESUME_DIR} and train without --resume"
+        )
 
 
-def _epochs_done(out: Path) -> str:
+def _epochs_done(out: Path, otherwise: str = f"{RESUME_DIR}/{STATE_FILE}") -> str:
     try:
         training = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))["training"]
         return f"{training['epochs_run']} of {training['epochs']} epochs done"
     except (OSError, ValueError, KeyError, TypeError):
-        return f"{RESUME_DIR}/{STATE_FILE}"
+        return otherwise

@@ -16,17 +16,19 @@ import numpy as np
 import torch
 
 from rnnkit.export.architecture import Seq2SeqConfig as Seq2SeqConfig
-from rnnkit.export.nets import Attention as Attention, Seq2Seq as Seq2Seq
+from rnnkit.export.nets import Attention as Attention
+from rnnkit.export.nets import Seq2Seq as Seq2Seq
 from rnnkit.runtime.tokenizer import BOS_ID, EOS_ID, CharTokenizer, WordTokenizer, pad_ids
 
-EVAL_BATCH = 256   # pairs per no-grad batch (dev loss and greedy decoding)
+EVAL_BATCH = 256  # pairs per no-grad batch (dev loss and greedy decoding)
 
 Tokenizer = CharTokenizer | WordTokenizer
 
 
 @torch.no_grad()
-def greedy_decode(model: Seq2Seq, source_ids: torch.Tensor, source_lens: torch.Tensor,
-                  max_len: torch.Tensor | int | None = None) -> list[list[int]]:
+def greedy_decode(
+    model: Seq2Seq, source_ids: torch.Tensor, source_lens: torch.Tensor, max_len: torch.Tensor | int | None = None
+) -> list[list[int]]:
     """Batched greedy decoding: the arg-max token at each step, fed back as the next input.
 
     ``max_len``: tokens allowed per row (an int or a (B,) tensor; default ``2 * source_len + 10``,
@@ -72,11 +74,12 @@ def tensors(sources: list[list[int]], targets: list[list[int]] | None = None):
 
 def by_length(rows: list[list[int]]) -> list[np.ndarray]:
     order = np.argsort([len(r) for r in rows], kind="stable")
-    return [order[i:i + EVAL_BATCH] for i in range(0, len(order), EVAL_BATCH)]
+    return [order[i : i + EVAL_BATCH] for i in range(0, len(order), EVAL_BATCH)]
 
 
-def decode_texts(model: Seq2Seq, src_tok: Tokenizer, tgt_tok: Tokenizer, sources: Sequence[str],
-                 max_len: int | None = None) -> list[str]:
+def decode_texts(
+    model: Seq2Seq, src_tok: Tokenizer, tgt_tok: Tokenizer, sources: Sequence[str], max_len: int | None = None
+) -> list[str]:
     """Greedy outputs of ``sources`` (batched by length, returned in input order); a source
     with no tokens gives ''."""
     rows = [src_tok.encode(s) for s in sources]

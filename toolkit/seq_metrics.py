@@ -30,8 +30,10 @@ MAX_ORDER = 4
 
 def _check(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> None:
     if len(predictions) != len(references):
-        raise InputError(f"{len(predictions)} predictions but {len(references)} reference lists -- "
-                         "give one list of references per prediction")
+        raise InputError(
+            f"{len(predictions)} predictions but {len(references)} reference lists -- "
+            "give one list of references per prediction"
+        )
     for i, refs in enumerate(references):
         if isinstance(refs, str) or not refs:
             raise InputError(f"references #{i} is {refs!r}, expected a non-empty list of strings")
@@ -58,10 +60,10 @@ def sequence_error_rate(predictions: Sequence[str], references: Sequence[Sequenc
 # -- BLEU --------------------------------------------------------------------------------------
 
 _13A = [  # sacrebleu's TokenizerRegexp rules, in order (mteval-v13a's tokenization)
-    (re.compile(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])"), r" \1 "),   # punctuation and symbols
-    (re.compile(r"([^0-9])([\.,])"), r"\1 \2 "),                  # period/comma unless after a digit
-    (re.compile(r"([\.,])([^0-9])"), r" \1 \2"),                  # period/comma unless before a digit
-    (re.compile(r"([0-9])(-)"), r"\1 \2 "),                       # dash after a digit
+    (re.compile(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])"), r" \1 "),  # punctuation and symbols
+    (re.compile(r"([^0-9])([\.,])"), r"\1 \2 "),  # period/comma unless after a digit
+    (re.compile(r"([\.,])([^0-9])"), r" \1 \2"),  # period/comma unless before a digit
+    (re.compile(r"([0-9])(-)"), r"\1 \2 "),  # dash after a digit
 ]
 
 
@@ -76,11 +78,12 @@ def tokenize_13a(line: str) -> str:
 
 
 def _ngrams(tokens: list[str], max_order: int = MAX_ORDER) -> Counter:
-    return Counter(tuple(tokens[i:i + n]) for n in range(1, max_order + 1) for i in range(len(tokens) - n + 1))
+    return Counter(tuple(tokens[i : i + n]) for n in range(1, max_order + 1) for i in range(len(tokens) - n + 1))
 
 
-def bleu_stats(predictions: Sequence[str], references: Sequence[Sequence[str]], tokenize=tokenize_13a
-               ) -> tuple[list[int], list[int], int, int]:
+def bleu_stats(
+    predictions: Sequence[str], references: Sequence[Sequence[str]], tokenize=tokenize_13a
+) -> tuple[list[int], list[int], int, int]:
     """(matches per order, totals per order, output length, reference length) summed over the corpus."""
     _check(predictions, references)
     correct, total = [0] * MAX_ORDER, [0] * MAX_ORDER
@@ -89,10 +92,10 @@ def bleu_stats(predictions: Sequence[str], references: Sequence[Sequence[str]], 
         h = tokenize(hyp).split()
         rs = [tokenize(r).split() for r in refs]
         sys_len += len(h)
-        ref_len += min((abs(len(r) - len(h)), len(r)) for r in rs)[1]   # closest, shorter on ties
+        ref_len += min((abs(len(r) - len(h)), len(r)) for r in rs)[1]  # closest, shorter on ties
         best: Counter = Counter()
         for r in rs:
-            best |= _ngrams(r)                                            # max count over references
+            best |= _ngrams(r)  # max count over references
         for gram, n in _ngrams(h).items():
             total[len(gram) - 1] += n
             correct[len(gram) - 1] += min(n, best[gram])
@@ -105,14 +108,14 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[Sequence[str]],
     if smooth not in ("exp", "none"):
         raise InputError(f"smooth must be 'exp' or 'none', got {smooth!r}")
     correct, total, sys_len, ref_len = bleu_stats(predictions, references)
-    if not any(correct):   # no match of any order: 0, not a smoothed positive score (sacrebleu #141)
+    if not any(correct):  # no match of any order: 0, not a smoothed positive score (sacrebleu #141)
         return 0.0
     precisions, factor = [0.0] * MAX_ORDER, 1.0
     for n in range(MAX_ORDER):
         if total[n] == 0:
             break
         if correct[n] == 0:
-            if smooth == "exp":   # 1/2, 1/4, ... of a match for each order without one
+            if smooth == "exp":  # 1/2, 1/4, ... of a match for each order without one
                 factor *= 2
                 precisions[n] = 100.0 / (factor * total[n])
         else:
@@ -127,9 +130,21 @@ def evaluate_outputs(predictions: Sequence[str], references: Sequence[Sequence[s
     """Every score of outputs against their references: ``token_error_rate`` (PER for G2P),
     ``sequence_error_rate`` (G2P WER), ``accuracy`` (1 - that), ``bleu`` (0..100), ``count``."""
     ser = sequence_error_rate(predictions, references)
-    return {"token_error_rate": token_error_rate(predictions, references), "sequence_error_rate": ser,
-            "accuracy": 1.0 - ser, "bleu": corpus_bleu(predictions, references), "count": len(predictions)}
+    return {
+        "token_error_rate": token_error_rate(predictions, references),
+        "sequence_error_rate": ser,
+        "accuracy": 1.0 - ser,
+        "bleu": corpus_bleu(predictions, references),
+        "count": len(predictions),
+    }
 
 
-__all__ = ["edit_distance", "token_error_rate", "sequence_error_rate", "tokenize_13a", "bleu_stats", "corpus_bleu",
-           "evaluate_outputs"]
+__all__ = [
+    "edit_distance",
+    "token_error_rate",
+    "sequence_error_rate",
+    "tokenize_13a",
+    "bleu_stats",
+    "corpus_bleu",
+    "evaluate_outputs",
+]

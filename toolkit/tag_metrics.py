@@ -21,18 +21,22 @@ def _flat(rows: Sequence[Sequence[int]]) -> np.ndarray:
     return np.fromiter((x for r in rows for x in r), dtype=np.int64)
 
 
-def evaluate_tags(gold: Sequence[Sequence[int]], pred: Sequence[Sequence[int]],
-                  unseen: Sequence[Sequence[bool]], num_tags: int) -> dict:
+def evaluate_tags(
+    gold: Sequence[Sequence[int]], pred: Sequence[Sequence[int]], unseen: Sequence[Sequence[bool]], num_tags: int
+) -> dict:
     """JSON-ready: accuracy, unseen_accuracy (None without unseen tokens), n, n_unseen, confusion."""
     if len(gold) != len(pred) or any(len(g) != len(p) for g, p in zip(gold, pred)):
         raise ValueError("gold and predicted tag sequences differ in number or length")
     g, p = _flat(gold), _flat(pred)
     u = np.fromiter((x for r in unseen for x in r), dtype=bool)
     ok = g == p
-    return {"accuracy": float(ok.mean()) if ok.size else 0.0,
-            "unseen_accuracy": float(ok[u].mean()) if u.any() else None,
-            "n": int(ok.size), "n_unseen": int(u.sum()),
-            "confusion": confusion_matrix(g, p, num_tags).tolist()}
+    return {
+        "accuracy": float(ok.mean()) if ok.size else 0.0,
+        "unseen_accuracy": float(ok[u].mean()) if u.any() else None,
+        "n": int(ok.size),
+        "n_unseen": int(u.sum()),
+        "confusion": confusion_matrix(g, p, num_tags).tolist(),
+    }
 
 
 def confusion_table(cm, tags: Sequence[str]) -> str:
@@ -49,6 +53,7 @@ def confusion_table(cm, tags: Sequence[str]) -> str:
 def plot_confusion(cm, tags: Sequence[str], path, title: str = "") -> Path:
     """Row-normalised heat map (recall per gold tag) with the counts written in the cells."""
     from rnnkit.toolkit.plots import pyplot, save_figure
+
     plt = pyplot()
 
     cm = np.asarray(cm, dtype=np.int64)
@@ -65,8 +70,15 @@ def plot_confusion(cm, tags: Sequence[str], path, title: str = "") -> Path:
         for i in range(k):
             for j in range(k):
                 if cm[i, j]:
-                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=5,
-                            color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(cm[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=5,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     acc = np.trace(cm) / max(cm.sum(), 1)
     ax.set_title(title or f"token accuracy {acc:.4f}", fontsize=9)
     return save_figure(fig, path)

@@ -58,11 +58,12 @@ def predict_encoded(model: RecurrentTagger, data: Encoded, batch_size: int = 128
     preds: list[np.ndarray] = [np.zeros(0, np.int64)] * len(data.ids)
     loss_sum, n = 0.0, 0
     order = np.argsort(data.lengths, kind="stable")  # similar lengths together: less padding
-    for idx in (order[i:i + batch_size] for i in range(0, len(order), batch_size)):
+    for idx in (order[i : i + batch_size] for i in range(0, len(order), batch_size)):
         ids, lens, chars, tags = data.batch(idx)
         logits = model(ids, lens, chars)
-        loss_sum += nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tags.reshape(-1),
-                                                ignore_index=-100, reduction="sum").item()
+        loss_sum += nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), tags.reshape(-1), ignore_index=-100, reduction="sum"
+        ).item()
         n += int(lens.sum())
         best = logits.argmax(-1).numpy()
         for r, i in enumerate(idx):
@@ -71,8 +72,13 @@ def predict_encoded(model: RecurrentTagger, data: Encoded, batch_size: int = 128
 
 
 @torch.no_grad()
-def predict_tag_ids(model: RecurrentTagger, tokenizer: WordTokenizer, charset: CharVocab | None,
-                    sentences: Sequence[Sequence[str]], batch_size: int = 128) -> list[list[int]]:
+def predict_tag_ids(
+    model: RecurrentTagger,
+    tokenizer: WordTokenizer,
+    charset: CharVocab | None,
+    sentences: Sequence[Sequence[str]],
+    batch_size: int = 128,
+) -> list[list[int]]:
     """Tag ids per token; an empty sentence gives []. (The torch oracle of ``Model.tag``.)"""
     fake = [TaggedSentence(list(s), ["_"] * len(s), "") for s in sentences]
     live = [i for i, s in enumerate(fake) if s.tokens]

@@ -26,8 +26,9 @@ from rnnkit.runtime.errors import InputError
 from rnnkit.runtime.tokenizer import WordTokenizer, pad_ids
 from rnnkit.toolkit import metrics
 from rnnkit.toolkit.checkpoint import save_checkpoint
+from rnnkit.toolkit.configs import ClassifierConfig
+from rnnkit.toolkit.configs import TrainConfig as TrainConfig
 from rnnkit.toolkit.data import Example, check_labels, read_examples, split_dev
-from rnnkit.toolkit.configs import ClassifierConfig, TrainConfig as TrainConfig
 from rnnkit.toolkit.loop import batches, drop_words, fit, read_splits, training_record
 from rnnkit.toolkit.models import RecurrentClassifier
 from rnnkit.toolkit.resume import check_resume, fingerprint, read_resume_state, run_identity
@@ -62,8 +63,7 @@ def _collate(seqs: list[np.ndarray], idx: np.ndarray) -> tuple[torch.Tensor, tor
 
 
 @torch.no_grad()
-def evaluate(model: RecurrentClassifier, seqs: list[np.ndarray], y: np.ndarray,
-             batch_size: int = 256) -> dict:
+def evaluate(model: RecurrentClassifier, seqs: list[np.ndarray], y: np.ndarray, batch_size: int = 256) -> dict:
     """-> accuracy, macro_f1, confusion, n, loss (mean cross-entropy) on already-encoded data."""
     model.eval()
     lengths = np.array([len(s) for s in seqs])
@@ -80,20 +80,29 @@ def evaluate(model: RecurrentClassifier, seqs: list[np.ndarray], y: np.ndarray,
     return result
 
 
-def evaluate_file(checkpoint, data_path, text_field: str = "text", label_field: str = "label",
-                  encoding: str = "utf-8", max_length: int = 0) -> dict:
+def evaluate_file(
+    checkpoint,
+    data_path,
+    text_field: str = "text",
+    label_field: str = "label",
+    encoding: str = "utf-8",
+    max_length: int = 0,
+) -> dict:
     """Score a checkpoint (path or loaded ``Checkpoint``) on a labelled file or folder ->
     accuracy, macro_f1, confusion (rows: true, columns: predicted, in ``labels`` order),
     n, loss, labels."""
     from rnnkit.toolkit.checkpoint import Checkpoint, load_checkpoint
+
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     examples = read_examples(data_path, text_field=text_field, label_field=label_field, encoding=encoding)
     label_id = {lab: i for i, lab in enumerate(ck.labels)}
     unknown = sorted({ex.label for ex in examples} - label_id.keys())
     if unknown:
         first = next(ex.source for ex in examples if ex.label in unknown)
-        raise InputError(f"labels {unknown} are not among the checkpoint's labels {ck.labels} "
-                         f"(first at {first}) -- evaluate on data with the training label set")
+        raise InputError(
+            f"labels {unknown} are not among the checkpoint's labels {ck.labels} "
+            f"(first at {first}) -- evaluate on data with the training label set"
+        )
     seqs = _encode(examples, ck.tokenizer, max_length)
     y = np.array([label_id[ex.label] for ex in examples], dtype=np.int64)
     result = evaluate(ck.model, seqs, y)
@@ -101,38 +110,58 @@ def evaluate_file(checkpoint, data_path, text_field: str = "text", label_field: 
     return result
 
 
-def train_classifier(train_path, out_dir, config: TrainConfig | None = None, dev_path=None,
-                     progress: bool = True, log: Callable[[str], None] | None = print,
-                     resume: bool = False) -> TrainResult:
+def train_classifier(
+    train_path,
+    out_dir,
+    config: TrainConfig | None = None,
+    dev_path=None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+    resume: bool = False,
+    force: bool | None = None,
+) -> TrainResult:
     """Train on ``train_path`` (dev from ``dev_path`` or a ``config.dev_split`` of TRAIN) and
     write the best epoch's checkpoint to ``out_dir`` (``resume``: continue the interrupted run
-    there, with the same options and data; only ``epochs`` may change)."""
+    there, with the same options and data; only ``epochs`` may change).
+    ``force``: what to do with an earlier run in ``out_dir`` (``resume.read_resume_state``)."""
     config = config or TrainConfig()
     log = log or (lambda _msg: None)
     out = Path(out_dir)
-    interrupted = read_resume_state(out, resume)  # fail now, not after an hour of training
+    interrupted = read_resume_state(out, resume, force)  # fail now, not after an hour of training
     read = dict(text_field=config.text_field, label_field=config.label_field, encoding=config.encoding)
-    train_ex, dev_ex, split = read_splits(lambda p: read_examples(p, **read), train_path, dev_path, config,
-                                         split_dev, stratified=True)
+    train_ex, dev_ex, split = read_splits(
+        lambda p: read_examples(p, **read), train_path, dev_path, config, split_dev, stratified=True
+    )
     labels = check_labels(train_ex, dev_ex)
     label_id = {lab: i for i, lab in enumerate(labels)}
 
-    tok = WordTokenizer.build((ex.text for ex in train_ex), lowercase=config.lowercase,
-                              max_size=config.max_vocab, min_freq=config.min_freq)
+    tok = WordTokenizer.build(
+        (ex.text for ex in train_ex), lowercase=config.lowercase, max_size=config.max_vocab, min_freq=config.min_freq
+    )
     train_x = _encode(train_ex, tok, config.max_length)
     dev_x = _encode(dev_ex, tok, config.max_length)
     train_y = np.array([label_id[ex.label] for ex in train_ex], dtype=np.int64)
     dev_y = np.array([label_id[ex.label] for ex in dev_ex], dtype=np.int64)
     log(f"{len(train_ex)} train / {len(dev_ex)} dev examples, labels {labels}, vocabulary {tok.vocab_size}")
-    identity = run_identity("classify", config, fingerprint([[ex.text, ex.label] for ex in train_ex],
-                                                            [[ex.text, ex.label] for ex in dev_ex]))
+    identity = run_identity(
+        "classify",
+        config,
+        fingerprint([[ex.text, ex.label] for ex in train_ex], [[ex.text, ex.label] for ex in dev_ex]),
+    )
     if interrupted is not None:
         check_resume(out, interrupted, identity, config.epochs)
 
     model_config = ClassifierConfig(
-        vocab_size=tok.vocab_size, num_labels=len(labels), cell=config.cell, embed=config.embed,
-        hidden=config.hidden, layers=config.layers, bidirectional=config.bidirectional,
-        pooling=config.pooling, dropout=config.dropout)
+        vocab_size=tok.vocab_size,
+        num_labels=len(labels),
+        cell=config.cell,
+        embed=config.embed,
+        hidden=config.hidden,
+        layers=config.layers,
+        bidirectional=config.bidirectional,
+        pooling=config.pooling,
+        dropout=config.dropout,
+    )
 
     def step(model, idx):
         ids, lens = _collate(train_x, idx)
@@ -142,20 +171,51 @@ def train_classifier(train_path, out_dir, config: TrainConfig | None = None, dev
         return nn.functional.cross_entropy(model(ids, lens), target), len(idx)
 
     def report(dev):
-        return ({"dev_accuracy": dev["accuracy"], "dev_macro_f1": dev["macro_f1"]},
-                f"dev macro-F1 {dev['macro_f1']:.4f}")
+        return (
+            {"dev_accuracy": dev["accuracy"], "dev_macro_f1": dev["macro_f1"]},
+            f"dev macro-F1 {dev['macro_f1']:.4f}",
+        )
 
     def save(result, snapshot=None):  # after each epoch: with the resume state, no plots; at the end: None
-        training = training_record(config, result, train_path, dev_path, split, len(train_ex), len(dev_ex),
-                                   {k: result.best_dev[k] for k in ("accuracy", "macro_f1", "loss", "confusion")})
+        training = training_record(
+            config,
+            result,
+            train_path,
+            dev_path,
+            split,
+            len(train_ex),
+            len(dev_ex),
+            {k: result.best_dev[k] for k in ("accuracy", "macro_f1", "loss", "confusion")},
+        )
         return save_checkpoint(out, result.model, tok, labels, training, plot=snapshot is None, resume=snapshot)
 
-    result = fit(config, lambda: RecurrentClassifier(model_config), np.array([len(s) for s in train_x]),
-                 step, lambda model: evaluate(model, dev_x, dev_y), report, progress, log,
-                 save=save, identity=identity, resume=interrupted)
+    result = fit(
+        config,
+        lambda: RecurrentClassifier(model_config),
+        np.array([len(s) for s in train_x]),
+        step,
+        lambda model: evaluate(model, dev_x, dev_y),
+        report,
+        progress,
+        log,
+        save=save,
+        identity=identity,
+        resume=interrupted,
+    )
     best_epoch, best_dev, elapsed = result.best_epoch, result.best_dev, result.elapsed
     path = save(result)
-    log(f"best epoch {best_epoch}: dev accuracy {best_dev['accuracy']:.4f}, macro-F1 "
-        f"{best_dev['macro_f1']:.4f}; checkpoint written to {path} ({elapsed:.1f}s)")
-    return TrainResult(path, best_epoch, best_dev["accuracy"], best_dev["macro_f1"], result.history,
-                       elapsed, labels, len(train_ex), len(dev_ex))
+    log(
+        f"best epoch {best_epoch}: dev accuracy {best_dev['accuracy']:.4f}, macro-F1 "
+        f"{best_dev['macro_f1']:.4f}; checkpoint written to {path} ({elapsed:.1f}s)"
+    )
+    return TrainResult(
+        path,
+        best_epoch,
+        best_dev["accuracy"],
+        best_dev["macro_f1"],
+        result.history,
+        elapsed,
+        labels,
+        len(train_ex),
+        len(dev_ex),
+    )

@@ -28,8 +28,9 @@ from torch import nn
 
 from rnnkit.runtime.errors import InputError
 from rnnkit.runtime.tokenizer import CharTokenizer, WordTokenizer
-from rnnkit.toolkit.checkpoint import (CONFIG_FILE, LMCheckpoint as LMCheckpoint, load_lm_checkpoint as load_lm_checkpoint,
-                                       save_lm_checkpoint)
+from rnnkit.toolkit.checkpoint import CONFIG_FILE, save_lm_checkpoint
+from rnnkit.toolkit.checkpoint import LMCheckpoint as LMCheckpoint
+from rnnkit.toolkit.checkpoint import load_lm_checkpoint as load_lm_checkpoint
 from rnnkit.toolkit.configs import LMTrainConfig as LMTrainConfig
 from rnnkit.toolkit.lm import LMConfig, RecurrentLM
 from rnnkit.toolkit.loop import fit, lower_loss, training_record
@@ -42,10 +43,10 @@ DEV_STREAMS, DEV_WINDOW = 16, 256  # dev evaluation: parallel streams and window
 class LMTrainResult:
     out_dir: Path
     best_epoch: int
-    dev_loss: float                # nats per token at the best epoch
+    dev_loss: float  # nats per token at the best epoch
     history: list[dict] = field(default_factory=list)
     train_time_s: float = 0.0
-    num_train: int = 0             # tokens
+    num_train: int = 0  # tokens
     num_dev: int = 0
 
 
@@ -71,16 +72,17 @@ def split_by_position(text: str, fraction: float) -> tuple[str, str]:
 def build_tokenizer(text: str, config: LMTrainConfig):
     if config.level == "char":
         return CharTokenizer.build([text])
-    return WordTokenizer.build([text], lowercase=config.lowercase, max_size=config.max_vocab,
-                               min_freq=config.min_freq)
+    return WordTokenizer.build([text], lowercase=config.lowercase, max_size=config.max_vocab, min_freq=config.min_freq)
 
 
 def streams(ids: np.ndarray, rows: int) -> torch.Tensor:
     """Token ids -> (rows, N) contiguous streams (the tail that does not divide evenly is dropped)."""
     n = len(ids) // rows
     if n < 2:
-        raise InputError(f"{len(ids)} tokens cannot fill {rows} streams of at least 2 tokens -- "
-                         "give more text or a smaller --batch-size")
+        raise InputError(
+            f"{len(ids)} tokens cannot fill {rows} streams of at least 2 tokens -- "
+            "give more text or a smaller --batch-size"
+        )
     return torch.from_numpy(np.ascontiguousarray(ids[: rows * n].reshape(rows, n)))
 
 
@@ -100,25 +102,35 @@ def evaluate_lm(model: RecurrentLM, ids: np.ndarray, rows: int = DEV_STREAMS, wi
     data = streams(ids, min(rows, max(1, len(ids) // 2)))
     state, loss_sum, correct, n = None, 0.0, 0, 0
     for s in windows(data, window):
-        x, y = data[:, s:s + window], data[:, s + 1:s + 1 + window]
+        x, y = data[:, s : s + window], data[:, s + 1 : s + 1 + window]
         logits, state = model(x[:, : y.shape[1]], None, state)
-        loss_sum += nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                                reduction="sum").item()
+        loss_sum += nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
+        ).item()
         correct += int((logits.argmax(-1) == y).sum())
         n += y.numel()
     loss = loss_sum / n
     return {"loss": loss, "perplexity": math.exp(min(loss, 700)), "accuracy": correct / n, "tokens": n}
 
 
-def train_lm(train_path, out_dir, config: LMTrainConfig | None = None, dev_path=None, progress: bool = True,
-             log: Callable[[str], None] | None = print, resume: bool = False) -> LMTrainResult:
+def train_lm(
+    train_path,
+    out_dir,
+    config: LMTrainConfig | None = None,
+    dev_path=None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+    resume: bool = False,
+    force: bool | None = None,
+) -> LMTrainResult:
     """Train on the text of ``train_path`` (dev: ``dev_path`` or the last ``dev_split`` of it) and
     write the best epoch's checkpoint (lowest dev loss) to ``out_dir`` (``resume``: continue the
-    interrupted run there, with the same options and data; only ``epochs`` may change)."""
+    interrupted run there, with the same options and data; only ``epochs`` may change).
+    ``force``: what to do with an earlier run in ``out_dir`` (``resume.read_resume_state``)."""
     config = config or LMTrainConfig()
     log = log or (lambda _msg: None)
     out = Path(out_dir)
-    interrupted = read_resume_state(out, resume)
+    interrupted = read_resume_state(out, resume, force)
     text = read_text(train_path, config.encoding)
     if dev_path is not None:
         train_text, dev_text, split = text, read_text(dev_path, config.encoding), {"dev": str(dev_path)}
@@ -135,42 +147,75 @@ def train_lm(train_path, out_dir, config: LMTrainConfig | None = None, dev_path=
     identity = run_identity("lm", config, fingerprint(train_ids, dev_ids))
     if interrupted is not None:
         check_resume(out, interrupted, identity, config.epochs)
-    data = streams(train_ids, config.batch_size)                                  # (B, N)
+    data = streams(train_ids, config.batch_size)  # (B, N)
     starts = windows(data, config.bptt)
-    model_config = LMConfig(vocab_size=tok.vocab_size, cell=config.cell, embed=config.embed, hidden=config.hidden,
-                            layers=config.layers, dropout=config.dropout)
+    model_config = LMConfig(
+        vocab_size=tok.vocab_size,
+        cell=config.cell,
+        embed=config.embed,
+        hidden=config.hidden,
+        layers=config.layers,
+        dropout=config.dropout,
+    )
     state = None
 
     def step(model, start):
         nonlocal state
         if start == 0:
-            state = None                          # a new epoch starts every stream from zeros
-        x = data[:, start:start + config.bptt]
-        y = data[:, start + 1:start + 1 + config.bptt]
+            state = None  # a new epoch starts every stream from zeros
+        x = data[:, start : start + config.bptt]
+        y = data[:, start + 1 : start + 1 + config.bptt]
         logits, new = model(x[:, : y.shape[1]], None, state)
-        state = detach(new)                       # context crosses the window, gradients do not
+        state = detach(new)  # context crosses the window, gradients do not
         loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         return loss, y.numel()
 
     def report(dev):
-        return ({"dev_perplexity": dev["perplexity"], "dev_accuracy": dev["accuracy"]},
-                f"dev perplexity {dev['perplexity']:.3f}")
+        return (
+            {"dev_perplexity": dev["perplexity"], "dev_accuracy": dev["accuracy"]},
+            f"dev perplexity {dev['perplexity']:.3f}",
+        )
 
     def save(result, snapshot=None):  # after each epoch: with the resume state, no plots; at the end: None
-        training = training_record(config, result, train_path, dev_path, split, len(train_ids), len(dev_ids),
-                                   {**result.best_dev, "unit": unit})
+        training = training_record(
+            config, result, train_path, dev_path, split, len(train_ids), len(dev_ids), {**result.best_dev, "unit": unit}
+        )
         return save_lm_checkpoint(out, result.model, tok, training, plot=snapshot is None, resume=snapshot)
 
-    result = fit(config, lambda: RecurrentLM(model_config), None, step, lambda m: evaluate_lm(m, dev_ids), report,
-                 progress, log, epoch_batches=lambda _rng: starts, better=lower_loss,
-                 save=save, identity=identity, resume=interrupted)
+    result = fit(
+        config,
+        lambda: RecurrentLM(model_config),
+        None,
+        step,
+        lambda m: evaluate_lm(m, dev_ids),
+        report,
+        progress,
+        log,
+        epoch_batches=lambda _rng: starts,
+        better=lower_loss,
+        save=save,
+        identity=identity,
+        resume=interrupted,
+    )
     best = result.best_dev
     path = save(result)
-    log(f"best epoch {result.best_epoch}: dev loss {best['loss']:.4f} nats/{unit} (perplexity "
-        f"{best['perplexity']:.3f}); checkpoint written to {path} ({result.elapsed:.1f}s)")
-    return LMTrainResult(path, result.best_epoch, best["loss"], result.history, result.elapsed,
-                         len(train_ids), len(dev_ids))
+    log(
+        f"best epoch {result.best_epoch}: dev loss {best['loss']:.4f} nats/{unit} (perplexity "
+        f"{best['perplexity']:.3f}); checkpoint written to {path} ({result.elapsed:.1f}s)"
+    )
+    return LMTrainResult(
+        path, result.best_epoch, best["loss"], result.history, result.elapsed, len(train_ids), len(dev_ids)
+    )
 
 
-__all__ = ["LMTrainConfig", "LMTrainResult", "LMCheckpoint", "train_lm", "evaluate_lm", "save_lm_checkpoint",
-           "load_lm_checkpoint", "split_by_position", "CONFIG_FILE"]
+__all__ = [
+    "LMTrainConfig",
+    "LMTrainResult",
+    "LMCheckpoint",
+    "train_lm",
+    "evaluate_lm",
+    "save_lm_checkpoint",
+    "load_lm_checkpoint",
+    "split_by_position",
+    "CONFIG_FILE",
+]

@@ -30,14 +30,16 @@ from torch import nn
 from rnnkit.runtime.charset import CharVocab
 from rnnkit.runtime.errors import InputError
 from rnnkit.runtime.tokenizer import WordTokenizer, ranked_vocab
-from rnnkit.toolkit.checkpoint import (TagCheckpoint as TagCheckpoint, load_tagger_checkpoint as load_tagger_checkpoint,
-                                       save_tagger_checkpoint)
+from rnnkit.toolkit.checkpoint import TagCheckpoint as TagCheckpoint
+from rnnkit.toolkit.checkpoint import load_tagger_checkpoint as load_tagger_checkpoint
+from rnnkit.toolkit.checkpoint import save_tagger_checkpoint
 from rnnkit.toolkit.configs import TagTrainConfig as TagTrainConfig
 from rnnkit.toolkit.conll import TaggedSentence, read_tagged
-from rnnkit.toolkit.tag_metrics import evaluate_tags
 from rnnkit.toolkit.loop import drop_words, fit, read_splits, training_record
 from rnnkit.toolkit.resume import check_resume, fingerprint, read_resume_state, run_identity
-from rnnkit.toolkit.tagger import Encoded, RecurrentTagger, TaggerConfig, predict_encoded, predict_tag_ids as predict_tag_ids
+from rnnkit.toolkit.tag_metrics import evaluate_tags
+from rnnkit.toolkit.tagger import Encoded, RecurrentTagger, TaggerConfig, predict_encoded
+from rnnkit.toolkit.tagger import predict_tag_ids as predict_tag_ids
 
 
 @dataclass
@@ -55,8 +57,8 @@ class TagTrainResult:
 
 # -- vocabularies and encoding ------------------------------------------------------------
 
-def build_word_vocab(sentences: list[TaggedSentence], lowercase: bool, max_size: int,
-                     min_freq: int) -> WordTokenizer:
+
+def build_word_vocab(sentences: list[TaggedSentence], lowercase: bool, max_size: int, min_freq: int) -> WordTokenizer:
     """Whole-token vocabulary (frequency, then code point), normalised like WordTokenizer."""
     tok = WordTokenizer(lowercase=lowercase)
     counts = Counter(tok.normalize(t) for s in sentences for t in s.tokens)
@@ -92,73 +94,131 @@ def split_sentences(sentences, fraction, seed):
 
 # -- training -----------------------------------------------------------------------------
 
-def train_tagger(train_path, out_dir, config: TagTrainConfig | None = None, dev_path=None,
-                 progress: bool = True, log: Callable[[str], None] | None = print,
-                 resume: bool = False) -> TagTrainResult:
+
+def train_tagger(
+    train_path,
+    out_dir,
+    config: TagTrainConfig | None = None,
+    dev_path=None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+    resume: bool = False,
+    force: bool | None = None,
+) -> TagTrainResult:
     """Train on ``train_path`` (dev from ``dev_path`` or a ``config.dev_split`` of TRAIN) and
     write the best epoch's checkpoint to ``out_dir`` (``resume``: continue the interrupted run
-    there, with the same options and data; only ``epochs`` may change)."""
+    there, with the same options and data; only ``epochs`` may change).
+    ``force``: what to do with an earlier run in ``out_dir`` (``resume.read_resume_state``)."""
     config = config or TagTrainConfig()
     log = log or (lambda _msg: None)
     out = Path(out_dir)
-    interrupted = read_resume_state(out, resume)
-    train_s, dev_s, split = read_splits(lambda p: read_tagged(p, column=config.column, encoding=config.encoding),
-                                        train_path, dev_path, config, split_sentences)
+    interrupted = read_resume_state(out, resume, force)
+    train_s, dev_s, split = read_splits(
+        lambda p: read_tagged(p, column=config.column, encoding=config.encoding),
+        train_path,
+        dev_path,
+        config,
+        split_sentences,
+    )
     tags = sorted({t for s in train_s for t in s.tags})
     unknown = sorted({t for s in dev_s for t in s.tags} - set(tags))
     if unknown:
         first = next(s.source for s in dev_s if set(s.tags) & set(unknown))
-        raise InputError(f"dev tags {unknown} never occur in training (first in the sentence at {first}) "
-                         f"-- training tags are {tags}")
+        raise InputError(
+            f"dev tags {unknown} never occur in training (first in the sentence at {first}) -- training tags are {tags}"
+        )
     tag_id = {t: i for i, t in enumerate(tags)}
     tok = build_word_vocab(train_s, config.lowercase, config.max_vocab, config.min_freq)
-    charset = (CharVocab.build((t for s in train_s for t in s.tokens), max_chars=config.max_chars)
-               if config.chars else None)
+    charset = (
+        CharVocab.build((t for s in train_s for t in s.tokens), max_chars=config.max_chars) if config.chars else None
+    )
     seen = {tok.normalize(t) for s in train_s for t in s.tokens}
     train_x = Encoded(train_s, tok, charset, tag_id, seen)
     drop_p = _drop_probabilities(train_x, tok.vocab_size, config)
     dev_x = Encoded(dev_s, tok, charset, tag_id, seen)
-    log(f"{len(train_s)} train / {len(dev_s)} dev sentences ({int(train_x.lengths.sum())} / "
+    log(
+        f"{len(train_s)} train / {len(dev_s)} dev sentences ({int(train_x.lengths.sum())} / "
         f"{int(dev_x.lengths.sum())} tokens), {len(tags)} tags, vocabulary {tok.vocab_size}"
-        + (f", {charset.size} chars" if charset else ""))
-    identity = run_identity("tag", config, fingerprint([[s.tokens, s.tags] for s in train_s],
-                                                       [[s.tokens, s.tags] for s in dev_s]))
+        + (f", {charset.size} chars" if charset else "")
+    )
+    identity = run_identity(
+        "tag", config, fingerprint([[s.tokens, s.tags] for s in train_s], [[s.tokens, s.tags] for s in dev_s])
+    )
     if interrupted is not None:
         check_resume(out, interrupted, identity, config.epochs)
 
     model_config = TaggerConfig(
-        vocab_size=tok.vocab_size, num_tags=len(tags), cell=config.cell, embed=config.embed,
-        hidden=config.hidden, layers=config.layers, bidirectional=config.bidirectional,
-        dropout=config.dropout, char_vocab_size=charset.size if charset else 0,
-        char_embed=config.char_embed, char_filters=config.char_filters, char_kernel=config.char_kernel)
+        vocab_size=tok.vocab_size,
+        num_tags=len(tags),
+        cell=config.cell,
+        embed=config.embed,
+        hidden=config.hidden,
+        layers=config.layers,
+        bidirectional=config.bidirectional,
+        dropout=config.dropout,
+        char_vocab_size=charset.size if charset else 0,
+        char_embed=config.char_embed,
+        char_filters=config.char_filters,
+        char_kernel=config.char_kernel,
+    )
 
     def step(model, idx):
         ids, lens, chars, target = train_x.batch(idx)
         if drop_p is not None:
             ids = drop_words(ids, drop_p)
         logits = model(ids, lens, chars)
-        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                           ignore_index=-100)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
         return loss, int(lens.sum())  # weighted by tokens, not sentences
 
     def report(dev):
         unseen = dev["unseen_accuracy"]
-        return ({"dev_accuracy": dev["accuracy"], "dev_unseen_accuracy": unseen},
-                f"unseen {'-' if unseen is None else f'{unseen:.4f}'} ({dev['n_unseen']})")
+        return (
+            {"dev_accuracy": dev["accuracy"], "dev_unseen_accuracy": unseen},
+            f"unseen {'-' if unseen is None else f'{unseen:.4f}'} ({dev['n_unseen']})",
+        )
 
     def save(result, snapshot=None):  # after each epoch: with the resume state, no plots; at the end: None
-        training = training_record(config, result, train_path, dev_path, split, len(train_s), len(dev_s),
-                                   {k: result.best_dev[k] for k in ("accuracy", "unseen_accuracy", "n", "n_unseen",
-                                                                    "loss", "confusion")})
-        return save_tagger_checkpoint(out, result.model, tok, charset, tags, training, plot=snapshot is None,
-                                      resume=snapshot)
+        training = training_record(
+            config,
+            result,
+            train_path,
+            dev_path,
+            split,
+            len(train_s),
+            len(dev_s),
+            {k: result.best_dev[k] for k in ("accuracy", "unseen_accuracy", "n", "n_unseen", "loss", "confusion")},
+        )
+        return save_tagger_checkpoint(
+            out, result.model, tok, charset, tags, training, plot=snapshot is None, resume=snapshot
+        )
 
-    result = fit(config, lambda: RecurrentTagger(model_config), train_x.lengths, step,
-                 lambda model: evaluate_tagger(model, dev_x), report, progress, log,
-                 save=save, identity=identity, resume=interrupted)
+    result = fit(
+        config,
+        lambda: RecurrentTagger(model_config),
+        train_x.lengths,
+        step,
+        lambda model: evaluate_tagger(model, dev_x),
+        report,
+        progress,
+        log,
+        save=save,
+        identity=identity,
+        resume=interrupted,
+    )
     best_epoch, best_dev, elapsed = result.best_epoch, result.best_dev, result.elapsed
     path = save(result)
-    log(f"best epoch {best_epoch}: dev accuracy {best_dev['accuracy']:.4f}; checkpoint written to {path} "
-        f"({elapsed:.1f}s)")
-    return TagTrainResult(path, best_epoch, best_dev["accuracy"], best_dev["unseen_accuracy"], result.history,
-                          elapsed, tags, len(train_s), len(dev_s))
+    log(
+        f"best epoch {best_epoch}: dev accuracy {best_dev['accuracy']:.4f}; checkpoint written to {path} "
+        f"({elapsed:.1f}s)"
+    )
+    return TagTrainResult(
+        path,
+        best_epoch,
+        best_dev["accuracy"],
+        best_dev["unseen_accuracy"],
+        result.history,
+        elapsed,
+        tags,
+        len(train_s),
+        len(dev_s),
+    )

@@ -8,11 +8,12 @@ vectorise.  Must not import torch or onnxruntime.
 
 from __future__ import annotations
 
-from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
-from .config import FASTMATH, JIT as _JIT
-
 import numpy as np
 from numba import njit
+
+from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
+from .config import FASTMATH
+from .config import JIT as _JIT
 
 JIT = dict(_JIT, fastmath=set(FASTMATH))
 

@@ -57,11 +57,15 @@ class NumbaBackend(Backend):
         """Run one node on numpy ``inputs`` (positional, '' inputs skipped) by wrapping it in a graph."""
         arrays = [np.asarray(x) for x in inputs]
         names = [n for n in node.input if n]
-        graph_inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(x.dtype), x.shape)
-                        for n, x in zip(names, arrays)]
+        graph_inputs = [
+            helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(x.dtype), x.shape)
+            for n, x in zip(names, arrays)
+        ]
         graph_outputs = [onnx.ValueInfoProto(name=n) for n in node.output if n]
         graph = helper.make_graph([node], "run_node", graph_inputs, graph_outputs)
-        opsets = [helper.make_opsetid("", kwargs.get("opset_version", onnx.defs.onnx_opset_version())),
-                  helper.make_opsetid("com.microsoft", 1)]
+        opsets = [
+            helper.make_opsetid("", kwargs.get("opset_version", onnx.defs.onnx_opset_version())),
+            helper.make_opsetid("com.microsoft", 1),
+        ]
         model = helper.make_model(graph, opset_imports=opsets)
         return cls.prepare(model, device).run(dict(zip(names, arrays)))

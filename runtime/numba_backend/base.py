@@ -35,8 +35,9 @@ class QuantizedWeight:
     ``scale``/``zero_point`` are scalars (per tensor), 1-D along ``axis`` (per channel), or,
     for the ``W``/``R`` inputs of RNN/GRU/LSTM, of shape ``q.shape[:-1]`` = ``[num_directions,
     gates*hidden]`` (one scale per output row of each direction; ``axis`` is then -1 and
-    means "broadcast over the last axis").  The graph loader hands these to ops in ``consts`` in place of a float array when an
-    input is ``DequantizeLinear(int8 initializer, scale, zero_point)``, so kernels can run
+    means "broadcast over the last axis").  The graph loader hands these to ops in ``consts`` in
+    place of a float array when an input is ``DequantizeLinear(int8 initializer, scale,
+    zero_point)``, so kernels can run
     on the int8 weights themselves (a quarter of the memory traffic).
     """
 
@@ -87,7 +88,7 @@ class Op:
     #: hand), for the few ops whose semantics changed between opsets.
     opset: int = 10**6
 
-    def __init__(self, node: onnx.NodeProto, consts: dict[int, np.ndarray | QuantizedWeight]):
+    def __init__(self, node: onnx.NodeProto, consts: dict[int, np.ndarray | QuantizedWeight | None]):
         self.node = node
         self.consts = consts
         self.attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -96,8 +97,10 @@ class Op:
             self.refuse(f"attribute(s) {sorted(unknown)} are not supported")
 
     def refuse(self, why: str) -> None:
-        raise UnsupportedError(f"{node_label(self.node)}: {why}; the numba backend cannot run this graph "
-                               f"(use --backend onnxruntime, or re-export with rnnkit)")
+        raise UnsupportedError(
+            f"{node_label(self.node)}: {why}; the numba backend cannot run this graph "
+            f"(use --backend onnxruntime, or re-export with rnnkit)"
+        )
 
     def attr(self, name: str, default=None):
         value = self.attrs.get(name, default)

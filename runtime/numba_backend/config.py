@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from typing import Any
 
 
 def cache_bytes(level: int) -> int:
@@ -52,7 +53,8 @@ def _cache_key(folder: str = os.path.dirname(os.path.abspath(__file__))) -> str:
 
 if "NUMBA_CACHE_DIR" not in os.environ:
     _base = os.environ.get("RNNKIT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "rnnkit")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "rnnkit"
+    )
     os.environ["NUMBA_CACHE_DIR"] = os.path.join(_base, "numba", _cache_key())
 
 
@@ -67,8 +69,11 @@ def _wide_vectors() -> None:
     this does nothing).  Process-wide, like any numba setting: it applies to numba code compiled
     after rnnkit's numba backend was imported first.
     """
-    if (os.environ.get("RNNKIT_VECTOR_WIDTH", "512") != "512" or "NUMBA_CPU_FEATURES" in os.environ
-            or "NUMBA_CPU_NAME" in os.environ):
+    if (
+        os.environ.get("RNNKIT_VECTOR_WIDTH", "512") != "512"
+        or "NUMBA_CPU_FEATURES" in os.environ
+        or "NUMBA_CPU_NAME" in os.environ
+    ):
         return
     try:
         import llvmlite.binding as ll
@@ -95,7 +100,7 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # numba wants a set, n
 
 # Common @njit keyword arguments.  error_model='numpy' drops the division-by-zero checks
 # that block vectorisation of the gate loops.
-JIT = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+JIT: dict[str, Any] = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 
 
 def set_threads(threads: int | None) -> None:
@@ -104,6 +109,7 @@ def set_threads(threads: int | None) -> None:
         import numba
 
         numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+
 
 # A truncated cache file (full disk, killed copy) is a miss with one line on stderr, not an
 # UnpicklingError from every later run (cache.py).  Here, after NUMBA_CACHE_DIR is set.

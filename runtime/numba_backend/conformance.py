@@ -25,7 +25,7 @@ from onnx import numpy_helper
 
 from ..errors import UnsupportedError
 from .backend import NumbaBackend
-from .graph import OPS, _DOMAINS, unsupported_types
+from .graph import _DOMAINS, OPS, unsupported_types
 
 RNN_FAMILY = frozenset({"RNN", "GRU", "LSTM", "DynamicQuantizeLSTM"})
 
@@ -50,7 +50,10 @@ def selected_cases(claimed=None) -> list:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the case generators overflow casts on purpose
         cases = collect_testcases(None)
-    return sorted((c for c in cases if c.model.graph.node and _ops_of(c.model) <= claimed), key=lambda c: c.name)
+    return sorted(
+        (c for c in cases if c.model is not None and c.model.graph.node and _ops_of(c.model) <= claimed),
+        key=lambda c: c.name,
+    )
 
 
 def _array(x):
@@ -92,8 +95,8 @@ def run_case(case) -> CaseResult:
             return CaseResult(case.name, ops, "failed", f"data set {k}: {type(e).__name__}: {e}")
         if len(actual) != len(outputs):
             return CaseResult(case.name, ops, "failed", f"{len(actual)} outputs, expected {len(outputs)}")
-        for j, (a, e) in enumerate(zip(actual, outputs)):
-            why = _compare(a, _array(e), case.rtol, case.atol)
+        for j, (a, expected) in enumerate(zip(actual, outputs)):
+            why = _compare(a, _array(expected), case.rtol, case.atol)
             if why:
                 return CaseResult(case.name, ops, "failed", f"data set {k} output {j}: {why}")
     return CaseResult(case.name, ops, "passed")

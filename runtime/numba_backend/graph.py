@@ -12,8 +12,9 @@ straight-line calls.
 
 Ops are called with every input positionally: runtime values, the constant (array or
 ``QuantizedWeight``, the object the op left in its ``consts``: None if it packed the weight
-into its own copy) where the input is constant, ``None`` where an optional input is omitted.  Initializers that are also listed
-as graph inputs are treated as constants (not overridable by feeds).
+into its own copy) where the input is constant, ``None`` where an optional input is omitted.
+Initializers that are also listed as graph inputs are treated as constants (not overridable by
+feeds).
 
 Must not import torch or onnxruntime.
 """
@@ -28,7 +29,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import BundleError, InputError, RnnkitError, UnsupportedError
-from . import config
+from . import compile_notice, config
 from . import matmul as _matmul
 from . import ops as _ops
 from . import passes as _passes
@@ -89,8 +90,11 @@ def _tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo:
     shape = None
     if tt.HasField("shape"):
         shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
-    type_name = onnx.helper.tensor_dtype_to_string(tt.elem_type).replace("TensorProto.", "").lower() \
-        if tt.elem_type else "unknown"
+    type_name = (
+        onnx.helper.tensor_dtype_to_string(tt.elem_type).replace("TensorProto.", "").lower()
+        if tt.elem_type
+        else "unknown"
+    )
     return TensorInfo(vi.name, f"tensor({type_name})", dtype, shape)
 
 
@@ -118,8 +122,10 @@ def _topological(graph: onnx.GraphProto, available: set[str], where: str) -> lis
         ready = [n for n in pending if all(i in available for i in n.input)]
         if not ready:
             missing = sorted({i for n in pending for i in n.input if i not in available})
-            raise BundleError(f"{where}: tensor(s) {missing} are used but produced by no node, "
-                              "input or initializer (or the graph has a cycle)")
+            raise BundleError(
+                f"{where}: tensor(s) {missing} are used but produced by no node, "
+                "input or initializer (or the graph has a cycle)"
+            )
         ready_ids = {id(n) for n in ready}
         pending = [n for n in pending if id(n) not in ready_ids]
         for n in ready:
@@ -131,25 +137,35 @@ def _topological(graph: onnx.GraphProto, available: set[str], where: str) -> lis
 class NumbaSession:
     """An ONNX model loaded for the numba backend; ``run`` has onnxruntime's call shape."""
 
-    def __init__(self, model, threads: int | None = None, passes=_passes.NAMES):
+    def __init__(self, model, threads: int | None = None, passes=_passes.NAMES, name: str | None = None):
         """``passes``: the names of the optional passes to run (``passes.NAMES``, the default: all of
-        them; ``()``: none, every node runs as it is written)."""
+        them; ``()``: none, every node runs as it is written).  ``name``: the bundle folder, named by
+        the notice of a cold compile (``compile_notice``)."""
         model, self.path = _load_model(model)
+        self._name = name or (os.path.dirname(self.path) if os.path.isfile(self.path) else "BUNDLE")
+        self._cold = True  # the first run compiles (or loads from the cache) what the plan calls
+        with compile_notice.watch(self._name):  # constant folding may call kernels too
+            self._load(model, threads, passes)
+
+    def _load(self, model, threads, passes) -> None:
         config.set_threads(threads)
         self._threads = threads
         self.opsets = {_DOMAINS.get(o.domain, o.domain): o.version for o in model.opset_import}
         g = model.graph
         bad_types = unsupported_types(model)
         if bad_types:
-            raise UnsupportedError(f"{self.path}: the numba backend supports numpy tensor types only; "
-                                   f"unsupported: {', '.join(bad_types)} (use the onnxruntime backend)")
-        unsupported = [node_label(n) for n in g.node
-                       if (_DOMAINS.get(n.domain, n.domain), n.op_type) not in OPS]
+            raise UnsupportedError(
+                f"{self.path}: the numba backend supports numpy tensor types only; "
+                f"unsupported: {', '.join(bad_types)} (use the onnxruntime backend)"
+            )
+        unsupported = [node_label(n) for n in g.node if (_DOMAINS.get(n.domain, n.domain), n.op_type) not in OPS]
         if unsupported:
             opsets = ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in sorted(self.opsets.items()))
-            raise UnsupportedError(f"{self.path}: the numba backend has no implementation for "
-                                   f"{len(unsupported)} node(s): {', '.join(unsupported)} (opsets: {opsets}); "
-                                   "use the onnxruntime backend or re-export with rnnkit")
+            raise UnsupportedError(
+                f"{self.path}: the numba backend has no implementation for "
+                f"{len(unsupported)} node(s): {', '.join(unsupported)} (opsets: {opsets}); "
+                "use the onnxruntime backend or re-export with rnnkit"
+            )
         consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
         inputs = [vi for vi in g.input if vi.name not in consts]
         self._inputs = [_tensor_info(vi) for vi in inputs]
@@ -166,14 +182,16 @@ class NumbaSession:
         self.program = _passes.run_passes(program, passes)
         self._body = compile_plan(self.program, self._node_error)
         self._plan = self.program.steps
-        self._fast_feeds = feed_checker(self.input_names, [i.dtype for i in self._inputs],
-                                        [i.shape for i in self._inputs])
+        self._fast_feeds = feed_checker(
+            self.input_names, [i.dtype for i in self._inputs], [i.shape for i in self._inputs]
+        )
         self._all_outputs = tuple(range(len(self.output_names)))
         self._picks: dict[tuple, tuple] = {}
 
     # ---------------------------------------------------------------- load
     def _build(self, order, consts: dict, quant: dict) -> Program:
         """One op per node; nodes with constant inputs only are folded, the rest become steps."""
+
         def const(name):
             if name not in consts:
                 consts[name] = quant[name].dequantize()  # a consumer that wants floats
@@ -203,8 +221,11 @@ class NumbaSession:
         # Graph outputs that are constants (or int8 weights) are materialised once here.
         outputs = [("slot", slots[n]) if n in slots else ("const", const(n)) for n in self.output_names]
         # 1-D integer inputs (sequence lengths) may key the memo of the nodes computed from them and shapes
-        keyed = frozenset(i for i, info in enumerate(self._inputs) if info.dtype is not None
-                          and info.dtype.kind in "biu" and info.shape is not None and len(info.shape) <= 1)
+        keyed = frozenset(
+            i
+            for i, info in enumerate(self._inputs)
+            if info.dtype is not None and info.dtype.kind in "biu" and info.shape is not None and len(info.shape) <= 1
+        )
         return Program(steps, len(self.input_names), outputs, keyed)
 
     def _fold(self, op, node, args) -> dict:
@@ -220,8 +241,10 @@ class NumbaSession:
     def _node_error(self, step: Step, e: Exception) -> InputError:
         if isinstance(e, StepFailed):  # inside a fused step's fallback: name the node that failed
             step, e = e.step, e.cause
-        return InputError(f"{self.path}: {node_label(step.op.node)} failed on the given inputs "
-                          f"({type(e).__name__}: {e}); check the input shapes")
+        return InputError(
+            f"{self.path}: {node_label(step.op.node)} failed on the given inputs "
+            f"({type(e).__name__}: {e}); check the input shapes"
+        )
 
     # ---------------------------------------------------------------- run
     def get_inputs(self) -> list[TensorInfo]:
@@ -239,7 +262,7 @@ class NumbaSession:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             problems.append(f"missing input(s) {missing}")
-        values = [None] * len(self._inputs)
+        values: list = [None] * len(self._inputs)
         for k, info in enumerate(self._inputs):
             if info.name not in feeds:
                 continue
@@ -249,14 +272,19 @@ class NumbaSession:
                 problems.append(f"input '{info.name}' has dtype {x.dtype}, expected {info.dtype}")
             if info.shape is not None:
                 if x.ndim != len(info.shape):
-                    problems.append(f"input '{info.name}' has shape {list(x.shape)} (rank {x.ndim}), "
-                                    f"expected rank {len(info.shape)} {info.shape}")
+                    problems.append(
+                        f"input '{info.name}' has shape {list(x.shape)} (rank {x.ndim}), "
+                        f"expected rank {len(info.shape)} {info.shape}"
+                    )
                 elif any(isinstance(d, int) and d and d != s for d, s in zip(info.shape, x.shape)):
                     problems.append(f"input '{info.name}' has shape {list(x.shape)}, expected {info.shape}")
             values[k] = x
         if problems:
-            raise InputError(f"{self.path}: bad feed: " + "; ".join(problems) +
-                             f" (the graph's inputs: {[(i.name, str(i.dtype), i.shape) for i in self._inputs]})")
+            raise InputError(
+                f"{self.path}: bad feed: "
+                + "; ".join(problems)
+                + f" (the graph's inputs: {[(i.name, str(i.dtype), i.shape) for i in self._inputs]})"
+            )
         return values
 
     def _pick(self, output_names) -> tuple:
@@ -265,8 +293,9 @@ class NumbaSession:
         if pick is None:
             unknown = [n for n in key if n not in self.output_names]
             if unknown:
-                raise InputError(f"{self.path}: unknown output(s) {unknown}; the graph's outputs are "
-                                 f"{self.output_names}")
+                raise InputError(
+                    f"{self.path}: unknown output(s) {unknown}; the graph's outputs are {self.output_names}"
+                )
             pick = tuple(self.output_names.index(n) for n in key)
             if len(self._picks) < 64:
                 self._picks[key] = pick
@@ -278,10 +307,16 @@ class NumbaSession:
         args = self._fast_feeds(input_feed)
         if args is None:  # not the plain case: the full check names every problem (or converts lists)
             args = self._check_feeds(input_feed)
-        results = self._body(*args)
+        if self._cold:
+            with compile_notice.watch(self._name):
+                results = self._body(*args)
+            self._cold = False
+        else:
+            results = self._body(*args)
         return [results[i] for i in pick]
 
 
-def load_session(model_or_path, threads: int | None = None) -> NumbaSession:
-    """Load an ONNX model (``ModelProto``, path or bytes) for the numba backend."""
-    return NumbaSession(model_or_path, threads=threads)
+def load_session(model_or_path, threads: int | None = None, name: str | None = None) -> NumbaSession:
+    """Load an ONNX model (``ModelProto``, path or bytes) for the numba backend; ``name``: its bundle
+    folder, for the notice of a cold compile."""
+    return NumbaSession(model_or_path, threads=threads, name=name)

@@ -20,8 +20,8 @@ prepared when the node is built:
 
 A following ``Add`` of a constant fp32 bias ``(N,)`` is fused by ``passes.fuse_matmul_bias``
 (``with_bias``): the bias is added as the products are written.  Whatever the path, the result
-equals ``np.matmul(A, B)`` (dequantized ``B``) to fp32 rounding, with numpy's broadcasting and errors for the shapes the fast paths do not take.  Must not
-import torch or onnxruntime.
+equals ``np.matmul(A, B)`` (dequantized ``B``) to fp32 rounding, with numpy's broadcasting and
+errors for the shapes the fast paths do not take.  Must not import torch or onnxruntime.
 """
 
 from __future__ import annotations
@@ -91,8 +91,7 @@ class MatMul(NumpyOp):
     def with_bias(self, bias):
         """``f(a, b) = MatMul(a, b) + bias`` in one pass (plan.py fuses a following Add of a
         constant), or None when this node cannot: B not a prepared constant, bias not fp32 (N,)."""
-        if self.q is None or not isinstance(bias, np.ndarray) \
-                or bias.dtype != np.float32 or bias.shape != (self.N,):
+        if self.q is None or not isinstance(bias, np.ndarray) or bias.dtype != np.float32 or bias.shape != (self.N,):
             return None
         return lambda a, b=None: self.biased(a, b, bias)
 
@@ -119,13 +118,13 @@ class MatMul(NumpyOp):
         """B as float32 (K, N), for the inputs the fast paths do not take."""
         if self.q.dtype == np.float32:  # [cb, k, j] = M[k, cb*PB + j]
             ncb, kp, pb = self.q.shape
-            return np.ascontiguousarray(self.q.transpose(1, 0, 2).reshape(kp, ncb * pb)[:self.K, :self.N])
+            return np.ascontiguousarray(self.q.transpose(1, 0, 2).reshape(kp, ncb * pb)[: self.K, : self.N])
         k = np.arange(self.K)
         # unpack the blocks: [cb, kk, 2j + e] = M[2kk + e, cb*PB + j]
         ncb, nkk, two_pb = self.q.shape
         pb = two_pb // 2
         m = self.q.reshape(ncb, nkk, pb, 2).transpose(1, 3, 0, 2).reshape(2 * nkk, ncb * pb)
-        return ((m[k, :self.N].astype(np.float32) - self.zp) * self.scale).astype(np.float32)
+        return ((m[k, : self.N].astype(np.float32) - self.zp) * self.scale).astype(np.float32)
 
 
 OPS = {("", "MatMul"): MatMul}

@@ -15,9 +15,6 @@ input projection, and MatMul with a constant weight, fp32 or 8-bit).  Must not i
 
 from __future__ import annotations
 
-from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
-from .config import FASTMATH, JIT as _JIT, cache_bytes
-
 import numba
 import numpy as np
 from llvmlite import ir
@@ -25,7 +22,10 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
 from .activations import _HALF, _ZERO
+from .config import FASTMATH, cache_bytes
+from .config import JIT as _JIT
 
 JIT = dict(_JIT, fastmath=set(FASTMATH))
 
@@ -61,7 +61,7 @@ def _aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
     nbytes = int(np.prod(shape)) * dtype.itemsize
     buf = np.empty(nbytes + align, np.uint8)
     start = (-buf.ctypes.data) % align
-    return buf[start:start + nbytes].view(dtype).reshape(shape)
+    return buf[start : start + nbytes].view(dtype).reshape(shape)
 
 
 def _make_madd(nr: int):
@@ -79,9 +79,17 @@ def _make_madd(nr: int):
 
     @intrinsic
     def madd(typingctx, W, woff, hq, r0, nkk, out, ostride, ooff):
-        if not (isinstance(W, types.Array) and isinstance(W.dtype, types.Integer) and W.dtype.bitwidth <= 16
-                and isinstance(hq, types.Array) and hq.dtype == types.int16 and hq.ndim == 2
-                and isinstance(out, types.Array) and out.dtype == types.int32 and out.ndim == 2):
+        if not (
+            isinstance(W, types.Array)
+            and isinstance(W.dtype, types.Integer)
+            and W.dtype.bitwidth <= 16
+            and isinstance(hq, types.Array)
+            and hq.dtype == types.int16
+            and hq.ndim == 2
+            and isinstance(out, types.Array)
+            and out.dtype == types.int32
+            and out.ndim == 2
+        ):
             return None
         sig = types.void(W, types.intp, hq, types.intp, types.intp, out, types.intp, types.intp)
         wbits = W.dtype.bitwidth
@@ -96,12 +104,15 @@ def _make_madd(nr: int):
             v16 = ir.VectorType(i32, 16)
             v32 = ir.VectorType(i32, 32)
             wvec = ir.VectorType(ir.IntType(wbits), 32)
-            accs = [[cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(nvec)]
-                    for _ in range(nr)]
+            accs = [
+                [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(nvec)] for _ in range(nr)
+            ]
             wbase = builder.gep(w_ary.data, [woff_v])
             hpairs = builder.bitcast(h_ary.data, i32.as_pointer())
-            hrows = [builder.gep(hpairs, [builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)), nkk_v)])
-                     for r in range(nr)]
+            hrows = [
+                builder.gep(hpairs, [builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)), nkk_v)])
+                for r in range(nr)
+            ]
             even = ir.Constant(v16, [2 * i for i in range(16)])
             odd = ir.Constant(v16, [2 * i + 1 for i in range(16)])
             bcast = ir.Constant(v32, [i % 2 for i in range(32)])
@@ -110,8 +121,10 @@ def _make_madd(nr: int):
                 hx = []
                 for r in range(nr):
                     pair = builder.load(builder.gep(hrows[r], [kk]), align=2)
-                    pair = builder.bitcast(builder.insert_element(ir.Constant(ir.VectorType(i32, 1), None), pair,
-                                                                  ir.Constant(i32, 0)), ir.VectorType(ir.IntType(16), 2))
+                    pair = builder.bitcast(
+                        builder.insert_element(ir.Constant(ir.VectorType(i32, 1), None), pair, ir.Constant(i32, 0)),
+                        ir.VectorType(ir.IntType(16), 2),
+                    )
                     hx.append(builder.sext(builder.shuffle_vector(pair, pair, bcast), v32))
                 row = builder.gep(wbase, [builder.mul(kk, ir.Constant(kk.type, 2 * PB))])
                 for v in range(nvec):
@@ -119,8 +132,9 @@ def _make_madd(nr: int):
                     wx = builder.sext(builder.load(ptr, align=1), v32)
                     for r in range(nr):
                         prod = builder.mul(hx[r], wx)
-                        part = builder.add(builder.shuffle_vector(prod, prod, even),
-                                           builder.shuffle_vector(prod, prod, odd))
+                        part = builder.add(
+                            builder.shuffle_vector(prod, prod, even), builder.shuffle_vector(prod, prod, odd)
+                        )
                         builder.store(builder.add(builder.load(accs[r][v]), part), accs[r][v])
             _store_rows(builder, o_ary, accs, r0_v, ostride_v, ooff_v, v16)
             return context.get_dummy_value()
@@ -136,10 +150,10 @@ def grouped_dot_py(nr: int, group: int):
     W[woff + kg*group*PB + group*j + e] * hq[r0 + r, group*kg + e], exact, int32."""
 
     def dot_py(W, woff, hq, r0, nk, out, ostride, ooff):
-        w = W.reshape(-1)[woff:woff + nk * group * PB].reshape(nk, PB, group).astype(np.int64)
+        w = W.reshape(-1)[woff : woff + nk * group * PB].reshape(nk, PB, group).astype(np.int64)
         for r in range(r0, r0 + nr):
-            h = hq[r, :group * nk].reshape(nk, 1, group).astype(np.int64)
-            out[r, ooff:ooff + PB] = (w * h).sum(axis=(0, 2)).astype(np.int32)
+            h = hq[r, : group * nk].reshape(nk, 1, group).astype(np.int64)
+            out[r, ooff : ooff + PB] = (w * h).sum(axis=(0, 2)).astype(np.int32)
 
     return dot_py
 
@@ -151,8 +165,9 @@ def _store_rows(builder, o_ary, accs, r0_v, ostride_v, ooff_v, vector):
     """Write the register accumulators ``accs[r][v]`` (16-lane ``vector``s) to
     out[r0 + r, ooff + 16 v : ooff + 16 (v + 1)]: the epilogue both kernels share."""
     for r, row in enumerate(accs):
-        obase = builder.gep(o_ary.data, [builder.add(builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)),
-                                                                 ostride_v), ooff_v)])
+        obase = builder.gep(
+            o_ary.data, [builder.add(builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)), ostride_v), ooff_v)]
+        )
         for v, acc in enumerate(row):
             ptr = builder.bitcast(builder.gep(obase, [ir.Constant(ooff_v.type, 16 * v)]), vector.as_pointer())
             builder.store(builder.load(acc), ptr, align=4)
@@ -170,9 +185,16 @@ def _make_fma(nr: int, ahead: int = 0):
 
     @intrinsic
     def fma(typingctx, W, woff, V, r0, nk, out, ostride, ooff):
-        if not (isinstance(W, types.Array) and W.dtype == types.float32 and isinstance(V, types.Array)
-                and V.dtype == types.float32 and V.ndim == 2 and isinstance(out, types.Array)
-                and out.dtype == types.float32 and out.ndim == 2):
+        if not (
+            isinstance(W, types.Array)
+            and W.dtype == types.float32
+            and isinstance(V, types.Array)
+            and V.dtype == types.float32
+            and V.ndim == 2
+            and isinstance(out, types.Array)
+            and out.dtype == types.float32
+            and out.ndim == 2
+        ):
             return None
         sig = types.void(W, types.intp, V, types.intp, types.intp, out, types.intp, types.intp)
         nvec = PB // 16
@@ -184,16 +206,18 @@ def _make_fma(nr: int, ahead: int = 0):
             o_ary = context.make_array(signature.args[5])(context, builder, o_arg)
             f32, i32 = ir.FloatType(), ir.IntType(32)
             vf = ir.VectorType(f32, 16)
-            accs = [[cgutils.alloca_once_value(builder, ir.Constant(vf, None)) for _ in range(nvec)]
-                    for _ in range(nr)]
+            accs = [[cgutils.alloca_once_value(builder, ir.Constant(vf, None)) for _ in range(nvec)] for _ in range(nr)]
             wbase = builder.gep(w_ary.data, [woff_v])
             vstride = builder.extract_value(v_ary.shape, 1)
-            vrows = [builder.gep(v_ary.data, [builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)), vstride)])
-                     for r in range(nr)]
+            vrows = [
+                builder.gep(v_ary.data, [builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)), vstride)])
+                for r in range(nr)
+            ]
             splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
             i8p = ir.IntType(8).as_pointer()
             prefetch = ahead and cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8")
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8"
+            )
             with cgutils.for_range(builder, nk_v) as loop:
                 k = loop.index
                 hb = []
@@ -218,8 +242,8 @@ def _make_fma(nr: int, ahead: int = 0):
 
     def fma_py(W, woff, V, r0, nk, out, ostride, ooff):
         """Plain numpy (NUMBA_DISABLE_JIT=1)."""
-        w = W.reshape(-1)[woff:woff + nk * PB].reshape(nk, PB)
-        out[r0:r0 + nr, ooff:ooff + PB] = V[r0:r0 + nr, :nk] @ w
+        w = W.reshape(-1)[woff : woff + nk * PB].reshape(nk, PB)
+        out[r0 : r0 + nr, ooff : ooff + PB] = V[r0 : r0 + nr, :nk] @ w
 
     return fma_py if numba.config.DISABLE_JIT else fma
 
@@ -329,8 +353,9 @@ def _matvec_q16(V, n, Q, scale, zp, out, c0, ncols, backwards):
             ah, sh, al, sl = back[2 * i], hs[2 * i], back[2 * i + 1], hs[2 * i + 1]
             for j in range(ncols):
                 zj = np.float64(zp[c0 + j])
-                out[i, c0 + j] = np.float32(((np.float64(hi[j]) - zj * sh) * ah + (np.float64(lo[j]) - zj * sl) * al)
-                                            * scale[c0 + j])
+                out[i, c0 + j] = np.float32(
+                    ((np.float64(hi[j]) - zj * sh) * ah + (np.float64(lo[j]) - zj * sl) * al) * scale[c0 + j]
+                )
 
 
 def _matvec(V, n, Q, scale, zp, out, c0, ncols, backwards=False):
@@ -352,10 +377,12 @@ def _matvec(V, n, Q, scale, zp, out, c0, ncols, backwards=False):
 @overload(_matvec, jit_options=dict(JIT, cache=False))
 def _matvec_jit(V, n, Q, scale, zp, out, c0, ncols, backwards=False):
     if isinstance(Q.dtype, types.Float):
-        return lambda V, n, Q, scale, zp, out, c0, ncols, backwards=False: _matvec_f32(V, n, Q, out, c0, ncols,
-                                                                                       backwards)
-    return lambda V, n, Q, scale, zp, out, c0, ncols, backwards=False: _matvec_q16(V, n, Q, scale, zp, out, c0,
-                                                                                   ncols, backwards)
+        return lambda V, n, Q, scale, zp, out, c0, ncols, backwards=False: _matvec_f32(
+            V, n, Q, out, c0, ncols, backwards
+        )
+    return lambda V, n, Q, scale, zp, out, c0, ncols, backwards=False: _matvec_q16(
+        V, n, Q, scale, zp, out, c0, ncols, backwards
+    )
 
 
 def _k_padded(Q):
@@ -379,7 +406,9 @@ def _block_f32(Q, cb, scale, zp, buf):
     q = Q[cb].reshape(K // 2, PB, 2)
     for kk in range(K // 2):
         for e in range(2):
-            buf[2 * kk + e] = (q[kk, :, e].astype(np.float32) - zp[cb * PB:cb * PB + PB]) * scale[cb * PB:cb * PB + PB]
+            buf[2 * kk + e] = (q[kk, :, e].astype(np.float32) - zp[cb * PB : cb * PB + PB]) * scale[
+                cb * PB : cb * PB + PB
+            ]
     return buf
 
 
@@ -390,8 +419,8 @@ def _block_f32_jit(Q, cb, scale, zp, buf):
 
     def widen(Q, cb, scale, zp, buf):
         q = Q[cb]
-        s = scale[cb * PB:cb * PB + PB]
-        z = zp[cb * PB:cb * PB + PB]
+        s = scale[cb * PB : cb * PB + PB]
+        z = zp[cb * PB : cb * PB + PB]
         for kk in range(q.shape[0]):  # one output row per loop: stride-2 loads that LLVM vectorises
             src, even, odd = q[kk], buf[2 * kk], buf[2 * kk + 1]
             for j in range(PB):

@@ -22,13 +22,19 @@ from .base import Op, QuantizedWeight
 
 # ONNX tensor element types numpy can hold; the rest (bfloat16, float8, int4, string, ...)
 # are refused at load, by the graph loader and by ops whose attributes name a dtype.
-NUMPY_DTYPES = {
-    TensorProto.FLOAT: np.dtype(np.float32), TensorProto.DOUBLE: np.dtype(np.float64),
-    TensorProto.FLOAT16: np.dtype(np.float16), TensorProto.BOOL: np.dtype(np.bool_),
-    TensorProto.INT8: np.dtype(np.int8), TensorProto.UINT8: np.dtype(np.uint8),
-    TensorProto.INT16: np.dtype(np.int16), TensorProto.UINT16: np.dtype(np.uint16),
-    TensorProto.INT32: np.dtype(np.int32), TensorProto.UINT32: np.dtype(np.uint32),
-    TensorProto.INT64: np.dtype(np.int64), TensorProto.UINT64: np.dtype(np.uint64),
+NUMPY_DTYPES: dict[int, np.dtype] = {
+    TensorProto.FLOAT: np.dtype(np.float32),
+    TensorProto.DOUBLE: np.dtype(np.float64),
+    TensorProto.FLOAT16: np.dtype(np.float16),
+    TensorProto.BOOL: np.dtype(np.bool_),
+    TensorProto.INT8: np.dtype(np.int8),
+    TensorProto.UINT8: np.dtype(np.uint8),
+    TensorProto.INT16: np.dtype(np.int16),
+    TensorProto.UINT16: np.dtype(np.uint16),
+    TensorProto.INT32: np.dtype(np.int32),
+    TensorProto.UINT32: np.dtype(np.uint32),
+    TensorProto.INT64: np.dtype(np.int64),
+    TensorProto.UINT64: np.dtype(np.uint64),
 }
 
 
@@ -96,8 +102,16 @@ class Where(NumpyOp):
     returns ``x`` itself (unless it is a constant) when it already has the result's shape and dtype."""
 
     def compute(self, cond, x, y):
-        if (1 not in self.consts and cond.size == 1 and y.size == 1 and cond.ndim <= x.ndim and y.ndim <= x.ndim
-                and x.dtype == y.dtype and cond.dtype == np.bool_ and cond.reshape(-1)[0]):
+        if (
+            1 not in self.consts
+            and cond.size == 1
+            and y.size == 1
+            and cond.ndim <= x.ndim
+            and y.ndim <= x.ndim
+            and x.dtype == y.dtype
+            and cond.dtype == np.bool_
+            and cond.reshape(-1)[0]
+        ):
             return x
         return np.asarray(np.where(cond, x, y))
 
@@ -114,7 +128,7 @@ class Constant(NumpyOp):
         super().__init__(node, consts)
         if len(self.attrs) != 1:
             self.refuse(f"needs exactly one value attribute, got {sorted(self.attrs)}")
-        (key, value), = self.attrs.items()
+        ((key, value),) = self.attrs.items()
         if key == "value":
             dtype = numpy_dtype(value.data_type)
             if dtype is None:
@@ -168,7 +182,7 @@ class Shape(NumpyOp):
     supported_attributes = frozenset({"start", "end"})
 
     def compute(self, x):
-        return np.asarray(x.shape[self.attr("start", 0):self.attr("end", None)], dtype=np.int64)
+        return np.asarray(x.shape[self.attr("start", 0) : self.attr("end", None)], dtype=np.int64)
 
 
 class Size(NumpyOp):
@@ -346,6 +360,33 @@ class Gather(NumpyOp):
         return np.take(data, indices, axis=self.axis)
 
 
+class GatherElements(NumpyOp):
+    """GatherElements: ``out[i][j][k] = data[index[i][j][k]][j][k]`` (axis 0), any rank and axis.
+
+    Negative indices count from the end; an index outside ``[-dim, dim)`` or indices of another
+    rank are refused (numpy would wrap or broadcast, onnxruntime fails: never a different answer)."""
+
+    supported_attributes = frozenset({"axis"})
+
+    def compute(self, data, indices):
+        if indices.ndim != data.ndim:
+            raise ValueError(f"GatherElements indices have rank {indices.ndim}, data rank {data.ndim}")
+        axis = self.attr("axis", 0)
+        if not -data.ndim <= axis < data.ndim:
+            raise ValueError(f"GatherElements axis {axis} is outside a rank-{data.ndim} input")
+        axis %= data.ndim
+        if any(i > d for a, (i, d) in enumerate(zip(indices.shape, data.shape)) if a != axis):
+            raise ValueError(f"GatherElements indices {indices.shape} exceed data {data.shape} off axis {axis}")
+        dim = data.shape[axis]
+        if indices.size and (indices.min() < -dim or indices.max() >= dim):
+            raise ValueError(f"GatherElements index outside [-{dim}, {dim}) on axis {axis}")
+        index = np.where(indices < 0, indices + dim, indices)
+        # take_along_axis broadcasts; slicing data to the indices' extent off the axis keeps
+        # ONNX's semantics (indices may be smaller than data on the other axes)
+        view = data[tuple(slice(None) if a == axis else slice(0, n) for a, n in enumerate(indices.shape))]
+        return np.take_along_axis(view, index, axis=axis)
+
+
 class Gemm(NumpyOp):
     supported_attributes = frozenset({"alpha", "beta", "transA", "transB"})
     fresh_output = True
@@ -488,6 +529,7 @@ OPS = {
     ("", "Exp"): Exp,
     ("", "Expand"): Expand,
     ("", "Gather"): Gather,
+    ("", "GatherElements"): GatherElements,
     ("", "Gemm"): Gemm,
     ("", "Greater"): Greater,
     ("", "GreaterOrEqual"): GreaterOrEqual,

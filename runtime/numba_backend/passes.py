@@ -5,6 +5,11 @@ returns it rewritten, recording in ``Program.fired`` how many rewrites it made. 
 
 1. ``fold_quantized_weights`` (ONNX nodes, before ops are built): ``DequantizeLinear`` of an int8
    constant [-> ``Reshape``] becomes a ``QuantizedWeight`` constant, so kernels read int8.
+2a. ``restore_sequence_lens`` (``unportable.py``): a portable graph's recurrent layer (runs of all T
+   steps, gathered ``Y_h``, masked ``Y``, LSTM hold column, a reverse direction run on per-row
+   reversed input; ``rnnkit.export.portable``) becomes the one forward, reverse or bidirectional
+   node reading ``sequence_lens`` it stands for (same values: numba honours ``sequence_lens``), so
+   the fusion below sees the layers again.
 2. ``fuse_recurrent_step`` (``recurrent_fusion.py``): embedding ``Gather`` -> recurrent layers ->
    batch-major rows [-> constant ``MatMul`` head [+ bias]] becomes one compiled call.
 3. ``schedule_prelude``: steps computed from input shapes and 1-D integer inputs only go first, to
@@ -14,10 +19,10 @@ returns it rewritten, recording in ``Program.fired`` how many rewrites it made. 
    into it.
 6. ``liveness`` (always): the last step reading each value, so the planner frees it there.
 
-Passes 2-5 are optional (``NumbaSession(passes=...)`` names those to run; ``()`` runs none, the
-tests' reference); none changes what a graph computes (bit for bit, except the recurrent fusion:
-fp32 rounding).  How to add an op or a pass: ``docs/numba-passes.md``.  Must not import torch or
-onnxruntime.
+Passes 2a-5 are optional (``NumbaSession(passes=...)`` names those to run; ``()`` runs none, the
+tests' reference); none changes what a graph computes (bit for bit, except the recurrent fusion
+and ``restore_sequence_lens``, whose W lacks the hold column: fp32 rounding).  How to add an op or
+a pass: ``docs/numba-passes.md``.  Must not import torch or onnxruntime.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from .base import QuantizedWeight
 from .ops import NumpyOp
 from .program import Program, Step
 from .recurrent_fusion import fuse_recurrent_step
+from .unportable import restore_sequence_lens
 
 _SHAPE_OPS = frozenset({("", "Shape"), ("", "Size")})
 _INPLACE = {("", "Add"): np.add, ("", "Mul"): np.multiply}  # commutative: either input may be reused
@@ -41,8 +47,8 @@ class Rewritten(NumpyOp):
 
     def __init__(self, node: onnx.NodeProto, fn, fresh: bool):
         self.node, self.consts, self.attrs = node, {}, {}
-        self.compute = fn
-        self.fresh_output = fresh
+        self.compute = fn  # type: ignore[method-assign]  # per instance: the function the pass made
+        self.fresh_output = fresh  # type: ignore[misc]  # per instance: what that function returns
 
 
 # --------------------------------------------------------------------- 1. on ONNX nodes
@@ -61,12 +67,16 @@ def fold_quantized_weights(nodes: list, consts: dict) -> tuple[list, dict]:
     for node in nodes:
         ins = list(node.input)
         w = None
-        if node.op_type == "DequantizeLinear" and node.domain in ("", "ai.onnx") \
-                and all(n in consts for n in ins if n):
+        if node.op_type == "DequantizeLinear" and node.domain in ("", "ai.onnx") and all(n in consts for n in ins if n):
             args = [consts[n] if n else None for n in ins] + [None] * (3 - len(ins))
             w = _quantized_constant(node, *args[:3])
-        elif node.op_type == "Reshape" and node.domain in ("", "ai.onnx") and ins[0] in quant \
-                and len(ins) > 1 and ins[1] in consts:
+        elif (
+            node.op_type == "Reshape"
+            and node.domain in ("", "ai.onnx")
+            and ins[0] in quant
+            and len(ins) > 1
+            and ins[1] in consts
+        ):
             w = _reshape_quantized(quant[ins[0]], node, consts[ins[1]])
         if w is None:
             kept.append(node)
@@ -78,8 +88,12 @@ def fold_quantized_weights(nodes: list, consts: dict) -> tuple[list, dict]:
 def _quantized_constant(node, x, scale, zero_point) -> QuantizedWeight | None:
     """The ``QuantizedWeight`` of ``DequantizeLinear(x int8|uint8, scale, zp)``, or None."""
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    if x.dtype not in (np.int8, np.uint8) or scale.dtype != np.float32 or attrs.get("block_size", 0) \
-            or attrs.get("output_dtype", 0):
+    if (
+        x.dtype not in (np.int8, np.uint8)
+        or scale.dtype != np.float32
+        or attrs.get("block_size", 0)
+        or attrs.get("output_dtype", 0)
+    ):
         return None
     zp = None if zero_point is None or not np.any(zero_point) else zero_point
     if scale.size == 1 and scale.ndim <= 1:
@@ -161,8 +175,9 @@ def fuse_matmul_bias(program: Program) -> Program:
             continue
         fn = st.op.with_bias(add.template[1 - add.dynamic[0][0]])
         if fn is not None:
-            steps[k] = Step(Rewritten(st.op.node, fn, fresh=True), st.template, st.dynamic, list(add.outs),
-                            ("rnnkit", "MatMulAdd"))
+            steps[k] = Step(
+                Rewritten(st.op.node, fn, fresh=True), st.template, st.dynamic, list(add.outs), ("rnnkit", "MatMulAdd")
+            )
             gone.add(readers[out][0])
     program.steps = [st for k, st in enumerate(steps) if k not in gone]
     program.fired["fuse_matmul_bias"] = len(gone)
@@ -172,11 +187,18 @@ def fuse_matmul_bias(program: Program) -> Program:
 def _inplace(ufunc):
     """``ufunc(a, b)`` written into ``a`` (a fresh array nobody else holds) when the result has
     ``a``'s shape and dtype; else the ordinary call."""
+
     def run(a, b):
-        if (type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == b.dtype and a.flags.writeable
-                and (b.size == 1 and b.ndim <= a.ndim or b.shape == a.shape[a.ndim - b.ndim:])):
+        if (
+            type(a) is np.ndarray
+            and type(b) is np.ndarray
+            and a.dtype == b.dtype
+            and a.flags.writeable
+            and (b.size == 1 and b.ndim <= a.ndim or b.shape == a.shape[a.ndim - b.ndim :])
+        ):
             return ufunc(a, b, out=a)
         return np.asarray(ufunc(a, b))
+
     return run
 
 
@@ -188,7 +210,7 @@ def reuse_inplace(program: Program) -> Program:
     out_slots = program.output_slots()
     uses = Counter(s for st in program.steps for _, s in st.dynamic)
     steps = program.steps
-    fresh = {s for st in steps[program.prelude:] if st.op.fresh_output for s in st.outs if s >= 0}
+    fresh = {s for st in steps[program.prelude :] if st.op.fresh_output for s in st.outs if s >= 0}
     fired = 0
     for k in range(program.prelude, len(steps)):
         st = steps[k]
@@ -199,8 +221,9 @@ def reuse_inplace(program: Program) -> Program:
             continue
         template = [st.template[into], st.template[1 - into]]
         dynamic = [(0 if i == into else 1, s) for i, s in st.dynamic]
-        steps[k] = Step(Rewritten(st.op.node, _inplace(_INPLACE[st.key]), fresh=True), template, dynamic,
-                        st.outs, st.key)
+        steps[k] = Step(
+            Rewritten(st.op.node, _inplace(_INPLACE[st.key]), fresh=True), template, dynamic, st.outs, st.key
+        )
         fresh.add(st.outs[0])
         fired += 1
     program.fired["reuse_inplace"] = fired
@@ -215,7 +238,7 @@ def liveness(program: Program) -> Program:
     return program
 
 
-STEP_PASSES = (fuse_recurrent_step, schedule_prelude, fuse_matmul_bias, reuse_inplace)
+STEP_PASSES = (restore_sequence_lens, fuse_recurrent_step, schedule_prelude, fuse_matmul_bias, reuse_inplace)
 """The optional passes over runtime steps, in the order they run (``liveness`` always runs last)."""
 NAMES = frozenset([fold_quantized_weights.__name__] + [p.__name__ for p in STEP_PASSES])
 """Every optional pass, by name: what ``NumbaSession(passes=...)`` chooses from."""

@@ -70,7 +70,7 @@ def compile_plan(program: Program, error: Callable) -> Callable:
         _emit_prelude(program, ns, body)
     for k in range(program.prelude, len(program.steps)):
         _emit_call(program, k, ns, body, " " * 8)
-    pre_slots = {s for st in program.steps[:program.prelude] for s in st.outs if s >= 0}
+    pre_slots = {s for st in program.steps[: program.prelude] for s in st.outs if s >= 0}
     rets = []
     for j, (kind, o) in enumerate(program.outputs):
         if kind == "slot":
@@ -79,9 +79,18 @@ def compile_plan(program: Program, error: Callable) -> Callable:
             ns[f"C{j}"] = o
             rets.append(f"_asarray(C{j})")
     params = ", ".join(f"v{i}" for i in range(program.n_inputs))
-    src = "\n".join([f"def _body({params}):", "    k = -1", "    try:", *body, "        pass",
-                     "    except (ValueError, IndexError) as e:", "        raise _error(k, e) from e",
-                     f"    return ({''.join(r + ', ' for r in rets)})"])
+    src = "\n".join(
+        [
+            f"def _body({params}):",
+            "    k = -1",
+            "    try:",
+            *body,
+            "        pass",
+            "    except (ValueError, IndexError) as e:",
+            "        raise _error(k, e) from e",
+            f"    return ({''.join(r + ', ' for r in rets)})",
+        ]
+    )
     exec(compile(src, "<numba-backend plan>", "exec"), ns)  # noqa: S102 - our own generated source
     fn = ns["_body"]
     fn.source = src
@@ -103,7 +112,7 @@ def _emit_call(program: Program, k: int, ns: dict, body: list, indent: str) -> N
             args.append(f"K{k}_{i}")
     named = [(j, s) for j, s in enumerate(st.outs) if s >= 0]
     if _direct(st.op) and len(st.outs) == 1:
-        ns[f"F{k}"] = st.op.compute
+        ns[f"F{k}"] = st.op.compute  # type: ignore[attr-defined]  # _direct: a NumpyOp
         target = f"v{named[0][1]}" if named else "_r"
         body.append(f"{indent}k = {k}; {target} = F{k}({', '.join(args)})")
     else:
@@ -111,6 +120,7 @@ def _emit_call(program: Program, k: int, ns: dict, body: list, indent: str) -> N
         body.append(f"{indent}k = {k}; _r = F{k}({', '.join(args)})")
         body.extend(f"{indent}v{s} = _r[{j}]" for j, s in named)
     if k >= program.prelude:
+        assert program.last_use is not None  # passes.liveness ran before planning
         out_slots = program.output_slots()
         dead = {s for _, s in st.dynamic if program.last_use[s] == k and s not in out_slots}
         body.extend(f"{indent}del v{s}" for s in sorted(dead))
@@ -141,15 +151,23 @@ def _emit_prelude(program: Program, ns: dict, body: list) -> None:
     key = "".join(f"v{s}.shape, " for s in by_shape) + "".join(f"v{s}.shape, v{s}.tobytes(), " for s in by_value)
     if by_value:
         body.append(f"        if {' and '.join(f'v{s}.size <= {KEY_ELEMENTS}' for s in by_value)}:")
-        body += [f"            _key = ({key})", "            _pre = _memo.get(_key)", "        else:",
-                 "            _key = _pre = None"]
+        body += [
+            f"            _key = ({key})",
+            "            _pre = _memo.get(_key)",
+            "        else:",
+            "            _key = _pre = None",
+        ]
     else:
         body += [f"        _key = ({key})", "        _pre = _memo.get(_key)"]
     body.append("        if _pre is None:")
     for k in range(n_pre):
         _emit_call(program, k, ns, body, " " * 12)
-    body += [f"            _pre = {pack}", "            _keep(_key, _pre)", "        else:",
-             f"            {pack} = _pre"]
+    body += [
+        f"            _pre = {pack}",
+        "            _keep(_key, _pre)",
+        "        else:",
+        f"            {pack} = _pre",
+    ]
 
 
 def feed_checker(names: list[str], dtypes: list, shapes: list) -> Callable:

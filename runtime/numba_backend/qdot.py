@@ -31,9 +31,6 @@ onnxruntime.
 
 from __future__ import annotations
 
-from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
-from .config import FASTMATH, JIT as _JIT
-
 import llvmlite.binding as ll
 import numba
 import numpy as np
@@ -42,6 +39,9 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
+from .config import FASTMATH
+from .config import JIT as _JIT
 from .matvec import PB, _aligned_empty, grouped_dot_py
 
 JIT = dict(_JIT, fastmath=set(FASTMATH))
@@ -103,8 +103,9 @@ def _store_sums(builder, accs, out, r0_v, ostride_v, ooff_v, vnni: bool) -> None
     ncols = ir.Constant(v16, [2 * i for i in range(8)] + [16 + 2 * i for i in range(8)])
     ncols2 = ir.Constant(v16, [2 * i + 1 for i in range(8)] + [16 + 2 * i + 1 for i in range(8)])
     for r in range(len(accs)):
-        orow = builder.gep(out, [builder.add(builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)), ostride_v),
-                                             ooff_v)])
+        orow = builder.gep(
+            out, [builder.add(builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)), ostride_v), ooff_v)]
+        )
         for v in range(len(accs[r])):
             if vnni:
                 total = builder.load(accs[r][v][0])
@@ -124,9 +125,16 @@ def _make_dot(nr: int, vnni: bool):
 
     @intrinsic
     def dot(typingctx, W, woff, hq, r0, nkq, out, ostride, ooff):
-        if not (isinstance(W, types.Array) and W.dtype == types.int8
-                and isinstance(hq, types.Array) and hq.dtype == types.uint8 and hq.ndim == 2
-                and isinstance(out, types.Array) and out.dtype == types.int32 and out.ndim == 2):
+        if not (
+            isinstance(W, types.Array)
+            and W.dtype == types.int8
+            and isinstance(hq, types.Array)
+            and hq.dtype == types.uint8
+            and hq.ndim == 2
+            and isinstance(out, types.Array)
+            and out.dtype == types.int32
+            and out.ndim == 2
+        ):
             return None
         sig = types.void(W, types.intp, hq, types.intp, types.intp, out, types.intp, types.intp)
         nvec = PB // 16
@@ -141,18 +149,23 @@ def _make_dot(nr: int, vnni: bool):
             # VNNI: one accumulator of 16 column sums per vector; int16 pairs: two, each lane
             # holding a column's pair sums (k 0+1 and k 2+3 in neighbouring lanes), folded at the end
             nacc = 1 if vnni else 2
-            accs = [[[cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(nacc)]
-                     for _ in range(nvec)] for _ in range(nr)]
+            accs = [
+                [[cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(nacc)] for _ in range(nvec)]
+                for _ in range(nr)
+            ]
             wbase = builder.gep(w_ary.data, [woff_v])
             hquads = builder.bitcast(h_ary.data, i32.as_pointer())
-            hrows = [builder.gep(hquads, [builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)), nkq_v)])
-                     for r in range(nr)]
+            hrows = [
+                builder.gep(hquads, [builder.mul(builder.add(r0_v, ir.Constant(r0_v.type, r)), nkq_v)])
+                for r in range(nr)
+            ]
             splat = ir.Constant(v16, [0] * 16)
             if vnni:
-                fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16, v16, v16]),
-                                                    "llvm.x86.avx512.vpdpbusd.512")
+                fn = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(v16, [v16, v16, v16]), "llvm.x86.avx512.vpdpbusd.512"
+                )
             else:
-                v32_16, v32_32 = ir.VectorType(i16, 32), ir.VectorType(i32, 32)
+                v32_32 = ir.VectorType(i32, 32)
                 even = ir.Constant(v16, [2 * i for i in range(16)])
                 odd = ir.Constant(v16, [2 * i + 1 for i in range(16)])
                 halves = [ir.Constant(ir.VectorType(i32, 32), list(range(32 * s, 32 * s + 32))) for s in range(2)]
@@ -181,8 +194,9 @@ def _make_dot(nr: int, vnni: bool):
                     for r in range(nr):
                         for s in range(2):  # even + odd lanes of an i32 product of int16s: vpmaddwd
                             prod = builder.mul(hb[r][s], ws[s])
-                            part = builder.add(builder.shuffle_vector(prod, prod, even),
-                                               builder.shuffle_vector(prod, prod, odd))
+                            part = builder.add(
+                                builder.shuffle_vector(prod, prod, even), builder.shuffle_vector(prod, prod, odd)
+                            )
                             acc = accs[r][v][s]
                             builder.store(builder.add(builder.load(acc), part), acc)
             _store_sums(builder, accs, o_ary.data, r0_v, ostride_v, ooff_v, vnni)
@@ -309,7 +323,7 @@ def matvec_u8(V, n, Q, zterm, wscale, out, c0, ncols, hq, acc, vnni_kernels=VNNI
             scale[i] = np.float32(np.nan)
     _dots_any(Q, hq, n, acc, vnni_kernels)
     for i in range(n):
-        _dequantize(acc[i], zp[i], qsum[i], zterm, wscale, c0, ncols, out[i, c0:c0 + ncols], scale[i])
+        _dequantize(acc[i], zp[i], qsum[i], zterm, wscale, c0, ncols, out[i, c0 : c0 + ncols], scale[i])
 
 
 @njit(**JIT)

@@ -18,16 +18,15 @@ torch or onnxruntime.
 
 from __future__ import annotations
 
-from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
-
 import numba
 import numpy as np
 
+from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
 from .config import JIT as _JIT
+from .ops import NumpyOp, numpy_dtype
 
 # numba wants a mutable set for fastmath; config.JIT holds a frozenset.
 JIT = dict(_JIT, fastmath=set(_JIT["fastmath"]))
-from .ops import NumpyOp, numpy_dtype
 
 _INT_RANGES = {np.dtype(t): (np.iinfo(t).min, np.iinfo(t).max) for t in (np.uint8, np.int8, np.uint16, np.int16)}
 
@@ -188,20 +187,25 @@ class DynamicQuantizeMatMul(_IntMatMulToFloat):
         super().__init__(node, consts)
         self._packed = None
         b, scale, zp = consts.get(1), consts.get(2), consts.get(3)
-        if (b is not None and b.ndim == 2 and b.dtype == np.int8 and scale is not None
-                and (zp is not None or not (len(node.input) > 3 and node.input[3]))):
+        if (
+            b is not None
+            and b.ndim == 2
+            and b.dtype == np.int8
+            and scale is not None
+            and (zp is not None or not (len(node.input) > 3 and node.input[3]))
+        ):
             from . import qdot  # noqa: PLC0415  (compiles its kernels on first use only)
 
             n = b.shape[1]
             scale = np.broadcast_to(np.asarray(scale, np.float32).reshape(-1), (n,))
-            zp = np.zeros(n, np.float32) if zp is None else np.broadcast_to(
-                np.asarray(zp, np.float32).reshape(-1), (n,))
+            zp = (
+                np.zeros(n, np.float32) if zp is None else np.broadcast_to(np.asarray(zp, np.float32).reshape(-1), (n,))
+            )
             try:
                 zterm = qdot.zero_point_terms(b[None], zp[None])[0]
             except ValueError:
                 return  # too large or odd zero points: the generic path below
-            self._packed = (qdot.pack_quads(b[None])[0], zterm, np.ascontiguousarray(scale),
-                            np.zeros(n, np.float32))
+            self._packed = (qdot.pack_quads(b[None])[0], zterm, np.ascontiguousarray(scale), np.zeros(n, np.float32))
             self._project_u8 = qdot.project_u8
 
     def compute(self, a, b, b_scale, b_zero_point=None, bias=None):

@@ -34,8 +34,6 @@ Must not import torch or onnxruntime.
 
 from __future__ import annotations
 
-from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
-
 from dataclasses import dataclass, field
 
 import numba
@@ -43,7 +41,10 @@ import numpy as np
 from numba import njit
 from onnx import helper
 
-from . import rnn
+from . import (
+    config,  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
+    rnn,
+)
 from .base import Op, QuantizedWeight
 from .matvec import project_jit
 from .plan import compile_plan
@@ -100,8 +101,12 @@ def _state(program, readers, producers, slot, layer_step):
         return (slot, None), []
     t = st.template + [None] * (5 - len(st.template))
     j = int(t[1].reshape(-1)[0]) if isinstance(t[1], np.ndarray) and t[1].dtype.kind == "i" and t[1].size == 1 else None
-    if j is None or j < 0 or not (_ints(t[2], [j + 1]) and _ints(t[3], [0]) and (t[4] is None or _ints(t[4], [1]))) \
-            or [i for i, _ in st.dynamic] != [0]:
+    if (
+        j is None
+        or j < 0
+        or not (_ints(t[2], [j + 1]) and _ints(t[3], [0]) and (t[4] is None or _ints(t[4], [1])))
+        or [i for i, _ in st.dynamic] != [0]
+    ):
         return (slot, None), []
     return (st.dynamic[0][1], j), [k]
 
@@ -115,9 +120,12 @@ def _layers(program, readers, producers, m: _Match, x: int, width: int):
         dyn = dict(st.dynamic) if st is not None else {}
         if layer is None or dyn.get(0) != x or set(dyn) - {0, 4, 5, 6} or layer.inputs != width:
             return None
-        if m.layers and (layer.kind != m.layers[0].kind or not np.array_equal(layer.dirs, m.layers[0].dirs)
-                         or any(a.dtype != b.dtype or a.ndim != b.ndim
-                                for a, b in zip(layer.weights, m.layers[0].weights))):
+        assert st is not None  # the layer is its op's
+        if m.layers and (
+            layer.kind != m.layers[0].kind
+            or not np.array_equal(layer.dirs, m.layers[0].dirs)
+            or any(a.dtype != b.dtype or a.ndim != b.ndim for a, b in zip(layer.weights, m.layers[0].weights))
+        ):
             return None
         if m.layers and numba.typeof(tuple(layer.weights)) != numba.typeof(tuple(m.layers[0].weights)):
             return None  # the compiled step indexes the layers' records at run time: one type for all
@@ -168,9 +176,14 @@ def _finals(program, readers, m: _Match) -> None:
         slots = [program.steps[k].outs[j] if len(program.steps[k].outs) > j else -1 for k in m.layer_steps]
         c = _single(program, readers, slots[0], "Concat") if len(slots) > 1 and slots[0] >= 0 else None
         cat = program.steps[c] if c is not None else None
-        if cat is not None and cat.op.attr("axis") == 0 and [s for _, s in cat.dynamic] == slots \
-                and len(cat.template) == len(slots) and all(readers.get(s) == [c] for s in slots) \
-                and not program.output_slots() & set(slots):
+        if (
+            cat is not None
+            and cat.op.attr("axis") == 0
+            and [s for _, s in cat.dynamic] == slots
+            and len(cat.template) == len(slots)
+            and all(readers.get(s) == [c] for s in slots)
+            and not program.output_slots() & set(slots)
+        ):
             m.finals.append([cat.outs[0]])
             m.covered.append(c)
         else:
@@ -183,8 +196,12 @@ def _match(program: Program, k: int) -> _Match | None:
     table = g.template[0] if g.template else None
     if g.key != ("", "Gather") or g.op.axis != 0 or [i for i, _ in g.dynamic] != [1] or g.outs[0] < 0:
         return None
-    if not (isinstance(table, QuantizedWeight) or isinstance(table, np.ndarray) and table.dtype == np.float32
-            and table.ndim == 2):
+    if not (
+        isinstance(table, QuantizedWeight)
+        or isinstance(table, np.ndarray)
+        and table.dtype == np.float32
+        and table.ndim == 2
+    ):
         return None
     readers, producers = program.readers(), program.producers()
     t = _single(program, readers, g.outs[0], "Transpose")
@@ -251,8 +268,16 @@ def _fallback(steps: list, inputs: list, outs: list):
     renumber = {s: i for i, s in enumerate(inputs)}
     for st in steps:
         renumber.update((s, len(renumber)) for s in st.outs if s >= 0)
-    sub = [Step(st.op, st.template, [(i, renumber[s]) for i, s in st.dynamic],
-                [renumber[s] if s >= 0 else -1 for s in st.outs], st.key) for st in steps]
+    sub = [
+        Step(
+            st.op,
+            st.template,
+            [(i, renumber[s]) for i, s in st.dynamic],
+            [renumber[s] if s >= 0 else -1 for s in st.outs],
+            st.key,
+        )
+        for st in steps
+    ]
     outputs = [("slot", renumber[s]) if s >= 0 else ("const", None) for s in outs]
     program = Program(sub, len(inputs), outputs)
     program.last_use = {s: k for k, st in enumerate(sub) for _, s in st.dynamic}
@@ -274,8 +299,19 @@ def _stack_entry(kind: int, head: bool):
         hn = np.empty((L * nd, B, H), np.float32)
         cn = np.empty((L * nd, B, H), np.float32)
         for layer in range(L):
-            Y, h1, c1 = rnn.project_rows_serial(kind, dirs, 0, x, rnn.RNNWeights(*records[layer]), False, lens,
-                                                 h0s[layer], c0s[layer], clips[layer], flags[layer])
+            Y, h1, c1 = rnn.project_rows_serial(
+                kind,
+                dirs,
+                0,
+                x,
+                rnn.RNNWeights(*records[layer]),
+                False,
+                lens,
+                h0s[layer],
+                c0s[layer],
+                clips[layer],
+                flags[layer],
+            )
             for d in range(nd):  # element loops: a slice assignment compiles numba's error formatting
                 for b in range(B):
                     for j in range(H):
@@ -302,8 +338,13 @@ def _stack_entry(kind: int, head: bool):
 
 
 _ENTRIES = {(kind, head): _stack_entry(kind, head) for kind in (rnn.RNN, rnn.GRU, rnn.LSTM) for head in (False, True)}
-_NO_HEAD = (np.zeros((1, 1, 1), np.float32), np.zeros(1, np.float32), np.zeros(1, np.float32),
-            np.zeros(1, np.float32), False)
+_NO_HEAD = (
+    np.zeros((1, 1, 1), np.float32),
+    np.zeros(1, np.float32),
+    np.zeros(1, np.float32),
+    np.zeros(1, np.float32),
+    False,
+)
 
 
 class FusedRecurrentStep(Op):
@@ -311,8 +352,13 @@ class FusedRecurrentStep(Op):
     docstring); the node it names in errors is a synthetic ``rnnkit.FusedRecurrentStep``."""
 
     def __init__(self, gather: Step, m: _Match, inputs: list, outs: list, fallback):
-        node = helper.make_node("FusedRecurrentStep", [f"v{s}" for s in inputs], [f"v{s}" for s in outs],
-                                name=f"fused_{gather.op.node.name or gather.op.node.output[0]}", domain="rnnkit")
+        node = helper.make_node(
+            "FusedRecurrentStep",
+            [f"v{s}" for s in inputs],
+            [f"v{s}" for s in outs],
+            name=f"fused_{gather.op.node.name or gather.op.node.output[0]}",
+            domain="rnnkit",
+        )
         super().__init__(node, {})
         self.gather, self.table = gather.op, gather.template[0]
         self.lens, self.fallback = m.lens is not None, fallback
@@ -360,8 +406,13 @@ class FusedRecurrentStep(Op):
         for layer in self.states:
             got = []
             for s in layer if self.lstm else layer[:1]:
-                v = np.zeros(shape, np.float32) if s is None else args[s[0]] if s[1] is None \
-                    else args[s[0]][s[1]:s[1] + 1]
+                v = (
+                    np.zeros(shape, np.float32)
+                    if s is None
+                    else args[s[0]]
+                    if s[1] is None
+                    else args[s[0]][s[1] : s[1] + 1]
+                )
                 if type(v) is not np.ndarray or v.dtype != np.float32 or v.shape != shape or not v.flags.c_contiguous:
                     return None, None
                 got.append(v)
@@ -373,4 +424,4 @@ class FusedRecurrentStep(Op):
         """Final states ``j`` (0: h, 1: c) as the graph reads them: one (L*nd, B, H) array, or one per layer."""
         if not self.per_layer[j]:
             return (states,)
-        return tuple(states[k * self.nd:(k + 1) * self.nd] for k in range(self.L))
+        return tuple(states[k * self.nd : (k + 1) * self.nd] for k in range(self.L))

@@ -30,17 +30,29 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
-from .config import FASTMATH, JIT as _JIT
-
 import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from .activations import NO_CLIP, _ONE, _ZERO, _clip, _sigmoid, _tanh, fast_sigmoid, fast_tanh  # noqa: F401
-from .matvec import (PB, _as_int8, _block_f32, _fma1, _fma4, _k_padded, _matvec, _matvec_q16,  # noqa: F401
-                     _project, _project_any, pack_blocks, project)
+from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
+from .activations import _ONE, _ZERO, NO_CLIP, _clip, _sigmoid, _tanh, fast_sigmoid, fast_tanh  # noqa: F401
+from .config import FASTMATH
+from .config import JIT as _JIT
+from .matvec import (  # noqa: F401
+    PB,
+    _as_int8,
+    _block_f32,
+    _fma1,
+    _fma4,
+    _k_padded,
+    _matvec,
+    _matvec_q16,
+    _project,
+    _project_any,
+    pack_blocks,
+    project,
+)
 from .qdot import matvec_u8, pack_quads, project_u8, workspace, zero_point_terms
 
 # numba 0.68 accepts a bool, dict or set for `fastmath`, not config.FASTMATH's frozenset.
@@ -73,6 +85,7 @@ class RNNWeights(NamedTuple):
 
 
 # Cells: elementwise gate math on one row; g holds h @ R^T for the row (gate order as in the header).
+
 
 @njit(**JIT)
 def _rnn_cell(x, g, h, c, P, rbh, clip, flag):
@@ -128,6 +141,7 @@ def _lstm_cell(x, g, h, c, P, rbh, clip, flag):
 # runtime ``if aq`` (see _run_rows).  A non-literal argument (a direct call from Python) gets every
 # branch, as before.
 
+
 def _cell(kind, x, g, h, c, P, rbh, clip, flag):
     """The gate math of one row for cell ``kind``."""
     if kind == LSTM:
@@ -161,7 +175,7 @@ def _gru_second_pass(kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, rz, 
     GH = rs.shape[0]
     for a in range(m):
         b, t = b0 + act[a], tix[a]
-        x = xw[t, b, d * GH:(d + 1) * GH] if layout == 0 else xw[b, t, d * GH:(d + 1) * GH]
+        x = xw[t, b, d * GH : (d + 1) * GH] if layout == 0 else xw[b, t, d * GH : (d + 1) * GH]
         _gru_reset(x, g[a], h[act[a]], V[a], clip)
     _matvec(V, m, T2, rs, rz, g, 2 * H, H, back)
 
@@ -188,7 +202,8 @@ def _input_projection_jit(aq, X, layout, Wb, ws, wz, wzt, bias, out):
         if aq.literal_value:
             return lambda aq, X, layout, Wb, ws, wz, wzt, bias, out: project_u8(X, layout, Wb, wzt, ws, bias, out)
         return lambda aq, X, layout, Wb, ws, wz, wzt, bias, out: _project_any(
-            X.reshape(X.shape[0] * X.shape[1], X.shape[2]), Wb, ws, wz, bias, out)
+            X.reshape(X.shape[0] * X.shape[1], X.shape[2]), Wb, ws, wz, bias, out
+        )
     return _input_projection
 
 
@@ -242,7 +257,7 @@ def _run_rows(kind, d, b0, b1, reverse, layout, xw, w, aq, lens, h0, c0, Y, hn, 
         for a in range(m):
             i = act[a]
             b, t = b0 + i, tix[a]
-            x = xw[t, b, d * GH:(d + 1) * GH] if layout == 0 else xw[b, t, d * GH:(d + 1) * GH]
+            x = xw[t, b, d * GH : (d + 1) * GH] if layout == 0 else xw[b, t, d * GH : (d + 1) * GH]
             _cell(kind, x, g[a], h[i], c[i], P, rbh, clip, flag)
             y = Y[t, d, b] if layout == 0 else Y[b, t, d]
             for j in range(H):
@@ -289,8 +304,25 @@ def _rows_parallel(kind, dirs, layout, xw, w, aq, lens, h0, c0, Y, hn, cn, clip,
     chunks = min(B, threads)
     for d in range(w.T1.shape[0]):
         for ci in prange(chunks):
-            _run_rows(kind, d, ci * B // chunks, (ci + 1) * B // chunks, dirs[d], layout, xw, w, aq, lens, h0, c0,
-                      Y, hn, cn, clip, flag)
+            _run_rows(
+                kind,
+                d,
+                ci * B // chunks,
+                (ci + 1) * B // chunks,
+                dirs[d],
+                layout,
+                xw,
+                w,
+                aq,
+                lens,
+                h0,
+                c0,
+                Y,
+                hn,
+                cn,
+                clip,
+                flag,
+            )
 
 
 def _entries(kind: int, aq: bool):
@@ -351,7 +383,7 @@ class PackedRNN:
             self.T2 = np.zeros(self.T1.shape[:1] + (0,) + self.T1.shape[2:], self.T1.dtype)
         elif kind == GRU and not self.lbr:
             # (r * h) @ R_h^T is a second mat-vec: R_h gets its own blocks
-            self.T1, self.T2 = pack_blocks(RT[:, :, :2 * hidden]), pack_blocks(RT[:, :, 2 * hidden:])
+            self.T1, self.T2 = pack_blocks(RT[:, :, : 2 * hidden]), pack_blocks(RT[:, :, 2 * hidden :])
         else:
             self.T1 = pack_blocks(RT)
             self.T2 = np.zeros(self.T1.shape[:1] + (0,) + self.T1.shape[2:], self.T1.dtype)
@@ -373,13 +405,28 @@ class PackedRNN:
         bias = B[:, :GH] + B[:, GH:]
         self.rbh = np.zeros((nd, hidden), np.float32)
         if kind == GRU and self.lbr:  # Rb_h sits inside r * (...): keep it out of the projection
-            bias[:, 2 * hidden:] = B[:, 2 * hidden:GH]
-            self.rbh = np.ascontiguousarray(B[:, GH + 2 * hidden:])
+            bias[:, 2 * hidden :] = B[:, 2 * hidden : GH]
+            self.rbh = np.ascontiguousarray(B[:, GH + 2 * hidden :])
         self.bias = np.ascontiguousarray(bias.reshape(-1))
-        self.P = (np.zeros((nd, 3, hidden), np.float32) if P is None
-                  else np.ascontiguousarray(np.asarray(P, np.float32).reshape(nd, 3, hidden)))
-        self.weights = RNNWeights(self.Wb, self.ws, self.wz, self.wzt, self.bias, self.T1, self.T2, self.rs,
-                                  self.rz, self.rzt, self.rbh, self.P)
+        self.P = (
+            np.zeros((nd, 3, hidden), np.float32)
+            if P is None
+            else np.ascontiguousarray(np.asarray(P, np.float32).reshape(nd, 3, hidden))
+        )
+        self.weights = RNNWeights(
+            self.Wb,
+            self.ws,
+            self.wz,
+            self.wzt,
+            self.bias,
+            self.T1,
+            self.T2,
+            self.rs,
+            self.rz,
+            self.rzt,
+            self.rbh,
+            self.P,
+        )
         self.record = tuple(self.weights)  # what the compiled entry points take (see RNNWeights)
 
     def project(self, X: np.ndarray, layout: int = 0) -> np.ndarray:
@@ -389,15 +436,19 @@ class PackedRNN:
         if X2.dtype != np.float32 or not X2.flags.c_contiguous:
             X2 = np.ascontiguousarray(X2, dtype=np.float32)
         out = np.empty((X2.shape[0], self.ws.shape[0]), np.float32)
-        _input_projection(self.aq, X2.reshape(X.shape[0], X.shape[1], -1), layout, self.Wb, self.ws, self.wz,
-                          self.wzt, self.bias, out)
+        _input_projection(
+            self.aq, X2.reshape(X.shape[0], X.shape[1], -1), layout, self.Wb, self.ws, self.wz, self.wzt, self.bias, out
+        )
         return out.reshape(X.shape[0], X.shape[1], -1)
 
 
 _F32 = np.dtype(np.float32)
 LENGTH_TYPES = (np.dtype(np.int32), np.dtype(np.int64))  # the kernels are compiled for both
-DIRS = {"forward": np.array([0], np.int64), "reverse": np.array([1], np.int64),
-         "bidirectional": np.array([0, 1], np.int64)}  # never written: shared by every call
+DIRS = {
+    "forward": np.array([0], np.int64),
+    "reverse": np.array([1], np.int64),
+    "bidirectional": np.array([0, 1], np.int64),
+}  # never written: shared by every call
 
 
 def _state(v, shape, layout, what):
@@ -418,12 +469,21 @@ def _state(v, shape, layout, what):
 def kernel_scalars(packed: PackedRNN, clip, flag) -> tuple:
     """The drivers' ``clip`` (a float32, ``NO_CLIP`` for none) and ``flag`` (``linear_before_reset``
     for GRU, taken from ``packed``; ``input_forget`` for LSTM) for a node's attributes."""
-    return (NO_CLIP if clip is None else np.float32(clip),
-            packed.lbr if packed.kind == GRU else int(bool(flag)))
+    return (NO_CLIP if clip is None else np.float32(clip), packed.lbr if packed.kind == GRU else int(bool(flag)))
 
 
-def run(packed: PackedRNN, X, direction="forward", layout=0, sequence_lens=None, initial_h=None,
-        initial_c=None, clip=None, flag=None, threads=None):
+def run(
+    packed: PackedRNN,
+    X,
+    direction="forward",
+    layout=0,
+    sequence_lens=None,
+    initial_h=None,
+    initial_c=None,
+    clip=None,
+    flag=None,
+    threads=None,
+):
     """Run a packed RNN/GRU/LSTM on X; returns (Y, Y_h, Y_c) in the node's ``layout``.
 
     ``flag`` is ``input_forget`` for LSTM (``linear_before_reset`` is taken from ``packed``).
@@ -459,8 +519,9 @@ def run(packed: PackedRNN, X, direction="forward", layout=0, sequence_lens=None,
         hn = np.empty(shape, np.float32)
         cn = np.empty(shape, np.float32)
         xw = packed.project(X, layout)
-        _ENTRIES[packed.kind, packed.aq][1](dirs, int(layout), xw, packed.record, lens, h0, c0, Y, hn, cn, clipv,
-                                            fl, nthreads)
+        _ENTRIES[packed.kind, packed.aq][1](
+            dirs, int(layout), xw, packed.record, lens, h0, c0, Y, hn, cn, clipv, fl, nthreads
+        )
     else:  # one compiled call: projection, steps and the outputs' allocation
         if X.dtype != _F32 or not X.flags.c_contiguous:
             X = np.ascontiguousarray(X, dtype=np.float32)

@@ -58,8 +58,10 @@ class _Recurrent(Op):
         self.nd = _DIRECTIONS[self.direction]
         acts = [a.decode() if isinstance(a, bytes) else a for a in self.attr("activations", [])]
         if acts and [a.lower() for a in acts] != _DEFAULT_ACTIVATIONS[self.cell] * self.nd:
-            self.refuse(f"activations={acts} are not supported (only the defaults "
-                        f"{_DEFAULT_ACTIVATIONS[self.cell] * self.nd}, case-insensitive)")
+            self.refuse(
+                f"activations={acts} are not supported (only the defaults "
+                f"{_DEFAULT_ACTIVATIONS[self.cell] * self.nd}, case-insensitive)"
+            )
         self.layout = int(self.attr("layout", 0))
         if self.layout not in (0, 1):
             self.refuse(f"layout={self.layout} is not 0 or 1")
@@ -81,7 +83,8 @@ class _Recurrent(Op):
         """W and R constant, and B/P (and scales) either constant or not given: pack once."""
         idx = self._weight_indices()
         return all(i in self.consts for i in idx[:2]) and all(
-            i in self.consts or not self._declared(i) for i in idx[2:])
+            i in self.consts or not self._declared(i) for i in idx[2:]
+        )
 
     def _declared(self, i):
         return len(self.node.input) > i and self.node.input[i] != ""
@@ -99,8 +102,11 @@ class _Recurrent(Op):
         if q.dtype not in (np.int8, np.uint8) or not (per_row or (s.size == 1 and z.size == 1)):
             return w.dequantize()
         z = z.reshape(rows) if z.size > 1 else z.reshape(())
-        return (q.transpose(0, 2, 1), np.broadcast_to(s.reshape(rows if s.size > 1 else ()), rows),
-                np.broadcast_to(z, rows))
+        return (
+            q.transpose(0, 2, 1),
+            np.broadcast_to(s.reshape(rows if s.size > 1 else ()), rows),
+            np.broadcast_to(z, rows),
+        )
 
     def _pack(self, W, R, B, P=None):
         W = self._quantized(W) if isinstance(W, QuantizedWeight) else W
@@ -115,12 +121,21 @@ class _Recurrent(Op):
         if self.hidden is not None and self.hidden != H:
             self.refuse(f"hidden_size={self.hidden} but R has shape {list(Rshape)}")
         if Rshape[0] != self.nd or Rshape[1] != G * H:
-            self.refuse(f"R has shape {list(Rshape)}, expected [{self.nd}, {G * H}, {H}] for "
-                        f"direction={self.direction!r}")
+            self.refuse(
+                f"R has shape {list(Rshape)}, expected [{self.nd}, {G * H}, {H}] for direction={self.direction!r}"
+            )
         if Wshape[0] != self.nd:
             self.refuse(f"W has {Wshape[0]} direction(s), expected {self.nd}")
-        return rnn.PackedRNN(_KIND[self.cell], H, W, R, B, P, linear_before_reset=self.attrs.get(
-            "linear_before_reset", 0), dynamic=self.dynamic)
+        return rnn.PackedRNN(
+            _KIND[self.cell],
+            H,
+            W,
+            R,
+            B,
+            P,
+            linear_before_reset=self.attrs.get("linear_before_reset", 0),
+            dynamic=self.dynamic,
+        )
 
     def recurrent_layer(self) -> RecurrentLayer | None:
         """See ``base.Op.recurrent_layer``: packed weights, layout 0 and fp32 activations only."""
@@ -134,11 +149,9 @@ class _Recurrent(Op):
     def __call__(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
         packed = self._packed
         if packed is None:
-            packed = self._pack(*(self.consts.get(i, v) for i, v in zip(self._weight_indices(),
-                                                                          (W, R, B, P))))
-        out = rnn.run(packed, X, self.direction, self.layout, sequence_lens, initial_h, initial_c, self.clip,
-                      self.flag)
-        return out[:self.n_out]
+            packed = self._pack(*(self.consts.get(i, v) for i, v in zip(self._weight_indices(), (W, R, B, P))))
+        out = rnn.run(packed, X, self.direction, self.layout, sequence_lens, initial_h, initial_c, self.clip, self.flag)
+        return out[: self.n_out]
 
 
 class RNN(_Recurrent):
@@ -189,7 +202,8 @@ class DynamicQuantizeLSTM(LSTM):
 
     def _weights_constant(self):
         return all(i in self.consts for i in (1, 2, 8, 10)) and all(
-            i in self.consts or not self._declared(i) for i in (3, 7, 9, 11))
+            i in self.consts or not self._declared(i) for i in (3, 7, 9, 11)
+        )
 
     def _pack(self, W, R, B, P=None, W_scale=None, W_zp=None, R_scale=None, R_zp=None):
         W, R = np.asarray(W), np.asarray(R)
@@ -211,14 +225,27 @@ class DynamicQuantizeLSTM(LSTM):
         Rt = (R, per_col(R_scale, "R_scale", 1.0), per_col(R_zp, "R_zero_point", 0.0))
         return self._pack_arrays(Wt, Rt, B, P)
 
-    def __call__(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None,
-                 W_scale=None, W_zero_point=None, R_scale=None, R_zero_point=None):
+    def __call__(
+        self,
+        X,
+        W=None,
+        R=None,
+        B=None,
+        sequence_lens=None,
+        initial_h=None,
+        initial_c=None,
+        P=None,
+        W_scale=None,
+        W_zero_point=None,
+        R_scale=None,
+        R_zero_point=None,
+    ):
         packed = self._packed
         if packed is None:
             vals = (W, R, B, P, W_scale, W_zero_point, R_scale, R_zero_point)
             packed = self._pack(*(self.consts.get(i, v) for i, v in zip(self._weight_indices(), vals)))
         out = rnn.run(packed, X, self.direction, 0, sequence_lens, initial_h, initial_c, self.clip, self.flag)
-        return out[:self.n_out]
+        return out[: self.n_out]
 
 
 OPS: dict[tuple[str, str], type[Op]] = {
