@@ -266,3 +266,18 @@ def test_export_form_flags_match_the_exporters_constants():
     assert params["graph_form"].default == forms.DEFAULT_GRAPH_FORM
     assert list(params["int8_format"].type.choices) == list(forms.INT8_FORMATS)
     assert params["int8_format"].default == forms.DEFAULT_INT8_FORMAT
+
+
+def test_inspect_names_each_graph_files_form_and_runtimes():
+    from rnnkit.toolkit.summary import _graph_file
+
+    record = {
+        "form": "onnxruntime",
+        "precision": "int8",
+        "ops": {"ai.onnx": ["Gather"], "com.microsoft": ["X"]},
+        "validated_on": {"onnxruntime": "1.32.0", "numba": "0.68.1"},
+    }
+    assert _graph_file(record) == (
+        "onnxruntime int8 (+com.microsoft ops), validated on onnxruntime 1.32.0, numba 0.68.1"
+    )
+    assert _graph_file(None) == ""  # a bundle written before the record: nothing to say

@@ -56,9 +56,15 @@ def summary(manifest: dict, path) -> str:
         ],
         "  ",
     )
+    graph_files = manifest.get("graph_files") or {}
     lines += _table(
         [
-            (f"file {name}", f"{e['bytes'] / 1e6:.2f} MB", f"sha256 {e['sha256'][:12]}")
+            (
+                f"file {name}",
+                f"{e['bytes'] / 1e6:.2f} MB",
+                f"sha256 {e['sha256'][:12]}",
+                _graph_file(graph_files.get(name)),
+            )
             for name, e in sorted(manifest["files"].items())
         ],
         "  ",
@@ -73,6 +79,17 @@ def summary(manifest: dict, path) -> str:
         )
         lines.append(f"  int8 size ratio: {ratio} (of the fp32 file)")
     return "\n".join(lines)
+
+
+def _graph_file(record: dict | None) -> str:
+    """``portable fp32, runs on onnxruntime 1.32.0, numba 0.68.1`` (a graph file's manifest record), or ""."""
+    if not isinstance(record, dict):
+        return ""
+    runtimes = ", ".join(f"{k} {v}" for k, v in (record.get("validated_on") or {}).items())
+    domains = sorted(d for d in (record.get("ops") or {}) if d != "ai.onnx")
+    text = f"{record.get('form', '?')} {record.get('precision', '?')}"
+    text += f" (+{', '.join(domains)} ops)" if domains else ""
+    return text + (f", validated on {runtimes}" if runtimes else "")
 
 
 def _parity_rows(task: str, validation: dict) -> list[tuple]:
