@@ -1,7 +1,9 @@
 """Language-model generation latency, 1 thread: one token per step at B=1, state carried.
 
 For a char LM (tiny-shakespeare 'best' sizes: LSTM 2x512, 65-char vocabulary; or a trained
-checkpoint) and a word LM step with a 10,000-word vocabulary (LSTM 2x512 by default): torch eager
+checkpoint), a word LM step with a 10,000-word vocabulary (LSTM 2x512 by default) and the tied word
+LM of ``scripts/word_lm.py --preset zaremba-medium-tied`` at PTB sizes (LSTM 2x650, embedding = head,
+10,000 words + ``<pad>``; seeded, untrained: latency does not depend on the weights): torch eager
 (``RecurrentLM`` with its state tuple; also with ``torch.backends.mkldnn`` off, torch's faster path at
 B=1 on CPU), rnnkit onnxruntime fp32/int8, rnnkit numba fp32/int8, all in
 this one run.  What is timed is the decoding step an app runs: feed one token id with the carried
@@ -15,6 +17,7 @@ sessions, one token with the state carried; a second table gives portable / sequ
 
     python benchmarks/lm_step.py                                   # random weights
     python benchmarks/lm_step.py --checkpoint runs/shakespeare-small/ckpt
+    python benchmarks/lm_step.py --models word-tied                # the tied 2x650 word LM only
 """
 
 from __future__ import annotations
@@ -28,22 +31,26 @@ import numpy as np
 from common import WORK, machine, stats_ms, table, timeit_blocks
 from graph_forms import BACKENDS, FORMS, RATIO_HEADERS, form_sessions, label, ratio_rows
 
+MODELS = ("char", "word", "word-tied")
+TIED_HIDDEN = 650  # Zaremba et al. 2014's medium model, tied as in Press & Wolf 2017
 
-def random_checkpoint(name: str, vocab_size: int, cell: str, layers: int, hidden: int, embed: int):
+
+def random_checkpoint(name: str, vocab_size: int, cell: str, layers: int, hidden: int, embed: int, tied=False):
     import torch
 
-    from rnnkit.runtime.tokenizer import SPECIALS, CharTokenizer, WordTokenizer
-    from rnnkit.toolkit.lm import LMConfig, RecurrentLM
-    from rnnkit.toolkit.train_lm import save_lm_checkpoint
+    from rnnkit.runtime.tokenizer import SPECIALS, CharTokenizer, WhitespaceTokenizer, WordTokenizer
+    from rnnkit.toolkit.lm import LMConfig
+    from rnnkit.toolkit.train_lm import make_lm, save_lm_checkpoint
 
     if name == "char":
         tok = CharTokenizer(list(SPECIALS) + [chr(c) for c in range(32, 32 + vocab_size - 2)])
+    elif tied:  # PTB's 10,000 types (<unk> and <eos> among them) + <pad>, as --tokenizer whitespace builds it
+        tok = WhitespaceTokenizer(list(SPECIALS) + ["<eos>"] + [f"w{i}" for i in range(vocab_size - 2)])
     else:
         tok = WordTokenizer(list(SPECIALS) + [f"w{i}" for i in range(vocab_size - 2)])
     torch.manual_seed(0)
-    model = RecurrentLM(
-        LMConfig(vocab_size=tok.vocab_size, cell=cell, embed=embed, hidden=hidden, layers=layers, dropout=0.0)
-    ).eval()
+    config = LMConfig(vocab_size=tok.vocab_size, cell=cell, embed=embed, hidden=hidden, layers=layers, dropout=0.0)
+    model = make_lm(config, tie_weights=tied).eval()
     return save_lm_checkpoint(WORK / f"lm-{name}.ckpt", model, tok, plot=False)
 
 
@@ -79,7 +86,7 @@ def bench(name: str, ckpt_path, n_tokens: int, rounds: int, block: int) -> list[
     dev_text = ("".join(vocab[2:]) * 40) if ckpt.tokenizer.level == "char" else " ".join(vocab[2:2002])
     bundle = export_checkpoint(
         ckpt_path,
-        WORK / f"lm-{name}.bundle",
+        WORK / f"lm-{name.replace(' ', '-')}.bundle",
         int8=True,
         min_agreement=0.0,
         dev=DevSet([dev_text], None, "benchmark text"),
@@ -109,7 +116,7 @@ def bench(name: str, ckpt_path, n_tokens: int, rounds: int, block: int) -> list[
             s = m.spawn_state()
             runs[f"rnnkit {backend} {'int8' if int8 else 'fp32'}"] = (lambda s=s: s.feed_id(5), m)
     graph = load(bundle, backend="onnxruntime", threads=1).bundle.graph()
-    sessions = form_sessions(graph, f"lm-{name.split()[0]}")
+    sessions = form_sessions(graph, f"lm-{name.replace(' ', '-')}")
     for form in FORMS:
         for backend in BACKENDS:
             runs[label(form, backend)] = (graph_step(graph, sessions[form, backend], ckpt.config), None)
@@ -156,18 +163,33 @@ def main(argv=None):
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--word-vocab", type=int, default=10000)
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)} (default: all)"
+    )
     parser.add_argument("--tokens", type=int, default=300, help="tokens generated for the tokens/s column")
     parser.add_argument("--rounds", type=int, default=40, help="rounds of side-by-side timing (common.timeit_blocks)")
     parser.add_argument("--block", type=int, default=50, help="timed steps per runtime and round")
     args = parser.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models or set(models) - set(MODELS):
+        parser.error(f"--models: give some of {', '.join(MODELS)}, got {args.models!r}")
     import torch
 
     torch.set_num_threads(1)
     WORK.mkdir(parents=True, exist_ok=True)
-    char = args.checkpoint or random_checkpoint("char", 67, args.cell, args.layers, args.hidden, 128)
-    word = random_checkpoint("word", args.word_vocab, args.cell, args.layers, args.hidden, 256)
+    todo = []
+    if "char" in models:
+        todo.append(
+            ("char", args.checkpoint or random_checkpoint("char", 67, args.cell, args.layers, args.hidden, 128))
+        )
+    if "word" in models:
+        word = random_checkpoint("word", args.word_vocab, args.cell, args.layers, args.hidden, 256)
+        todo.append((f"word {args.word_vocab}", word))
+    if "word-tied" in models:
+        tied = random_checkpoint("word-tied", args.word_vocab, "lstm", 2, TIED_HIDDEN, TIED_HIDDEN, tied=True)
+        todo.append((f"word {args.word_vocab} tied", tied))
     rows, configs, ratios = [], [], []
-    for name, path in (("char", char), (f"word {args.word_vocab}", word)):
+    for name, path in todo:
         r, c, q = bench(name, path, args.tokens, args.rounds, args.block)
         rows += r
         ratios += q

@@ -14,6 +14,13 @@ weight-only form rnnkit exports (per-row int8 weights times fp32 activations).  
 numba fp32 / onnxruntime fp32, numba int8 / onnxruntime int8 and numba int8 / the faster fp32.
 Never an assertion.  Larger batches run fewer rounds (--reps / (batch/4), at least 10).
 
+"% of peak" (last columns): each runtime's multiply-adds (T*B*G*H*(I + H), 2 ops each) per
+median time, as a share of one core's peak measured by ``benchmarks/cpu_peak.py`` at the start of
+the run: the fp32 FMA peak for fp32 and for GRU int8 (8-bit weights times fp32 states: fp32 FMAs
+on widened weights, or int16 pairs), the int8 ``vpdpbusd`` peak for LSTM int8 (uint8 x int8
+products, both runtimes).  Gate math, quantization and memory traffic count as time, not as
+arithmetic, so 100% is out of reach; the figure shows how far each row is from the physical limit.
+
 What was measured while writing the kernels (Xeon "emeraldrapids", AVX-512 + VNNI, 2 MB L2, one
 thread; one H=256 LSTM step's h @ R^T, 256 x 1024):
 - fp32, numba-vectorised 8x64 tiles (the previous kernel): 10-13 us; fp32 64-column blocks with the
@@ -49,6 +56,7 @@ import warnings
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import cpu_peak  # noqa: E402  (this folder: the per-core peak for the "% of peak" columns)
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
@@ -134,13 +142,16 @@ def main():
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     mode = "each alone" if a.alone else "round-robin"
+    peak = cpu_peak.peaks(seconds=0.2, repeat=3)
+    i8_peak = f"{peak['i8'] / 1e9:.0f} Gop/s" if peak["i8"] else "- (no VNNI)"
+    print(f"peak per core (cpu_peak.py): fp32 {peak['f32'] / 1e9:.0f} GFLOP/s, int8 {i8_peak}")
     print(
         f"T={a.steps} input={a.input}, 1 thread, {mode}; median (min) ms; ratios: of medians "
-        f"[25-75% of per-round ratios]"
+        f"[25-75% of per-round ratios]; % of peak of ort fp32, numba fp32, numba int8, ort int8"
     )
     print(
         f"{'op':4} {'H':>4} {'B':>3} {'ort fp32':>15} {'numba fp32':>15} {'numba int8':>15} {'ort int8':>15}"
-        f" | {'nb32/ort32':>16} {'nb8/ort8':>16} {'nb8/best32':>16}"
+        f" | {'nb32/ort32':>16} {'nb8/ort8':>16} {'nb8/best32':>16} | {'% of peak':>19}"
     )
     for op in a.ops:
         G = 4 if op == "LSTM" else 3
@@ -179,9 +190,15 @@ def main():
                 ts = time_ms(fns, reps, a.alone) + [None]
                 cell = [f"{np.median(t):7.3f} ({t.min():5.3f})" if t is not None else "-" for t in ts]
                 best32 = ts[0] if np.median(ts[0]) < np.median(ts[1]) else ts[1]
+                ops = 2.0 * a.steps * batch * G * H * (a.input + H)  # multiply-adds x 2
+                i8 = peak["i8"] if op == "LSTM" else peak["f32"]  # GRU int8: fp32 states (see above)
+                pct = [
+                    f"{100 * ops / (1e-3 * np.median(t)) / pk:4.0f}" if t is not None and pk else "   -"
+                    for t, pk in zip(ts, (peak["f32"], peak["f32"], i8, peak["i8"]))
+                ]
                 print(
                     f"{op:4} {H:4d} {batch:3d} {cell[0]:>15} {cell[1]:>15} {cell[2]:>15} {cell[3]:>15}"
-                    f" | {ratio(ts[1], ts[0])} {ratio(ts[2], ts[3])} {ratio(ts[2], best32)}",
+                    f" | {ratio(ts[1], ts[0])} {ratio(ts[2], ts[3])} {ratio(ts[2], best32)} | {' '.join(pct)}",
                     flush=True,
                 )
 

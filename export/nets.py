@@ -48,10 +48,14 @@ class AttentionPooling(nn.Module):
         self.proj = nn.Linear(width, width)
         self.v = nn.Linear(width, 1, bias=False)
 
-    def forward(self, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def weights(self, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) softmax over each row's real tokens: what the pooling sums by (``explain``'s oracle)."""
         scores = self.v(torch.tanh(self.proj(y))).squeeze(-1)  # (B, T)
         scores = scores.masked_fill(~mask, float("-inf"))
-        alpha = torch.softmax(scores, dim=1)  # (B, T)
+        return torch.softmax(scores, dim=1)
+
+    def forward(self, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        alpha = self.weights(y, mask)  # (B, T)
         return (alpha.unsqueeze(-1) * y).sum(dim=1)  # (B, D*H)
 
 

@@ -121,11 +121,13 @@ def single_graph(
     int8_lengths: tuple = LENGTHS,
     oracle_output: str | None = None,
     explain=None,
+    per_token: tuple[str, ...] = (),
 ) -> list[GraphSpec]:
     """The one ``model.onnx`` of a classifier, tagger or language model, validated by ``check_parity``
     on ragged (ids, lengths[, chars][, state]) feeds up to ``max_length``; int8 on probabilities up
     to ``int8_lengths`` (longer int8 runs are gated on the dev set).  ``oracle_output``: what the
-    torch oracle returns when detected (``output_space``), recorded and compared in its space."""
+    torch oracle returns when detected (``output_space``), recorded and compared in its space.
+    ``per_token``: outputs after the scores compared too (a classifier's ``pooling_weights``)."""
 
     def parity(oracle_name, oracle, candidates, tol, int8, max_length=None, args=None):
         if int8:
@@ -140,6 +142,7 @@ def single_graph(
                 probabilities=True,
                 lengths=tuple(t for t in int8_lengths if max_length is None or t <= max_length),
                 diagnose=False,
+                per_token=per_token,
             )
         return check_parity(
             oracle_name,
@@ -152,6 +155,7 @@ def single_graph(
             max_length=max_length,
             oracle_output=oracle_output,
             args=args,
+            per_token=per_token,
         )
 
     return [GraphSpec("model", MODEL_FP32, MODEL_INT8, build, check, oracle, parity, explain)]

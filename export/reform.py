@@ -27,7 +27,7 @@ from typing import Callable
 
 from ..runtime.bundle import open_bundle
 from ..runtime.errors import InputError
-from ..runtime.manifest import DIGEST_KEY, GRAPH_FILES_KEY, LanguageModelIO
+from ..runtime.manifest import DIGEST_KEY, GRAPH_FILES_KEY, ClassifierIO, LanguageModelIO
 from ..runtime.tasks import TASKS
 from ..runtime.tolerance import FP32, INT8_SEQUENCE
 from .bundle import BundleWriter
@@ -107,6 +107,8 @@ def reform_bundle(
             )
             other = parity("", before["numba"], {"numba": sessions["numba"]}, FP32, False, max_length=max_length)
             report.worst.update(other.worst)
+            for output, worst in other.outputs.items():
+                report.outputs.setdefault(output, {}).update(worst)
             report.cases += other.cases
             report.failures += other.failures
             raise_on_failures(report, what=f"{fp32_file} vs the source's")
@@ -183,6 +185,10 @@ def _parity(task: str, arch: dict, name: str, manifest: dict, readout=None):
             )
 
         return run
+    if task == "classify" and ClassifierIO.declares_pooling_weights(manifest["graph"]):
+        from .task_classify import pooling_weights_parity  # its forwards return (logits, pooling_weights)
+
+        return pooling_weights_parity(arch["vocab_size"], int8_lengths=INT8_PARITY_LENGTHS)
     state = None
     if task == "lm":
         state = {n: (arch["layers"], arch["hidden"]) for n in LanguageModelIO.state_inputs(arch["cell"])}

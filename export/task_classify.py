@@ -12,6 +12,13 @@ parity oracle.  Graph (shapes inline; D = directions, H = hidden, L = labels)::
       -> pooling: last = Y_h (D, B, H) -> (B, D*H) (what torch's packed h_n holds);
          mean / max / attention over the time mask ``arange(T) < sequence_lens``
       -> Gemm head -> logits (B, L)
+    attention pooling, with ``pooling_weights=True``: also the weights, the softmax over each
+    row's real tokens that the pooled state sums by -> pooling_weights (B, T), 0 past each length
+
+The weights are an output only when they are validated against the torch module like the logits
+(``from_module``: ``AttentionPooling.weights``); a user's module (``export_module``) has no such
+oracle, so its graph declares logits only (the older contract, which ``explain`` answers with
+occlusion only).
 
 Only ops the numba backend runs are written.  The embedding, the recurrent layers and the mask are
 the graph builder's (``rnnkit.export.graph_builder``); the pooling is this task's own.
@@ -23,6 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from ..runtime.manifest import MODEL_FP32, MODEL_INT8
 from ..runtime.manifest import ClassifierIO as IO
 from ..runtime.model import length_buckets, pad
 from ..runtime.tokenizer import WordTokenizer
@@ -43,17 +51,23 @@ from .graph_builder import (
     write_stack,
 )
 from .oracle import torch_forward
-from .pipeline import DEV_BATCH, DevSet, Exportable, numpy_weights, single_graph
-from .validate import Forward
+from .pipeline import DEV_BATCH, DevSet, Exportable, GraphSpec, numpy_weights, single_graph
+from .validate import LENGTHS, Forward
 
 TASK = "classify"
 
 
-def signature(config: ClassifierConfig) -> tuple[Signature, Signature]:
-    """The graph's inputs and outputs (``ClassifierIO``), as written and as checked."""
+def signature(config: ClassifierConfig, pooling_weights: bool = False) -> tuple[Signature, Signature]:
+    """The graph's inputs and outputs (``ClassifierIO``), as written and as checked; with
+    ``pooling_weights`` (attention pooling only) the weights follow the logits."""
+    outputs: Signature = {IO.logits: (TensorProto.FLOAT, (BATCH, config.num_labels))}
+    if pooling_weights:
+        if config.pooling != "attention":
+            raise ValueError(f"pooling_weights=True needs pooling='attention', not {config.pooling!r}")
+        outputs[IO.pooling_weights] = (TensorProto.FLOAT, (BATCH, TIME))
     return (
         {IO.input_ids: (TensorProto.INT64, (BATCH, TIME)), IO.sequence_lens: (TensorProto.INT32, (BATCH,))},
-        {IO.logits: (TensorProto.FLOAT, (BATCH, config.num_labels))},
+        outputs,
     )
 
 
@@ -91,15 +105,24 @@ def _pool(g: GraphBuilder, config: ClassifierConfig, weights, y: str, y_h: str) 
     p = g.op("Tanh", [p], "attention_tanh")
     scores = g.op("MatMul", [p, v_w], "attention_scores")  # (B, T, 1)
     scores = g.op("Where", [mask, scores, g.const("neg_inf", -np.inf)], "attention_masked")
-    alpha = g.op("Softmax", [scores], "attention_alpha", axis=1)
+    # the softmax runs on (B, T), over its last axis: that tensor is the graph output pooling_weights
+    # when declared (the bundle check reads an output distribution off a Softmax over its last axis)
+    axis_w = g.ints("attention_weights_axis", [2])
+    scores = g.op("Squeeze", [scores, axis_w], "attention_masked_bt")  # (B, T)
+    weights_bt = g.op("Softmax", [scores], "attention_softmax", outputs=[IO.pooling_weights], axis=1)
+    alpha = g.op("Unsqueeze", [weights_bt, axis_w], "attention_alpha")  # (B, T, 1)
     weighted = g.op("Mul", [alpha, y0], "attention_weighted")
     return g.op("ReduceSum", [weighted, axis_t], "pool_attention", keepdims=0)
 
 
 def build_classifier_graph(
-    config: ClassifierConfig, weights: dict[str, np.ndarray], metadata: dict[str, str] | None = None
+    config: ClassifierConfig,
+    weights: dict[str, np.ndarray],
+    metadata: dict[str, str] | None = None,
+    pooling_weights: bool = False,
 ) -> onnx.ModelProto:
-    """Numpy weights (``RecurrentClassifier.state_dict()`` keys) -> ONNX classifier graph."""
+    """Numpy weights (``RecurrentClassifier.state_dict()`` keys) -> ONNX classifier graph; with
+    ``pooling_weights`` (attention pooling) the weights are its second output."""
     meta = merge_metadata(graph_metadata(TASK, config), metadata)
     needed = ["embedding.weight", "head.weight", "head.bias"]
     if config.pooling == "attention":
@@ -116,16 +139,22 @@ def build_classifier_graph(
         outputs=[IO.logits],
         transB=1,
     )
-    return make_model(g, f"rnnkit_{config.cell}_classifier", *signature(config), meta)
+    return make_model(g, f"rnnkit_{config.cell}_classifier", *signature(config, pooling_weights), meta)
 
 
-def check_classifier_graph(model: onnx.ModelProto, config: ClassifierConfig) -> None:
+def check_classifier_graph(model: onnx.ModelProto, config: ClassifierConfig, pooling_weights: bool = False) -> None:
     """Raise one ``UnsupportedError`` listing every way ``model`` breaks the classifier contract
-    (fp32 graphs and their int8 siblings)."""
+    (fp32 graphs and their int8 siblings); ``pooling_weights``: the form that declares them."""
     parts = "head + attention" if config.pooling == "attention" else "head"
     raise_problems(
         contract_problems(
-            model, config, *signature(config), "ClassifierIO", "num_labels", expected_matmuls(config), parts
+            model,
+            config,
+            *signature(config, pooling_weights),
+            "ClassifierIO",
+            "num_labels",
+            expected_matmuls(config),
+            parts,
         ),
         f"{config.cell} classifier",
     )
@@ -139,9 +168,13 @@ def classifier_exportable(
     oracle: Forward,
     oracle_output: str | None = None,
     explain=None,
+    pooling_weights: bool = False,
 ) -> Exportable:
     """``oracle``: the torch module on (input_ids, sequence_lens) feeds (``oracle.torch_forward``);
-    ``oracle_output`` and ``explain``: see ``single_graph`` and ``GraphSpec`` (users' modules)."""
+    ``oracle_output`` and ``explain``: see ``single_graph`` and ``GraphSpec`` (users' modules);
+    ``pooling_weights`` (attention pooling): the graph declares the weights as its second output and
+    ``oracle`` returns (logits, weights (B, T)) (``torch_forward_with_weights``): they are validated
+    together, on both backends, fp32 and int8, per row and alone (``check_parity``'s ``per_token``)."""
 
     def encode_dev(dev: DevSet, max_length: int):
         encoded = [tokenizer.encode(t)[:max_length] for t in dev.items]
@@ -154,17 +187,80 @@ def classifier_exportable(
             gold = np.array([labels.index(dev.labels[i]) if dev.labels[i] in labels else -1 for i in order])
         return feeds, gold
 
-    graphs = single_graph(
-        build_classifier_graph,
-        check_classifier_graph,
-        oracle,
-        config.vocab_size,
-        oracle_output=oracle_output,
-        explain=explain,
-    )
+    if pooling_weights:
+        signature(config, True)  # refuses pooling_weights without attention pooling, before any work
+        graphs = [_graph_with_weights(config, oracle, oracle_output, explain)]
+    else:
+        graphs = single_graph(
+            build_classifier_graph,
+            check_classifier_graph,
+            oracle,
+            config.vocab_size,
+            oracle_output=oracle_output,
+            explain=explain,
+        )
     return Exportable(TASK, config, weights, graphs, encode_dev, {"tokenizer": tokenizer.to_dict(), "labels": labels})
 
 
+def _graph_with_weights(config: ClassifierConfig, oracle: Forward, oracle_output, explain) -> GraphSpec:
+    """``single_graph``'s spec for the graph that also outputs ``pooling_weights``."""
+
+    def build(config, weights, metadata=None):
+        return build_classifier_graph(config, weights, metadata, pooling_weights=True)
+
+    def check(model, config):
+        check_classifier_graph(model, config, pooling_weights=True)
+
+    parity = pooling_weights_parity(config.vocab_size, oracle_output)
+    return GraphSpec("model", MODEL_FP32, MODEL_INT8, build, check, oracle, parity, explain)
+
+
+def pooling_weights_parity(vocab_size: int, oracle_output: str | None = None, int8_lengths: tuple = LENGTHS):
+    """``GraphSpec.parity`` of a classifier graph with ``pooling_weights``: ``single_graph``'s cases
+    with the weights compared as a per-token output.  What a re-form of such a bundle validates
+    with too (its forwards return (logits, weights))."""
+    (spec,) = single_graph(
+        None,
+        None,
+        None,
+        vocab_size,
+        int8_lengths=int8_lengths,
+        oracle_output=oracle_output,
+        per_token=(IO.pooling_weights,),
+    )
+    return spec.parity
+
+
 def from_module(module, tokenizer: WordTokenizer, labels: list[str]) -> Exportable:
-    """A ``RecurrentClassifier`` (its own forward is the oracle) with its tokenizer and label names."""
-    return classifier_exportable(module.config, numpy_weights(module), tokenizer, list(labels), torch_forward(module))
+    """A ``RecurrentClassifier`` (its own forward is the oracle) with its tokenizer and label names;
+    attention pooling also exports its weights (``torch_forward_with_weights``)."""
+    if module.config.pooling == "attention":
+        oracle, weights = torch_forward_with_weights(module), True
+    else:
+        oracle, weights = torch_forward(module), False
+    return classifier_exportable(
+        module.config, numpy_weights(module), tokenizer, list(labels), oracle, pooling_weights=weights
+    )
+
+
+def torch_forward_with_weights(module) -> Forward:
+    """A ``RecurrentClassifier`` with attention pooling on parity feeds -> (logits, weights (B, T)):
+    one forward (``torch_forward``), with a hook on its ``AttentionPooling`` that keeps
+    ``weights(y, mask)``, the softmax its pooling sums by."""
+    seen: list = []
+
+    def keep(pooling, args, output):
+        seen.append(pooling.weights(*args).detach().cpu().numpy().astype(np.float32))
+
+    forward = torch_forward(module)
+
+    def both(feed: dict) -> tuple[np.ndarray, np.ndarray]:
+        seen.clear()
+        handle = module.attention.register_forward_hook(keep)
+        try:
+            logits = forward(feed)  # torch_forward runs under no_grad
+        finally:
+            handle.remove()
+        return logits, seen[0]
+
+    return both

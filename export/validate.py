@@ -15,6 +15,10 @@ numba int8 run):
   oracle's own top-2 margin is inside the tolerance (a tie the tolerance cannot decide is
   not a failure); tagging logits past a sentence's length exactly 0,
 * every row of a ragged batch equal to running that row alone, on every backend,
+* per-token outputs after the scores (``per_token``: a classifier's attention-pooling weights,
+  (batch, time)): within the same tolerance (int8 runs too: they are probabilities already),
+  exactly 0 past each row's length, per row too; the worst difference per output and backend is
+  recorded (``ParityReport.outputs``),
 * for graphs with recurrent state inputs (language models, ``state_shapes``): random non-zero
   initial states in every feed, and every state output (``final_*``, the graph's outputs after
   the first) within the same tolerance, per row too.  Their logits (a head over the whole
@@ -169,6 +173,7 @@ class ParityReport:
     max_length: int | None = None  # also validated at this length (the bundle's max_length)
     oracle_output: str | None = None  # what the oracle returns, when detected (user modules)
     diagnosis: list[str] = field(default_factory=list)  # the pattern of the failures, first in the ParityError
+    outputs: dict[str, dict[str, float]] = field(default_factory=dict)  # per-token output -> backend -> max |diff|
 
     def to_dict(self) -> dict:
         record = {
@@ -183,6 +188,8 @@ class ParityReport:
             record["max_length"] = self.max_length
         if self.oracle_output is not None:
             record["oracle_output"] = self.oracle_output
+        if self.outputs:  # compared besides the scores, each within the same tolerance
+            record["outputs"] = {name: {"max_abs_diff": worst} for name, worst in self.outputs.items()}
         return {**record, "max_abs_diff": self.worst, "passed": not self.failures}
 
 
@@ -217,6 +224,7 @@ def check_parity(
     oracle_output: str | None = None,
     diagnose: bool = True,
     args: Arguments | None = None,
+    per_token: tuple[str, ...] = (),
 ) -> ParityReport:
     """``state_shapes`` (graphs with recurrent state inputs): random initial states in the feeds,
     every output compared, with the ``scaled`` tolerance (see the module docstring).  ``max_length``:
@@ -224,7 +232,9 @@ def check_parity(
     oracle's first output is, when detected (``output_space``; recorded) -- ``logits`` (also None),
     ``log_probabilities`` or ``probabilities`` (the last two compared as probabilities).  ``diagnose``:
     on failure, explain the pattern of the rows that differ (``diagnose_rows``; ``args`` names the
-    arguments its advice mentions)."""
+    arguments its advice mentions).  ``per_token``: the names of the outputs after the scores, each
+    (batch, time) and 0 past each row's length (a classifier's ``pooling_weights``; the graph has no
+    state outputs then); compared in every run, int8 included (``compare_per_token``)."""
     space = oracle_output or "logits"
     if space not in OUTPUT_SPACES:
         raise ValueError(f"oracle_output={oracle_output!r}; expected one of {OUTPUT_SPACES}")
@@ -238,6 +248,7 @@ def check_parity(
         lengths=tuple(t for t in lengths if max_length is None or t <= max_length),
         max_length=max_length,
         oracle_output=oracle_output,
+        outputs={what: {name: 0.0 for name in candidates} for what in per_token},
     )
     if probabilities:
         oracle = _probabilities(oracle, space)
@@ -252,9 +263,9 @@ def check_parity(
         for name, forward in candidates.items():
             report.cases += 1
             actual = outputs(forward(feed))
-            _compare_all(report, name, shape, actual, expected, lens, tol, probabilities)
+            _compare_all(report, name, shape, actual, expected, lens, tol, probabilities, per_token)
             if diagnose:
-                differs = _rows_differ(actual, expected, lens, tol)
+                differs = _rows_differ(actual, expected, lens, tol, per_token)
                 if differs is not None:
                     rows += [RowOutcome(name, int(n), time, bool(d)) for n, d in zip(lens, differs)]
                     examples += [(int(lens[i]), feed, i, name) for i in np.flatnonzero(differs)]
@@ -263,7 +274,8 @@ def check_parity(
                     alone = outputs(forward(row_alone(feed, i)))
                     in_batch = (
                         (actual[0][i : i + 1, :n] if actual[0].ndim == 3 else actual[0][i : i + 1]),
-                        *(a[:, i : i + 1] for a in actual[1:]),
+                        # per-token outputs (B, T): the row's own tokens; state (layers, B, H): its column
+                        *(a[i : i + 1, :n] if per_token else a[:, i : i + 1] for a in actual[1:]),
                     )
                     _compare_all(
                         report,
@@ -274,13 +286,15 @@ def check_parity(
                         lens[i : i + 1],
                         tol,
                         probabilities,
+                        per_token,
                     )
     if diagnose and report.failures:
 
         def agrees_alone(example, m: int) -> bool:
             _, feed, i, name = example
             prefix = row_alone(feed, i, m)
-            return not _rows_differ(outputs(candidates[name](prefix)), outputs(oracle(prefix)), prefix[LENS], tol)[0]
+            found, want = outputs(candidates[name](prefix)), outputs(oracle(prefix))
+            return not _rows_differ(found, want, prefix[LENS], tol, per_token)[0]
 
         report.diagnosis = diagnose_rows(rows, examples, agrees_alone, max_length, args or Arguments())
     return report
@@ -291,9 +305,12 @@ def _short(values: list) -> str:
     return str(values) if len(values) <= 10 else f"{str(values[:10])[:-1]}, ... ({len(values)} rows)]"
 
 
-def _rows_differ(actual: tuple, expected: tuple, lens: np.ndarray, tol: Tolerance) -> np.ndarray | None:
+def _rows_differ(
+    actual: tuple, expected: tuple, lens: np.ndarray, tol: Tolerance, per_token: tuple[str, ...] = ()
+) -> np.ndarray | None:
     """(B,) bool: rows outside the tolerance (or not finite) in any output, real tokens only; None when
-    the shapes differ (a per-row answer does not exist; the shape failure is reported already)."""
+    the shapes differ (a per-row answer does not exist; the shape failure is reported already).
+    ``per_token``: the outputs after the scores are (B, T), per row on axis 0, not state."""
     if len(actual) != len(expected) or any(a.shape != e.shape for a, e in zip(actual, expected)):
         return None
     batch = len(lens)
@@ -302,7 +319,13 @@ def _rows_differ(actual: tuple, expected: tuple, lens: np.ndarray, tol: Toleranc
         real = (np.arange(a.shape[1])[None, :] < lens[:, None])[..., None]
         a, e = np.where(real, a, 0), np.where(real, e, 0)
     scores = tol.scaled(expected[0]) if len(expected) > 1 else tol
+    if per_token:
+        scores = tol
     bad = ~(np.isclose(a, e, atol=scores.atol, rtol=scores.rtol) & np.isfinite(a)).reshape(batch, -1).all(1)
+    if per_token:  # (B, T): padding is 0 on both sides when right, and a difference there is one
+        for a, e in zip(actual[1:], expected[1:]):
+            bad |= ~(np.isclose(a, e, atol=tol.atol, rtol=tol.rtol) & np.isfinite(a)).reshape(batch, -1).all(1)
+        return bad
     for a, e in zip(actual[1:], expected[1:]):  # state (L, B, H): per row on axis 1
         scaled = tol.scaled(e)
         close = np.isclose(a, e, atol=scaled.atol, rtol=scaled.rtol) & np.isfinite(a)
@@ -397,15 +420,24 @@ def _compare_all(
     lens,
     tol: Tolerance,
     probabilities: bool,
+    per_token: tuple[str, ...] = (),
 ) -> None:
-    """Logits (argmax, padding, tolerance) and then each state output (tolerance only)."""
+    """Logits (argmax, padding, tolerance), then each per-token output (``compare_per_token``) or
+    each state output (tolerance only)."""
     if len(actual) != len(expected):
         report.failures.append(f"{name} @ {where}: {len(actual)} outputs, expected {len(expected)}")
         return
-    stateful = len(expected) > 1
+    stateful = len(expected) > 1 and not per_token
     compare_scores(
         report, name, where, actual[0], expected[0], lens, tol.scaled(expected[0]) if stateful else tol, probabilities
     )
+    if per_token:
+        if len(actual) != 1 + len(per_token):
+            report.failures.append(f"{name} @ {where}: {len(actual)} outputs, expected scores and {list(per_token)}")
+            return
+        for what, a, e in zip(per_token, actual[1:], expected[1:]):
+            compare_per_token(report, name, where, what, a, e, lens, tol)
+        return
     if probabilities:  # int8: what users see; the state's effect is in every later probability
         return
     for k, (a, e) in enumerate(zip(actual[1:], expected[1:]), start=1):
@@ -426,6 +458,37 @@ def compare_tensor(
         report.failures.append(
             f"{name} @ {where}: {what} max |diff| {worst:.3g} exceeds "
             f"{scaled.name} (atol {scaled.atol:.3g}, rtol {scaled.rtol})"
+        )
+
+
+def compare_per_token(
+    report: ParityReport,
+    name: str,
+    where: str,
+    what: str,
+    actual: np.ndarray,
+    expected: np.ndarray,
+    lens: np.ndarray,
+    tol: Tolerance,
+) -> None:
+    """A (B, T) output of one value per token (attention-pooling weights): the same shape, finite,
+    exactly 0 past each row's length, and within ``tol`` everywhere; the worst difference is kept
+    per output and backend (``ParityReport.outputs``)."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if actual.shape != expected.shape:
+        report.failures.append(f"{name} @ {where}: {what} shape {actual.shape}, expected {expected.shape}")
+        return
+    worst = tol.worst(actual, expected)
+    kept = report.outputs.setdefault(what, {})
+    kept[name] = max(kept.get(name, 0.0), worst)
+    padding = np.arange(actual.shape[1])[None, :] >= np.asarray(lens)[:, None]
+    if not np.all(np.isfinite(actual)):
+        report.failures.append(f"{name} @ {where}: non-finite {what}")
+    elif np.any(actual[padding] != 0):
+        report.failures.append(f"{name} @ {where}: non-zero {what} past a row's length")
+    elif not tol.close(actual, expected):
+        report.failures.append(
+            f"{name} @ {where}: {what} max |diff| {worst:.3g} exceeds {tol.name} (atol {tol.atol}, rtol {tol.rtol})"
         )
 
 

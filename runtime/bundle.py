@@ -50,6 +50,7 @@ from .manifest import (
     MANIFEST_FILE,
     PRECISIONS,
     VALUE_DTYPES,
+    ClassifierIO,
     LanguageModelIO,
     Seq2SeqIO,
     TaggerIO,
@@ -431,6 +432,7 @@ def _contract(manifest: dict, labels: list[str]) -> dict[str, dict[str, list]]:
         Seq2SeqIO.memory: [b, s, hidden],
         Seq2SeqIO.keys: [b, s, hidden],
         Seq2SeqIO.attention: [b, t, s],
+        ClassifierIO.pooling_weights: [b, t],
         **{n: state for pair in LanguageModelIO.STATE_PAIRS.items() for n in pair},
     }
     width = len(labels) if spec.labels_key else arch[spec.head.width]
@@ -439,8 +441,12 @@ def _contract(manifest: dict, labels: list[str]) -> dict[str, dict[str, list]]:
 
 
 def _io_names(manifest: dict) -> dict[str, tuple[tuple, tuple]]:
-    """Graph name -> (input names, output names) of the task's contract (manifest.py)."""
-    return TASKS[manifest["task"]].io.graph_io(manifest["architecture"], bool(manifest.get("charset")))
+    """Graph name -> (input names, output names) of the task's contract (manifest.py); the 'graph'
+    section's output names choose between a contract's forms (a pooling="attention" classifier with
+    or without ``pooling_weights``), and are then held to the form they chose."""
+    return TASKS[manifest["task"]].io.graph_io(
+        manifest["architecture"], bool(manifest.get("charset")), manifest.get("graph")
+    )
 
 
 def _check_graph_contract(manifest: dict, labels: list[str], where: Path) -> None:

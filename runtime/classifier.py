@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .explain import Explanation, explain_classifier
 from .manifest import ClassifierIO
 from .session import Progress, Session, check_batch_size, check_truncate, length_buckets, pad, softmax
 
@@ -33,7 +34,7 @@ class Prediction:
 
 
 class Classifier(Session):
-    """A ``classify`` bundle: ``predict``, ``logits``, ``encode``."""
+    """A ``classify`` bundle: ``predict``, ``logits``, ``encode``, ``explain``."""
 
     task = "classify"
     noun = "a classifier"
@@ -82,6 +83,14 @@ class Classifier(Session):
             Prediction(text, self.labels[b], float(p[b]), {l: float(x) for l, x in zip(self.labels, p)}, cut)
             for text, b, p, cut in zip(texts, best, probs, dropped)
         ]
+
+    def explain(
+        self, texts: Sequence[str] | str, method: str = "occlusion", truncate: bool = False
+    ) -> list[Explanation]:
+        """Which tokens decided each text's prediction: ``method="occlusion"`` (any classifier: each
+        token replaced by ``<unk>``, one batch call per text) or ``"attention"`` (a classifier with
+        ``pooling="attention"``: its pooling weights).  See ``rnnkit.runtime.explain``."""
+        return explain_classifier(self, texts, method, check_truncate(truncate))
 
     def run_batch(
         self, items: Sequence[str], batch_size: int = 32, progress: Progress | None = None, truncate: bool = False

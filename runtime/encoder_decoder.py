@@ -19,6 +19,7 @@ import numpy as np
 
 from .decode import DEFAULT_ALPHA, Candidate, Steps, beam_search, check_options, greedy, output_limit
 from .errors import InputError
+from .explain import Explanation, explain_seq2seq
 from .lexicon import Lexicon
 from .session import Progress, Session, check_batch_size, check_truncate, length_buckets
 from .tokenizer import UNK_ID
@@ -63,7 +64,8 @@ class Translation:
 
 
 class EncoderDecoder(Session):
-    """A ``seq2seq`` bundle: ``translate``, ``translate_one``, ``nbest``, ``encode_sources``, ``lexicon``."""
+    """A ``seq2seq`` bundle: ``translate``, ``translate_one``, ``nbest``, ``encode_sources``, ``lexicon``,
+    ``explain``."""
 
     task = "seq2seq"
     noun = "an encoder-decoder"
@@ -175,6 +177,13 @@ class EncoderDecoder(Session):
                 f"translate_one takes one text (str), got {type(text).__name__}; use translate() for a list"
             )
         return self.translate([text], beam, **options)[0]
+
+    def explain(
+        self, texts: Sequence[str] | str, method: str = "attention", beam: int = 5, truncate: bool = False
+    ) -> list[Explanation]:
+        """Each text's best output (beam search) with the decoder's attention over the source per
+        output token (``Explanation.alignment``).  See ``rnnkit.runtime.explain``."""
+        return explain_seq2seq(self, texts, method, beam, check_truncate(truncate))
 
     def run_batch(
         self,

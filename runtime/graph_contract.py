@@ -25,7 +25,7 @@ from onnx import TensorProto
 from .errors import BundleError
 from .graph_file import RECURRENT_GATES, REEXPORT
 from .graph_shapes import check_shapes
-from .manifest import MANIFEST_FILE, Seq2SeqIO
+from .manifest import MANIFEST_FILE, ClassifierIO, Seq2SeqIO
 from .tasks import TASKS
 
 
@@ -91,9 +91,14 @@ def check_graph(bundle: Bundle, model: onnx.ModelProto, name: str, path: Path, i
 
 
 # outputs that are distributions over their last axis: the next token's log-probabilities, the
-# attention over source positions (a softmax over another axis is a well-formed graph that
-# normalises the wrong thing, and over a masked axis gives NaN)
-DISTRIBUTIONS = {Seq2SeqIO.log_probs: "LogSoftmax", Seq2SeqIO.attention: "Softmax"}
+# attention over source positions, a classifier's attention-pooling weights over its tokens (a
+# softmax over another axis is a well-formed graph that normalises the wrong thing, and over a
+# masked axis gives NaN)
+DISTRIBUTIONS = {
+    Seq2SeqIO.log_probs: "LogSoftmax",
+    Seq2SeqIO.attention: "Softmax",
+    ClassifierIO.pooling_weights: "Softmax",
+}
 
 
 def _check_distributions(path: Path, graph: onnx.GraphProto) -> None:

@@ -27,15 +27,34 @@ class ClassifierIO:
     input_ids = "input_ids"  # int64 (batch, time), padded with <pad> = 0
     sequence_lens = "sequence_lens"  # int32 (batch,), 1 <= len <= time (ONNX RNN's own name)
     logits = "logits"  # float32 (batch, num_labels)
+    # float32 (batch, time): a pooling="attention" classifier's pooling weights, the softmax over each
+    # row's real tokens that the pooled state sums by (exactly 0 past a row's length).  Declared by the
+    # manifest's 'graph.outputs' of bundles exported from a checkpoint since rnnkit wrote it; older
+    # bundles (and export_module's, whose attention has no torch oracle to validate it against) list
+    # logits only and load under that contract.
+    pooling_weights = "pooling_weights"
 
     inputs = (input_ids, sequence_lens)
     outputs = (logits,)
+    outputs_with_weights = (logits, pooling_weights)
     files = {"model": (MODEL_FP32, MODEL_INT8)}  # graph name -> (fp32 file, int8 file)
 
     @classmethod
-    def graph_io(cls, arch: dict, chars: bool = False) -> dict[str, tuple[tuple, tuple]]:
-        """Graph name -> (input names, output names), as every contract answers it."""
-        return {"model": (cls.inputs, cls.outputs)}
+    def graph_io(cls, arch: dict, chars: bool = False, record: dict | None = None) -> dict[str, tuple[tuple, tuple]]:
+        """Graph name -> (input names, output names), as every contract answers it.  ``record``: the
+        manifest's 'graph' section, whose output names say whether a pooling="attention" graph
+        carries its ``pooling_weights`` (``declares_pooling_weights``)."""
+        weights = arch.get("pooling") == "attention" and cls.declares_pooling_weights(record)
+        return {"model": (cls.inputs, cls.outputs_with_weights if weights else cls.outputs)}
+
+    @classmethod
+    def declares_pooling_weights(cls, record) -> bool:
+        """Whether a manifest's 'graph' section lists ``pooling_weights`` among the outputs (the
+        contract check then holds the graph to it; anything malformed reads as no)."""
+        outputs = record.get("outputs") if isinstance(record, dict) else None
+        return isinstance(outputs, list) and any(
+            isinstance(o, dict) and o.get("name") == cls.pooling_weights for o in outputs
+        )
 
 
 # Keys mirrored into the ONNX file's metadata_props, so a stray .onnx identifies itself.
@@ -56,7 +75,7 @@ class TaggerIO:
     files = ClassifierIO.files
 
     @classmethod
-    def graph_io(cls, arch: dict, chars: bool = False) -> dict[str, tuple[tuple, tuple]]:
+    def graph_io(cls, arch: dict, chars: bool = False, record: dict | None = None) -> dict[str, tuple[tuple, tuple]]:
         return {"model": (cls.inputs_with_chars if chars else cls.inputs, cls.outputs)}
 
 
@@ -81,7 +100,7 @@ class LanguageModelIO:
     files = ClassifierIO.files
 
     @classmethod
-    def graph_io(cls, arch: dict, chars: bool = False) -> dict[str, tuple[tuple, tuple]]:
+    def graph_io(cls, arch: dict, chars: bool = False, record: dict | None = None) -> dict[str, tuple[tuple, tuple]]:
         return {"model": (cls.inputs(arch["cell"]), cls.outputs(arch["cell"]))}
 
     @classmethod
@@ -134,7 +153,7 @@ class Seq2SeqIO:
     files = {"encoder": (encoder_file, encoder_int8_file), "decoder": (decoder_file, decoder_int8_file)}
 
     @classmethod
-    def graph_io(cls, arch: dict, chars: bool = False) -> dict[str, tuple[tuple, tuple]]:
+    def graph_io(cls, arch: dict, chars: bool = False, record: dict | None = None) -> dict[str, tuple[tuple, tuple]]:
         cell, attention = arch["cell"], arch["attention"]
         return {
             "encoder": (cls.encoder_inputs(), cls.encoder_outputs(cell, attention)),
@@ -179,6 +198,7 @@ VALUE_DTYPES = {
     "attention": "float32",
     "log_probs": "float32",
     "logits": "float32",
+    "pooling_weights": "float32",
 }
 
 

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import InputError
+from .explain import Explanation, explain_tagger
 from .manifest import TaggerIO
 from .session import Progress, Session, check_batch_size, check_truncate, length_buckets, pad, softmax
 
@@ -34,7 +35,7 @@ class Tagging:
 
 
 class Tagger(Session):
-    """A ``tag`` bundle: ``tag``, ``logits``."""
+    """A ``tag`` bundle: ``tag``, ``logits``, ``explain``."""
 
     task = "tag"
     noun = "a tagger"
@@ -103,6 +104,18 @@ class Tagger(Session):
             if progress:
                 progress(len(rows))
         return results
+
+    def explain(
+        self,
+        sentences: Sequence[str | Sequence[str]] | str,
+        method: str = "occlusion",
+        token: int | None = None,
+        truncate: bool = False,
+    ) -> list[Explanation]:
+        """Which words drive each token's tag, by occlusion (each word replaced by ``<unk>``, one batch
+        call per sentence): ``alignment`` row i is the tag of token i; ``scores`` that row for
+        ``token=i``, else each word's total effect.  See ``rnnkit.runtime.explain``."""
+        return explain_tagger(self, sentences, method, token, check_truncate(truncate))
 
     def run_batch(
         self,

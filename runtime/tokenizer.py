@@ -422,14 +422,151 @@ class CharTokenizer:
         return cls(d["vocab"], normalization=d["normalization"], lowercase=d.get("lowercase", False))
 
 
+WHITESPACE = "whitespace"  # WhitespaceTokenizer's splitter name (a word level of its own kind)
+DEFAULT_EOS = "<eos>"  # the Mikolov PTB files' end-of-sentence token, as the literature's readers append it
+WHITESPACE_KEYS = {"level", "splitter", "unk_token", "eos_token", "vocab"}
+
+
+class WhitespaceTokenizer(WordTokenizer):
+    """Word tokenizer of pre-tokenized corpora (the Mikolov PTB files, WikiText): the tokens are
+    exactly the whitespace-separated fields, case and spelling kept (no normalisation), so a
+    perplexity is over the same tokens as the literature's.
+
+    ``unk_token`` is the corpus's own unknown-word token (PTB: ``<unk>``): it is read as rnnkit's
+    ``<unk>`` (id 1) and written back as itself.  With ``eos_token`` (default ``<eos>``; ``None``:
+    off) every newline is one more token, as the PTB readers append one per line; so a text
+    chunked at any whitespace encodes to the ids of the whole (streaming-safe), and a file's last
+    line gets its token when the file ends with a newline (``ensure_final_newline``).
+    The vocabulary: ``<pad>``, ``<unk>``, then the training text's types by frequency (ties by
+    code point); ``max_types`` counts the corpus's types, its unknown and end-of-line tokens
+    included (``<pad>`` is rnnkit's own, extra).  A ``WordTokenizer`` to every caller (same
+    methods, ``level`` "word"); only its splitting, its vocabulary building and its JSON differ."""
+
+    level = "word"
+
+    def __init__(  # noqa: D107 -- WordTokenizer's regex, case and normalisation do not apply
+        self, vocab: Sequence[str] = SPECIALS, unk_token: str = UNK, eos_token: str | None = DEFAULT_EOS
+    ):
+        for name, token in (("unk_token", unk_token), ("eos_token", eos_token)):
+            if token is not None and (not isinstance(token, str) or not token or len(token.split()) != 1):
+                raise ValueError(f"{name} must be one non-empty token without whitespace, got {token!r}")
+        if eos_token is not None and eos_token == unk_token:
+            raise ValueError(f"eos_token and unk_token must differ, both are {unk_token!r}")
+        self.vocab = list(vocab)
+        self.lowercase = False
+        self.splitter = WHITESPACE
+        self.unk_token = unk_token
+        self.eos_token = eos_token
+        self._index = {tok: i for i, tok in enumerate(self.vocab)}
+        self._index[unk_token] = UNK_ID  # the corpus's unknown token is the model's <unk>
+
+    @classmethod
+    def build(  # type: ignore[override]  # its own options: no case, regex or specials to choose
+        cls,
+        texts: Iterable[str],
+        unk_token: str = UNK,
+        eos_token: str | None = DEFAULT_EOS,
+        max_types: int | None = None,
+        min_freq: int = 1,
+    ) -> "WhitespaceTokenizer":
+        """Every type of ``texts`` (or the ``max_types`` most frequent, seen ``min_freq`` times)."""
+        if max_types is not None and max_types < 1:
+            raise ValueError(f"max_types must be >= 1, got {max_types}")
+        if min_freq < 1:
+            raise ValueError(f"min_freq must be >= 1, got {min_freq}")
+        tok = cls(unk_token=unk_token, eos_token=eos_token)
+        counts: Counter[str] = Counter()
+        for text in texts:
+            counts.update(tok.tokenize(text))
+        counts.pop(unk_token, None)  # it is <unk> (id 1), one of the max_types
+        max_size = None if max_types is None else max_types + 1  # + <pad>
+        return cls(ranked_vocab(counts, max_size, min_freq), unk_token=unk_token, eos_token=eos_token)
+
+    def normalize(self, text: str) -> str:
+        return text  # the corpus's tokens exactly
+
+    def tokenize(self, text: str) -> list[str]:
+        if self.eos_token is None:
+            return text.split()
+        lines = text.split("\n")
+        out: list[str] = []
+        for line in lines[:-1]:
+            out += line.split()
+            out.append(self.eos_token)
+        return out + lines[-1].split()
+
+    def split(self, text: str) -> list[str]:
+        return self.tokenize(text)
+
+    def tokens(self, ids: Iterable[int], skip_pad: bool = True) -> list[str]:
+        """Ids -> tokens as the corpus writes them (``<unk>`` as ``unk_token``)."""
+        vocab = [PAD, self.unk_token, *self.vocab[2:]]
+        return _tokens(vocab, ids, skip_pad, unknown=self.unk_token)
+
+    def decode(self, ids: Iterable[int], skip_pad: bool = True) -> str:
+        """The corpus's text: tokens joined by spaces, the end-of-line token as a newline."""
+        out: list[str] = []
+        for t in self.tokens(ids, skip_pad):
+            if t == self.eos_token:
+                out.append("\n")
+            else:
+                out.append(t if not out or out[-1] == "\n" else " " + t)
+        return "".join(out)
+
+    def ensure_final_newline(self, text: str) -> str:
+        """``text`` ending with a newline (when end-of-line tokens are on): every line, the last one
+        too, ends with its token, as the literature's line readers count them."""
+        return text if self.eos_token is None or text.endswith("\n") else text + "\n"
+
+    def to_dict(self) -> dict:
+        return {
+            "level": self.level,
+            "splitter": self.splitter,
+            "unk_token": self.unk_token,
+            "eos_token": self.eos_token,
+            "vocab": list(self.vocab),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "manifest.json") -> "WhitespaceTokenizer":
+        problems = []
+        if set(d) != WHITESPACE_KEYS:
+            problems.append(f"'tokenizer' has keys {sorted(d)}, expected {sorted(WHITESPACE_KEYS)}")
+        for key, optional in (("unk_token", False), ("eos_token", True)):
+            v = d.get(key)
+            if (v is not None or not optional) and (
+                not isinstance(v, str) or not v or len(v) > MAX_TOKEN_CHARS or len(v.split()) != 1
+            ):
+                problems.append(
+                    f"'tokenizer.{key}' is {v!r}, expected one token without whitespace"
+                    + (" or null" if optional else "")
+                )
+        if "vocab" in d:
+            problems += _vocab_problems(d["vocab"], "tokenizer.vocab")
+            unk = d.get("unk_token")
+            if isinstance(d["vocab"], list) and unk != UNK and unk in d["vocab"]:
+                problems.append(f"'tokenizer.vocab' has the unk_token {unk!r}, which is <unk> (id 1) already")
+        if not problems and d["eos_token"] is not None and d["eos_token"] == d["unk_token"]:
+            problems.append("'tokenizer.eos_token' and 'tokenizer.unk_token' are the same token")
+        if problems:
+            raise BundleError(
+                f"{source}: " + "; ".join(problems) + " -- re-export the bundle or retrain; the "
+                "tokenizer section must come from WhitespaceTokenizer.to_dict()"
+            )
+        return cls(d["vocab"], unk_token=d["unk_token"], eos_token=d["eos_token"])
+
+
 TOKENIZERS: dict[str, type[WordTokenizer] | type[CharTokenizer]] = {"word": WordTokenizer, "char": CharTokenizer}
 
 
 def tokenizer_from_dict(d, source: str = "manifest.json") -> WordTokenizer | CharTokenizer:
-    """Rebuild the tokenizer a ``to_dict()`` describes, by its ``level`` (word | char)."""
+    """Rebuild the tokenizer a ``to_dict()`` describes, by its ``level`` (word | char) and, at word
+    level, its ``splitter`` (``"whitespace"``: ``WhitespaceTokenizer``)."""
     level = d.get("level") if isinstance(d, dict) else None
     if level not in TOKENIZERS:
         raise BundleError(
             f"{source}: 'tokenizer.level' is {level!r}, expected one of {sorted(TOKENIZERS)} -- re-export the bundle"
         )
+    if level == "word" and d.get("splitter") == WHITESPACE:
+        return WhitespaceTokenizer.from_dict(d, source=source)
     return TOKENIZERS[level].from_dict(d, source=source)

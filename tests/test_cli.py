@@ -14,7 +14,20 @@ from click.testing import CliRunner
 
 from rnnkit.toolkit.cli import cli
 
-COMMANDS = [[], ["train"], ["train", "classify"], ["export"], ["predict"], ["inspect"], ["warmup"], ["demo"]]
+COMMANDS = [
+    [],
+    ["train"],
+    ["train", "classify"],
+    ["export"],
+    ["predict"],
+    ["inspect"],
+    ["warmup"],
+    ["demo"],
+    ["serve"],
+    ["explain"],
+    ["eval-lm"],
+    ["diagnose"],
+]
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a) or "rnnkit")

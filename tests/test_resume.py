@@ -217,6 +217,7 @@ def assert_same_checkpoint(a, b):
     digest = [hashlib.sha256((p / "weights.pt").read_bytes()).hexdigest() for p in (a, b)]
     assert digest[0] == digest[1]
     assert record(a) == record(b)
+    assert (a / "gradients.jsonl").read_text() == (b / "gradients.jsonl").read_text()
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,13 @@ def test_training_learns_separable_data(trained):
     assert len(result.history) == 4 and result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert any("dev acc" in line and "macro-F1" in line for line in logs)
     assert result.best_epoch == max(result.history, key=lambda h: h["dev_accuracy"])["epoch"]
-    assert {p.name for p in out.iterdir()} == {"config.json", "weights.pt", "curves.png"}
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "weights.pt",
+        "curves.png",
+        "gradients.jsonl",
+        "gradients.png",
+    }
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -175,12 +175,22 @@ def write_checkpoint(
     plot: bool = True,
     extras: Callable[[Path], None] | None = None,
     resume: dict | None = None,
+    plot_gradients: bool | None = None,
 ) -> Path:
     """Write ``config.json`` (``meta``), ``weights.pt`` (``state_dict``), ``curves.png`` (when
-    ``plot`` and ``meta["training"]`` has a history), whatever ``extras(tmp_dir)`` writes and,
+    ``plot`` and ``meta["training"]`` has a history), ``gradients.jsonl`` (the training record's
+    per-step gradient list, taken out of config.json) with ``gradients.png`` (when ``plot``, or
+    ``plot_gradients`` for the tasks that draw their curves in ``extras``),
+    whatever ``extras(tmp_dir)`` writes and,
     with ``resume``, ``resume/state.pt``, all into a temporary sibling that replaces ``out_dir``
     only when complete (any task)."""
     out = check_out_dir(out_dir).resolve()
+    # the per-step gradient records (loop.training_record) go to their own JSON lines file, not config.json
+    from rnnkit.toolkit.gradients import GRADIENTS_FILE, GRADIENTS_PNG, STEPS_KEY, jsonl
+
+    steps = (meta.get("training") or {}).get(STEPS_KEY)
+    if steps is not None:
+        meta = {**meta, "training": {k: v for k, v in meta["training"].items() if k != STEPS_KEY}}
     if resume is not None:
         # marked here, with the state it describes, so the two can never disagree
         meta = {**meta, "training": {**(meta.get("training") or {}), "in_progress": True}}
@@ -195,6 +205,12 @@ def write_checkpoint(
             from rnnkit.toolkit.plots import plot_curves
 
             plot_curves(history, tmp / CURVES_FILE)
+        if steps is not None:
+            (tmp / GRADIENTS_FILE).write_text(jsonl(steps), encoding="utf-8")
+            if (plot if plot_gradients is None else plot_gradients) and steps:
+                from rnnkit.toolkit.plots import plot_gradients
+
+                plot_gradients(steps, tmp / GRADIENTS_PNG, clip=meta["training"].get("config", {}).get("clip", 0.0))
         if extras is not None:
             extras(tmp)
         if resume is not None:
@@ -454,7 +470,9 @@ def save_lm_checkpoint(
 
             plot_lm_curves(training["history"], tmp / CURVES_FILE, unit=training.get("dev", {}).get("unit", "token"))
 
-    return write_checkpoint(out_dir, meta, model.state_dict(), plot=False, extras=curves, resume=resume)
+    return write_checkpoint(
+        out_dir, meta, model.state_dict(), plot=False, extras=curves, resume=resume, plot_gradients=plot
+    )
 
 
 def load_lm_checkpoint(path) -> LMCheckpoint:
@@ -508,7 +526,9 @@ def save_seq2seq_checkpoint(
                 f"{best.get('token_error_rate', float('nan')):.4f}",
             )
 
-    return write_checkpoint(out_dir, meta, model.state_dict(), plot=False, extras=extras, resume=resume)
+    return write_checkpoint(
+        out_dir, meta, model.state_dict(), plot=False, extras=extras, resume=resume, plot_gradients=plot
+    )
 
 
 def load_seq2seq_checkpoint(path) -> Seq2SeqCheckpoint:

@@ -23,6 +23,10 @@ from pathlib import Path
 import click
 
 from .cli_common import BACKEND, RnnkitGroup
+from .cli_diagnose import diagnose
+from .cli_explain import explain
+from .cli_lm import eval_lm
+from .cli_serve import serve
 from .cli_train import train
 from .summary import summary as summary  # `rnnkit inspect`'s and `rnnkit export`'s lines
 
@@ -34,6 +38,10 @@ def cli():
 
 
 cli.add_command(train)
+cli.add_command(diagnose)
+cli.add_command(explain)
+cli.add_command(eval_lm)
+cli.add_command(serve)
 
 
 @cli.command("export")

@@ -11,8 +11,12 @@ from .configs import (
     ATTENTIONS,
     BEST_BY,
     CELL_TYPES,
+    DISTILL_MIXES,
     LEVELS,
+    LM_LR_SCHEDULES,
+    LM_TOKENIZERS,
     LR_SCHEDULES,
+    NONFINITE,
     POOLINGS,
     THREADS_HELP,
     LMTrainConfig,
@@ -32,6 +36,16 @@ FORCE_HELP = (
     "Replace what an earlier run left in --out (a trained checkpoint, or an interrupted run: see --resume); "
     "without it such an --out is refused."
 )
+NONFINITE_HELP = (
+    "A NaN/inf loss or gradient: stop (one line naming the epoch, step and layer; the checkpoint keeps the "
+    "best epoch) or skip that step. Every step's gradient norms go to gradients.jsonl/.png in --out."
+)
+NPROC_HELP = (
+    "Training processes on this machine (torch DistributedDataParallel, gloo): each takes its share of "
+    "every batch of the one seeded batch order; rank 0 evaluates and writes the checkpoint. Several "
+    "machines: torchrun (docs/distillation.md)."
+)
+TEACHER_HELP = "Distil from this checkpoint or bundle (docs/distillation.md); its targets are cached on disk."
 RESUME_HELP = (
     "Continue the run that was killed or interrupted in --out (from its last finished epoch; same "
     "options and data, only --epochs may change): the result is the uninterrupted run's."
@@ -78,6 +92,13 @@ RESUME_HELP = (
 @click.option(
     "--clip", type=click.FloatRange(min=0), default=_T.clip, show_default=True, help="Gradient-norm clipping (0: off)."
 )
+@click.option(
+    "--on-nonfinite",
+    type=click.Choice(list(NONFINITE)),
+    default=_T.on_nonfinite,
+    show_default=True,
+    help=NONFINITE_HELP,
+)
 @click.option("--seed", type=int, default=_T.seed, show_default=True)
 @click.option("--dev-split", type=click.FloatRange(0, 0.9, min_open=True), default=_T.dev_split, show_default=True)
 @click.option("--lowercase/--keep-case", default=_T.lowercase, show_default=True)
@@ -94,6 +115,22 @@ RESUME_HELP = (
 @click.option("--label-field", default=_T.label_field, show_default=True)
 @click.option("--encoding", default=_T.encoding, show_default=True)
 @click.option("--threads", type=click.IntRange(0), default=_T.threads, show_default=True, help=THREADS_HELP)
+@click.option("--teacher", default=_T.teacher, help=TEACHER_HELP + " Soft targets (Hinton et al. 2015).")
+@click.option(
+    "--distill-temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_T.distill_temperature,
+    show_default=True,
+    help="--teacher: softmax temperature of the soft targets.",
+)
+@click.option(
+    "--distill-alpha",
+    type=click.FloatRange(0, 1),
+    default=_T.distill_alpha,
+    show_default=True,
+    help="--teacher: weight of the soft-target loss (the rest: the labels' cross-entropy).",
+)
+@click.option("--nproc", type=click.IntRange(1, 256), default=_T.nproc, show_default=True, help=NPROC_HELP)
 @click.option("--resume", "resume", is_flag=True, help=RESUME_HELP)
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 def train_classify(train_path, dev_path, out_dir, resume, force, **options):
@@ -141,11 +178,19 @@ _G = defaults(TagTrainConfig)
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=_G.batch_size, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_G.lr, show_default=True)
 @click.option("--clip", type=click.FloatRange(min=0), default=_G.clip, show_default=True)
+@click.option(
+    "--on-nonfinite",
+    type=click.Choice(list(NONFINITE)),
+    default=_G.on_nonfinite,
+    show_default=True,
+    help=NONFINITE_HELP,
+)
 @click.option("--seed", type=int, default=_G.seed, show_default=True)
 @click.option("--dev-split", type=click.FloatRange(0, 0.9, min_open=True), default=_G.dev_split, show_default=True)
 @click.option("--max-vocab", type=click.IntRange(3), default=_G.max_vocab, show_default=True)
 @click.option("--encoding", default=_G.encoding, show_default=True)
 @click.option("--threads", type=click.IntRange(0), default=_G.threads, show_default=True, help=THREADS_HELP)
+@click.option("--nproc", type=click.IntRange(1, 256), default=_G.nproc, show_default=True, help=NPROC_HELP)
 @click.option("--resume", "resume", is_flag=True, help=RESUME_HELP)
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 def train_tag(train_path, dev_path, out_dir, resume, force, **options):
@@ -179,7 +224,39 @@ _L = defaults(LMTrainConfig)
 @click.option("--layers", type=click.IntRange(1, 8), default=_L.layers, show_default=True)
 @click.option("--hidden", type=click.IntRange(1, 4096), default=_L.hidden, show_default=True)
 @click.option("--embed", type=click.IntRange(1, 4096), default=_L.embed, show_default=True)
-@click.option("--dropout", type=click.FloatRange(0, 0.95), default=_L.dropout, show_default=True)
+@click.option(
+    "--dropout",
+    type=click.FloatRange(0, 0.95),
+    default=_L.dropout,
+    show_default=True,
+    help="On the embeddings, between layers and before the head.",
+)
+@click.option(
+    "--tie-weights/--no-tie-weights",
+    default=_L.tie_weights,
+    show_default=True,
+    help="The head reuses the embedding matrix (needs --embed equal to --hidden).",
+)
+@click.option(
+    "--tokenizer",
+    type=click.Choice(list(LM_TOKENIZERS)),
+    default=_L.tokenizer,
+    show_default=True,
+    help="Word level: words (rnnkit's splitter) or whitespace (a pre-tokenized corpus such as PTB: "
+    "the space-separated fields, case kept).",
+)
+@click.option(
+    "--unk-token",
+    default=_L.unk_token,
+    show_default=True,
+    help="Whitespace tokenizer: the corpus's unknown-word token, read as the model's <unk>.",
+)
+@click.option(
+    "--eos-per-line/--no-eos-per-line",
+    default=_L.eos_per_line,
+    show_default=True,
+    help="Whitespace tokenizer: an end-of-line token <eos> per line (the literature's perplexities count it).",
+)
 @click.option("--epochs", type=click.IntRange(1, 1000), default=_L.epochs, show_default=True)
 @click.option(
     "--patience",
@@ -205,14 +282,29 @@ _L = defaults(LMTrainConfig)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_L.lr, show_default=True)
 @click.option(
     "--lr-schedule",
-    type=click.Choice(list(LR_SCHEDULES)),
+    type=click.Choice(list(LM_LR_SCHEDULES)),
     default=_L.lr_schedule,
     show_default=True,
-    help="cosine: decay the rate to lr/10 over the run.",
+    help="cosine: decay the rate to lr/10 over the run; plateau: multiply it by --lr-decay after "
+    "each epoch without a lower dev loss.",
+)
+@click.option(
+    "--lr-decay",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=_L.lr_decay,
+    show_default=True,
+    help="--lr-schedule plateau: the factor.",
 )
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=_L.weight_decay, show_default=True)
 @click.option(
     "--clip", type=click.FloatRange(min=0), default=_L.clip, show_default=True, help="Gradient-norm clipping (0: off)."
+)
+@click.option(
+    "--on-nonfinite",
+    type=click.Choice(list(NONFINITE)),
+    default=_L.on_nonfinite,
+    show_default=True,
+    help=NONFINITE_HELP,
 )
 @click.option("--seed", type=int, default=_L.seed, show_default=True)
 @click.option(
@@ -224,7 +316,14 @@ _L = defaults(LMTrainConfig)
 )
 @click.option("--dev-split", type=click.FloatRange(0, 0.9, min_open=True), default=_L.dev_split, show_default=True)
 @click.option("--lowercase/--keep-case", default=_L.lowercase, show_default=True, help="Word level only.")
-@click.option("--max-vocab", type=click.IntRange(3), default=_L.max_vocab, show_default=True, help="Word level only.")
+@click.option(
+    "--max-vocab",
+    type=click.IntRange(3),
+    default=_L.max_vocab,
+    show_default=True,
+    help="Word level only: entries with <pad> and <unk> (whitespace: the corpus's types, <unk> and <eos> "
+    "included; <pad> is extra).",
+)
 @click.option("--min-freq", type=click.IntRange(1), default=_L.min_freq, show_default=True, help="Word level only.")
 @click.option("--encoding", default=_L.encoding, show_default=True)
 @click.option("--threads", type=click.IntRange(0), default=_L.threads, show_default=True, help=THREADS_HELP)
@@ -303,6 +402,13 @@ _S = defaults(Seq2SeqTrainConfig)
 @click.option(
     "--clip", type=click.FloatRange(min=0), default=_S.clip, show_default=True, help="Gradient-norm clipping (0: off)."
 )
+@click.option(
+    "--on-nonfinite",
+    type=click.Choice(list(NONFINITE)),
+    default=_S.on_nonfinite,
+    show_default=True,
+    help=NONFINITE_HELP,
+)
 @click.option("--seed", type=int, default=_S.seed, show_default=True)
 @click.option(
     "--best-by",
@@ -338,6 +444,26 @@ _S = defaults(Seq2SeqTrainConfig)
     default=_S.init,
     help="Fine-tune: start from this seq2seq checkpoint (its weights, vocabularies and architecture).",
 )
+@click.option(
+    "--teacher",
+    default=_S.teacher,
+    help=TEACHER_HELP + " Its beam outputs for the training sources become targets (Kim & Rush 2016).",
+)
+@click.option("--distill-beam", type=click.IntRange(1, 64), default=_S.distill_beam, show_default=True)
+@click.option(
+    "--distill-int8/--distill-fp32",
+    default=_S.distill_int8,
+    show_default=True,
+    help="--teacher: decode with the teacher bundle's int8 graphs (faster; a checkpoint is exported with them).",
+)
+@click.option(
+    "--distill-mix",
+    type=click.Choice(list(DISTILL_MIXES)),
+    default=_S.distill_mix,
+    show_default=True,
+    help="keep-references: train on the references and the teacher's outputs; replace: the outputs only.",
+)
+@click.option("--nproc", type=click.IntRange(1, 256), default=_S.nproc, show_default=True, help=NPROC_HELP)
 @click.option("--resume", "resume", is_flag=True, help=RESUME_HELP)
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 def train_seq2seq_cmd(train_path, dev_path, out_dir, fmt, keep_stress, resume, force, **options):

@@ -81,6 +81,28 @@ def refuse(problems: list[str]) -> None:
         raise InputError("invalid training configuration: " + "; ".join(problems))
 
 
+NONFINITE = ("stop", "skip")  # what training does at a non-finite loss or gradient (toolkit.gradients)
+
+
+DISTILL_MIXES = ("keep-references", "replace")  # seq2seq: the teacher's outputs beside the references, or instead
+
+
+def distill_problems(config) -> list[str]:
+    """The checks of the distillation and process options a config has."""
+    problems = []
+    if getattr(config, "nproc", 1) < 1:
+        problems.append(f"nproc must be >= 1, got {config.nproc}")
+    if getattr(config, "distill_temperature", 1.0) <= 0:
+        problems.append(f"distill_temperature must be > 0, got {config.distill_temperature}")
+    if not 0.0 <= getattr(config, "distill_alpha", 0.0) <= 1.0:
+        problems.append(f"distill_alpha must be in [0, 1], got {config.distill_alpha}")
+    if getattr(config, "distill_beam", 1) < 1:
+        problems.append(f"distill_beam must be >= 1, got {config.distill_beam}")
+    if getattr(config, "distill_mix", DISTILL_MIXES[0]) not in DISTILL_MIXES:
+        problems.append(f"distill_mix must be one of {list(DISTILL_MIXES)}, got {config.distill_mix!r}")
+    return problems
+
+
 def range_problems(config, at_least_one=(), fractions=(), non_negative=()) -> list[str]:
     """The usual numeric checks of a training configuration, one message per bad field."""
     problems = [f"{n} must be >= 1, got {getattr(config, n)}" for n in at_least_one if getattr(config, n) < 1]
@@ -90,6 +112,8 @@ def range_problems(config, at_least_one=(), fractions=(), non_negative=()) -> li
     problems += [f"{n} must be >= 0, got {getattr(config, n)}" for n in non_negative if getattr(config, n) < 0]
     if config.lr <= 0:
         problems.append(f"lr must be > 0, got {config.lr}")
+    if getattr(config, "on_nonfinite", "stop") not in NONFINITE:
+        problems.append(f"on_nonfinite must be one of {list(NONFINITE)}, got {config.on_nonfinite!r}")
     return problems
 
 
@@ -111,6 +135,7 @@ class TrainConfig:
     lr: float = 1e-3  # Adam learning rate
     weight_decay: float = 0.0  # Adam L2 penalty
     clip: float = 5.0  # max gradient L2 norm (RNNs' exploding gradients, Pascanu et al. 2013); 0: off
+    on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop the run, or skip that step
     seed: int = 0  # seeds python, numpy, torch, the dev split and the batch order
     threads: int = 0  # torch CPU threads; 0: train_threads' default
     # data and vocabulary
@@ -122,9 +147,14 @@ class TrainConfig:
     label_field: str = "label"  # CSV/TSV column or JSONL key of the label
     encoding: str = "utf-8"  # text encoding of the data files
     max_length: int = 0  # truncate longer texts to this many tokens (0: no limit)
+    # knowledge distillation (toolkit.distill; Hinton et al. 2015) and processes (toolkit.ddp)
+    teacher: str = ""  # a classify checkpoint or bundle whose soft targets the model also learns
+    distill_temperature: float = 2.0  # softmax temperature of the teacher's and the student's targets
+    distill_alpha: float = 0.5  # weight of the soft-target loss (1 - alpha: the labels' cross-entropy)
+    nproc: int = 1  # training processes on this machine (DistributedDataParallel, gloo)
 
     def __post_init__(self):
-        problems = []
+        problems = distill_problems(self)
         if self.cell not in CELL_TYPES:
             problems.append(f"cell must be one of {sorted(CELL_TYPES)}, got {self.cell!r}")
         if self.pooling not in POOLINGS:
@@ -164,6 +194,7 @@ class TagTrainConfig:
     lr: float = 2e-3  # Adam learning rate
     weight_decay: float = 0.0
     clip: float = 5.0  # max gradient L2 norm; 0: off
+    on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop the run, or skip that step
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0: train_threads' default
     # data and vocabulary
@@ -173,9 +204,10 @@ class TagTrainConfig:
     min_freq: int = 1  # drop words seen fewer times in training
     dev_split: float = 0.1  # fraction of TRAIN sentences held out when no dev file is given
     encoding: str = "utf-8"
+    nproc: int = 1  # training processes on this machine (DistributedDataParallel, gloo)
 
     def __post_init__(self):
-        problems = []
+        problems = distill_problems(self)
         if self.cell not in CELL_TYPES:
             problems.append(f"cell must be one of {sorted(CELL_TYPES)}, got {self.cell!r}")
         problems += range_problems(
@@ -206,6 +238,10 @@ class TagTrainConfig:
 
 
 LR_SCHEDULES = ("constant", "cosine")
+# a language model may also decay its rate when the dev loss stops falling (Zaremba et al. 2014 decay
+# on a fixed epoch; on plateau adapts that to any corpus size without a per-corpus epoch to tune)
+LM_LR_SCHEDULES = (*LR_SCHEDULES, "plateau")
+LM_TOKENIZERS = ("words", "whitespace")  # word level: rnnkit's regex splitter | a pre-tokenized corpus's fields
 
 
 @dataclass
@@ -217,6 +253,7 @@ class LMTrainConfig:
     hidden: int = 512  # recurrent state width
     embed: int = 128  # token embedding width
     dropout: float = 0.2  # on embeddings, between layers and before the head
+    tie_weights: bool = False  # the head's weights are the embedding's (Press & Wolf 2017; embed == hidden)
     # optimisation: truncated BPTT over `batch_size` parallel streams of the text, state carried
     epochs: int = 5  # passes over the training text
     patience: int = 0  # stop after this many epochs without a lower dev loss (0: never)
@@ -224,14 +261,21 @@ class LMTrainConfig:
     bptt: int = 128  # tokens per truncated-backprop window; the state crosses windows, gradients do not
     lr: float = 2e-3  # Adam learning rate
     lr_schedule: str = "constant"  # constant | cosine (decays to lr/10 by the last step: lower final loss)
+    # | plateau (multiply the rate by lr_decay after each epoch without a lower dev loss)
+    lr_decay: float = 0.25  # plateau only
     weight_decay: float = 0.0
     clip: float = 1.0  # max gradient L2 norm (exploding gradients); 0: off
+    on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop the run, or skip that step
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0: train_threads' default
     max_train_tokens: int = 0  # use only the first N training tokens (quick runs; 0: all)
     # data and vocabulary
-    lowercase: bool = False  # word level only (characters keep their case)
-    max_vocab: int = 10000  # word level: vocabulary size including <pad> and <unk>
+    tokenizer: str = "words"  # word level: words (rnnkit's splitter) | whitespace (pre-tokenized corpora)
+    unk_token: str = "<unk>"  # whitespace: the corpus's unknown-word token, read as the model's <unk>
+    eos_per_line: bool = True  # whitespace: one end-of-line token (<eos>) per line, as PTB readers count
+    lowercase: bool = False  # word level, words tokenizer only (characters keep their case)
+    max_vocab: int = 10000  # word level: vocabulary size including <pad> and <unk> (whitespace:
+    # the corpus's types, its unk and end-of-line tokens included; <pad> is extra)
     min_freq: int = 1  # word level: drop words seen fewer times
     dev_split: float = 0.1  # without --dev: the last fraction of TRAIN (by position) is dev
     encoding: str = "utf-8"
@@ -240,8 +284,25 @@ class LMTrainConfig:
         problems = []
         if self.level not in ("char", "word"):
             problems.append(f"level must be char or word, got {self.level!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            problems.append(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.lr_schedule not in LM_LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {list(LM_LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            problems.append(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.tokenizer not in LM_TOKENIZERS:
+            problems.append(f"tokenizer must be one of {list(LM_TOKENIZERS)}, got {self.tokenizer!r}")
+        if self.tokenizer == "whitespace" and self.level != "word":
+            problems.append("tokenizer whitespace splits words: give level word (--level word)")
+        if self.tokenizer == "whitespace" and self.lowercase:
+            problems.append("tokenizer whitespace keeps the corpus's tokens as they are: drop lowercase")
+        if not self.unk_token or len(self.unk_token.split()) != 1:
+            problems.append(f"unk_token must be one token without whitespace, got {self.unk_token!r}")
+        elif self.tokenizer == "whitespace" and self.eos_per_line and self.unk_token == "<eos>":
+            problems.append("unk_token cannot be <eos>, the end-of-line token (--eos-per-line)")
+        if self.tie_weights and self.embed != self.hidden:
+            problems.append(
+                f"tie_weights shares the embedding with the head, so embed must equal hidden: got embed "
+                f"{self.embed}, hidden {self.hidden} (e.g. --embed {self.hidden})"
+            )
         if self.cell not in CELL_TYPES:
             problems.append(f"cell must be one of {sorted(CELL_TYPES)}, got {self.cell!r}")
         problems += range_problems(
@@ -287,6 +348,7 @@ class Seq2SeqTrainConfig:
     lr_schedule: str = "cosine"  # constant | cosine (decays to lr/10 by the last step)
     weight_decay: float = 0.0
     clip: float = 1.0  # max gradient L2 norm; 0: off
+    on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop the run, or skip that step
     seed: int = 0  # seeds python, numpy, torch, the dev split and the batch order
     threads: int = 0  # torch CPU threads; 0: train_threads' default
     best_by: str = "accuracy"  # dev criterion of the best epoch: accuracy (exact match with any
@@ -302,9 +364,21 @@ class Seq2SeqTrainConfig:
     encoding: str = "utf-8"
     init: str = ""  # fine-tune: start from this seq2seq checkpoint's weights, tokenizers and
     # architecture (the model options above are then taken from it)
+    # sequence-level distillation (toolkit.distill; Kim & Rush 2016) and processes (toolkit.ddp)
+    teacher: str = ""  # a seq2seq checkpoint or bundle whose beam outputs become training targets
+    distill_beam: int = 5  # the teacher's beam width
+    distill_int8: bool = False  # decode with the teacher bundle's int8 graphs (faster; its outputs may differ)
+    distill_mix: str = "keep-references"  # keep-references: the references and the teacher's outputs;
+    # replace: the teacher's outputs only
+    nproc: int = 1  # training processes on this machine (DistributedDataParallel, gloo)
 
     def __post_init__(self):
-        problems = []
+        problems = distill_problems(self)
+        if self.nproc > 1 and self.teacher_forcing < 1.0:
+            problems.append(
+                "teacher_forcing below 1 (scheduled sampling) steps the decoder outside DDP's forward pass: "
+                "train it with nproc 1"
+            )
         for name, allowed in (
             ("source_level", LEVELS),
             ("target_level", LEVELS),

@@ -85,6 +85,8 @@ def _text_reader(config: dict):
         text = read_text(path, config.get("encoding", "utf-8"))
         if fraction:
             _, text = split_by_position(text, fraction)
+        if config.get("tokenizer") == "whitespace" and config.get("eos_per_line", True) and not text.endswith("\n"):
+            text += "\n"  # as training read it: the last line ends with its end-of-line token too
         return DevSet([text], None, source)
 
     return read

@@ -23,8 +23,7 @@ from rnnkit.export.validate import Arguments
 from rnnkit.runtime.errors import InputError
 from rnnkit.runtime.lexicon import LEXICON_FILE, write_lexicon
 from rnnkit.toolkit.checkpoint import LOADERS, checkpoint_task
-from rnnkit.toolkit.pairs import read_pairs
-from rnnkit.toolkit.train_seq2seq import reference_form
+from rnnkit.toolkit.pairs import read_pairs, reference_form
 
 # How `rnnkit export` names the arguments of export_checkpoint in messages (``flags=CLI_FLAGS``).
 CLI_FLAGS = {

@@ -19,6 +19,8 @@ PACKAGE_EXTRAS = {
     "llvmlite": "numba",
     "dask": "dask",
     "distributed": "dask",
+    "fastapi": "serve",
+    "uvicorn": "serve",
 }
 
 # commands that train or export: whatever they miss, the `train` extra brings all of it

@@ -2,7 +2,8 @@
 
 ``fit`` owns what the classifier and the tagger do identically: inside ``torch_settings`` it
 seeds Python / numpy / torch, builds the model (after seeding, so the initial weights follow
-the seed), runs Adam with gradient-norm clipping over length-bucketed batches, evaluates dev
+the seed), runs Adam with gradient-norm clipping over length-bucketed batches (recording every
+step's gradient norms and stopping at a non-finite one: ``rnnkit.toolkit.gradients``), evaluates dev
 after each epoch, keeps the best epoch's weights (by dev accuracy, earliest on ties), stops
 early after ``patience`` epochs without improvement and reloads the best weights.  A task
 supplies only its loss on one batch (``step``), its dev evaluation and the extra fields of its
@@ -24,7 +25,7 @@ import random
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -32,15 +33,26 @@ import torch
 from torch import nn
 
 from rnnkit.runtime.tokenizer import PAD_ID, UNK_ID
+from rnnkit.toolkit import ddp
 from rnnkit.toolkit.checkpoint import STATE_FORMAT
 from rnnkit.toolkit.configs import train_threads
+from rnnkit.toolkit.gradients import (
+    STEPS_KEY,
+    GradientRecorder,
+    NonFiniteError,
+    run_summary,
+    summary_text,
+    vanishing_warning,
+)
 
 
 @contextmanager
-def torch_settings(threads: int):
-    """Deterministic kernels and a thread count for the run; restore the caller's afterwards."""
+def torch_settings(threads: int, processes: int = 1):
+    """Deterministic kernels and a thread count for the run; restore the caller's afterwards.
+    ``processes``: training processes sharing this machine (``--nproc``): ``threads`` 0 splits the idle CPUs."""
     old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(train_threads(threads))
+    auto_share = max(1, train_threads(0) // processes)  # N processes share the idle CPUs
+    torch.set_num_threads(train_threads(threads) if threads or processes == 1 else auto_share)
     torch.use_deterministic_algorithms(True)
     try:
         yield
@@ -125,6 +137,7 @@ class Fit:
     best_epoch: int
     best_dev: dict  # the task's dev evaluation at best_epoch
     elapsed: float  # seconds for all epochs
+    gradients: list[dict] = field(default_factory=list)  # one record per optimizer step (toolkit.gradients)
 
 
 def higher_accuracy(dev: dict, best: dict) -> bool:
@@ -176,13 +189,21 @@ def fit(
     (``checkpoint.write_checkpoint(resume=state)``).  ``resume``: a state read back from disk;
     training continues after its epoch exactly as the uninterrupted run would have (same batches,
     dropout masks, optimizer moments: identical weights and dev metrics).
+
+    In a process group (``--nproc``, ``torchrun``: ``rnnkit.toolkit.ddp``) every rank runs this with
+    the same seed: the same batches, each rank a shard of each, DDP-averaged gradients; rank 0 alone
+    evaluates dev, logs and calls ``save``.
     """
-    with torch_settings(config.threads):
+    rank, size = ddp.world()
+    if rank:
+        log, progress = (lambda _msg: None), False
+    with torch_settings(config.threads, size):
         rng = seed_all(config.seed)
         model = make_model()
         optim = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         # configs without the field (classifier, tagger) train at a constant rate
         cosine = getattr(config, "lr_schedule", "constant") == "cosine"
+        plateau = getattr(config, "lr_schedule", "constant") == "plateau"  # LMs: decay after no better epoch
         history: list[dict] = []
         best, best_state, stale, stopped, done, before = None, None, 0, False, 0, 0.0
         if resume is not None:
@@ -192,22 +213,43 @@ def fit(
                 f"resuming after epoch {done}/{config.epochs} (best epoch {best[0]}"
                 f"{', stopped early' if stopped else ''})"
             )
+        # every step's gradient norms (toolkit.gradients); a resumed run goes on from the stored ones
+        recorder = GradientRecorder(model, config.clip, getattr(config, "on_nonfinite", "stop"))
+        recorder.history = list(resume.get("gradients", [])) if resume is not None else []
+        trainer = ddp.wrap(model) if size > 1 else model  # after restore: every rank starts from one state
+        warned = False
         start = time.perf_counter()
         for epoch in range(done + 1, config.epochs + 1):
             if stopped:
                 break
             t0 = time.perf_counter()
-            model.train()
+            trainer.train()
+            if size > 1:  # each rank its own dropout masks; per epoch, so a resumed run draws the same
+                torch.manual_seed(ddp.epoch_seed(config.seed, epoch, rank))
             todo = epoch_batches(rng) if epoch_batches else batches(lengths, config.batch_size, rng)
-            loss_sum, seen = train_epoch(config, model, optim, step, todo, epoch, cosine, progress)
-            dev = plain(evaluate(model))  # plain: the same numbers whether kept in memory or resumed
+            try:
+                loss_sum, seen = train_epoch(
+                    config, model, optim, step, todo, epoch, cosine, progress, recorder, trainer, (rank, size)
+                )
+            except NonFiniteError as e:
+                kept = (
+                    f"the checkpoint keeps best epoch {best[0]}; --resume continues after epoch {epoch - 1}"
+                    if best
+                    else "no epoch finished, so nothing was saved"
+                )
+                raise NonFiniteError(f"{e} ({kept})") from None
+            grads = recorder.epoch_summary(epoch)
+            dev = plain(evaluate(model)) if rank == 0 else None  # plain: the same numbers kept or resumed
+            if size > 1:  # every rank takes the same best-epoch and early-stopping decisions
+                dev = ddp.broadcast(dev)
             fields, text = report(dev)
             record = plain(
                 {
                     "epoch": epoch,
-                    "train_loss": loss_sum / seen,
+                    "train_loss": loss_sum / seen if seen else float("nan"),  # nan: every step skipped
                     "dev_loss": dev["loss"],
                     **fields,
+                    **grads,
                     "lr": optim.param_groups[0]["lr"],
                     "seconds": round(time.perf_counter() - t0, 2),
                 }
@@ -219,49 +261,90 @@ def fit(
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 stale += 1
+                if plateau:  # the rate lives in the optimizer's state: the snapshot keeps it, resume is exact
+                    set_lr(optim, optim.param_groups[0]["lr"] * config.lr_decay)
             log(
                 f"epoch {epoch}/{config.epochs}  train loss {record['train_loss']:.4f}  dev loss "
-                f"{dev['loss']:.4f}  dev acc {dev['accuracy']:.4f}  {text}  "
+                f"{dev['loss']:.4f}  dev acc {dev['accuracy']:.4f}  {text}  {summary_text(grads)}  "
                 f"({record['seconds']:.1f}s){'  *' if improved else ''}"
             )
+            warning = None if warned else vanishing_warning(grads, recorder.groups, epoch)
+            if warning:
+                log(warning)  # once a run: the ratio is in every epoch's history record
+                warned = True
             stopped = bool(config.patience and stale >= config.patience)
-            if save is not None:
+            if save is not None and rank == 0:
                 elapsed = before + time.perf_counter() - start
                 best_model = copy.deepcopy(model)
                 best_model.load_state_dict(best_state)
                 save(
-                    Fit(best_model.eval(), list(history), best[0], best[1], elapsed),
+                    Fit(best_model.eval(), list(history), best[0], best[1], elapsed, list(recorder.history)),
                     snapshot(
                         config, identity, epoch, stopped, model, optim, rng, history, best, best_state, stale, elapsed
-                    ),
+                    )
+                    | {"gradients": list(recorder.history)},
                 )
             if stopped:
                 log(f"no better dev result for {stale} epochs: stopping early")
         elapsed = before + time.perf_counter() - start
         model.load_state_dict(best_state)
         model.eval()
-    return Fit(model, history, best[0], best[1], elapsed)
+    return Fit(model, history, best[0], best[1], elapsed, recorder.history)
 
 
 def train_epoch(
-    config, model: nn.Module, optim: torch.optim.Optimizer, step, todo: list, epoch: int, cosine: bool, progress: bool
+    config,
+    model: nn.Module,
+    optim: torch.optim.Optimizer,
+    step,
+    todo: list,
+    epoch: int,
+    cosine: bool,
+    progress: bool,
+    recorder: GradientRecorder | None = None,
+    trainer: nn.Module | None = None,
+    world: tuple[int, int] = (0, 1),
 ) -> tuple[float, int]:
-    """One pass over the batches ``todo`` -> (sum of the batch losses weighted by ``n``, sum of ``n``)."""
+    """One pass over the batches ``todo`` -> (sum of the batch losses weighted by ``n``, sum of ``n``).
+    ``recorder`` clips and records each step's gradients and drops a non-finite one (or raises).
+    ``trainer``: the module ``step`` calls (``model`` in DDP); ``world``: (rank, processes), each rank
+    stepping on its shard of every batch (``ddp.shard``; the sums are the whole batches')."""
+    trainer = model if trainer is None else trainer
+    recorder = recorder or GradientRecorder(model, config.clip, getattr(config, "on_nonfinite", "stop"))
+    base = len(recorder.history)  # steps recorded before this epoch: the step number counts the run
     loss_sum, seen = 0.0, 0
     with Progress(progress, len(todo), f"epoch {epoch}/{config.epochs}") as bar:
         for i, idx in enumerate(todo):
             if cosine:
                 set_lr(optim, config.lr * cosine_factor((epoch - 1 + i / len(todo)) / config.epochs))
-            loss, n = step(model, idx)
+            if world[1] > 1:  # objective: this rank's part; loss, n: the whole batch's (all ranks)
+                objective, loss, n = sharded_step(step, trainer, idx, *world)
+            else:
+                loss, n = step(trainer, idx)
+                objective = loss
             optim.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-            optim.step()
-            loss_sum += loss.item() * n
-            seen += n
-            bar.update(loss_sum / seen)
+            objective.backward()
+            # clips like clip_grad_norm_ (same numbers) and records the norms; a non-finite step is
+            # dropped before it reaches the weights (on_nonfinite="skip") or stops the run ("stop")
+            if recorder.record(epoch, base + i + 1, loss)["finite"]:
+                optim.step()
+                loss_sum += loss.item() * n
+                seen += n
+            bar.update(loss_sum / seen if seen else float("nan"))
     return loss_sum, seen
+
+
+def sharded_step(step, trainer: nn.Module, idx: np.ndarray, rank: int, size: int):
+    """This rank's step on its shard of batch ``idx`` -> (the loss to backpropagate, the batch's mean
+    loss over all ranks, the batch's ``n``).  The rank's mean loss is weighted by ``size * n_r / n`` so
+    that DDP's average of the ranks' gradients is the gradient of the whole batch's mean loss (equal
+    shards or not).  A rank with no example in a small batch steps on one example at weight 0: DDP
+    needs every rank's backward pass."""
+    mine = ddp.shard(idx, rank, size)
+    loss, n = step(trainer, mine if len(mine) else idx[:1])
+    n = n if len(mine) else 0
+    total, count = ddp.batch_totals(loss, n)
+    return loss * (size * n / max(count, 1)), torch.tensor(total / max(count, 1)), count
 
 
 def plain(obj):
@@ -357,6 +440,8 @@ def training_record(
         "best_epoch": result.best_epoch,
         "dev": dev,
         "history": result.history,
+        "gradients": run_summary(result.gradients, config.clip),
+        STEPS_KEY: result.gradients,  # write_checkpoint moves these to gradients.jsonl
         "time_s": round(result.elapsed, 2),
         "config": asdict(config),
         "torch": torch.__version__,

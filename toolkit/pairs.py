@@ -32,6 +32,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..runtime.errors import InputError
+from ..runtime.tokenizer import CharTokenizer, WordTokenizer
 
 Pair = tuple[str, str]
 FORMATS = ("tsv", "cmudict", "tatoeba")
@@ -175,3 +176,10 @@ __all__ = [
     "group_pairs",
     "group_split",
 ]
+
+
+def reference_form(tokenizer: CharTokenizer | WordTokenizer, text: str) -> str:
+    """``text`` as the target tokenizer would give it back: normalised, tokens joined like ``decode``."""
+    if tokenizer.level == "char":
+        return tokenizer.normalize(text)
+    return " ".join(tokenizer.tokenize(text))

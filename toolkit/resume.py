@@ -49,10 +49,29 @@ def fingerprint(*parts) -> str:
 
 def run_identity(task: str, config, data: str, **flags) -> dict:
     """What a resumed run must share with the interrupted one: the task, every option of
-    ``config`` but ``epochs``, the task's other CLI ``flags`` (e.g. ``format``) and the ``data``
-    fingerprint.  Paths are not compared: the same data moved elsewhere resumes fine."""
-    options = {k: v for k, v in asdict(config).items() if k != "epochs"}
+    ``config`` but ``epochs`` and ``on_nonfinite``, the task's other CLI ``flags`` (e.g. ``format``) and the ``data``
+    fingerprint.  Paths are not compared: the same data moved elsewhere resumes fine.  Nor is
+    ``on_nonfinite``: a run stopped by a NaN may go on with ``--on-nonfinite skip``."""
+    options = {
+        k: v
+        for k, v in asdict(config).items()
+        if k not in ("epochs", "on_nonfinite", "teacher") and LATER_OPTIONS.get(k, _ABSENT) != v
+    }
     return {"task": task, "options": {**options, **flags}, "data": data}
+
+
+_ABSENT = object()
+# options added after runs were interrupted with checkpoints of the time: left out of the identity at
+# their default, so such a run still resumes.  The teacher is compared by its hash (the task's
+# ``teacher_sha`` flag), not its path, like the data.
+LATER_OPTIONS = {
+    "distill_temperature": 2.0,
+    "distill_alpha": 0.5,
+    "distill_beam": 5,
+    "distill_mix": "keep-references",
+    "distill_int8": False,
+    "nproc": 1,
+}
 
 
 def read_resume_state(out_dir, resume: bool, force: bool | None = None) -> dict | None:

@@ -25,6 +25,7 @@ def summary(manifest: dict, path) -> str:
     else:
         head = (
             f"tokenizer={manifest['tokenizer']['level']}"
+            + (" (whitespace)" if manifest["tokenizer"].get("splitter") == "whitespace" else "")
             if task == "lm"
             else f"{len(manifest['labels'])} labels: {_some(manifest['labels'])}"
         )
@@ -112,6 +113,17 @@ def _parity_rows(task: str, validation: dict) -> list[tuple]:
                         f"{cases} cases" if cases is not None else "",
                     )
                 )
+            for output, record in (report.get("outputs") or {}).items():  # per-token outputs (pooling weights)
+                for backend, diff in (record.get("max_abs_diff") or {}).items():
+                    rows.append(
+                        (
+                            " ".join(w for w in ("parity", graph, what[variant]) if w),
+                            output,
+                            backend,
+                            f"max|diff| {diff:.2e}",
+                            f"{cases} cases" if cases is not None else "",
+                        )
+                    )
     return rows
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from rnnkit.runtime.errors import InputError
 from rnnkit.runtime.tokenizer import WordTokenizer, pad_ids
-from rnnkit.toolkit import metrics
+from rnnkit.toolkit import ddp, metrics
 from rnnkit.toolkit.checkpoint import save_checkpoint
 from rnnkit.toolkit.configs import ClassifierConfig
 from rnnkit.toolkit.configs import TrainConfig as TrainConfig
@@ -124,8 +124,8 @@ def train_classifier(
     write the best epoch's checkpoint to ``out_dir`` (``resume``: continue the interrupted run
     there, with the same options and data; only ``epochs`` may change).
     ``force``: what to do with an earlier run in ``out_dir`` (``resume.read_resume_state``)."""
-    config = config or TrainConfig()
-    log = log or (lambda _msg: None)
+    config = ddp.prepare(config or TrainConfig())  # under torchrun: join its process group
+    log = log if log and ddp.is_main() else (lambda _msg: None)
     out = Path(out_dir)
     interrupted = read_resume_state(out, resume, force)  # fail now, not after an hour of training
     read = dict(text_field=config.text_field, label_field=config.label_field, encoding=config.encoding)
@@ -143,13 +143,31 @@ def train_classifier(
     train_y = np.array([label_id[ex.label] for ex in train_ex], dtype=np.int64)
     dev_y = np.array([label_id[ex.label] for ex in dev_ex], dtype=np.int64)
     log(f"{len(train_ex)} train / {len(dev_ex)} dev examples, labels {labels}, vocabulary {tok.vocab_size}")
+    soft, distilled = None, None
+    if config.teacher:  # soft targets (toolkit.distill): computed once and cached, before any process starts
+        from rnnkit.toolkit.distill import open_teacher, teacher_logits
+
+        teacher = open_teacher(config.teacher, "classify")
+        logits, distilled = teacher_logits(
+            teacher, [ex.text for ex in train_ex], labels, config.distill_temperature, log=log
+        )
+        soft = torch.from_numpy(logits)
+        distilled |= {"temperature": config.distill_temperature, "alpha": config.distill_alpha}
     identity = run_identity(
         "classify",
         config,
         fingerprint([[ex.text, ex.label] for ex in train_ex], [[ex.text, ex.label] for ex in dev_ex]),
+        **({"teacher_sha": distilled["teacher"]["sha256"]} if distilled else {}),
     )
     if interrupted is not None:
         check_resume(out, interrupted, identity, config.epochs)
+    if ddp.needs_launch(config.nproc):  # --nproc N: N processes run this function again, rank 0's result
+        return ddp.launch(
+            train_classifier,
+            (train_path, out_dir, config),
+            dict(dev_path=dev_path, progress=progress, log=ddp.picklable_log(log), resume=resume, force=force),
+            config.nproc,
+        )
 
     model_config = ClassifierConfig(
         vocab_size=tok.vocab_size,
@@ -168,6 +186,12 @@ def train_classifier(
         if config.word_dropout > 0:
             ids = drop_words(ids, config.word_dropout)
         target = torch.from_numpy(train_y[idx])
+        if soft is not None:
+            from rnnkit.toolkit.distill import soft_target_loss
+
+            teacher = soft[torch.from_numpy(np.asarray(idx))]
+            loss = soft_target_loss(model(ids, lens), teacher, target, config.distill_temperature, config.distill_alpha)
+            return loss, len(idx)
         return nn.functional.cross_entropy(model(ids, lens), target), len(idx)
 
     def report(dev):
@@ -187,6 +211,9 @@ def train_classifier(
             len(dev_ex),
             {k: result.best_dev[k] for k in ("accuracy", "macro_f1", "loss", "confusion")},
         )
+        training["processes"] = config.nproc
+        if distilled is not None:
+            training["distill"] = distilled
         return save_checkpoint(out, result.model, tok, labels, training, plot=snapshot is None, resume=snapshot)
 
     result = fit(
@@ -203,7 +230,7 @@ def train_classifier(
         resume=interrupted,
     )
     best_epoch, best_dev, elapsed = result.best_epoch, result.best_dev, result.elapsed
-    path = save(result)
+    path = save(result) if ddp.is_main() else out  # the checkpoint is written once, by rank 0
     log(
         f"best epoch {best_epoch}: dev accuracy {best_dev['accuracy']:.4f}, macro-F1 "
         f"{best_dev['macro_f1']:.4f}; checkpoint written to {path} ({elapsed:.1f}s)"

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from rnnkit.runtime.errors import InputError
-from rnnkit.runtime.tokenizer import CharTokenizer, WordTokenizer
+from rnnkit.runtime.tokenizer import DEFAULT_EOS, CharTokenizer, WhitespaceTokenizer, WordTokenizer
 from rnnkit.toolkit.checkpoint import CONFIG_FILE, save_lm_checkpoint
 from rnnkit.toolkit.checkpoint import LMCheckpoint as LMCheckpoint
 from rnnkit.toolkit.checkpoint import load_lm_checkpoint as load_lm_checkpoint
@@ -72,6 +72,9 @@ def split_by_position(text: str, fraction: float) -> tuple[str, str]:
 def build_tokenizer(text: str, config: LMTrainConfig):
     if config.level == "char":
         return CharTokenizer.build([text])
+    if config.tokenizer == "whitespace":
+        eos = DEFAULT_EOS if config.eos_per_line else None
+        return WhitespaceTokenizer.build([text], config.unk_token, eos, config.max_vocab, config.min_freq)
     return WordTokenizer.build([text], lowercase=config.lowercase, max_size=config.max_vocab, min_freq=config.min_freq)
 
 
@@ -93,6 +96,26 @@ def windows(data: torch.Tensor, bptt: int) -> list[int]:
 
 def detach(state):
     return tuple(s.detach() for s in state)
+
+
+def make_lm(model_config: LMConfig, tie_weights: bool) -> RecurrentLM:
+    """A ``RecurrentLM``; ``tie_weights``: its head reads the embedding's matrix (one parameter,
+    Press & Wolf 2017), initialised U(-0.1, 0.1) as Zaremba et al. 2014 initialise every weight
+    (the embedding's default N(0, 1) would give a head logits of std ~sqrt(hidden)).  The
+    checkpoint stores the matrix under both names, so the exported graph has two equal
+    initializers and a reloaded (untied) model computes the same function."""
+    model = RecurrentLM(model_config)
+    if tie_weights:
+        if model_config.embed != model_config.hidden:
+            raise InputError(
+                f"--tie-weights needs --embed equal to --hidden (got {model_config.embed} and {model_config.hidden})"
+            )
+        with torch.no_grad():
+            model.embedding.weight.uniform_(-0.1, 0.1)
+            model.embedding.weight[model_config.padding_idx].zero_()
+            model.head.bias.zero_()
+        model.head.weight = model.embedding.weight
+    return model
 
 
 @torch.no_grad()
@@ -132,11 +155,14 @@ def train_lm(
     out = Path(out_dir)
     interrupted = read_resume_state(out, resume, force)
     text = read_text(train_path, config.encoding)
+    whitespace = config.level == "word" and config.tokenizer == "whitespace"
     if dev_path is not None:
         train_text, dev_text, split = text, read_text(dev_path, config.encoding), {"dev": str(dev_path)}
     else:
         train_text, dev_text = split_by_position(text, config.dev_split)
         split = {"dev_split": config.dev_split, "by": "position"}
+    if whitespace and config.eos_per_line:  # every line, the last one too, ends with its token
+        train_text, dev_text = (t if t.endswith("\n") else t + "\n" for t in (train_text, dev_text))
     tok = build_tokenizer(train_text, config)
     train_ids = np.asarray(tok.encode(train_text), dtype=np.int64)
     if config.max_train_tokens:
@@ -184,7 +210,7 @@ def train_lm(
 
     result = fit(
         config,
-        lambda: RecurrentLM(model_config),
+        lambda: make_lm(model_config, config.tie_weights),
         None,
         step,
         lambda m: evaluate_lm(m, dev_ids),

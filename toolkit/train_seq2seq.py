@@ -36,11 +36,12 @@ from torch import nn
 
 from rnnkit.runtime.errors import InputError
 from rnnkit.runtime.tokenizer import BOS_ID, EOS_ID, PAD_ID, TARGET_SPECIALS, CharTokenizer, WordTokenizer
+from rnnkit.toolkit import ddp
 from rnnkit.toolkit.checkpoint import DEV_FILE, Seq2SeqCheckpoint, save_seq2seq_checkpoint
 from rnnkit.toolkit.checkpoint import load_seq2seq_checkpoint as load_seq2seq_checkpoint
 from rnnkit.toolkit.configs import Seq2SeqTrainConfig as Seq2SeqTrainConfig
 from rnnkit.toolkit.loop import fit, lower_loss, training_record
-from rnnkit.toolkit.pairs import Example, Pair, group_pairs, group_split, read_pairs
+from rnnkit.toolkit.pairs import Example, Pair, group_pairs, group_split, read_pairs, reference_form
 from rnnkit.toolkit.resume import check_resume, fingerprint, read_resume_state, run_identity
 from rnnkit.toolkit.seq2seq import Seq2Seq, Seq2SeqConfig, Tokenizer, by_length, decode_texts, tensors
 from rnnkit.toolkit.seq_metrics import evaluate_outputs
@@ -76,13 +77,6 @@ def build_tokenizers(pairs: Sequence[Pair], config: Seq2SeqTrainConfig) -> tuple
         build(sources, config.source_level, config.source_lowercase, config.source_max_vocab, TARGET_SPECIALS[:2]),
         build(targets, config.target_level, config.target_lowercase, config.target_max_vocab, TARGET_SPECIALS),
     )
-
-
-def reference_form(tokenizer: Tokenizer, text: str) -> str:
-    """``text`` as the target tokenizer would give it back: normalised, tokens joined like ``decode``."""
-    if tokenizer.level == "char":
-        return tokenizer.normalize(text)
-    return " ".join(tokenizer.tokenize(text))
 
 
 def encode_pairs(
@@ -244,11 +238,24 @@ def train_seq2seq(
     epoch's checkpoint to ``out_dir`` (``resume``: continue the interrupted run there, with the
     same options and data; only ``epochs`` may change).
     ``force``: what to do with an earlier run in ``out_dir`` (``resume.read_resume_state``)."""
-    config = config or Seq2SeqTrainConfig()
-    log = log or (lambda _msg: None)
+    config = ddp.prepare(config or Seq2SeqTrainConfig())  # under torchrun: join its process group
+    log = log if log and ddp.is_main() else (lambda _msg: None)
     out = Path(out_dir)
     interrupted = read_resume_state(out, resume, force)
     train_pairs, dev_pairs, split = _read_splits(train_path, dev_path, fmt, keep_stress, config)
+    distilled = None
+    if config.teacher:  # sequence-level distillation (toolkit.distill): decoded once, cached
+        from rnnkit.toolkit.distill import mix_pairs, open_teacher, teacher_outputs
+
+        teacher = open_teacher(config.teacher, "seq2seq")
+        distinct = list(dict.fromkeys(s for s, _ in train_pairs))
+        outputs, distilled = teacher_outputs(teacher, distinct, config.distill_beam, log=log, int8=config.distill_int8)
+        train_pairs, counts = mix_pairs(train_pairs, dict(zip(distinct, outputs)), config.distill_mix)
+        distilled |= counts
+        log(
+            f"distilling from {teacher.path}: {counts['teacher_pairs']} teacher pairs ({config.distill_mix}), "
+            f"{counts['agree_with_a_reference']} of {counts['sources']} outputs equal a reference"
+        )
     init = load_seq2seq_checkpoint(config.init) if config.init else None
     if init is not None:  # fine-tuning keeps the model's vocabularies: its embeddings are indexed by them
         src_tok, tgt_tok = init.source_tokenizer, init.target_tokenizer
@@ -277,9 +284,17 @@ def train_seq2seq(
         fingerprint(sources, targets, encode_pairs(dev_pairs, src_tok, tgt_tok)),
         format=fmt,
         keep_stress=keep_stress,
+        **({"teacher_sha": distilled["teacher"]["sha256"]} if distilled else {}),
     )
     if interrupted is not None:
         check_resume(out, interrupted, identity, config.epochs)
+    if ddp.needs_launch(config.nproc):  # --nproc N: N processes run this function again, rank 0's result
+        return ddp.launch(
+            train_seq2seq,
+            (train_path, out_dir, config, dev_path, fmt, keep_stress),
+            dict(progress=progress, log=ddp.picklable_log(log), resume=resume, force=force),
+            config.nproc,
+        )
 
     def step(model, idx):
         src, lens, inp, gold = tensors([sources[i] for i in idx], [targets[i] for i in idx])
@@ -322,6 +337,9 @@ def train_seq2seq(
         )
         training["format"] = fmt
         training["keep_stress"] = keep_stress
+        training["processes"] = config.nproc
+        if distilled is not None:
+            training["distill"] = distilled
         return save_seq2seq_checkpoint(
             out, result.model, src_tok, tgt_tok, training, dev_pairs, plot=snapshot is None, resume=snapshot
         )
@@ -341,7 +359,7 @@ def train_seq2seq(
         resume=interrupted,
     )
     best = result.best_dev
-    path = save(result)
+    path = save(result) if ddp.is_main() else out  # the checkpoint is written once, by rank 0
     log(
         f"best epoch {result.best_epoch}: dev token err {best['token_error_rate']:.4f}, seq err "
         f"{best['sequence_error_rate']:.4f}, BLEU {best['bleu']:.2f}, loss {best['loss']:.4f}; "

@@ -30,6 +30,7 @@ from torch import nn
 from rnnkit.runtime.charset import CharVocab
 from rnnkit.runtime.errors import InputError
 from rnnkit.runtime.tokenizer import WordTokenizer, ranked_vocab
+from rnnkit.toolkit import ddp
 from rnnkit.toolkit.checkpoint import TagCheckpoint as TagCheckpoint
 from rnnkit.toolkit.checkpoint import load_tagger_checkpoint as load_tagger_checkpoint
 from rnnkit.toolkit.checkpoint import save_tagger_checkpoint
@@ -109,8 +110,8 @@ def train_tagger(
     write the best epoch's checkpoint to ``out_dir`` (``resume``: continue the interrupted run
     there, with the same options and data; only ``epochs`` may change).
     ``force``: what to do with an earlier run in ``out_dir`` (``resume.read_resume_state``)."""
-    config = config or TagTrainConfig()
-    log = log or (lambda _msg: None)
+    config = ddp.prepare(config or TagTrainConfig())  # under torchrun: join its process group
+    log = log if log and ddp.is_main() else (lambda _msg: None)
     out = Path(out_dir)
     interrupted = read_resume_state(out, resume, force)
     train_s, dev_s, split = read_splits(
@@ -146,6 +147,13 @@ def train_tagger(
     )
     if interrupted is not None:
         check_resume(out, interrupted, identity, config.epochs)
+    if ddp.needs_launch(config.nproc):  # --nproc N: N processes run this function again, rank 0's result
+        return ddp.launch(
+            train_tagger,
+            (train_path, out_dir, config),
+            dict(dev_path=dev_path, progress=progress, log=ddp.picklable_log(log), resume=resume, force=force),
+            config.nproc,
+        )
 
     model_config = TaggerConfig(
         vocab_size=tok.vocab_size,
@@ -206,7 +214,7 @@ def train_tagger(
         resume=interrupted,
     )
     best_epoch, best_dev, elapsed = result.best_epoch, result.best_dev, result.elapsed
-    path = save(result)
+    path = save(result) if ddp.is_main() else out  # the checkpoint is written once, by rank 0
     log(
         f"best epoch {best_epoch}: dev accuracy {best_dev['accuracy']:.4f}; checkpoint written to {path} "
         f"({elapsed:.1f}s)"

@@ -248,8 +248,23 @@ def _make_fma(nr: int, ahead: int = 0):
     return fma_py if numba.config.DISABLE_JIT else fma
 
 
-_fma1, _fma4 = _make_fma(1), _make_fma(4)
+_fma1, _fma2, _fma4 = _make_fma(1), _make_fma(2), _make_fma(4)
 _fma1p, _fma4p = _make_fma(1, ahead=1024), _make_fma(4, ahead=1024)  # 4 KB ahead
+
+
+@njit(**JIT)
+def _fma_rest(W, woff, V, n, nk, out, ostride, ooff):
+    """The last n % 4 rows of V (after the 4-row passes): a pair in one pass over the block, then
+    a last row (beams of 2-3, odd batches: 2 passes over the weights for 3 rows, not 3; a 3-row
+    kernel as well measured no faster and made the first compile longer).  Each row's sums are the
+    same FMAs in the same order whatever the number of rows: a row alone equals the row in a batch."""
+    rest = n % 4
+    if rest >= 2:
+        _fma2(W, woff, V, n - rest, nk, out, ostride, ooff)
+    if rest % 2:
+        _fma1(W, woff, V, n - 1, nk, out, ostride, ooff)
+
+
 _L2, _L3 = cache_bytes(2), cache_bytes(3)
 
 
@@ -270,12 +285,11 @@ def _matvec_f32(V, n, Q, out, c0, ncols, backwards):
     direct = width == ncols  # no padded columns: the sums go straight to out (contiguous rows)
     dst = out if direct else np.empty((n, width), np.float32)
     stride, off = (out.shape[1], c0) if direct else (width, 0)
-    for i in range(ncb):  # 4 rows per pass over a block of weights, then the rest one by one
+    for i in range(ncb):  # 4 rows per pass over a block of weights, then the last 1-3 rows in one
         cb = ncb - 1 - i if backwards else i
         for r0 in range(0, n - 3, 4):
             _fma4(Q, cb * K * PB, V, r0, K, dst, stride, off + cb * PB)
-        for r0 in range(n - n % 4, n):
-            _fma1(Q, cb * K * PB, V, r0, K, dst, stride, off + cb * PB)
+        _fma_rest(Q, cb * K * PB, V, n, K, dst, stride, off + cb * PB)
     if not direct:
         for i in range(n):
             for j in range(ncols):
@@ -472,16 +486,36 @@ def _project(X, Q, scale, zp, bias, out, ahead=False):
                 _fma4p(wb, 0, Xp, r0, Kp, dst, stride, off)
             else:
                 _fma4(wb, 0, Xp, r0, Kp, dst, stride, off)
-        for r0 in range(N - N % 4, N):
-            if ahead:
-                _fma1p(wb, 0, Xp, r0, Kp, dst, stride, off)
-            else:
-                _fma1(wb, 0, Xp, r0, Kp, dst, stride, off)
+        if not ahead:
+            _fma_rest(wb, 0, Xp, N, Kp, dst, stride, off)
+        for r0 in range(N - N % 4, N if ahead else 0):  # prefetched weights: one by one (first compile)
+            _fma1p(wb, 0, Xp, r0, Kp, dst, stride, off)
     for r in range(N):
         for j in range(full * PB):
             out[r, j] += bias[j]
         for j in range(C - full * PB):
             out[r, full * PB + j] = tail[r, j] + bias[full * PB + j]
+
+
+WIDE_ROWS = 16  # above this many rows an RNN with 8-bit weights runs widened to fp32 (rnn.batch_twin)
+WIDE_BYTES = 1 << 20  # ... and from 2 rows on when the widened recurrent weights are at most this (in L2)
+
+
+def widened(Q: np.ndarray, scale: np.ndarray, zp: np.ndarray) -> np.ndarray:
+    """8-bit blocks Q (pack_blocks, (..., ncb, Kp/2, 2*PB)) as fp32 blocks (..., ncb, Kp, PB) of the
+    dequantized weights (q - zp) * scale, scale/zp (..., >= columns) per column; the fp32 arithmetic
+    of ``_block_f32`` (the same values bit for bit), cache-line aligned.  See ``rnn.batch_twin``."""
+    *lead, ncb, nkk, two_pb = Q.shape
+    width = ncb * PB
+    s = np.zeros((*lead, width), np.float32)  # padded columns: scale 0 (their weights are 0 anyway)
+    z = np.zeros((*lead, width), np.float32)
+    n = min(width, scale.shape[-1])
+    s[..., :n], z[..., :n] = scale[..., :n], zp[..., :n]
+    q = Q.reshape(*lead, ncb, nkk, PB, 2)
+    q = np.moveaxis(q, -1, -2).reshape(*lead, ncb, 2 * nkk, PB).astype(np.float32)
+    out = _aligned_empty(q.shape, np.float32)
+    out[...] = (q - z.reshape(*lead, ncb, 1, PB)) * s.reshape(*lead, ncb, 1, PB)
+    return out
 
 
 def _as_int8(q, scale, zero_point):

@@ -79,6 +79,7 @@ def pack_quads(M: np.ndarray) -> np.ndarray:
     return blocks
 
 
+PROJ_ROWS = 64  # rows of project_u8's int32 sums held at once (64 x 1024 columns: 256 KB)
 KMAX = 16384  # padded K up to which every int32 term of the zero-point correction fits (see below)
 
 
@@ -207,7 +208,7 @@ def _make_dot(nr: int, vnni: bool):
     return grouped_dot_py(nr, 4) if numba.config.DISABLE_JIT else dot
 
 
-_dot4, _dot1 = _make_dot(4, VNNI), _make_dot(1, VNNI)
+_dot1, _dot2, _dot4 = _make_dot(1, VNNI), _make_dot(2, VNNI), _make_dot(4, VNNI)
 _dot4_pairs, _dot1_pairs = _make_dot(4, False), _make_dot(1, False)  # the portable lowering (tested)
 
 
@@ -224,13 +225,38 @@ def _params(lo, hi):
 
 @njit(**EXACT)
 def _range(x, lo, hi):
-    """(min, max) of x folded into (lo, hi), and whether x holds a NaN or inf."""
-    probe = np.float32(0.0)
-    for v in x:
-        lo = v if v < lo else lo
-        hi = v if v > hi else hi
-        probe += v * np.float32(0.0)  # NaN for a NaN or inf
-    return lo, hi, probe != np.float32(0.0)
+    """(min, max) of x folded into (lo, hi), and whether x holds a NaN or inf.
+
+    Four independent chains of each (the comparisons and the probe's adds are serial otherwise:
+    without fast-math LLVM does not vectorise a float min/max reduction; 2.3x faster at K=256).
+    The minimum, the maximum and whether any probe is NaN do not depend on the order."""
+    n = x.shape[0]
+    z = np.float32(0.0)
+    lo0 = lo1 = lo2 = lo3 = lo
+    hi0 = hi1 = hi2 = hi3 = hi
+    p0 = p1 = p2 = p3 = z
+    for k in range(0, n - 3, 4):
+        v0, v1, v2, v3 = x[k], x[k + 1], x[k + 2], x[k + 3]
+        lo0 = v0 if v0 < lo0 else lo0
+        lo1 = v1 if v1 < lo1 else lo1
+        lo2 = v2 if v2 < lo2 else lo2
+        lo3 = v3 if v3 < lo3 else lo3
+        hi0 = v0 if v0 > hi0 else hi0
+        hi1 = v1 if v1 > hi1 else hi1
+        hi2 = v2 if v2 > hi2 else hi2
+        hi3 = v3 if v3 > hi3 else hi3
+        p0 += v0 * z  # NaN for a NaN or inf
+        p1 += v1 * z
+        p2 += v2 * z
+        p3 += v3 * z
+    for k in range(n - n % 4, n):
+        v = x[k]
+        lo0 = v if v < lo0 else lo0
+        hi0 = v if v > hi0 else hi0
+        p0 += v * z
+    lo = min(min(lo0, lo1), min(lo2, lo3))
+    hi = max(max(hi0, hi1), max(hi2, hi3))
+    return lo, hi, (p0 + p1) + (p2 + p3) != z
 
 
 @njit(**EXACT)
@@ -260,7 +286,8 @@ def _dequantize(acc, z, qsum, zterm, wscale, c0, ncols, out, s):
     corr, zw = zterm[0], zterm[1]
     for j in range(ncols):
         c = c0 + j
-        v = acc[c] - zi * corr[c] - zw[c] * qi
+        # int32 throughout (numba would widen to int64; exact either way, see zero_point_terms)
+        v = np.int32(np.int32(acc[c] - np.int32(zi * corr[c])) - np.int32(zw[c] * qi))
         out[j] = np.float32(v) * (s * wscale[c])
 
 
@@ -276,11 +303,15 @@ def _dots(Q, hq, N, acc, vnni_kernels):
                 _dot4(Q, off, hq, r0, nkq, acc, width, cb * PB)
             else:
                 _dot4_pairs(Q, off, hq, r0, nkq, acc, width, cb * PB)
-        for r0 in range(N - N % 4, N):
-            if vnni_kernels:
-                _dot1(Q, off, hq, r0, nkq, acc, width, cb * PB)
-            else:
-                _dot1_pairs(Q, off, hq, r0, nkq, acc, width, cb * PB)
+        rest = N % 4  # the last 1-3 rows: a pair in one pass, then a last row (the portable
+        if not vnni_kernels:  # lowering one by one: shorter first compiles, see matvec._fma_rest)
+            for r in range(N - rest, N):
+                _dot1_pairs(Q, off, hq, r, nkq, acc, width, cb * PB)
+            continue
+        if rest >= 2:
+            _dot2(Q, off, hq, N - rest, nkq, acc, width, cb * PB)
+        if rest % 2:
+            _dot1(Q, off, hq, N - 1, nkq, acc, width, cb * PB)
 
 
 def _dots_any(Q, hq, N, acc, vnni_kernels):
@@ -347,7 +378,7 @@ def project_u8(X, layout, Q, zterm, wscale, bias, out, vnni_kernels=VNNI):
     for g in range(nb):
         scale[g], zp[g] = _params(lo[g], hi[g])
     N = A0 * A1
-    hq, acc = np.empty((N, 4 * Q.shape[1]), np.uint8), np.empty((N, Q.shape[0] * PB), np.int32)
+    hq = np.empty((N, 4 * Q.shape[1]), np.uint8)
     qsum = np.empty(N, np.int32)
     group = np.empty(N, np.int64)  # the batch row of each row of X flattened
     for a in range(A0):
@@ -355,10 +386,25 @@ def project_u8(X, layout, Q, zterm, wscale, bias, out, vnni_kernels=VNNI):
             r = a * A1 + b
             group[r] = b if layout == 0 else a
             qsum[r] = _quantize_row(X[a, b], scale[group[r]], zp[group[r]], hq[r])
-    _dots_any(Q, hq, N, acc, vnni_kernels)
-    for r in range(N):
-        g = group[r]
-        s = np.float32(np.nan) if bad[g] else scale[g]
-        _dequantize(acc[r], zp[g], qsum[r], zterm, wscale, 0, C, out[r], s)
-        for j in range(C):
-            out[r, j] += bias[j]
+    # PROJ_ROWS rows at a time: their int32 sums stay in L2 until dequantized (all rows at once:
+    # 2048 x 2048 sums, 16 MB, written and read back from memory; the weights stay in L2 either way)
+    acc = np.empty((min(N, PROJ_ROWS), Q.shape[0] * PB), np.int32)
+    for r0 in range(0, N, PROJ_ROWS):
+        n = min(PROJ_ROWS, N - r0)
+        _dots_any(Q, hq[r0 : r0 + n], n, acc, vnni_kernels)
+        for i in range(n):
+            g = group[r0 + i]
+            s = np.float32(np.nan) if bad[g] else scale[g]
+            _dequantize_bias(acc[i], zp[g], qsum[r0 + i], zterm, wscale, C, out[r0 + i], s, bias)
+
+
+@njit(**EXACT)
+def _dequantize_bias(acc, z, qsum, zterm, wscale, ncols, out, s, bias):
+    """``_dequantize`` of columns 0..ncols-1 plus bias[j], in the same pass: the product is rounded
+    to fp32, then the bias added (two roundings, as a separate pass; no fast-math, no FMA)."""
+    zi, qi = np.int32(z), np.int32(qsum)
+    corr, zw = zterm[0], zterm[1]
+    for j in range(ncols):
+        v = np.int32(np.int32(acc[j] - np.int32(zi * corr[j])) - np.int32(zw[j] * qi))
+        p = np.float32(v) * (s * wscale[j])
+        out[j] = p + bias[j]

@@ -28,6 +28,7 @@ Must not import torch or onnxruntime.
 
 from __future__ import annotations
 
+import copy
 from typing import NamedTuple
 
 import numba
@@ -41,6 +42,8 @@ from .config import FASTMATH
 from .config import JIT as _JIT
 from .matvec import (  # noqa: F401
     PB,
+    WIDE_BYTES,
+    WIDE_ROWS,
     _as_int8,
     _block_f32,
     _fma1,
@@ -52,6 +55,7 @@ from .matvec import (  # noqa: F401
     _project_any,
     pack_blocks,
     project,
+    widened,
 )
 from .qdot import matvec_u8, pack_quads, project_u8, workspace, zero_point_terms
 
@@ -428,6 +432,7 @@ class PackedRNN:
             self.P,
         )
         self.record = tuple(self.weights)  # what the compiled entry points take (see RNNWeights)
+        self._twin: PackedRNN | None = None  # fp32 weights for batches of 8-bit ones (batch_twin)
 
     def project(self, X: np.ndarray, layout: int = 0) -> np.ndarray:
         """X (A0, A1, I) -> X W^T + biases, (A0, A1, nd*G*H), both directions in one pass
@@ -472,6 +477,46 @@ def kernel_scalars(packed: PackedRNN, clip, flag) -> tuple:
     return (NO_CLIP if clip is None else np.float32(clip), packed.lbr if packed.kind == GRU else int(bool(flag)))
 
 
+def batch_twin(packed: PackedRNN, batch: int) -> PackedRNN:
+    """What ``run`` runs for ``batch`` rows: ``packed`` itself, or for 8-bit weights times fp32
+    states (weight-only int8; not uint8 activations) at more than ``WIDE_ROWS`` rows, and from 2
+    rows when the fp32 recurrent weights fit in ``WIDE_BYTES`` (L2), a twin with the weights
+    widened to fp32 (``matvec.widened``, made once and kept: 4x the 8-bit weights' memory).
+
+    The int16-split product (``_matvec_q16``) runs two int16 rows per row: at batch 32 it took 1.6x
+    the fp32 kernel's time (GRU H=256, 64 steps: 10.9 vs 6.8 ms), and at batch 4 a GRU H=256
+    (768 KB of fp32 recurrent weights) ran 1.7x its fp32 twin.  Both are the dequantized weights'
+    product to fp32 rounding, so a row alone and in a batch agree to ``FP32`` (as ``project``
+    already did above ``Q16_ROWS`` rows), and the twin runs the fp32 kernels: no compiled code of
+    its own (a compiled widening made every first compile 10% longer)."""
+    if packed.aq or packed.T1.dtype == np.float32 or batch < 2:
+        return packed
+    if batch <= WIDE_ROWS and 4 * (packed.T1.size + packed.T2.size) > WIDE_BYTES:
+        return packed
+    twin = packed._twin
+    if twin is None:
+        twin = copy.copy(packed)
+        H, nd = packed.H, packed.nd
+        c1 = 2 * H if packed.T2.shape[1] else packed.rs.shape[1]  # GRU lbr=0: T1 is [z r], T2 h
+        twin.T1 = widened(packed.T1, packed.rs[:, :c1], packed.rz[:, :c1])
+        if packed.T2.shape[1]:
+            twin.T2 = widened(packed.T2, packed.rs[:, c1:], packed.rz[:, c1:])
+        else:
+            twin.T2 = np.zeros(twin.T1.shape[:1] + (0,) + twin.T1.shape[2:], np.float32)
+        twin.rs, twin.rz = np.ones_like(packed.rs), np.zeros_like(packed.rz)
+        twin.Wb = widened(packed.Wb, packed.ws, packed.wz)
+        twin.ws, twin.wz = np.ones_like(packed.ws), np.zeros_like(packed.wz)
+        w = packed.weights
+        twin.weights = RNNWeights(
+            twin.Wb, twin.ws, twin.wz, w.wzt, w.bias, twin.T1, twin.T2, twin.rs, twin.rz, w.rzt, w.rbh, w.P
+        )
+        twin.record = tuple(twin.weights)
+        twin._twin = None
+        packed._twin = twin
+        assert nd == twin.T1.shape[0]
+    return twin
+
+
 def run(
     packed: PackedRNN,
     X,
@@ -510,6 +555,7 @@ def run(
         if lens.shape[0] != Bn:
             raise ValueError(f"sequence_lens has {lens.shape[0]} entries for a batch of {Bn}")
     shape = (nd, Bn, H)
+    packed = batch_twin(packed, Bn)
     h0 = _state(initial_h, shape, layout, "initial_h")
     c0 = _state(initial_c, shape, layout, "initial_c")
     clipv, fl = kernel_scalars(packed, clip, flag)

@@ -1,0 +1,113 @@
+"""The multi-row kernels of the numba backend: 4 rows per pass over each weight block, then a pair
+and a last row (matvec._fma_rest, qdot._dots), row-chunked uint8 projections
+(qdot.PROJ_ROWS) and 8-bit weights widened to fp32 for batches (rnn.batch_twin).
+
+Every path must keep a row's result independent of its batch neighbours: bit for bit where the
+arithmetic per row is the same (fp32 FMAs in k order, exact int32 sums), within FP32 where a
+batch switches 8-bit weights from the int16-split product to fp32 ones (both are the dequantized
+weights' product to fp32 rounding).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rnnkit.runtime.numba_backend import matvec, qdot, rnn
+from rnnkit.runtime.tolerance import FP32
+
+ROWS = (1, 2, 3, 5, 6, 7)  # every remainder after the 4-row passes: 1, 2, 3, 1, 2, 3
+
+
+def test_fp32_row_blocks_equal_each_row_alone():
+    """_matvec and _project (with and without prefetch) give each row of a batch of 1-7 rows the
+    bits it gets alone, and the float64 product to FP32."""
+    rng = np.random.default_rng(0)
+    K, C = 19, 130  # K and C not multiples of the blocks
+    M = rng.normal(size=(1, K, C)).astype(np.float32)
+    Q = matvec.pack_blocks(M)[0]
+    ones, zeros = np.ones(C, np.float32), np.zeros(C, np.float32)
+    bias = rng.normal(size=C).astype(np.float32)
+    for n in ROWS:
+        V = np.zeros((n, Q.shape[1]), np.float32)
+        V[:, :K] = rng.normal(size=(n, K))
+        got = np.empty((n, C), np.float32)
+        matvec._matvec(V, n, Q, ones, zeros, got, 0, C)
+        proj = np.empty((n, C), np.float32)
+        matvec._project(V[:, :K].copy(), Q, ones, zeros, bias, proj)
+        ahead = np.empty((n, C), np.float32)
+        matvec._project(V[:, :K].copy(), Q, ones, zeros, bias, ahead, True)
+        want = V[:, :K].astype(np.float64) @ M[0]
+        assert FP32.close(got, want), (n, FP32.worst(got, want))
+        assert np.array_equal(ahead, proj)
+        for r in range(n):
+            one = np.empty((1, C), np.float32)
+            matvec._matvec(V[r : r + 1].copy(), 1, Q, ones, zeros, one, 0, C)
+            assert np.array_equal(one[0], got[r]), (n, r)
+            matvec._project(V[r : r + 1, :K].copy(), Q, ones, zeros, bias, one)
+            assert np.array_equal(one[0], proj[r]), (n, r)
+
+
+def test_u8_row_blocks_are_exact_for_every_remainder():
+    """qdot._dots with 1-7 rows (the 4-row kernel, then 3, 2 or 1 rows at once), both lowerings:
+    the exact int64 products."""
+    rng = np.random.default_rng(1)
+    K, C = 37, 200
+    M = rng.integers(-128, 128, (1, K, C)).astype(np.int8)
+    Q = qdot.pack_quads(M)[0]
+    Kp = 4 * Q.shape[1]
+    for n in ROWS:
+        hq = np.zeros((n, Kp), np.uint8)
+        hq[:, :K] = rng.integers(0, 256, (n, K))
+        want = hq[:, :K].astype(np.int64) @ M[0].astype(np.int64)
+        for vnni in (True, False) if qdot.VNNI else (False,):
+            acc = np.full((n, Q.shape[0] * matvec.PB), 7, np.int32)
+            qdot._dots(Q, hq, n, acc, vnni)
+            np.testing.assert_array_equal(acc[:, :C], want, err_msg=f"rows={n} vnni={vnni}")
+
+
+def test_u8_projection_in_row_chunks_equals_each_batch_row_alone():
+    """project_u8 over more than PROJ_ROWS rows (T * B = 2 * 70): each batch row equals the row
+    projected alone (one quantization parameter set per batch row), bit for bit, bias included."""
+    rng = np.random.default_rng(2)
+    I, C, T, B = 24, 130, 70, 2
+    assert T * B > qdot.PROJ_ROWS
+    M = rng.integers(-128, 128, (1, I, C)).astype(np.int8)
+    ws, wz = (rng.random(C) * 0.01).astype(np.float32), np.full(C, 3, np.float32)
+    Q, zterm = qdot.pack_quads(M)[0], qdot.zero_point_terms(M, wz[None])[0]
+    bias = rng.normal(size=C).astype(np.float32)
+    X = rng.normal(size=(T, B, I)).astype(np.float32)
+    out = np.empty((T * B, C), np.float32)
+    qdot.project_u8(X, 0, Q, zterm, ws, bias, out)
+    out = out.reshape(T, B, C)
+    for b in range(B):
+        one = np.empty((T, C), np.float32)
+        qdot.project_u8(np.ascontiguousarray(X[:, b : b + 1]), 0, Q, zterm, ws, bias, one)
+        np.testing.assert_array_equal(one, out[:, b])
+
+
+@pytest.mark.parametrize("kind,batch", [(rnn.GRU, 3), (rnn.GRU, 18), (rnn.LSTM, 18)])
+def test_int8_weights_widened_for_batches_match_rows_alone(kind, batch):
+    """8-bit weights times fp32 states: a batch (run by rnn.batch_twin's fp32 twin: from 2 rows for
+    weights that fit WIDE_BYTES, above WIDE_ROWS rows always) gives each row its result alone
+    (int16-split product) and the dequantized fp32 weights' result, to FP32 (GRU:
+    linear_before_reset=0, whose second product has its own widened blocks and scales)."""
+    rng = np.random.default_rng(3)
+    H, I = 32, 16
+    G = rnn.GATES[kind] * H
+    Wq, Rq = (rng.integers(-127, 128, (1, k, G)).astype(np.int8) for k in (I, H))
+    scale = rng.uniform(1.0, 2.0, (1, G)).astype(np.float32) / (127 * np.sqrt(H))  # weights of a trained size
+    zp = np.zeros((1, G), np.float32)
+    B = rng.normal(size=(1, 2 * G)).astype(np.float32)
+    packed = rnn.PackedRNN(kind, H, (Wq, scale, zp), (Rq, scale, zp), B, None)
+    assert rnn.batch_twin(packed, batch) is not packed and rnn.batch_twin(packed, 1) is packed
+    deq = [(q.transpose(0, 2, 1).astype(np.float32) * scale[..., None]) for q in (Wq, Rq)]
+    dense = rnn.PackedRNN(kind, H, deq[0], deq[1], B, None)
+    X = rng.normal(size=(11, batch, I)).astype(np.float32)
+    Y, h, _ = rnn.run(packed, X, threads=1)
+    Yd, hd, _ = rnn.run(dense, X, threads=1)
+    assert FP32.close(Y, Yd), FP32.worst(Y, Yd)
+    for r in (0, batch // 2, batch - 1):
+        alone = rnn.run(packed, np.ascontiguousarray(X[:, r : r + 1]), threads=1)
+        assert FP32.close(alone[0][:, :, 0], Y[:, :, r]), FP32.worst(alone[0][:, :, 0], Y[:, :, r])
+        assert FP32.close(alone[1][:, 0], h[:, r])
