@@ -91,3 +91,18 @@ def fsync_dir(path: str | os.PathLike) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def read_text_file(path: str | os.PathLike, encoding: str = "utf-8", purpose: str = "give a plain-text file") -> str:
+    """A whole plain-text file, refused with one clear line when it is missing, not ``encoding``
+    text, or empty (``purpose``: what the message tells the user to do instead)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such text file -- {purpose}")
+    try:
+        text = p.read_text(encoding=encoding)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{p}: not {encoding} text ({e.reason} at byte {e.start}) -- pass --encoding") from None
+    if not text.strip():
+        raise InputError(f"{p}: is empty -- {purpose}")
+    return text

@@ -67,18 +67,6 @@ def eval_lm(bundle, data_path, streams, backend, int8, threads, encoding, as_jso
 
 
 def _read(path, encoding: str) -> str:
-    """The file's text (train_lm.read_text's checks; that module imports torch)."""
-    from pathlib import Path
+    from ..runtime.io import read_text_file
 
-    from ..runtime.errors import InputError
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such text file -- give the text to evaluate on (--data)")
-    try:
-        text = p.read_text(encoding=encoding)
-    except UnicodeDecodeError as e:
-        raise InputError(f"{p}: not {encoding} text ({e.reason} at byte {e.start}) -- pass --encoding") from None
-    if not text.strip():
-        raise InputError(f"{p}: is empty -- nothing to evaluate")
-    return text
+    return read_text_file(path, encoding, "give the text to evaluate on (--data)")

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from rnnkit.runtime.errors import InputError
+from rnnkit.runtime.io import read_text_file
 from rnnkit.runtime.tokenizer import DEFAULT_EOS, CharTokenizer, WhitespaceTokenizer, WordTokenizer
 from rnnkit.toolkit.checkpoint import CONFIG_FILE, save_lm_checkpoint
 from rnnkit.toolkit.checkpoint import LMCheckpoint as LMCheckpoint
@@ -51,16 +52,7 @@ class LMTrainResult:
 
 
 def read_text(path, encoding: str = "utf-8") -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such text file -- give a plain-text file (--train / --dev)")
-    try:
-        text = p.read_text(encoding=encoding)
-    except UnicodeDecodeError as e:
-        raise InputError(f"{p}: not {encoding} text ({e.reason} at byte {e.start}) -- pass --encoding") from None
-    if not text.strip():
-        raise InputError(f"{p}: is empty -- a language model needs text to train on")
-    return text
+    return read_text_file(path, encoding, "give a plain-text file a language model can train on (--train / --dev)")
 
 
 def split_by_position(text: str, fraction: float) -> tuple[str, str]:
