@@ -251,13 +251,23 @@ def create_app(models: dict[str, Any], settings: Settings | None = None, sources
     async def one_model(name: str) -> JSONResponse:
         return JSONResponse(get(name).describe())
 
+    _add_task_routes(v1, get, settings)
+    app.include_router(v1)
+    _install_error_handlers(app)
+    app.add_middleware(RequestGate, max_body_bytes=settings.limits.max_body_bytes, holder=gate_holder)
+    return app
+
+
+def _add_task_routes(v1, get, settings: Settings) -> None:
+    """The task endpoints of ``/v1/models/{name}``: predict (batched), generate, explain; ``get(name)``
+    is the served model or a 404."""
+
     @v1.post("/models/{name}/predict", summary="Classify, tag or translate one input or a list (batched)")
     async def predict(name: str, body: PredictRequest) -> JSONResponse:
         entry = get(name)
         if entry.batcher is None:
             raise _wrong_task(entry, "predict")
-        items = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
-        _check_items(items, settings.limits)
+        items = _inputs(body.inputs, settings.limits)
         options: dict[str, Any] = {"truncate": body.truncate}
         decoding = {k: getattr(body, k) for k in DECODING if getattr(body, k) is not None}
         if decoding and entry.task != "seq2seq":
@@ -313,16 +323,17 @@ def create_app(models: dict[str, Any], settings: Settings | None = None, sources
                 f"model {name!r} ({entry.task}) cannot explain its predictions: this rnnkit.runtime has no "
                 f"explain() for {entry.model.noun} bundle; POST .../predict answers without explanations",
             )
-        items = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
-        _check_items(items, settings.limits)
+        items = _inputs(body.inputs, settings.limits)
         method = {} if body.method is None else {"method": body.method}
         found = await _await_model(run_in_threadpool(entry.model.explain, items, **method), name)
         return JSONResponse({"model": name, "task": entry.task, "outputs": [e.to_dict() for e in found]})
 
-    app.include_router(v1)
-    _install_error_handlers(app)
-    app.add_middleware(RequestGate, max_body_bytes=settings.limits.max_body_bytes, holder=gate_holder)
-    return app
+
+def _inputs(inputs, limits) -> list[str]:
+    """One input or a list of them, as a list within ``limits`` (else 413/422)."""
+    items = [inputs] if isinstance(inputs, str) else list(inputs)
+    _check_items(items, limits)
+    return items
 
 
 async def _await_model(awaitable, name: str):
