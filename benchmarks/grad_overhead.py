@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from rnnkit.toolkit.gradients import GradientRecorder
-from rnnkit.toolkit.loop import batches, train_epoch
+from rnnkit.toolkit.loop import adam, batches, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -136,7 +136,7 @@ def measure(name, make_model, step, todo, clip, rounds: int) -> tuple[float, flo
     for kind in ("with", "without"):
         torch.manual_seed(0)
         models[kind] = make_model()
-        optims[kind] = torch.optim.Adam(models[kind].parameters(), lr=1e-3)
+        optims[kind] = adam(models[kind], 1e-3)
         recorders[kind] = GradientRecorder(models[kind], clip) if kind == "with" else ClipOnly(models[kind], clip)
     times = {"with": [], "without": []}
     rng = np.random.default_rng(0)

