@@ -1,6 +1,6 @@
 """Peak arithmetic rate of one core, measured with numba: fp32 FMA FLOP/s and int8 ops/s.
 
-    .venv/bin/python benchmarks/cpu_peak.py [--seconds 0.3] [--repeat 5]
+    .venv/bin/python benchmarks/cpu_peak.py [--seconds 0.3] [--repeat 5] [--kernels]
 
 Each figure is the best of ``--repeat`` timed runs of a register-only loop (no memory traffic):
 ``ACC`` independent accumulator chains of 16-lane vectors, enough to hide the instruction
@@ -14,6 +14,10 @@ instructions the kernels use:
   per product (multiply and add), i.e. 128 ops per instruction; "-" where the target lacks VNNI.
 
 ``rnn_op_speed.py`` divides each row's arithmetic by these figures (its "% of peak" columns).
+``--kernels`` also times the backend's own products alone, as a batch's recurrent step runs them
+(K=256 inputs, 1024 columns, 32 rows, 64 calls on the same weights): the fp32 mat-vec
+(``matvec._matvec``) and the u8 x s8 block products (``qdot._dots``, no quantization), each as
+GMAC/s and as a share of the peak above.
 The machine is shared and its clock varies: the best run is the figure (noise only slows a run).
 """
 
@@ -121,10 +125,52 @@ def peaks(seconds: float = 0.3, repeat: int = 5) -> dict:
     return {"f32": rate("f32", seconds, repeat), "i8": rate("i8", seconds, repeat) if VNNI else None}
 
 
+def kernel_rates(repeat: int = 5, K: int = 256, C: int = 1024, rows: int = 32, calls: int = 64) -> dict:
+    """{"f32": MAC/s of matvec._matvec, "i8": MAC/s of qdot._dots or None without VNNI}."""
+    from rnnkit.runtime.numba_backend import matvec, qdot
+
+    rng = np.random.default_rng(0)
+    M = rng.normal(size=(1, K, C)).astype(np.float32)
+    Q = matvec.pack_blocks(M)[0]
+    V = rng.normal(size=(rows, Q.shape[1])).astype(np.float32)
+    ones, zeros = np.ones(C, np.float32), np.zeros(C, np.float32)
+    out = np.empty((rows, C), np.float32)
+    Qi = qdot.pack_quads(rng.integers(-127, 128, (1, K, C)).astype(np.int8))[0]
+    hq = rng.integers(0, 256, (rows, 4 * Qi.shape[1])).astype(np.uint8)
+    acc = np.empty((rows, Qi.shape[0] * matvec.PB), np.int32)
+
+    @njit(cache=False)
+    def f32_calls(n, V, Q, ones, zeros, out):  # arrays as arguments: numba freezes globals read-only
+        for i in range(n):
+            matvec._matvec(V, V.shape[0], Q, ones, zeros, out, 0, out.shape[1], (i & 1) == 1)
+
+    @njit(cache=False)
+    def i8_calls(n, Qi, hq, acc):
+        for _ in range(n):
+            qdot._dots(Qi, hq, hq.shape[0], acc, True)
+
+    result = {}
+    for kind, fn, arrays in (("f32", f32_calls, (V, Q, ones, zeros, out)), ("i8", i8_calls, (Qi, hq, acc))):
+        if kind == "i8" and not VNNI:
+            result[kind] = None
+            continue
+        fn(1, *arrays)
+        best = min(_timed(fn, calls, arrays) for _ in range(repeat))
+        result[kind] = K * C * rows * calls / best
+    return result
+
+
+def _timed(fn, n, arrays) -> float:
+    t0 = time.perf_counter()
+    fn(n, *arrays)
+    return time.perf_counter() - t0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=0.3, help="length of one timed run")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per figure (the best is kept)")
+    parser.add_argument("--kernels", action="store_true", help="also time the backend's products (see above)")
     args = parser.parse_args(argv)
     p = peaks(args.seconds, args.repeat)
     print(f"{common.machine()}, best of {args.repeat} runs of ~{args.seconds:g} s")
@@ -133,6 +179,12 @@ def main(argv=None):
         print("int8 dot :       - (the compile target has no AVX512-VNNI)")
     else:
         print(f"int8 dot : {p['i8'] / 1e9:7.1f} Gop/s per core (vpdpbusd zmm, 1 op = a multiply or an add)")
+    if args.kernels:
+        k = kernel_rates(args.repeat)
+        print("products alone, K=256, 1024 columns, 32 rows, 64 calls:")
+        for kind, name, unit in (("f32", "fp32 matvec._matvec", "FMA"), ("i8", "u8 x s8 qdot._dots ", "vpdpbusd")):
+            if k[kind] is not None:  # a MAC is 2 ops of the peak
+                print(f"{name}: {k[kind] / 1e9:6.1f} GMAC/s = {200 * k[kind] / p[kind]:.0f}% of the {unit} peak")
 
 
 if __name__ == "__main__":

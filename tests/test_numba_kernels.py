@@ -10,6 +10,7 @@ weights' product to fp32 rounding).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 
@@ -46,6 +47,35 @@ def test_fp32_row_blocks_equal_each_row_alone():
             assert np.array_equal(one[0], got[r]), (n, r)
             matvec._project(V[r : r + 1, :K].copy(), Q, ones, zeros, bias, one)
             assert np.array_equal(one[0], proj[r]), (n, r)
+
+
+@numba.njit(cache=False)
+def _kernel4(Q, V, nk, out):
+    matvec._fma4(Q, 0, V, 0, nk, out, out.shape[1], 0)
+
+
+@numba.njit(cache=False)
+def _kernel1(Q, V, nk, out):
+    matvec._fma1(Q, 0, V, 0, nk, out, out.shape[1], 0)
+
+
+@pytest.mark.parametrize("nk", [1, 3, 4, 5, 8, 11])
+def test_fp32_kernels_unrolled_k_loop_with_every_remainder(nk):
+    """The fp32 kernels run K_UNROLL k per loop iteration and the rest one by one: for any K, the
+    4-row kernel's rows equal the 1-row kernel's bit for bit (the same FMAs in the same order) and
+    the float64 product to FP32."""
+    rng = np.random.default_rng(nk)
+    Q = matvec.pack_blocks(rng.normal(size=(1, nk, 64)).astype(np.float32))[0]
+    V = np.zeros((4, Q.shape[1]), np.float32)
+    V[:, :nk] = rng.normal(size=(4, nk))
+    four = np.zeros((4, 64), np.float32)
+    _kernel4(Q, V, nk, four)
+    for r in range(4):
+        one = np.zeros((1, 64), np.float32)
+        _kernel1(Q, V[r : r + 1].copy(), nk, one)
+        assert np.array_equal(one[0], four[r]), r
+    want = V[:, :nk].astype(np.float64) @ Q[0, :nk].astype(np.float64)
+    assert FP32.close(four, want), FP32.worst(four, want)
 
 
 def test_u8_row_blocks_are_exact_for_every_remainder():
