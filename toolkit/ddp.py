@@ -199,8 +199,11 @@ def wrap(model: torch.nn.Module) -> torch.nn.Module:
     ``unwrap`` restores the modules."""
     from torch.nn.parallel import DistributedDataParallel
 
+    uses: dict[int, int] = {}  # a table tied to an output layer gets a dense gradient there too
+    for _, p in model.named_parameters(remove_duplicate=False):
+        uses[id(p)] = uses.get(id(p), 0) + 1
     for m in model.modules():
-        if isinstance(m, torch.nn.Embedding) and m.weight.requires_grad:
+        if isinstance(m, torch.nn.Embedding) and m.weight.requires_grad and uses[id(m.weight)] == 1:
             m.sparse = True
     return DistributedDataParallel(model)
 
