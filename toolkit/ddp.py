@@ -88,10 +88,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(fn: Callable, args: tuple, kwargs: dict, nproc: int):
+def launch(fn: Callable, nproc: int, *args, **kwargs):
     """Run ``fn(*args, **kwargs)`` in ``nproc`` spawned processes joined in one gloo group on
-    localhost -> rank 0's return value.  Only rank 0 logs (``print``) and shows progress."""
+    localhost -> rank 0's return value.  Only rank 0 logs (``kwargs["log"]`` where it pickles, see
+    ``picklable_log``) and shows progress."""
     import torch.multiprocessing as mp
+
+    if "log" in kwargs:
+        kwargs["log"] = picklable_log(kwargs["log"])
 
     main = sys.modules["__main__"]
     hidden = getattr(main, "__file__", None)

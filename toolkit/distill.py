@@ -124,9 +124,21 @@ def read_provenance(folder: Path, count: int) -> dict | None:
     return prov if prov.get("format") == CACHE_FORMAT and prov.get("count") == count else None
 
 
-def write_provenance(folder: Path, prov: dict) -> None:
+def write_provenance(folder: Path, teacher, items: Sequence[str], t0: float, **fields) -> dict:
+    """Write the cache entry's provenance (written last: an entry without it is incomplete) -> it.
+    ``fields``: what the entry holds and how it was made; the teacher, the count and hash of the
+    inputs and the seconds since ``t0`` are added here."""
+    prov = {
+        "format": CACHE_FORMAT,
+        "teacher": teacher.record(),
+        **fields,
+        "count": len(items),
+        "data_sha256": data_hash(items),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
     with atomic_writer(folder / PROVENANCE_FILE) as f:
         f.write(json.dumps(prov, indent=1, ensure_ascii=False) + "\n")
+    return prov
 
 
 def _every_tenth(total: int, log: Callable[[str], None], what: str):
@@ -169,17 +181,9 @@ def teacher_logits(
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_writer(folder / LOGITS_FILE, "wb") as f:
             np.save(f, logits.astype(np.float32))
-        prov = {
-            "format": CACHE_FORMAT,
-            "teacher": teacher.record(),
-            "targets": "logits",
-            "labels": list(teacher_labels),
-            "temperature": temperature,
-            "count": len(texts),
-            "data_sha256": data_hash(texts),
-            "seconds": round(time.perf_counter() - t0, 2),
-        }
-        write_provenance(folder, prov)
+        prov = write_provenance(
+            folder, teacher, texts, t0, targets="logits", labels=list(teacher_labels), temperature=temperature
+        )
         cached = False
     else:
         cached = True
@@ -280,17 +284,8 @@ def teacher_outputs(
         outputs = session.translate(list(sources), beam=beam, batch_size=batch_size, progress=progress, truncate=True)
         with atomic_writer(folder / OUTPUTS_FILE) as f:
             json.dump(outputs, f, ensure_ascii=False)
-        prov = {
-            "format": CACHE_FORMAT,
-            "teacher": teacher.record(),
-            "targets": "beam outputs",
-            **settings,
-            "count": len(sources),
-            "empty": sum(1 for o in outputs if not o.strip()),
-            "data_sha256": data_hash(sources),
-            "seconds": round(time.perf_counter() - t0, 2),
-        }
-        write_provenance(folder, prov)
+        empty = sum(1 for o in outputs if not o.strip())
+        prov = write_provenance(folder, teacher, sources, t0, targets="beam outputs", **settings, empty=empty)
         cached = False
     else:
         cached = True

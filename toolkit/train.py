@@ -164,9 +164,15 @@ def train_classifier(
     if ddp.needs_launch(config.nproc):  # --nproc N: N processes run this function again, rank 0's result
         return ddp.launch(
             train_classifier,
-            (train_path, out_dir, config),
-            dict(dev_path=dev_path, progress=progress, log=ddp.picklable_log(log), resume=resume, force=force),
             config.nproc,
+            train_path,
+            out_dir,
+            config,
+            dev_path=dev_path,
+            progress=progress,
+            log=log,
+            resume=resume,
+            force=force,
         )
 
     model_config = ClassifierConfig(

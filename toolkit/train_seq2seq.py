@@ -291,9 +291,17 @@ def train_seq2seq(
     if ddp.needs_launch(config.nproc):  # --nproc N: N processes run this function again, rank 0's result
         return ddp.launch(
             train_seq2seq,
-            (train_path, out_dir, config, dev_path, fmt, keep_stress),
-            dict(progress=progress, log=ddp.picklable_log(log), resume=resume, force=force),
             config.nproc,
+            train_path,
+            out_dir,
+            config,
+            dev_path,
+            fmt,
+            keep_stress,
+            progress=progress,
+            log=log,
+            resume=resume,
+            force=force,
         )
 
     def step(model, idx):

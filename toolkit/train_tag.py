@@ -150,9 +150,15 @@ def train_tagger(
     if ddp.needs_launch(config.nproc):  # --nproc N: N processes run this function again, rank 0's result
         return ddp.launch(
             train_tagger,
-            (train_path, out_dir, config),
-            dict(dev_path=dev_path, progress=progress, log=ddp.picklable_log(log), resume=resume, force=force),
             config.nproc,
+            train_path,
+            out_dir,
+            config,
+            dev_path=dev_path,
+            progress=progress,
+            log=log,
+            resume=resume,
+            force=force,
         )
 
     model_config = TaggerConfig(

@@ -244,17 +244,14 @@ def _make_fma(nr: int, ahead: int = 0, unrolled: int = 1):
 
             # `unrolled` k per loop iteration (the same FMAs in the same order: bit-identical sums),
             # then the last nk % unrolled one by one
-            if unrolled == 1:
-                with cgutils.for_range(builder, nk_v) as loop:
-                    step(loop.index)
-            else:
-                unroll = ir.Constant(nk_v.type, unrolled)
-                with cgutils.for_range(builder, builder.udiv(nk_v, unroll)) as loop:
-                    for u in range(unrolled):
-                        step(builder.add(builder.mul(loop.index, unroll), ir.Constant(nk_v.type, u)))
-                done = builder.mul(builder.udiv(nk_v, unroll), unroll)
-                with cgutils.for_range(builder, builder.sub(nk_v, done)) as loop:
-                    step(builder.add(done, loop.index))
+            # (unrolled=1: LLVM folds the division and drops the empty remainder loop)
+            unroll = ir.Constant(nk_v.type, unrolled)
+            with cgutils.for_range(builder, builder.udiv(nk_v, unroll)) as loop:
+                for u in range(unrolled):
+                    step(builder.add(builder.mul(loop.index, unroll), ir.Constant(nk_v.type, u)))
+            done = builder.mul(builder.udiv(nk_v, unroll), unroll)
+            with cgutils.for_range(builder, builder.sub(nk_v, done)) as loop:
+                step(builder.add(done, loop.index))
             _store_rows(builder, o_ary, accs, r0_v, ostride_v, ooff_v, vf)
             return context.get_dummy_value()
 
