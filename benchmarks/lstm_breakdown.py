@@ -8,7 +8,8 @@ activations x int8 weights), on random weights (T=64, 128 inputs), the medians o
 * layer: ``rnn.run``, the whole op (what ``rnn_op_speed.py`` times);
 * projection: the input projection of every step alone (``PackedRNN.project``);
 * steps: the T recurrent products alone (fp32 ``_matvec``; int8 ``matvec_u8``: quantize each row,
-  the u8 x s8 products, dequantize), and for int8 the products alone (``qdot._dots``);
+  the u8 x s8 products, dequantize), and for int8 the products alone (``qdot._dots``, on AMX tiles
+  where ``qdot.AMX``);
 * gate math: the T x B LSTM cells alone on the projection's output;
 * rest: layer - projection - steps - gate math (state copies, outputs, and what the parts cost
   together that they do not alone, such as cache evictions between them).
@@ -52,7 +53,7 @@ def _steps_u8(V, Q, zt, ws, g, hq, acc):
 @njit(cache=False)
 def _dots_u8(Q, hq, acc):
     for _ in range(T):
-        qdot._dots(Q, hq, hq.shape[0], acc, True)
+        qdot._dots(Q, hq, hq.shape[0], acc, qdot.VNNI, qdot.AMX)  # the kernels matvec_u8 runs
 
 
 def median_ms(fn, reps: int = 15) -> float:

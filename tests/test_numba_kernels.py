@@ -14,7 +14,7 @@ import numba
 import numpy as np
 import pytest
 
-from rnnkit.runtime.numba_backend import matvec, qdot, rnn
+from rnnkit.runtime.numba_backend import amx, matvec, qdot, rnn
 from rnnkit.runtime.tolerance import FP32
 
 ROWS = (1, 2, 3, 5, 6, 7)  # every remainder after the 4-row passes: 1, 2, 3, 1, 2, 3
@@ -96,6 +96,23 @@ def test_u8_row_blocks_are_exact_for_every_remainder():
             np.testing.assert_array_equal(acc[:, :C], want, err_msg=f"rows={n} vnni={vnni}")
 
 
+@pytest.mark.skipif(not amx.AVAILABLE, reason="this CPU or OS gives no AMX tiles (amx.AVAILABLE is false)")
+def test_amx_tiles_give_the_exact_products_for_every_row_count():
+    """qdot._dots on AMX tiles (groups of 16 rows, a last group of 4-15, the last 1-3 rows on the
+    vector kernels; K a multiple of 64, C not of the blocks): the exact int64 products, as the
+    vector kernels give them."""
+    rng = np.random.default_rng(2)
+    for K in (64, 128, 320):
+        M = rng.integers(-128, 128, (1, K, 200)).astype(np.int8)
+        Q = qdot.pack_quads(M)[0]
+        for n in (1, 3, 4, 5, 15, 16, 17, 19, 20, 31, 32, 35):
+            hq = rng.integers(0, 256, (n, 4 * Q.shape[1])).astype(np.uint8)
+            want = hq[:, :K].astype(np.int64) @ M[0].astype(np.int64)
+            acc = np.full((n, Q.shape[0] * matvec.PB), 7, np.int32)
+            qdot._dots(Q, hq, n, acc, qdot.VNNI, True)
+            np.testing.assert_array_equal(acc[:, :200], want, err_msg=f"K={K} rows={n}")
+
+
 def test_u8_projection_in_row_chunks_equals_each_batch_row_alone():
     """project_u8 over more than PROJ_ROWS rows (T * B = 2 * 70): each batch row equals the row
     projected alone (one quantization parameter set per batch row), bit for bit, bias included."""
@@ -116,12 +133,13 @@ def test_u8_projection_in_row_chunks_equals_each_batch_row_alone():
         np.testing.assert_array_equal(one, out[:, b])
 
 
-@pytest.mark.parametrize("kind,batch", [(rnn.GRU, 3), (rnn.GRU, 18), (rnn.LSTM, 18)])
-def test_int8_weights_widened_for_batches_match_rows_alone(kind, batch):
-    """8-bit weights times fp32 states: a batch (run by rnn.batch_twin's fp32 twin: from 2 rows for
-    weights that fit WIDE_BYTES, above WIDE_ROWS rows always) gives each row its result alone
-    (int16-split product) and the dequantized fp32 weights' result, to FP32 (GRU:
-    linear_before_reset=0, whose second product has its own widened blocks and scales)."""
+@pytest.mark.parametrize("kind", [rnn.GRU, rnn.LSTM])
+def test_int8_weights_widened_for_batches_match_rows_alone(kind, monkeypatch):
+    """8-bit weights times fp32 states (GRU: linear_before_reset=0, whose second product has its own
+    widened blocks and scales).  Recurrent weights that fit WIDE_BYTES run as rnn.batch_twin's fp32
+    twin at every batch: a row alone is the row in a batch, bit for bit.  Larger ones stay 8-bit
+    (the int16-split product) up to WIDE_ROWS rows and run the twin above: a row alone and in a
+    batch agree to FP32, both with the dequantized fp32 weights' result."""
     rng = np.random.default_rng(3)
     H, I = 32, 16
     G = rnn.GATES[kind] * H
@@ -130,14 +148,23 @@ def test_int8_weights_widened_for_batches_match_rows_alone(kind, batch):
     zp = np.zeros((1, G), np.float32)
     B = rng.normal(size=(1, 2 * G)).astype(np.float32)
     packed = rnn.PackedRNN(kind, H, (Wq, scale, zp), (Rq, scale, zp), B, None)
-    assert rnn.batch_twin(packed, batch) is not packed and rnn.batch_twin(packed, 1) is packed
     deq = [(q.transpose(0, 2, 1).astype(np.float32) * scale[..., None]) for q in (Wq, Rq)]
     dense = rnn.PackedRNN(kind, H, deq[0], deq[1], B, None)
-    X = rng.normal(size=(11, batch, I)).astype(np.float32)
-    Y, h, _ = rnn.run(packed, X, threads=1)
+    X = rng.normal(size=(11, 18, I)).astype(np.float32)
     Yd, hd, _ = rnn.run(dense, X, threads=1)
+
+    assert rnn.batch_twin(packed, 1) is not packed and rnn.batch_twin(packed, 3) is rnn.batch_twin(packed, 1)
+    Y, h, _ = rnn.run(packed, np.ascontiguousarray(X[:, :3]), threads=1)
+    assert FP32.close(Y, Yd[:, :, :3]), FP32.worst(Y, Yd[:, :, :3])
+    for r in range(3):
+        alone = rnn.run(packed, np.ascontiguousarray(X[:, r : r + 1]), threads=1)
+        np.testing.assert_array_equal(alone[0][:, :, 0], Y[:, :, r])
+
+    monkeypatch.setattr(rnn, "WIDE_BYTES", 0)  # as if the recurrent weights were larger than L2
+    assert rnn.batch_twin(packed, 3) is packed and rnn.batch_twin(packed, 18) is not packed
+    Y, h, _ = rnn.run(packed, X, threads=1)
     assert FP32.close(Y, Yd), FP32.worst(Y, Yd)
-    for r in (0, batch // 2, batch - 1):
+    for r in (0, 9, 17):
         alone = rnn.run(packed, np.ascontiguousarray(X[:, r : r + 1]), threads=1)
         assert FP32.close(alone[0][:, :, 0], Y[:, :, r]), FP32.worst(alone[0][:, :, 0], Y[:, :, r])
         assert FP32.close(alone[1][:, 0], h[:, r])

@@ -573,9 +573,11 @@ def test_dynamic_quantize_lstm_rows_do_not_depend_on_their_batch():
     """Activations are quantized per batch row (onnxruntime: per batch matrix), so a row run alone
     equals the same row in a ragged batch, when its padding is zeros as in rnnkit's graphs (the
     range covers the row's padded sequence, as onnxruntime's covers its whole matrix); threads
-    and layout change nothing."""
+    and layout change nothing: rnn.STEP_ROWS rows project their inputs step by step, 2 threads'
+    chunks of half as many and rows alone for the whole sequence at once (K = 64: the AMX tiles
+    where there are some, qdot.AMX)."""
     rng = np.random.default_rng(0)
-    H, I, G = 32, 16, 128
+    H, I, G = 64, 64, 256
     Wq, Rq = (rng.integers(-127, 128, (2, k, G)).astype(np.int8) for k in (I, H))
     scale, zp = np.full((2, G), 0.01, np.float32), np.zeros((2, G), np.float32)
     packed = rnn.PackedRNN(
@@ -587,8 +589,8 @@ def test_dynamic_quantize_lstm_rows_do_not_depend_on_their_batch():
         None,
         dynamic=True,
     )
-    lens = np.array([9, 3, 5, 1, 9, 7, 2, 4])
-    X = rng.standard_normal((9, 8, I)).astype(np.float32)
+    lens = np.resize([9, 3, 5, 1, 9, 7, 2, 4, 6, 8, 1, 9, 5, 2, 7, 3], rnn.STEP_ROWS)
+    X = rng.standard_normal((9, rnn.STEP_ROWS, I)).astype(np.float32)
     for r, n in enumerate(lens):
         X[n:, r] = 0
     batch = rnn.run(packed, X, "bidirectional", sequence_lens=lens, threads=1)
@@ -605,3 +607,34 @@ def test_dynamic_quantize_lstm_rows_do_not_depend_on_their_batch():
         alone = rnn.run(packed, X[: lens[r], r : r + 1], "bidirectional", sequence_lens=lens[r : r + 1])
         np.testing.assert_array_equal(alone[1], batch[1][:, r : r + 1])
         np.testing.assert_array_equal(alone[0][:, :, 0], batch[0][: lens[r], :, r])
+
+
+@pytest.mark.parametrize("cell,lbr", [("RNN", 0), ("GRU", 0), ("GRU", 1), ("LSTM", 0)])
+def test_fp32_rows_do_not_depend_on_their_batch(cell, lbr):
+    """Every row of a ragged bidirectional fp32 batch equals the row run alone bit for bit, whatever
+    the threads' chunks (8 rows: one chunk of 8, two of 4, three of 2-3) and the layout, with each
+    direction's input weights in their own blocks (G * 24 columns: not a whole number of blocks)."""
+    rng = np.random.default_rng(1)
+    H, I = 24, 11
+    G = GATES[cell] * H
+    kind = {"RNN": rnn.RNN, "GRU": rnn.GRU, "LSTM": rnn.LSTM}[cell]
+    W, R = (rng.normal(0, 0.4, (2, G, k)).astype(np.float32) for k in (I, H))
+    bias = rng.normal(0, 0.3, (2, 2 * G)).astype(np.float32)
+    packed = rnn.PackedRNN(kind, H, W, R, bias, None, linear_before_reset=lbr)
+    lens = np.array([9, 3, 5, 1, 9, 7, 2, 4])
+    X = rng.standard_normal((9, 8, I)).astype(np.float32)
+    batch = rnn.run(packed, X, "bidirectional", sequence_lens=lens, threads=1)
+    Y1, h1, _ = rnn.run(packed, np.ascontiguousarray(X.transpose(1, 0, 2)), "bidirectional", 1, lens, threads=1)
+    for got in (
+        rnn.run(packed, X, "bidirectional", sequence_lens=lens, threads=2),
+        rnn.run(packed, X, "bidirectional", sequence_lens=lens, threads=3),
+        (Y1.transpose(1, 2, 0, 3), h1.transpose(1, 0, 2)),
+    ):
+        for g, w in zip(got, batch):
+            np.testing.assert_array_equal(g, w)
+    for r in range(8):
+        alone = rnn.run(packed, X[: lens[r], r : r + 1], "bidirectional", sequence_lens=lens[r : r + 1])
+        np.testing.assert_array_equal(alone[1], batch[1][:, r : r + 1])
+        np.testing.assert_array_equal(alone[0][:, :, 0], batch[0][: lens[r], :, r])
+    want = naive_rnn(cell, X, W, R, bias, lens, direction="bidirectional", linear_before_reset=lbr)
+    assert FP32.close(batch[0], want[0]), FP32.worst(batch[0], want[0])

@@ -2,8 +2,10 @@
 
 The pip llvmlite has no SVML, so ``np.tanh``/``np.exp`` are scalar libm calls; ``_tanh`` is
 Eigen's rational approximation (``generic_fast_tanh_float``) with an exp-series tail, |error| <
-3e-7 everywhere and exactly +-1 in saturation, and ``_sigmoid(x) = 0.5 + 0.5 tanh(x/2)``; both
-vectorise.  Must not import torch or onnxruntime.
+3e-7 everywhere and exactly +-1 in saturation; ``_sigmoid`` is 1 / (1 + exp(-x)) with Cephes'
+``expf`` (Cody-Waite range reduction, a degree-5 polynomial, the power of two put into the
+exponent bits), |error| < 1e-7 and exactly 0 / 1 where float32's sigmoid is.  Both vectorise
+(every branch is a select).  Must not import torch or onnxruntime.
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ _TWO_E0 = np.float32(2.0 * np.exp(-17.0))
 _TAIL_END = np.float32(9.5)
 _TWO = np.float32(2.0)
 _C2, _C3, _C4 = (np.float32(1.0 / n) for n in (2, 3, 4))
+# Cephes expf: exp(x) = 2^n exp(r), n = round(x log2 e), r = x - n ln 2 in two parts (Cody-Waite)
+_LOG2E = np.float32(1.44269504088896341)
+_LN2_HI = np.float32(0.693359375)
+_LN2_LO = np.float32(-2.12194440e-4)
+_EXP_LO = np.float32(-87.0)  # 2^n stays a normal float32 (n >= -125)
+_EXP_HI = np.float32(88.0)
+_P0, _P1, _P2 = np.float32(1.9875691500e-4), np.float32(1.3981999507e-3), np.float32(8.3334519073e-3)
+_P3, _P4, _P5 = np.float32(4.1665795894e-2), np.float32(1.6666665459e-1), np.float32(5.0000001201e-1)
 _HALF = np.float32(0.5)
 _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
@@ -76,7 +86,22 @@ def _tanh(x):
 
 @njit(**JIT)
 def _sigmoid(x):
-    return _HALF + _HALF * _tanh(_HALF * x)
+    """1 / (1 + exp(-x)) with Cephes' expf on [-87, 88] (clamped there; relative error ~1e-7):
+    one exp and one division, where 0.5 + 0.5 tanh(x / 2) costs the rational's two polynomials,
+    its division and the saturation tail (an LSTM cell's gate math, three sigmoids and two tanh:
+    1.5-1.7 ms instead of 1.9-2.3 at B=32, H=256, 64 steps).  The exp is written out here, not a
+    function of its own: one compiled function less in every first compile."""
+    x = min(max(-x, _EXP_LO), _EXP_HI)
+    n = np.floor(x * _LOG2E + _HALF)
+    r = x - n * _LN2_HI
+    r = r - n * _LN2_LO
+    p = _P0 * r + _P1
+    p = p * r + _P2
+    p = p * r + _P3
+    p = p * r + _P4
+    p = p * r + _P5
+    e = p * r * r + r + _ONE
+    return _ONE / (_ONE + e * np.int32((np.int32(n) + np.int32(127)) << 23).view(np.float32))
 
 
 @njit(**JIT)

@@ -266,7 +266,7 @@ def _make_fma(nr: int, ahead: int = 0, unrolled: int = 1):
 
 
 _fma1, _fma2, _fma4 = _make_fma(1), _make_fma(2), _make_fma(4, unrolled=K_UNROLL)
-_fma1p, _fma4p = _make_fma(1, ahead=1024), _make_fma(4, ahead=1024, unrolled=K_UNROLL)  # 4 KB ahead
+_fma1p, _fma4p = _make_fma(1, ahead=1024), _make_fma(4, ahead=1024)  # 4 KB ahead; see below
 
 
 @njit(**JIT)
@@ -515,7 +515,7 @@ def _project(X, Q, scale, zp, bias, out, ahead=False):
 
 
 WIDE_ROWS = 16  # above this many rows an RNN with 8-bit weights runs widened to fp32 (rnn.batch_twin)
-WIDE_BYTES = 1 << 20  # ... and from 2 rows on when the widened recurrent weights are at most this (in L2)
+WIDE_BYTES = 1 << 20  # ... and at any batch when the widened recurrent weights are at most this (in L2)
 
 
 def widened(Q: np.ndarray, scale: np.ndarray, zp: np.ndarray) -> np.ndarray:

@@ -21,8 +21,12 @@ This module does the same, so an int8 LSTM gives onnxruntime's numbers on both b
   where the compile target has AVX512-VNNI and otherwise widens to int16 pairs that X86 lowers to
   ``vpmaddwd`` (AVX2/AVX512BW; other targets get the same IR lowered generically).  Both give the
   exact int32 sums, so the choice changes speed only.
-* ``matvec_u8`` (a recurrent step) and ``project_u8`` (the input projection of all steps, and
-  ``DynamicQuantizeMatMul`` with one parameter set for the whole tensor, as onnxruntime does).
+* ``_dots``: ``_make_dot``'s kernels over all blocks, 4 rows per pass, or where ``AMX``
+  (``amx.py``) whole groups of up to 16 rows on AMX tiles first; the same exact int32 sums.
+* ``matvec_u8`` (a recurrent step), ``project_u8_rows`` (rows of inputs, each with its batch row's
+  parameters from ``input_params``: an RNN's input projection, all steps at once or step by step)
+  and ``project_u8`` (both in one: ``DynamicQuantizeMatMul`` with one parameter set for the whole
+  tensor, as onnxruntime does).
 
 Zero points: ``sum (q - zq)(w - zw) = sum q w - zq colsum(w) - zw sum q + K zq zw`` with K the
 padded length (padding has q = zq and w = 0, which contributes nothing); ``zero_point_terms``.  Must not import torch or
@@ -39,7 +43,10 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
+from . import (
+    amx,
+    config,  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
+)
 from .config import FASTMATH
 from .config import JIT as _JIT
 from .matvec import PB, _aligned_empty, grouped_dot_py
@@ -65,6 +72,8 @@ def _target_has_vnni() -> bool:
 
 
 VNNI = _target_has_vnni()
+AMX = amx.AVAILABLE  # tile products for groups of up to 16 rows (amx.py), the other rows as above
+AMX_ROWS = 4  # rows from which a group goes to the tiles (2-3 rows measured 2x slower there than on VNNI)
 
 
 def pack_quads(M: np.ndarray) -> np.ndarray:
@@ -292,13 +301,23 @@ def _dequantize(acc, z, qsum, zterm, wscale, c0, ncols, out, s):
 
 
 @njit(**JIT)
-def _dots(Q, hq, N, acc, vnni_kernels):
-    """acc (N, ncb*PB) int32 = hq (N, Kp) uint8 times the blocks Q, 4 rows per pass over a block."""
+def _dots(Q, hq, N, acc, vnni_kernels, amx_kernels=False):
+    """acc (N, ncb*PB) int32 = hq (N, Kp) uint8 times the blocks Q, 4 rows per pass over a block;
+    with ``amx_kernels`` (``amx.AVAILABLE``) and Kp a multiple of 64, whole groups of 16 rows on
+    AMX tiles first (the same exact sums: which kernel ran a row does not change it)."""
     ncb, nkq = Q.shape[0], Q.shape[1]
     width = acc.shape[1]
+    r1 = 0  # the rows from r1 on go through the vector kernels
+    if amx_kernels and nkq % amx.KQ_TILE == 0 and N >= AMX_ROWS:
+        full = N - N % amx.ROWS
+        if full:
+            amx.dots(Q, hq, 0, full, amx.ROWS, acc)
+        r1 = N if N - full >= AMX_ROWS else full
+        if r1 > full:  # the last rows as one smaller group
+            amx.dots(Q, hq, full, N - full, N - full, acc)
     for cb in range(ncb):
         off = cb * nkq * 4 * PB
-        for r0 in range(0, N - 3, 4):
+        for r0 in range(r1, N - 3, 4):
             if vnni_kernels:
                 _dot4(Q, off, hq, r0, nkq, acc, width, cb * PB)
             else:
@@ -314,20 +333,20 @@ def _dots(Q, hq, N, acc, vnni_kernels):
             _dot1(Q, off, hq, N - 1, nkq, acc, width, cb * PB)
 
 
-def _dots_any(Q, hq, N, acc, vnni_kernels):
+def _dots_any(Q, hq, N, acc, vnni_kernels, amx_kernels):
     """``_dots`` for 8-bit blocks and a no-op for fp32 ones, so that ``matvec_u8``/``project_u8``
     compile inside kernels specialised for either weight type (rnn.py calls them directly: a
     direct call lets LLVM inline the quantization loops, measured 1.7 us per LSTM-256 step
     faster than the same call through an overload)."""
     if Q.dtype == np.int8:
-        _dots(Q, hq, N, acc, vnni_kernels)
+        _dots(Q, hq, N, acc, vnni_kernels, amx_kernels)
 
 
 @overload(_dots_any, jit_options=dict(JIT, cache=False))
-def _dots_any_jit(Q, hq, N, acc, vnni_kernels):
+def _dots_any_jit(Q, hq, N, acc, vnni_kernels, amx_kernels):
     if Q.dtype != types.int8:
-        return lambda Q, hq, N, acc, vnni_kernels: None
-    return lambda Q, hq, N, acc, vnni_kernels: _dots(Q, hq, N, acc, vnni_kernels)
+        return lambda Q, hq, N, acc, vnni_kernels, amx_kernels: None
+    return lambda Q, hq, N, acc, vnni_kernels, amx_kernels: _dots(Q, hq, N, acc, vnni_kernels, amx_kernels)
 
 
 @njit(**JIT)
@@ -337,7 +356,7 @@ def workspace(n, Q):
 
 
 @njit(**JIT)
-def matvec_u8(V, n, Q, zterm, wscale, out, c0, ncols, hq, acc, vnni_kernels=VNNI):
+def matvec_u8(V, n, Q, zterm, wscale, out, c0, ncols, hq, acc, vnni_kernels=VNNI, amx_kernels=AMX):
     """out[i, c0:c0+ncols] = V[i] quantized to uint8 (one parameter set per row, onnxruntime's
     rules) times the weights ``(q - zp) * wscale`` packed in Q (pack_quads; ``zterm`` from
     zero_point_terms), rows i < n; V is (>= n, K <= Kp) fp32; ``hq``/``acc`` are ``workspace``
@@ -352,18 +371,17 @@ def matvec_u8(V, n, Q, zterm, wscale, out, c0, ncols, hq, acc, vnni_kernels=VNNI
         qsum[i] = _quantize_row(V[i, :K], scale[i], zp[i], hq[i])
         if bad:
             scale[i] = np.float32(np.nan)
-    _dots_any(Q, hq, n, acc, vnni_kernels)
+    _dots_any(Q, hq, n, acc, vnni_kernels, amx_kernels)
     for i in range(n):
         _dequantize(acc[i], zp[i], qsum[i], zterm, wscale, c0, ncols, out[i, c0 : c0 + ncols], scale[i])
 
 
 @njit(**JIT)
-def project_u8(X, layout, Q, zterm, wscale, bias, out, vnni_kernels=VNNI):
-    """out (A0*A1, C) = X (A0, A1, I) times the weights in Q plus bias, X quantized with one
-    parameter set per batch row (axis 1 of X for layout 0, axis 0 for layout 1): the input
-    projection of every step, onnxruntime's one GEMM over the sequence."""
-    A0, A1, I = X.shape
-    C = out.shape[1]
+def input_params(X, layout):
+    """The uint8 parameters of an input X (A0, A1, I), one set per batch row (axis 1 of X for layout
+    0, axis 0 for layout 1) over its whole sequence, as onnxruntime takes one over its whole matrix:
+    (scale, zero point, whether the row holds a NaN or inf), each (batch,)."""
+    A0, A1 = X.shape[0], X.shape[1]
     nb = A1 if layout == 0 else A0
     lo = np.zeros(nb, np.float32)
     hi = np.zeros(nb, np.float32)
@@ -377,25 +395,49 @@ def project_u8(X, layout, Q, zterm, wscale, bias, out, vnni_kernels=VNNI):
     zp = np.empty(nb, np.float32)
     for g in range(nb):
         scale[g], zp[g] = _params(lo[g], hi[g])
-    N = A0 * A1
-    hq = np.empty((N, 4 * Q.shape[1]), np.uint8)
-    qsum = np.empty(N, np.int32)
-    group = np.empty(N, np.int64)  # the batch row of each row of X flattened
-    for a in range(A0):
-        for b in range(A1):
-            r = a * A1 + b
-            group[r] = b if layout == 0 else a
-            qsum[r] = _quantize_row(X[a, b], scale[group[r]], zp[group[r]], hq[r])
+    return scale, zp, bad
+
+
+@njit(**JIT)
+def project_u8_rows(X, group, scale, zp, bad, Q, zterm, wscale, bias, out, c0, vnni_kernels=VNNI, amx_kernels=AMX):
+    """out[:, c0:c0+C] (C = len(wscale)) = the rows of X (N, I) times the weights in Q plus bias, row
+    r quantized with batch row group[r]'s parameters (``input_params``).  Each row's result is its
+    own: the same whatever rows share the call (an RNN's steps project their active rows one step
+    at a time)."""
+    N = X.shape[0]
+    C = wscale.shape[0]
+    n0 = min(N, PROJ_ROWS)
     # PROJ_ROWS rows at a time: their int32 sums stay in L2 until dequantized (all rows at once:
     # 2048 x 2048 sums, 16 MB, written and read back from memory; the weights stay in L2 either way)
-    acc = np.empty((min(N, PROJ_ROWS), Q.shape[0] * PB), np.int32)
+    hq = np.empty((n0, 4 * Q.shape[1]), np.uint8)
+    qsum = np.empty(n0, np.int32)
+    acc = np.empty((n0, Q.shape[0] * PB), np.int32)
     for r0 in range(0, N, PROJ_ROWS):
         n = min(PROJ_ROWS, N - r0)
-        _dots_any(Q, hq[r0 : r0 + n], n, acc, vnni_kernels)
+        for i in range(n):
+            g = group[r0 + i]
+            qsum[i] = _quantize_row(X[r0 + i], scale[g], zp[g], hq[i])
+        _dots_any(Q, hq, n, acc, vnni_kernels, amx_kernels)
         for i in range(n):
             g = group[r0 + i]
             s = np.float32(np.nan) if bad[g] else scale[g]
-            _dequantize_bias(acc[i], zp[g], qsum[r0 + i], zterm, wscale, C, out[r0 + i], s, bias)
+            _dequantize_bias(acc[i], zp[g], qsum[i], zterm, wscale, C, out[r0 + i, c0 : c0 + C], s, bias)
+
+
+@njit(**JIT)
+def project_u8(X, layout, Q, zterm, wscale, bias, out, vnni_kernels=VNNI, amx_kernels=AMX):
+    """out (A0*A1, C) = X (A0, A1, I) C-contiguous times the weights in Q plus bias, X quantized
+    with one parameter set per batch row (``input_params``): the input projection of every step,
+    onnxruntime's one GEMM over the sequence (``DynamicQuantizeMatMul``: layout 1, A0 = 1)."""
+    A0, A1, I = X.shape
+    scale, zp, bad = input_params(X, layout)
+    group = np.empty(A0 * A1, np.int64)  # the batch row of each row of X flattened
+    for a in range(A0):
+        for b in range(A1):
+            group[a * A1 + b] = b if layout == 0 else a
+    project_u8_rows(
+        X.reshape(A0 * A1, I), group, scale, zp, bad, Q, zterm, wscale, bias, out, 0, vnni_kernels, amx_kernels
+    )
 
 
 @njit(**EXACT)

@@ -9,13 +9,15 @@ compiles only its own cell and arithmetic (see "Compile-time choices" below).
 The input projection ``X @ W^T + b`` for all time steps and both directions is one pass
 (``matvec.project``: the step's mat-vec kernels 4 rows at a time; 8-bit weights are widened to
 fp32 once per call, or, for at most 16 rows such as a one-token step, read as 8-bit by the
-int16-split mat-vec); the step loop then runs entirely in numba.  ``prange`` runs over batch rows
+int16-split mat-vec), except in an int8 (uint8-activation) LSTM from ``STEP_ROWS`` rows, which
+projects its active rows at each step; the step loop then runs entirely in numba.  ``prange`` runs over batch rows
 only, one contiguous chunk of rows per thread; batch 1 or one thread takes the serial driver, one
 compiled call for the projection, the steps and the outputs' allocation (no threading overhead).
 
 The mat-vec kernels (packed weight blocks, fp32 FMAs and exact int8 x int16 sums) and the
 projection live in ``matvec.py``; onnxruntime's DynamicQuantizeLSTM arithmetic (activations
-quantized to uint8 per step, u8 x s8 sums) in ``qdot.py``; the tanh/sigmoid approximations in
+quantized to uint8 per step, u8 x s8 sums, on AMX tiles where there are some: ``amx.py``) in
+``qdot.py``; the tanh/sigmoid approximations in
 ``activations.py``.
 
 Semantics follow onnxruntime: ``Y`` is zero at and after a row's sequence length; ``Y_h``/``Y_c``
@@ -57,7 +59,7 @@ from .matvec import (  # noqa: F401
     project,
     widened,
 )
-from .qdot import matvec_u8, pack_quads, project_u8, workspace, zero_point_terms
+from .qdot import AMX, input_params, matvec_u8, pack_quads, project_u8_rows, workspace, zero_point_terms
 
 # numba 0.68 accepts a bool, dict or set for `fastmath`, not config.FASTMATH's frozenset.
 JIT = dict(_JIT, fastmath=set(FASTMATH))
@@ -74,11 +76,12 @@ class RNNWeights(NamedTuple):
     through Python (measured: 12 arrays as arguments 0.80 us per call, as a NamedTuple 1.63 us, as a
     tuple rebuilt inside 1.01 us; ``docs/numba-passes.md``)."""
 
-    Wb: np.ndarray  # input weights W^T (I, nd*G*H) in column blocks, both directions side by side
-    ws: np.ndarray  # (nd*G*H,) their per-column scale (ones for fp32)
-    wz: np.ndarray  # (nd*G*H,) their per-column zero point (zeros for fp32)
-    wzt: np.ndarray  # (2, nd*G*H) int32 zero-point terms of Wb (activation-quantized LSTM only)
-    bias: np.ndarray  # (nd*G*H,) W_b + R_b (GRU linear_before_reset=1: without Rb_h)
+    Wb: np.ndarray  # input weights W^T (I, nd*GHp) in column blocks, the directions side by side, each
+    #                 G*H columns padded to whole blocks (GHp); quads when activations are quantized
+    ws: np.ndarray  # (nd*GHp,) their per-column scale (ones for fp32)
+    wz: np.ndarray  # (nd*GHp,) their per-column zero point (zeros for fp32)
+    wzt: np.ndarray  # (nd, 2, GHp) int32 zero-point terms of Wb per direction (activation-quantized LSTM only)
+    bias: np.ndarray  # (nd*GHp,) W_b + R_b (GRU linear_before_reset=1: without Rb_h), zero past G*H
     T1: np.ndarray  # per direction: R^T in column blocks (quads when activations are quantized)
     T2: np.ndarray  # per direction: GRU linear_before_reset=0's R_h^T blocks, else empty
     rs: np.ndarray  # (nd, G*H) R's per-column scale
@@ -171,61 +174,148 @@ def _literal_cell(k):
     return lambda kind, x, g, h, c, P, rbh, clip, flag: _rnn_cell(x, g, h, c, P, rbh, clip, flag)
 
 
-def _gru_second_pass(kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, rz, clip, back):
-    """GRU with linear_before_reset=0: V = r * h for the active rows, then g[:, 2H:] = V @ R_h^T."""
+def _gru_second_pass(kind, V, m, act, xw, c0, bat, tix, layout, g, h, T2, rs, rz, clip, back):
+    """GRU with linear_before_reset=0: V = r * h for the active rows, then g[:, 2H:] = V @ R_h^T
+    (xw, c0, bat, tix, layout: where _run_rows reads the rows' projected inputs; a GRU's are
+    always the whole sequence's)."""
     if kind != GRU:
         return
     H = h.shape[1]
     GH = rs.shape[0]
     for a in range(m):
-        b, t = b0 + act[a], tix[a]
-        x = xw[t, b, d * GH : (d + 1) * GH] if layout == 0 else xw[b, t, d * GH : (d + 1) * GH]
+        x = xw[tix[a], bat[a], c0 : c0 + GH] if layout == 0 else xw[bat[a], tix[a], c0 : c0 + GH]
         _gru_reset(x, g[a], h[act[a]], V[a], clip)
     _matvec(V, m, T2, rs, rz, g, 2 * H, H, back)
 
 
 @overload(_gru_second_pass, jit_options=dict(JIT, cache=False), prefer_literal=True)
-def _gru_second_pass_jit(kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, rz, clip, back):
+def _gru_second_pass_jit(kind, V, m, act, xw, c0, bat, tix, layout, g, h, T2, rs, rz, clip, back):
     if isinstance(kind, types.IntegerLiteral) and kind.literal_value != GRU:
-        return lambda kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, rz, clip, back: None
+        return lambda kind, V, m, act, xw, c0, bat, tix, layout, g, h, T2, rs, rz, clip, back: None
     return _gru_second_pass
 
 
-def _input_projection(aq, X, layout, Wb, ws, wz, wzt, bias, out):
-    """out (A0*A1, nd*G*H) = X W^T + biases for X (A0, A1, I): uint8 activations (project_u8) when
-    ``aq``, else fp32 (``_project_any``)."""
+# From this many rows per driver an int8 LSTM projects its inputs step by step (_run_rows).  Measured
+# against the whole sequence's projection (H=256, 512): with VNNI products 0.88-0.91x at 16 rows,
+# 0.97-1.05x at 8; with AMX tiles (whose 64-row chunks of the whole projection run 2x faster)
+# 0.92-1.00x at 32 rows, 1.04-1.11x at 16.
+STEP_ROWS = 32 if AMX else 16
+
+
+def _project_all(aq, X, layout, w, rows):
+    """(xw, qp): X (A0, A1, I) W^T + biases for every step and direction, (A0, A1, nd*GHp), what
+    drivers of ``rows`` rows read, or an empty xw when they project step by step (int8 LSTMs from
+    STEP_ROWS rows); qp the uint8 parameters of each batch row (``qdot.input_params``) when ``aq``,
+    else an empty tuple.  fp32: ``_project_any``, every direction in one pass (8.4M MACs at T=64,
+    I=128, H=256 LSTM: 0.105 ms vs numpy/OpenBLAS sgemm 0.150 ms; batch 32: 3.4 vs 4.2 ms)."""
     if aq:
-        project_u8(X, layout, Wb, wzt, ws, bias, out)
-    else:
-        _project_any(X.reshape(X.shape[0] * X.shape[1], X.shape[2]), Wb, ws, wz, bias, out)
+        return _project_all_u8(X, layout, w, rows)
+    return _project_all_f32(aq, X, layout, w, rows)
 
 
-@overload(_input_projection, jit_options=dict(JIT, cache=False), prefer_literal=True)
-def _input_projection_jit(aq, X, layout, Wb, ws, wz, wzt, bias, out):
-    if isinstance(aq, types.BooleanLiteral):
+def _project_all_f32(aq, X, layout, w, rows):
+    A0, A1, I = X.shape
+    C = w.ws.shape[0]
+    xw = np.empty((A0, A1, C), np.float32)
+    _project_any(X.reshape(A0 * A1, I), w.Wb, w.ws, w.wz, w.bias, xw.reshape(A0 * A1, C))
+    return xw, ()
+
+
+@overload(_project_all, jit_options=dict(JIT, cache=False), prefer_literal=True)
+def _project_all_jit(aq, X, layout, w, rows):
+    if isinstance(aq, types.BooleanLiteral):  # one implementation per literal (see _cell)
         if aq.literal_value:
-            return lambda aq, X, layout, Wb, ws, wz, wzt, bias, out: project_u8(X, layout, Wb, wzt, ws, bias, out)
-        return lambda aq, X, layout, Wb, ws, wz, wzt, bias, out: _project_any(
-            X.reshape(X.shape[0] * X.shape[1], X.shape[2]), Wb, ws, wz, bias, out
-        )
-    return _input_projection
+            return lambda aq, X, layout, w, rows: _project_all_u8(X, layout, w, rows)
+        return _project_all_f32  # itself, not a call of it: one compiled function less
+    return _project_all
 
 
 @njit(**JIT)
-def _run_rows(kind, d, b0, b1, reverse, layout, xw, w, aq, lens, h0, c0, Y, hn, cn, clip, flag):
+def _project_all_u8(X, layout, w, rows):
+    A0, A1, I = X.shape
+    nd, GHp = w.wzt.shape[0], w.wzt.shape[2]
+    qp = input_params(X, layout)
+    if rows >= STEP_ROWS:
+        return np.empty((0, 0, nd * GHp), np.float32), qp
+    xw = np.empty((A0, A1, nd * GHp), np.float32)
+    group = np.empty(A0 * A1, np.int64)  # the batch row of each row of X flattened
+    for a in range(A0):
+        for b in range(A1):
+            group[a * A1 + b] = b if layout == 0 else a
+    for d in range(nd):  # per direction: the zero-point terms are (nd, 2, GHp)
+        _project_u8_direction(X.reshape(A0 * A1, I), group, qp, w, d, xw.reshape(A0 * A1, nd * GHp))
+    return xw, qp
+
+
+@njit(**JIT)
+def _project_u8_direction(X2, group, qp, w, d, out):
+    """out[:, d*GHp:(d+1)*GHp] = direction d's uint8 projection of the rows X2 (project_u8_rows)."""
+    GHp = w.wzt.shape[2]
+    nb = GHp // PB
+    c0 = d * GHp
+    project_u8_rows(
+        X2, group, *qp, w.Wb[d * nb : (d + 1) * nb], w.wzt[d], w.ws[c0 : c0 + GHp], w.bias[c0 : c0 + GHp], out, c0
+    )
+
+
+def _step_projection(aq, X, layout, Xg, m, bat, tix, qp, w, d, xs):
+    """xs[:m] = the active rows' X W^T + biases at this step; only activation-quantized LSTMs
+    project step by step (``_project_all``), so fp32 compiles none of it."""
+    if aq:
+        for a in range(m):
+            src = X[tix[a], bat[a]] if layout == 0 else X[bat[a], tix[a]]
+            xa = Xg[a]
+            for k in range(X.shape[2]):
+                xa[k] = src[k]
+        _project_u8_direction(Xg[:m], bat[:m], qp, w, d, xs[:m])
+
+
+@overload(_step_projection, jit_options=dict(JIT, cache=False), prefer_literal=True)
+def _step_projection_jit(aq, X, layout, Xg, m, bat, tix, qp, w, d, xs):
+    if isinstance(aq, types.BooleanLiteral) and not aq.literal_value:
+        return lambda aq, X, layout, Xg, m, bat, tix, qp, w, d, xs: None
+    return _step_projection
+
+
+def _u8_product(aq, V, m, T1, rzt, rs, g, GH, hq, acc):
+    """``matvec_u8`` for activation-quantized LSTMs, nothing for the others: an fp32 driver then
+    compiles none of the uint8 quantization (range, quantize, products, dequantize: ~0.9 s of
+    every fp32 first compile while it sat behind a plain runtime branch)."""
+    if aq:
+        matvec_u8(V, m, T1, rzt, rs, g, 0, GH, hq, acc)
+
+
+def _u8_product_any(aq, V, m, T1, rzt, rs, g, GH, hq, acc):
+    matvec_u8(V, m, T1, rzt, rs, g, 0, GH, hq, acc)
+
+
+@overload(_u8_product, jit_options=dict(JIT, cache=False), prefer_literal=True)
+def _u8_product_jit(aq, V, m, T1, rzt, rs, g, GH, hq, acc):
+    if isinstance(aq, types.BooleanLiteral) and not aq.literal_value:
+        return lambda aq, V, m, T1, rzt, rs, g, GH, hq, acc: None
+    return _u8_product_any
+
+
+@njit(**JIT)
+def _run_rows(kind, d, b0, b1, reverse, layout, X, xw, qp, w, aq, lens, h0, c0, Y, hn, cn, clip, flag):
     """The driver: one direction d of batch rows b0..b1-1, all rows stepping together.
 
-    xw is X W^T + biases, (T, B, nd*G*H) for layout 0 or (B, T, ...) for layout 1; ``w`` the node's
-    ``RNNWeights``.  At step s the rows with s < length are active; forward reads t = s, reverse
-    t = length-1-s.  ``aq``: the recurrent product quantizes h to uint8 per row and step
-    (qdot.matvec_u8, T1 in quads, rzt its zero_point_terms), as onnxruntime's DynamicQuantizeLSTM
-    does; else ``_matvec``.
+    X is the input, (T, B, I) for layout 0 or (B, T, I) for layout 1; ``w`` the node's ``RNNWeights``;
+    ``xw``/``qp`` from ``_project_all``.  At step s the rows with s < length are active; forward reads
+    t = s, reverse t = length-1-s.  Their inputs' projection X W^T + biases is xw's rows, or, when xw
+    is empty, the active rows' X projected at the step (``_step_projection``: the same sums; the whole
+    sequence's projection for 32 rows of an LSTM-256 is 8 MB, written once and read back from beyond
+    L2; int8 LSTMs from STEP_ROWS rows, whose 8-bit input weights stay in L2 between steps: fp32
+    ones measured no faster, up to 1.3x slower at 4-8 rows of H=512).  ``aq``: the recurrent
+    product quantizes h to uint8 per row and step (qdot.matvec_u8, T1 in quads, rzt its
+    zero_point_terms), as onnxruntime's DynamicQuantizeLSTM does; else ``_matvec``.
     """
     T1, T2, rs, rz, rzt, rbh, P = w.T1[d], w.T2[d], w.rs[d], w.rz[d], w.rzt[d], w.rbh[d], w.P[d]
     H = h0.shape[2]
     GH = rs.shape[0]
     n = b1 - b0
-    T = xw.shape[0] if layout == 0 else xw.shape[1]
+    T = X.shape[0] if layout == 0 else X.shape[1]
+    stepwise = xw.shape[0] == 0
     h = h0[d, b0:b1].copy()  # (n, H)
     c = c0[d, b0:b1].copy()
     L = np.empty(n, np.int64)
@@ -238,12 +328,17 @@ def _run_rows(kind, d, b0, b1, reverse, layout, xw, w, aq, lens, h0, c0, Y, hn, 
     act = np.empty(n, np.int64)
     hq, acc = workspace(n if aq else 0, T1)  # matvec_u8's buffers
     tix = np.empty(n, np.int64)
+    bat = np.empty(n, np.int64)  # the active rows' batch rows
+    c0 = d * (w.ws.shape[0] // w.T1.shape[0])  # direction d's first column of xw / xs
+    xs = np.empty((n if stepwise else 0, w.ws.shape[0]), np.float32)  # their projection at the step
+    Xg = np.empty((n if stepwise else 0, X.shape[2]), np.float32)  # and their inputs
     two_pass = kind == GRU and flag == 0
     for s in range(steps):
         m = np.int64(0)  # not the literal 0: calls would compile once more for Literal[int](0)
         for i in range(n):
             if s < L[i]:
                 act[m] = i
+                bat[m] = b0 + i
                 tix[m] = L[i] - 1 - s if reverse else s
                 m += 1
         for a in range(m):
@@ -251,19 +346,23 @@ def _run_rows(kind, d, b0, b1, reverse, layout, xw, w, aq, lens, h0, c0, Y, hn, 
             va = V[a]
             for k in range(H):
                 va[k] = hi[k]
+        if stepwise:
+            _step_projection(aq, X, layout, Xg, m, bat, tix, qp, w, d, xs)
         back = (s & 1) == 1  # blocks back and forth: what one step read last is still in cache (_matvec)
-        if aq:  # a runtime branch on purpose: through a literal overload the uint8 step measured 5% slower
-            matvec_u8(V, m, T1, rzt, rs, g, 0, GH, hq, acc)
+        if aq:  # a runtime branch, with the uint8 product behind a literal overload: see _u8_product
+            _u8_product(aq, V, m, T1, rzt, rs, g, GH, hq, acc)
         else:
             _matvec(V, m, T1, rs, rz, g, 0, 2 * H if two_pass else GH, back)
         if two_pass:
-            _gru_second_pass(kind, V, m, act, tix, b0, d, layout, xw, g, h, T2, rs, rz, clip, back)
+            _gru_second_pass(kind, V, m, act, xw, c0, bat, tix, layout, g, h, T2, rs, rz, clip, back)
         for a in range(m):
             i = act[a]
-            b, t = b0 + i, tix[a]
-            x = xw[t, b, d * GH : (d + 1) * GH] if layout == 0 else xw[b, t, d * GH : (d + 1) * GH]
+            if stepwise:
+                x = xs[a, c0 : c0 + GH]
+            else:
+                x = xw[tix[a], bat[a], c0 : c0 + GH] if layout == 0 else xw[bat[a], tix[a], c0 : c0 + GH]
             _cell(kind, x, g[a], h[i], c[i], P, rbh, clip, flag)
-            y = Y[t, d, b] if layout == 0 else Y[b, t, d]
+            y = Y[tix[a], d, bat[a]] if layout == 0 else Y[bat[a], tix[a], d]
             for j in range(H):
                 y[j] = h[i, j]
     for i in range(n):  # onnxruntime: zeros at and after the sequence end
@@ -279,9 +378,9 @@ def _run_rows(kind, d, b0, b1, reverse, layout, xw, w, aq, lens, h0, c0, Y, hn, 
 
 
 @njit(**JIT)
-def _rows_serial(kind, dirs, layout, xw, w, aq, lens, h0, c0, Y, hn, cn, clip, flag):
+def _rows_serial(kind, dirs, layout, X, xw, qp, w, aq, lens, h0, c0, Y, hn, cn, clip, flag):
     for d in range(w.T1.shape[0]):
-        _run_rows(kind, d, 0, h0.shape[1], dirs[d], layout, xw, w, aq, lens, h0, c0, Y, hn, cn, clip, flag)
+        _run_rows(kind, d, 0, h0.shape[1], dirs[d], layout, X, xw, qp, w, aq, lens, h0, c0, Y, hn, cn, clip, flag)
 
 
 @njit(**JIT)
@@ -291,21 +390,21 @@ def project_rows_serial(kind, dirs, layout, X, w, aq, lens, h0, c0, clip, flag):
     returns Y, Y_h, Y_c (layout 0 shapes for the states)."""
     A0, A1 = X.shape[0], X.shape[1]
     nd, Bn, H = h0.shape
-    GH = w.ws.shape[0]
-    xw = np.empty((A0, A1, GH), np.float32)
-    _input_projection(aq, X, layout, w.Wb, w.ws, w.wz, w.wzt, w.bias, xw.reshape(A0 * A1, GH))
+    xw, qp = _project_all(aq, X, layout, w, Bn)
     Y = np.empty((A0, nd, A1, H) if layout == 0 else (A0, A1, nd, H), np.float32)
     hn = np.empty((nd, Bn, H), np.float32)
     cn = np.empty((nd, Bn, H), np.float32)
-    _rows_serial(kind, dirs, layout, xw, w, aq, lens, h0, c0, Y, hn, cn, clip, flag)
+    _rows_serial(kind, dirs, layout, X, xw, qp, w, aq, lens, h0, c0, Y, hn, cn, clip, flag)
     return Y, hn, cn
 
 
 @njit(parallel=True, **JIT)
-def _rows_parallel(kind, dirs, layout, xw, w, aq, lens, h0, c0, Y, hn, cn, clip, flag, threads):
-    """prange over batch only: one contiguous chunk of rows per thread."""
+def _rows_parallel(kind, dirs, layout, X, w, aq, lens, h0, c0, Y, hn, cn, clip, flag, threads):
+    """prange over batch only: one contiguous chunk of rows per thread (each projects its own rows
+    step by step from STEP_ROWS rows per chunk)."""
     B = h0.shape[1]
     chunks = min(B, threads)
+    xw, qp = _project_all(aq, X, layout, w, B // chunks)
     for d in range(w.T1.shape[0]):
         for ci in prange(chunks):
             _run_rows(
@@ -315,7 +414,9 @@ def _rows_parallel(kind, dirs, layout, xw, w, aq, lens, h0, c0, Y, hn, cn, clip,
                 (ci + 1) * B // chunks,
                 dirs[d],
                 layout,
+                X,
                 xw,
+                qp,
                 w,
                 aq,
                 lens,
@@ -330,21 +431,27 @@ def _rows_parallel(kind, dirs, layout, xw, w, aq, lens, h0, c0, Y, hn, cn, clip,
 
 
 def _entries(kind: int, aq: bool):
-    """The serial and parallel entry points for one cell ``kind`` and activation quantization: njit
-    wrappers that pass both on as constants, which numba types as literals (an int or bool from a
-    Python caller is not one, and ``numba.literally`` runs the compiler's front end again on every
-    call from Python: 25 ms).  Closures over an int and a bool cache on disk like any function.
-    ``record`` is ``PackedRNN.record``, the weights as a plain tuple (see ``RNNWeights``)."""
+    """The serial and parallel entry points (and the projection alone, ``PackedRNN.project``) for one
+    cell ``kind`` and activation quantization: njit wrappers that pass both on as constants, which
+    numba types as literals (an int or bool from a Python caller is not one, and ``numba.literally``
+    runs the compiler's front end again on every call from Python: 25 ms).  Closures over an int and
+    a bool cache on disk like any function.  ``record`` is ``PackedRNN.record``, the weights as a
+    plain tuple (see ``RNNWeights``)."""
 
     @njit(**JIT)
     def serial(dirs, layout, X, record, lens, h0, c0, clip, flag):
         return project_rows_serial(kind, dirs, layout, X, RNNWeights(*record), aq, lens, h0, c0, clip, flag)
 
     @njit(**JIT)
-    def parallel(dirs, layout, xw, record, lens, h0, c0, Y, hn, cn, clip, flag, threads):
-        _rows_parallel(kind, dirs, layout, xw, RNNWeights(*record), aq, lens, h0, c0, Y, hn, cn, clip, flag, threads)
+    def parallel(dirs, layout, X, record, lens, h0, c0, Y, hn, cn, clip, flag, threads):
+        _rows_parallel(kind, dirs, layout, X, RNNWeights(*record), aq, lens, h0, c0, Y, hn, cn, clip, flag, threads)
 
-    return serial, parallel
+    @njit(**JIT)
+    def project_all(X, layout, record):
+        w = RNNWeights(*record)
+        return _project_all(aq, X, layout, w, 0)[0]
+
+    return serial, parallel, project_all
 
 
 _ENTRIES = {(k, q): _entries(k, q) for k, q in ((RNN, False), (GRU, False), (LSTM, False), (LSTM, True))}
@@ -391,27 +498,36 @@ class PackedRNN:
         else:
             self.T1 = pack_blocks(RT)
             self.T2 = np.zeros(self.T1.shape[:1] + (0,) + self.T1.shape[2:], self.T1.dtype)
+        # The input weights per direction, their G*H columns padded to whole blocks (GHp; padding:
+        # weights 0, scale 1, zero point 0, bias 0), so a direction's projection is its own blocks.
+        GHp = -(-GH // PB) * PB
+        sc = np.ones((nd, GHp), np.float32)
+        z = np.zeros((nd, GHp), np.float32)
         if isinstance(W, tuple):
-            q, sc, z = _as_int8(*W)
-            self.ws = np.ascontiguousarray(np.asarray(sc, np.float32).reshape(-1))
-            self.wz = np.ascontiguousarray(np.asarray(z, np.float32).reshape(-1))
+            q8, s8, z8 = _as_int8(*W)
+            q = np.zeros((nd, q8.shape[1], GHp), np.int8)
+            q[:, :, :GH] = q8
+            sc[:, :GH] = np.asarray(s8, np.float32).reshape(nd, GH)
+            z[:, :GH] = np.asarray(z8, np.float32).reshape(nd, GH)
         else:
-            q = np.asarray(W, dtype=np.float32).transpose(0, 2, 1)
-            self.ws = np.ones(nd * GH, np.float32)
-            self.wz = np.zeros(nd * GH, np.float32)
-        # blocks of (I, nd*GH): both directions in one pass (8.4M MACs at T=64, I=128, H=256 LSTM:
-        # 0.105 ms vs numpy/OpenBLAS sgemm 0.150 ms; batch 32: 3.4 vs 4.2 ms)
-        Wcat = np.ascontiguousarray(np.concatenate(list(q), axis=1))[None]
-        self.Wb = (pack_quads if self.aq else pack_blocks)(Wcat)[0]
-        self.wzt = zero_point_terms(Wcat, self.wz[None])[0] if self.aq else np.zeros((2, nd * GH), np.int32)
+            W = np.asarray(W, dtype=np.float32)
+            q = np.zeros((nd, W.shape[2], GHp), np.float32)
+            q[:, :, :GH] = W.transpose(0, 2, 1)
+        self.ws, self.wz = sc.reshape(-1), z.reshape(-1)
+        # blocks of (I, nd*GHp): every direction in one pass (the int8 LSTM's step-by-step
+        # projection reads one direction's blocks)
+        qcat = np.ascontiguousarray(np.concatenate(list(q), axis=1))[None]
+        self.Wb = (pack_quads if self.aq else pack_blocks)(qcat)[0]
+        self.wzt = zero_point_terms(q, z) if self.aq else np.zeros((nd, 2, GHp), np.int32)
         self.I = q.shape[1]  # input size
         B = np.zeros((nd, 2 * GH), np.float32) if B is None else np.asarray(B, np.float32)
-        bias = B[:, :GH] + B[:, GH:]
+        bias = np.zeros((nd, GHp), np.float32)
+        bias[:, :GH] = B[:, :GH] + B[:, GH:]
         self.rbh = np.zeros((nd, hidden), np.float32)
         if kind == GRU and self.lbr:  # Rb_h sits inside r * (...): keep it out of the projection
-            bias[:, 2 * hidden :] = B[:, 2 * hidden : GH]
+            bias[:, 2 * hidden : GH] = B[:, 2 * hidden : GH]
             self.rbh = np.ascontiguousarray(B[:, GH + 2 * hidden :])
-        self.bias = np.ascontiguousarray(bias.reshape(-1))
+        self.bias = bias.reshape(-1)
         self.P = (
             np.zeros((nd, 3, hidden), np.float32)
             if P is None
@@ -435,16 +551,10 @@ class PackedRNN:
         self._twin: PackedRNN | None = None  # fp32 weights for batches of 8-bit ones (batch_twin)
 
     def project(self, X: np.ndarray, layout: int = 0) -> np.ndarray:
-        """X (A0, A1, I) -> X W^T + biases, (A0, A1, nd*G*H), both directions in one pass
-        (``layout`` tells which axis is the batch, for the per-row activation quantization)."""
-        X2 = X.reshape(-1, X.shape[-1])
-        if X2.dtype != np.float32 or not X2.flags.c_contiguous:
-            X2 = np.ascontiguousarray(X2, dtype=np.float32)
-        out = np.empty((X2.shape[0], self.ws.shape[0]), np.float32)
-        _input_projection(
-            self.aq, X2.reshape(X.shape[0], X.shape[1], -1), layout, self.Wb, self.ws, self.wz, self.wzt, self.bias, out
-        )
-        return out.reshape(X.shape[0], X.shape[1], -1)
+        """X (A0, A1, I) -> X W^T + biases of every step, (A0, A1, nd*GHp) (``layout`` tells which
+        axis is the batch, for the per-row activation quantization); what the drivers read."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        return _ENTRIES[self.kind, self.aq][2](X, int(layout), self.record)
 
 
 _F32 = np.dtype(np.float32)
@@ -479,17 +589,19 @@ def kernel_scalars(packed: PackedRNN, clip, flag) -> tuple:
 
 def batch_twin(packed: PackedRNN, batch: int) -> PackedRNN:
     """What ``run`` runs for ``batch`` rows: ``packed`` itself, or for 8-bit weights times fp32
-    states (weight-only int8; not uint8 activations) at more than ``WIDE_ROWS`` rows, and from 2
-    rows when the fp32 recurrent weights fit in ``WIDE_BYTES`` (L2), a twin with the weights
+    states (weight-only int8; not uint8 activations) at more than ``WIDE_ROWS`` rows, and at any
+    batch when the fp32 recurrent weights fit in ``WIDE_BYTES`` (L2), a twin with the weights
     widened to fp32 (``matvec.widened``, made once and kept: 4x the 8-bit weights' memory).
 
     The int16-split product (``_matvec_q16``) runs two int16 rows per row: at batch 32 it took 1.6x
-    the fp32 kernel's time (GRU H=256, 64 steps: 10.9 vs 6.8 ms), and at batch 4 a GRU H=256
-    (768 KB of fp32 recurrent weights) ran 1.7x its fp32 twin.  Both are the dequantized weights'
-    product to fp32 rounding, so a row alone and in a batch agree to ``FP32`` (as ``project``
-    already did above ``Q16_ROWS`` rows), and the twin runs the fp32 kernels: no compiled code of
-    its own (a compiled widening made every first compile 10% longer)."""
-    if packed.aq or packed.T1.dtype == np.float32 or batch < 2:
+    the fp32 kernel's time (GRU H=256, 64 steps: 10.9 vs 6.8 ms), at batch 4 a GRU H=256 (768 KB
+    of fp32 recurrent weights) ran 1.7x its fp32 twin, and at batch 1 1.05x.  Both are the
+    dequantized weights' product to fp32 rounding, and the twin runs the fp32 kernels: no compiled
+    code of its own (a compiled widening made every first compile 10% longer).  Weights over
+    WIDE_BYTES stay 8-bit up to WIDE_ROWS rows, where reading a quarter of the bytes wins, so
+    there a row alone and in a batch agree to ``FP32`` (as ``project`` already did above
+    ``Q16_ROWS`` rows), not bit for bit."""
+    if packed.aq or packed.T1.dtype == np.float32:
         return packed
     if batch <= WIDE_ROWS and 4 * (packed.T1.size + packed.T2.size) > WIDE_BYTES:
         return packed
@@ -560,17 +672,16 @@ def run(
     c0 = _state(initial_c, shape, layout, "initial_c")
     clipv, fl = kernel_scalars(packed, clip, flag)
     nthreads = 1 if Bn == 1 else numba.get_num_threads() if threads is None else threads
+    if X.dtype != _F32 or not X.flags.c_contiguous:
+        X = np.ascontiguousarray(X, dtype=np.float32)
     if nthreads > 1:
         Y = np.empty((T, nd, Bn, H) if layout == 0 else (Bn, T, nd, H), np.float32)
         hn = np.empty(shape, np.float32)
         cn = np.empty(shape, np.float32)
-        xw = packed.project(X, layout)
         _ENTRIES[packed.kind, packed.aq][1](
-            dirs, int(layout), xw, packed.record, lens, h0, c0, Y, hn, cn, clipv, fl, nthreads
+            dirs, int(layout), X, packed.record, lens, h0, c0, Y, hn, cn, clipv, fl, nthreads
         )
     else:  # one compiled call: projection, steps and the outputs' allocation
-        if X.dtype != _F32 or not X.flags.c_contiguous:
-            X = np.ascontiguousarray(X, dtype=np.float32)
         Y, hn, cn = _ENTRIES[packed.kind, packed.aq][0](dirs, int(layout), X, packed.record, lens, h0, c0, clipv, fl)
     if layout:
         hn, cn = hn.transpose(1, 0, 2), cn.transpose(1, 0, 2)
