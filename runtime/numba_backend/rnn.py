@@ -209,7 +209,7 @@ def _project_all(aq, X, layout, w, rows):
     else an empty tuple.  fp32: ``_project_any``, every direction in one pass (8.4M MACs at T=64,
     I=128, H=256 LSTM: 0.105 ms vs numpy/OpenBLAS sgemm 0.150 ms; batch 32: 3.4 vs 4.2 ms)."""
     if aq:
-        return _project_all_u8(X, layout, w, rows)
+        return _project_all_u8(aq, X, layout, w, rows)
     return _project_all_f32(aq, X, layout, w, rows)
 
 
@@ -224,14 +224,12 @@ def _project_all_f32(aq, X, layout, w, rows):
 @overload(_project_all, jit_options=dict(JIT, cache=False), prefer_literal=True)
 def _project_all_jit(aq, X, layout, w, rows):
     if isinstance(aq, types.BooleanLiteral):  # one implementation per literal (see _cell)
-        if aq.literal_value:
-            return lambda aq, X, layout, w, rows: _project_all_u8(X, layout, w, rows)
-        return _project_all_f32  # itself, not a call of it: one compiled function less
+        # the implementations themselves, not calls of them: one compiled function less each
+        return _project_all_u8 if aq.literal_value else _project_all_f32
     return _project_all
 
 
-@njit(**JIT)
-def _project_all_u8(X, layout, w, rows):
+def _project_all_u8(aq, X, layout, w, rows):
     A0, A1, I = X.shape
     nd, GHp = w.wzt.shape[0], w.wzt.shape[2]
     qp = input_params(X, layout)
@@ -242,20 +240,12 @@ def _project_all_u8(X, layout, w, rows):
     for a in range(A0):
         for b in range(A1):
             group[a * A1 + b] = b if layout == 0 else a
+    X2, out, nb = X.reshape(A0 * A1, I), xw.reshape(A0 * A1, nd * GHp), GHp // PB
     for d in range(nd):  # per direction: the zero-point terms are (nd, 2, GHp)
-        _project_u8_direction(X.reshape(A0 * A1, I), group, qp, w, d, xw.reshape(A0 * A1, nd * GHp))
+        c0 = d * GHp
+        Wd, ws, bias = w.Wb[d * nb : (d + 1) * nb], w.ws[c0 : c0 + GHp], w.bias[c0 : c0 + GHp]
+        project_u8_rows(X2, group, *qp, Wd, w.wzt[d], ws, bias, out, c0)
     return xw, qp
-
-
-@njit(**JIT)
-def _project_u8_direction(X2, group, qp, w, d, out):
-    """out[:, d*GHp:(d+1)*GHp] = direction d's uint8 projection of the rows X2 (project_u8_rows)."""
-    GHp = w.wzt.shape[2]
-    nb = GHp // PB
-    c0 = d * GHp
-    project_u8_rows(
-        X2, group, *qp, w.Wb[d * nb : (d + 1) * nb], w.wzt[d], w.ws[c0 : c0 + GHp], w.bias[c0 : c0 + GHp], out, c0
-    )
 
 
 def _step_projection(aq, X, layout, Xg, m, bat, tix, qp, w, d, xs):
@@ -267,7 +257,10 @@ def _step_projection(aq, X, layout, Xg, m, bat, tix, qp, w, d, xs):
             xa = Xg[a]
             for k in range(X.shape[2]):
                 xa[k] = src[k]
-        _project_u8_direction(Xg[:m], bat[:m], qp, w, d, xs[:m])
+        GHp = w.wzt.shape[2]
+        nb, c0 = GHp // PB, d * GHp
+        Wd, ws, bias = w.Wb[d * nb : (d + 1) * nb], w.ws[c0 : c0 + GHp], w.bias[c0 : c0 + GHp]
+        project_u8_rows(Xg[:m], bat[:m], *qp, Wd, w.wzt[d], ws, bias, xs[:m], c0)
 
 
 @overload(_step_projection, jit_options=dict(JIT, cache=False), prefer_literal=True)
@@ -283,6 +276,20 @@ def _u8_product(aq, V, m, T1, rzt, rs, g, GH, hq, acc):
     every fp32 first compile while it sat behind a plain runtime branch)."""
     if aq:
         matvec_u8(V, m, T1, rzt, rs, g, 0, GH, hq, acc)
+
+
+def _state_product(aq, V, m, T1, rs, rz, g, ncols, back):
+    """``_matvec`` (fp32 states, fp32 or 8-bit weights) for all but activation-quantized LSTMs, whose
+    drivers then compile no int16-split product for their quad-packed weights (0.6 s)."""
+    if not aq:
+        _matvec(V, m, T1, rs, rz, g, 0, ncols, back)
+
+
+@overload(_state_product, jit_options=dict(JIT, cache=False), prefer_literal=True)
+def _state_product_jit(aq, V, m, T1, rs, rz, g, ncols, back):
+    if isinstance(aq, types.BooleanLiteral) and aq.literal_value:
+        return lambda aq, V, m, T1, rs, rz, g, ncols, back: None
+    return _state_product
 
 
 def _u8_product_any(aq, V, m, T1, rzt, rs, g, GH, hq, acc):
@@ -352,7 +359,7 @@ def _run_rows(kind, d, b0, b1, reverse, layout, X, xw, qp, w, aq, lens, h0, c0, 
         if aq:  # a runtime branch, with the uint8 product behind a literal overload: see _u8_product
             _u8_product(aq, V, m, T1, rzt, rs, g, GH, hq, acc)
         else:
-            _matvec(V, m, T1, rs, rz, g, 0, 2 * H if two_pass else GH, back)
+            _state_product(aq, V, m, T1, rs, rz, g, 2 * H if two_pass else GH, back)
         if two_pass:
             _gru_second_pass(kind, V, m, act, xw, c0, bat, tix, layout, g, h, T2, rs, rz, clip, back)
         for a in range(m):
