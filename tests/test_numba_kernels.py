@@ -10,11 +10,15 @@ weights' product to fp32 rounding).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
 
-from rnnkit.runtime.numba_backend import amx, matvec, qdot, rnn
+from rnnkit.runtime.numba_backend import amx, config, matvec, qdot, rnn
 from rnnkit.runtime.tolerance import FP32
 
 ROWS = (1, 2, 3, 5, 6, 7)  # every remainder after the 4-row passes: 1, 2, 3, 1, 2, 3
@@ -168,3 +172,20 @@ def test_int8_weights_widened_for_batches_match_rows_alone(kind, monkeypatch):
         alone = rnn.run(packed, np.ascontiguousarray(X[:, r : r + 1]), threads=1)
         assert FP32.close(alone[0][:, :, 0], Y[:, :, r]), FP32.worst(alone[0][:, :, 0], Y[:, :, r])
         assert FP32.close(alone[1][:, 0], h[:, r])
+
+
+def test_code_that_may_use_tiles_is_cached_apart(tmp_path):
+    """A process granted the AMX tiles caches its compiled kernels in a folder of its own
+    (config.TILES_GRANTED), so a process refused them (a seccomp profile, an older kernel) never
+    loads code that would run tile instructions; the tiles are used only where granted."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["RNNKIT_CACHE_DIR"] = str(tmp_path)
+    code = (
+        "import os; from rnnkit.runtime.numba_backend import config; "
+        "print(config.TILES_GRANTED, os.environ['NUMBA_CACHE_DIR'])"
+    )
+    granted, folder = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert folder.startswith(str(tmp_path)) and folder.endswith("-tiles") == (granted == "True")
+    assert not amx.AVAILABLE or config.TILES_GRANTED

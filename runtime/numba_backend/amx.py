@@ -10,16 +10,16 @@ groups of 16 rows, on the weights as ``qdot.pack_quads`` stores them: a quad row
 block is 256 bytes, 4 consecutive K of one column side by side, which is the layout ``tdpbusd``
 wants of its second operand (16 quad rows x 64 bytes = 64 K x 16 columns per tile).
 
-Linux hands the tile registers to a process only on request (``arch_prctl(ARCH_REQ_XCOMP_PERM,
-XFEATURE_XTILEDATA)``, kernel 5.16+); without it the first tile instruction kills the process.
-``AVAILABLE`` is true only when the compile target has AMX-INT8 and that request succeeded, and
-callers pass it on as an argument (``amx_kernels``), so compiled code cached by one process is
-never run by one that could not use it.  Must not import torch or onnxruntime.
+Linux hands the tile registers to a process only on request (``config.TILES_GRANTED``, asked
+before numba loads); without it the first tile instruction kills the process.  ``AVAILABLE`` is
+true only when the compile target has AMX-INT8 and that request succeeded; the numba cache of a
+process with tiles is a folder of its own (``config``), and callers pass the flag on as an
+argument (``amx_kernels``), so compiled code that uses tiles never runs where they were refused.
+Must not import torch or onnxruntime.
 """
 
 from __future__ import annotations
 
-import ctypes
 import platform
 
 import llvmlite.binding as ll
@@ -29,14 +29,11 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
+from . import config  # sets NUMBA_CACHE_DIR before numba is imported; TILES_GRANTED
 from .matvec import PB
 
 ROWS = 16  # rows of an activation tile: dots covers whole groups of these
 KQ_TILE = 16  # quad rows (64 K) per tile: the K a tile product covers
-_SYS_ARCH_PRCTL = 158  # x86-64
-_ARCH_REQ_XCOMP_PERM = 0x1023
-_XFEATURE_XTILEDATA = 18
 
 
 def _target_has_amx() -> bool:
@@ -55,18 +52,7 @@ def _target_has_amx() -> bool:
     return bool(host.get("amx-tile", False) and host.get("amx-int8", False))
 
 
-def _request_tiles() -> bool:
-    """Ask Linux for the tile registers (once per process; True when granted)."""
-    if platform.system() != "Linux":
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-AVAILABLE = _target_has_amx() and _request_tiles()
+AVAILABLE = _target_has_amx() and config.TILES_GRANTED
 
 
 _TILE_FNS = {  # the LLVM intrinsics with immediate tile numbers, and their argument types

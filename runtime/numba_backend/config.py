@@ -8,8 +8,10 @@ site-packages, a container image) still caches its compiled kernels.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
+import platform
 import sys
 from typing import Any
 
@@ -51,11 +53,27 @@ def _cache_key(folder: str = os.path.dirname(os.path.abspath(__file__))) -> str:
     return h.hexdigest()[:12]
 
 
+def _request_tiles() -> bool:
+    """Ask Linux for the AMX tile registers (``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)``,
+    kernel 5.16+; once per process): True when granted.  Without the grant the first tile
+    instruction kills the process, so compiled code that uses tiles (``amx.py``) is cached apart
+    from code compiled where they were refused (a container's seccomp profile, an older kernel)."""
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(158, 0x1023, 18) == 0  # SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XTILEDATA
+    except (OSError, AttributeError):
+        return False
+
+
+TILES_GRANTED = _request_tiles()
+
 if "NUMBA_CACHE_DIR" not in os.environ:
     _base = os.environ.get("RNNKIT_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "rnnkit"
     )
-    os.environ["NUMBA_CACHE_DIR"] = os.path.join(_base, "numba", _cache_key())
+    os.environ["NUMBA_CACHE_DIR"] = os.path.join(_base, "numba", _cache_key() + ("-tiles" if TILES_GRANTED else ""))
 
 
 def _wide_vectors() -> None:
