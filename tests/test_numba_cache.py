@@ -107,6 +107,7 @@ from rnnkit.runtime.numba_backend import config
 import numba
 print(numba.config.CACHE_DIR)
 print(config._cache_key())
+print(config.TILES_GRANTED)
 """
 
 
@@ -115,11 +116,12 @@ def test_cache_folder_is_keyed_by_the_backend_sources(tmp_path, order):
     """numba checks a cached function against its own source file only, so kernels inlined from
     another module would be served stale after an upgrade: rnnkit's cache folder is one per hash of
     the backend's sources (config._cache_key).  numba imported before rnnkit is told the folder too
-    (else it caches next to the package, with numba's default tuning)."""
+    (else it caches next to the package, with numba's default tuning); a process granted AMX tiles
+    uses a folder of its own (``-tiles``)."""
     r = run_python(KEY, order, env={"RNNKIT_CACHE_DIR": str(tmp_path)}, timeout=120)
     assert r.returncode == 0, r.stderr
-    folder, key = r.stdout.split()[-2:]
-    assert folder == str(tmp_path / "numba" / key)
+    folder, key, tiles = r.stdout.split()[-3:]
+    assert folder == str(tmp_path / "numba" / (key + ("-tiles" if tiles == "True" else "")))
     assert len(key) == 12
 
 
