@@ -266,7 +266,8 @@ def _make_fma(nr: int, ahead: int = 0, unrolled: int = 1):
 
 
 _fma1, _fma2, _fma4 = _make_fma(1), _make_fma(2), _make_fma(4, unrolled=K_UNROLL)
-_fma1p, _fma4p = _make_fma(1, ahead=1024), _make_fma(4, ahead=1024)  # 4 KB ahead; see below
+# 4 KB ahead; not unrolled: they read weights from L3, where unrolling does not pay for its compile time
+_fma1p, _fma4p = _make_fma(1, ahead=1024), _make_fma(4, ahead=1024)
 
 
 @njit(**JIT)

@@ -309,12 +309,12 @@ def _dots(Q, hq, N, acc, vnni_kernels, amx_kernels=False):
     width = acc.shape[1]
     r1 = 0  # the rows from r1 on go through the vector kernels
     if amx_kernels and nkq % amx.KQ_TILE == 0 and N >= AMX_ROWS:
-        full = N - N % amx.ROWS
-        if full:
-            amx.dots(Q, hq, 0, full, amx.ROWS, acc)
-        r1 = N if N - full >= AMX_ROWS else full
-        if r1 > full:  # the last rows as one smaller group
-            amx.dots(Q, hq, full, N - full, N - full, acc)
+        r1 = N - N % amx.ROWS
+        if r1:
+            amx.dots(Q, hq, 0, r1, amx.ROWS, acc)
+        if N - r1 >= AMX_ROWS:  # the last rows as one smaller group
+            amx.dots(Q, hq, r1, N - r1, N - r1, acc)
+            r1 = N
     for cb in range(ncb):
         off = cb * nkq * 4 * PB
         for r0 in range(r1, N - 3, 4):

@@ -59,7 +59,8 @@ from .matvec import (  # noqa: F401
     project,
     widened,
 )
-from .qdot import AMX, input_params, matvec_u8, pack_quads, project_u8_rows, workspace, zero_point_terms
+from .qdot import matvec_u8, pack_quads, workspace, zero_point_terms
+from .rnn_projection import STEP_ROWS, _project_all, _step_projection  # noqa: F401  (STEP_ROWS: tests)
 
 # numba 0.68 accepts a bool, dict or set for `fastmath`, not config.FASTMATH's frozenset.
 JIT = dict(_JIT, fastmath=set(FASTMATH))
@@ -174,100 +175,25 @@ def _literal_cell(k):
     return lambda kind, x, g, h, c, P, rbh, clip, flag: _rnn_cell(x, g, h, c, P, rbh, clip, flag)
 
 
-def _gru_second_pass(kind, V, m, act, xw, c0, bat, tix, layout, g, h, T2, rs, rz, clip, back):
+def _gru_second_pass(kind, V, m, act, xw, col0, bat, tix, layout, g, h, T2, rs, rz, clip, back):
     """GRU with linear_before_reset=0: V = r * h for the active rows, then g[:, 2H:] = V @ R_h^T
-    (xw, c0, bat, tix, layout: where _run_rows reads the rows' projected inputs; a GRU's are
+    (xw, col0, bat, tix, layout: where _run_rows reads the rows' projected inputs; a GRU's are
     always the whole sequence's)."""
     if kind != GRU:
         return
     H = h.shape[1]
     GH = rs.shape[0]
     for a in range(m):
-        x = xw[tix[a], bat[a], c0 : c0 + GH] if layout == 0 else xw[bat[a], tix[a], c0 : c0 + GH]
+        x = xw[tix[a], bat[a], col0 : col0 + GH] if layout == 0 else xw[bat[a], tix[a], col0 : col0 + GH]
         _gru_reset(x, g[a], h[act[a]], V[a], clip)
     _matvec(V, m, T2, rs, rz, g, 2 * H, H, back)
 
 
 @overload(_gru_second_pass, jit_options=dict(JIT, cache=False), prefer_literal=True)
-def _gru_second_pass_jit(kind, V, m, act, xw, c0, bat, tix, layout, g, h, T2, rs, rz, clip, back):
+def _gru_second_pass_jit(kind, V, m, act, xw, col0, bat, tix, layout, g, h, T2, rs, rz, clip, back):
     if isinstance(kind, types.IntegerLiteral) and kind.literal_value != GRU:
-        return lambda kind, V, m, act, xw, c0, bat, tix, layout, g, h, T2, rs, rz, clip, back: None
+        return lambda kind, V, m, act, xw, col0, bat, tix, layout, g, h, T2, rs, rz, clip, back: None
     return _gru_second_pass
-
-
-# From this many rows per driver an int8 LSTM projects its inputs step by step (_run_rows).  Measured
-# against the whole sequence's projection (H=256, 512): with VNNI products 0.88-0.91x at 16 rows,
-# 0.97-1.05x at 8; with AMX tiles (whose 64-row chunks of the whole projection run 2x faster)
-# 0.92-1.00x at 32 rows, 1.04-1.11x at 16.
-STEP_ROWS = 32 if AMX else 16
-
-
-def _project_all(aq, X, layout, w, rows):
-    """(xw, qp): X (A0, A1, I) W^T + biases for every step and direction, (A0, A1, nd*GHp), what
-    drivers of ``rows`` rows read, or an empty xw when they project step by step (int8 LSTMs from
-    STEP_ROWS rows); qp the uint8 parameters of each batch row (``qdot.input_params``) when ``aq``,
-    else an empty tuple.  fp32: ``_project_any``, every direction in one pass (8.4M MACs at T=64,
-    I=128, H=256 LSTM: 0.105 ms vs numpy/OpenBLAS sgemm 0.150 ms; batch 32: 3.4 vs 4.2 ms)."""
-    if aq:
-        return _project_all_u8(aq, X, layout, w, rows)
-    return _project_all_f32(aq, X, layout, w, rows)
-
-
-def _project_all_f32(aq, X, layout, w, rows):
-    A0, A1, I = X.shape
-    C = w.ws.shape[0]
-    xw = np.empty((A0, A1, C), np.float32)
-    _project_any(X.reshape(A0 * A1, I), w.Wb, w.ws, w.wz, w.bias, xw.reshape(A0 * A1, C))
-    return xw, ()
-
-
-@overload(_project_all, jit_options=dict(JIT, cache=False), prefer_literal=True)
-def _project_all_jit(aq, X, layout, w, rows):
-    if isinstance(aq, types.BooleanLiteral):  # one implementation per literal (see _cell)
-        # the implementations themselves, not calls of them: one compiled function less each
-        return _project_all_u8 if aq.literal_value else _project_all_f32
-    return _project_all
-
-
-def _project_all_u8(aq, X, layout, w, rows):
-    A0, A1, I = X.shape
-    nd, GHp = w.wzt.shape[0], w.wzt.shape[2]
-    qp = input_params(X, layout)
-    if rows >= STEP_ROWS:
-        return np.empty((0, 0, nd * GHp), np.float32), qp
-    xw = np.empty((A0, A1, nd * GHp), np.float32)
-    group = np.empty(A0 * A1, np.int64)  # the batch row of each row of X flattened
-    for a in range(A0):
-        for b in range(A1):
-            group[a * A1 + b] = b if layout == 0 else a
-    X2, out, nb = X.reshape(A0 * A1, I), xw.reshape(A0 * A1, nd * GHp), GHp // PB
-    for d in range(nd):  # per direction: the zero-point terms are (nd, 2, GHp)
-        c0 = d * GHp
-        Wd, ws, bias = w.Wb[d * nb : (d + 1) * nb], w.ws[c0 : c0 + GHp], w.bias[c0 : c0 + GHp]
-        project_u8_rows(X2, group, *qp, Wd, w.wzt[d], ws, bias, out, c0)
-    return xw, qp
-
-
-def _step_projection(aq, X, layout, Xg, m, bat, tix, qp, w, d, xs):
-    """xs[:m] = the active rows' X W^T + biases at this step; only activation-quantized LSTMs
-    project step by step (``_project_all``), so fp32 compiles none of it."""
-    if aq:
-        for a in range(m):
-            src = X[tix[a], bat[a]] if layout == 0 else X[bat[a], tix[a]]
-            xa = Xg[a]
-            for k in range(X.shape[2]):
-                xa[k] = src[k]
-        GHp = w.wzt.shape[2]
-        nb, c0 = GHp // PB, d * GHp
-        Wd, ws, bias = w.Wb[d * nb : (d + 1) * nb], w.ws[c0 : c0 + GHp], w.bias[c0 : c0 + GHp]
-        project_u8_rows(Xg[:m], bat[:m], *qp, Wd, w.wzt[d], ws, bias, xs[:m], c0)
-
-
-@overload(_step_projection, jit_options=dict(JIT, cache=False), prefer_literal=True)
-def _step_projection_jit(aq, X, layout, Xg, m, bat, tix, qp, w, d, xs):
-    if isinstance(aq, types.BooleanLiteral) and not aq.literal_value:
-        return lambda aq, X, layout, Xg, m, bat, tix, qp, w, d, xs: None
-    return _step_projection
 
 
 def _u8_product(aq, V, m, T1, rzt, rs, g, GH, hq, acc):
@@ -276,6 +202,17 @@ def _u8_product(aq, V, m, T1, rzt, rs, g, GH, hq, acc):
     every fp32 first compile while it sat behind a plain runtime branch)."""
     if aq:
         matvec_u8(V, m, T1, rzt, rs, g, 0, GH, hq, acc)
+
+
+def _u8_product_any(aq, V, m, T1, rzt, rs, g, GH, hq, acc):
+    matvec_u8(V, m, T1, rzt, rs, g, 0, GH, hq, acc)
+
+
+@overload(_u8_product, jit_options=dict(JIT, cache=False), prefer_literal=True)
+def _u8_product_jit(aq, V, m, T1, rzt, rs, g, GH, hq, acc):
+    if isinstance(aq, types.BooleanLiteral) and not aq.literal_value:
+        return lambda aq, V, m, T1, rzt, rs, g, GH, hq, acc: None
+    return _u8_product_any
 
 
 def _state_product(aq, V, m, T1, rs, rz, g, ncols, back):
@@ -290,17 +227,6 @@ def _state_product_jit(aq, V, m, T1, rs, rz, g, ncols, back):
     if isinstance(aq, types.BooleanLiteral) and aq.literal_value:
         return lambda aq, V, m, T1, rs, rz, g, ncols, back: None
     return _state_product
-
-
-def _u8_product_any(aq, V, m, T1, rzt, rs, g, GH, hq, acc):
-    matvec_u8(V, m, T1, rzt, rs, g, 0, GH, hq, acc)
-
-
-@overload(_u8_product, jit_options=dict(JIT, cache=False), prefer_literal=True)
-def _u8_product_jit(aq, V, m, T1, rzt, rs, g, GH, hq, acc):
-    if isinstance(aq, types.BooleanLiteral) and not aq.literal_value:
-        return lambda aq, V, m, T1, rzt, rs, g, GH, hq, acc: None
-    return _u8_product_any
 
 
 @njit(**JIT)
@@ -336,7 +262,7 @@ def _run_rows(kind, d, b0, b1, reverse, layout, X, xw, qp, w, aq, lens, h0, c0, 
     hq, acc = workspace(n if aq else 0, T1)  # matvec_u8's buffers
     tix = np.empty(n, np.int64)
     bat = np.empty(n, np.int64)  # the active rows' batch rows
-    c0 = d * (w.ws.shape[0] // w.T1.shape[0])  # direction d's first column of xw / xs
+    col0 = d * (w.ws.shape[0] // w.T1.shape[0])  # direction d's first column of xw / xs
     xs = np.empty((n if stepwise else 0, w.ws.shape[0]), np.float32)  # their projection at the step
     Xg = np.empty((n if stepwise else 0, X.shape[2]), np.float32)  # and their inputs
     two_pass = kind == GRU and flag == 0
@@ -356,18 +282,17 @@ def _run_rows(kind, d, b0, b1, reverse, layout, X, xw, qp, w, aq, lens, h0, c0, 
         if stepwise:
             _step_projection(aq, X, layout, Xg, m, bat, tix, qp, w, d, xs)
         back = (s & 1) == 1  # blocks back and forth: what one step read last is still in cache (_matvec)
-        if aq:  # a runtime branch, with the uint8 product behind a literal overload: see _u8_product
-            _u8_product(aq, V, m, T1, rzt, rs, g, GH, hq, acc)
-        else:
-            _state_product(aq, V, m, T1, rs, rz, g, 2 * H if two_pass else GH, back)
+        # one of the two is a no-op: each is compiled only for its own kind of layer
+        _u8_product(aq, V, m, T1, rzt, rs, g, GH, hq, acc)
+        _state_product(aq, V, m, T1, rs, rz, g, 2 * H if two_pass else GH, back)
         if two_pass:
-            _gru_second_pass(kind, V, m, act, xw, c0, bat, tix, layout, g, h, T2, rs, rz, clip, back)
+            _gru_second_pass(kind, V, m, act, xw, col0, bat, tix, layout, g, h, T2, rs, rz, clip, back)
         for a in range(m):
             i = act[a]
             if stepwise:
-                x = xs[a, c0 : c0 + GH]
+                x = xs[a, col0 : col0 + GH]
             else:
-                x = xw[tix[a], bat[a], c0 : c0 + GH] if layout == 0 else xw[bat[a], tix[a], c0 : c0 + GH]
+                x = xw[tix[a], bat[a], col0 : col0 + GH] if layout == 0 else xw[bat[a], tix[a], col0 : col0 + GH]
             _cell(kind, x, g[a], h[i], c[i], P, rbh, clip, flag)
             y = Y[tix[a], d, bat[a]] if layout == 0 else Y[bat[a], tix[a], d]
             for j in range(H):
