@@ -21,12 +21,13 @@ import pytest
 from rnnkit.runtime.numba_backend import amx, config, matvec, qdot, rnn
 from rnnkit.runtime.tolerance import FP32
 
-ROWS = (1, 2, 3, 5, 6, 7)  # every remainder after the 4-row passes: 1, 2, 3, 1, 2, 3
+ROWS = (1, 2, 3, 5, 6, 7, 32)  # every remainder after the 4-row passes: 1, 2, 3, 1, 2, 3, 0
 
 
 def test_fp32_row_blocks_equal_each_row_alone():
-    """_matvec and _project (with and without prefetch) give each row of a batch of 1-7 rows the
-    bits it gets alone, and the float64 product to FP32."""
+    """_matvec and _project (with and without prefetch) give each row of a batch of 1-32 rows the
+    bits it gets alone (whichever of the 4-, 2- and 1-row kernels ran it), and the float64 product
+    to FP32."""
     rng = np.random.default_rng(0)
     K, C = 19, 130  # K and C not multiples of the blocks
     M = rng.normal(size=(1, K, C)).astype(np.float32)
@@ -55,12 +56,12 @@ def test_fp32_row_blocks_equal_each_row_alone():
 
 @numba.njit(cache=False)
 def _kernel4(Q, V, nk, out):
-    matvec._fma4(Q, 0, V, 0, nk, out, out.shape[1], 0)
+    matvec._fma4(Q, 0, V, 0, nk, out, out.shape[1], 0, matvec.NO_BIAS)
 
 
 @numba.njit(cache=False)
 def _kernel1(Q, V, nk, out):
-    matvec._fma1(Q, 0, V, 0, nk, out, out.shape[1], 0)
+    matvec._fma1(Q, 0, V, 0, nk, out, out.shape[1], 0, matvec.NO_BIAS)
 
 
 @pytest.mark.parametrize("nk", [1, 3, 4, 5, 8, 11])
@@ -83,7 +84,7 @@ def test_fp32_kernels_unrolled_k_loop_with_every_remainder(nk):
 
 
 def test_u8_row_blocks_are_exact_for_every_remainder():
-    """qdot._dots with 1-7 rows (the 4-row kernel, then 3, 2 or 1 rows at once), both lowerings:
+    """qdot._dots with 1-32 rows (4-row passes, then 3, 2 or 1 rows at once), both lowerings:
     the exact int64 products."""
     rng = np.random.default_rng(1)
     K, C = 37, 200
@@ -135,6 +136,63 @@ def test_u8_projection_in_row_chunks_equals_each_batch_row_alone():
         one = np.empty((T, C), np.float32)
         qdot.project_u8(np.ascontiguousarray(X[:, b : b + 1]), 0, Q, zterm, ws, bias, one)
         np.testing.assert_array_equal(one, out[:, b])
+
+
+def _range_one_chain(x, lo, hi):
+    """qdot._range's contract as one scalar chain (onnxruntime's order of a plain loop)."""
+    bad = False
+    for v in x:
+        bad = bad or not np.isfinite(v)
+        lo = v if v < lo else lo
+        hi = v if v > hi else hi
+    return np.float32(lo), np.float32(hi), bad
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 31, 33, 256, 263])
+def test_activation_range_in_vector_lanes_equals_one_chain(n):
+    """qdot._range folds 16 lanes of min/max/NaN probes: the same (min, max, NaN-or-inf) as one
+    scalar chain, bit for bit (the sign of a zero included: 0.0 from the start is never replaced by
+    -0.0), for every tail length, starting ranges other than 0, and a NaN or inf in any lane or in
+    the tail (which must not change the min/max of the other values)."""
+    rng = np.random.default_rng(n)
+    for case in range(6):
+        x = rng.normal(size=n).astype(np.float32)
+        lo, hi = np.float32(0.0), np.float32(0.0)
+        if case == 1:
+            x = np.abs(x)  # no negative value: lo stays 0.0
+        if case == 2:
+            x[:] = -0.0
+        if case == 3:
+            lo, hi = np.float32(-5.0), np.float32(0.25)
+        if case >= 4 and n:
+            x[rng.integers(n)] = np.nan if case == 4 else -np.inf
+        got = qdot._range(x, lo, hi)
+        want = _range_one_chain(x, lo, hi)
+        assert got[2] == want[2], (case, got, want)
+        if not want[2]:
+            bits = [np.float32(v).tobytes() for v in (*got[:2], *want[:2])]
+            assert bits[:2] == bits[2:], (case, got, want)
+
+
+def test_fp32_kernel_adds_the_bias_after_the_sums():
+    """The fp32 kernels' bias epilogue: the sums in k order, then + bias (one rounding each), the
+    same bits as the kernel without a bias followed by a separate add; an empty bias adds nothing."""
+    rng = np.random.default_rng(5)
+    nk = 37
+    Q = matvec.pack_blocks(rng.normal(size=(1, nk, 64)).astype(np.float32))[0]
+    V = np.zeros((4, Q.shape[1]), np.float32)
+    V[:, :nk] = rng.normal(size=(4, nk))
+    bias = rng.normal(size=64).astype(np.float32)
+    plain, biased = np.zeros((4, 64), np.float32), np.zeros((4, 64), np.float32)
+    _kernel4(Q, V, nk, plain)
+    _kernel4_bias(Q, V, nk, biased, bias)
+    np.testing.assert_array_equal(biased, plain + bias)
+    assert not np.array_equal(biased, plain)
+
+
+@numba.njit(cache=False)
+def _kernel4_bias(Q, V, nk, out, bias):
+    matvec._fma4(Q, 0, V, 0, nk, out, out.shape[1], 0, bias)
 
 
 @pytest.mark.parametrize("kind", [rnn.GRU, rnn.LSTM])

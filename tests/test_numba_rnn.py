@@ -573,9 +573,9 @@ def test_dynamic_quantize_lstm_rows_do_not_depend_on_their_batch():
     """Activations are quantized per batch row (onnxruntime: per batch matrix), so a row run alone
     equals the same row in a ragged batch, when its padding is zeros as in rnnkit's graphs (the
     range covers the row's padded sequence, as onnxruntime's covers its whole matrix); threads
-    and layout change nothing: rnn.STEP_ROWS rows project their inputs step by step, 2 threads'
-    chunks of half as many and rows alone for the whole sequence at once (K = 64: the AMX tiles
-    where there are some, qdot.AMX)."""
+    and layout change nothing: 32 rows project their inputs CHUNK_ROWS // 32 steps per call, 2
+    threads' halves twice as many steps, rows alone the whole sequence at once (K = 64 and groups
+    of 16 rows: the AMX tiles where there are some, qdot.AMX)."""
     rng = np.random.default_rng(0)
     H, I, G = 64, 64, 256
     Wq, Rq = (rng.integers(-127, 128, (2, k, G)).astype(np.int8) for k in (I, H))
@@ -589,8 +589,8 @@ def test_dynamic_quantize_lstm_rows_do_not_depend_on_their_batch():
         None,
         dynamic=True,
     )
-    lens = np.resize([9, 3, 5, 1, 9, 7, 2, 4, 6, 8, 1, 9, 5, 2, 7, 3], rnn.STEP_ROWS)
-    X = rng.standard_normal((9, rnn.STEP_ROWS, I)).astype(np.float32)
+    lens = np.resize([9, 3, 5, 1, 9, 7, 2, 4, 6, 8, 1, 9, 5, 2, 7, 3], 32)
+    X = rng.standard_normal((9, 32, I)).astype(np.float32)
     for r, n in enumerate(lens):
         X[n:, r] = 0
     batch = rnn.run(packed, X, "bidirectional", sequence_lens=lens, threads=1)

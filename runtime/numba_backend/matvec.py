@@ -180,9 +180,11 @@ def _store_rows(builder, o_ary, accs, r0_v, ostride_v, ooff_v, vector):
 
 def _make_fma(nr: int, ahead: int = 0, unrolled: int = 1):
     """The fp32 twin of _make_madd: out[r0 + r, ooff:ooff+PB] = sum over k < nk of
-    W[woff + k*PB + j] * V[r0 + r, k] (r < nr), the nr x 4 x 16 sums in registers over the K loop,
-    one broadcast of V[r, k] per k, each weight vector loaded once for the nr rows.  Sums in k
-    order (fmul + fadd with ``contract``: FMAs where the target has them).
+    W[woff + k*PB + j] * V[r0 + r, k] (r < nr), plus bias[j] when ``bias`` is not empty (PB values:
+    one block's), the nr x 4 x 16 sums in registers over the K loop, one broadcast of V[r, k] per
+    k, each weight vector loaded once for the nr rows.  Sums in k order (fmul + fadd with
+    ``contract``: FMAs where the target has them), then the bias added (the rounding of a separate
+    pass, without the pass: it read and wrote an LSTM-256's whole projection again, 0.3 ms of 13).
 
     ``ahead`` > 0: each k also prefetches the 4 cache lines ``ahead`` floats further on (past the
     block too: blocks are consecutive, and a prefetch never faults).  Used only where ``prefetched``
@@ -190,7 +192,7 @@ def _make_fma(nr: int, ahead: int = 0, unrolled: int = 1):
     per iteration of the K loop (``K_UNROLL``), the last ``nk % unrolled`` one by one."""
 
     @intrinsic
-    def fma(typingctx, W, woff, V, r0, nk, out, ostride, ooff):
+    def fma(typingctx, W, woff, V, r0, nk, out, ostride, ooff, bias):
         if not (
             isinstance(W, types.Array)
             and W.dtype == types.float32
@@ -200,16 +202,20 @@ def _make_fma(nr: int, ahead: int = 0, unrolled: int = 1):
             and isinstance(out, types.Array)
             and out.dtype == types.float32
             and out.ndim == 2
+            and isinstance(bias, types.Array)
+            and bias.dtype == types.float32
+            and bias.ndim == 1
         ):
             return None
-        sig = types.void(W, types.intp, V, types.intp, types.intp, out, types.intp, types.intp)
+        sig = types.void(W, types.intp, V, types.intp, types.intp, out, types.intp, types.intp, bias)
         nvec = PB // 16
 
         def codegen(context, builder, signature, args):
-            w_arg, woff_v, v_arg, r0_v, nk_v, o_arg, ostride_v, ooff_v = args
+            w_arg, woff_v, v_arg, r0_v, nk_v, o_arg, ostride_v, ooff_v, b_arg = args
             w_ary = context.make_array(signature.args[0])(context, builder, w_arg)
             v_ary = context.make_array(signature.args[2])(context, builder, v_arg)
             o_ary = context.make_array(signature.args[5])(context, builder, o_arg)
+            b_ary = context.make_array(signature.args[8])(context, builder, b_arg)
             f32, i32 = ir.FloatType(), ir.IntType(32)
             vf = ir.VectorType(f32, 16)
             accs = [[cgutils.alloca_once_value(builder, ir.Constant(vf, None)) for _ in range(nvec)] for _ in range(nr)]
@@ -252,15 +258,24 @@ def _make_fma(nr: int, ahead: int = 0, unrolled: int = 1):
             done = builder.mul(builder.udiv(nk_v, unroll), unroll)
             with cgutils.for_range(builder, builder.sub(nk_v, done)) as loop:
                 step(builder.add(done, loop.index))
+            nb = builder.extract_value(b_ary.shape, 0)
+            with builder.if_then(builder.icmp_unsigned("!=", nb, ir.Constant(nb.type, 0))):
+                for v in range(nvec):
+                    ptr = builder.bitcast(builder.gep(b_ary.data, [ir.Constant(nb.type, 16 * v)]), vf.as_pointer())
+                    bv = builder.load(ptr, align=4)
+                    for r in range(nr):
+                        builder.store(builder.fadd(builder.load(accs[r][v]), bv), accs[r][v])
             _store_rows(builder, o_ary, accs, r0_v, ostride_v, ooff_v, vf)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    def fma_py(W, woff, V, r0, nk, out, ostride, ooff):
+    def fma_py(W, woff, V, r0, nk, out, ostride, ooff, bias):
         """Plain numpy (NUMBA_DISABLE_JIT=1)."""
         w = W.reshape(-1)[woff : woff + nk * PB].reshape(nk, PB)
         out[r0 : r0 + nr, ooff : ooff + PB] = V[r0 : r0 + nr, :nk] @ w
+        if bias.shape[0]:
+            out[r0 : r0 + nr, ooff : ooff + PB] += bias
 
     return fma_py if numba.config.DISABLE_JIT else fma
 
@@ -268,19 +283,20 @@ def _make_fma(nr: int, ahead: int = 0, unrolled: int = 1):
 _fma1, _fma2, _fma4 = _make_fma(1), _make_fma(2), _make_fma(4, unrolled=K_UNROLL)
 # 4 KB ahead; not unrolled: they read weights from L3, where unrolling does not pay for its compile time
 _fma1p, _fma4p = _make_fma(1, ahead=1024), _make_fma(4, ahead=1024)
+NO_BIAS = np.zeros(0, np.float32)  # the kernels' ``bias`` when there is none (a constant of the compiled code)
 
 
 @njit(**JIT)
-def _fma_rest(W, woff, V, n, nk, out, ostride, ooff):
+def _fma_rest(W, woff, V, n, nk, out, ostride, ooff, bias):
     """The last n % 4 rows of V (after the 4-row passes): a pair in one pass over the block, then
     a last row (beams of 2-3, odd batches: 2 passes over the weights for 3 rows, not 3; a 3-row
     kernel as well measured no faster and made the first compile longer).  Each row's sums are the
     same FMAs in the same order whatever the number of rows: a row alone equals the row in a batch."""
     rest = n % 4
     if rest >= 2:
-        _fma2(W, woff, V, n - rest, nk, out, ostride, ooff)
+        _fma2(W, woff, V, n - rest, nk, out, ostride, ooff, bias)
     if rest % 2:
-        _fma1(W, woff, V, n - 1, nk, out, ostride, ooff)
+        _fma1(W, woff, V, n - 1, nk, out, ostride, ooff, bias)
 
 
 _L2, _L3 = cache_bytes(2), cache_bytes(3)
@@ -306,8 +322,8 @@ def _matvec_f32(V, n, Q, out, c0, ncols, backwards):
     for i in range(ncb):  # 4 rows per pass over a block of weights, then the last 1-3 rows in one
         cb = ncb - 1 - i if backwards else i
         for r0 in range(0, n - 3, 4):
-            _fma4(Q, cb * K * PB, V, r0, K, dst, stride, off + cb * PB)
-        _fma_rest(Q, cb * K * PB, V, n, K, dst, stride, off + cb * PB)
+            _fma4(Q, cb * K * PB, V, r0, K, dst, stride, off + cb * PB, NO_BIAS)
+        _fma_rest(Q, cb * K * PB, V, n, K, dst, stride, off + cb * PB, NO_BIAS)
     if not direct:
         for i in range(n):
             for j in range(ncols):
@@ -499,18 +515,17 @@ def _project(X, Q, scale, zp, bias, out, ahead=False):
     for cb in range(ncb):
         wb = _block_f32(Q, cb, scale, zp, buf)
         dst, stride, off = (out, C, cb * PB) if cb < full else (tail, PB, 0)
+        b = bias[cb * PB : cb * PB + PB] if cb < full else NO_BIAS  # a padded last block: added below
         for r0 in range(0, N - 3, 4):
             if ahead:
-                _fma4p(wb, 0, Xp, r0, Kp, dst, stride, off)
+                _fma4p(wb, 0, Xp, r0, Kp, dst, stride, off, b)
             else:
-                _fma4(wb, 0, Xp, r0, Kp, dst, stride, off)
+                _fma4(wb, 0, Xp, r0, Kp, dst, stride, off, b)
         if not ahead:
-            _fma_rest(wb, 0, Xp, N, Kp, dst, stride, off)
+            _fma_rest(wb, 0, Xp, N, Kp, dst, stride, off, b)
         for r0 in range(N - N % 4, N if ahead else 0):  # prefetched weights: one by one (first compile)
-            _fma1p(wb, 0, Xp, r0, Kp, dst, stride, off)
+            _fma1p(wb, 0, Xp, r0, Kp, dst, stride, off, b)
     for r in range(N):
-        for j in range(full * PB):
-            out[r, j] += bias[j]
         for j in range(C - full * PB):
             out[r, full * PB + j] = tail[r, j] + bias[full * PB + j]
 

@@ -21,7 +21,7 @@ with every intermediate read by the next node of the pattern only.  It fires on 
 step (the stack up to ``y_batch``; the attention, its MatMuls and the ``LogSoftmax`` stay plan
 steps) and on word-level taggers (bidirectional, no carried state).  The fused op reuses the ops'
 kernels: the ``Gather`` op's own ``compute`` (on ``ids.T``: the time-major rows directly), the
-serial RNN driver ``rnn.run`` calls (``rnn.project_rows_serial``) and the MatMul's ``project``
+serial RNN driver ``rnn.run`` calls (``rnn._run_rows``, each direction) and the MatMul's ``project``
 with its bias, in the order the plan runs them, so results equal the plan's to fp32 rounding
 (compiled again inside one function, fastmath contraction may differ by an ulp).
 
@@ -299,19 +299,29 @@ def _stack_entry(kind: int, head: bool):
         hn = np.empty((L * nd, B, H), np.float32)
         cn = np.empty((L * nd, B, H), np.float32)
         for layer in range(L):
-            Y, h1, c1 = rnn.project_rows_serial(
-                kind,
-                dirs,
-                0,
-                x,
-                rnn.RNNWeights(*records[layer]),
-                False,
-                lens,
-                h0s[layer],
-                c0s[layer],
-                clips[layer],
-                flags[layer],
-            )
+            w, h0 = rnn.RNNWeights(*records[layer]), h0s[layer]
+            Y, h1, c1 = rnn._outputs(x, 0, h0)
+            for d in range(nd):  # the driver directly: no level of calls between (see rnn._entries)
+                rnn._run_rows(
+                    kind,
+                    d,
+                    0,
+                    B,
+                    dirs[d],
+                    0,
+                    x,
+                    (),
+                    w,
+                    False,
+                    lens,
+                    h0,
+                    c0s[layer],
+                    Y,
+                    h1,
+                    c1,
+                    clips[layer],
+                    flags[layer],
+                )
             for d in range(nd):  # element loops: a slice assignment compiles numba's error formatting
                 for b in range(B):
                     for j in range(H):

@@ -6,13 +6,13 @@ One driver (``_run_rows``) owns direction, layout, ``sequence_lens`` and the ini
 three cells (``_rnn_cell``, ``_gru_cell`` + ``_gru_reset``, ``_lstm_cell``) are only gate math.
 The cell kind and the activation quantization are compile-time literals of the driver, so a model
 compiles only its own cell and arithmetic (see "Compile-time choices" below).
-The input projection ``X @ W^T + b`` for all time steps and both directions is one pass
-(``matvec.project``: the step's mat-vec kernels 4 rows at a time; 8-bit weights are widened to
-fp32 once per call, or, for at most 16 rows such as a one-token step, read as 8-bit by the
-int16-split mat-vec), except in an int8 (uint8-activation) LSTM from ``STEP_ROWS`` rows, which
-projects its active rows at each step; the step loop then runs entirely in numba.  ``prange`` runs over batch rows
-only, one contiguous chunk of rows per thread; batch 1 or one thread takes the serial driver, one
-compiled call for the projection, the steps and the outputs' allocation (no threading overhead).
+The driver projects its inputs ``X @ W^T + b`` a chunk of steps ahead of the recurrence
+(``rnn_projection``: about CHUNK_ROWS rows per call, read back from L2; ``matvec.project``'s
+kernels, 8-bit weights widened to fp32 once per call or, for at most 16 rows, read as 8-bit by
+the int16-split mat-vec; ``qdot``'s for uint8 activations); the step loop runs entirely in numba.
+``prange`` runs over batch rows only, one contiguous chunk of rows per thread; batch 1 or one
+thread takes the serial entry point, one compiled call for the projection, the steps and the
+outputs' allocation (no threading overhead).
 
 The mat-vec kernels (packed weight blocks, fp32 FMAs and exact int8 x int16 sums) and the
 projection live in ``matvec.py``; onnxruntime's DynamicQuantizeLSTM arithmetic (activations
@@ -60,7 +60,7 @@ from .matvec import (  # noqa: F401
     widened,
 )
 from .qdot import matvec_u8, pack_quads, workspace, zero_point_terms
-from .rnn_projection import STEP_ROWS, _project_all, _step_projection  # noqa: F401  (STEP_ROWS: tests)
+from .rnn_projection import CHUNK_ROWS, gather, project_every_step, project_rows, row_params, steps_per_chunk  # noqa: F401  (CHUNK_ROWS: tests)
 
 # numba 0.68 accepts a bool, dict or set for `fastmath`, not config.FASTMATH's frozenset.
 JIT = dict(_JIT, fastmath=set(FASTMATH))
@@ -175,24 +175,22 @@ def _literal_cell(k):
     return lambda kind, x, g, h, c, P, rbh, clip, flag: _rnn_cell(x, g, h, c, P, rbh, clip, flag)
 
 
-def _gru_second_pass(kind, V, m, act, xw, col0, bat, tix, layout, g, h, T2, rs, rz, clip, back):
+def _gru_second_pass(kind, V, m, act, xs, r0, g, h, T2, rs, rz, clip, back):
     """GRU with linear_before_reset=0: V = r * h for the active rows, then g[:, 2H:] = V @ R_h^T
-    (xw, col0, bat, tix, layout: where _run_rows reads the rows' projected inputs; a GRU's are
-    always the whole sequence's)."""
+    (xs[r0 + a]: active row a's projected input, as _run_rows reads it)."""
     if kind != GRU:
         return
     H = h.shape[1]
     GH = rs.shape[0]
     for a in range(m):
-        x = xw[tix[a], bat[a], col0 : col0 + GH] if layout == 0 else xw[bat[a], tix[a], col0 : col0 + GH]
-        _gru_reset(x, g[a], h[act[a]], V[a], clip)
+        _gru_reset(xs[r0 + a, :GH], g[a], h[act[a]], V[a], clip)
     _matvec(V, m, T2, rs, rz, g, 2 * H, H, back)
 
 
 @overload(_gru_second_pass, jit_options=dict(JIT, cache=False), prefer_literal=True)
-def _gru_second_pass_jit(kind, V, m, act, xw, col0, bat, tix, layout, g, h, T2, rs, rz, clip, back):
+def _gru_second_pass_jit(kind, V, m, act, xs, r0, g, h, T2, rs, rz, clip, back):
     if isinstance(kind, types.IntegerLiteral) and kind.literal_value != GRU:
-        return lambda kind, V, m, act, xw, col0, bat, tix, layout, g, h, T2, rs, rz, clip, back: None
+        return lambda kind, V, m, act, xs, r0, g, h, T2, rs, rz, clip, back: None
     return _gru_second_pass
 
 
@@ -230,25 +228,22 @@ def _state_product_jit(aq, V, m, T1, rs, rz, g, ncols, back):
 
 
 @njit(**JIT)
-def _run_rows(kind, d, b0, b1, reverse, layout, X, xw, qp, w, aq, lens, h0, c0, Y, hn, cn, clip, flag):
+def _run_rows(kind, d, b0, b1, reverse, layout, X, qp, w, aq, lens, h0, c0, Y, hn, cn, clip, flag):
     """The driver: one direction d of batch rows b0..b1-1, all rows stepping together.
 
     X is the input, (T, B, I) for layout 0 or (B, T, I) for layout 1; ``w`` the node's ``RNNWeights``;
-    ``xw``/``qp`` from ``_project_all``.  At step s the rows with s < length are active; forward reads
-    t = s, reverse t = length-1-s.  Their inputs' projection X W^T + biases is xw's rows, or, when xw
-    is empty, the active rows' X projected at the step (``_step_projection``: the same sums; the whole
-    sequence's projection for 32 rows of an LSTM-256 is 8 MB, written once and read back from beyond
-    L2; int8 LSTMs from STEP_ROWS rows, whose 8-bit input weights stay in L2 between steps: fp32
-    ones measured no faster, up to 1.3x slower at 4-8 rows of H=512).  ``aq``: the recurrent
-    product quantizes h to uint8 per row and step (qdot.matvec_u8, T1 in quads, rzt its
-    zero_point_terms), as onnxruntime's DynamicQuantizeLSTM does; else ``_matvec``.
+    ``qp`` the batch rows' uint8 parameters when ``aq`` (``rnn_projection.row_params``).  At step s
+    the rows with s < length are active; forward reads t = s, reverse t = length-1-s.  Their inputs'
+    projection X W^T + biases is made a chunk of steps ahead (``rnn_projection``: about CHUNK_ROWS
+    rows per call, read back from L2).  ``aq``: the recurrent product quantizes h to uint8 per row
+    and step (qdot.matvec_u8, T1 in quads, rzt its zero_point_terms), as onnxruntime's
+    DynamicQuantizeLSTM does; else ``_matvec``.
     """
     T1, T2, rs, rz, rzt, rbh, P = w.T1[d], w.T2[d], w.rs[d], w.rz[d], w.rzt[d], w.rbh[d], w.P[d]
     H = h0.shape[2]
     GH = rs.shape[0]
     n = b1 - b0
     T = X.shape[0] if layout == 0 else X.shape[1]
-    stepwise = xw.shape[0] == 0
     h = h0[d, b0:b1].copy()  # (n, H)
     c = c0[d, b0:b1].copy()
     L = np.empty(n, np.int64)
@@ -262,11 +257,19 @@ def _run_rows(kind, d, b0, b1, reverse, layout, X, xw, qp, w, aq, lens, h0, c0, 
     hq, acc = workspace(n if aq else 0, T1)  # matvec_u8's buffers
     tix = np.empty(n, np.int64)
     bat = np.empty(n, np.int64)  # the active rows' batch rows
-    col0 = d * (w.ws.shape[0] // w.T1.shape[0])  # direction d's first column of xw / xs
-    xs = np.empty((n if stepwise else 0, w.ws.shape[0]), np.float32)  # their projection at the step
-    Xg = np.empty((n if stepwise else 0, X.shape[2]), np.float32)  # and their inputs
+    cs = steps_per_chunk(aq, w.Wb, n, steps)
+    rows = n * min(cs, max(steps, 1))
+    xs = np.empty((rows, w.ws.shape[0] // w.T1.shape[0]), np.float32)  # a chunk's projections
+    Xg = np.empty((rows, X.shape[2]), np.float32)  # and their inputs
+    grp = np.empty(rows, np.int64)
+    first = np.empty(cs, np.int64)  # each step's first row in xs
     two_pass = kind == GRU and flag == 0
+    s0 = 0
     for s in range(steps):
+        if s % cs == 0:
+            s0 = s
+            r = gather(X, layout, s, min(s + cs, steps), L, reverse, b0, Xg, grp, first)
+            project_rows(aq, Xg, r, grp, qp, w, d, xs)
         m = np.int64(0)  # not the literal 0: calls would compile once more for Literal[int](0)
         for i in range(n):
             if s < L[i]:
@@ -279,21 +282,16 @@ def _run_rows(kind, d, b0, b1, reverse, layout, X, xw, qp, w, aq, lens, h0, c0, 
             va = V[a]
             for k in range(H):
                 va[k] = hi[k]
-        if stepwise:
-            _step_projection(aq, X, layout, Xg, m, bat, tix, qp, w, d, xs)
         back = (s & 1) == 1  # blocks back and forth: what one step read last is still in cache (_matvec)
         # one of the two is a no-op: each is compiled only for its own kind of layer
         _u8_product(aq, V, m, T1, rzt, rs, g, GH, hq, acc)
         _state_product(aq, V, m, T1, rs, rz, g, 2 * H if two_pass else GH, back)
+        r0 = first[s - s0]
         if two_pass:
-            _gru_second_pass(kind, V, m, act, xw, col0, bat, tix, layout, g, h, T2, rs, rz, clip, back)
+            _gru_second_pass(kind, V, m, act, xs, r0, g, h, T2, rs, rz, clip, back)
         for a in range(m):
             i = act[a]
-            if stepwise:
-                x = xs[a, col0 : col0 + GH]
-            else:
-                x = xw[tix[a], bat[a], col0 : col0 + GH] if layout == 0 else xw[bat[a], tix[a], col0 : col0 + GH]
-            _cell(kind, x, g[a], h[i], c[i], P, rbh, clip, flag)
+            _cell(kind, xs[r0 + a, :GH], g[a], h[i], c[i], P, rbh, clip, flag)
             y = Y[tix[a], d, bat[a]] if layout == 0 else Y[bat[a], tix[a], d]
             for j in range(H):
                 y[j] = h[i, j]
@@ -310,33 +308,21 @@ def _run_rows(kind, d, b0, b1, reverse, layout, X, xw, qp, w, aq, lens, h0, c0, 
 
 
 @njit(**JIT)
-def _rows_serial(kind, dirs, layout, X, xw, qp, w, aq, lens, h0, c0, Y, hn, cn, clip, flag):
-    for d in range(w.T1.shape[0]):
-        _run_rows(kind, d, 0, h0.shape[1], dirs[d], layout, X, xw, qp, w, aq, lens, h0, c0, Y, hn, cn, clip, flag)
-
-
-@njit(**JIT)
-def project_rows_serial(kind, dirs, layout, X, w, aq, lens, h0, c0, clip, flag):
-    """The projection and _rows_serial in one call (what ``rnn.run`` runs on one thread; compiled
-    callers such as the fused recurrent step call it too), X (T, B, I) or (B, T, I) C-contiguous fp32:
-    returns Y, Y_h, Y_c (layout 0 shapes for the states)."""
-    A0, A1 = X.shape[0], X.shape[1]
+def _outputs(X, layout, h0):
+    """Y, Y_h, Y_c of an RNN node (Y in the node's layout, the states (nd, B, H)), uninitialised."""
     nd, Bn, H = h0.shape
-    xw, qp = _project_all(aq, X, layout, w, Bn)
+    A0, A1 = X.shape[0], X.shape[1]
     Y = np.empty((A0, nd, A1, H) if layout == 0 else (A0, A1, nd, H), np.float32)
-    hn = np.empty((nd, Bn, H), np.float32)
-    cn = np.empty((nd, Bn, H), np.float32)
-    _rows_serial(kind, dirs, layout, X, xw, qp, w, aq, lens, h0, c0, Y, hn, cn, clip, flag)
-    return Y, hn, cn
+    return Y, np.empty((nd, Bn, H), np.float32), np.empty((nd, Bn, H), np.float32)
 
 
 @njit(parallel=True, **JIT)
 def _rows_parallel(kind, dirs, layout, X, w, aq, lens, h0, c0, Y, hn, cn, clip, flag, threads):
-    """prange over batch only: one contiguous chunk of rows per thread (each projects its own rows
-    step by step from STEP_ROWS rows per chunk)."""
+    """prange over batch only: one contiguous chunk of rows per thread (each projects its own
+    rows' inputs)."""
     B = h0.shape[1]
     chunks = min(B, threads)
-    xw, qp = _project_all(aq, X, layout, w, B // chunks)
+    qp = row_params(aq, X, layout)
     for d in range(w.T1.shape[0]):
         for ci in prange(chunks):
             _run_rows(
@@ -347,7 +333,6 @@ def _rows_parallel(kind, dirs, layout, X, w, aq, lens, h0, c0, Y, hn, cn, clip, 
                 dirs[d],
                 layout,
                 X,
-                xw,
                 qp,
                 w,
                 aq,
@@ -372,7 +357,15 @@ def _entries(kind: int, aq: bool):
 
     @njit(**JIT)
     def serial(dirs, layout, X, record, lens, h0, c0, clip, flag):
-        return project_rows_serial(kind, dirs, layout, X, RNNWeights(*record), aq, lens, h0, c0, clip, flag)
+        # the drivers called here, not through a shared serial function: numba re-optimises a
+        # callee's code in every caller's module, so each level of calls around the driver
+        # lengthens every first compile (two levels less: an fp32 LSTM's 8.6 -> 6.3 s)
+        w = RNNWeights(*record)
+        qp = row_params(aq, X, layout)
+        Y, hn, cn = _outputs(X, layout, h0)
+        for d in range(h0.shape[0]):
+            _run_rows(kind, d, 0, h0.shape[1], dirs[d], layout, X, qp, w, aq, lens, h0, c0, Y, hn, cn, clip, flag)
+        return Y, hn, cn
 
     @njit(**JIT)
     def parallel(dirs, layout, X, record, lens, h0, c0, Y, hn, cn, clip, flag, threads):
@@ -380,8 +373,7 @@ def _entries(kind: int, aq: bool):
 
     @njit(**JIT)
     def project_all(X, layout, record):
-        w = RNNWeights(*record)
-        return _project_all(aq, X, layout, w, 0)[0]
+        return project_every_step(aq, X, layout, RNNWeights(*record))
 
     return serial, parallel, project_all
 
@@ -446,8 +438,8 @@ class PackedRNN:
             q = np.zeros((nd, W.shape[2], GHp), np.float32)
             q[:, :, :GH] = W.transpose(0, 2, 1)
         self.ws, self.wz = sc.reshape(-1), z.reshape(-1)
-        # blocks of (I, nd*GHp): every direction in one pass (the int8 LSTM's step-by-step
-        # projection reads one direction's blocks)
+        # blocks of (I, nd*GHp), each direction's GHp columns whole blocks of their own (the
+        # drivers project one direction at a time)
         qcat = np.ascontiguousarray(np.concatenate(list(q), axis=1))[None]
         self.Wb = (pack_quads if self.aq else pack_blocks)(qcat)[0]
         self.wzt = zero_point_terms(q, z) if self.aq else np.zeros((nd, 2, GHp), np.int32)
@@ -486,7 +478,8 @@ class PackedRNN:
         """X (A0, A1, I) -> X W^T + biases of every step, (A0, A1, nd*GHp) (``layout`` tells which
         axis is the batch, for the per-row activation quantization); what the drivers read."""
         X = np.ascontiguousarray(X, dtype=np.float32)
-        return _ENTRIES[self.kind, self.aq][2](X, int(layout), self.record)
+        out = _ENTRIES[self.kind, self.aq][2](X, int(layout), self.record)  # (nd, A0*A1, GHp)
+        return out.transpose(1, 0, 2).reshape(*X.shape[:2], -1)
 
 
 _F32 = np.dtype(np.float32)

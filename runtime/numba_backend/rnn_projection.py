@@ -1,11 +1,15 @@
-"""The input projection X W^T + biases of the RNN drivers (``rnn._run_rows``): every step at once,
-or, for int8 (uint8-activation) LSTMs from ``STEP_ROWS`` rows, the active rows step by step.
+"""The input projection X W^T + biases of the RNN drivers (``rnn._run_rows``), in chunks of steps.
 
-fp32 weights: ``matvec``'s kernels, every direction in one pass.  uint8 activations: ``qdot``'s,
-per direction (its zero-point terms are per direction), each row quantized with its batch row's
-parameters over the whole sequence (``qdot.input_params``), so a row's projection is the same bits
-whichever way it is computed.  The entry points take the activation quantization ``aq`` as a
-literal and compile only their own kind (see ``rnn._cell``).  Must not import torch or onnxruntime.
+A driver projects the inputs of its active rows a few steps ahead of the recurrence: the rows of
+``steps_per_chunk`` consecutive steps (about ``CHUNK_ROWS`` rows) are gathered and projected in one
+call, and the steps read their projections while those are still in L2.  The whole sequence's
+projection at once (what onnxruntime does) writes 8 MB for an LSTM-256 at batch 32 and reads it
+back from memory one step at a time.  fp32 and weight-only 8-bit weights: ``matvec``'s kernels;
+uint8 activations (int8 LSTMs): ``qdot``'s, each row quantized with its batch row's parameters over
+the whole sequence (``qdot.input_params``).  Either way a row's projection is its own sums, the
+same bits whichever rows share the call: a row alone still equals the row in a batch.  The entry
+points take the activation quantization ``aq`` as a literal and compile only their own kind (see
+``rnn._cell``).  Must not import torch or onnxruntime.
 """
 
 from __future__ import annotations
@@ -17,87 +21,104 @@ from numba.extending import overload
 from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is imported)
 from .config import FASTMATH
 from .config import JIT as _JIT
-from .matvec import PB, _project_any
-from .qdot import AMX, input_params, project_u8_rows
+from .matvec import PB, _project_any, _widened_rows
+from .qdot import input_params, project_u8_rows
 
 JIT = dict(_JIT, fastmath=set(FASTMATH))  # numba takes a set, not config's frozenset
 
-# From this many rows per driver an int8 LSTM projects its inputs step by step (_run_rows).  Measured
-# against the whole sequence's projection (H=256, 512): with VNNI products 0.88-0.91x at 16 rows,
-# 0.97-1.05x at 8; with AMX tiles (whose 64-row chunks of the whole projection run 2x faster)
-# 0.92-1.00x at 32 rows, 1.04-1.11x at 16.
-STEP_ROWS = 32 if AMX else 16
-
-
-def _project_all(aq, X, layout, w, rows):
-    """(xw, qp): X (A0, A1, I) W^T + biases for every step and direction, (A0, A1, nd*GHp), what
-    drivers of ``rows`` rows read, or an empty xw when they project step by step (int8 LSTMs from
-    STEP_ROWS rows); qp the uint8 parameters of each batch row (``qdot.input_params``) when ``aq``,
-    else an empty tuple.  fp32: ``_project_any``, every direction in one pass (8.4M MACs at T=64,
-    I=128, H=256 LSTM: 0.105 ms vs numpy/OpenBLAS sgemm 0.150 ms; batch 32: 3.4 vs 4.2 ms)."""
-    if aq:
-        return _project_all_u8(aq, X, layout, w, rows)
-    return _project_all_f32(aq, X, layout, w, rows)
-
-
-def _project_all_f32(aq, X, layout, w, rows):
-    A0, A1, I = X.shape
-    C = w.ws.shape[0]
-    xw = np.empty((A0, A1, C), np.float32)
-    _project_any(X.reshape(A0 * A1, I), w.Wb, w.ws, w.wz, w.bias, xw.reshape(A0 * A1, C))
-    return xw, ()
-
-
-@overload(_project_all, jit_options=dict(JIT, cache=False), prefer_literal=True)
-def _project_all_jit(aq, X, layout, w, rows):
-    if isinstance(aq, types.BooleanLiteral):  # one implementation per literal (see _cell)
-        # the implementations themselves, not calls of them: one compiled function less each
-        return _project_all_u8 if aq.literal_value else _project_all_f32
-    return _project_all
-
-
-def _project_all_u8(aq, X, layout, w, rows):
-    A0, A1, I = X.shape
-    nd, GHp = w.wzt.shape[0], w.wzt.shape[2]
-    qp = input_params(X, layout)
-    if rows >= STEP_ROWS:
-        return np.empty((0, 0, nd * GHp), np.float32), qp
-    xw = np.empty((A0, A1, nd * GHp), np.float32)
-    group = np.empty(A0 * A1, np.int64)  # the batch row of each row of X flattened
-    for a in range(A0):
-        for b in range(A1):
-            group[a * A1 + b] = b if layout == 0 else a
-    X2, out = X.reshape(A0 * A1, I), xw.reshape(A0 * A1, nd * GHp)
-    for d in range(nd):  # per direction: the zero-point terms are (nd, 2, GHp)
-        Wd, zterm, ws, bias, c0 = _direction_u8(w, d)
-        project_u8_rows(X2, group, *qp, Wd, zterm, ws, bias, out, c0)
-    return xw, qp
+CHUNK_ROWS = 256  # rows projected per call (whole steps; at least one step)
 
 
 @njit(**JIT)
-def _direction_u8(w, d):
-    """Direction d's part of the uint8 input weights, as ``project_u8_rows`` takes it: the blocks,
-    zero-point terms, scales and bias of its GHp columns, and its first column in xw (c0)."""
+def steps_per_chunk(aq, Wb, n, steps):
+    """Steps whose inputs a driver of ``n`` rows projects in one call.  Weight-only 8-bit weights
+    (fp32 states) project the whole sequence at once: above Q16_ROWS rows ``matvec.project`` widens
+    every block to fp32 once per call, which chunks would repeat."""
+    if not aq and _widened_rows(Wb) > 0:
+        return max(steps, 1)
+    return max(1, CHUNK_ROWS // max(n, 1))
+
+
+@njit(**JIT)
+def gather(X, layout, s0, s1, L, reverse, b0, Xg, grp, first):
+    """Xg[r] = the input of the r-th (step, active row) pair of steps s0..s1-1, step by step and
+    rows in order (as the driver visits them), grp[r] its batch row, first[s - s0] step s's first
+    r.  Row i (batch row b0 + i) is active at step s < L[i] and reads t = s, or L[i]-1-s when
+    ``reverse``.  Returns the number of rows."""
+    r = 0
+    for s in range(s0, s1):
+        first[s - s0] = r
+        for i in range(L.shape[0]):
+            if s < L[i]:
+                t = L[i] - 1 - s if reverse else s
+                src = X[t, b0 + i] if layout == 0 else X[b0 + i, t]
+                dst = Xg[r]
+                for k in range(X.shape[2]):
+                    dst[k] = src[k]
+                grp[r] = b0 + i
+                r += 1
+    return r
+
+
+def project_rows(aq, Xg, r, grp, qp, w, d, xs):
+    """xs[:r] = Xg[:r] W_d^T + biases of direction d (its GHp columns); ``grp`` the rows' batch rows
+    and ``qp`` their uint8 parameters (``input_params``) when ``aq``."""
+    if aq:
+        _project_u8(Xg, r, grp, qp, w, d, xs)
+    else:
+        _project_f32(Xg, r, w, d, xs)
+
+
+@njit(**JIT)
+def _project_u8(Xg, r, grp, qp, w, d, xs):
     GHp = w.wzt.shape[2]
     nb, c0 = GHp // PB, d * GHp
-    return w.Wb[d * nb : (d + 1) * nb], w.wzt[d], w.ws[c0 : c0 + GHp], w.bias[c0 : c0 + GHp], c0
+    Wd, zterm, ws, bias = w.Wb[d * nb : (d + 1) * nb], w.wzt[d], w.ws[c0 : c0 + GHp], w.bias[c0 : c0 + GHp]
+    project_u8_rows(Xg[:r], grp[:r], *qp, Wd, zterm, ws, bias, xs[:r], 0)
 
 
-def _step_projection(aq, X, layout, Xg, m, bat, tix, qp, w, d, xs):
-    """xs[:m] = the active rows' X W^T + biases at this step; only activation-quantized LSTMs
-    project step by step (``_project_all``), so fp32 compiles none of it."""
-    if aq:
-        for a in range(m):
-            src = X[tix[a], bat[a]] if layout == 0 else X[bat[a], tix[a]]
-            xa = Xg[a]
-            for k in range(X.shape[2]):
-                xa[k] = src[k]
-        Wd, zterm, ws, bias, c0 = _direction_u8(w, d)
-        project_u8_rows(Xg[:m], bat[:m], *qp, Wd, zterm, ws, bias, xs[:m], c0)
+@njit(**JIT)
+def _project_f32(Xg, r, w, d, xs):
+    GHp = w.ws.shape[0] // w.T1.shape[0]
+    nb, c0 = GHp // PB, d * GHp
+    sl = slice(c0, c0 + GHp)
+    _project_any(Xg[:r], w.Wb[d * nb : (d + 1) * nb], w.ws[sl], w.wz[sl], w.bias[sl], xs[:r])
 
 
-@overload(_step_projection, jit_options=dict(JIT, cache=False), prefer_literal=True)
-def _step_projection_jit(aq, X, layout, Xg, m, bat, tix, qp, w, d, xs):
+@overload(project_rows, jit_options=dict(JIT, cache=False), prefer_literal=True)
+def _project_rows_jit(aq, Xg, r, grp, qp, w, d, xs):
+    if isinstance(aq, types.BooleanLiteral):  # one implementation per literal (see rnn._cell)
+        if aq.literal_value:
+            return lambda aq, Xg, r, grp, qp, w, d, xs: _project_u8(Xg, r, grp, qp, w, d, xs)
+        return lambda aq, Xg, r, grp, qp, w, d, xs: _project_f32(Xg, r, w, d, xs)
+    return project_rows
+
+
+def row_params(aq, X, layout):
+    """The uint8 parameters of each batch row of X (``qdot.input_params``) when ``aq``, else ()."""
+    return input_params(X, layout) if aq else ()
+
+
+@overload(row_params, jit_options=dict(JIT, cache=False), prefer_literal=True)
+def _row_params_jit(aq, X, layout):
     if isinstance(aq, types.BooleanLiteral) and not aq.literal_value:
-        return lambda aq, X, layout, Xg, m, bat, tix, qp, w, d, xs: None
-    return _step_projection
+        return lambda aq, X, layout: ()
+    return lambda aq, X, layout: input_params(X, layout)
+
+
+@njit(**JIT)
+def project_every_step(aq, X, layout, w):
+    """X (A0, A1, I) W^T + biases of every step and direction as one call per direction,
+    (nd, A0*A1, GHp): what the drivers' chunks compute (``PackedRNN.project``, for benchmarks)."""
+    A0, A1, I = X.shape
+    nd = w.T1.shape[0]
+    N = A0 * A1
+    grp = np.empty(N, np.int64)
+    for a in range(A0):
+        for b in range(A1):
+            grp[a * A1 + b] = b if layout == 0 else a
+    qp = row_params(aq, X, layout)
+    out = np.empty((nd, N, w.ws.shape[0] // nd), np.float32)
+    for d in range(nd):
+        project_rows(aq, X.reshape(N, I), N, grp, qp, w, d, out[d])
+    return out
