@@ -10,7 +10,7 @@ products; onnxruntime has no int8 GRU).  numba int8 is, for LSTM, that same Dyna
 node (activations quantized at run time as onnxruntime does, qdot.py) and, for GRU, the
 weight-only form rnnkit exports (per-row int8 weights times fp32 activations).  Prints medians
 (and minima) in ms, and ratios of medians with the 25-75% range of the per-round ratios
-(round-robin: one run of each per round), for
+(round-robin: one run of each per round, in a seeded random order), for
 numba fp32 / onnxruntime fp32, numba int8 / onnxruntime int8 and numba int8 / the faster fp32.
 Never an assertion.  Larger batches run fewer rounds (--reps / (batch/4), at least 10).
 
@@ -97,8 +97,12 @@ def session(m):
 
 def time_ms(fns, reps, alone=False):
     """Per callable, the list of its run times in ms: round-robin (fair on a shared, noisy machine,
-    but each run starts with the other's weights in L2; rounds give paired ratios), or ``alone``:
-    each in its own block of runs (warm caches)."""
+    but each run starts with the other's weights in L2; rounds give paired ratios), each round in
+    a fresh seeded random order: a run is slower after another kind of kernel or an idle gap (the
+    core's frequency and its AMX unit ramp up again; int8 LSTM-256 at B=4: 0.80 ms run after run,
+    0.84 right after an fp32 layer, 1.19 after 2 ms idle, onnxruntime's 0.81 / - / 1.08), so no
+    runtime may always follow the same one; or ``alone``: each in its own block of runs (warm
+    caches)."""
     for f in fns:
         f()
     ts = [[] for _ in fns]
@@ -107,11 +111,12 @@ def time_ms(fns, reps, alone=False):
             t0 = time.perf_counter()
             f()
             t.append(1e3 * (time.perf_counter() - t0))
+    order = np.random.default_rng(0)
     for _ in range(0 if alone else reps):
-        for f, t in zip(fns, ts):
+        for i in order.permutation(len(fns)):
             t0 = time.perf_counter()
-            f()
-            t.append(1e3 * (time.perf_counter() - t0))
+            fns[i]()
+            ts[i].append(1e3 * (time.perf_counter() - t0))
     return [np.asarray(t) for t in ts]
 
 

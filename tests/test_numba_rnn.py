@@ -638,3 +638,29 @@ def test_fp32_rows_do_not_depend_on_their_batch(cell, lbr):
         np.testing.assert_array_equal(alone[0][:, :, 0], batch[0][: lens[r], :, r])
     want = naive_rnn(cell, X, W, R, bias, lens, direction="bidirectional", linear_before_reset=lbr)
     assert FP32.close(batch[0], want[0]), FP32.worst(batch[0], want[0])
+
+
+@pytest.mark.parametrize("cell,lbr", [("GRU", 0), ("LSTM", 0)])
+def test_input_projection_chunks_do_not_change_a_row(cell, lbr):
+    """The driver projects its rows' inputs CHUNK_ROWS // rows steps at a time: 16 ragged rows of 40
+    steps cross two chunk boundaries (16 steps per chunk) in both directions, where a row alone
+    projects its whole sequence at once; the reverse direction's rows read different t at each
+    step; GRU linear_before_reset=0 reads its chunk's projection twice per step.  Bit for bit, and
+    the float64 oracle to FP32."""
+    assert rnn.CHUNK_ROWS // 16 == 16 and 40 > 2 * 16
+    rng = np.random.default_rng(3)
+    H, I = 20, 7
+    G = GATES[cell] * H
+    kind = {"GRU": rnn.GRU, "LSTM": rnn.LSTM}[cell]
+    W, R = (rng.normal(0, 0.4, (2, G, k)).astype(np.float32) for k in (I, H))
+    bias = rng.normal(0, 0.3, (2, 2 * G)).astype(np.float32)
+    packed = rnn.PackedRNN(kind, H, W, R, bias, None, linear_before_reset=lbr)
+    lens = np.array([40, 17, 33, 1, 16, 32, 39, 2, 40, 15, 31, 24, 8, 40, 0, 35])
+    X = rng.standard_normal((40, 16, I)).astype(np.float32)
+    batch = rnn.run(packed, X, "bidirectional", sequence_lens=lens, threads=1)
+    for r in range(16):
+        alone = rnn.run(packed, X[: max(lens[r], 1), r : r + 1], "bidirectional", sequence_lens=lens[r : r + 1])
+        np.testing.assert_array_equal(alone[1], batch[1][:, r : r + 1])
+        np.testing.assert_array_equal(alone[0][: lens[r], :, 0], batch[0][: lens[r], :, r])
+    want = naive_rnn(cell, X, W, R, bias, lens, direction="bidirectional", linear_before_reset=lbr)
+    assert FP32.close(batch[0], want[0]), FP32.worst(batch[0], want[0])

@@ -530,7 +530,7 @@ def _project(X, Q, scale, zp, bias, out, ahead=False):
             out[r, full * PB + j] = tail[r, j] + bias[full * PB + j]
 
 
-WIDE_ROWS = 16  # above this many rows an RNN with 8-bit weights runs widened to fp32 (rnn.batch_twin)
+WIDE_ROWS = 7  # above this many rows an RNN with 8-bit weights runs widened to fp32 (rnn.batch_twin)
 WIDE_BYTES = 1 << 20  # ... and at any batch when the widened recurrent weights are at most this (in L2)
 
 
