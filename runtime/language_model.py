@@ -57,6 +57,8 @@ class LanguageModel(Session):
         self._state_names = [LanguageModelIO.STATE_PAIRS[o] for o in self.state_outputs]
         self._full_lengths: dict[tuple[int, int], np.ndarray] = {}
         self.token_separator = "" if self.tokenizer.level == "char" else " "
+        # a word LM trained on lines (PTB-style) reads each line end as this token; as text it is a newline
+        self._line_end = getattr(self.tokenizer, "eos_token", None) if self.token_separator else None
 
     # -- the step graph ---------------------------------------------------------------------
     def initial_state(self, batch: int = 1) -> dict[str, np.ndarray]:
@@ -156,21 +158,37 @@ class LanguageModel(Session):
         return self._tokens(state, max_tokens, sampling, rng, stops)
 
     def _tokens(self, state: State, max_tokens: int, sampling: Sampling, rng, stops: list[str]) -> Iterator[str]:
-        tail, keep = "", max((len(x) for x in stops), default=0) + 64
+        tail, keep, previous = "", max((len(x) for x in stops), default=0) + 64, None
         for _ in range(max_tokens):
             assert state.last_logits is not None  # _context refused an empty prompt, and feed_id sets it
             token_id = choose(state.last_logits, sampling, rng)
             token = self.tokenizer.vocab[token_id]
             state.feed_id(token_id)
             yield token
-            if stops:
-                tail = (tail + self.token_separator + token)[-keep:] if tail else token
+            if stops:  # matched against the text as rendered (a word LM's line end is a newline)
+                tail = (tail + self.piece(token, previous))[-keep:]
+                previous = token
                 if any(x in tail for x in stops):
                     return
 
+    def piece(self, token: str, previous: str | None = None) -> str:
+        """``token`` as text after ``previous`` (None: at the start of the text): a character as it
+        is; a word after a space, except at the start and after a line end; a word LM's line-end
+        token (``<eos>`` of PTB-style corpora) as a newline."""
+        if not self.token_separator:
+            return token
+        if self._line_end is not None and token == self._line_end:
+            return "\n"
+        return token if previous is None or previous == self._line_end else " " + token
+
+    def render(self, tokens: Sequence[str]) -> str:
+        """Generated tokens as text (``piece`` by ``piece``)."""
+        return "".join(self.piece(t, p) for t, p in zip(tokens, [None, *tokens[:-1]]))
+
     def generate_text(self, prompt: str | State, max_tokens: int = 200, **options) -> str:
-        """``generate`` joined into one string (characters directly, words with spaces)."""
-        return self.token_separator.join(self.generate(prompt, max_tokens, **options))
+        """``generate`` as one string (``render``: characters directly, words with spaces, a word
+        LM's line-end token as a newline)."""
+        return self.render(list(self.generate(prompt, max_tokens, **options)))
 
     def score(self, text: str | Sequence[int]) -> dict:
         """Per-token log-probabilities (nats) of ``text`` under the model, from the zero state:

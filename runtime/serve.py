@@ -306,10 +306,10 @@ def _add_task_routes(v1, get, settings: Settings) -> None:
         )
         if not body.stream:
             produced = await _await_model(run_in_threadpool(list, tokens), name)
-            text = model.token_separator.join(produced)
+            text = model.render(produced)
             return JSONResponse({"model": name, "prompt": body.prompt, "text": text, "tokens": produced})
         return StreamingResponse(
-            _events(tokens, model.token_separator, name),
+            _events(tokens, model.render, name),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -349,7 +349,7 @@ async def _await_model(awaitable, name: str):
         raise ServeError(500, f"internal error in model {name!r}: {type(exc).__name__}: {exc}") from None
 
 
-def _events(tokens: Iterator[str], separator: str, name: str) -> Iterator[str]:
+def _events(tokens: Iterator[str], render, name: str) -> Iterator[str]:
     """Server-sent events: one ``data: {"token"}`` per token, then ``event: done`` with the whole text
     (or ``event: error``: the status line was sent with the first byte, so an error is an event)."""
     produced = []
@@ -361,7 +361,7 @@ def _events(tokens: Iterator[str], separator: str, name: str) -> Iterator[str]:
         log.exception(f"{name}: generation failed")
         yield f"event: error\ndata: {json.dumps({'error': f'{type(exc).__name__}: {exc}'})}\n\n"
         return
-    done = {"text": separator.join(produced), "tokens": len(produced)}
+    done = {"text": render(produced), "tokens": len(produced)}
     yield f"event: done\ndata: {json.dumps(done, ensure_ascii=False)}\n\n"
 
 

@@ -244,3 +244,28 @@ def test_plateau_decays_the_rate_and_a_killed_run_resumes_exactly(tmp_path):
     r = train([*args, "--out", str(tmp_path / "cut"), "--epochs", "4", "--resume"])
     assert r.exit_code == 0, r.output
     assert_same_checkpoint(tmp_path / "whole", tmp_path / "cut")
+
+
+@pytest.mark.slow
+def test_generated_words_read_as_text_with_line_ends_as_newlines(word_bundle):
+    """A word LM trained on lines emits <eos> for each line end: ``generate_text``, the CLI's stream
+    and the stop strings see it as a newline (no "<eos>" in the text, no space around it)."""
+    from click.testing import CliRunner
+
+    from rnnkit.runtime import load
+    from rnnkit.toolkit.cli import cli
+
+    model = load(word_bundle / "bundle", backend="numba")
+    eos = model.tokenizer.eos_token
+    assert model.render(["a", "b", eos, "c", eos, eos, "d"]) == "a b\nc\n\nd"
+    assert model.render([eos, "a"]) == "\na" and model.render([]) == ""
+    seed = next(s for s in range(50) if eos in model.generate("the", 30, seed=s))  # a sample with a line end
+    tokens = list(model.generate("the", 30, seed=seed))
+    text = model.generate_text("the", 30, seed=seed)
+    assert text == model.render(tokens) and "\n" in text and eos not in text
+    args = ["generate", str(word_bundle / "bundle"), "--prompt", "the", "--max-tokens", "30", "--seed", str(seed)]
+    r = CliRunner().invoke(cli, [*args, "--backend", "numba"])
+    assert r.exit_code == 0, r.output
+    assert "the " + text + "\n" in r.output and eos not in r.output
+    cut = model.generate_text("the", 30, seed=seed, stop="\n")  # the line end completes the stop string
+    assert cut.endswith("\n") and cut == text[: text.index("\n") + 1]

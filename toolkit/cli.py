@@ -467,9 +467,11 @@ def generate(bundle, prompt, max_tokens, temperature, top_k, top_p, seed, stop, 
     )
     if echo:
         click.echo(prompt, nl=False)
-    sep = model.token_separator
-    for i, token in enumerate(tokens):
-        click.echo((sep if (i or echo) else "") + token, nl=False)
+    # after an echoed prompt a word follows a space unless the prompt ends a line
+    previous = "" if echo and prompt and not prompt.endswith("\n") else None
+    for token in tokens:
+        click.echo(model.piece(token, previous), nl=False)
+        previous = token
         sys.stdout.flush()
     click.echo()
 
