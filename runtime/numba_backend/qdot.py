@@ -481,13 +481,32 @@ def project_u8(X, layout, Q, zterm, wscale, bias, out, vnni_kernels=VNNI, amx_ke
     onnxruntime's one GEMM over the sequence (``DynamicQuantizeMatMul``: layout 1, A0 = 1)."""
     A0, A1, I = X.shape
     scale, zp, bad = input_params(X, layout)
-    group = np.empty(A0 * A1, np.int64)  # the batch row of each row of X flattened
+    project_u8_rows(
+        X.reshape(A0 * A1, I),
+        batch_rows(A0, A1, layout),
+        scale,
+        zp,
+        bad,
+        Q,
+        zterm,
+        wscale,
+        bias,
+        out,
+        0,
+        vnni_kernels,
+        amx_kernels,
+    )
+
+
+@njit(**JIT)
+def batch_rows(A0, A1, layout):
+    """The batch row of each row of an (A0, A1, I) input flattened to (A0*A1, I): its index on
+    axis 1 for layout 0, on axis 0 for layout 1 (``project_u8_rows``' ``group``)."""
+    group = np.empty(A0 * A1, np.int64)
     for a in range(A0):
         for b in range(A1):
             group[a * A1 + b] = b if layout == 0 else a
-    project_u8_rows(
-        X.reshape(A0 * A1, I), group, scale, zp, bad, Q, zterm, wscale, bias, out, 0, vnni_kernels, amx_kernels
-    )
+    return group
 
 
 @njit(**EXACT)

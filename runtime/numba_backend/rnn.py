@@ -60,7 +60,14 @@ from .matvec import (  # noqa: F401
     widened,
 )
 from .qdot import matvec_u8, pack_quads, workspace, zero_point_terms
-from .rnn_projection import CHUNK_ROWS, gather, project_every_step, project_rows, row_params, steps_per_chunk  # noqa: F401  (CHUNK_ROWS: tests)
+from .rnn_projection import (  # noqa: F401  (CHUNK_ROWS: tests)
+    CHUNK_ROWS,
+    gather,
+    project_every_step,
+    project_rows,
+    row_params,
+    steps_per_chunk,
+)
 
 # numba 0.68 accepts a bool, dict or set for `fastmath`, not config.FASTMATH's frozenset.
 JIT = dict(_JIT, fastmath=set(FASTMATH))
@@ -259,7 +266,7 @@ def _run_rows(kind, d, b0, b1, reverse, layout, X, qp, w, aq, lens, h0, c0, Y, h
     bat = np.empty(n, np.int64)  # the active rows' batch rows
     cs = steps_per_chunk(aq, w.Wb, n, steps)
     rows = n * min(cs, max(steps, 1))
-    xs = np.empty((rows, w.ws.shape[0] // w.T1.shape[0]), np.float32)  # a chunk's projections
+    xs = np.empty((rows, w.ws.shape[0] // w.T1.shape[0]), np.float32)  # a chunk's projections (GHp wide)
     Xg = np.empty((rows, X.shape[2]), np.float32)  # and their inputs
     grp = np.empty(rows, np.int64)
     first = np.empty(cs, np.int64)  # each step's first row in xs

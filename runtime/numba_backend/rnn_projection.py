@@ -22,7 +22,7 @@ from . import config  # noqa: F401  (sets NUMBA_CACHE_DIR before numba is import
 from .config import FASTMATH
 from .config import JIT as _JIT
 from .matvec import PB, _project_any, _widened_rows
-from .qdot import input_params, project_u8_rows
+from .qdot import batch_rows, input_params, project_u8_rows
 
 JIT = dict(_JIT, fastmath=set(FASTMATH))  # numba takes a set, not config's frozenset
 
@@ -71,18 +71,17 @@ def project_rows(aq, Xg, r, grp, qp, w, d, xs):
 
 @njit(**JIT)
 def _project_u8(Xg, r, grp, qp, w, d, xs):
-    GHp = w.wzt.shape[2]
-    nb, c0 = GHp // PB, d * GHp
-    Wd, zterm, ws, bias = w.Wb[d * nb : (d + 1) * nb], w.wzt[d], w.ws[c0 : c0 + GHp], w.bias[c0 : c0 + GHp]
-    project_u8_rows(Xg[:r], grp[:r], *qp, Wd, zterm, ws, bias, xs[:r], 0)
+    GHp = w.ws.shape[0] // w.T1.shape[0]  # a direction's G*H columns padded to whole blocks
+    c0, c1 = d * GHp, (d + 1) * GHp
+    Wd = w.Wb[c0 // PB : c1 // PB]
+    project_u8_rows(Xg[:r], grp[:r], *qp, Wd, w.wzt[d], w.ws[c0:c1], w.bias[c0:c1], xs[:r], 0)
 
 
 @njit(**JIT)
 def _project_f32(Xg, r, w, d, xs):
     GHp = w.ws.shape[0] // w.T1.shape[0]
-    nb, c0 = GHp // PB, d * GHp
-    sl = slice(c0, c0 + GHp)
-    _project_any(Xg[:r], w.Wb[d * nb : (d + 1) * nb], w.ws[sl], w.wz[sl], w.bias[sl], xs[:r])
+    c0, c1 = d * GHp, (d + 1) * GHp
+    _project_any(Xg[:r], w.Wb[c0 // PB : c1 // PB], w.ws[c0:c1], w.wz[c0:c1], w.bias[c0:c1], xs[:r])
 
 
 @overload(project_rows, jit_options=dict(JIT, cache=False), prefer_literal=True)
@@ -111,14 +110,10 @@ def project_every_step(aq, X, layout, w):
     """X (A0, A1, I) W^T + biases of every step and direction as one call per direction,
     (nd, A0*A1, GHp): what the drivers' chunks compute (``PackedRNN.project``, for benchmarks)."""
     A0, A1, I = X.shape
-    nd = w.T1.shape[0]
     N = A0 * A1
-    grp = np.empty(N, np.int64)
-    for a in range(A0):
-        for b in range(A1):
-            grp[a * A1 + b] = b if layout == 0 else a
+    grp = batch_rows(A0, A1, layout)
     qp = row_params(aq, X, layout)
-    out = np.empty((nd, N, w.ws.shape[0] // nd), np.float32)
-    for d in range(nd):
+    out = np.empty((w.T1.shape[0], N, w.ws.shape[0] // w.T1.shape[0]), np.float32)
+    for d in range(out.shape[0]):
         project_rows(aq, X.reshape(N, I), N, grp, qp, w, d, out[d])
     return out
